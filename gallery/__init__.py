@@ -1,0 +1,1 @@
+"""Detach Gallery."""

@@ -1,0 +1,150 @@
+"""The fields every example shares, value checks that name the key, and the command-line wrapper.
+
+Types and unknown keys are caught by Hydra against the dataclass schema before anything runs;
+the checks here catch values a type cannot express (a step count of 0, an unknown mistake).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from gallery.core.errors import ConfigError, GalleryError
+
+# `hydra.run.dir` is `${if_null:${out_dir},outputs/...}`: an explicit out_dir is the run dir.
+if not OmegaConf.has_resolver("if_null"):
+    OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value)
+
+
+@dataclass
+class BaseConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    steps: int = 1000
+    out_dir: str | None = None  # None: Hydra's run dir, outputs/<example>/<date>/<time>
+    log_every: int = 100
+    eval_every: int = 1000
+    ckpt_every: int = 0  # 0: only at the end of the run
+    resume: bool = False  # continue from <out_dir>/checkpoints/last.pt
+    mistake: str = "none"
+    deterministic: bool = False
+    amp: bool = True  # bf16 autocast on CUDA only
+    progress: bool | None = None  # None: a bar only when stderr is a terminal
+    tensorboard: bool = False
+
+
+def register_schema(name: str, schema: type) -> None:
+    """The primary YAML lists `<name>_schema` first in its defaults, so every key it sets is typed."""
+    ConfigStore.instance().store(name=f"{name}_schema", node=schema)
+
+
+def require_positive(cfg: Any, *keys: str) -> None:
+    for key in keys:
+        value = _get(cfg, key)
+        if value is None or value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+
+
+def require_non_negative(cfg: Any, *keys: str) -> None:
+    for key in keys:
+        value = _get(cfg, key)
+        if value is None or value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+
+
+def require_range(cfg: Any, key: str, low: float, high: float) -> None:
+    value = _get(cfg, key)
+    if value is None or not (low <= value <= high):
+        raise ConfigError(f"{key} must be in [{low}, {high}], got {value}")
+
+
+def require_choice(cfg: Any, key: str, choices: Iterable[str]) -> None:
+    value = _get(cfg, key)
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of: {', '.join(choices)}")
+
+
+def validate_base(cfg: BaseConfig, mistakes: Iterable[str]) -> None:
+    require_positive(cfg, "steps", "log_every", "eval_every")
+    require_non_negative(cfg, "ckpt_every", "seed")
+    require_choice(cfg, "mistake", ["none", *mistakes])
+
+
+def to_schema(cfg: DictConfig | Any) -> Any:
+    """A composed DictConfig becomes its dataclass instance (an already-built instance passes through).
+
+    Keys added with `+key=...` pass Hydra's schema check and `to_object` would drop them
+    silently, so they are looked for here and refused by name.
+    """
+    if not isinstance(cfg, DictConfig):
+        return cfg
+    _refuse_unknown_keys(cfg, "")
+    return OmegaConf.to_object(cfg)
+
+
+def _refuse_unknown_keys(node: DictConfig, prefix: str) -> None:
+    schema = OmegaConf.get_type(node)
+    known = {f.name for f in fields(schema)} if is_dataclass(schema) else None
+    for key in node.keys():
+        full = f"{prefix}{key}"
+        if known is not None and key not in known:
+            raise ConfigError(
+                f"config key {full!r} is not in the schema {schema.__name__}; "
+                f"known keys: {', '.join(sorted(known))}"
+            )
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _refuse_unknown_keys(child, f"{full}.")
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    return node
+
+
+def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
+    """Run `train`, turning a user-fixable error into one line on stderr and exit status 2.
+
+    Hydra makes the run dir before the task starts; if the run fails before writing anything
+    into it, the empty dir is removed so bad input leaves nothing behind.
+    """
+    run_dir = _hydra_run_dir()
+    existed = run_dir is not None and run_dir.exists() and any(run_dir.iterdir())
+    try:
+        return train(cfg)
+    except GalleryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        if run_dir is not None and not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        sys.exit(2)
+
+
+def _hydra_run_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
+    """`--help` shows the pattern and its mistakes before Hydra's own config help."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        print(example.describe())
+        print()
+        sys.stdout.flush()
+
+
+def env_rank() -> int:
+    return int(os.environ.get("RANK", "0"))

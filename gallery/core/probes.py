@@ -1,0 +1,156 @@
+"""Autograd inspection: the evidence behind every pattern and every mistake in the gallery.
+
+- `reached_parameters`: which parameters a loss's backward would write a grad into.
+- `graph_stats`: how many autograd nodes a graph has and its longest path.
+- `grads_absent` / `grad_norm`: "no grad was written".
+- `state_hash`: a digest of parameters *and buffers*, to prove a module is unchanged.
+- `SavedTensorMeter`: bytes saved for backward, counted exactly with saved-tensor hooks, the
+  same on CPU and GPU and free of allocator noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def _named(params: nn.Module | Mapping[str, torch.Tensor] | Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
+    if isinstance(params, nn.Module):
+        return dict(params.named_parameters())
+    if isinstance(params, Mapping):
+        return dict(params)
+    return {str(i): p for i, p in enumerate(params)}
+
+
+def _leaf_tensors(output: torch.Tensor) -> list[torch.Tensor]:
+    """Every leaf tensor that `output.backward()` would accumulate a grad into."""
+    root = output.grad_fn
+    if root is None:
+        return [output] if output.requires_grad else []
+    seen, stack, leaves = {root}, [root], []
+    while stack:
+        node = stack.pop()
+        if hasattr(node, "variable"):  # AccumulateGrad: the edge into a leaf tensor
+            leaves.append(node.variable)
+        for child, _ in node.next_functions:
+            if child is not None and child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return leaves
+
+
+def reached_parameters(output: torch.Tensor, params) -> set[str]:
+    """Names of the given parameters that `output`'s graph reaches."""
+    by_id = {id(p): name for name, p in _named(params).items()}
+    return {by_id[id(t)] for t in _leaf_tensors(output) if id(t) in by_id}
+
+
+@dataclass(frozen=True)
+class GraphStats:
+    nodes: int
+    depth: int  # nodes on the longest path from the output to a leaf
+
+
+def graph_stats(output: torch.Tensor) -> GraphStats:
+    root = output.grad_fn
+    if root is None:
+        return GraphStats(0, 0)
+    # Iterative post-order walk: graphs of long unrolled sequences overflow Python's recursion.
+    depth: dict = {}
+    stack = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        children = [c for c, _ in node.next_functions if c is not None]
+        if expanded:
+            depth[node] = 1 + max((depth[c] for c in children), default=0)
+        elif node not in depth:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if c not in depth)
+    return GraphStats(len(depth), depth[root])
+
+
+def grads_absent(params) -> bool:
+    """True when no parameter holds a gradient (grad None, or all zeros after zero_grad(set_to_none=False))."""
+    return all(p.grad is None or not bool(p.grad.any()) for p in _named(params).values())
+
+
+def grad_norm(params) -> float:
+    grads = [p.grad.detach().float().norm() for p in _named(params).values() if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
+
+
+def state_hash(module: nn.Module) -> str:
+    """sha256 over every parameter and buffer (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for kind, items in (("param", module.named_parameters()), ("buffer", module.named_buffers())):
+        for name, tensor in items:
+            data = tensor.detach().cpu().contiguous()
+            digest.update(f"{kind}:{name}:{data.dtype}:{tuple(data.shape)}".encode())
+            digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class _Held:
+    """Wraps one saved tensor; the graph owns it, so its death means autograd let the tensor go."""
+
+    __slots__ = ("tensor", "nbytes", "meter")
+
+    def __init__(self, tensor: torch.Tensor, meter: SavedTensorMeter):
+        # Detached: a saved *output* would otherwise hold its own grad_fn, a cycle autograd never
+        # frees. Backward only needs the values (double backward through a meter is unsupported).
+        self.tensor, self.nbytes, self.meter = tensor.detach(), tensor_bytes(tensor), meter
+        meter.total += self.nbytes
+        meter.live += self.nbytes
+        meter.peak = max(meter.peak, meter.live)
+
+    def __del__(self):
+        self.meter.live -= self.nbytes
+
+
+class SavedTensorMeter:
+    """Counts the bytes autograd saves for backward while the context is active.
+
+    - `total`: bytes saved since the meter started (or since `reset()`);
+    - `live`: bytes still held by graphs that have not been freed (by backward or by dropping them);
+    - `peak`: the largest `live` seen.
+
+    Under `torch.no_grad()` nothing is saved, so all three stay 0.
+    """
+
+    def __init__(self):
+        self.total = self.live = self.peak = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def _pack(self, tensor: torch.Tensor) -> _Held:
+        return _Held(tensor, self)
+
+    @staticmethod
+    def _unpack(held: _Held) -> torch.Tensor:
+        return held.tensor
+
+    def reset(self) -> None:
+        """Start counting `total` and `peak` afresh; `live` keeps counting graphs still alive."""
+        self.total = 0
+        self.peak = self.live
+
+    def __enter__(self) -> SavedTensorMeter:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def saved_bytes(fn, *args, **kwargs) -> tuple[int, object]:
+    """Run `fn` and return (bytes it saved for backward, its result)."""
+    with SavedTensorMeter() as meter:
+        result = fn(*args, **kwargs)
+    return meter.total, result

@@ -1,0 +1,243 @@
+import json
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+from torch import nn
+
+from gallery.core import CheckpointError, ConfigError, DeviceError, GalleryError
+from gallery.core.checkpoint import LAST, PREVIOUS, load_checkpoint, save_checkpoint
+from gallery.core.config import (
+    BaseConfig,
+    register_schema,
+    require_range,
+    run_cli,
+    to_schema,
+    validate_base,
+)
+from gallery.core.device import autocast, resolve_device
+from gallery.core.registry import Example, Mistake, examples
+from gallery.core.run import Run, progress, read_metrics
+from gallery.core.seeding import rng_state, seed_everything, set_rng_state
+from tests.conftest import ROOT, compose_config
+
+
+@dataclass
+class ToyConfig(BaseConfig):
+    lr: float = 1e-3
+
+
+register_schema("toy", ToyConfig)
+TOY_DIR = ROOT / "tests" / "configs"
+
+
+# --- device -----------------------------------------------------------------------------------
+
+def test_cpu_and_auto_resolve():
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+
+
+def test_cuda_without_cuda_is_an_error_not_a_fallback(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="device=cuda.*CUDA is not available"):
+        resolve_device("cuda")
+    with pytest.raises(DeviceError, match="CUDA is not available"):
+        resolve_device("cuda:1")
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "tpu", ""])
+def test_unknown_device_string_names_the_choices(bad):
+    with pytest.raises(DeviceError, match="auto, cpu, cuda, cuda:N, mps"):
+        resolve_device(bad)
+
+
+def test_autocast_is_a_no_op_on_cpu():
+    with autocast(torch.device("cpu")):
+        y = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert y.dtype == torch.float32
+
+
+# --- seeding ----------------------------------------------------------------------------------
+
+def _draw():
+    return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+
+def test_seed_zero_is_a_valid_seed_and_repeats():
+    seed_everything(0)
+    first = _draw()
+    seed_everything(0)
+    assert _draw() == first
+    seed_everything(1)
+    assert _draw() != first
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    seed_everything(3)
+    save_checkpoint(tmp_path, {"rng": rng_state()})
+    expected = _draw()
+    set_rng_state(load_checkpoint(tmp_path / LAST)["rng"])
+    assert _draw() == expected
+
+
+# --- config -----------------------------------------------------------------------------------
+
+def test_schema_types_the_yaml():
+    cfg = to_schema(compose_config("toy", ["seed=0", "lr=0.5"], TOY_DIR))
+    assert isinstance(cfg, ToyConfig) and cfg.steps == 5 and cfg.seed == 0 and cfg.lr == 0.5
+
+
+def test_unknown_key_fails_before_anything_runs():
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config("toy", ["lerning_rate=0.1"], TOY_DIR)
+    assert "lerning_rate" in str(info.value) + str(info.value.__cause__)
+
+
+def test_wrong_type_fails_naming_the_key():
+    with pytest.raises((ConfigCompositionException, ValidationError)) as info:
+        compose_config("toy", ["steps=many"], TOY_DIR)
+    assert "steps" in str(info.value) + str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("key", ["steps", "log_every", "eval_every"])
+@pytest.mark.parametrize("value", [0, -3])
+def test_non_positive_values_are_rejected_by_name(key, value):
+    cfg = ToyConfig(**{key: value})
+    with pytest.raises(ConfigError, match=f"{key} must be > 0, got {value}"):
+        validate_base(cfg, mistakes=[])
+
+
+def test_negative_seed_and_unknown_mistake_are_rejected():
+    with pytest.raises(ConfigError, match="seed must be >= 0"):
+        validate_base(ToyConfig(seed=-1), mistakes=[])
+    with pytest.raises(ConfigError, match="mistake='typo' is not one of: none, a, b"):
+        validate_base(ToyConfig(mistake="typo"), mistakes=["a", "b"])
+    with pytest.raises(ConfigError, match=r"lr must be in \[0, 1\], got 2"):
+        require_range(ToyConfig(lr=2), "lr", 0, 1)
+
+
+def test_key_added_with_plus_is_still_rejected_by_the_schema():
+    cfg = compose_config("toy", ["+device_id=3"], TOY_DIR)  # Hydra lets `+key` through
+    with pytest.raises(ConfigError, match="device_id"):
+        to_schema(cfg)
+
+
+def test_run_cli_turns_gallery_errors_into_exit_2(capsys):
+    def train(_cfg):
+        raise DeviceError("device=cuda was asked for, but CUDA is not available")
+
+    with pytest.raises(SystemExit) as info:
+        run_cli(train, None)
+    assert info.value.code == 2
+    assert "error: device=cuda" in capsys.readouterr().err
+
+
+# --- run dir, metrics, summary ----------------------------------------------------------------
+
+def test_run_writes_config_metrics_and_summary(tmp_path):
+    cfg = compose_config("toy", [], TOY_DIR)
+    with Run(tmp_path / "run", config=cfg) as run:
+        run.log(1, loss=0.5)
+        run.log(2, loss=float("nan"), sample=torch.tensor(3.0))
+        summary = run.write_summary({"acc": np.float32(0.25), "curve": [1.0, float("inf")]})
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").read_text().count("steps: 5") == 1
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert rows == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": None, "sample": 3.0}]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
+    assert summary == {"acc": 0.25, "curve": [1.0, None]}
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_only_rank_zero_writes(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    with Run(tmp_path / "rank1") as run:
+        run.log(1, loss=1.0)
+        run.write_summary({"x": 1})
+    assert not (tmp_path / "rank1").exists()
+
+
+def test_progress_bar_is_off_when_not_a_terminal():
+    assert progress(10, "x").disable  # pytest captures stderr: not a terminal
+    assert not progress(10, "x", enabled=True).disable
+
+
+# --- checkpoint -------------------------------------------------------------------------------
+
+def _state(step):
+    net = nn.Linear(2, 2)
+    return {"model": net.state_dict(), "step": step, "note": "plain", "ints": [1, 2]}
+
+
+def test_checkpoint_keeps_last_and_previous(tmp_path):
+    save_checkpoint(tmp_path, _state(1))
+    save_checkpoint(tmp_path, _state(2))
+    assert load_checkpoint(tmp_path / LAST)["step"] == 2
+    assert load_checkpoint(tmp_path / PREVIOUS)["step"] == 1
+    save_checkpoint(tmp_path, _state(3))
+    assert load_checkpoint(tmp_path / PREVIOUS)["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LAST, PREVIOUS]  # no temp files left
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = save_checkpoint(tmp_path, _state(1))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or is not a checkpoint") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+def test_text_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("hello")
+    with pytest.raises(CheckpointError, match="truncated or is not a checkpoint"):
+        load_checkpoint(path)
+
+
+def test_foreign_torch_file_is_not_a_gallery_checkpoint(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.ones(2)}, path)
+    with pytest.raises(CheckpointError, match="not a detach-gallery checkpoint"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint_names_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+class NotPlainData:
+    def __init__(self):
+        self.payload = "arbitrary object"
+
+
+def test_pickled_object_is_refused_by_weights_only(tmp_path):
+    save_checkpoint(tmp_path, {"model": {}, "extra": NotPlainData()})
+    with pytest.raises(CheckpointError, match="not plain data"):
+        load_checkpoint(tmp_path / LAST)
+
+
+def test_all_user_errors_share_one_base_class():
+    for cls in (CheckpointError, ConfigError, DeviceError):
+        assert issubclass(cls, GalleryError)
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+def test_example_describe_lists_every_mistake_with_its_consequence():
+    ex = Example("toy", "cut the graph", {"oops": Mistake("forgot to cut", "it breaks")})
+    text = ex.describe()
+    assert "toy: cut the graph" in text and "oops: forgot to cut" in text and "-> it breaks" in text
+
+
+def test_registry_lists_only_modules_that_exist():
+    found = examples()
+    for name in found:
+        assert (ROOT / "gallery" / f"{name}.py").is_file()
+    assert "tour" not in found
