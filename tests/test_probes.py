@@ -103,3 +103,14 @@ def test_meter_live_bytes_drop_to_zero_after_backward_and_grow_when_graphs_are_r
         assert lives[0] < lives[1] < lives[2]
         del chain
         assert meter.live == 0
+
+
+def test_grad_written_norm_sees_only_new_gradient():
+    from gallery.core.probes import grad_snapshot, grad_written_norm
+
+    first, _ = _two_nets()
+    first(torch.randn(2, 4)).sum().backward()  # stale grads from an earlier step
+    snap = grad_snapshot(first)
+    assert grad_written_norm(first, snap) == 0.0
+    first(torch.randn(2, 4)).sum().backward()
+    assert grad_written_norm(first, snap) > 0

@@ -83,6 +83,21 @@ def grad_norm(params) -> float:
     return float(torch.stack(grads).norm()) if grads else 0.0
 
 
+def grad_snapshot(params) -> list[torch.Tensor | None]:
+    return [None if p.grad is None else p.grad.detach().clone() for p in _named(params).values()]
+
+
+def grad_written_norm(params, snapshot: list[torch.Tensor | None]) -> float:
+    """Norm of the gradient written into `params` since `snapshot` was taken (0.0: nothing written)."""
+    total = 0.0
+    for p, before in zip(_named(params).values(), snapshot):
+        if p.grad is None:
+            continue
+        delta = p.grad.detach().float() - (0 if before is None else before.float())
+        total += float(delta.pow(2).sum())
+    return total**0.5
+
+
 def state_hash(module: nn.Module) -> str:
     """sha256 over every parameter and buffer (names, dtypes, shapes and bytes)."""
     digest = hashlib.sha256()

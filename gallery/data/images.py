@@ -1,0 +1,71 @@
+"""Image data for the GAN and fine-tuning examples, scaled to [-1, 1].
+
+`digits` (scikit-learn's bundled 8x8 digits) works offline. The torchvision datasets download
+on first use and check their archives' MD5 sums (torchvision does this); offline they fail with a
+message that names the dataset, the directory and an embedded alternative.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gallery.core.errors import DataError
+
+ONLINE = ("mnist", "fashion_mnist", "cifar10")
+
+
+def load_digits_tensors(classes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits as (N, 1, 8, 8) floats in [-1, 1] and int64 labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0 * 2 - 1
+    labels = torch.tensor(bunch.target, dtype=torch.int64)
+    if classes is not None:
+        keep = torch.isin(labels, torch.tensor(classes))
+        images, labels = images[keep], labels[keep]
+    return images, labels
+
+
+def torchvision_dataset(name: str, root: str, image_size: int | None, train: bool = True, channels: int | None = None):
+    """MNIST, Fashion-MNIST, CIFAR-10, an ImageFolder or FakeData, as a torchvision Dataset in [-1, 1]."""
+    from torchvision import datasets, transforms
+
+    steps = []
+    if channels == 1:
+        steps.append(transforms.Grayscale(1))
+    elif channels == 3:
+        steps.append(transforms.Lambda(lambda im: im.convert("RGB")))
+    if image_size:
+        steps += [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
+    steps += [transforms.ToTensor(), transforms.Normalize([0.5], [0.5])]
+    tf = transforms.Compose(steps)
+    if name == "fake":
+        size = image_size or 32
+        return datasets.FakeData(size=512, image_size=(channels or 3, size, size), num_classes=10,
+                                 transform=tf, random_offset=0)
+    if name == "imagefolder":
+        if not root or not Path(root).is_dir():
+            raise DataError(f"data.root={root!r} is not a directory; imagefolder needs data.root=/path/to/images/<class>/*.png")
+        try:
+            return datasets.ImageFolder(root, transform=tf)
+        except (FileNotFoundError, RuntimeError) as err:
+            raise DataError(f"data.root={root}: {err}") from err
+    classes = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}
+    if name not in classes:
+        raise DataError(f"unknown image dataset {name!r}")
+    try:
+        return classes[name](root, train=train, download=True, transform=tf)
+    except Exception as err:  # URLError, HTTPError, socket errors, a bad MD5: all mean "not available"
+        raise DataError(
+            f"could not download or verify {name} into {Path(root).resolve()} ({type(err).__name__}: {err}). "
+            "Offline? Put the files there yourself, or use an embedded dataset: data=digits"
+        ) from err
+
+
+def dataset_to_tensors(dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    xs, ys = zip(*(dataset[i] for i in range(n)))
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)

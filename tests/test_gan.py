@@ -1,0 +1,197 @@
+import json
+
+import pytest
+import torch
+
+from gallery import gan
+from gallery.core.probes import grad_snapshot, grad_written_norm, grads_absent, reached_parameters
+from tests.conftest import compose_config, run_module
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    g = gan.mlp(4, 2, 32, 2, sn=False)
+    d = gan.mlp(2, 1, 32, 2, sn=False)
+    opt_g = torch.optim.Adam(g.parameters(), lr=1e-3)
+    opt_d = torch.optim.Adam(d.parameters(), lr=1e-3)
+    real = torch.randn(16, 2)
+    z = torch.randn(16, 4)
+    return g, d, opt_g, opt_d, real, z
+
+
+# --- the pattern's contract ---------------------------------------------------------------------
+
+def test_d_step_writes_no_grad_into_g_and_its_graph_reaches_no_g_parameter():
+    g, d, opt_g, opt_d, real, z = _setup()
+    fake = g(z)
+    d_loss, _ = gan.discriminator_step(d, opt_d, real, fake)
+    assert grads_absent(g)
+    assert all(p.grad is None for p in g.parameters())
+    assert reached_parameters(d_loss, g) == set()
+    assert reached_parameters(d_loss, d) == {name for name, _ in d.named_parameters()}
+
+
+def test_g_step_reuses_the_same_fake_and_gives_g_nonzero_grads():
+    g, d, opt_g, opt_d, real, z = _setup()
+    fake = g(z)
+    gan.discriminator_step(d, opt_d, real, fake)
+    before = [p.detach().clone() for p in g.parameters()]
+    gan.generator_step(g, d, opt_g, fake)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in g.parameters())
+    assert all(not torch.equal(a, p) for a, p in zip(before, g.parameters()))
+
+
+def test_r1_penalty_keeps_the_d_step_off_g():
+    g, d, opt_g, opt_d, real, z = _setup()
+    d_loss, _ = gan.discriminator_step(d, opt_d, real, g(z), r1_gamma=1.0)
+    assert reached_parameters(d_loss, g) == set() and grads_absent(g)
+
+
+# --- the mistakes' consequences --------------------------------------------------------------
+
+def _g_grads_after(mistake):
+    g, d, opt_g, opt_d, real, z = _setup()
+    if mistake == "retain_graph_shared_zero_grad":
+        opt_g.zero_grad(set_to_none=True)
+    fake = g(z)
+    snap = grad_snapshot(g)
+    d_loss, logits = gan.discriminator_step(d, opt_d, real, fake, mistake)
+    written = grad_written_norm(g, snap)
+    reaches = reached_parameters(d_loss, g)
+    opt_g.step = lambda: None  # keep the grads G's step would use, without applying them
+    gan.generator_step(g, d, opt_g, fake, mistake, logits)
+    return written, reaches, [p.grad.clone() for p in g.parameters()]
+
+
+def test_retain_graph_writes_into_g_during_the_d_step_but_trains_correctly():
+    _, _, pattern_grads = _g_grads_after("none")
+    written, reaches, grads = _g_grads_after("retain_graph")
+    assert written > 0 and reaches  # the wasted backward through G
+    for a, b in zip(pattern_grads, grads):  # ... then cleared: same G update as the pattern
+        torch.testing.assert_close(a, b)
+
+
+def test_shared_zero_grad_adds_d_loss_gradient_to_g_update():
+    _, _, pattern_grads = _g_grads_after("none")
+    written, _, grads = _g_grads_after("retain_graph_shared_zero_grad")
+    assert written > 0
+    diff = sum(float((a - b).norm()) for a, b in zip(pattern_grads, grads))
+    assert diff > 1e-3
+
+
+def _tiny(tmp_path, *overrides):
+    return compose_config("gan", [f"out_dir={tmp_path}", "device=cpu", "steps=4", "log_every=2",
+                                  "eval_every=4", "hidden=16", "batch_size=32", "eval_samples=64", *overrides])
+
+
+def test_no_detach_raises_and_explains_the_fix(tmp_path):
+    with pytest.raises(gan.ExplainedMistake) as info:
+        gan.train(_tiny(tmp_path, "mistake=no_detach"))
+    text = str(info.value)
+    assert "fake.detach()" in text and "freed G's graph" in text
+    assert "backward through the graph a second time" in str(info.value.__cause__)
+
+
+def test_reuse_d_output_raises_inplace_error_and_explains(tmp_path):
+    with pytest.raises(gan.ExplainedMistake) as info:
+        gan.train(_tiny(tmp_path, "mistake=reuse_d_output"))
+    assert "opt_d.step()" in str(info.value)
+    assert "modified by an inplace operation" in str(info.value.__cause__)
+
+
+def test_retain_graph_costs_saved_bytes_in_the_d_step(tmp_path):
+    pattern = gan.train(_tiny(tmp_path / "p"))
+    mistake = gan.train(_tiny(tmp_path / "m", "mistake=retain_graph"))
+    assert pattern["g_grad_norm_after_d_step"] == 0.0
+    assert mistake["g_grad_norm_after_d_step"] > 0
+    assert mistake["d_step_saved_bytes"] > pattern["d_step_saved_bytes"]
+    assert mistake["iter_peak_saved_bytes"] > pattern["iter_peak_saved_bytes"]
+
+
+# --- smoke runs --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data", ["ring8", "grid25", "digits", "fake"])
+def test_smoke_train_through_compose(tmp_path, data):
+    summary = gan.train(_tiny(tmp_path, f"data={data}"))
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved == summary and summary["steps"] == 4
+    assert summary["g_grad_norm_after_d_step"] == 0.0
+    assert list(tmp_path.glob("samples_step000004.png"))
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    if data in ("ring8", "grid25"):
+        assert 0 <= summary["modes_covered"] <= (8 if data == "ring8" else 25)
+        assert 0.0 <= summary["high_quality_frac"] <= 1.0
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    gan.train(_tiny(tmp_path, "steps=4"))
+    resumed = gan.train(_tiny(tmp_path, "steps=6", "resume=true"))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert resumed["steps"] == 6
+    # the first run logged steps 2 and 4; the resumed one starts at 5, so step 2 is logged once
+    assert [r["step"] for r in rows if "d_loss" in r] == [2, 4, 6]
+
+
+def test_offline_dataset_gives_a_clear_error(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(gan.GalleryError, match="could not download or verify mnist.*data=digits"):
+        gan.train(_tiny(tmp_path, "data=mnist"))
+
+
+def test_cli_writes_summary(tmp_path):
+    out = tmp_path / "cli"
+    proc = run_module("gallery.gan", "data=ring8", "seed=0", f"out_dir={out}", "steps=3", "eval_every=3",
+                      "hidden=16", "eval_samples=100", "device=cpu")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("modes_covered", "high_quality_frac", "g_grad_norm_after_d_step", "sec_per_step", "steps"):
+        assert key in summary
+    assert (out / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("device=gpu", "device='gpu' is not a device"), ("steps=0", "steps must be > 0, got 0"),
+     ("mistake=typo", "mistake='typo' is not one of"), ("batch_size=-2", "batch_size must be > 0")],
+)
+def test_cli_bad_input_exits_2_with_a_message_and_leaves_nothing(tmp_path, override, message):
+    out = tmp_path / "bad"
+    proc = run_module("gallery.gan", f"out_dir={out}", override)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_cli_unknown_key_or_wrong_type_fails_before_training(tmp_path):
+    for override, key in (("lr_gen=0.1", "lr_gen"), ("steps=ten", "steps")):
+        out = tmp_path / key
+        proc = run_module("gallery.gan", f"out_dir={out}", override)
+        assert proc.returncode != 0 and key in proc.stderr
+        assert not out.exists()
+
+
+def test_cli_cuda_without_cuda_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = run_module("gallery.gan", f"out_dir={tmp_path / 'x'}", "device=cuda")
+    assert proc.returncode == 2 and "CUDA is not available" in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_help_lists_the_mistakes():
+    proc = run_module("gallery.gan", "--help")
+    assert proc.returncode == 0
+    for mistake in gan.EXAMPLE.mistakes:
+        assert mistake in proc.stdout
+
+
+@pytest.mark.gpu
+def test_gpu_smoke(tmp_path):
+    summary = gan.train(_tiny(tmp_path, "device=cuda", "data=digits"))
+    assert summary["device"].startswith("cuda") and summary["g_grad_norm_after_d_step"] == 0.0
