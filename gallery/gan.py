@@ -114,6 +114,7 @@ class GanConfig(BaseConfig):
     spectral_norm: bool = False  # on D's layers
     pack: int = 1  # PacGAN: D judges `pack` samples at once, which makes a collapsed G easy to spot
     r1_gamma: float = 0.0  # R1 gradient penalty on real data
+    lr_schedule: str = "constant"  # constant | linear (decay to 0 by the last step)
     eval_every: int = 1000
     eval_samples: int = 2500  # the VEEGAN/PacGAN protocol
     min_per_mode: int = 20  # high-quality samples a mode needs to count as covered
@@ -127,6 +128,7 @@ def validate(cfg: GanConfig) -> None:
     validate_base(cfg, EXAMPLE.mistakes)
     require_choice(cfg, "data.name", [*MIXTURES, *IMAGE_SETS])
     require_choice(cfg, "data.layout", ["ring", "grid"])
+    require_choice(cfg, "lr_schedule", ["constant", "linear"])
     require_non_negative(cfg, "r1_gamma")
     require_positive(cfg, "pack", "batch_size", "z_dim", "hidden", "layers", "lr_g", "lr_d", "eval_samples",
                      "data.modes", "data.radius", "data.std")
@@ -384,6 +386,8 @@ def train(cfg) -> dict:
     g, d = build_models(cfg, data, device)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    decay = (lambda i: max(0.0, 1 - i / cfg.steps)) if cfg.lr_schedule == "linear" else (lambda i: 1.0)
+    schedules = [torch.optim.lr_scheduler.LambdaLR(opt, decay) for opt in (opt_g, opt_d)]
     fixed_z = torch.randn(cfg.eval_samples, cfg.z_dim, generator=torch.Generator().manual_seed(10_000 + cfg.seed)).to(device)
     amp = lambda: autocast(device, cfg.amp)  # noqa: E731
 
@@ -393,6 +397,8 @@ def train(cfg) -> dict:
         state = load_checkpoint(run.checkpoint_dir / "last.pt", map_location=device)
         g.load_state_dict(state["g"]), d.load_state_dict(state["d"])
         opt_g.load_state_dict(state["opt_g"]), opt_d.load_state_dict(state["opt_d"])
+        for sched, sched_state in zip(schedules, state["schedules"]):
+            sched.load_state_dict(sched_state)
         set_rng_state(state["rng"])
         data.generator.set_state(state["data_rng"])
         start = state["step"]
@@ -400,6 +406,7 @@ def train(cfg) -> dict:
     def checkpoint(step: int) -> None:
         save_checkpoint(run.checkpoint_dir, {"g": g.state_dict(), "d": d.state_dict(), "opt_g": opt_g.state_dict(),
                                              "opt_d": opt_d.state_dict(), "step": step, "rng": rng_state(),
+                                             "schedules": [sched.state_dict() for sched in schedules],
                                              "data_rng": data.generator.get_state()})
 
     last: dict = {}
@@ -439,6 +446,8 @@ def train(cfg) -> dict:
                 if probe:
                     metrics["iter_peak_saved_bytes"] = meter.peak
             d_loss = d_loss.detach()
+            for sched in schedules:
+                sched.step()
             del fake, d_fake_logits
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
