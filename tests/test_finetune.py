@@ -1,0 +1,180 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gallery import finetune as ft
+from gallery.core.probes import SavedTensorMeter, reached_parameters, state_hash
+from tests.conftest import compose_config, run_module
+
+
+def _model(mistake="none", unfreeze_last=0, seed=0):
+    torch.manual_seed(seed)
+    backbone = ft.digits_cnn()
+    x = torch.randn(32, 1, 8, 8)
+    head = ft.make_head(ft.feature_dim(backbone, x), 5, 16)
+    model = ft.FrozenBackboneClassifier(backbone, head, unfreeze_last, mistake)
+    return model, x, torch.randint(5, (32,))
+
+
+def _steps(model, x, y, n=3, lr=1e-2):
+    opt = torch.optim.SGD(ft.param_groups(model, lr, 0.3), lr=lr)
+    for _ in range(n):
+        model.train()  # the loop wakes the model every step
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return opt, loss
+
+
+# --- the pattern's contract ---------------------------------------------------------------------
+
+def test_no_frozen_param_is_in_the_optimizer():
+    model, x, y = _model()
+    opt, _ = _steps(model, x, y, n=1)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not in_opt & {id(p) for p in model.frozen.parameters()}
+    assert {id(p) for p in model.head.parameters()} <= in_opt
+
+
+def test_backbone_hash_unchanged_after_steps_despite_model_train():
+    model, x, y = _model()
+    before = state_hash(model.backbone)
+    _steps(model, x, y, n=5)
+    assert not model.frozen.training and model.head.training
+    assert state_hash(model.backbone) == before
+
+
+def test_head_has_grads_and_backbone_params_have_none():
+    model, x, y = _model()
+    _steps(model, x, y, n=1)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.parameters())
+    assert all(p.grad is None for p in model.backbone.parameters())
+
+
+def test_loss_graph_reaches_only_the_head():
+    model, x, y = _model()
+    model.train()
+    loss = F.cross_entropy(model(x), y)
+    assert reached_parameters(loss, model.backbone) == set()
+    assert reached_parameters(loss, model.head) == {n for n, _ in model.head.named_parameters()}
+
+
+def test_cached_features_equal_a_fresh_eval_forward():
+    model, x, _ = _model()
+    model.train()
+    cached = ft.cache_features(model, x, batch=7)
+    fresh_model, _, _ = _model()
+    fresh_model.eval()
+    with torch.no_grad():
+        fresh = fresh_model.frozen(x)
+    torch.testing.assert_close(cached, fresh)
+    assert cached.grad_fn is None and not cached.is_inference()
+
+
+def test_unfreeze_last_trains_those_blocks_with_smaller_lr():
+    model, x, y = _model(unfreeze_last=3)  # the pooling block has no params, then two conv blocks
+    groups = ft.param_groups(model, 1.0, 0.5)
+    assert [g["lr"] for g in groups] == [1.0, 0.5, 0.25]
+    frozen_before = state_hash(model.frozen)
+    _steps(model, x, y, n=2)
+    assert state_hash(model.frozen) == frozen_before
+
+
+# --- the mistakes' consequences --------------------------------------------------------------
+
+def test_bn_train_changes_the_frozen_backbone_hash():
+    model, x, y = _model(mistake="bn_train")
+    before = state_hash(model.backbone)
+    _steps(model, x, y, n=2)
+    assert all(p.grad is None for p in model.backbone.parameters())  # params really are frozen ...
+    assert state_hash(model.backbone) != before  # ... but the BatchNorm running stats moved
+
+
+def test_no_freeze_saves_more_bytes_and_changes_the_backbone():
+    pattern, x, y = _model()
+    full, _, _ = _model(mistake="no_freeze")
+    with SavedTensorMeter() as p_meter:
+        _steps(pattern, x, y, n=1)
+    before = state_hash(full.backbone)
+    with SavedTensorMeter() as f_meter:
+        _steps(full, x, y, n=1)
+    assert f_meter.total > 4 * p_meter.total
+    assert state_hash(full.backbone) != before
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """One small pretrained backbone shared by the runs below (built through stage=pretrain)."""
+    ckpt = tmp_path_factory.mktemp("backbone")
+    cfg = compose_config("finetune", ["stage=pretrain", f"backbone.checkpoint_dir={ckpt}",
+                                      "backbone.pretrain_steps=30", "device=cpu"])
+    summary = ft.train(cfg)
+    assert summary["stage"] == "pretrain" and (ckpt / "last.pt").is_file()
+    return ckpt
+
+
+def _tiny(tmp_path, ckpt, *overrides):
+    return compose_config("finetune", [f"out_dir={tmp_path}", f"backbone.checkpoint_dir={ckpt}", "device=cpu",
+                                       "steps=6", "eval_every=3", "log_every=3", *overrides])
+
+
+def test_smoke_finetune_through_compose(tmp_path, pretrained):
+    summary = ft.train(_tiny(tmp_path, pretrained))
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert summary["backbone_unchanged"] is True
+    assert summary["trainable_params"] > 0 and summary["frozen_params"] > summary["trainable_params"]
+    assert 0 <= summary["val_acc"] <= 1 and summary["saved_bytes_per_step"] > 0
+
+
+def test_bn_train_run_reports_backbone_changed(tmp_path, pretrained):
+    assert ft.train(_tiny(tmp_path, pretrained, "mistake=bn_train"))["backbone_unchanged"] is False
+
+
+def test_cached_features_run_matches_the_pattern(tmp_path, pretrained):
+    plain = ft.train(_tiny(tmp_path / "a", pretrained, "head_hidden=0"))
+    cached = ft.train(_tiny(tmp_path / "b", pretrained, "head_hidden=0", "cache_features=true"))
+    assert cached["val_acc"] == pytest.approx(plain["val_acc"], abs=1e-6)
+
+
+def test_few_shot_split_keeps_labels_per_class(tmp_path, pretrained):
+    summary = ft.train(_tiny(tmp_path, pretrained, "data.labels_per_class=3"))
+    assert summary["train_size"] == 15
+
+
+def test_missing_backbone_is_built_on_first_use(tmp_path):
+    ckpt = tmp_path / "fresh"
+    ft.train(_tiny(tmp_path / "run", ckpt, "backbone.pretrain_steps=5"))
+    assert (ckpt / "last.pt").is_file()
+
+
+def test_offline_resnet18_weights_name_the_missing_file(tmp_path, monkeypatch):
+    from torchvision.models import ResNet18_Weights
+
+    def offline(self, *a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    with pytest.raises(ft.DataError, match=r"resnet18-f37072fd\.pth.*backbone.weights_path"):
+        ft.train(_tiny(tmp_path, tmp_path, "backbone=resnet18"))
+
+
+def test_cli_writes_summary(tmp_path, pretrained):
+    out = tmp_path / "cli"
+    proc = run_module("gallery.finetune", "seed=0", f"out_dir={out}", f"backbone.checkpoint_dir={pretrained}",
+                      "steps=4", "eval_every=4", "device=cpu")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("val_acc", "backbone_unchanged", "trainable_params", "frozen_params", "sec_per_step",
+                "saved_bytes_per_step"):
+        assert key in summary
+
+
+@pytest.mark.gpu
+def test_gpu_smoke(tmp_path, pretrained):
+    summary = ft.train(_tiny(tmp_path, pretrained, "device=cuda"))
+    assert summary["device"].startswith("cuda") and summary["backbone_unchanged"] is True
