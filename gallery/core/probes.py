@@ -138,6 +138,10 @@ class SavedTensorMeter:
     - `peak`: the largest `live` seen.
 
     Under `torch.no_grad()` nothing is saved, so all three stay 0.
+
+    Caveat: while saved-tensor hooks are active, autograd does not check saved tensors' version
+    counters, so an in-place change that would raise "modified by an inplace operation" may go
+    unnoticed. Measure with the meter; prove such errors without it.
     """
 
     def __init__(self):

@@ -1,0 +1,114 @@
+"""Character-level text: the embedded pydoc corpus, any local file, and two online corpora.
+
+`pydoc` is the text of `pydoc_data.topics`, the help topics that ship inside CPython itself, so it
+is there wherever Python is. The online corpora download once into `root` and are checked against
+a SHA-256 before use; offline they fail with a message that names the file and an alternative.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gallery.core.errors import DataError
+
+ONLINE = {
+    "tiny_shakespeare": {
+        "url": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        "file": "tiny_shakespeare.txt",
+        "sha256": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    },
+    "wikitext2": {
+        "url": "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-raw-v1.zip",
+        "file": "wikitext-2-raw-v1.zip",
+        "member": "wikitext-2-raw/wiki.train.raw",
+        "sha256": "ef7edb566e3e2b2d31b29c1fdb0c89a4cc683597484c3dc2517919c615435a11",
+    },
+}
+
+
+def pydoc_text() -> str:
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[key] for key in sorted(topics))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(name: str, root: str) -> Path:
+    """Download `name` into `root` once (atomically), and verify its checksum every time."""
+    spec = ONLINE[name]
+    path = Path(root) / spec["file"]
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".part")
+        try:
+            urllib.request.urlretrieve(spec["url"], tmp)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise DataError(
+                f"could not download {name} from {spec['url']} into {path.resolve()} ({err}). "
+                "Offline? Put the file there yourself, or use data=pydoc (embedded) or data=file data.path=..."
+            ) from err
+        tmp.replace(path)
+    actual = _sha256(path)
+    if actual != spec["sha256"]:
+        raise DataError(f"{path} has SHA-256 {actual}, expected {spec['sha256']}: delete it and try again")
+    return path
+
+
+def load_text(name: str, path: str | None = None, root: str = "data_cache") -> str:
+    if name == "pydoc":
+        return pydoc_text()
+    if name == "file":
+        if not path:
+            raise DataError("data=file needs data.path=/path/to/text.txt")
+        file = Path(path)
+        if not file.is_file():
+            raise DataError(f"data.path={file} does not exist")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"data.path={file} is not UTF-8 text ({err})") from err
+        if len(text) < 100:
+            raise DataError(f"data.path={file} has {len(text)} characters; a character model needs more")
+        return text
+    if name in ONLINE:
+        fetched = fetch(name, root)
+        if "member" in ONLINE[name]:
+            with zipfile.ZipFile(fetched) as zf:
+                return zf.read(ONLINE[name]["member"]).decode("utf-8")
+        return fetched.read_text(encoding="utf-8")
+    raise DataError(f"unknown text corpus {name!r}")
+
+
+@dataclass(frozen=True)
+class CharVocab:
+    """Characters of the training split, sorted; index 0 is the unknown-character slot."""
+
+    chars: str
+
+    @classmethod
+    def build(cls, text: str) -> CharVocab:
+        return cls("".join(sorted(set(text))))
+
+    def __len__(self) -> int:
+        return len(self.chars) + 1
+
+    def encode(self, text: str) -> torch.Tensor:
+        index = {c: i + 1 for i, c in enumerate(self.chars)}
+        return torch.tensor([index.get(c, 0) for c in text], dtype=torch.int64)
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i - 1] if i > 0 else "\ufffd" for i in ids)
