@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import runpy
 import sys
 
 from gallery.core.registry import examples
@@ -27,13 +28,9 @@ def main(argv: list[str] | None = None) -> int:
             print("\nrun one: python -m gallery.<name> [key=value ...]   details: python -m gallery list")
         return 0
     if command == "tour":
-        try:
-            from gallery import tour
-        except ImportError:
-            print("the tour is not built yet; try: python -m gallery list", file=sys.stderr)
-            return 2
+        # Run it as `python -m gallery.tour` would, so Hydra finds configs/ beside the package.
         sys.argv = [sys.argv[0], *argv[1:]]
-        tour.main()
+        runpy.run_module("gallery.tour", run_name="__main__", alter_sys=True)
         return 0
     print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2

@@ -335,7 +335,7 @@ def train(cfg) -> dict:
     next_ckpt = (env_steps // cfg.ckpt_every + 1) * cfg.ckpt_every if cfg.ckpt_every else None
     next_sync = (env_steps // cfg.target_sync_every + 1) * cfg.target_sync_every
     bar = progress(cfg.steps, f"dqn {cfg.env.id} mistake={cfg.mistake}", cfg.progress, initial=env_steps)
-    t_start, steps_at_start = time.perf_counter(), env_steps
+    t_start, steps_at_start, eval_seconds = time.perf_counter(), env_steps, 0.0
     try:
         while env_steps < cfg.steps:
             eps = epsilon(cfg, env_steps)
@@ -377,7 +377,9 @@ def train(cfg) -> dict:
                 recent_returns = []
             if env_steps >= next_eval or env_steps >= cfg.steps:
                 next_eval += cfg.eval_every
+                t_eval = time.perf_counter()
                 returns = evaluate(online, eval_env, cfg.eval_episodes, cfg.seed + 10_000, device)
+                eval_seconds += time.perf_counter() - t_eval
                 evals.append({"env_steps": env_steps, "eval_return_mean": float(np.mean(returns)),
                               "eval_return_std": float(np.std(returns))})
                 run.log(env_steps, **evals[-1])
@@ -389,7 +391,7 @@ def train(cfg) -> dict:
             if next_ckpt is not None and env_steps >= next_ckpt:
                 next_ckpt += cfg.ckpt_every
                 checkpoint()
-        elapsed = time.perf_counter() - t_start
+        elapsed = time.perf_counter() - t_start - eval_seconds  # training only: evaluation is separate
         checkpoint()
     finally:
         bar.close()

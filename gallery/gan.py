@@ -102,20 +102,20 @@ class GanData:
 @dataclass
 class GanConfig(BaseConfig):
     data: GanData = field(default_factory=GanData)
-    steps: int = 6000
+    steps: int = 12000
     batch_size: int = 256
     z_dim: int = 16
-    hidden: int = 256  # MLP width (mixtures); base conv channels (images)
+    hidden: int = 128  # MLP width (mixtures); conv channels = hidden // 8 * 2**i (images)
     layers: int = 3  # hidden layers per MLP
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
+    lr_g: float = 2e-3
+    lr_d: float = 2e-3
     beta1: float = 0.5
     beta2: float = 0.999
     spectral_norm: bool = False  # on D's layers
     pack: int = 1  # PacGAN: D judges `pack` samples at once, which makes a collapsed G easy to spot
-    r1_gamma: float = 0.0  # R1 gradient penalty on real data
-    lr_schedule: str = "constant"  # constant | linear (decay to 0 by the last step)
-    eval_every: int = 1000
+    r1_gamma: float = 0.1  # R1 gradient penalty on real data
+    lr_schedule: str = "linear"  # constant | linear (decay to 0 by the last step)
+    eval_every: int = 2000
     eval_samples: int = 2500  # the VEEGAN/PacGAN protocol
     min_per_mode: int = 20  # high-quality samples a mode needs to count as covered
     log_every: int = 100

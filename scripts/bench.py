@@ -1,0 +1,272 @@
+#!/usr/bin/env python
+"""Speed and memory of each pattern against its mistake, as ratios measured side by side.
+
+    scripts/bench.py [gan|dqn|finetune|tbptt|all] [--device cpu|cuda] [--json results.json]
+
+Times come from alternating blocks of the two variants in one process (median of the blocks), so a
+ratio holds on the machine it ran on even when the absolute times drift. Bytes come from the
+saved-tensor probe and are exact. Run it through the project's venv: .venv/bin/python scripts/bench.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from gallery.core.device import resolve_device  # noqa: E402
+from gallery.core.probes import SavedTensorMeter  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def alternate(variants: dict, rounds: int, per_round: int, device: torch.device, warmup: int = 3) -> dict:
+    """Median seconds per call of each variant, timed in alternating blocks."""
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                fn()
+            sync(device)
+            times[name].append((time.perf_counter() - t0) / per_round)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def config(name: str, *overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+# --- gan -----------------------------------------------------------------------------------------
+
+def bench_gan(device: torch.device) -> list[dict]:
+    from gallery import gan
+
+    rows = []
+    for data in ("ring8", "digits"):
+        cfg = gan.to_schema(config("gan", f"data={data}", f"device={device}"))
+        data_src = gan.build_data(cfg, device)
+        states = {}
+        for mistake in ("none", "retain_graph"):
+            torch.manual_seed(0)
+            g, d = gan.build_models(cfg, data_src, device)
+            opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+            opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+            states[mistake] = (g, d, opt_g, opt_d)
+
+        def iteration(mistake):
+            g, d, opt_g, opt_d = states[mistake]
+
+            def run():
+                real = data_src.sample(cfg.batch_size)
+                fake = g(torch.randn(len(real), cfg.z_dim, device=device))
+                _, logits = gan.discriminator_step(d, opt_d, real, fake, mistake, None, cfg.r1_gamma)
+                gan.generator_step(g, d, opt_g, fake, mistake, logits)
+
+            return run
+
+        secs = alternate({m: iteration(m) for m in states}, rounds=7, per_round=40, device=device)
+        with tempfile.TemporaryDirectory() as tmp:
+            short = {m: gan.train(config("gan", f"data={data}", f"device={device}", f"mistake={m}", "steps=2",
+                                         "log_every=1", "eval_every=2", "eval_samples=64", f"out_dir={tmp}/{m}"))
+                     for m in states}
+        rows.append({
+            "data": data,
+            "pattern_ms_per_iter": secs["none"] * 1e3, "retain_graph_ms_per_iter": secs["retain_graph"] * 1e3,
+            "time_ratio_retain_graph_over_pattern": secs["retain_graph"] / secs["none"],
+            "pattern_d_step_saved_bytes": short["none"]["d_step_saved_bytes"],
+            "retain_graph_d_step_saved_bytes": short["retain_graph"]["d_step_saved_bytes"],
+            "pattern_iter_peak_saved_bytes": short["none"]["iter_peak_saved_bytes"],
+            "retain_graph_iter_peak_saved_bytes": short["retain_graph"]["iter_peak_saved_bytes"],
+        })
+    return rows
+
+
+# --- dqn -----------------------------------------------------------------------------------------
+
+def bench_dqn(device: torch.device) -> list[dict]:
+    import numpy as np
+
+    from gallery import dqn
+
+    steps = 8000
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = dqn.train(config("dqn", f"device={device}", f"steps={steps}", "stop_when_solved=false",
+                                   f"eval_every={steps}", "eval_episodes=1", f"out_dir={tmp}"))
+    cfg = dqn.to_schema(config("dqn", f"device={device}"))
+    envs, eval_env = dqn.make_envs(cfg)
+    rng = np.random.default_rng(0)
+    envs.reset(seed=0)
+    t0 = time.perf_counter()
+    for _ in range(steps // cfg.env.num_envs):
+        dqn.env_step(envs, rng.integers(2, size=cfg.env.num_envs))
+    bare = steps / (time.perf_counter() - t0)
+    envs.close(), eval_env.close()
+
+    torch.manual_seed(0)
+    online = dqn.q_network(4, 2, cfg.hidden).to(device)
+    target = dqn.make_target(online)
+    opt = torch.optim.Adam(online.parameters(), lr=cfg.lr)
+    g = torch.Generator().manual_seed(0)
+    batch = {"obs": torch.randn(cfg.batch_size, 4, generator=g), "next_obs": torch.randn(cfg.batch_size, 4, generator=g),
+             "actions": torch.randint(2, (cfg.batch_size,), generator=g), "rewards": torch.ones(cfg.batch_size),
+             "terminated": torch.zeros(cfg.batch_size)}
+    batch = {k: v.to(device) for k, v in batch.items()}
+    saved = {}
+    for mistake in ("none", "target_grad"):
+        target.requires_grad_(mistake == "target_grad")
+        with SavedTensorMeter() as meter:
+            dqn.update(online, target, opt, batch, dqn.DqnConfig(mistake=mistake))
+        saved[mistake] = meter.total
+    return [{
+        "train_env_steps_per_sec": summary["env_steps_per_sec"], "bare_env_steps_per_sec": bare,
+        "overhead_bare_over_train": bare / summary["env_steps_per_sec"],
+        "pattern_saved_bytes_per_update": saved["none"], "target_grad_saved_bytes_per_update": saved["target_grad"],
+        "bytes_ratio_target_grad_over_pattern": saved["target_grad"] / saved["none"],
+    }]
+
+
+# --- finetune ------------------------------------------------------------------------------------
+
+def bench_finetune(device: torch.device) -> list[dict]:
+    from gallery import finetune as ft
+
+    rows = []
+    setups = {
+        "digits_cnn 8px, batch 64": (ft.digits_cnn, torch.randn(64, 1, 8, 8), 7, 20),
+        "resnet18 224px random weights, batch 8": (
+            lambda: ft.resnet18_backbone(ft.BackboneConfig(name="resnet18", weights="random")),
+            torch.randn(8, 3, 224, 224), 3, 2),
+    }
+    for name, (make_backbone, x, rounds, per_round) in setups.items():
+        x, y = x.to(device), torch.randint(5, (len(x),), device=device)
+        steps, saved = {}, {}
+        for mistake in ("none", "no_freeze"):
+            torch.manual_seed(0)
+            backbone = make_backbone().to(device)
+            head = ft.make_head(ft.feature_dim(backbone, x), 5, 128)
+            model = ft.FrozenBackboneClassifier(backbone, head, 0, mistake).to(device)
+            opt = torch.optim.AdamW(ft.param_groups(model, 1e-3, 0.3))
+
+            def step(model=model, opt=opt):
+                model.train()
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            steps[mistake] = step
+            with SavedTensorMeter() as meter:
+                step()
+            saved[mistake] = meter.total
+        secs = alternate(steps, rounds=rounds, per_round=per_round, device=device, warmup=1)
+        rows.append({
+            "setup": name, "frozen_ms_per_step": secs["none"] * 1e3, "full_ms_per_step": secs["no_freeze"] * 1e3,
+            "time_ratio_frozen_over_full": secs["none"] / secs["no_freeze"],
+            "frozen_saved_bytes": saved["none"], "full_saved_bytes": saved["no_freeze"],
+            "bytes_ratio_frozen_over_full": saved["none"] / saved["no_freeze"],
+        })
+    return rows
+
+
+# --- tbptt ---------------------------------------------------------------------------------------
+
+def bench_tbptt(device: torch.device, chunks: int = 16) -> list[dict]:
+    from gallery import tbptt
+
+    cfg = tbptt.to_schema(config("tbptt", f"device={device}"))
+    torch.manual_seed(0)
+    vocab = 100
+    model = tbptt.CharRNN(vocab, cfg.embed, cfg.hidden, cfg.layers, cfg.cell).to(device)
+    data = torch.randint(vocab, (cfg.batch_size, chunks * cfg.bptt_len + 1), device=device)
+    x, y = data[:, :-1], data[:, 1:]
+
+    def truncated():
+        state = None
+        for i in range(chunks):
+            sl = slice(i * cfg.bptt_len, (i + 1) * cfg.bptt_len)
+            logits, state = model(x[:, sl], tbptt.detach_state(state))
+            F.cross_entropy(logits.reshape(-1, vocab), y[:, sl].reshape(-1)).backward()
+
+    def untruncated():
+        logits, _ = model(x)
+        F.cross_entropy(logits.reshape(-1, vocab), y.reshape(-1)).backward()
+
+    peaks = {}
+    for name, fn in (("truncated", truncated), ("untruncated", untruncated)):
+        with SavedTensorMeter() as meter:
+            fn()
+        peaks[name] = meter.peak
+    secs = alternate({"truncated": truncated, "untruncated": untruncated}, rounds=5, per_round=1, device=device,
+                     warmup=1)
+    chars = chunks * cfg.bptt_len * cfg.batch_size
+    return [{
+        "sequence": f"{chunks} chunks x {cfg.bptt_len} chars x {cfg.batch_size} streams",
+        "truncated_chars_per_sec": chars / secs["truncated"], "untruncated_chars_per_sec": chars / secs["untruncated"],
+        "time_ratio_untruncated_over_truncated": secs["untruncated"] / secs["truncated"],
+        "truncated_peak_bytes": peaks["truncated"], "untruncated_peak_bytes": peaks["untruncated"],
+        "memory_ratio_untruncated_over_truncated": peaks["untruncated"] / peaks["truncated"],
+    }]
+
+
+BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "tbptt": bench_tbptt}
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", nargs="?", default="all", choices=[*BENCHES, "all"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    results = {"machine": machine(device), "torch": torch.__version__}
+    for name in BENCHES if args.which == "all" else [args.which]:
+        print(f"## {name} ({results['machine']})", flush=True)
+        rows = BENCHES[name](device)
+        results[name] = rows
+        for row in rows:
+            for key, value in row.items():
+                print(f"  {key}: {fmt(value)}")
+            print()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+#!/usr/bin/env python
+"""The learning targets in full, at fixed seeds, with each run's wall time on this machine.
+
+    .venv/bin/python scripts/gates.py [gan|dqn|finetune|tbptt|all] [--json gates.json]
+
+tests/test_learning.py checks a subset of these within the test budget; this script runs all the
+seeds the targets name (GAN and DQN seeds 0-4, fine-tuning seeds 0-2) one after another, so the
+wall times are the ones a user would see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+
+def run(example: str, *overrides: str) -> dict:
+    module = __import__(f"gallery.{example}", fromlist=["train"])
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose(config_name=example, overrides=["device=cpu", *overrides])
+    start = time.perf_counter()
+    summary = module.train(cfg)
+    summary["wall_seconds"] = time.perf_counter() - start
+    return summary
+
+
+def gate_gan(tmp: Path) -> dict:
+    rows = {}
+    for mistake in ("none", "retain_graph_shared_zero_grad"):
+        for seed in range(5):
+            s = run("gan", f"seed={seed}", f"mistake={mistake}", f"out_dir={tmp}/gan/{mistake}/{seed}")
+            rows.setdefault(mistake, []).append({k: s[k] for k in ("modes_covered", "high_quality_frac", "wall_seconds")})
+            print(f"gan {mistake} seed={seed}: {rows[mistake][-1]}", flush=True)
+    out = {"runs": rows}
+    for mistake, runs in rows.items():
+        out[mistake] = {"mean_modes": statistics.mean(r["modes_covered"] for r in runs),
+                        "mean_high_quality": statistics.mean(r["high_quality_frac"] for r in runs),
+                        "max_wall_seconds": max(r["wall_seconds"] for r in runs)}
+    out["pass"] = (out["none"]["mean_modes"] >= 7.5 and out["none"]["mean_high_quality"] >= 0.85
+                   and out["none"]["max_wall_seconds"] < 60)
+    return out
+
+
+def gate_dqn(tmp: Path) -> dict:
+    runs = []
+    for seed in range(5):
+        s = run("dqn", f"seed={seed}", f"out_dir={tmp}/dqn/{seed}")
+        runs.append({k: s[k] for k in ("first_solved_step", "eval_return_mean", "env_steps_per_sec", "wall_seconds")})
+        print(f"dqn seed={seed}: {runs[-1]}", flush=True)
+    solved = [r["first_solved_step"] for r in runs]
+    return {"runs": runs, "pass": all(s is not None and s <= 50_000 for s in solved)
+            and max(r["wall_seconds"] for r in runs) < 90}
+
+
+def gate_finetune(tmp: Path) -> dict:
+    runs = []
+    for seed in range(3):
+        ckpt = tmp / "digits_cnn"
+        if seed == 0:
+            shutil.rmtree(ckpt, ignore_errors=True)  # seed 0 pays for pretraining: the first-use wall time
+        s = run("finetune", f"seed={seed}", f"out_dir={tmp}/ft/{seed}", f"backbone.checkpoint_dir={ckpt}")
+        runs.append({k: s[k] for k in ("val_acc", "backbone_unchanged", "wall_seconds")})
+        print(f"finetune seed={seed}: {runs[-1]}", flush=True)
+    return {"runs": runs, "pass": all(r["val_acc"] >= 0.95 and r["backbone_unchanged"] for r in runs)
+            and runs[0]["wall_seconds"] < 60}
+
+
+def gate_tbptt(tmp: Path) -> dict:
+    s = run("tbptt", "seed=0", f"out_dir={tmp}/tbptt")
+    curve = s["curve"]
+    print(f"tbptt curve: {curve}", flush=True)
+    within_3_min = [c["val_bpc"] for c in curve if c["seconds"] <= 180]
+    return {"curve": curve, "val_bpc": s["val_bpc"], "wall_seconds": s["wall_seconds"],
+            "pass": bool(within_3_min) and min(within_3_min) <= 2.3}
+
+
+GATES = {"gan": gate_gan, "dqn": gate_dqn, "finetune": gate_finetune, "tbptt": gate_tbptt}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", nargs="?", default="all", choices=[*GATES, "all"])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in GATES if args.which == "all" else [args.which]:
+            results[name] = GATES[name](Path(tmp))
+            print(f"## {name}: {'PASS' if results[name]['pass'] else 'FAIL'}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0 if all(r["pass"] for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+import json
+
+from gallery import tour
+from gallery.core.registry import examples
+from tests.conftest import ROOT, run_module
+
+
+def test_listing_comes_from_the_registry():
+    proc = run_module("gallery")
+    assert proc.returncode == 0
+    found = examples()
+    assert set(found) == {"gan", "dqn", "finetune", "tbptt"}
+    for name, example in found.items():
+        assert f"{name:10s} {example.pattern}" in proc.stdout
+
+
+def test_list_prints_every_mistake_and_its_consequence():
+    proc = run_module("gallery", "list")
+    assert proc.returncode == 0
+    for example in examples().values():
+        for key, mistake in example.mistakes.items():
+            assert f"{key}: {mistake.description}" in proc.stdout
+            assert mistake.consequence in proc.stdout
+
+
+def test_unknown_command_exits_2():
+    proc = run_module("gallery", "frobnicate")
+    assert proc.returncode == 2 and "unknown command" in proc.stderr
+
+
+def test_every_example_mistake_is_a_config_choice():
+    """The registry and each example's validation agree on the mistake names."""
+    for name, example in examples().items():
+        budget = tour.BUDGETS["quick"][name]
+        assert set(budget) == {"none", *example.mistakes}
+
+
+def test_quick_tour_runs_every_pattern_and_mistake(tmp_path):
+    proc = run_module("gallery", "tour", "budget=quick", f"out_dir={tmp_path}", "device=cpu", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "tour.json").read_text())
+    report = (tmp_path / "report.md").read_text()
+    for name, example in examples().items():
+        assert (tmp_path / f"{name}.png").is_file()
+        assert set(results[name]) == {"none", *example.mistakes}
+        assert f"## {name}:" in report
+    assert results["gan"]["no_detach"]["outcome"] == "raised"
+    assert "backward through the graph a second time" in results["gan"]["no_detach"]["cause"]
+    assert results["gan"]["reuse_d_output"]["outcome"] == "raised"
+    assert results["tbptt"]["no_detach"]["outcome"] == "raised"
+    assert results["dqn"]["target_grad"]["target_grad_seen"] is True
+    assert results["finetune"]["bn_train"]["backbone_unchanged"] is False
+    assert results["finetune"]["none"]["backbone_unchanged"] is True
+    saved = results["tbptt"]["retain_graph"]["saved_bytes_per_chunk"]
+    assert saved[-1] > saved[0]
+
+
+def test_run_sh_rejects_an_unknown_example():
+    import subprocess
+
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "run.sh"), "nosuch"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "no example named 'nosuch'" in proc.stderr

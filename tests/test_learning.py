@@ -1,0 +1,50 @@
+"""Learning gates: fixed seeds, default configs, marked slow (CI still runs them).
+
+The full targets (GAN seeds 0-4, DQN seeds 0-4) are checked by scripts/gates.py; these run the
+subset that fits the test budget.
+"""
+
+import pytest
+
+from gallery import dqn, finetune, gan, tbptt
+from tests.conftest import compose_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_gan_ring8_covers_the_modes_with_sharp_samples(tmp_path):
+    runs = [gan.train(compose_config("gan", ["device=cpu", f"seed={s}", f"out_dir={tmp_path}/{s}"]))
+            for s in (0, 1)]
+    assert sum(r["modes_covered"] for r in runs) / len(runs) >= 7.5
+    assert sum(r["high_quality_frac"] for r in runs) / len(runs) >= 0.85
+    assert all(r["g_grad_norm_after_d_step"] == 0.0 for r in runs)
+
+
+def test_gan_shared_zero_grad_is_worse_than_the_pattern_on_the_same_seed(tmp_path):
+    pattern = gan.train(compose_config("gan", ["device=cpu", "seed=0", f"out_dir={tmp_path}/p"]))
+    mistake = gan.train(compose_config("gan", ["device=cpu", "seed=0", f"out_dir={tmp_path}/m",
+                                               "mistake=retain_graph_shared_zero_grad"]))
+    assert (mistake["modes_covered"] < pattern["modes_covered"]
+            or mistake["high_quality_frac"] < pattern["high_quality_frac"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dqn_solves_cartpole_within_50k_steps(tmp_path, seed):
+    summary = dqn.train(compose_config("dqn", ["device=cpu", f"seed={seed}", f"out_dir={tmp_path}"]))
+    assert summary["first_solved_step"] is not None and summary["first_solved_step"] <= 50_000
+    assert summary["eval_return_mean"] >= 475 and summary["target_grad_seen"] is False
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_finetune_frozen_backbone_reaches_95_percent(tmp_path_factory, seed):
+    ckpt = tmp_path_factory.getbasetemp() / "digits_cnn"  # pretrained once, shared by the seeds
+    out = tmp_path_factory.mktemp(f"ft{seed}")
+    summary = finetune.train(compose_config("finetune", ["device=cpu", f"seed={seed}", f"out_dir={out}",
+                                                         f"backbone.checkpoint_dir={ckpt}"]))
+    assert summary["val_acc"] >= 0.95 and summary["backbone_unchanged"] is True
+
+
+def test_tbptt_pydoc_reaches_the_seeded_bpc(tmp_path):
+    summary = tbptt.train(compose_config("tbptt", ["device=cpu", "seed=0", f"out_dir={tmp_path}",
+                                                   "steps=600", "eval_every=600"]))
+    assert summary["val_bpc"] <= 2.2
