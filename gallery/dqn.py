@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gallery.core import plots
 from gallery.core.checkpoint import load_checkpoint, save_checkpoint
 from gallery.core.config import (
     BaseConfig,
@@ -92,13 +93,13 @@ class DqnConfig(BaseConfig):
     buffer_size: int = 50_000
     learning_starts: int = 1_000
     updates_per_step: float = 0.5  # gradient updates per env step
-    target_sync_every: int = 500  # env steps between hard copies (tau = 1)
+    target_sync_every: int = 100  # env steps between hard copies (tau = 1)
     tau: float = 1.0  # < 1: Polyak update every gradient step instead
     double_dqn: bool = True
     max_grad_norm: float = 10.0
     eps_start: float = 1.0
     eps_end: float = 0.05
-    eps_decay_steps: int = 10_000
+    eps_decay_steps: int = 5_000
     eval_every: int = 2_500
     eval_episodes: int = 10
     log_every: int = 1_000
@@ -267,11 +268,7 @@ def evaluate(online: nn.Module, env: gym.Env, episodes: int, seed: int, device: 
 
 
 def save_learning_curve(evals: list[dict], threshold: float | None, path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     steps = [e["env_steps"] for e in evals]
     mean = np.array([e["eval_return_mean"] for e in evals])
     std = np.array([e["eval_return_std"] for e in evals])
@@ -282,9 +279,7 @@ def save_learning_curve(evals: list[dict], threshold: float | None, path, title:
         ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"solved ({threshold:g})")
     ax.set(xlabel="env steps", ylabel="return", title=title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 # --- training loop ------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 from torch import nn
 
+from gallery.core import plots
 from gallery.core.checkpoint import load_checkpoint, save_checkpoint
 from gallery.core.config import (
     BaseConfig,
@@ -347,11 +348,7 @@ def evaluate(g: nn.Module, data, fixed_z: torch.Tensor, cfg: GanConfig) -> dict:
 
 
 def save_figure(result: dict, data, path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     samples = result["samples"]
     if isinstance(data, GaussianMixture):
         fig, ax = plt.subplots(figsize=(4, 4))
@@ -370,9 +367,7 @@ def save_figure(result: dict, data, path, title: str) -> None:
         ax.imshow(grid.permute(1, 2, 0).squeeze().numpy(), cmap="gray")
         ax.axis("off")
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 # --- training loop ------------------------------------------------------------------------------

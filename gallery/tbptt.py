@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 from torch import nn
 
+from gallery.core import plots
 from gallery.core.checkpoint import load_checkpoint, save_checkpoint
 from gallery.core.config import (
     BaseConfig,
@@ -223,17 +224,11 @@ def sample_text(model: CharRNN, vocab: CharVocab, length: int, prime: str, devic
 
 
 def save_bytes_figure(saved: list[int], path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(range(1, len(saved) + 1), [b / 2**20 for b in saved], marker=".", ms=3)
     ax.set(xlabel="chunk", ylabel="MiB held for backward", title=title, ylim=(0, None))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 # --- training loop ------------------------------------------------------------------------------

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from gallery.core import plots
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+plt = plots.pyplot()
 
 
 def _latest(run_dir: str, pattern: str) -> Path | None:
@@ -66,8 +65,4 @@ def draw(example: str, runs: dict, out: Path) -> Path:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         (dqn if example == "dqn" else tbptt)(runs, ax)
     fig.suptitle(f"{example}: pattern vs mistake", fontsize=10)
-    fig.tight_layout()
-    path = out / f"{example}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return plots.save(fig, out / f"{example}.png")

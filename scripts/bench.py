@@ -75,7 +75,7 @@ def bench_gan(device: torch.device) -> list[dict]:
             opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
             states[mistake] = (g, d, opt_g, opt_d)
 
-        def iteration(mistake):
+        def iteration(mistake, states=states, data_src=data_src, cfg=cfg):
             g, d, opt_g, opt_d = states[mistake]
 
             def run():
@@ -169,7 +169,7 @@ def bench_finetune(device: torch.device) -> list[dict]:
             model = ft.FrozenBackboneClassifier(backbone, head, 0, mistake).to(device)
             opt = torch.optim.AdamW(ft.param_groups(model, 1e-3, 0.3))
 
-            def step(model=model, opt=opt):
+            def step(model=model, opt=opt, x=x, y=y):
                 model.train()
                 loss = F.cross_entropy(model(x), y)
                 opt.zero_grad(set_to_none=True)
