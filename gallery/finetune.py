@@ -59,7 +59,7 @@ EXAMPLE = Example(
     mistakes={
         "no_freeze": Mistake(
             "the whole network trains",
-            "more time and bytes saved for backward per step; few-shot fine-tuning can forget",
+            "more time and bytes saved for backward per step; the pretraining task is no longer preserved",
         ),
         "bn_train": Mistake(
             "params frozen but the backbone left in train mode",
@@ -311,22 +311,27 @@ def pretrain(cfg: FinetuneConfig, device: torch.device) -> Path:
     model.eval()
     val_acc = accuracy(model, xv, yv)
     path = save_checkpoint(cfg.backbone.checkpoint_dir, {
-        "backbone": backbone.state_dict(), "classes": PRETRAIN_CLASSES, "val_acc": val_acc,
+        "backbone": backbone.state_dict(), "head": model[1].state_dict(), "classes": PRETRAIN_CLASSES,
+        "val_acc": val_acc,
         "seed": cfg.backbone.pretrain_seed})
     print(f"pretrained digits_cnn on classes 0-4: val_acc={val_acc:.3f}, saved {path}")
     return path
 
 
-def build_backbone(cfg: FinetuneConfig, device: torch.device) -> nn.Sequential:
+def build_backbone(cfg: FinetuneConfig, device: torch.device) -> tuple[nn.Sequential, nn.Module | None]:
+    """The backbone, and the pretraining task's head when there is one (to measure forgetting)."""
     if cfg.backbone.name == "resnet18":
-        return resnet18_backbone(cfg.backbone).to(device)
+        return resnet18_backbone(cfg.backbone).to(device), None
     path = Path(cfg.backbone.checkpoint_dir) / "last.pt"
     if not path.is_file():
         print(f"{path} is missing: pretraining digits_cnn on classes 0-4 first")
         pretrain(cfg, device)
+    state = load_checkpoint(path, map_location=device)
     backbone = digits_cnn().to(device)
-    backbone.load_state_dict(load_checkpoint(path, map_location=device)["backbone"])
-    return backbone
+    backbone.load_state_dict(state["backbone"])
+    old_head = nn.Linear(state["head"]["weight"].shape[1], len(PRETRAIN_CLASSES)).to(device)
+    old_head.load_state_dict(state["head"])
+    return backbone, old_head
 
 
 def train(cfg) -> dict:
@@ -339,7 +344,7 @@ def train(cfg) -> dict:
         path = pretrain(cfg, device)
         return {"stage": "pretrain", "checkpoint": str(path), **{k: v for k, v in load_checkpoint(path).items()
                                                                  if k in ("val_acc", "seed")}}
-    backbone = build_backbone(cfg, device)
+    backbone, old_head = build_backbone(cfg, device)
     seed_everything(cfg.seed, cfg.deterministic)
     x, y, xv, yv = (t.to(device) for t in load_data(cfg, FINETUNE_CLASSES))
     if cfg.unfreeze_last > len(backbone) - 1:
@@ -392,13 +397,19 @@ def train(cfg) -> dict:
         run.close()
     save_checkpoint(run.checkpoint_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                          "step": cfg.steps})
+    old_task_acc = None
+    if old_head is not None and cfg.data.name == "digits":
+        # Forgetting: the pretraining task (digits 0-4) through today's backbone and its own head.
+        *_, xo, yo = (t.to(device) for t in load_data(cfg, PRETRAIN_CLASSES))
+        model.eval()
+        old_task_acc = accuracy(nn.Sequential(model.backbone, old_head), xo, yo)
     summary = {
         "example": "finetune", "backbone": cfg.backbone.name, "data": cfg.data.name, "mistake": cfg.mistake,
         "seed": cfg.seed, "device": str(device), "steps": cfg.steps, "val_acc": val_acc,
         "backbone_unchanged": state_hash(model.frozen) == frozen_hash,
         "trainable_params": trainable, "frozen_params": frozen,
         "sec_per_step": timed_seconds / max(timed_steps, 1), "saved_bytes_per_step": saved_bytes,
-        "train_size": len(x), "val_size": len(xv), "curve": curve,
+        "old_task_acc": old_task_acc, "train_size": len(x), "val_size": len(xv), "curve": curve,
     }
     return run.write_summary(summary)
 

@@ -56,6 +56,7 @@ from gallery.core.probes import (
 )
 from gallery.core.registry import Example, Mistake
 from gallery.core.run import Run, progress, resolve_out_dir
+from gallery.core.schedule import SCHEDULES, lr_schedule
 from gallery.core.seeding import rng_state, seed_everything, set_rng_state
 from gallery.data import images
 from gallery.data.mixtures import GaussianMixture, grid_centres, mode_metrics, ring_centres
@@ -129,7 +130,7 @@ def validate(cfg: GanConfig) -> None:
     validate_base(cfg, EXAMPLE.mistakes)
     require_choice(cfg, "data.name", [*MIXTURES, *IMAGE_SETS])
     require_choice(cfg, "data.layout", ["ring", "grid"])
-    require_choice(cfg, "lr_schedule", ["constant", "linear"])
+    require_choice(cfg, "lr_schedule", SCHEDULES)
     require_non_negative(cfg, "r1_gamma")
     require_positive(cfg, "pack", "batch_size", "z_dim", "hidden", "layers", "lr_g", "lr_d", "eval_samples",
                      "data.modes", "data.radius", "data.std")
@@ -381,8 +382,7 @@ def train(cfg) -> dict:
     g, d = build_models(cfg, data, device)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
-    decay = (lambda i: max(0.0, 1 - i / cfg.steps)) if cfg.lr_schedule == "linear" else (lambda i: 1.0)
-    schedules = [torch.optim.lr_scheduler.LambdaLR(opt, decay) for opt in (opt_g, opt_d)]
+    schedules = [lr_schedule(opt, cfg.lr_schedule, cfg.steps) for opt in (opt_g, opt_d)]
     fixed_z = torch.randn(cfg.eval_samples, cfg.z_dim, generator=torch.Generator().manual_seed(10_000 + cfg.seed)).to(device)
     amp = lambda: autocast(device, cfg.amp)  # noqa: E731
 

@@ -49,6 +49,7 @@ from gallery.core.errors import ConfigError, GalleryError
 from gallery.core.probes import SavedTensorMeter
 from gallery.core.registry import Example, Mistake
 from gallery.core.run import Run, progress, resolve_out_dir
+from gallery.core.schedule import SCHEDULES, lr_schedule
 from gallery.core.seeding import rng_state, seed_everything, set_rng_state
 from gallery.data.text import CharVocab, load_text
 
@@ -85,11 +86,13 @@ class TbpttConfig(BaseConfig):
     embed: int = 64
     hidden: int = 256
     layers: int = 1
+    dropout: float = 0.0  # on the embeddings and the RNN output
     batch_size: int = 32  # parallel streams
     bptt_len: int = 64  # k1: characters per chunk (one update per chunk)
     k2: int | None = None  # TBPTT(k1, k2): backpropagate k2 characters (a multiple of bptt_len); None: k2 = bptt_len
     steps: int = 1500  # chunks (= optimizer updates)
     lr: float = 3e-3
+    lr_schedule: str = "constant"  # constant | linear (decay to 0 by the last step)
     max_grad_norm: float = 1.0
     eval_every: int = 500
     eval_streams: int = 16  # the validation text is read as this many carried streams
@@ -105,6 +108,8 @@ def validate(cfg: TbpttConfig) -> None:
     validate_base(cfg, EXAMPLE.mistakes)
     require_choice(cfg, "data.name", ["pydoc", "file", "tiny_shakespeare", "wikitext2"])
     require_choice(cfg, "cell", ["lstm", "gru"])
+    require_choice(cfg, "lr_schedule", SCHEDULES)
+    require_range(cfg, "dropout", 0.0, 0.9)
     require_positive(cfg, "embed", "hidden", "layers", "batch_size", "bptt_len", "lr", "eval_streams",
                      "retain_graph_max_chunks", "max_grad_norm")
     require_range(cfg, "data.val_fraction", 0.01, 0.5)
@@ -118,16 +123,17 @@ def validate(cfg: TbpttConfig) -> None:
 # --- model ---------------------------------------------------------------------------------------
 
 class CharRNN(nn.Module):
-    def __init__(self, vocab: int, embed: int, hidden: int, layers: int, cell: str):
+    def __init__(self, vocab: int, embed: int, hidden: int, layers: int, cell: str, dropout: float = 0.0):
         super().__init__()
         self.embed = nn.Embedding(vocab, embed)
         rnn = nn.LSTM if cell == "lstm" else nn.GRU
-        self.rnn = rnn(embed, hidden, layers, batch_first=True)
+        self.rnn = rnn(embed, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, vocab)
 
     def forward(self, x: torch.Tensor, state=None):
-        h, state = self.rnn(self.embed(x), state)
-        return self.out(h), state
+        h, state = self.rnn(self.drop(self.embed(x)), state)
+        return self.out(self.drop(h)), state
 
 
 # --- the pattern --------------------------------------------------------------------------------
@@ -245,8 +251,9 @@ def train(cfg) -> dict:
     streams, n = stream_batches(train_ids, cfg.batch_size)
     k1, k2 = cfg.bptt_len, cfg.k2 or cfg.bptt_len
     chunks_per_window = k2 // k1
-    model = CharRNN(len(vocab), cfg.embed, cfg.hidden, cfg.layers, cfg.cell).to(device)
+    model = CharRNN(len(vocab), cfg.embed, cfg.hidden, cfg.layers, cfg.cell, cfg.dropout).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    schedule = lr_schedule(optimizer, cfg.lr_schedule, cfg.steps)
 
     run = Run(resolve_out_dir(cfg.out_dir, "tbptt"), config=cfg, tensorboard=cfg.tensorboard)
     start_step, position, state, window = 0, 0, None, []
@@ -255,6 +262,7 @@ def train(cfg) -> dict:
         if ckpt["vocab"] != vocab.chars:
             raise ConfigError("resume=true: the checkpoint was trained on a different vocabulary (data changed?)")
         model.load_state_dict(ckpt["model"]), optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["schedule"])
         start_step, position, state = ckpt["step"], ckpt["position"], ckpt["state"]
         window = [(x.to(device), y.to(device)) for x, y in ckpt["window"]]
         set_rng_state(ckpt["rng"])
@@ -262,6 +270,7 @@ def train(cfg) -> dict:
     def checkpoint(step: int) -> None:
         save_checkpoint(run.checkpoint_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                              "step": step, "position": position, "state": detach_state(state),
+                                             "schedule": schedule.state_dict(),
                                              "window": [(x.cpu(), y.cpu()) for x, y in window],
                                              "vocab": vocab.chars, "rng": rng_state()})
 
@@ -305,6 +314,7 @@ def train(cfg) -> dict:
                 loss = loss.detach()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
+            schedule.step()
             t_train += time.perf_counter() - t0
             chars += k1 * cfg.batch_size
             position += k1

@@ -33,7 +33,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # 2-core CPU; "quick" only proves every path runs (CI and smoke tests).
 BUDGETS = {
     "full": {
-        "gan": {"none": [], "retain_graph": ["steps=300"], "retain_graph_shared_zero_grad": [],
+        "gan": {"none": [], "retain_graph": [], "retain_graph_shared_zero_grad": [],
                 "no_detach": ["steps=10"], "reuse_d_output": ["steps=10"]},
         "dqn": {"none": ["stop_when_solved=false", "steps=30000"],
                 "no_target": ["stop_when_solved=false", "steps=30000"],

@@ -24,6 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from gallery.core import plots  # noqa: E402
+
 
 def run(example: str, *overrides: str) -> dict:
     module = __import__(f"gallery.{example}", fromlist=["train"])
@@ -35,7 +37,7 @@ def run(example: str, *overrides: str) -> dict:
     return summary
 
 
-def gate_gan(tmp: Path) -> dict:
+def gate_gan(tmp: Path, figures: Path | None) -> dict:
     rows = {}
     for mistake in ("none", "retain_graph_shared_zero_grad"):
         for seed in range(5):
@@ -52,7 +54,7 @@ def gate_gan(tmp: Path) -> dict:
     return out
 
 
-def gate_dqn(tmp: Path) -> dict:
+def gate_dqn(tmp: Path, figures: Path | None) -> dict:
     runs = []
     for seed in range(5):
         s = run("dqn", f"seed={seed}", f"out_dir={tmp}/dqn/{seed}")
@@ -63,7 +65,7 @@ def gate_dqn(tmp: Path) -> dict:
             and max(r["wall_seconds"] for r in runs) < 90}
 
 
-def gate_finetune(tmp: Path) -> dict:
+def gate_finetune(tmp: Path, figures: Path | None) -> dict:
     runs = []
     for seed in range(3):
         ckpt = tmp / "digits_cnn"
@@ -76,12 +78,23 @@ def gate_finetune(tmp: Path) -> dict:
             and runs[0]["wall_seconds"] < 60}
 
 
-def gate_tbptt(tmp: Path) -> dict:
-    s = run("tbptt", "seed=0", f"out_dir={tmp}/tbptt")
-    curve = s["curve"]
-    print(f"tbptt curve: {curve}", flush=True)
+def gate_tbptt(tmp: Path, figures: Path | None) -> dict:
+    default = run("tbptt", "seed=0", f"out_dir={tmp}/tbptt")
+    print(f"tbptt default config: val_bpc={default['val_bpc']:.3f} in {default['wall_seconds']:.0f} s", flush=True)
+    longer = run("tbptt", "seed=0", f"out_dir={tmp}/tbptt_long", "steps=10000", "eval_every=500")
+    curve = longer["curve"]
+    print(f"tbptt BPC against time: {[(round(c['seconds']), round(c['val_bpc'], 3)) for c in curve]}", flush=True)
+    if figures is not None:
+        plt = plots.pyplot()
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot([c["seconds"] for c in curve], [c["val_bpc"] for c in curve], marker="o", ms=3)
+        ax.axhline(2.3, color="gray", ls="--", lw=1, label="target 2.3 within 180 s")
+        ax.set(xlabel="seconds of training (2-core CPU)", ylabel="validation bits per char",
+               title="tbptt on pydoc, default model, seed 0")
+        ax.legend(fontsize=8)
+        plots.save(fig, figures / "tbptt_bpc.png")
     within_3_min = [c["val_bpc"] for c in curve if c["seconds"] <= 180]
-    return {"curve": curve, "val_bpc": s["val_bpc"], "wall_seconds": s["wall_seconds"],
+    return {"default": {k: default[k] for k in ("val_bpc", "wall_seconds", "curve")}, "curve": curve,
             "pass": bool(within_3_min) and min(within_3_min) <= 2.3}
 
 
@@ -92,11 +105,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="?", default="all", choices=[*GATES, "all"])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--figures", type=Path, help="write figures (the BPC-against-time curve) here")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in GATES if args.which == "all" else [args.which]:
-            results[name] = GATES[name](Path(tmp))
+            results[name] = GATES[name](Path(tmp), args.figures)
             print(f"## {name}: {'PASS' if results[name]['pass'] else 'FAIL'}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -241,3 +241,19 @@ def test_registry_lists_only_modules_that_exist():
     for name in found:
         assert (ROOT / "gallery" / f"{name}.py").is_file()
     assert "tour" not in found
+
+
+def test_lr_schedules():
+    from gallery.core.schedule import lr_schedule
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = lr_schedule(opt, "linear", 4)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == [1.0, 0.75, 0.5, 0.25] and opt.param_groups[0]["lr"] == 0.0
+    assert lr_schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), "constant", 4).get_last_lr() == [0.1]
+    with pytest.raises(ValueError, match="unknown lr schedule"):
+        lr_schedule(opt, "cosine", 4)

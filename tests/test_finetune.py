@@ -131,6 +131,13 @@ def test_smoke_finetune_through_compose(tmp_path, pretrained):
     assert 0 <= summary["val_acc"] <= 1 and summary["saved_bytes_per_step"] > 0
 
 
+def test_frozen_run_preserves_the_pretraining_task_exactly(tmp_path, pretrained):
+    from gallery.core.checkpoint import load_checkpoint
+
+    summary = ft.train(_tiny(tmp_path, pretrained))
+    assert summary["old_task_acc"] == load_checkpoint(pretrained / "last.pt")["val_acc"]
+
+
 def test_bn_train_run_reports_backbone_changed(tmp_path, pretrained):
     assert ft.train(_tiny(tmp_path, pretrained, "mistake=bn_train"))["backbone_unchanged"] is False
 
