@@ -86,13 +86,13 @@ class TbpttConfig(BaseConfig):
     embed: int = 64
     hidden: int = 256
     layers: int = 1
-    dropout: float = 0.0  # on the embeddings and the RNN output
+    dropout: float = 0.2  # on the embeddings and the RNN output
     batch_size: int = 32  # parallel streams
     bptt_len: int = 64  # k1: characters per chunk (one update per chunk)
     k2: int | None = None  # TBPTT(k1, k2): backpropagate k2 characters (a multiple of bptt_len); None: k2 = bptt_len
     steps: int = 1500  # chunks (= optimizer updates)
     lr: float = 3e-3
-    lr_schedule: str = "constant"  # constant | linear (decay to 0 by the last step)
+    lr_schedule: str = "linear"  # constant | linear (decay to 0 by the last step)
     max_grad_norm: float = 1.0
     eval_every: int = 500
     eval_streams: int = 16  # the validation text is read as this many carried streams
@@ -293,6 +293,7 @@ def train(cfg) -> dict:
                     loss, after_first = tbptt_update(model, optimizer, window, state, cfg.max_grad_norm)
                 if len(window) == chunks_per_window:
                     state = after_first  # the next window starts one chunk later
+                schedule.step()
                 saved_per_chunk.append(meter.peak)
             else:
                 # MISTAKE: the state keeps its graph into the next chunk.
@@ -311,10 +312,10 @@ def train(cfg) -> dict:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
+                    schedule.step()
                 loss = loss.detach()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            schedule.step()
             t_train += time.perf_counter() - t0
             chars += k1 * cfg.batch_size
             position += k1

@@ -129,7 +129,9 @@ def headline(example: str, s: dict) -> str:
         return (f"eval return {s['eval_return_mean']}, first solved at {s['first_solved_step']}, "
                 f"target grads seen: {s['target_grad_seen']}, saved bytes/update {s['saved_bytes_per_update']:,}")
     if example == "finetune":
-        return (f"val_acc {s['val_acc']:.3f}, backbone unchanged: {s['backbone_unchanged']}, "
+        old = "n/a" if s["old_task_acc"] is None else f"{s['old_task_acc']:.3f}"
+        return (f"val_acc {s['val_acc']:.3f}, pretraining-task acc {old}, "
+                f"backbone unchanged: {s['backbone_unchanged']}, "
                 f"{s['sec_per_step'] * 1e3:.2f} ms/step, saved bytes/step {s['saved_bytes_per_step']:,}")
     saved = s["saved_bytes_per_chunk"]
     bpc = "" if s["val_bpc"] is None else f"val BPC {s['val_bpc']:.3f}, "
