@@ -47,7 +47,7 @@ from gallery.core.config import (
     validate_base,
 )
 from gallery.core.device import autocast, resolve_device
-from gallery.core.errors import ConfigError, GalleryError
+from gallery.core.errors import ConfigError, ExplainedMistake
 from gallery.core.probes import (
     SavedTensorMeter,
     grad_snapshot,
@@ -228,7 +228,7 @@ def build_data(cfg: GanConfig, device: torch.device):
         else:
             side = math.isqrt(d.modes)
             if side * side != d.modes:
-                raise GalleryError(f"data.modes={d.modes}: a grid needs a square number of modes")
+                raise ConfigError(f"data.modes={d.modes}: a grid needs a square number of modes")
             centres = grid_centres(side, d.radius)
         return GaussianMixture(centres, d.std, device, cfg.seed)
     if d.name == "digits":
@@ -329,10 +329,6 @@ def explain_autograd_error(err: RuntimeError, mistake: str) -> str | None:
     if mistake == "reuse_d_output" and "modified by an inplace operation" in text:
         return REUSE_HELP
     return None
-
-
-class ExplainedMistake(GalleryError):
-    """The mistake did what it is known to do; the message says why and names the fix."""
 
 
 # --- evaluation and figures -------------------------------------------------------------------

@@ -45,7 +45,7 @@ from gallery.core.config import (
     validate_base,
 )
 from gallery.core.device import autocast, resolve_device
-from gallery.core.errors import ConfigError, GalleryError
+from gallery.core.errors import ConfigError, ExplainedMistake
 from gallery.core.probes import SavedTensorMeter
 from gallery.core.registry import Example, Mistake
 from gallery.core.run import Run, progress, resolve_out_dir
@@ -189,10 +189,6 @@ NO_DETACH_HELP = (
     "chunk's backward ran on into the previous chunk's graph, which that chunk's backward had already "
     "freed. Fix: state = detach_state(state) at every chunk boundary."
 )
-
-
-class ExplainedMistake(GalleryError):
-    """The mistake did what it is known to do; the message says why and names the fix."""
 
 
 # --- evaluation --------------------------------------------------------------------------------

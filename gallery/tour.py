@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from gallery import tour_figures
 from gallery.core.config import register_schema, require_choice, run_cli
-from gallery.core.errors import ConfigError, GalleryError
+from gallery.core.errors import ConfigError, ExplainedMistake
 from gallery.core.registry import examples
 from gallery.core.run import atomic_write_text, resolve_out_dir
 
@@ -80,8 +80,8 @@ def run_one(example: str, mistake: str, overrides: list[str], cfg: TourConfig, o
     try:
         summary = module.train(composed)
         outcome = "ran"
-    except GalleryError as err:
-        if mistake == "none" or not type(err).__name__ == "ExplainedMistake":
+    except ExplainedMistake as err:
+        if mistake == "none":
             raise
         summary, outcome = {"error": str(err), "cause": str(err.__cause__).splitlines()[0]}, "raised"
     summary["wall_seconds"] = time.perf_counter() - start

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from gallery import gan
+from gallery.core.errors import GalleryError
 from gallery.core.probes import grad_snapshot, grad_written_norm, grads_absent, reached_parameters
 from tests.conftest import compose_config, run_module
 
@@ -139,7 +140,7 @@ def test_offline_dataset_gives_a_clear_error(tmp_path, monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
-    with pytest.raises(gan.GalleryError, match="could not download or verify mnist.*data=digits"):
+    with pytest.raises(GalleryError, match="could not download or verify mnist.*data=digits"):
         gan.train(_tiny(tmp_path, "data=mnist"))
 
 

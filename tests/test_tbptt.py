@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gallery import tbptt
+from gallery.core.errors import GalleryError
 from gallery.core.probes import graph_stats
 from gallery.data.text import CharVocab, load_text
 from tests.conftest import compose_config, run_module
@@ -241,7 +242,7 @@ def test_offline_corpus_gives_a_clear_error(tmp_path, monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(urllib.request, "urlretrieve", offline)
-    with pytest.raises(tbptt.GalleryError, match="could not download tiny_shakespeare.*data=pydoc"):
+    with pytest.raises(GalleryError, match="could not download tiny_shakespeare.*data=pydoc"):
         tbptt.train(_tiny(tmp_path, "data=tiny_shakespeare", f"data.root={tmp_path}"))
     assert not list(tmp_path.glob("*.part"))
 

@@ -19,3 +19,7 @@ class CheckpointError(GalleryError, RuntimeError):
 
 class DataError(GalleryError, RuntimeError):
     pass
+
+
+class ExplainedMistake(GalleryError):
+    """A mistake did what it is known to do (a known autograd error); the message says why and names the fix."""
