@@ -59,10 +59,22 @@ def torchvision_dataset(name: str, root: str, image_size: int | None, train: boo
     try:
         return classes[name](root, train=train, download=True, transform=tf)
     except Exception as err:  # URLError, HTTPError, socket errors, a bad MD5: all mean "not available"
+        _remove_empty_dirs(Path(root) / classes[name].__name__)  # a failed download leaves nothing behind
+        detail = " ".join(str(err).split())
         raise DataError(
-            f"could not download or verify {name} into {Path(root).resolve()} ({type(err).__name__}: {err}). "
+            f"could not download or verify {name} into {Path(root).resolve()} ({type(err).__name__}: {detail}). "
             "Offline? Put the files there yourself, or use an embedded dataset: data=digits"
         ) from err
+
+
+def _remove_empty_dirs(top: Path) -> None:
+    if not top.is_dir():
+        return
+    for path in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    if not any(top.iterdir()):
+        top.rmdir()
 
 
 def dataset_to_tensors(dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
