@@ -32,7 +32,18 @@ def test_gan_shared_zero_grad_is_worse_than_the_pattern_on_the_same_seed(tmp_pat
 def test_dqn_solves_cartpole_within_50k_steps(tmp_path, seed):
     summary = dqn.train(compose_config("dqn", ["device=cpu", f"seed={seed}", f"out_dir={tmp_path}"]))
     assert summary["first_solved_step"] is not None and summary["first_solved_step"] <= 50_000
+    if seed == 0:
+        assert summary["first_solved_step"] <= 20_000  # the budget the no_target test gets
     assert summary["eval_return_mean"] >= 475 and summary["target_grad_seen"] is False
+
+
+def test_dqn_no_target_does_not_solve_in_the_budget_the_pattern_needs(tmp_path):
+    """The moving-target consequence, on seed 0: the pattern solves by 20k env steps (see above);
+    bootstrapping from the online net does not within the same 20k."""
+    summary = dqn.train(compose_config("dqn", ["device=cpu", "seed=0", f"out_dir={tmp_path}",
+                                               "mistake=no_target", "steps=20000"]))
+    assert summary["first_solved_step"] is None
+    assert max(e["eval_return_mean"] for e in summary["evals"]) < 475
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
