@@ -47,7 +47,7 @@ from gallery.core.config import (
     validate_base,
 )
 from gallery.core.device import autocast, resolve_device
-from gallery.core.errors import ConfigError, ExplainedMistake
+from gallery.core.errors import ConfigError, reraise_explained
 from gallery.core.probes import (
     SavedTensorMeter,
     grad_snapshot,
@@ -310,25 +310,20 @@ def generator_step(g, d, opt_g, fake, mistake: str = "none", d_fake_logits=None,
     return g_loss.detach()
 
 
-NO_DETACH_HELP = (
-    "mistake=no_detach: the D step backpropagated through G (D trained on `fake`, not `fake.detach()`), "
-    "which freed G's graph, so the G step had nothing left to backpropagate through. "
-    "Fix: train D on fake.detach(); keep the undetached fake for the G step."
-)
-REUSE_HELP = (
-    "mistake=reuse_d_output: the G loss reused D's output from the D step, but opt_d.step() then "
-    "changed D's weights in place, and autograd refuses to backpropagate through stale saved weights. "
-    "Fix: compute the G loss with a fresh D(fake) after the D step."
-)
-
-
-def explain_autograd_error(err: RuntimeError, mistake: str) -> str | None:
-    text = str(err)
-    if mistake == "no_detach" and "backward through the graph a second time" in text:
-        return NO_DETACH_HELP
-    if mistake == "reuse_d_output" and "modified by an inplace operation" in text:
-        return REUSE_HELP
-    return None
+KNOWN_ERRORS = {
+    "no_detach": (
+        "backward through the graph a second time",
+        "mistake=no_detach: the D step backpropagated through G (D trained on `fake`, not `fake.detach()`), "
+        "which freed G's graph, so the G step had nothing left to backpropagate through. "
+        "Fix: train D on fake.detach(); keep the undetached fake for the G step.",
+    ),
+    "reuse_d_output": (
+        "modified by an inplace operation",
+        "mistake=reuse_d_output: the G loss reused D's output from the D step, but opt_d.step() then "
+        "changed D's weights in place, and autograd refuses to backpropagate through stale saved weights. "
+        "Fix: compute the G loss with a fresh D(fake) after the D step.",
+    ),
+}
 
 
 # --- evaluation and figures -------------------------------------------------------------------
@@ -430,10 +425,8 @@ def train(cfg) -> dict:
                 try:
                     g_loss = generator_step(g, d, opt_g, fake, cfg.mistake, d_fake_logits, amp())
                 except RuntimeError as err:
-                    message = explain_autograd_error(err, cfg.mistake)
-                    if message is None:
-                        raise
-                    raise ExplainedMistake(message) from err
+                    reraise_explained(err, cfg.mistake, KNOWN_ERRORS)
+                    raise
                 if probe:
                     metrics["iter_peak_saved_bytes"] = meter.peak
             d_loss = d_loss.detach()

@@ -45,7 +45,7 @@ from gallery.core.config import (
     validate_base,
 )
 from gallery.core.device import autocast, resolve_device
-from gallery.core.errors import ConfigError, ExplainedMistake
+from gallery.core.errors import ConfigError, reraise_explained
 from gallery.core.probes import SavedTensorMeter
 from gallery.core.registry import Example, Mistake
 from gallery.core.run import Run, progress, resolve_out_dir
@@ -184,11 +184,14 @@ def tbptt_update(model, optimizer, window: list, start_state, max_grad_norm: flo
     return loss.detach(), after_first
 
 
-NO_DETACH_HELP = (
-    "mistake=no_detach: the hidden state was carried into the next chunk without detach, so this "
-    "chunk's backward ran on into the previous chunk's graph, which that chunk's backward had already "
-    "freed. Fix: state = detach_state(state) at every chunk boundary."
-)
+KNOWN_ERRORS = {
+    "no_detach": (
+        "backward through the graph a second time",
+        "mistake=no_detach: the hidden state was carried into the next chunk without detach, so this "
+        "chunk's backward ran on into the previous chunk's graph, which that chunk's backward had already "
+        "freed. Fix: state = detach_state(state) at every chunk boundary.",
+    ),
+}
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -290,19 +293,16 @@ def train(cfg) -> dict:
                 if len(window) == chunks_per_window:
                     state = after_first  # the next window starts one chunk later
                 schedule.step()
-                saved_per_chunk.append(meter.peak)
             else:
                 # MISTAKE: the state keeps its graph into the next chunk.
                 with autocast(device, cfg.amp):
                     logits, state = model(x, state)
                     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-                saved_per_chunk.append(meter.peak)
                 try:
                     # MISTAKE (retain_graph): keep every graph so the next backward can walk it again.
                     loss.backward(retain_graph=cfg.mistake == "retain_graph")
                 except RuntimeError as err:
-                    if cfg.mistake == "no_detach" and "backward through the graph a second time" in str(err):
-                        raise ExplainedMistake(NO_DETACH_HELP) from err
+                    reraise_explained(err, cfg.mistake, KNOWN_ERRORS)
                     raise
                 if cfg.mistake == "no_detach" or step == steps:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -310,6 +310,7 @@ def train(cfg) -> dict:
                     optimizer.zero_grad(set_to_none=True)
                     schedule.step()
                 loss = loss.detach()
+            saved_per_chunk.append(meter.peak)  # backward saves nothing new, so the peak is the forward's
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t_train += time.perf_counter() - t0

@@ -257,3 +257,15 @@ def test_lr_schedules():
     assert lr_schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), "constant", 4).get_last_lr() == [0.1]
     with pytest.raises(ValueError, match="unknown lr schedule"):
         lr_schedule(opt, "cosine", 4)
+
+
+def test_reraise_explained_only_for_the_known_error_of_that_mistake():
+    from gallery.core.errors import ExplainedMistake, reraise_explained
+
+    known = {"oops": ("second time", "explained: detach it")}
+    err = RuntimeError("Trying to backward through the graph a second time")
+    with pytest.raises(ExplainedMistake, match="explained: detach it") as info:
+        reraise_explained(err, "oops", known)
+    assert info.value.__cause__ is err
+    assert reraise_explained(err, "none", known) is None  # the pattern never hides an error
+    assert reraise_explained(RuntimeError("shape mismatch"), "oops", known) is None

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gallery import gan
-from gallery.core.errors import GalleryError
+from gallery.core.errors import ExplainedMistake, GalleryError
 from gallery.core.probes import grad_snapshot, grad_written_norm, grads_absent, reached_parameters
 from tests.conftest import compose_config, run_module
 
@@ -86,7 +86,7 @@ def _tiny(tmp_path, *overrides):
 
 
 def test_no_detach_raises_and_explains_the_fix(tmp_path):
-    with pytest.raises(gan.ExplainedMistake) as info:
+    with pytest.raises(ExplainedMistake) as info:
         gan.train(_tiny(tmp_path, "mistake=no_detach"))
     text = str(info.value)
     assert "fake.detach()" in text and "freed G's graph" in text
@@ -94,7 +94,7 @@ def test_no_detach_raises_and_explains_the_fix(tmp_path):
 
 
 def test_reuse_d_output_raises_inplace_error_and_explains(tmp_path):
-    with pytest.raises(gan.ExplainedMistake) as info:
+    with pytest.raises(ExplainedMistake) as info:
         gan.train(_tiny(tmp_path, "mistake=reuse_d_output"))
     assert "opt_d.step()" in str(info.value)
     assert "modified by an inplace operation" in str(info.value.__cause__)

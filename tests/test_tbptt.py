@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gallery import tbptt
-from gallery.core.errors import GalleryError
+from gallery.core.errors import ExplainedMistake, GalleryError
 from gallery.core.probes import graph_stats
 from gallery.data.text import CharVocab, load_text
 from tests.conftest import compose_config, run_module
@@ -156,7 +156,7 @@ def test_longer_k2_changes_the_gradient():
 # --- the mistakes' consequences --------------------------------------------------------------
 
 def test_no_detach_raises_and_explains_the_fix(tmp_path):
-    with pytest.raises(tbptt.ExplainedMistake) as info:
+    with pytest.raises(ExplainedMistake) as info:
         tbptt.train(_tiny(tmp_path, "mistake=no_detach"))
     assert "detach_state(state)" in str(info.value)
     assert "backward through the graph a second time" in str(info.value.__cause__)

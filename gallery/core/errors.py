@@ -23,3 +23,15 @@ class DataError(GalleryError, RuntimeError):
 
 class ExplainedMistake(GalleryError):
     """A mistake did what it is known to do (a known autograd error); the message says why and names the fix."""
+
+
+def reraise_explained(err: RuntimeError, mistake: str, known: dict[str, tuple[str, str]]) -> None:
+    """Raise `ExplainedMistake` from `err` when it is the autograd error `mistake` is known to cause.
+
+    `known` maps a mistake to (a phrase of autograd's message, the explanation that names the fix).
+    Returns otherwise, and the caller re-raises the original error.
+    """
+    if mistake in known:
+        phrase, explanation = known[mistake]
+        if phrase in str(err):
+            raise ExplainedMistake(explanation) from err
