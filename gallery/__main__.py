@@ -1,5 +1,4 @@
-"""`python -m gallery` lists the examples; `python -m gallery list` adds their mistakes;
-`python -m gallery tour` runs the tour."""
+"""`python -m gallery [list | show <example> | tour [overrides]]`."""
 
 from __future__ import annotations
 
@@ -8,16 +7,22 @@ import sys
 
 from gallery.core.registry import examples
 
-USAGE = "usage: python -m gallery [list | tour [hydra overrides]]"
+USAGE = """usage: python -m gallery [list | show <example> | tour [hydra overrides]]
+
+  (no command)     the examples, one line each
+  list             every example with its mistake= choices and what each costs
+  show <example>   the pattern functions to copy, then each mistake as a diff against them
+  tour             every pattern next to its mistakes, with a report (budget=quick for a fast pass)"""
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv else ""
+    if command in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
     found = examples()
     if command in ("", "list"):
-        if not found:
-            print("no examples yet")
         for name, example in found.items():
             if command == "list":
                 print(example.describe())
@@ -25,10 +30,16 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"{name:10s} {example.pattern}")
         if command == "":
-            print("\nrun one: python -m gallery.<name> [key=value ...]   details: python -m gallery list")
+            print("\nrun one: python -m gallery.<name> [key=value ...]   the code: python -m gallery show <name>")
+        return 0
+    if command == "show":
+        if len(argv) != 2 or argv[1] not in found:
+            print(f"usage: python -m gallery show <example>; the examples: {', '.join(found)}", file=sys.stderr)
+            return 2
+        print(found[argv[1]].show())
         return 0
     if command == "tour":
-        # Run it as `python -m gallery.tour` would, so Hydra finds configs/ beside the package.
+        # Run it as `python -m gallery.tour` would, so Hydra reads the command line as usual.
         sys.argv = [sys.argv[0], *argv[1:]]
         runpy.run_module("gallery.tour", run_name="__main__", alter_sys=True)
         return 0

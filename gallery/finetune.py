@@ -21,8 +21,6 @@ Run: python -m gallery.finetune seed=0 out_dir=/tmp/ft          (stage=pretrain 
 
 from __future__ import annotations
 
-import contextlib
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,41 +30,27 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 from torch import nn
 
-from gallery.core.checkpoint import load_checkpoint, save_checkpoint
+from gallery.core import plots
+from gallery.core.checkpoint import capture, load_checkpoint, save_checkpoint
+from gallery.core.cli import CONFIG_DIR, print_help_if_asked, run_cli
 from gallery.core.config import (
     BaseConfig,
-    print_help_if_asked,
     register_schema,
     require_choice,
     require_non_negative,
     require_positive,
     require_range,
-    run_cli,
-    to_schema,
     validate_base,
 )
-from gallery.core.device import autocast, resolve_device
-from gallery.core.errors import ConfigError, DataError
-from gallery.core.probes import SavedTensorMeter, state_hash
+from gallery.core.device import amp_forward
+from gallery.core.errors import ConfigError
+from gallery.core.probes import Probe, state_hash
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import Run, progress, resolve_out_dir
+from gallery.core.run import Run, prepare, progress, resolve_out_dir
 from gallery.core.seeding import seed_everything
 from gallery.data import images
+from gallery.nets import digits_cnn, resnet18_backbone
 
-EXAMPLE = Example(
-    name="finetune",
-    pattern="frozen backbone: requires_grad_(False), kept in eval mode, features under no_grad, head-only optimizer",
-    mistakes={
-        "no_freeze": Mistake(
-            "the whole network trains",
-            "more time and bytes saved for backward per step; the pretraining task is no longer preserved",
-        ),
-        "bn_train": Mistake(
-            "params frozen but the backbone left in train mode",
-            "BatchNorm running stats drift: the 'frozen' backbone's state hash changes",
-        ),
-    },
-)
 PRETRAIN_CLASSES, FINETUNE_CLASSES = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 
 
@@ -113,7 +97,7 @@ register_schema("finetune", FinetuneConfig)
 
 
 def validate(cfg: FinetuneConfig) -> None:
-    validate_base(cfg, EXAMPLE.mistakes)
+    validate_base(cfg, BY_MISTAKE)
     require_choice(cfg, "stage", ["pretrain", "finetune"])
     require_choice(cfg, "backbone.name", ["digits_cnn", "resnet18"])
     require_choice(cfg, "data.name", ["digits", "cifar10", "imagefolder"])
@@ -129,47 +113,6 @@ def validate(cfg: FinetuneConfig) -> None:
 
 
 # --- models --------------------------------------------------------------------------------------
-
-def conv_block(a: int, b: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU())
-
-
-def digits_cnn() -> nn.Sequential:
-    """A small CNN for 8x8 digits; each child is one block, so `unfreeze_last` can count them."""
-    return nn.Sequential(
-        conv_block(1, 32),
-        nn.Sequential(conv_block(32, 64), nn.MaxPool2d(2)),
-        conv_block(64, 128),
-        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-    )
-
-
-def resnet18_backbone(cfg: BackboneConfig) -> nn.Sequential:
-    from torchvision.models import ResNet18_Weights, resnet18
-
-    net = resnet18(weights=None)
-    if cfg.weights_path:
-        path = Path(cfg.weights_path)
-        if not path.is_file():
-            raise DataError(f"backbone.weights_path={path} does not exist")
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    elif cfg.weights == "imagenet":
-        weights = ResNet18_Weights.IMAGENET1K_V1
-        try:  # torch.hub checks the file's hash prefix on download
-            net.load_state_dict(weights.get_state_dict(progress=False))
-        except Exception as err:
-            cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-            raise DataError(
-                f"ResNet-18 ImageNet weights are missing: {cache} does not exist and {weights.url} "
-                f"could not be downloaded ({type(err).__name__}). Put the file there, pass "
-                "backbone.weights_path=/path/to/resnet18.pth, or use backbone.weights=random"
-            ) from err
-    return nn.Sequential(
-        nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
-        net.layer1, net.layer2, net.layer3, net.layer4,
-        nn.Sequential(net.avgpool, nn.Flatten()),
-    )
-
 
 def feature_dim(backbone: nn.Module, sample: torch.Tensor) -> int:
     was_training = backbone.training
@@ -188,50 +131,81 @@ def make_head(n_in: int, n_classes: int, hidden: int) -> nn.Module:
 
 # --- the pattern --------------------------------------------------------------------------------
 
-def freeze(blocks: nn.Module) -> None:
-    """PATTERN: no grads, and BatchNorm/Dropout in eval mode."""
-    blocks.requires_grad_(False)
-    blocks.eval()
+def freeze(blocks):
+    """No grads, and BatchNorm/Dropout in eval mode: the blocks compute exactly as they were trained."""
+    blocks.requires_grad_(False)  # PATTERN: no grads, so no optimizer state either
+    blocks.eval()  # PATTERN: BatchNorm uses, and keeps, its running statistics
 
 
 class FrozenBackboneClassifier(nn.Module):
-    """The first `len(blocks) - unfreeze_last` backbone blocks are frozen; the rest and the head train."""
+    """The first `len(backbone) - unfreeze_last` backbone blocks are frozen; the rest and the head train."""
 
-    def __init__(self, backbone: nn.Sequential, head: nn.Module, unfreeze_last: int, mistake: str = "none"):
+    def __init__(self, backbone, head, unfreeze_last=0):
         super().__init__()
-        self.backbone, self.head, self.mistake = backbone, head, mistake
         n_frozen = len(backbone) - unfreeze_last
+        self.backbone, self.head = backbone, head
         self.frozen, self.trainable = backbone[:n_frozen], backbone[n_frozen:]
-        if mistake != "no_freeze":
-            freeze(self.frozen)
-        # else MISTAKE: nothing is frozen; every backbone weight and BatchNorm stat trains.
+        freeze(self.frozen)
 
-    def train(self, mode: bool = True) -> FrozenBackboneClassifier:
+    def train(self, mode=True):
         super().train(mode)
-        if self.mistake == "none":
-            self.frozen.eval()  # PATTERN: model.train() must not put frozen BatchNorm back in train mode
-        # MISTAKE (bn_train): frozen blocks follow model.train(); BatchNorm updates its running stats.
+        self.frozen.eval()  # PATTERN: model.train() must not put frozen BatchNorm back in train mode
         return self
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mistake == "no_freeze":
-            return self.frozen(x)  # MISTAKE: a graph (and saved activations) through the whole backbone
-        with torch.no_grad():  # PATTERN: no graph through the frozen blocks
-            return self.frozen(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trainable(self.features(x)))
+    def forward(self, x):
+        with torch.no_grad():  # PATTERN: no graph (and no saved activations) through the frozen blocks
+            features = self.frozen(x)
+        return self.head(self.trainable(features))
 
 
-def param_groups(model: FrozenBackboneClassifier, lr: float, layer_lr_decay: float) -> list[dict]:
-    """PATTERN: only trainable params reach the optimizer; each unfrozen block gets its own lr,
+def param_groups(model, lr, layer_lr_decay=0.3):
+    """Only trainable params reach the optimizer; each trainable backbone block gets its own lr,
     smaller the deeper it sits (discriminative fine-tuning)."""
     groups = [{"params": list(model.head.parameters()), "lr": lr}]
-    blocks = list(model.trainable) if model.mistake != "no_freeze" else list(model.backbone)
-    with_params = [[p for p in b.parameters() if p.requires_grad] for b in reversed(blocks)]
-    for depth, params in enumerate((ps for ps in with_params if ps), start=1):
+    blocks = [[p for p in block.parameters() if p.requires_grad] for block in reversed(model.backbone)]
+    for depth, params in enumerate((ps for ps in blocks if ps), start=1):  # PATTERN: frozen blocks have none
         groups.append({"params": params, "lr": lr * layer_lr_decay**depth})
     return groups
+
+
+# --- the mistakes -------------------------------------------------------------------------------
+
+class FrozenBackboneClassifierNoFreeze(nn.Module):
+    def __init__(self, backbone, head, unfreeze_last=0):
+        super().__init__()
+        n_frozen = len(backbone) - unfreeze_last
+        self.backbone, self.head = backbone, head
+        self.frozen, self.trainable = backbone[:n_frozen], backbone[n_frozen:]  # MISTAKE: nothing is frozen
+
+    def train(self, mode=True):
+        super().train(mode)
+        return self
+
+    def forward(self, x):
+        features = self.frozen(x)  # MISTAKE: a graph and saved activations through the whole backbone
+        return self.head(self.trainable(features))
+
+
+class FrozenBackboneClassifierBnTrain(nn.Module):
+    def __init__(self, backbone, head, unfreeze_last=0):
+        super().__init__()
+        n_frozen = len(backbone) - unfreeze_last
+        self.backbone, self.head = backbone, head
+        self.frozen, self.trainable = backbone[:n_frozen], backbone[n_frozen:]
+        freeze(self.frozen)
+
+    def train(self, mode=True):
+        super().train(mode)  # MISTAKE: the frozen blocks follow model.train(); BatchNorm updates its stats
+        return self
+
+    def forward(self, x):
+        with torch.no_grad():
+            features = self.frozen(x)
+        return self.head(self.trainable(features))
+
+
+BY_MISTAKE = {"none": FrozenBackboneClassifier, "no_freeze": FrozenBackboneClassifierNoFreeze,
+          "bn_train": FrozenBackboneClassifierBnTrain}
 
 
 @torch.no_grad()
@@ -244,20 +218,6 @@ def cache_features(model: FrozenBackboneClassifier, x: torch.Tensor, batch: int 
 
 # --- data ----------------------------------------------------------------------------------------
 
-def split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int, per_class: int | None):
-    """Stratified and deterministic: the same split for every run seed."""
-    g = torch.Generator().manual_seed(seed)
-    train_idx, val_idx = [], []
-    for c in y.unique():
-        idx = (y == c).nonzero().squeeze(1)
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        n_val = int(round(len(idx) * val_fraction))
-        val_idx.append(idx[:n_val])
-        train_idx.append(idx[n_val:][:per_class] if per_class else idx[n_val:])
-    tr, va = torch.cat(train_idx), torch.cat(val_idx)
-    return x[tr], y[tr], x[va], y[va]
-
-
 def load_data(cfg: FinetuneConfig, classes: list[int]):
     d = cfg.data
     if d.name == "digits":
@@ -269,21 +229,10 @@ def load_data(cfg: FinetuneConfig, classes: list[int]):
         size = d.image_size or 224
         ds = images.torchvision_dataset(d.name, d.root, size, channels=3)
         x, y = images.dataset_to_tensors(ds, limit=10000)
-    return split(x, y, d.val_fraction, d.split_seed, d.labels_per_class)
+    return images.stratified_split(x, y, d.val_fraction, d.split_seed, d.labels_per_class)
 
 
 # --- loops ----------------------------------------------------------------------------------------
-
-def batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
-    """`steps` index batches, reshuffling every pass over the data."""
-    done = 0
-    while done < steps:
-        for idx in torch.randperm(n, generator=generator).split(batch_size):
-            if done == steps:
-                return
-            yield idx
-            done += 1
-
 
 @torch.no_grad()
 def accuracy(predict, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
@@ -301,7 +250,7 @@ def pretrain(cfg: FinetuneConfig, device: torch.device) -> Path:
     g = torch.Generator().manual_seed(cfg.backbone.pretrain_seed)
     model.train()
     bar = progress(cfg.backbone.pretrain_steps, "pretrain digits_cnn on 0-4", cfg.progress)
-    for idx in batches(len(x), cfg.batch_size, cfg.backbone.pretrain_steps, g):
+    for idx in images.index_batches(len(x), cfg.batch_size, cfg.backbone.pretrain_steps, g):
         loss = F.cross_entropy(model(x[idx.to(device)]), y[idx.to(device)])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -335,86 +284,118 @@ def build_backbone(cfg: FinetuneConfig, device: torch.device) -> tuple[nn.Sequen
 
 
 def train(cfg) -> dict:
-    cfg: FinetuneConfig = to_schema(cfg)
-    validate(cfg)
-    device = resolve_device(cfg.device)
+    cfg, device = prepare(cfg, validate, small_model=lambda c: c.backbone.name == "digits_cnn")
     if cfg.stage == "pretrain":
         if cfg.backbone.name != "digits_cnn" or cfg.data.name != "digits":
             raise ConfigError("stage=pretrain builds backbone=digits_cnn on data=digits")
         path = pretrain(cfg, device)
-        return {"stage": "pretrain", "checkpoint": str(path), **{k: v for k, v in load_checkpoint(path).items()
-                                                                 if k in ("val_acc", "seed")}}
+        return {"stage": "pretrain", "checkpoint": str(path),
+                **{k: v for k, v in load_checkpoint(path).items() if k in ("val_acc", "seed")}}
     backbone, old_head = build_backbone(cfg, device)
     seed_everything(cfg.seed, cfg.deterministic)
     x, y, xv, yv = (t.to(device) for t in load_data(cfg, FINETUNE_CLASSES))
     if cfg.unfreeze_last > len(backbone) - 1:
         raise ConfigError(f"unfreeze_last={cfg.unfreeze_last}: the backbone has {len(backbone)} blocks; "
                           f"use at most {len(backbone) - 1} (or mistake=no_freeze to train them all)")
-    n_classes = int(y.max()) + 1
-    head = make_head(feature_dim(backbone, x), n_classes, cfg.head_hidden)
-    model = FrozenBackboneClassifier(backbone, head, cfg.unfreeze_last, cfg.mistake).to(device)
+    head = make_head(feature_dim(backbone, x), int(y.max()) + 1, cfg.head_hidden)
+    model = amp_forward(BY_MISTAKE[cfg.mistake](backbone, head, cfg.unfreeze_last).to(device), device, cfg.amp)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.layer_lr_decay), weight_decay=cfg.weight_decay)
     frozen_hash = state_hash(model.frozen)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    cached = cache_features(model, x) if cfg.cache_features else None
-    inputs = cached if cached is not None else x
-    step_fn = model.head if cached is not None else model
-
-    run = Run(resolve_out_dir(cfg.out_dir, "finetune"), config=cfg, tensorboard=cfg.tensorboard)
-    g = torch.Generator().manual_seed(cfg.seed)
-    timed_steps, timed_seconds, saved_bytes, val_acc, curve = 0, 0.0, None, 0.0, []
-    bar = progress(cfg.steps, f"finetune {cfg.backbone.name} mistake={cfg.mistake}", cfg.progress)
-    try:
-        for step, idx in enumerate(batches(len(x), cfg.batch_size, cfg.steps, g), start=1):
+    inputs = cache_features(model, x) if cfg.cache_features else x
+    step_fn = model.head if cfg.cache_features else model
+    probe, val_acc, curve = Probe(device, "saved_bytes_per_step"), 0.0, []
+    label = f"finetune {cfg.backbone.name} mistake={cfg.mistake}"
+    with Run(resolve_out_dir(cfg.out_dir, "finetune"), config=cfg, tensorboard=cfg.tensorboard) as run, \
+            progress(cfg.steps, label, cfg.progress) as bar:
+        for step, idx in enumerate(images.index_batches(len(x), cfg.batch_size, cfg.steps, torch.Generator().manual_seed(cfg.seed)), 1):
             model.train()  # what every training loop does; the pattern keeps the frozen blocks in eval
             idx = idx.to(device)
-            probe = step == 1 or step % cfg.log_every == 0
-            t0 = time.perf_counter()
-            with SavedTensorMeter() if probe else contextlib.nullcontext() as meter:
-                with autocast(device, cfg.amp):
-                    loss = F.cross_entropy(step_fn(inputs[idx]), y[idx])
+            with probe.step(sampled=step == 1 or step % cfg.log_every == 0):
+                loss = F.cross_entropy(step_fn(inputs[idx]), y[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if probe:
-                saved_bytes = meter.total
-            else:
-                timed_steps, timed_seconds = timed_steps + 1, timed_seconds + time.perf_counter() - t0
             bar.update(1)
             if step % cfg.log_every == 0:
-                run.log(step, loss=float(loss.detach()), saved_bytes_per_step=saved_bytes)
+                run.log(step, loss=float(loss.detach()), **probe.record)
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 model.eval()
                 val_acc = accuracy(model, xv, yv)
                 curve.append({"step": step, "val_acc": val_acc})
                 run.log(step, val_acc=val_acc)
                 bar.set_postfix(val_acc=f"{val_acc:.3f}")
-    finally:
-        bar.close()
-        run.close()
-    save_checkpoint(run.checkpoint_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "step": cfg.steps})
-    old_task_acc = None
-    if old_head is not None and cfg.data.name == "digits":
-        # Forgetting: the pretraining task (digits 0-4) through today's backbone and its own head.
-        *_, xo, yo = (t.to(device) for t in load_data(cfg, PRETRAIN_CLASSES))
-        model.eval()
-        old_task_acc = accuracy(nn.Sequential(model.backbone, old_head), xo, yo)
-    summary = {
-        "example": "finetune", "backbone": cfg.backbone.name, "data": cfg.data.name, "mistake": cfg.mistake,
-        "seed": cfg.seed, "device": str(device), "steps": cfg.steps, "val_acc": val_acc,
-        "backbone_unchanged": state_hash(model.frozen) == frozen_hash,
-        "trainable_params": trainable, "frozen_params": frozen,
-        "sec_per_step": timed_seconds / max(timed_steps, 1), "saved_bytes_per_step": saved_bytes,
-        "old_task_acc": old_task_acc, "train_size": len(x), "val_size": len(xv), "curve": curve,
-    }
-    return run.write_summary(summary)
+        save_checkpoint(run.checkpoint_dir, {**capture({"model": model, "optimizer": optimizer}), "step": cfg.steps})
+        plots.figure(run.path("val_acc.png"), draw_val_curve, curve, f"mistake={cfg.mistake}")
+        old_task_acc = None
+        if old_head is not None and cfg.data.name == "digits":
+            # Forgetting: the pretraining task (digits 0-4) through today's backbone and its own head.
+            *_, xo, yo = (t.to(device) for t in load_data(cfg, PRETRAIN_CLASSES))
+            model.eval()
+            old_task_acc = accuracy(nn.Sequential(model.backbone, old_head), xo, yo)
+        return run.write_summary({
+            "example": "finetune", "backbone": cfg.backbone.name, "data": cfg.data.name, "mistake": cfg.mistake,
+            "seed": cfg.seed, "device": str(device), "steps": cfg.steps, "val_acc": val_acc,
+            "backbone_unchanged": state_hash(model.frozen) == frozen_hash,
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "frozen_params": sum(p.numel() for p in model.parameters() if not p.requires_grad),
+            "sec_per_step": probe.sec_per_step, "saved_bytes_per_step": probe.record.get("saved_bytes_per_step"),
+            "old_task_acc": old_task_acc, "train_size": len(x), "val_size": len(xv), "curve": curve,
+        })
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="finetune")
+def draw_val_curve(ax, curve: list[dict], label: str) -> None:
+    """Validation accuracy against steps. The run's own figure and the tour's comparison both draw with this."""
+    ax.plot([c["step"] for c in curve], [c["val_acc"] for c in curve], marker="o", ms=3, label=label)
+    ax.set(xlabel="step", ylabel="val accuracy (new task)")
+    ax.legend(fontsize=8)
+
+
+# --- what the tour and `python -m gallery show finetune` read -------------------------------
+
+def headline(s: dict) -> str:
+    old = "n/a" if s["old_task_acc"] is None else f"{s['old_task_acc']:.3f}"
+    return (f"val_acc {s['val_acc']:.3f}, pretraining-task acc {old}, backbone unchanged: {s['backbone_unchanged']}, "
+            f"saved bytes/step {s['saved_bytes_per_step']:,}")
+
+
+def tour_figure(runs: dict, fig) -> None:
+    names = [m for m in BY_MISTAKE if m in runs and "val_acc" in runs[m]]
+    labels = ["frozen (pattern)" if m == "none" else m for m in names]
+    axes = fig.subplots(1, 3)
+    axes[0].bar(labels, [runs[m]["sec_per_step"] * 1e3 for m in names], color="C0")
+    axes[0].set(ylabel="ms per step")
+    axes[1].bar(labels, [runs[m]["saved_bytes_per_step"] / 2**10 for m in names], color="C1")
+    axes[1].set(ylabel="KiB saved for backward per step")
+    for m, label in zip(names, labels):
+        draw_val_curve(axes[2], runs[m]["curve"], label)
+    for ax in axes[:2]:
+        ax.tick_params(axis="x", labelsize=8)
+
+
+QUICK = ["steps=20", "eval_every=10", "log_every=10", "backbone.pretrain_steps=40"]
+EXAMPLE = Example(
+    name="finetune",
+    pattern="frozen backbone: requires_grad_(False), kept in eval mode, features under no_grad, head-only optimizer",
+    pattern_functions=("freeze", "FrozenBackboneClassifier", "param_groups"),
+    mistakes={
+        "no_freeze": Mistake(
+            "the whole network trains",
+            "more time and bytes saved for backward per step; the pretraining task is no longer preserved",
+            ("FrozenBackboneClassifierNoFreeze",),
+        ),
+        "bn_train": Mistake(
+            "params frozen but the backbone left in train mode",
+            "BatchNorm running stats drift: the 'frozen' backbone's state hash changes",
+            ("FrozenBackboneClassifierBnTrain",),
+        ),
+    },
+    budgets={"full": {m: [] for m in BY_MISTAKE}, "quick": {m: QUICK for m in BY_MISTAKE}},
+    headline=headline,
+    figure=tour_figure,
+)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="finetune")
 def main(cfg) -> None:
     summary = run_cli(train, cfg)
     print(" ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (list, dict))))

@@ -1,17 +1,16 @@
 """GAN: train the discriminator on `fake.detach()`, then reuse the same `fake` for the generator.
 
-    fake = G(z)                                        # one generator forward per iteration
-    d_loss = bce(D(real), 1) + bce(D(fake.detach()), 0) # D step: the graph stops at `fake`
-    d_loss.backward(); opt_d.step()
-    g_loss = bce(D(fake), 1)                           # G step: same `fake`, through the updated D
+    fake = g(z)                                          # one generator forward per iteration
+    d_loss = bce(d(real), 1) + bce(d(fake.detach()), 0)  # D step: the graph stops at `fake`
+    opt_d.zero_grad(); d_loss.backward(); opt_d.step()
+    g_loss = bce(d(fake), 1)                             # G step: same `fake`, through the updated D
     opt_g.zero_grad(); g_loss.backward(); opt_g.step()
 
-Without the detach, D's backward also runs through G and frees G's graph, so the G step has
-nothing left to backpropagate through. The mistakes (`mistake=`), and what they cost:
-
-- no_detach: the G step raises "Trying to backward through the graph a second time".
+The mistakes (`mistake=`), and what they cost:
+- no_detach: D's backward also runs through G and frees G's graph, so the G step raises
+  "Trying to backward through the graph a second time".
 - retain_graph: the usual wrong fix. Correct results, but every D step runs a wasted backward
-  through G and keeps D's graph alive into the G step (see scripts/bench.py gan for the figures).
+  through G and keeps D's graph alive into the G step (scripts/bench.py gan has the figures).
 - retain_graph_shared_zero_grad: the same with one zero_grad at the top, as copied code often has:
   G's update also carries the gradient of D's loss and pushes fakes to be *more* detectable.
 - reuse_d_output: G's loss reuses the D-step output after opt_d.step() changed D's weights in place:
@@ -22,9 +21,6 @@ Run: python -m gallery.gan data=ring8 seed=0 out_dir=/tmp/gan   (data=grid25 | d
 
 from __future__ import annotations
 
-import contextlib
-import math
-import time
 from dataclasses import dataclass, field
 
 import hydra
@@ -34,55 +30,27 @@ from omegaconf import MISSING
 from torch import nn
 
 from gallery.core import plots
-from gallery.core.checkpoint import load_checkpoint, save_checkpoint
+from gallery.core.checkpoint import capture, load_checkpoint, restore, save_checkpoint
+from gallery.core.cli import CONFIG_DIR, print_help_if_asked, run_cli
 from gallery.core.config import (
     BaseConfig,
-    print_help_if_asked,
     register_schema,
     require_choice,
     require_non_negative,
     require_positive,
-    run_cli,
-    to_schema,
     validate_base,
 )
-from gallery.core.device import autocast, resolve_device
-from gallery.core.errors import ConfigError, reraise_explained
-from gallery.core.probes import (
-    SavedTensorMeter,
-    grad_snapshot,
-    grad_written_norm,
-    reached_parameters,
-)
+from gallery.core.device import amp_forward
+from gallery.core.errors import ConfigError, explained
+from gallery.core.probes import CrossStepProbe
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import Run, progress, resolve_out_dir
+from gallery.core.run import Run, prepare, progress, resolve_out_dir
 from gallery.core.schedule import SCHEDULES, lr_schedule
-from gallery.core.seeding import rng_state, seed_everything, set_rng_state
+from gallery.core.seeding import rng_state, set_rng_state
 from gallery.data import images
-from gallery.data.mixtures import GaussianMixture, grid_centres, mode_metrics, ring_centres
+from gallery.data.mixtures import GaussianMixture, mixture, mode_metrics
+from gallery.nets import ConvGenerator, Packed, conv_discriminator, mlp
 
-EXAMPLE = Example(
-    name="gan",
-    pattern="discriminator step on fake.detach(); the generator step reuses the same fake",
-    mistakes={
-        "no_detach": Mistake(
-            "D trains on `fake` without detach, so D's backward frees G's graph",
-            "the G step raises 'Trying to backward through the graph a second time'",
-        ),
-        "retain_graph": Mistake(
-            "no detach, patched with d_loss.backward(retain_graph=True) and G grads cleared",
-            "correct, but a wasted backward through G every D step and a graph kept alive",
-        ),
-        "retain_graph_shared_zero_grad": Mistake(
-            "retain_graph with one zero_grad for both nets at the top of the iteration",
-            "G's update carries D's loss gradient too; fewer modes / fewer good samples",
-        ),
-        "reuse_d_output": Mistake(
-            "the G loss reuses the D-step output after opt_d.step()",
-            "'modified by an inplace operation' at the G step's backward",
-        ),
-    },
-)
 MIXTURES = ("ring8", "grid25", "mixture")
 IMAGE_SETS = ("digits", *images.ONLINE, "imagefolder", "fake")
 
@@ -127,7 +95,7 @@ register_schema("gan", GanConfig)
 
 
 def validate(cfg: GanConfig) -> None:
-    validate_base(cfg, EXAMPLE.mistakes)
+    validate_base(cfg, BY_MISTAKE)
     require_choice(cfg, "data.name", [*MIXTURES, *IMAGE_SETS])
     require_choice(cfg, "data.layout", ["ring", "grid"])
     require_choice(cfg, "lr_schedule", SCHEDULES)
@@ -140,103 +108,17 @@ def validate(cfg: GanConfig) -> None:
 
 # --- models --------------------------------------------------------------------------------------
 
-def mlp(n_in: int, n_out: int, hidden: int, layers: int, sn: bool) -> nn.Sequential:
-    wrap = nn.utils.parametrizations.spectral_norm if sn else (lambda m: m)
-    dims = [n_in] + [hidden] * layers
-    blocks: list[nn.Module] = []
-    for a, b in zip(dims[:-1], dims[1:]):
-        blocks += [wrap(nn.Linear(a, b)), nn.LeakyReLU(0.2)]
-    return nn.Sequential(*blocks, wrap(nn.Linear(dims[-1], n_out)))
-
-
-def _upsamplings(size: int) -> tuple[int, int]:
-    """Start at a small side (<= 7) and double up to `size`: 8 -> 4x1, 28 -> 7x2, 32 -> 4x3."""
-    start, n = size, 0
-    while start > 7 and start % 2 == 0:
-        start, n = start // 2, n + 1
-    return start, n
-
-
-class Packed(nn.Module):
-    """PacGAN's packing: D sees `pack` samples concatenated along the feature/channel axis."""
-
-    def __init__(self, net: nn.Module, pack: int):
-        super().__init__()
-        self.net, self.pack = net, pack
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.reshape(len(x) // self.pack, self.pack * x.shape[1], *x.shape[2:]))
-
-
-class ConvGenerator(nn.Module):
-    """DCGAN-style: project z to a small feature map, then stride-2 transposed convs."""
-
-    def __init__(self, z_dim: int, shape: tuple[int, int, int], base: int):
-        super().__init__()
-        channels, size, _ = shape
-        self.start, n_up = _upsamplings(size)
-        width = base * 2**n_up
-        self.width = width
-        self.project = nn.Sequential(nn.Linear(z_dim, width * self.start**2), nn.BatchNorm1d(width * self.start**2), nn.ReLU())
-        ups: list[nn.Module] = []
-        for i in range(n_up):
-            a, b = width // 2**i, width // 2 ** (i + 1)
-            last = i == n_up - 1
-            ups.append(nn.ConvTranspose2d(a, channels if last else b, 4, 2, 1))
-            ups += [nn.Tanh()] if last else [nn.BatchNorm2d(b), nn.ReLU()]
-        if n_up == 0:
-            ups = [nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh()]
-        self.ups = nn.Sequential(*ups)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.ups(self.project(z).view(len(z), self.width, self.start, self.start))
-
-
-def conv_discriminator(shape: tuple[int, int, int], base: int, sn: bool) -> nn.Sequential:
-    wrap = nn.utils.parametrizations.spectral_norm if sn else (lambda m: m)
-    channels, size, _ = shape
-    start, n_down = _upsamplings(size)
-    blocks: list[nn.Module] = []
-    a = channels
-    for i in range(n_down):
-        b = base * 2**i
-        blocks += [wrap(nn.Conv2d(a, b, 4, 2, 1)), nn.LeakyReLU(0.2)]
-        a = b
-    return nn.Sequential(*blocks, nn.Flatten(), wrap(nn.Linear(a * start * start, 1)))
-
-
-# --- data -----------------------------------------------------------------------------------------
-
-class ImageBatches:
-    """Endless shuffled batches from an in-memory image tensor."""
-
-    def __init__(self, images_: torch.Tensor, batch_size: int, device: torch.device, seed: int):
-        self.images = images_.to(device)
-        self.batch_size = min(batch_size, len(images_))
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def sample(self, n: int) -> torch.Tensor:
-        idx = torch.randint(len(self.images), (n,), generator=self.generator)
-        return self.images[idx.to(self.images.device)]
-
-
 def build_data(cfg: GanConfig, device: torch.device):
     d = cfg.data
     if d.name in MIXTURES:
-        if d.name == "ring8" or (d.name == "mixture" and d.layout == "ring"):
-            centres = ring_centres(d.modes, d.radius)
-        else:
-            side = math.isqrt(d.modes)
-            if side * side != d.modes:
-                raise ConfigError(f"data.modes={d.modes}: a grid needs a square number of modes")
-            centres = grid_centres(side, d.radius)
-        return GaussianMixture(centres, d.std, device, cfg.seed)
+        layout = "ring" if d.name == "ring8" else "grid" if d.name == "grid25" else d.layout
+        return mixture(layout, d.modes, d.radius, d.std, device, cfg.seed)
     if d.name == "digits":
         x, _ = images.load_digits_tensors()
     else:
         ds = images.torchvision_dataset(d.name, d.root, d.image_size, channels=d.channels)
         x, _ = images.dataset_to_tensors(ds, limit=20000)
-    return ImageBatches(x, cfg.batch_size, device, cfg.seed)
+    return images.ImageBatches(x, cfg.batch_size, device, cfg.seed)
 
 
 def build_models(cfg: GanConfig, data, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -254,9 +136,9 @@ def build_models(cfg: GanConfig, data, device: torch.device) -> tuple[nn.Module,
 
 # --- the pattern --------------------------------------------------------------------------------
 
-def d_loss_fn(d: nn.Module, real: torch.Tensor, fake: torch.Tensor, r1_gamma: float = 0.0):
-    """Returns (D's loss, D's logits on `fake`). With r1_gamma > 0 the loss adds the R1 penalty,
-    gamma/2 * |grad_x D(real)|^2, which pulls D flat on the data and keeps training near equilibrium."""
+def d_loss_fn(d, real, fake, r1_gamma=0.0):
+    """D's loss (real -> 1, fake -> 0) and D's logits on `fake`. With r1_gamma > 0 it adds the R1
+    penalty gamma/2 * |grad_x D(real)|^2, which keeps D flat on the data and training near equilibrium."""
     real = real.detach().requires_grad_(r1_gamma > 0)
     real_logits, fake_logits = d(real), d(fake)
     loss = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
@@ -267,48 +149,105 @@ def d_loss_fn(d: nn.Module, real: torch.Tensor, fake: torch.Tensor, r1_gamma: fl
     return loss, fake_logits
 
 
-def g_loss_fn(fake_logits: torch.Tensor) -> torch.Tensor:
+def g_loss_fn(fake_logits):
     """Non-saturating: maximise log D(G(z)) instead of minimising log(1 - D(G(z)))."""
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-def discriminator_step(d, opt_d, real, fake, mistake: str = "none", amp=None, r1_gamma: float = 0.0):
-    """One D update. Returns (d_loss, still attached to its graph so probes can walk it; and the D
-    logits on fake, kept only for `reuse_d_output`)."""
-    amp = amp or torch.autocast("cpu", enabled=False)
-    if mistake != "retain_graph_shared_zero_grad":
-        opt_d.zero_grad(set_to_none=True)
-    with amp:
-        if mistake == "none":
-            d_loss, _ = d_loss_fn(d, real, fake.detach(), r1_gamma)  # PATTERN: D's graph stops at fake
-            fake_logits = None
-        else:
-            # MISTAKE: D sees the live `fake`, so its loss's graph runs on into G.
-            d_loss, fake_logits = d_loss_fn(d, real, fake, r1_gamma)
-    if mistake == "no_detach":
-        d_loss.backward()  # MISTAKE: frees G's saved tensors; the G step cannot backward through them
-    elif mistake == "none":
-        d_loss.backward()
-    else:
-        d_loss.backward(retain_graph=True)  # MISTAKE: keeps the graph alive, and writes grads into G
+def discriminator_step(d, opt_d, real, fake, r1_gamma=0.0):
+    """One D update. Returns D's loss, still attached to its graph (which stops at `fake`)."""
+    opt_d.zero_grad(set_to_none=True)
+    d_loss, _ = d_loss_fn(d, real, fake.detach(), r1_gamma)  # PATTERN: D's graph stops at fake
+    d_loss.backward()
     opt_d.step()
-    return d_loss, fake_logits
+    return d_loss
 
 
-def generator_step(g, d, opt_g, fake, mistake: str = "none", d_fake_logits=None, amp=None) -> torch.Tensor:
-    amp = amp or torch.autocast("cpu", enabled=False)
-    if mistake != "retain_graph_shared_zero_grad":
-        opt_g.zero_grad(set_to_none=True)  # PATTERN: G's grads hold only the G loss
-    # else MISTAKE: no zero_grad here, so G's grads still hold what D's backward wrote into them.
-    with amp:
-        if mistake == "reuse_d_output":
-            g_loss = g_loss_fn(d_fake_logits)  # MISTAKE: logits from D's weights before opt_d.step()
-        else:
-            g_loss = g_loss_fn(d(fake))  # PATTERN: the same fake, through the updated D
+def generator_step(d, opt_g, fake):
+    """One G update through the D that was just updated."""
+    opt_g.zero_grad(set_to_none=True)  # PATTERN: G's grads hold only the G loss
+    g_loss = g_loss_fn(d(fake))  # PATTERN: the same fake, through the updated D
     g_loss.backward()
     opt_g.step()
     return g_loss.detach()
 
+
+def gan_step(d, opt_d, opt_g, real, fake, r1_gamma=0.0):
+    """One iteration on one generator forward (`fake = g(z)`): D learns from it detached, G through it."""
+    d_loss = discriminator_step(d, opt_d, real, fake, r1_gamma)
+    g_loss = generator_step(d, opt_g, fake)
+    return d_loss.detach(), g_loss
+
+
+# --- the mistakes -------------------------------------------------------------------------------
+
+def discriminator_step_no_detach(d, opt_d, real, fake, r1_gamma=0.0):
+    opt_d.zero_grad(set_to_none=True)
+    d_loss, _ = d_loss_fn(d, real, fake, r1_gamma)  # MISTAKE: the graph runs on into G; its backward frees G's
+    d_loss.backward()
+    opt_d.step()
+    return d_loss
+
+
+def discriminator_step_retain_graph(d, opt_d, real, fake, r1_gamma=0.0):
+    opt_d.zero_grad(set_to_none=True)
+    d_loss, _ = d_loss_fn(d, real, fake, r1_gamma)  # MISTAKE: the graph runs on into G
+    d_loss.backward(retain_graph=True)  # MISTAKE: the "fix": keeps G's graph alive, writes grads into G
+    opt_d.step()
+    return d_loss
+
+
+def generator_step_shared_zero_grad(d, opt_g, fake):
+    g_loss = g_loss_fn(d(fake))  # MISTAKE: no opt_g.zero_grad() above: G's grads still hold what D's backward wrote
+    g_loss.backward()
+    opt_g.step()
+    return g_loss.detach()
+
+
+def generator_step_reuse_d_output(d, opt_g, fake_logits):
+    opt_g.zero_grad(set_to_none=True)
+    g_loss = g_loss_fn(fake_logits)  # MISTAKE: D's output from before opt_d.step() changed D's weights in place
+    g_loss.backward()
+    opt_g.step()
+    return g_loss.detach()
+
+
+def discriminator_step_reuse_d_output(d, opt_d, real, fake, r1_gamma=0.0):
+    opt_d.zero_grad(set_to_none=True)
+    d_loss, fake_logits = d_loss_fn(d, real, fake, r1_gamma)  # MISTAKE: D's output kept to reuse for G
+    d_loss.backward(retain_graph=True)  # MISTAKE: ... so its graph must outlive this backward
+    opt_d.step()
+    return d_loss, fake_logits
+
+
+def gan_step_no_detach(d, opt_d, opt_g, real, fake, r1_gamma=0.0):
+    d_loss = discriminator_step_no_detach(d, opt_d, real, fake, r1_gamma)  # MISTAKE
+    g_loss = generator_step(d, opt_g, fake)
+    return d_loss.detach(), g_loss
+
+
+def gan_step_retain_graph(d, opt_d, opt_g, real, fake, r1_gamma=0.0):
+    d_loss = discriminator_step_retain_graph(d, opt_d, real, fake, r1_gamma)  # MISTAKE
+    g_loss = generator_step(d, opt_g, fake)
+    return d_loss.detach(), g_loss
+
+
+def gan_step_retain_graph_shared_zero_grad(d, opt_d, opt_g, real, fake, r1_gamma=0.0):
+    opt_g.zero_grad(set_to_none=True)  # MISTAKE: one zero_grad for G, at the top of the iteration
+    d_loss = discriminator_step_retain_graph(d, opt_d, real, fake, r1_gamma)  # MISTAKE
+    g_loss = generator_step_shared_zero_grad(d, opt_g, fake)  # MISTAKE
+    return d_loss.detach(), g_loss
+
+
+def gan_step_reuse_d_output(d, opt_d, opt_g, real, fake, r1_gamma=0.0):
+    d_loss, fake_logits = discriminator_step_reuse_d_output(d, opt_d, real, fake, r1_gamma)  # MISTAKE
+    g_loss = generator_step_reuse_d_output(d, opt_g, fake_logits)  # MISTAKE
+    return d_loss.detach(), g_loss
+
+
+BY_MISTAKE = {"none": gan_step, "no_detach": gan_step_no_detach, "retain_graph": gan_step_retain_graph,
+         "retain_graph_shared_zero_grad": gan_step_retain_graph_shared_zero_grad,
+         "reuse_d_output": gan_step_reuse_d_output}
 
 KNOWN_ERRORS = {
     "no_detach": (
@@ -339,134 +278,137 @@ def evaluate(g: nn.Module, data, fixed_z: torch.Tensor, cfg: GanConfig) -> dict:
     return {"samples": samples.cpu()}
 
 
-def save_figure(result: dict, data, path, title: str) -> None:
-    plt = plots.pyplot()
-    samples = result["samples"]
-    if isinstance(data, GaussianMixture):
-        fig, ax = plt.subplots(figsize=(4, 4))
+def draw_samples(ax, samples: torch.Tensor, centres: torch.Tensor | None, title: str) -> None:
+    """A scatter of 2-D samples over the mode centres, or a grid of images. The run's own figure
+    and the tour's comparison both draw with this."""
+    if centres is not None:
         ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, label="generated")
-        c = data.centres.cpu()
-        ax.scatter(c[:, 0], c[:, 1], s=40, marker="x", color="red", label="mode centres")
-        lim = float(c.abs().max()) * 1.4 + 0.1
+        ax.scatter(centres[:, 0], centres[:, 1], s=40, marker="x", color="red", label="mode centres")
+        lim = float(centres.abs().max()) * 1.4 + 0.1
         ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
-        ax.set_title(f"{title}\nmodes {result['modes_covered']}/{len(c)}, high quality {result['high_quality_frac']:.2f}", fontsize=9)
         ax.legend(loc="upper right", fontsize=7)
     else:
         from torchvision.utils import make_grid
 
         grid = make_grid(samples[:64], nrow=8, normalize=True, value_range=(-1, 1))
-        fig, ax = plt.subplots(figsize=(4, 4))
         ax.imshow(grid.permute(1, 2, 0).squeeze().numpy(), cmap="gray")
         ax.axis("off")
-        ax.set_title(title, fontsize=9)
-    plots.save(fig, path)
+    ax.set_title(title, fontsize=9)
+
+
+def save_samples(result: dict, data, run: Run, step: int, label: str) -> None:
+    centres = data.centres.cpu() if isinstance(data, GaussianMixture) else None
+    title = f"{label}, step {step}"
+    if centres is not None:
+        title += f"\nmodes {result['modes_covered']}/{len(centres)}, high quality {result['high_quality_frac']:.2f}"
+    fig, ax = plots.pyplot().subplots(figsize=(4, 4))
+    draw_samples(ax, result["samples"], centres, title)
+    plots.save(fig, run.path(f"samples_step{step:06d}.png"))
+    if run.is_main:  # the last samples, for the tour's side-by-side figure
+        torch.save({"samples": result["samples"][:2500], "centres": centres, "title": title}, run.path("samples.pt"))
 
 
 # --- training loop ------------------------------------------------------------------------------
 
 def train(cfg) -> dict:
-    cfg: GanConfig = to_schema(cfg)
-    validate(cfg)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed, cfg.deterministic)
+    cfg, device = prepare(cfg, validate, small_model=lambda c: c.data.name in MIXTURES)
     data = build_data(cfg, device)
     g, d = build_models(cfg, data, device)
+    g, d = amp_forward(g, device, cfg.amp), amp_forward(d, device, cfg.amp)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
-    schedules = [lr_schedule(opt, cfg.lr_schedule, cfg.steps) for opt in (opt_g, opt_d)]
+    sched_g, sched_d = (lr_schedule(opt, cfg.lr_schedule, cfg.steps) for opt in (opt_g, opt_d))
     fixed_z = torch.randn(cfg.eval_samples, cfg.z_dim, generator=torch.Generator().manual_seed(10_000 + cfg.seed)).to(device)
-    amp = lambda: autocast(device, cfg.amp)  # noqa: E731
-
-    run = Run(resolve_out_dir(cfg.out_dir, "gan"), config=cfg, tensorboard=cfg.tensorboard)
-    start = 0
-    if cfg.resume:
-        state = load_checkpoint(run.checkpoint_dir / "last.pt", map_location=device)
-        g.load_state_dict(state["g"]), d.load_state_dict(state["d"])
-        opt_g.load_state_dict(state["opt_g"]), opt_d.load_state_dict(state["opt_d"])
-        for sched, sched_state in zip(schedules, state["schedules"]):
-            sched.load_state_dict(sched_state)
-        set_rng_state(state["rng"])
-        data.generator.set_state(state["data_rng"])
-        start = state["step"]
-
-    def checkpoint(step: int) -> None:
-        save_checkpoint(run.checkpoint_dir, {"g": g.state_dict(), "d": d.state_dict(), "opt_g": opt_g.state_dict(),
-                                             "opt_d": opt_d.state_dict(), "step": step, "rng": rng_state(),
-                                             "schedules": [sched.state_dict() for sched in schedules],
-                                             "data_rng": data.generator.get_state()})
-
-    last: dict = {}
-    metrics: dict = {}
-    timed_steps, timed_seconds = 0, 0.0
-    bar = progress(cfg.steps, f"gan {cfg.data.name} mistake={cfg.mistake}", cfg.progress, initial=start)
-    try:
-        for step in range(start + 1, cfg.steps + 1):
-            probe = step == start + 1 or step % cfg.log_every == 0
-            t0 = time.perf_counter()
-            real = data.sample(cfg.batch_size)
-            z = torch.randn(len(real), cfg.z_dim, device=device)
-            with contextlib.ExitStack() as probes:
-                if probe:  # measure on log steps only: saved-tensor hooks slow every op they see
-                    meter = probes.enter_context(SavedTensorMeter())
-                    g_snapshot = grad_snapshot(g)
-                if cfg.mistake == "retain_graph_shared_zero_grad":
-                    opt_d.zero_grad(set_to_none=True)  # MISTAKE: one zero_grad for both nets, here only
-                    opt_g.zero_grad(set_to_none=True)
-                with amp():
-                    fake = g(z)  # one G forward; the D step detaches it, the G step reuses it
-                g_bytes = meter.total if probe else 0
-                d_loss, d_fake_logits = discriminator_step(d, opt_d, real, fake, cfg.mistake, amp(), cfg.r1_gamma)
-                if probe:
-                    # D's backward walked (and needed) G's saved tensors exactly when its graph reached G.
-                    reaches_g = bool(reached_parameters(d_loss, g))
-                    metrics["d_step_reaches_g"] = reaches_g
-                    metrics["d_step_saved_bytes"] = meter.total + (0 if reaches_g else -g_bytes)
-                    metrics["g_grad_norm_after_d_step"] = grad_written_norm(g, g_snapshot)
-                try:
-                    g_loss = generator_step(g, d, opt_g, fake, cfg.mistake, d_fake_logits, amp())
-                except RuntimeError as err:
-                    reraise_explained(err, cfg.mistake, KNOWN_ERRORS)
-                    raise
-                if probe:
-                    metrics["iter_peak_saved_bytes"] = meter.peak
-            d_loss = d_loss.detach()
-            for sched in schedules:
-                sched.step()
-            del fake, d_fake_logits
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if not probe:
-                timed_steps, timed_seconds = timed_steps + 1, timed_seconds + time.perf_counter() - t0
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                metrics.update(d_loss=float(d_loss), g_loss=float(g_loss),
-                               sec_per_step=timed_seconds / max(timed_steps, 1))
-                run.log(step, **metrics)
-                bar.set_postfix(d=f"{float(d_loss):.3f}", g=f"{float(g_loss):.3f}")
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                result = evaluate(g, data, fixed_z, cfg)
-                last = {k: v for k, v in result.items() if k != "samples"}
-                run.log(step, **{k: v for k, v in last.items() if k != "samples_per_mode"})
-                save_figure(result, data, run.path(f"samples_step{step:06d}.png"), f"{cfg.mistake}, step {step}")
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0:
-                checkpoint(step)
-        checkpoint(cfg.steps)
-    finally:
-        bar.close()
-        run.close()
-    summary = {
-        "example": "gan", "data": cfg.data.name, "mistake": cfg.mistake, "seed": cfg.seed, "steps": cfg.steps,
-        "device": str(device), **last,
-        "g_grad_norm_after_d_step": metrics.get("g_grad_norm_after_d_step"),
-        "d_step_saved_bytes": metrics.get("d_step_saved_bytes"),
-        "iter_peak_saved_bytes": metrics.get("iter_peak_saved_bytes"),
-        "sec_per_step": timed_seconds / max(timed_steps, 1),
-        "d_loss": metrics.get("d_loss"), "g_loss": metrics.get("g_loss"),
-    }
-    return run.write_summary(summary)
+    stateful = {"g": g, "d": d, "opt_g": opt_g, "opt_d": opt_d, "sched_g": sched_g, "sched_d": sched_d,
+                "data_rng": data.generator}  # what a checkpoint saves and a resume restores
+    gan_step_fn = BY_MISTAKE[cfg.mistake]
+    probe, last, start = CrossStepProbe(device, opt_d, g, prefix="d_step", into="g"), {}, 0
+    with Run(resolve_out_dir(cfg.out_dir, "gan"), config=cfg, tensorboard=cfg.tensorboard) as run:
+        if cfg.resume:
+            state = load_checkpoint(run.checkpoint_dir / "last.pt", map_location=device)
+            restore(stateful, state), set_rng_state(state["rng"])
+            start = state["step"]
+        label = f"gan {cfg.data.name} mistake={cfg.mistake}"
+        with progress(cfg.steps, label, cfg.progress, initial=start) as bar, explained(cfg.mistake, KNOWN_ERRORS):
+            for step in range(start + 1, cfg.steps + 1):
+                real = data.sample(cfg.batch_size)
+                z = torch.randn(len(real), cfg.z_dim, device=device)
+                with probe.step(sampled=step == start + 1 or step % cfg.log_every == 0):
+                    fake = g(z)  # one G forward: the D step detaches it, the G step reuses it
+                    d_loss, g_loss = gan_step_fn(d, opt_d, opt_g, real, fake, cfg.r1_gamma)
+                sched_g.step(), sched_d.step()
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    run.log(step, **probe.record, d_loss=float(d_loss), g_loss=float(g_loss),
+                            sec_per_step=probe.sec_per_step)
+                    bar.set_postfix(d=f"{float(d_loss):.3f}", g=f"{float(g_loss):.3f}")
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    result = evaluate(g, data, fixed_z, cfg)
+                    last = {k: v for k, v in result.items() if k != "samples"}
+                    run.log(step, **{k: v for k, v in last.items() if k != "samples_per_mode"})
+                    save_samples(result, data, run, step, f"mistake={cfg.mistake}")
+                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
+                    save_checkpoint(run.checkpoint_dir, {**capture(stateful), "step": step, "rng": rng_state()})
+        return run.write_summary({
+            "example": "gan", "data": cfg.data.name, "mistake": cfg.mistake, "seed": cfg.seed, "steps": cfg.steps,
+            "device": str(device), **last, **probe.record, "sec_per_step": probe.sec_per_step,
+            "d_loss": float(d_loss), "g_loss": float(g_loss),
+        })
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="gan")
+# --- what the tour and `python -m gallery show gan` read ------------------------------------
+
+def headline(s: dict) -> str:
+    modes = "" if "modes_covered" not in s else (
+        f"modes {s['modes_covered']}/{len(s['samples_per_mode'])}, high quality {s['high_quality_frac']:.2f}, ")
+    return (f"{modes}grad written into G by the D step {s['g_grad_norm_after_d_step']:.3g}, "
+            f"D-step saved bytes {s['d_step_saved_bytes']:,}")
+
+
+def tour_figure(runs: dict, fig) -> None:
+    shown = [m for m in ("none", "retain_graph_shared_zero_grad") if m in runs and "run_dir" in runs[m]]
+    for i, mistake in enumerate(shown, start=1):
+        path = f"{runs[mistake]['run_dir']}/samples.pt"
+        saved = torch.load(path, weights_only=True)
+        draw_samples(fig.add_subplot(1, len(shown), i), saved["samples"], saved["centres"], saved["title"])
+
+
+QUICK = ["steps=20", "eval_every=20", "log_every=10", "hidden=32", "eval_samples=500"]
+EXAMPLE = Example(
+    name="gan",
+    pattern="discriminator step on fake.detach(); the generator step reuses the same fake",
+    pattern_functions=("d_loss_fn", "g_loss_fn", "discriminator_step", "generator_step", "gan_step"),
+    mistakes={
+        "no_detach": Mistake(
+            "D trains on `fake` without detach, so D's backward frees G's graph",
+            "the G step raises 'Trying to backward through the graph a second time'",
+            ("discriminator_step_no_detach", "gan_step_no_detach"),
+        ),
+        "retain_graph": Mistake(
+            "no detach, patched with d_loss.backward(retain_graph=True); G's step clears G's grads",
+            "correct, but a wasted backward through G every D step and a graph kept alive",
+            ("discriminator_step_retain_graph", "gan_step_retain_graph"),
+        ),
+        "retain_graph_shared_zero_grad": Mistake(
+            "retain_graph with one zero_grad for G at the top of the iteration",
+            "G's update carries D's loss gradient too; fewer modes / fewer good samples",
+            ("generator_step_shared_zero_grad", "gan_step_retain_graph_shared_zero_grad"),
+        ),
+        "reuse_d_output": Mistake(
+            "the G loss reuses the D-step output after opt_d.step()",
+            "'modified by an inplace operation' at the G step's backward",
+            ("discriminator_step_reuse_d_output", "generator_step_reuse_d_output", "gan_step_reuse_d_output"),
+        ),
+    },
+    budgets={"full": {"none": [], "retain_graph": [], "retain_graph_shared_zero_grad": [],
+                      "no_detach": ["steps=10"], "reuse_d_output": ["steps=10"]},
+             "quick": {m: QUICK for m in BY_MISTAKE}},
+    headline=headline,
+    figure=tour_figure,
+)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="gan")
 def main(cfg) -> None:
     summary = run_cli(train, cfg)
     keys = ("modes_covered", "high_quality_frac", "g_grad_norm_after_d_step", "sec_per_step")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import hydra
@@ -32,42 +33,24 @@ from omegaconf import MISSING
 from torch import nn
 
 from gallery.core import plots
-from gallery.core.checkpoint import load_checkpoint, save_checkpoint
+from gallery.core.checkpoint import capture, load_checkpoint, restore, save_checkpoint
+from gallery.core.cli import CONFIG_DIR, print_help_if_asked, run_cli
 from gallery.core.config import (
     BaseConfig,
-    print_help_if_asked,
     register_schema,
     require_choice,
     require_positive,
     require_range,
-    run_cli,
-    to_schema,
     validate_base,
 )
-from gallery.core.device import autocast, resolve_device
-from gallery.core.errors import ConfigError, reraise_explained
-from gallery.core.probes import SavedTensorMeter
+from gallery.core.device import amp_forward
+from gallery.core.errors import ConfigError, explained
+from gallery.core.probes import Probe, graph_saved_bytes
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import Run, progress, resolve_out_dir
+from gallery.core.run import Run, prepare, progress, resolve_out_dir
 from gallery.core.schedule import SCHEDULES, lr_schedule
-from gallery.core.seeding import rng_state, seed_everything, set_rng_state
+from gallery.core.seeding import rng_state, set_rng_state
 from gallery.data.text import CharVocab, load_text
-
-EXAMPLE = Example(
-    name="tbptt",
-    pattern="hidden state carried across chunks and detached at every chunk boundary",
-    mistakes={
-        "no_detach": Mistake(
-            "the state is carried without detach",
-            "the second chunk raises 'Trying to backward through the graph a second time'",
-        ),
-        "retain_graph": Mistake(
-            "no detach, patched with backward(retain_graph=True): full BPTT over the stream",
-            "time and bytes held for backward grow with every chunk",
-        ),
-    },
-)
-
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -99,25 +82,31 @@ class TbpttConfig(BaseConfig):
     sample_len: int = 300
     retain_graph_max_chunks: int = 30  # mistake=retain_graph: the cap that lets it finish
     log_every: int = 50
+    probe_every: int = 10  # chunks between measurements of the bytes held for backward (and chunk 1)
 
 
 register_schema("tbptt", TbpttConfig)
 
 
 def validate(cfg: TbpttConfig) -> None:
-    validate_base(cfg, EXAMPLE.mistakes)
+    validate_base(cfg, BY_MISTAKE)
     require_choice(cfg, "data.name", ["pydoc", "file", "tiny_shakespeare", "wikitext2"])
     require_choice(cfg, "cell", ["lstm", "gru"])
     require_choice(cfg, "lr_schedule", SCHEDULES)
     require_range(cfg, "dropout", 0.0, 0.9)
     require_positive(cfg, "embed", "hidden", "layers", "batch_size", "bptt_len", "lr", "eval_streams",
-                     "retain_graph_max_chunks", "max_grad_norm")
+                     "retain_graph_max_chunks", "max_grad_norm", "probe_every")
     require_range(cfg, "data.val_fraction", 0.01, 0.5)
     if cfg.k2 is not None and (cfg.k2 < cfg.bptt_len or cfg.k2 % cfg.bptt_len):
         raise ConfigError(f"k2={cfg.k2} must be a multiple of bptt_len={cfg.bptt_len} and >= it "
                           "(TBPTT(k1, k2) with k1 = bptt_len)")
     if cfg.k2 is not None and cfg.mistake != "none":
         raise ConfigError("k2 is a variant of the pattern; use it with mistake=none")
+
+
+def chunks_to_run(cfg: TbpttConfig) -> int:
+    """mistake=retain_graph keeps every chunk's graph, so its run is capped at retain_graph_max_chunks."""
+    return min(cfg.steps, cfg.retain_graph_max_chunks) if cfg.mistake == "retain_graph" else cfg.steps
 
 
 # --- model ---------------------------------------------------------------------------------------
@@ -139,11 +128,11 @@ class CharRNN(nn.Module):
 # --- the pattern --------------------------------------------------------------------------------
 
 def detach_state(state):
-    """PATTERN: new tensors with the same values and no graph; a tensor or a (nested) tuple of them."""
-    if state is None:
+    """New tensors with the same values and no graph: a tensor, a (nested) tuple of them, or None."""
+    if state is None:  # the natural start: `state = None`
         return None
     if isinstance(state, torch.Tensor):
-        return state.detach()
+        return state.detach()  # PATTERN: keep the values, drop the graph behind them
     return tuple(detach_state(s) for s in state)
 
 
@@ -161,7 +150,7 @@ def chunk_at(streams: torch.Tensor, n: int, batch_size: int, start: int, length:
     return streams[idx], streams[idx + 1]
 
 
-def tbptt_update(model, optimizer, window: list, start_state, max_grad_norm: float):
+def tbptt_update(model, optimizer, window, start_state, max_grad_norm=1.0):
     """One update of TBPTT(k1, k2) with k2 = len(window) * k1.
 
     `window` holds the last chunks (oldest first) as (inputs, targets). The forward re-runs them
@@ -183,6 +172,42 @@ def tbptt_update(model, optimizer, window: list, start_state, max_grad_norm: flo
     optimizer.step()
     return loss.detach(), after_first
 
+
+# --- the mistakes -------------------------------------------------------------------------------
+
+def tbptt_update_no_detach(model, optimizer, window, start_state, max_grad_norm=1.0):
+    state = start_state  # MISTAKE: the state still carries the previous chunk's graph
+    after_first = None
+    for i, (x, _) in enumerate(window):
+        logits, state = model(x, state)
+        if i == 0:
+            after_first = state  # MISTAKE: carried on with its graph
+    targets = window[-1][1]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), after_first
+
+
+def tbptt_update_retain_graph(model, optimizer, window, start_state, max_grad_norm=1.0):
+    state = start_state  # MISTAKE: the state still carries the previous chunks' graph
+    after_first = None
+    for i, (x, _) in enumerate(window):
+        logits, state = model(x, state)
+        if i == 0:
+            after_first = state  # MISTAKE: carried on with its graph
+    targets = window[-1][1]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    optimizer.zero_grad(set_to_none=True)
+    # (no optimizer.step(): the next backward would then fail with "modified by an inplace operation")
+    loss.backward(retain_graph=True)  # MISTAKE: the usual "fix": each backward walks the whole stream so far
+    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    return loss.detach(), after_first
+
+
+BY_MISTAKE = {"none": tbptt_update, "no_detach": tbptt_update_no_detach, "retain_graph": tbptt_update_retain_graph}
 
 KNOWN_ERRORS = {
     "no_detach": (
@@ -228,21 +253,24 @@ def sample_text(model: CharRNN, vocab: CharVocab, length: int, prime: str, devic
     return prime + vocab.decode(out)
 
 
-def save_bytes_figure(saved: list[int], path, title: str) -> None:
-    plt = plots.pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(range(1, len(saved) + 1), [b / 2**20 for b in saved], marker=".", ms=3)
-    ax.set(xlabel="chunk", ylabel="MiB held for backward", title=title, ylim=(0, None))
-    plots.save(fig, path)
+def draw_held_bytes(ax, points: list, label: str) -> None:
+    """Bytes held for backward at sampled chunks ([chunk, bytes] pairs). The run's own figure and the
+    tour's comparison both draw with this."""
+    ax.plot([c for c, _ in points], [b / 2**20 for _, b in points], marker=".", ms=4, label=label)
+    ax.set(xlabel="chunk", ylabel="MiB held for backward", ylim=(0, None))
+    ax.legend(fontsize=8)
+
+
+def state_tensors(state) -> list[torch.Tensor]:
+    if state is None:
+        return []
+    return [state] if isinstance(state, torch.Tensor) else [t for s in state for t in state_tensors(s)]
 
 
 # --- training loop ------------------------------------------------------------------------------
 
 def train(cfg) -> dict:
-    cfg: TbpttConfig = to_schema(cfg)
-    validate(cfg)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed, cfg.deterministic)
+    cfg, device = prepare(cfg, validate, small_model=lambda c: c.hidden * c.batch_size <= 4096)
     text = load_text(cfg.data.name, cfg.data.path, cfg.data.root)
     split_at = int(len(text) * (1 - cfg.data.val_fraction))
     vocab = CharVocab.build(text[:split_at])
@@ -251,102 +279,117 @@ def train(cfg) -> dict:
     k1, k2 = cfg.bptt_len, cfg.k2 or cfg.bptt_len
     chunks_per_window = k2 // k1
     model = CharRNN(len(vocab), cfg.embed, cfg.hidden, cfg.layers, cfg.cell, cfg.dropout).to(device)
+    model = amp_forward(model, device, cfg.amp)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     schedule = lr_schedule(optimizer, cfg.lr_schedule, cfg.steps)
-
-    run = Run(resolve_out_dir(cfg.out_dir, "tbptt"), config=cfg, tensorboard=cfg.tensorboard)
+    stateful = {"model": model, "optimizer": optimizer, "schedule": schedule}
+    update_fn = BY_MISTAKE[cfg.mistake]
+    steps = chunks_to_run(cfg)
     start_step, position, state, window = 0, 0, None, []
-    if cfg.resume:
-        ckpt = load_checkpoint(run.checkpoint_dir / "last.pt", map_location=device)
-        if ckpt["vocab"] != vocab.chars:
-            raise ConfigError("resume=true: the checkpoint was trained on a different vocabulary (data changed?)")
-        model.load_state_dict(ckpt["model"]), optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["schedule"])
-        start_step, position, state = ckpt["step"], ckpt["position"], ckpt["state"]
-        window = [(x.to(device), y.to(device)) for x, y in ckpt["window"]]
-        set_rng_state(ckpt["rng"])
+    probe, held, curve, val_bpc, t_start = Probe(device), [], [], None, time.perf_counter()
+    with Run(resolve_out_dir(cfg.out_dir, "tbptt"), config=cfg, tensorboard=cfg.tensorboard) as run:
+        if cfg.resume:
+            ckpt = load_checkpoint(run.checkpoint_dir / "last.pt", map_location=device)
+            if ckpt["vocab"] != vocab.chars:
+                raise ConfigError("resume=true: the checkpoint was trained on a different vocabulary (data changed?)")
+            restore(stateful, ckpt), set_rng_state(ckpt["rng"])
+            start_step, position, state = ckpt["step"], ckpt["position"], ckpt["state"]
+            window = [(x.to(device), y.to(device)) for x, y in ckpt["window"]]
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(run.checkpoint_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                             "step": step, "position": position, "state": detach_state(state),
-                                             "schedule": schedule.state_dict(),
-                                             "window": [(x.cpu(), y.cpu()) for x, y in window],
-                                             "vocab": vocab.chars, "rng": rng_state()})
+        def checkpoint(step: int) -> None:
+            save_checkpoint(run.checkpoint_dir, {**capture(stateful), "step": step, "position": position,
+                                                 "state": detach_state(state), "vocab": vocab.chars, "rng": rng_state(),
+                                                 "window": [(x.cpu(), y.cpu()) for x, y in window]})
 
-    steps = min(cfg.steps, cfg.retain_graph_max_chunks) if cfg.mistake == "retain_graph" else cfg.steps
-    saved_per_chunk, curve, val_bpc, chars, t_train = [], [], None, 0, 0.0
-    t_start = time.perf_counter()
-    bar = progress(steps, f"tbptt {cfg.data.name} mistake={cfg.mistake}", cfg.progress, initial=start_step)
-    meter = SavedTensorMeter().__enter__()  # bytes held for backward, chunk by chunk
-    try:
-        for step in range(start_step + 1, steps + 1):
-            if position + k1 + 1 > n:  # end of the streams: start over, from a fresh state
-                position, state, window = 0, None, []
-            x, y = chunk_at(streams, n, cfg.batch_size, position, k1)
-            x, y = x.to(device), y.to(device)
-            meter.reset()
-            t0 = time.perf_counter()
-            if cfg.mistake == "none":
+        label = f"tbptt {cfg.data.name} mistake={cfg.mistake}"
+        with progress(steps, label, cfg.progress, initial=start_step) as bar, explained(cfg.mistake, KNOWN_ERRORS), \
+                warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)  # retain_graph never steps
+            for step in range(start_step + 1, steps + 1):
+                if position + k1 + 1 > n:  # end of the streams: start over, from a fresh state
+                    position, state, window = 0, None, []
+                x, y = (t.to(device) for t in chunk_at(streams, n, cfg.batch_size, position, k1))
                 window = [*window[1 - chunks_per_window :], (x, y)] if chunks_per_window > 1 else [(x, y)]
-                with autocast(device, cfg.amp):
-                    loss, after_first = tbptt_update(model, optimizer, window, state, cfg.max_grad_norm)
+                sampled = step == start_step + 1 or step % cfg.probe_every == 0
+                with probe.step(sampled, units=k1 * cfg.batch_size) as meter:
+                    loss, after_first = update_fn(model, optimizer, window, state, cfg.max_grad_norm)
+                if sampled:  # held during this chunk: the graph the state carried in, plus this chunk's own
+                    held.append([step, graph_saved_bytes(*state_tensors(state)) + meter.peak])
                 if len(window) == chunks_per_window:
                     state = after_first  # the next window starts one chunk later
                 schedule.step()
-            else:
-                # MISTAKE: the state keeps its graph into the next chunk.
-                with autocast(device, cfg.amp):
-                    logits, state = model(x, state)
-                    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-                try:
-                    # MISTAKE (retain_graph): keep every graph so the next backward can walk it again.
-                    loss.backward(retain_graph=cfg.mistake == "retain_graph")
-                except RuntimeError as err:
-                    reraise_explained(err, cfg.mistake, KNOWN_ERRORS)
-                    raise
-                if cfg.mistake == "no_detach" or step == steps:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    schedule.step()
-                loss = loss.detach()
-            saved_per_chunk.append(meter.peak)  # backward saves nothing new, so the peak is the forward's
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t_train += time.perf_counter() - t0
-            chars += k1 * cfg.batch_size
-            position += k1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == steps:
-                run.log(step, loss=float(loss), bpc=float(loss) / math.log(2), saved_bytes=saved_per_chunk[-1],
-                        chars_per_sec=chars / t_train)
-            if cfg.mistake == "none" and (step % cfg.eval_every == 0 or step == steps):
-                val_bpc = validation_bpc(model, val_ids, cfg.eval_streams, 256, device)
-                curve.append({"step": step, "val_bpc": val_bpc, "seconds": time.perf_counter() - t_start})
-                run.log(step, val_bpc=val_bpc)
-                bar.set_postfix(val_bpc=f"{val_bpc:.3f}")
-                with open(run.path("samples.txt"), "a") as f:
-                    f.write(f"--- step {step}, val_bpc {val_bpc:.3f}\n")
-                    f.write(sample_text(model, vocab, cfg.sample_len, "The ", device, cfg.seed) + "\n")
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0:
-                checkpoint(step)
-        if cfg.mistake == "none":
-            checkpoint(steps)
-    finally:
-        meter.__exit__(None, None, None)
-        bar.close()
-        run.close()
-    save_bytes_figure(saved_per_chunk, run.path("saved_bytes_per_chunk.png"), f"mistake={cfg.mistake}")
-    summary = {
-        "example": "tbptt", "data": cfg.data.name, "mistake": cfg.mistake, "seed": cfg.seed, "device": str(device),
-        "steps": steps, "k1": k1, "k2": k2, "val_bpc": val_bpc, "chars_per_sec": chars / max(t_train, 1e-9),
-        "saved_bytes_per_chunk": saved_per_chunk, "curve": curve, "vocab_size": len(vocab),
-        "train_chars": split_at, "val_chars": len(text) - split_at,
-    }
-    return run.write_summary(summary)
+                position += k1
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == steps:
+                    run.log(step, loss=float(loss), bpc=float(loss) / math.log(2), saved_bytes=held[-1][1],
+                            chars_per_sec=probe.units_per_sec)
+                if step % cfg.eval_every == 0 or step == steps:
+                    val_bpc = validation_bpc(model, val_ids, cfg.eval_streams, 256, device)
+                    curve.append({"step": step, "val_bpc": val_bpc, "seconds": time.perf_counter() - t_start})
+                    run.log(step, val_bpc=val_bpc)
+                    bar.set_postfix(val_bpc=f"{val_bpc:.3f}")
+                    with open(run.path("samples.txt"), "a") as f:
+                        f.write(f"--- step {step}, val_bpc {val_bpc:.3f}\n")
+                        f.write(sample_text(model, vocab, cfg.sample_len, "The ", device, cfg.seed) + "\n")
+                if cfg.ckpt_every and step % cfg.ckpt_every == 0:
+                    checkpoint(step)
+        checkpoint(steps)
+        plots.figure(run.path("saved_bytes_per_chunk.png"), draw_held_bytes, held, f"mistake={cfg.mistake}")
+        return run.write_summary({
+            "example": "tbptt", "data": cfg.data.name, "mistake": cfg.mistake, "seed": cfg.seed,
+            "device": str(device), "steps": steps, "k1": k1, "k2": k2, "val_bpc": val_bpc,
+            "chars_per_sec": probe.units_per_sec, "saved_bytes_per_chunk": held, "curve": curve,
+            "vocab_size": len(vocab), "train_chars": split_at, "val_chars": len(text) - split_at,
+        })
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="tbptt")
+# --- what the tour and `python -m gallery show tbptt` read ----------------------------------
+
+def headline(s: dict) -> str:
+    held = s["saved_bytes_per_chunk"]
+    bpc = "" if s["val_bpc"] is None else f"val BPC {s['val_bpc']:.3f}, "
+    return (f"{bpc}bytes held for backward: chunk {held[0][0]} {held[0][1]:,}, "
+            f"chunk {held[-1][0]} {held[-1][1]:,}")
+
+
+def tour_figure(runs: dict, fig) -> None:
+    ax = fig.add_subplot(1, 1, 1)
+    last = max((c for c, _ in runs.get("retain_graph", {}).get("saved_bytes_per_chunk") or []), default=None)
+    for mistake, label in (("none", "detach each chunk (pattern)"), ("retain_graph", "retain_graph (full BPTT)")):
+        points = runs.get(mistake, {}).get("saved_bytes_per_chunk") or []
+        if last is not None:  # show the pattern over the chunks the capped mistake ran
+            points = [p for p in points if p[0] <= last * 1.25]
+        if points:
+            draw_held_bytes(ax, points, label)
+
+
+QUICK = ["steps=12", "eval_every=12", "log_every=6", "hidden=32", "retain_graph_max_chunks=12", "probe_every=2"]
+EXAMPLE = Example(
+    name="tbptt",
+    pattern="hidden state carried across chunks and detached at every chunk boundary",
+    pattern_functions=("detach_state", "tbptt_update"),
+    mistakes={
+        "no_detach": Mistake(
+            "the state is carried without detach",
+            "the second chunk raises 'Trying to backward through the graph a second time'",
+            ("tbptt_update_no_detach",),
+        ),
+        "retain_graph": Mistake(
+            "no detach, patched with backward(retain_graph=True): full BPTT over the stream",
+            "time and bytes held for backward grow with every chunk (this variant never steps the optimizer: "
+            "a step would make the next backward fail, so its val BPC is the untrained model's)",
+            ("tbptt_update_retain_graph",),
+        ),
+    },
+    budgets={"full": {"none": ["probe_every=5"], "retain_graph": ["retain_graph_max_chunks=40", "probe_every=2"],
+                      "no_detach": ["steps=5"]},
+             "quick": {m: QUICK for m in BY_MISTAKE}},
+    headline=headline,
+    figure=tour_figure,
+)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="tbptt")
 def main(cfg) -> None:
     summary = run_cli(train, cfg)
     print(f"val_bpc={summary['val_bpc']} chars_per_sec={summary['chars_per_sec']:.0f} steps={summary['steps']}")

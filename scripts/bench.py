@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed and memory of each pattern against its mistake, as ratios measured side by side.
 
-    scripts/bench.py [gan|dqn|finetune|tbptt|all] [--device cpu|cuda] [--json results.json]
+    scripts/bench.py [gan|dqn|finetune|tbptt|threads|all] [--device cpu|cuda] [--json results.json]
 
 Times come from alternating blocks of the two variants in one process (median of the blocks), so a
 ratio holds on the machine it ran on even when the absolute times drift. Bytes come from the
@@ -25,8 +25,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
+from gallery.core.cli import compose  # noqa: E402
 
+DEFAULT_THREADS = torch.get_num_threads()  # before any gallery run sets threads=auto in this process
 from gallery.core.device import resolve_device  # noqa: E402
 from gallery.core.probes import SavedTensorMeter  # noqa: E402
 
@@ -54,8 +55,7 @@ def alternate(variants: dict, rounds: int, per_round: int, device: torch.device,
 
 
 def config(name: str, *overrides: str):
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        return compose(config_name=name, overrides=list(overrides))
+    return compose(name, overrides)
 
 
 # --- gan -----------------------------------------------------------------------------------------
@@ -81,8 +81,7 @@ def bench_gan(device: torch.device) -> list[dict]:
             def run():
                 real = data_src.sample(cfg.batch_size)
                 fake = g(torch.randn(len(real), cfg.z_dim, device=device))
-                _, logits = gan.discriminator_step(d, opt_d, real, fake, mistake, None, cfg.r1_gamma)
-                gan.generator_step(g, d, opt_g, fake, mistake, logits)
+                gan.BY_MISTAKE[mistake](d, opt_d, opt_g, real, fake, cfg.r1_gamma)
 
             return run
 
@@ -126,7 +125,6 @@ def bench_dqn(device: torch.device) -> list[dict]:
 
     torch.manual_seed(0)
     online = dqn.q_network(4, 2, cfg.hidden).to(device)
-    target = dqn.make_target(online)
     opt = torch.optim.Adam(online.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(0)
     batch = {"obs": torch.randn(cfg.batch_size, 4, generator=g), "next_obs": torch.randn(cfg.batch_size, 4, generator=g),
@@ -135,9 +133,10 @@ def bench_dqn(device: torch.device) -> list[dict]:
     batch = {k: v.to(device) for k, v in batch.items()}
     saved = {}
     for mistake in ("none", "target_grad"):
-        target.requires_grad_(mistake == "target_grad")
+        make_target, update = dqn.BY_MISTAKE[mistake]
+        target = make_target(online)
         with SavedTensorMeter() as meter:
-            dqn.update(online, target, opt, batch, dqn.DqnConfig(mistake=mistake))
+            update(online, target, opt, batch, cfg.gamma, cfg.double_dqn, cfg.max_grad_norm)
         saved[mistake] = meter.total
     return [{
         "train_env_steps_per_sec": summary["env_steps_per_sec"], "bare_env_steps_per_sec": bare,
@@ -166,7 +165,7 @@ def bench_finetune(device: torch.device) -> list[dict]:
             torch.manual_seed(0)
             backbone = make_backbone().to(device)
             head = ft.make_head(ft.feature_dim(backbone, x), 5, 128)
-            model = ft.FrozenBackboneClassifier(backbone, head, 0, mistake).to(device)
+            model = ft.BY_MISTAKE[mistake](backbone, head, 0).to(device)
             opt = torch.optim.AdamW(ft.param_groups(model, 1e-3, 0.3))
 
             def step(model=model, opt=opt, x=x, y=y):
@@ -230,13 +229,49 @@ def bench_tbptt(device: torch.device, chunks: int = 16) -> list[dict]:
     }]
 
 
-BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "tbptt": bench_tbptt}
+# --- threads -------------------------------------------------------------------------------------
+
+def bench_threads(device: torch.device, steps: int = 1500) -> list[dict]:
+    """The ring8 GAN for `steps` steps as a whole process: alone, and two at once (as in a sweep or on a
+    shared CI runner), with threads=auto (one thread for this small model) and with torch's default."""
+    import os
+    import subprocess
+
+    default = DEFAULT_THREADS
+    args = [sys.executable, "-m", "gallery.gan", "data=ring8", f"steps={steps}", f"eval_every={steps}",
+            "log_every=500", "eval_samples=500", f"device={device}"]
+
+    def wall(threads: str, copies: int) -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            procs = [subprocess.Popen([*args, f"threads={threads}", f"out_dir={tmp}/{i}"], cwd=ROOT,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+                     for i in range(copies)]
+            if any(p.wait() != 0 for p in procs):
+                raise RuntimeError(f"a gallery.gan run with threads={threads} failed")
+            return time.perf_counter() - start
+
+    rows = []
+    for label, threads in (("auto", "auto"), (f"torch default ({default})", str(default))):
+        alone, pair = wall(threads, 1), wall(threads, 2)
+        rows.append({"threads": label, "steps": steps, "alone_seconds": alone, "two_at_once_seconds": pair,
+                     "slowdown_two_at_once_over_alone": pair / alone})
+    rows.append({"default_pair_over_auto_pair": rows[1]["two_at_once_seconds"] / rows[0]["two_at_once_seconds"],
+                 "default_alone_over_auto_alone": rows[1]["alone_seconds"] / rows[0]["alone_seconds"]})
+    return rows
+
+
+BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "tbptt": bench_tbptt,
+           "threads": bench_threads}
 
 
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    import os
+
+    return (f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, "
+            f"torch's default {DEFAULT_THREADS} threads")
 
 
 def fmt(value) -> str:
@@ -256,6 +291,7 @@ def main() -> int:
     device = resolve_device(args.device)
     results = {"machine": machine(device), "torch": torch.__version__}
     for name in BENCHES if args.which == "all" else [args.which]:
+        torch.set_num_threads(DEFAULT_THREADS)  # a short .train() inside a bench may have set threads=auto
         print(f"## {name} ({results['machine']})", flush=True)
         rows = BENCHES[name](device)
         results[name] = rows

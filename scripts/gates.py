@@ -22,15 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-
 from gallery.core import plots  # noqa: E402
+from gallery.core.cli import compose  # noqa: E402
 
 
 def run(example: str, *overrides: str) -> dict:
     module = __import__(f"gallery.{example}", fromlist=["train"])
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(config_name=example, overrides=["device=cpu", *overrides])
+    cfg = compose(example, ["device=cpu", *overrides])
     start = time.perf_counter()
     summary = module.train(cfg)
     summary["wall_seconds"] = time.perf_counter() - start

@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
 
 
 @pytest.fixture(autouse=True)
@@ -22,18 +20,11 @@ def _clean_hydra():
     GlobalHydra.instance().clear()
 
 
-def compose_config(name: str, overrides: list[str] | None = None, config_dir: Path = CONFIGS):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir)):
-        return compose(config_name=name, overrides=overrides or [])
-
-
-def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env,
-    )
+def run_module(module: str, *args: str, timeout: int = 300, cwd: Path = ROOT, env: dict | None = None,
+               python: str = sys.executable) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([python, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd, env=env)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,19 +11,13 @@ from torch import nn
 
 from gallery.core import CheckpointError, ConfigError, DeviceError, GalleryError
 from gallery.core.checkpoint import LAST, PREVIOUS, load_checkpoint, save_checkpoint
-from gallery.core.config import (
-    BaseConfig,
-    register_schema,
-    require_range,
-    run_cli,
-    to_schema,
-    validate_base,
-)
-from gallery.core.device import autocast, resolve_device
+from gallery.core.cli import compose, run_cli
+from gallery.core.config import BaseConfig, register_schema, require_range, to_schema, validate_base
+from gallery.core.device import amp_forward, resolve_device, set_threads
 from gallery.core.registry import Example, Mistake, examples
 from gallery.core.run import Run, progress, read_metrics
 from gallery.core.seeding import rng_state, seed_everything, set_rng_state
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT
 
 
 @dataclass
@@ -57,10 +51,27 @@ def test_unknown_device_string_names_the_choices(bad):
         resolve_device(bad)
 
 
-def test_autocast_is_a_no_op_on_cpu():
-    with autocast(torch.device("cpu")):
-        y = torch.ones(2, 2) @ torch.ones(2, 2)
-    assert y.dtype == torch.float32
+def test_amp_forward_leaves_a_cpu_module_untouched():
+    net = nn.Linear(2, 2)
+    forward = net.forward
+    assert amp_forward(net, torch.device("cpu")) is net and net.forward == forward
+    assert net(torch.ones(1, 2)).dtype == torch.float32
+
+
+def test_threads_auto_is_one_for_small_models_and_a_number_sets_it():
+    before = torch.get_num_threads()
+    try:
+        assert set_threads("auto", torch.device("cpu"), small_model=True) == 1
+        assert set_threads("2", torch.device("cpu"), small_model=True) == 2
+        assert set_threads(1, torch.device("cpu"), small_model=False) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "many", "1.5"])
+def test_threads_must_be_auto_or_a_positive_count(bad):
+    with pytest.raises(ConfigError, match="threads=.*auto or a whole number >= 1"):
+        validate_base(BaseConfig(threads=bad), [])
 
 
 # --- seeding ----------------------------------------------------------------------------------
@@ -89,19 +100,19 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
 # --- config -----------------------------------------------------------------------------------
 
 def test_schema_types_the_yaml():
-    cfg = to_schema(compose_config("toy", ["seed=0", "lr=0.5"], TOY_DIR))
+    cfg = to_schema(compose("toy", ["seed=0", "lr=0.5"], TOY_DIR))
     assert isinstance(cfg, ToyConfig) and cfg.steps == 5 and cfg.seed == 0 and cfg.lr == 0.5
 
 
 def test_unknown_key_fails_before_anything_runs():
     with pytest.raises(ConfigCompositionException) as info:
-        compose_config("toy", ["lerning_rate=0.1"], TOY_DIR)
+        compose("toy", ["lerning_rate=0.1"], TOY_DIR)
     assert "lerning_rate" in str(info.value) + str(info.value.__cause__)
 
 
 def test_wrong_type_fails_naming_the_key():
     with pytest.raises((ConfigCompositionException, ValidationError)) as info:
-        compose_config("toy", ["steps=many"], TOY_DIR)
+        compose("toy", ["steps=many"], TOY_DIR)
     assert "steps" in str(info.value) + str(info.value.__cause__)
 
 
@@ -123,7 +134,7 @@ def test_negative_seed_and_unknown_mistake_are_rejected():
 
 
 def test_key_added_with_plus_is_still_rejected_by_the_schema():
-    cfg = compose_config("toy", ["+device_id=3"], TOY_DIR)  # Hydra lets `+key` through
+    cfg = compose("toy", ["+device_id=3"], TOY_DIR)  # Hydra lets `+key` through
     with pytest.raises(ConfigError, match="device_id"):
         to_schema(cfg)
 
@@ -141,7 +152,7 @@ def test_run_cli_turns_gallery_errors_into_exit_2(capsys):
 # --- run dir, metrics, summary ----------------------------------------------------------------
 
 def test_run_writes_config_metrics_and_summary(tmp_path):
-    cfg = compose_config("toy", [], TOY_DIR)
+    cfg = compose("toy", [], TOY_DIR)
     with Run(tmp_path / "run", config=cfg) as run:
         run.log(1, loss=0.5)
         run.log(2, loss=float("nan"), sample=torch.tensor(3.0))
@@ -231,7 +242,7 @@ def test_all_user_errors_share_one_base_class():
 # --- registry ---------------------------------------------------------------------------------
 
 def test_example_describe_lists_every_mistake_with_its_consequence():
-    ex = Example("toy", "cut the graph", {"oops": Mistake("forgot to cut", "it breaks")})
+    ex = Example("toy", "cut the graph", (), {"oops": Mistake("forgot to cut", "it breaks")})
     text = ex.describe()
     assert "toy: cut the graph" in text and "oops: forgot to cut" in text and "-> it breaks" in text
 

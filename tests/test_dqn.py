@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from gallery import dqn
+from gallery.core.cli import compose
 from gallery.core.probes import SavedTensorMeter, state_hash
-from tests.conftest import compose_config, run_module
+from tests.conftest import run_module
 
 
 def _nets(seed=0):
@@ -25,10 +26,6 @@ def _batch(n=16, seed=1):
             "terminated": (torch.arange(n) % 2).float()}
 
 
-def _cfg(**kw):
-    return dqn.DqnConfig(**kw)
-
-
 # --- the pattern's contract ---------------------------------------------------------------------
 
 def test_target_is_frozen_and_not_in_the_optimizer():
@@ -42,7 +39,7 @@ def test_update_leaves_target_grads_none_and_target_unchanged():
     online, target, opt = _nets()
     before = state_hash(target)
     for _ in range(3):
-        dqn.update(online, target, opt, _batch(), _cfg())
+        dqn.update(online, target, opt, _batch())
     assert all(p.grad is None for p in target.parameters())
     assert state_hash(target) == before  # changes only at a sync
     dqn.sync_target(target, online, 1.0)
@@ -58,10 +55,11 @@ def _captured_targets(monkeypatch, mistake):
         return real(q, target, *a, **k)
 
     monkeypatch.setattr(dqn.F, "smooth_l1_loss", spy)
-    online, target, opt = _nets()
-    if "target_grad" in mistake:
-        target.requires_grad_(True)
-    dqn.update(online, target, opt, _batch(), _cfg(mistake=mistake))
+    make_target, update = dqn.BY_MISTAKE[mistake]
+    torch.manual_seed(0)
+    online = dqn.q_network(4, 2, 32)
+    target = make_target(online)
+    update(online, target, torch.optim.Adam(online.parameters(), lr=1e-3), _batch())
     return seen[0], online, target
 
 
@@ -94,7 +92,7 @@ def test_termination_stops_bootstrapping_and_truncation_does_not():
 
 
 def test_truncated_transition_stores_final_obs_and_is_not_terminal():
-    cfg = _cfg(env=dqn.EnvConfig(num_envs=1, max_episode_steps=3))
+    cfg = dqn.DqnConfig(env=dqn.EnvConfig(num_envs=1, max_episode_steps=3))
     envs, eval_env = dqn.make_envs(cfg)
     obs, _ = envs.reset(seed=0)
     for _ in range(3):
@@ -112,10 +110,10 @@ def test_truncated_transition_stores_final_obs_and_is_not_terminal():
 def test_target_grad_writes_grads_into_target_and_saves_more_bytes():
     online, target, opt = _nets()
     with SavedTensorMeter() as pattern:
-        dqn.update(online, target, opt, _batch(), _cfg())
-    target.requires_grad_(True)
+        dqn.update(online, target, opt, _batch())
+    target = dqn.make_target_with_grad(online)
     with SavedTensorMeter() as mistake:
-        dqn.update(online, target, opt, _batch(), _cfg(mistake="target_grad"))
+        dqn.update_target_grad(online, target, opt, _batch())
     assert all(p.grad is not None for p in target.parameters())
     assert mistake.total > pattern.total
 
@@ -136,7 +134,7 @@ def test_residual_gradient_flows_through_both_sides():
     for mistake in ("no_target", "no_target+target_grad"):
         online, target, opt = _nets()
         opt.step = lambda: None  # keep the grads, skip the update
-        dqn.update(online, target, opt, _batch(), _cfg(mistake=mistake))
+        dqn.BY_MISTAKE[mistake][1](online, target, opt, _batch())
         grads[mistake] = torch.cat([p.grad.flatten() for p in online.parameters()])
     # with grad through the target side too, the online net's gradient is a different vector
     assert not torch.allclose(grads["no_target"], grads["no_target+target_grad"])
@@ -145,7 +143,7 @@ def test_residual_gradient_flows_through_both_sides():
 # --- runs ----------------------------------------------------------------------------------------
 
 def _tiny(tmp_path, *overrides):
-    return compose_config("dqn", [f"out_dir={tmp_path}", "device=cpu", "steps=400", "learning_starts=100",
+    return compose("dqn", [f"out_dir={tmp_path}", "device=cpu", "steps=400", "learning_starts=100",
                                   "eval_every=200", "eval_episodes=2", "log_every=100", "hidden=16",
                                   "batch_size=32", *overrides])
 

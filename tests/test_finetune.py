@@ -5,8 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from gallery import finetune as ft
+from gallery.core.cli import compose
+from gallery.core.errors import DataError
 from gallery.core.probes import SavedTensorMeter, reached_parameters, state_hash
-from tests.conftest import compose_config, run_module
+from tests.conftest import run_module
 
 
 def _model(mistake="none", unfreeze_last=0, seed=0):
@@ -14,7 +16,7 @@ def _model(mistake="none", unfreeze_last=0, seed=0):
     backbone = ft.digits_cnn()
     x = torch.randn(32, 1, 8, 8)
     head = ft.make_head(ft.feature_dim(backbone, x), 5, 16)
-    model = ft.FrozenBackboneClassifier(backbone, head, unfreeze_last, mistake)
+    model = ft.BY_MISTAKE[mistake](backbone, head, unfreeze_last)
     return model, x, torch.randint(5, (32,))
 
 
@@ -111,7 +113,7 @@ def test_no_freeze_saves_more_bytes_and_changes_the_backbone():
 def pretrained(tmp_path_factory):
     """One small pretrained backbone shared by the runs below (built through stage=pretrain)."""
     ckpt = tmp_path_factory.mktemp("backbone")
-    cfg = compose_config("finetune", ["stage=pretrain", f"backbone.checkpoint_dir={ckpt}",
+    cfg = compose("finetune", ["stage=pretrain", f"backbone.checkpoint_dir={ckpt}",
                                       "backbone.pretrain_steps=30", "device=cpu"])
     summary = ft.train(cfg)
     assert summary["stage"] == "pretrain" and (ckpt / "last.pt").is_file()
@@ -119,7 +121,7 @@ def pretrained(tmp_path_factory):
 
 
 def _tiny(tmp_path, ckpt, *overrides):
-    return compose_config("finetune", [f"out_dir={tmp_path}", f"backbone.checkpoint_dir={ckpt}", "device=cpu",
+    return compose("finetune", [f"out_dir={tmp_path}", f"backbone.checkpoint_dir={ckpt}", "device=cpu",
                                        "steps=6", "eval_every=3", "log_every=3", *overrides])
 
 
@@ -166,7 +168,7 @@ def test_offline_resnet18_weights_name_the_missing_file(tmp_path, monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
-    with pytest.raises(ft.DataError, match=r"resnet18-f37072fd\.pth.*backbone.weights_path"):
+    with pytest.raises(DataError, match=r"resnet18-f37072fd\.pth.*backbone.weights_path"):
         ft.train(_tiny(tmp_path, tmp_path, "backbone=resnet18"))
 
 

@@ -1,6 +1,5 @@
 import json
 
-from gallery import tour
 from gallery.core.registry import examples
 from tests.conftest import ROOT, run_module
 
@@ -28,11 +27,35 @@ def test_unknown_command_exits_2():
     assert proc.returncode == 2 and "unknown command" in proc.stderr
 
 
-def test_every_example_mistake_is_a_config_choice():
-    """The registry and each example's validation agree on the mistake names."""
+def test_help_exits_0_with_usage():
+    proc = run_module("gallery", "--help")
+    assert proc.returncode == 0 and "show <example>" in proc.stdout
+
+
+def test_every_example_mistake_is_a_config_choice_and_in_both_budgets():
+    """The registry, each example's dispatch dict and its tour budgets agree on the mistake names."""
+    for example in examples().values():
+        assert set(example.module.BY_MISTAKE) == {"none", *example.mistakes}
+        for budget in ("quick", "full"):
+            assert set(example.budgets[budget]) == {"none", *example.mistakes}
+
+
+def test_show_prints_the_pattern_then_each_mistake_as_a_diff():
     for name, example in examples().items():
-        budget = tour.BUDGETS["quick"][name]
-        assert set(budget) == {"none", *example.mistakes}
+        proc = run_module("gallery", "show", name)
+        assert proc.returncode == 0, proc.stderr
+        for function in example.pattern_functions:
+            assert f"def {function}(" in proc.stdout or f"class {function}(" in proc.stdout
+        for key, mistake in example.mistakes.items():
+            assert f"## mistake={key}: {mistake.description}" in proc.stdout
+            for variant in mistake.variants:
+                assert f"+++ {variant} (mistake)" in proc.stdout
+        assert "# MISTAKE:" in proc.stdout
+
+
+def test_show_an_unknown_example_exits_2():
+    proc = run_module("gallery", "show", "nosuch")
+    assert proc.returncode == 2 and "the examples: " in proc.stderr
 
 
 def test_quick_tour_runs_every_pattern_and_mistake(tmp_path):
@@ -52,7 +75,8 @@ def test_quick_tour_runs_every_pattern_and_mistake(tmp_path):
     assert results["finetune"]["bn_train"]["backbone_unchanged"] is False
     assert results["finetune"]["none"]["backbone_unchanged"] is True
     saved = results["tbptt"]["retain_graph"]["saved_bytes_per_chunk"]
-    assert saved[-1] > saved[0]
+    assert saved[-1][1] > saved[0][1]
+    assert "```diff" in report and "# MISTAKE:" in report
 
 
 def test_run_sh_rejects_an_unknown_example():

@@ -3,16 +3,17 @@ import json
 import pytest
 import torch
 
-from gallery import gan
+from gallery import gan, nets
+from gallery.core.cli import compose
 from gallery.core.errors import ExplainedMistake, GalleryError
 from gallery.core.probes import grad_snapshot, grad_written_norm, grads_absent, reached_parameters
-from tests.conftest import compose_config, run_module
+from tests.conftest import run_module
 
 
 def _setup(seed=0):
     torch.manual_seed(seed)
-    g = gan.mlp(4, 2, 32, 2, sn=False)
-    d = gan.mlp(2, 1, 32, 2, sn=False)
+    g = nets.mlp(4, 2, 32, 2, sn=False)
+    d = nets.mlp(2, 1, 32, 2, sn=False)
     opt_g = torch.optim.Adam(g.parameters(), lr=1e-3)
     opt_d = torch.optim.Adam(d.parameters(), lr=1e-3)
     real = torch.randn(16, 2)
@@ -25,7 +26,7 @@ def _setup(seed=0):
 def test_d_step_writes_no_grad_into_g_and_its_graph_reaches_no_g_parameter():
     g, d, opt_g, opt_d, real, z = _setup()
     fake = g(z)
-    d_loss, _ = gan.discriminator_step(d, opt_d, real, fake)
+    d_loss = gan.discriminator_step(d, opt_d, real, fake)
     assert grads_absent(g)
     assert all(p.grad is None for p in g.parameters())
     assert reached_parameters(d_loss, g) == set()
@@ -37,30 +38,31 @@ def test_g_step_reuses_the_same_fake_and_gives_g_nonzero_grads():
     fake = g(z)
     gan.discriminator_step(d, opt_d, real, fake)
     before = [p.detach().clone() for p in g.parameters()]
-    gan.generator_step(g, d, opt_g, fake)
+    gan.generator_step(d, opt_g, fake)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in g.parameters())
     assert all(not torch.equal(a, p) for a, p in zip(before, g.parameters()))
 
 
 def test_r1_penalty_keeps_the_d_step_off_g():
     g, d, opt_g, opt_d, real, z = _setup()
-    d_loss, _ = gan.discriminator_step(d, opt_d, real, g(z), r1_gamma=1.0)
+    d_loss = gan.discriminator_step(d, opt_d, real, g(z), r1_gamma=1.0)
     assert reached_parameters(d_loss, g) == set() and grads_absent(g)
 
 
 # --- the mistakes' consequences --------------------------------------------------------------
 
 def _g_grads_after(mistake):
+    """(grad the D step wrote into G, whether D's graph reached G, the grads G's update used)."""
     g, d, opt_g, opt_d, real, z = _setup()
-    if mistake == "retain_graph_shared_zero_grad":
-        opt_g.zero_grad(set_to_none=True)
     fake = g(z)
     snap = grad_snapshot(g)
-    d_loss, logits = gan.discriminator_step(d, opt_d, real, fake, mistake)
+    d_step = {"none": gan.discriminator_step, "retain_graph": gan.discriminator_step_retain_graph}
+    d_loss = d_step[mistake.removesuffix("_shared_zero_grad")](d, opt_d, real, fake)
     written = grad_written_norm(g, snap)
     reaches = reached_parameters(d_loss, g)
     opt_g.step = lambda: None  # keep the grads G's step would use, without applying them
-    gan.generator_step(g, d, opt_g, fake, mistake, logits)
+    g_step = gan.generator_step_shared_zero_grad if mistake.endswith("shared_zero_grad") else gan.generator_step
+    g_step(d, opt_g, fake)
     return written, reaches, [p.grad.clone() for p in g.parameters()]
 
 
@@ -81,7 +83,7 @@ def test_shared_zero_grad_adds_d_loss_gradient_to_g_update():
 
 
 def _tiny(tmp_path, *overrides):
-    return compose_config("gan", [f"out_dir={tmp_path}", "device=cpu", "steps=4", "log_every=2",
+    return compose("gan", [f"out_dir={tmp_path}", "device=cpu", "steps=4", "log_every=2",
                                   "eval_every=4", "hidden=16", "batch_size=32", "eval_samples=64", *overrides])
 
 
@@ -98,6 +100,18 @@ def test_reuse_d_output_raises_inplace_error_and_explains(tmp_path):
         gan.train(_tiny(tmp_path, "mistake=reuse_d_output"))
     assert "opt_d.step()" in str(info.value)
     assert "modified by an inplace operation" in str(info.value.__cause__)
+
+
+def test_each_iteration_variant_trains_like_its_step_functions():
+    """gan_step_* are the loop's unit; with the shared zero_grad G's update carries D's gradient."""
+    grads = {}
+    for mistake in ("none", "retain_graph", "retain_graph_shared_zero_grad"):
+        g, d, opt_g, opt_d, real, z = _setup()
+        opt_g.step = lambda: None
+        gan.BY_MISTAKE[mistake](d, opt_d, opt_g, real, g(z))
+        grads[mistake] = torch.cat([p.grad.flatten() for p in g.parameters()])
+    torch.testing.assert_close(grads["none"], grads["retain_graph"])
+    assert not torch.allclose(grads["none"], grads["retain_graph_shared_zero_grad"])
 
 
 def test_retain_graph_costs_saved_bytes_in_the_d_step(tmp_path):

@@ -7,13 +7,13 @@ subset that fits the test budget.
 import pytest
 
 from gallery import dqn, finetune, gan, tbptt
-from tests.conftest import compose_config
+from gallery.core.cli import compose
 
 pytestmark = pytest.mark.slow
 
 
 def test_gan_ring8_covers_the_modes_with_sharp_samples(tmp_path):
-    runs = [gan.train(compose_config("gan", ["device=cpu", f"seed={s}", f"out_dir={tmp_path}/{s}"]))
+    runs = [gan.train(compose("gan", ["device=cpu", f"seed={s}", f"out_dir={tmp_path}/{s}"]))
             for s in (0, 1)]
     assert sum(r["modes_covered"] for r in runs) / len(runs) >= 7.5
     assert sum(r["high_quality_frac"] for r in runs) / len(runs) >= 0.85
@@ -21,8 +21,8 @@ def test_gan_ring8_covers_the_modes_with_sharp_samples(tmp_path):
 
 
 def test_gan_shared_zero_grad_is_worse_than_the_pattern_on_the_same_seed(tmp_path):
-    pattern = gan.train(compose_config("gan", ["device=cpu", "seed=0", f"out_dir={tmp_path}/p"]))
-    mistake = gan.train(compose_config("gan", ["device=cpu", "seed=0", f"out_dir={tmp_path}/m",
+    pattern = gan.train(compose("gan", ["device=cpu", "seed=0", f"out_dir={tmp_path}/p"]))
+    mistake = gan.train(compose("gan", ["device=cpu", "seed=0", f"out_dir={tmp_path}/m",
                                                "mistake=retain_graph_shared_zero_grad"]))
     assert (mistake["modes_covered"] < pattern["modes_covered"]
             or mistake["high_quality_frac"] < pattern["high_quality_frac"])
@@ -30,7 +30,7 @@ def test_gan_shared_zero_grad_is_worse_than_the_pattern_on_the_same_seed(tmp_pat
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_dqn_solves_cartpole_within_50k_steps(tmp_path, seed):
-    summary = dqn.train(compose_config("dqn", ["device=cpu", f"seed={seed}", f"out_dir={tmp_path}"]))
+    summary = dqn.train(compose("dqn", ["device=cpu", f"seed={seed}", f"out_dir={tmp_path}"]))
     assert summary["first_solved_step"] is not None and summary["first_solved_step"] <= 50_000
     if seed == 0:
         assert summary["first_solved_step"] <= 20_000  # the budget the no_target test gets
@@ -40,7 +40,7 @@ def test_dqn_solves_cartpole_within_50k_steps(tmp_path, seed):
 def test_dqn_no_target_does_not_solve_in_the_budget_the_pattern_needs(tmp_path):
     """The moving-target consequence, on seed 0: the pattern solves by 20k env steps (see above);
     bootstrapping from the online net does not within the same 20k."""
-    summary = dqn.train(compose_config("dqn", ["device=cpu", "seed=0", f"out_dir={tmp_path}",
+    summary = dqn.train(compose("dqn", ["device=cpu", "seed=0", f"out_dir={tmp_path}",
                                                "mistake=no_target", "steps=20000"]))
     assert summary["first_solved_step"] is None
     assert max(e["eval_return_mean"] for e in summary["evals"]) < 475
@@ -50,12 +50,12 @@ def test_dqn_no_target_does_not_solve_in_the_budget_the_pattern_needs(tmp_path):
 def test_finetune_frozen_backbone_reaches_95_percent(tmp_path_factory, seed):
     ckpt = tmp_path_factory.getbasetemp() / "digits_cnn"  # pretrained once, shared by the seeds
     out = tmp_path_factory.mktemp(f"ft{seed}")
-    summary = finetune.train(compose_config("finetune", ["device=cpu", f"seed={seed}", f"out_dir={out}",
+    summary = finetune.train(compose("finetune", ["device=cpu", f"seed={seed}", f"out_dir={out}",
                                                          f"backbone.checkpoint_dir={ckpt}"]))
     assert summary["val_acc"] >= 0.95 and summary["backbone_unchanged"] is True
 
 
 def test_tbptt_pydoc_reaches_the_seeded_bpc(tmp_path):
-    summary = tbptt.train(compose_config("tbptt", ["device=cpu", "seed=0", f"out_dir={tmp_path}",
+    summary = tbptt.train(compose("tbptt", ["device=cpu", "seed=0", f"out_dir={tmp_path}",
                                                    "steps=600", "eval_every=600"]))
     assert summary["val_bpc"] <= 2.2

@@ -2,42 +2,54 @@
 
 A checkpoint is a dict of tensors, state dicts and plain Python values. Anything else (a pickled
 class, a lambda) is refused on load, so a checkpoint from elsewhere cannot run code.
+
+Each example lists its stateful pieces once, as a dict of objects (anything with `state_dict` /
+`load_state_dict`, or a `torch.Generator`); `capture` and `restore` both read that one dict.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gallery.core.errors import CheckpointError
+from gallery.core.io import atomic_write, torch_bytes
 
 FORMAT = "detach-gallery/1"
 LAST, PREVIOUS = "last.pt", "previous.pt"
 
 
+def capture(objects: dict[str, Any]) -> dict[str, Any]:
+    """The state of every object in `objects`, as plain data a weights_only load accepts."""
+    return {name: obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
+            for name, obj in objects.items()}
+
+
+def restore(objects: dict[str, Any], state: dict[str, Any]) -> None:
+    """Load what `capture` saved back into the same objects."""
+    for name, obj in objects.items():
+        if name not in state:
+            raise CheckpointError(f"the checkpoint has no {name!r}: it was written by another example or version")
+        if isinstance(obj, torch.Generator):
+            obj.set_state(state[name])
+        else:
+            obj.load_state_dict(state[name])
+
+
 def save_checkpoint(directory: Path | str, state: dict[str, Any]) -> Path:
     """Write `last.pt` atomically; the old `last.pt` becomes `previous.pt`."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        last = directory / LAST
+    last = directory / LAST
+
+    def keep_previous() -> None:
         if last.exists():
             os.replace(last, directory / PREVIOUS)
-        os.replace(tmp, last)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return last
+
+    return atomic_write(last, torch_bytes({"format": FORMAT, **state}), before_replace=keep_previous)
 
 
 def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, Any]:

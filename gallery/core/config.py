@@ -1,4 +1,4 @@
-"""The fields every example shares, value checks that name the key, and the command-line wrapper.
+"""The fields every example shares (the schema base), and value checks that name the key.
 
 Types and unknown keys are caught by Hydra against the dataclass schema before anything runs;
 the checks here catch values a type cannot express (a step count of 0, an unknown mistake).
@@ -6,17 +6,14 @@ the checks here catch values a type cannot express (a step count of 0, an unknow
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, is_dataclass
-from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from gallery.core.errors import ConfigError, GalleryError
+from gallery.core.errors import ConfigError
 
 # `hydra.run.dir` is `${if_null:${out_dir},outputs/...}`: an explicit out_dir is the run dir.
 if not OmegaConf.has_resolver("if_null"):
@@ -27,6 +24,7 @@ if not OmegaConf.has_resolver("if_null"):
 class BaseConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: str = "auto"  # CPU intra-op threads: auto (1 for the small models), or a count
     steps: int = 1000
     out_dir: str | None = None  # None: Hydra's run dir, outputs/<example>/<date>/<time>
     log_every: int = 100
@@ -76,6 +74,9 @@ def validate_base(cfg: BaseConfig, mistakes: Iterable[str]) -> None:
     require_positive(cfg, "steps", "log_every", "eval_every")
     require_non_negative(cfg, "ckpt_every", "seed")
     require_choice(cfg, "mistake", ["none", *mistakes])
+    threads = str(cfg.threads)
+    if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
+        raise ConfigError(f"threads={threads!r} must be auto or a whole number >= 1")
 
 
 def to_schema(cfg: DictConfig | Any) -> Any:
@@ -110,41 +111,3 @@ def _get(cfg: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         node = node[part] if isinstance(node, dict) else getattr(node, part)
     return node
-
-
-def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
-    """Run `train`, turning a user-fixable error into one line on stderr and exit status 2.
-
-    Hydra makes the run dir before the task starts; if the run fails before writing anything
-    into it, the empty dir is removed so bad input leaves nothing behind.
-    """
-    run_dir = _hydra_run_dir()
-    existed = run_dir is not None and run_dir.exists() and any(run_dir.iterdir())
-    try:
-        return train(cfg)
-    except GalleryError as err:
-        print(f"error: {err}", file=sys.stderr)
-        if run_dir is not None and not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()
-        sys.exit(2)
-
-
-def _hydra_run_dir() -> Path | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    return Path(HydraConfig.get().runtime.output_dir)
-
-
-def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
-    """`--help` shows the pattern and its mistakes before Hydra's own config help."""
-    argv = sys.argv[1:] if argv is None else argv
-    if "--help" in argv or "-h" in argv:
-        print(example.describe())
-        print()
-        sys.stdout.flush()
-
-
-def env_rank() -> int:
-    return int(os.environ.get("RANK", "0"))

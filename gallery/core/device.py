@@ -1,8 +1,7 @@
-"""Pick the device from one string, and the matching autocast context."""
+"""Pick the device from one string; set CPU threads; autocast a module's forward on CUDA."""
 
 from __future__ import annotations
 
-import contextlib
 import re
 
 import torch
@@ -41,9 +40,40 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA (no GradScaler needed); a no-op elsewhere, so CPU runs stay exact."""
-    if enabled and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
-    return contextlib.nullcontext()
+def set_threads(spec: str | int, device: torch.device, small_model: bool) -> int:
+    """Set torch's CPU intra-op threads and return the count.
+
+    `auto`: one thread for the small models, where a second thread costs more in handoffs than it
+    saves, and where two runs side by side (a sweep, a CI runner) would otherwise each spin on every
+    core; torch's default otherwise. A number sets it."""
+    spec = str(spec)
+    if spec != "auto":
+        torch.set_num_threads(int(spec))
+    elif small_model or device.type != "cpu":  # on a GPU the CPU threads only feed it
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
+
+
+def amp_forward(module: torch.nn.Module, device: torch.device, enabled: bool = True) -> torch.nn.Module:
+    """Run `module.forward` under bf16 autocast on CUDA and return float32 outputs; unchanged elsewhere.
+
+    Autocast wraps only the forward, so the pattern functions stay free of AMP code and backward
+    runs outside autocast, as PyTorch recommends. The module's state_dict is unchanged."""
+    if not (enabled and device.type == "cuda"):
+        return module
+    forward = module.forward
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def to_float(out):
+        if isinstance(out, torch.Tensor):
+            return out.float() if out.is_floating_point() else out
+        if isinstance(out, tuple):
+            return tuple(to_float(o) for o in out)
+        return out
+
+    def autocast_forward(*args, **kwargs):
+        with torch.autocast(device_type="cuda", dtype=dtype):
+            return to_float(forward(*args, **kwargs))
+
+    module.forward = autocast_forward
+    return module

@@ -1,5 +1,7 @@
 """One exception family, so the command line can turn any of them into a one-line message."""
 
+import contextlib
+
 
 class GalleryError(Exception):
     """A problem the user can fix: bad config, missing data, a bad checkpoint, no such device."""
@@ -35,3 +37,13 @@ def reraise_explained(err: RuntimeError, mistake: str, known: dict[str, tuple[st
         phrase, explanation = known[mistake]
         if phrase in str(err):
             raise ExplainedMistake(explanation) from err
+
+
+@contextlib.contextmanager
+def explained(mistake: str, known: dict[str, tuple[str, str]]):
+    """Turn the autograd error `mistake` is known for into `ExplainedMistake`; let anything else through."""
+    try:
+        yield
+    except RuntimeError as err:
+        reraise_explained(err, mistake, known)
+        raise

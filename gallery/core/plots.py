@@ -20,3 +20,11 @@ def save(fig, path: Path | str) -> Path:
     fig.savefig(path, dpi=100)
     pyplot().close(fig)
     return Path(path)
+
+
+def figure(path: Path | str, draw, *args, size: tuple[float, float] = (5, 3.2), **kwargs) -> Path:
+    """One-panel figure: `draw(ax, *args, **kwargs)`, saved to `path`. The examples' drawing functions
+    take an `ax`, so a run's own figure and the tour's comparison share them."""
+    fig, ax = pyplot().subplots(figsize=size)
+    draw(ax, *args, **kwargs)
+    return save(fig, path)

@@ -5,12 +5,16 @@
 - `grads_absent` / `grad_norm`: "no grad was written".
 - `state_hash`: a digest of parameters *and buffers*, to prove a module is unchanged.
 - `SavedTensorMeter`: bytes saved for backward, counted exactly with saved-tensor hooks, the
-  same on CPU and GPU and free of allocator noise.
+  same on CPU and GPU and free of allocator noise; `graph_saved_bytes`: the same count, read
+  from a live graph without hooks.
+- `Probe`: the one measurement object of a training loop, on sampled steps only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -173,3 +177,121 @@ def saved_bytes(fn, *args, **kwargs) -> tuple[int, object]:
     with SavedTensorMeter() as meter:
         result = fn(*args, **kwargs)
     return meter.total, result
+
+
+def graph_saved_bytes(*outputs: torch.Tensor) -> int:
+    """Bytes the graph behind `outputs` still holds for backward, found by walking it (no hooks).
+
+    Sums every tensor a node keeps in its `_saved_*` fields, once per node: the same count the
+    `SavedTensorMeter` makes while its hooks are on, taken afterwards from the graph itself. A
+    graph whose saved tensors were freed by a backward counts 0."""
+    roots = [t.grad_fn for t in outputs if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    seen, stack, total = set(roots), list(roots), 0
+    while stack:
+        node = stack.pop()
+        for name in dir(node):
+            if not name.startswith("_saved_"):
+                continue
+            try:
+                value = getattr(node, name)
+            except RuntimeError:  # freed by an earlier backward
+                continue
+            for tensor in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(tensor, torch.Tensor):
+                    total += tensor_bytes(tensor)
+        for child, _ in node.next_functions:
+            if child is not None and child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return total
+
+
+class Probe:
+    """One per training loop: measures on sampled steps only, and times the other steps.
+
+        probe = Probe(device)
+        with probe.step(sampled=step % log_every == 0) as meter:   # meter is None when not sampled
+            ...the algorithm's lines...
+        probe.sec_per_step                                          # from unsampled steps only
+
+    On a sampled step it counts the bytes saved for backward (`meter`) and enters `self.measure()`,
+    which an example overrides with its own hooks. Unsampled steps run bare: no hooks, so autograd's
+    in-place checks stay on, and the timing holds no measurement cost."""
+
+    def __init__(self, device: torch.device, saved_bytes_name: str | None = None):
+        self.device, self.saved_bytes_name = device, saved_bytes_name
+        self.timed_units, self.timed_seconds = 0, 0.0
+        self.record: dict = {}  # the latest measurements, by name
+
+    def measure(self, meter: SavedTensorMeter):
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def step(self, sampled: bool, units: int = 1, per: int = 1):
+        """Run one step; on a sampled one, record the bytes it saved for backward (divided by `per`,
+        e.g. per update) under `saved_bytes_name`."""
+        start = time.perf_counter()
+        if sampled:
+            with SavedTensorMeter() as meter, self.measure(meter):
+                yield meter
+            if self.saved_bytes_name:
+                self.record[self.saved_bytes_name] = meter.total // max(per, 1)
+        else:
+            yield None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if not sampled:
+            self.timed_units += units
+            self.timed_seconds += time.perf_counter() - start
+
+    @property
+    def sec_per_step(self) -> float:
+        return self.timed_seconds / max(self.timed_units, 1)
+
+    @property
+    def units_per_sec(self) -> float:
+        return self.timed_units / max(self.timed_seconds, 1e-9)
+
+
+class CrossStepProbe(Probe):
+    """For a step that must not train another module (the GAN's D step and G; an actor step and
+    its critics): on sampled steps, whether `optimizer`'s step was reached by a backward into
+    `watched`, how much grad it wrote there, and the bytes it saved. Hooks only (a forward hook on
+    `watched`, grad-accumulation hooks on its parameters, a post-step hook on `optimizer`), so the
+    step functions carry no measurement. Records, for prefix="d_step" and into="g":
+    `d_step_reaches_g`, `d_step_saved_bytes` (without `watched`'s own forward unless reached),
+    `g_grad_norm_after_d_step` and `iter_peak_saved_bytes`."""
+
+    def __init__(self, device: torch.device, optimizer: torch.optim.Optimizer, watched: nn.Module,
+                 prefix: str, into: str):
+        super().__init__(device)
+        self.optimizer, self.watched, self.prefix, self.into = optimizer, watched, prefix, into
+
+    @contextlib.contextmanager
+    def measure(self, meter: SavedTensorMeter):
+        seen = {"forward_bytes": 0, "reached": False, "stepped": False}
+        snapshot = grad_snapshot(self.watched)
+
+        def after_forward(*_):
+            seen["forward_bytes"] = meter.total
+
+        def on_grad(_):
+            seen["reached"] |= not seen["stepped"]  # a grad into `watched` before the step ended
+
+        def after_step(*_):
+            seen["stepped"] = True
+            reached = seen["reached"]
+            self.record.update({
+                f"{self.prefix}_reaches_{self.into}": reached,
+                f"{self.prefix}_saved_bytes": meter.total - (0 if reached else seen["forward_bytes"]),
+                f"{self.into}_grad_norm_after_{self.prefix}": grad_written_norm(self.watched, snapshot),
+            })
+
+        hooks = [self.watched.register_forward_hook(after_forward), self.optimizer.register_step_post_hook(after_step),
+                 *(p.register_post_accumulate_grad_hook(on_grad) for p in self.watched.parameters())]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self.record["iter_peak_saved_bytes"] = meter.peak

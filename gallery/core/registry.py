@@ -1,11 +1,19 @@
-"""What each example is and what its mistakes cost: the one place `python -m gallery`, `--help`
-and the tour read from. An example exists here only once its module does."""
+"""What each example is, what its mistakes cost, and what the tour needs of it: the one place
+`python -m gallery`, `--help`, `show` and the tour read from. Each example module declares its own
+`EXAMPLE`; an example exists here only once its module does."""
 
 from __future__ import annotations
 
+import ast
+import difflib
 import importlib
+import inspect
 import pkgutil
+import re
+import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import gallery
 
@@ -14,13 +22,23 @@ import gallery
 class Mistake:
     description: str  # what the code does wrong, in one line
     consequence: str  # what it costs, in one line
+    variants: tuple[str, ...] = ()  # the functions that replace pattern functions, by name
 
 
 @dataclass(frozen=True)
 class Example:
     name: str
     pattern: str  # the pattern, in one line
+    pattern_functions: tuple[str, ...]  # what a reader copies, by name, in reading order
     mistakes: dict[str, Mistake] = field(default_factory=dict)
+    # The tour: overrides per budget ("full", "quick") and mistake; a one-line result; a figure.
+    budgets: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    headline: Callable[[dict], str] | None = None
+    figure: Callable[[dict, Any], None] | None = None  # (runs by mistake, a matplotlib figure)
+
+    @property
+    def module(self):
+        return importlib.import_module(f"gallery.{self.name}")
 
     def describe(self) -> str:
         lines = [f"{self.name}: {self.pattern}", "", "mistake= choices (default: none, the pattern):"]
@@ -28,6 +46,51 @@ class Example:
             lines.append(f"  {key}: {mistake.description}")
             lines.append(f"  {' ' * len(key)}  -> {mistake.consequence}")
         return "\n".join(lines)
+
+    def source(self, name: str) -> str:
+        return inspect.getsource(getattr(self.module, name))
+
+    def replaced(self, variant: str) -> str:
+        """The pattern function a mistake variant stands in for: the longest pattern name it starts with."""
+        matches = [p for p in self.pattern_functions if variant.startswith(p)]
+        if not matches:
+            raise ValueError(f"{self.name}.{variant} does not name the pattern function it replaces")
+        return max(matches, key=len)
+
+    def diff(self, variant: str) -> list[str]:
+        """The unified diff from the pattern function to the mistake variant. Docstrings and
+        `# PATTERN:` labels are left out and the variant takes the pattern's name, so only the
+        real change shows."""
+        original = self.replaced(variant)
+        before = _code_lines(self.source(original))
+        after = _code_lines(self.source(variant).replace(variant, original, 1))
+        return list(difflib.unified_diff(before, after, f"{original} (pattern)", f"{variant} (mistake)",
+                                         lineterm="", n=2))
+
+    def show(self) -> str:
+        """The pattern functions, then each mistake as a diff against the function it replaces."""
+        lines = [f"# {self.name}: {self.pattern}", "", "## the pattern", ""]
+        for name in self.pattern_functions:
+            lines += [self.source(name).rstrip(), ""]
+        for key, mistake in self.mistakes.items():
+            lines += [f"## mistake={key}: {mistake.description}", f"## consequence: {mistake.consequence}", ""]
+            for variant in mistake.variants:
+                lines += [*self.diff(variant), ""]
+        return "\n".join(lines)
+
+
+def _code_lines(source: str) -> list[str]:
+    lines = source.splitlines()
+    tree = ast.parse(textwrap.dedent(source))
+    body = tree.body[0].body if tree.body and hasattr(tree.body[0], "body") else []
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+        del lines[body[0].lineno - 1 : body[0].end_lineno]
+    return [re.sub(r"\s+# PATTERN:.*$", "", line) for line in lines]
+
+
+def changed_lines(diff: list[str]) -> int:
+    """Lines a diff removes or adds (its headers aside)."""
+    return sum(1 for line in diff[2:] if line[:1] in "+-")
 
 
 _NOT_EXAMPLES = {"tour", "__main__"}

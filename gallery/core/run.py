@@ -9,15 +9,21 @@ import json
 import math
 import os
 import sys
-import tempfile
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from gallery.core.config import env_rank
+from gallery.core.io import atomic_write
+
+
+def env_rank() -> int:
+    """This process's rank under torchrun (0 when run alone): only rank 0 writes."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def resolve_out_dir(out_dir: str | None, example: str) -> Path:
@@ -29,21 +35,6 @@ def resolve_out_dir(out_dir: str | None, example: str) -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path("outputs") / example / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file beside `path`, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _json_safe(value: Any) -> Any:
@@ -70,7 +61,7 @@ class Run:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         if config is not None:
-            atomic_write_text(self.dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(config))
+            atomic_write(self.dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(config))
         self._metrics = open(self.dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
         if tensorboard:
             try:
@@ -101,7 +92,7 @@ class Run:
     def write_summary(self, summary: dict) -> dict:
         summary = _json_safe(summary)
         if self.is_main:
-            atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
     def close(self) -> None:
@@ -130,3 +121,17 @@ def progress(total: int, desc: str, enabled: bool | None = None, initial: int = 
         enabled = sys.stderr.isatty()
     return tqdm(total=total, desc=desc, initial=initial, disable=not enabled or env_rank() != 0,
                 dynamic_ncols=True, leave=False)
+
+
+def prepare(cfg: Any, validate: Callable[[Any], None], small_model: Callable[[Any], bool]) -> tuple[Any, torch.device]:
+    """The first hop of every `train`: the typed config, checked; the device; CPU threads; seeds."""
+    from gallery.core.config import to_schema
+    from gallery.core.device import resolve_device, set_threads
+    from gallery.core.seeding import seed_everything
+
+    cfg = to_schema(cfg)
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    set_threads(cfg.threads, device, small_model(cfg))
+    seed_everything(cfg.seed, cfg.deterministic)
+    return cfg, device

@@ -81,3 +81,41 @@ def dataset_to_tensors(dataset, limit: int | None = None) -> tuple[torch.Tensor,
     n = len(dataset) if limit is None else min(limit, len(dataset))
     xs, ys = zip(*(dataset[i] for i in range(n)))
     return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
+
+
+class ImageBatches:
+    """Endless batches drawn with replacement from an in-memory image tensor, on `device`."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int, device: torch.device, seed: int):
+        self.images = images.to(device)
+        self.batch_size = min(batch_size, len(images))
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, n: int) -> torch.Tensor:
+        idx = torch.randint(len(self.images), (n,), generator=self.generator)
+        return self.images[idx.to(self.images.device)]
+
+
+def stratified_split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int, per_class: int | None):
+    """Stratified and deterministic: the same split for every run seed."""
+    g = torch.Generator().manual_seed(seed)
+    train_idx, val_idx = [], []
+    for c in y.unique():
+        idx = (y == c).nonzero().squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_val = int(round(len(idx) * val_fraction))
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:][:per_class] if per_class else idx[n_val:])
+    tr, va = torch.cat(train_idx), torch.cat(val_idx)
+    return x[tr], y[tr], x[va], y[va]
+
+
+def index_batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
+    """`steps` index batches, reshuffling every pass over the data."""
+    done = 0
+    while done < steps:
+        for idx in torch.randperm(n, generator=generator).split(batch_size):
+            if done == steps:
+                return
+            yield idx
+            done += 1

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from gallery.core.errors import ConfigError
+
 
 def ring_centres(modes: int, radius: float) -> torch.Tensor:
     angles = torch.arange(modes, dtype=torch.float64) * (2 * math.pi / modes)
@@ -16,6 +18,16 @@ def grid_centres(side: int, spacing: float) -> torch.Tensor:
     offsets = (torch.arange(side, dtype=torch.float32) - (side - 1) / 2) * spacing
     xs, ys = torch.meshgrid(offsets, offsets, indexing="ij")
     return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
+
+
+def mixture(layout: str, modes: int, radius: float, std: float, device: torch.device, seed: int) -> GaussianMixture:
+    """`modes` Gaussians on a ring of `radius`, or on a square grid with `radius` spacing."""
+    if layout == "ring":
+        return GaussianMixture(ring_centres(modes, radius), std, device, seed)
+    side = math.isqrt(modes)
+    if side * side != modes:
+        raise ConfigError(f"data.modes={modes}: a grid needs a square number of modes")
+    return GaussianMixture(grid_centres(side, radius), std, device, seed)
 
 
 class GaussianMixture:

@@ -1,0 +1,71 @@
+"""The command line: one-line errors with exit status 2, `--help`, the run-dir lookup, and the one
+way every caller (tests, tour, scripts) composes a config."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+import gallery
+from gallery.core.errors import GalleryError
+
+
+def config_dir() -> Path:
+    """`configs/` beside the package in a checkout; inside the package in an installed wheel."""
+    package = Path(gallery.__file__).resolve().parent
+    shipped = package / "configs"
+    return shipped if shipped.is_dir() else package.parent / "configs"
+
+
+CONFIG_DIR = str(config_dir())  # absolute: Hydra reads it as-is from any working directory
+
+
+def compose(name: str, overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path | None = None) -> DictConfig:
+    """The config `python -m gallery.<name> *overrides` would get (inside `@hydra.main` too)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized() and config_dir is None:
+        return hydra_compose(config_name=name, overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir or CONFIG_DIR)):
+        return hydra_compose(config_name=name, overrides=list(overrides))
+
+
+def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
+    """Run `train`, turning a user-fixable error into one line on stderr and exit status 2.
+
+    Hydra makes the run dir before the task starts; if the run fails before writing anything
+    into it, the empty dir is removed so bad input leaves nothing behind.
+    """
+    run_dir = hydra_run_dir()
+    existed = run_dir is not None and run_dir.exists() and any(run_dir.iterdir())
+    try:
+        return train(cfg)
+    except GalleryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        if run_dir is not None and not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        sys.exit(2)
+
+
+def hydra_run_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
+    """`--help` shows the pattern and its mistakes before Hydra's own config help."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        print(example.describe())
+        print()
+        sys.stdout.flush()

@@ -1,0 +1,41 @@
+"""One way to write a file: to a temp file beside it, flushed and renamed, so no reader ever sees half."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_write(path: Path | str, data: str | bytes, before_replace: Callable[[], None] | None = None) -> Path:
+    """Write `data` to `path` atomically; on any failure the old file (if any) is left as it was.
+
+    `before_replace` runs once the new data is safely on disk, just before the rename (checkpoints
+    use it to keep the old file as `previous.pt`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """What `torch.save(obj, file)` would write, as bytes (for `atomic_write`)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()

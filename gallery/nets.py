@@ -1,0 +1,115 @@
+"""Networks the examples share or load: the image GAN's (DCGAN-style, PacGAN packing), the fine-tuning
+backbones (digits_cnn, pretrained in-project; torchvision's ResNet-18). The 2-D mixtures' GAN is two `mlp`s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gallery.core.errors import DataError
+
+
+def mlp(n_in: int, n_out: int, hidden: int, layers: int, sn: bool) -> nn.Sequential:
+    wrap = nn.utils.parametrizations.spectral_norm if sn else (lambda m: m)
+    dims = [n_in] + [hidden] * layers
+    blocks: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        blocks += [wrap(nn.Linear(a, b)), nn.LeakyReLU(0.2)]
+    return nn.Sequential(*blocks, wrap(nn.Linear(dims[-1], n_out)))
+
+
+def _upsamplings(size: int) -> tuple[int, int]:
+    """Start at a small side (<= 7) and double up to `size`: 8 -> 4x1, 28 -> 7x2, 32 -> 4x3."""
+    start, n = size, 0
+    while start > 7 and start % 2 == 0:
+        start, n = start // 2, n + 1
+    return start, n
+
+
+class Packed(nn.Module):
+    """PacGAN's packing: D sees `pack` samples concatenated along the feature/channel axis."""
+
+    def __init__(self, net: nn.Module, pack: int):
+        super().__init__()
+        self.net, self.pack = net, pack
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.reshape(len(x) // self.pack, self.pack * x.shape[1], *x.shape[2:]))
+
+
+class ConvGenerator(nn.Module):
+    """DCGAN-style: project z to a small feature map, then stride-2 transposed convs."""
+
+    def __init__(self, z_dim: int, shape: tuple[int, int, int], base: int):
+        super().__init__()
+        channels, size, _ = shape
+        self.start, n_up = _upsamplings(size)
+        self.width = width = base * 2**n_up
+        self.project = nn.Sequential(nn.Linear(z_dim, width * self.start**2), nn.BatchNorm1d(width * self.start**2), nn.ReLU())
+        ups: list[nn.Module] = []
+        for i in range(n_up):
+            a, b = width // 2**i, width // 2 ** (i + 1)
+            last = i == n_up - 1
+            ups.append(nn.ConvTranspose2d(a, channels if last else b, 4, 2, 1))
+            ups += [nn.Tanh()] if last else [nn.BatchNorm2d(b), nn.ReLU()]
+        self.ups = nn.Sequential(*ups) if n_up else nn.Sequential(nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.ups(self.project(z).view(len(z), self.width, self.start, self.start))
+
+
+def conv_discriminator(shape: tuple[int, int, int], base: int, sn: bool) -> nn.Sequential:
+    wrap = nn.utils.parametrizations.spectral_norm if sn else (lambda m: m)
+    channels, size, _ = shape
+    start, n_down = _upsamplings(size)
+    blocks: list[nn.Module] = []
+    a = channels
+    for i in range(n_down):
+        b = base * 2**i
+        blocks += [wrap(nn.Conv2d(a, b, 4, 2, 1)), nn.LeakyReLU(0.2)]
+        a = b
+    return nn.Sequential(*blocks, nn.Flatten(), wrap(nn.Linear(a * start * start, 1)))
+
+
+def conv_block(a: int, b: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU())
+
+
+def digits_cnn() -> nn.Sequential:
+    """A small CNN for 8x8 digits; each child is one block, so `unfreeze_last` can count them."""
+    return nn.Sequential(
+        conv_block(1, 32),
+        nn.Sequential(conv_block(32, 64), nn.MaxPool2d(2)),
+        conv_block(64, 128),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+    )
+
+
+def resnet18_backbone(cfg) -> nn.Sequential:
+    """torchvision's ResNet-18 as blocks; `cfg` has `weights` (imagenet | random) and `weights_path`."""
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    net = resnet18(weights=None)
+    if cfg.weights_path:
+        path = Path(cfg.weights_path)
+        if not path.is_file():
+            raise DataError(f"backbone.weights_path={path} does not exist")
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    elif cfg.weights == "imagenet":
+        weights = ResNet18_Weights.IMAGENET1K_V1
+        try:  # torch.hub checks the file's hash prefix on download
+            net.load_state_dict(weights.get_state_dict(progress=False))
+        except Exception as err:
+            cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+            raise DataError(
+                f"ResNet-18 ImageNet weights are missing: {cache} does not exist and {weights.url} "
+                f"could not be downloaded ({type(err).__name__}). Put the file there, pass "
+                "backbone.weights_path=/path/to/resnet18.pth, or use backbone.weights=random"
+            ) from err
+    return nn.Sequential(
+        nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
+        net.layer1, net.layer2, net.layer3, net.layer4,
+        nn.Sequential(net.avgpool, nn.Flatten()),
+    )
