@@ -360,7 +360,7 @@ def headline(s: dict) -> str:
 
 def tour_figure(runs: dict, fig) -> None:
     names = [m for m in BY_MISTAKE if m in runs and "val_acc" in runs[m]]
-    labels = ["frozen (pattern)" if m == "none" else m for m in names]
+    labels = ["frozen" if m == "none" else m for m in names]
     axes = fig.subplots(1, 3)
     axes[0].bar(labels, [runs[m]["sec_per_step"] * 1e3 for m in names], color="C0")
     axes[0].set(ylabel="ms per step")

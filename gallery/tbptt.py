@@ -257,6 +257,9 @@ def draw_held_bytes(ax, points: list, label: str) -> None:
     """Bytes held for backward at sampled chunks ([chunk, bytes] pairs). The run's own figure and the
     tour's comparison both draw with this."""
     ax.plot([c for c, _ in points], [b / 2**20 for _, b in points], marker=".", ms=4, label=label)
+    ax.set_autoscaley_on(True)  # a second curve may reach higher than the first
+    ax.relim()
+    ax.autoscale_view()
     ax.set(xlabel="chunk", ylabel="MiB held for backward", ylim=(0, None))
     ax.legend(fontsize=8)
 

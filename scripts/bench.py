@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gallery.core.cli import compose  # noqa: E402
+from gallery.core.config import to_schema  # noqa: E402
 
 DEFAULT_THREADS = torch.get_num_threads()  # before any gallery run sets threads=auto in this process
 from gallery.core.device import resolve_device  # noqa: E402
@@ -65,7 +66,7 @@ def bench_gan(device: torch.device) -> list[dict]:
 
     rows = []
     for data in ("ring8", "digits"):
-        cfg = gan.to_schema(config("gan", f"data={data}", f"device={device}"))
+        cfg = to_schema(config("gan", f"data={data}", f"device={device}"))
         data_src = gan.build_data(cfg, device)
         states = {}
         for mistake in ("none", "retain_graph"):
@@ -113,7 +114,7 @@ def bench_dqn(device: torch.device) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         summary = dqn.train(config("dqn", f"device={device}", f"steps={steps}", "stop_when_solved=false",
                                    f"eval_every={steps}", "eval_episodes=1", f"out_dir={tmp}"))
-    cfg = dqn.to_schema(config("dqn", f"device={device}"))
+    cfg = to_schema(config("dqn", f"device={device}"))
     envs, eval_env = dqn.make_envs(cfg)
     rng = np.random.default_rng(0)
     envs.reset(seed=0)
@@ -194,7 +195,7 @@ def bench_finetune(device: torch.device) -> list[dict]:
 def bench_tbptt(device: torch.device, chunks: int = 16) -> list[dict]:
     from gallery import tbptt
 
-    cfg = tbptt.to_schema(config("tbptt", f"device={device}"))
+    cfg = to_schema(config("tbptt", f"device={device}"))
     torch.manual_seed(0)
     vocab = 100
     model = tbptt.CharRNN(vocab, cfg.embed, cfg.hidden, cfg.layers, cfg.cell).to(device)
