@@ -1,4 +1,4 @@
-"""`python -m gallery [list | show <example> | tour [overrides]]`."""
+"""`python -m gallery [list | show <example> | lessons [name ...] | smoke [k=v ...] | tour [overrides]]`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import sys
 
 from gallery.core.registry import examples
 
-USAGE = """usage: python -m gallery [list | show <example> | tour [hydra overrides]]
+USAGE = """usage: python -m gallery [list | show <example> | lessons [name ...] | smoke [k=v ...] | tour [overrides]]
 
   (no command)     the examples, one line each
   list             every example with its mistake= choices and what each costs
   show <example>   the pattern functions to copy, then each mistake as a diff against them
+  lessons          the tutorial's claims about detaching, each run and asserted (exit 1 on a failure)
+  smoke            every pattern for a few steps with its probe: a CI smoke test (device=cuda junit=x.xml)
   tour             every pattern next to its mistakes, with a report (budget=quick for a fast pass)"""
 
 
@@ -38,6 +40,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(found[argv[1]].show())
         return 0
+    if command == "lessons":
+        from gallery import lessons
+
+        return lessons.main(argv[1:])
+    if command == "smoke":
+        from gallery import smoke
+
+        return smoke.main(argv[1:])
     if command == "tour":
         # Run it as `python -m gallery.tour` would, so Hydra reads the command line as usual.
         sys.argv = [sys.argv[0], *argv[1:]]

@@ -32,7 +32,7 @@ from torch import nn
 
 from gallery.core import plots
 from gallery.core.checkpoint import capture, load_checkpoint, save_checkpoint
-from gallery.core.cli import CONFIG_DIR, print_help_if_asked, run_cli
+from gallery.core.cli import CONFIG_DIR, print_help_if_asked, report, run_cli
 from gallery.core.config import (
     BaseConfig,
     register_schema,
@@ -289,7 +289,7 @@ def train(cfg) -> dict:
         if cfg.backbone.name != "digits_cnn" or cfg.data.name != "digits":
             raise ConfigError("stage=pretrain builds backbone=digits_cnn on data=digits")
         path = pretrain(cfg, device)
-        return {"stage": "pretrain", "checkpoint": str(path),
+        return {"stage": "pretrain", "checkpoint": str(path), "out_dir": str(path.parent),
                 **{k: v for k, v in load_checkpoint(path).items() if k in ("val_acc", "seed")}}
     backbone, old_head = build_backbone(cfg, device)
     seed_everything(cfg.seed, cfg.deterministic)
@@ -300,7 +300,7 @@ def train(cfg) -> dict:
     head = make_head(feature_dim(backbone, x), int(y.max()) + 1, cfg.head_hidden)
     model = amp_forward(BY_MISTAKE[cfg.mistake](backbone, head, cfg.unfreeze_last).to(device), device, cfg.amp)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.layer_lr_decay), weight_decay=cfg.weight_decay)
-    frozen_hash = state_hash(model.frozen)
+    frozen_hash, unfrozen_hash, frozen_start = state_hash(model.frozen), state_hash(model.trainable), float_state(model.frozen)
     inputs = cache_features(model, x) if cfg.cache_features else x
     step_fn = model.head if cfg.cache_features else model
     probe, val_acc, curve = Probe(device, "saved_bytes_per_step"), 0.0, []
@@ -335,12 +335,23 @@ def train(cfg) -> dict:
         return run.write_summary({
             "example": "finetune", "backbone": cfg.backbone.name, "data": cfg.data.name, "mistake": cfg.mistake,
             "seed": cfg.seed, "device": str(device), "steps": cfg.steps, "val_acc": val_acc,
-            "backbone_unchanged": state_hash(model.frozen) == frozen_hash,
+            "backbone_unchanged": state_hash(model.frozen) == frozen_hash,  # the frozen blocks, params and buffers
+            "unfrozen_blocks_changed": state_hash(model.trainable) != unfrozen_hash if cfg.unfreeze_last else None,
+            "frozen_state_drift": drift(frozen_start, float_state(model.frozen)),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "frozen_params": sum(p.numel() for p in model.parameters() if not p.requires_grad),
             "sec_per_step": probe.sec_per_step, "saved_bytes_per_step": probe.record.get("saved_bytes_per_step"),
             "old_task_acc": old_task_acc, "train_size": len(x), "val_size": len(xv), "curve": curve,
         })
+
+
+def float_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+
+def drift(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> float:
+    """L2 distance between two snapshots of parameters and buffers (BatchNorm running stats included)."""
+    return float(sum(float((after[k].float() - v.float()).pow(2).sum()) for k, v in before.items())) ** 0.5
 
 
 def draw_val_curve(ax, curve: list[dict], label: str) -> None:
@@ -354,21 +365,23 @@ def draw_val_curve(ax, curve: list[dict], label: str) -> None:
 
 def headline(s: dict) -> str:
     old = "n/a" if s["old_task_acc"] is None else f"{s['old_task_acc']:.3f}"
-    return (f"val_acc {s['val_acc']:.3f}, pretraining-task acc {old}, backbone unchanged: {s['backbone_unchanged']}, "
-            f"saved bytes/step {s['saved_bytes_per_step']:,}")
+    return (f"val_acc {s['val_acc']:.3f}, pretraining-task acc {old}, backbone unchanged: {s['backbone_unchanged']} "
+            f"(drift {s['frozen_state_drift']:.3g}), saved bytes/step {s['saved_bytes_per_step']:,}")
 
 
 def tour_figure(runs: dict, fig) -> None:
     names = [m for m in BY_MISTAKE if m in runs and "val_acc" in runs[m]]
     labels = ["frozen" if m == "none" else m for m in names]
-    axes = fig.subplots(1, 3)
+    axes = fig.subplots(1, 4)
     axes[0].bar(labels, [runs[m]["sec_per_step"] * 1e3 for m in names], color="C0")
     axes[0].set(ylabel="ms per step")
     axes[1].bar(labels, [runs[m]["saved_bytes_per_step"] / 2**10 for m in names], color="C1")
     axes[1].set(ylabel="KiB saved for backward per step")
+    axes[2].bar(labels, [runs[m]["frozen_state_drift"] for m in names], color="C2")
+    axes[2].set(ylabel="drift of the 'frozen' blocks (L2)")  # bn_train: the running stats moved
     for m, label in zip(names, labels):
-        draw_val_curve(axes[2], runs[m]["curve"], label)
-    for ax in axes[:2]:
+        draw_val_curve(axes[3], runs[m]["curve"], label)
+    for ax in axes[:3]:
         ax.tick_params(axis="x", labelsize=8)
 
 
@@ -392,13 +405,17 @@ EXAMPLE = Example(
     budgets={"full": {m: [] for m in BY_MISTAKE}, "quick": {m: QUICK for m in BY_MISTAKE}},
     headline=headline,
     figure=tour_figure,
+    figure_size=(12, 3.6),
+    check=lambda s: None if s["backbone_unchanged"] else "the frozen backbone's parameter-and-buffer hash changed",
+    smoke=("steps=4", "eval_every=4", "log_every=2", "backbone.pretrain_steps=20", "backbone.checkpoint_dir={tmp}/bb"),
 )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="finetune")
 def main(cfg) -> None:
-    summary = run_cli(train, cfg)
-    print(" ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (list, dict))))
+    report(run_cli(train, cfg), "val_acc", "old_task_acc", "backbone_unchanged", "frozen_state_drift",
+           "unfrozen_blocks_changed", "trainable_params", "frozen_params", "sec_per_step", "saved_bytes_per_step",
+           "checkpoint", "stage")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from torch import nn
 
 from gallery.core import plots
 from gallery.core.checkpoint import capture, load_checkpoint, restore, save_checkpoint
-from gallery.core.cli import CONFIG_DIR, print_help_if_asked, run_cli
+from gallery.core.cli import CONFIG_DIR, print_help_if_asked, report, run_cli
 from gallery.core.config import (
     BaseConfig,
     register_schema,
@@ -405,14 +405,15 @@ EXAMPLE = Example(
              "quick": {m: QUICK for m in BY_MISTAKE}},
     headline=headline,
     figure=tour_figure,
+    check=lambda s: None if s["g_grad_norm_after_d_step"] == 0.0 and not s["d_step_reaches_g"] else (
+        f"the D step reached G and wrote grad {s['g_grad_norm_after_d_step']:.3g} into it"),
+    smoke=("steps=4", "log_every=2", "eval_every=4", "hidden=16", "batch_size=32", "eval_samples=64"),
 )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="gan")
 def main(cfg) -> None:
-    summary = run_cli(train, cfg)
-    keys = ("modes_covered", "high_quality_frac", "g_grad_norm_after_d_step", "sec_per_step")
-    print(" ".join(f"{k}={summary[k]}" for k in keys if k in summary))
+    report(run_cli(train, cfg), "modes_covered", "high_quality_frac", "g_grad_norm_after_d_step", "sec_per_step")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ Run: python -m gallery.tbptt seed=0 out_dir=/tmp/tbptt        (data=file data.pa
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from torch import nn
 
 from gallery.core import plots
 from gallery.core.checkpoint import capture, load_checkpoint, restore, save_checkpoint
-from gallery.core.cli import CONFIG_DIR, print_help_if_asked, run_cli
+from gallery.core.cli import CONFIG_DIR, print_help_if_asked, report, run_cli
 from gallery.core.config import (
     BaseConfig,
     register_schema,
@@ -106,7 +107,12 @@ def validate(cfg: TbpttConfig) -> None:
 
 def chunks_to_run(cfg: TbpttConfig) -> int:
     """mistake=retain_graph keeps every chunk's graph, so its run is capped at retain_graph_max_chunks."""
-    return min(cfg.steps, cfg.retain_graph_max_chunks) if cfg.mistake == "retain_graph" else cfg.steps
+    if cfg.mistake != "retain_graph" or cfg.steps <= cfg.retain_graph_max_chunks:
+        return cfg.steps
+    print(f"mistake=retain_graph: running {cfg.retain_graph_max_chunks} chunks, not steps={cfg.steps} "
+          "(retain_graph_max_chunks): every chunk keeps its graph, so memory grows without bound. This "
+          "variant never steps the optimizer, so its val_bpc is the untrained model's.", file=sys.stderr)
+    return cfg.retain_graph_max_chunks
 
 
 # --- model ---------------------------------------------------------------------------------------
@@ -287,7 +293,7 @@ def train(cfg) -> dict:
     schedule = lr_schedule(optimizer, cfg.lr_schedule, cfg.steps)
     stateful = {"model": model, "optimizer": optimizer, "schedule": schedule}
     update_fn = BY_MISTAKE[cfg.mistake]
-    steps = chunks_to_run(cfg)
+    steps = chunks_to_run(cfg)  # mistake=retain_graph is capped, and says so
     start_step, position, state, window = 0, 0, None, []
     probe, held, curve, val_bpc, t_start = Probe(device), [], [], None, time.perf_counter()
     with Run(resolve_out_dir(cfg.out_dir, "tbptt"), config=cfg, tensorboard=cfg.tensorboard) as run:
@@ -389,13 +395,16 @@ EXAMPLE = Example(
              "quick": {m: QUICK for m in BY_MISTAKE}},
     headline=headline,
     figure=tour_figure,
+    check=lambda s: None if len({b for _, b in s["saved_bytes_per_chunk"]}) == 1 else (
+        "bytes held for backward changed from chunk to chunk: the state carried a graph across chunks"),
+    smoke=("steps=6", "eval_every=6", "log_every=3", "hidden=16", "embed=8", "batch_size=4", "bptt_len=8",
+           "probe_every=2", "eval_streams=64", "sample_len=10"),
 )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="tbptt")
 def main(cfg) -> None:
-    summary = run_cli(train, cfg)
-    print(f"val_bpc={summary['val_bpc']} chars_per_sec={summary['chars_per_sec']:.0f} steps={summary['steps']}")
+    report(run_cli(train, cfg), "val_bpc", "chars_per_sec", "steps")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ headline, figure, the mistakes' diffs) comes from that example's `EXAMPLE`.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -19,10 +20,11 @@ from pathlib import Path
 import hydra
 from omegaconf import OmegaConf
 
+from gallery import lessons
 from gallery.core import plots
 from gallery.core.cli import CONFIG_DIR, compose, run_cli
 from gallery.core.config import register_schema, require_choice
-from gallery.core.errors import ConfigError, ExplainedMistake
+from gallery.core.errors import ConfigError, ExplainedMistake, GalleryError
 from gallery.core.io import atomic_write
 from gallery.core.registry import Example, examples
 from gallery.core.run import resolve_out_dir
@@ -75,14 +77,25 @@ def tour(cfg) -> dict:
                 m = example.mistakes[mistake]
                 print(f"        {m.description}\n        expected: {m.consequence}", flush=True)
             print(f"        {headline(example, results[name][mistake])}", flush=True)
-        fig = plots.pyplot().figure(figsize=(9, 3.6))
+        fig = plots.pyplot().figure(figsize=example.figure_size)
         example.figure(results[name], fig)
         fig.suptitle(f"{name}: pattern vs mistake", fontsize=10)
         plots.save(fig, out / f"{name}.png")
-    atomic_write(out / "tour.json", json.dumps(results, indent=2, default=str) + "\n")
-    atomic_write(out / "report.md", report(results, known, cfg))
+    print("[tour] lessons ...", flush=True)
+    taught = lessons.run(out=io.StringIO())
+    atomic_write(out / "tour.json", json.dumps({**results, "lessons": taught}, indent=2, default=str) + "\n")
+    atomic_write(out / "report.md", report(results, known, cfg, taught))
     print(f"[tour] report: {out / 'report.md'}")
+    broken = [f"{name}: {problem}" for name, runs in results.items()
+              if (problem := known[name].check(runs["none"]) if "none" in runs else None)]
+    broken += [f"lesson {name}: {shown}" for name, (passed, shown) in taught.items() if not passed]
+    if broken:
+        raise TourFailed("the tour's checks failed: " + "; ".join(broken))
     return results
+
+
+class TourFailed(GalleryError):
+    """A pattern's probe or a lesson failed: the tour is a check, not only a demo."""
 
 
 def headline(example: Example, s: dict) -> str:
@@ -91,8 +104,9 @@ def headline(example: Example, s: dict) -> str:
     return f"{example.headline(s)} ({s['wall_seconds']:.1f} s)"
 
 
-def report(results: dict, known: dict, cfg: TourConfig) -> str:
-    lines = [f"# Detach Gallery tour (budget={cfg.budget}, seed={cfg.seed}, device={cfg.device})", ""]
+def report(results: dict, known: dict, cfg: TourConfig, taught: dict) -> str:
+    devices = sorted({s["device"] for runs in results.values() for s in runs.values() if "device" in s})
+    lines = [f"# Detach Gallery tour (budget={cfg.budget}, seed={cfg.seed}, device={', '.join(devices) or cfg.device})", ""]
     if cfg.budget == "quick":
         lines += ["Quick budget: tiny runs that prove every path; their timings and results mean nothing.", ""]
     for name, runs in results.items():
@@ -109,7 +123,10 @@ def report(results: dict, known: dict, cfg: TourConfig) -> str:
         for mistake in runs:
             for variant in example.mistakes[mistake].variants if mistake != "none" else ():
                 lines += ["```diff", *example.diff(variant), "```", ""]
-    return "\n".join(lines)
+    lines += ["## The lessons (`python -m gallery lessons`)", "", "| lesson | claim | measured | |", "|---|---|---|---|"]
+    for name, (passed, shown) in taught.items():
+        lines.append(f"| `{name}` | {lessons.claim(lessons.LESSONS[name])} | {shown} | {'PASS' if passed else 'FAIL'} |")
+    return "\n".join(lines) + "\n"
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="tour")

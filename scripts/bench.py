@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed and memory of each pattern against its mistake, as ratios measured side by side.
 
-    scripts/bench.py [gan|dqn|finetune|tbptt|threads|all] [--device cpu|cuda] [--json results.json]
+    scripts/bench.py [gan|dqn|finetune|tbptt|threads|smoke|all] [--device cpu|cuda] [--json results.json]
 
 Times come from alternating blocks of the two variants in one process (median of the blocks), so a
 ratio holds on the machine it ran on even when the absolute times drift. Bytes come from the
@@ -262,8 +262,25 @@ def bench_threads(device: torch.device, steps: int = 1500) -> list[dict]:
     return rows
 
 
+# --- smoke ---------------------------------------------------------------------------------------
+
+def bench_smoke(device: torch.device) -> list[dict]:
+    """`python -m gallery smoke` as a CI job runs it: a whole process, every example (median of 3)."""
+    import statistics as stats
+    import subprocess
+
+    seconds = []
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "gallery", "smoke", f"device={device}"], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seconds.append(time.perf_counter() - start)
+    return [{"command": f"python -m gallery smoke device={device}", "median_seconds": stats.median(seconds),
+             "max_seconds": max(seconds)}]
+
+
 BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "tbptt": bench_tbptt,
-           "threads": bench_threads}
+           "threads": bench_threads, "smoke": bench_smoke}
 
 
 def machine(device: torch.device) -> str:

@@ -34,3 +34,11 @@ def test_every_what_to_copy_line_names_real_pattern_functions():
     for line in lines:
         named = set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", line))  # `fake = g(z)` and commands are not names
         assert named and named <= known, named - known
+
+
+def test_the_lessons_table_lists_every_claim_with_its_status():
+    from gallery import lessons
+
+    text = (ROOT / "README.md").read_text()
+    for name, lesson in lessons.LESSONS.items():
+        assert f"| `{name}` | {lessons.claim(lesson)} | {lessons.status(name)} |" in text, name

@@ -69,3 +69,15 @@ def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
         print(example.describe())
         print()
         sys.stdout.flush()
+
+
+def report(summary: dict, *keys: str) -> None:
+    """The end of a run on the command line: the named results, rounded, and where the outputs went."""
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+    print(" ".join(f"{k}={fmt(summary[k])}" for k in keys if summary.get(k) is not None))
+    if "out_dir" in summary:
+        print(f"outputs: {summary['out_dir']}")

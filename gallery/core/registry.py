@@ -35,6 +35,11 @@ class Example:
     budgets: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     headline: Callable[[dict], str] | None = None
     figure: Callable[[dict, Any], None] | None = None  # (runs by mistake, a matplotlib figure)
+    figure_size: tuple[float, float] = (9, 3.6)
+    # The pattern's probe on a run's summary: None when it holds, else what failed. `smoke` are the
+    # overrides of a seconds-long run on embedded data ({tmp} is a scratch folder).
+    check: Callable[[dict], str | None] | None = None
+    smoke: tuple[str, ...] = ()
 
     @property
     def module(self):
@@ -93,7 +98,7 @@ def changed_lines(diff: list[str]) -> int:
     return sum(1 for line in diff[2:] if line[:1] in "+-")
 
 
-_NOT_EXAMPLES = {"tour", "__main__"}
+_NOT_EXAMPLES = {"tour", "__main__", "lessons", "smoke", "nets"}
 
 
 def examples() -> dict[str, Example]:

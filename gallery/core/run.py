@@ -90,7 +90,7 @@ class Run:
                     self._tb.add_scalar(key, value, step)
 
     def write_summary(self, summary: dict) -> dict:
-        summary = _json_safe(summary)
+        summary = _json_safe({**summary, "out_dir": str(self.dir)})
         if self.is_main:
             atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary

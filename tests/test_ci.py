@@ -1,0 +1,105 @@
+"""The CI recipe users copy: the workflow is valid, a GPU job cannot pass without a GPU, and the
+smoke command and the lessons are real checks that fail when a pattern breaks."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+import torch
+
+from gallery import gan, lessons, smoke, tbptt
+from tests.conftest import ROOT, run_module
+
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+
+
+def check_workflow(path: Path) -> subprocess.CompletedProcess:
+    tool = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
+    assert tool, "check-jsonschema comes with the dev extra"
+    return subprocess.run([tool, "--builtin-schema", "vendor.github-workflows", str(path)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_workflows_are_valid_github_actions(tmp_path):
+    assert WORKFLOWS
+    for path in WORKFLOWS:
+        proc = check_workflow(path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    broken = tmp_path / "broken.yml"  # the check can fail: a job with no runs-on and a bad key
+    broken.write_text("on: push\njobs:\n  cpu:\n    stepz:\n      - run: echo hi\n")
+    assert check_workflow(broken).returncode != 0
+
+
+def test_the_workflow_runs_what_the_readme_promises():
+    text = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    for needed in ('"3.10"', '"3.12"', "cache: pip", 'pytest -m "not slow"', "tour budget=quick", "ruff check",
+                   "--gpus all", "--shm-size", "nvidia-smi", "pytest -m gpu", "device=cuda", "GALLERY_GPU_ONLY",
+                   "schedule", "pytest -m slow", "download.pytorch.org/whl/cpu", "vars.GPU_RUNNER_LABEL"):
+        assert needed in text, needed
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_gpu_job_without_a_gpu_fails_instead_of_skipping_everything():
+    for extra_env, args in (({"GALLERY_GPU_ONLY": "1"}, []), ({}, ["--require-gpu"])):
+        proc = run_module("pytest", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_gan.py", *args, env=extra_env)
+        assert proc.returncode == 4, proc.stdout[-1000:] + proc.stderr[-1000:]  # pytest's usage error
+        assert "CUDA is not available" in proc.stderr
+
+
+def test_smoke_passes_on_cpu_and_writes_junit(tmp_path, capsys):
+    report = tmp_path / "smoke.xml"
+    assert smoke.main(["device=cpu", f"junit={report}"]) == 0
+    out = capsys.readouterr().out
+    suite = ElementTree.parse(report).getroot()
+    assert suite.get("tests") == "4" and suite.get("failures") == "0"
+    for name in ("gan", "dqn", "finetune", "tbptt"):
+        assert f"PASS  {name}" in out
+
+
+def test_smoke_fails_naming_the_example_whose_probe_breaks(tmp_path, monkeypatch, capsys):
+    # The GAN's pattern loses its detach (retain_graph keeps it running): the probe sees grad in G.
+    monkeypatch.setitem(gan.BY_MISTAKE, "none", gan.gan_step_retain_graph)
+    # TBPTT's update stops detaching its state: the run breaks at the second chunk.
+    monkeypatch.setitem(tbptt.BY_MISTAKE, "none", tbptt.tbptt_update_no_detach)
+    report = tmp_path / "smoke.xml"
+    assert smoke.main(["device=cpu", "examples=gan,tbptt", f"junit={report}"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  gan" in out and "the D step reached G" in out
+    assert "FAIL  tbptt" in out and "backward through the graph a second time" in out
+    assert "0 passed, 2 failed: gan, tbptt" in out
+    assert ElementTree.parse(report).getroot().get("failures") == "2"
+
+
+def test_smoke_rejects_bad_arguments():
+    assert smoke.main(["nonsense"]) == 2 and smoke.main(["examples=nosuch"]) == 2
+
+
+def test_every_lesson_passes_and_the_command_lists_them_all():
+    proc = run_module("gallery", "lessons")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    for name in lessons.LESSONS:
+        assert f"PASS  {name}" in proc.stdout
+    assert f"{len(lessons.LESSONS)} passed, 0 failed" in proc.stdout
+    assert len(lessons.LESSONS) >= 10
+
+
+def test_a_failing_lesson_fails_the_command(monkeypatch, capsys):
+    monkeypatch.setitem(lessons.LESSONS, "detach_shares_storage", lambda: (_ for _ in ()).throw(AssertionError("no")))
+    assert lessons.main([]) == 1
+    assert "FAIL  detach_shares_storage" in capsys.readouterr().out
+    assert lessons.main(["nosuch"]) == 2
+
+
+def test_each_lesson_asserts_its_claim():
+    """A lesson is a check: its body holds at least one assert (or raises on the unexpected path)."""
+    import inspect
+
+    for name, lesson in lessons.LESSONS.items():
+        source = inspect.getsource(lesson)
+        assert "assert " in source or "raise AssertionError" in source, name
+        assert lesson.__doc__, f"{name} has no claim"
