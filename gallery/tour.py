@@ -112,12 +112,14 @@ def report(results: dict, known: dict, cfg: TourConfig, taught: dict) -> str:
     for name, runs in results.items():
         example = known[name]
         lines += [f"## {name}: {example.pattern}", "", f"![{name}]({name}.png)", "",
-                  "| run | overrides | what it does | expected | measured |", "|---|---|---|---|---|"]
+                  "| run | budget | what it does | expected | measured |", "|---|---|---|---|---|"]
         for mistake, s in runs.items():
             what = "the pattern" if mistake == "none" else example.mistakes[mistake].description
             expected = "" if mistake == "none" else example.mistakes[mistake].consequence
-            overrides = " ".join(s["overrides"]) or "defaults"
-            lines.append(f"| `{mistake}` | `{overrides}` | {what} | {expected} | {headline(example, s)} |")
+            ran = s.get("env_steps", s.get("steps"))
+            budget = (f"{ran:,} steps on {s['device']}" if ran is not None else "stopped by its error") + (
+                f" (`{' '.join(s['overrides'])}`)" if s["overrides"] else " (defaults)")
+            lines.append(f"| `{mistake}` | {budget} | {what} | {expected} | {headline(example, s)} |")
         lines += ["", "The mistakes, as diffs against the pattern (`python -m gallery show "
                   f"{name}` prints the pattern functions too):", ""]
         for mistake in runs:
