@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from gallery.core import plots
-from gallery.core.checkpoint import capture, load_checkpoint, restore, save_checkpoint
 from gallery.core.cli import CONFIG_DIR, print_help_if_asked, report, run_cli
 from gallery.core.config import (
     BaseConfig,
@@ -45,7 +44,6 @@ from gallery.core.errors import ConfigError
 from gallery.core.probes import Probe
 from gallery.core.registry import Example, Mistake
 from gallery.core.run import Run, prepare, progress, resolve_out_dir
-from gallery.core.seeding import rng_state, set_rng_state
 from gallery.data.replay import ReplayBuffer
 
 # --- config schema -----------------------------------------------------------------------------
@@ -289,15 +287,16 @@ def train(cfg) -> dict:
     env_steps, updates, update_credit, evals, first_solved = 0, 0, 0.0, [], None
     probe, loss, recent_returns = Probe(device, "saved_bytes_per_update"), float("nan"), []
     with contextlib.closing(envs), contextlib.closing(eval_env), \
-            Run(resolve_out_dir(cfg.out_dir, "dqn"), config=cfg, tensorboard=cfg.tensorboard) as run:
+            Run(resolve_out_dir(cfg.out_dir, "dqn"), cfg, cfg.tensorboard, cfg.resume, cfg.overwrite) as run:
         def checkpoint() -> None:  # the stateful objects, the counters, the RNGs
-            counters = dict(zip(COUNTERS, (env_steps, updates, update_credit, evals, first_solved)))
-            save_checkpoint(run.checkpoint_dir, {**capture(stateful), **counters, "rng": rng_state()})
+            run.save(stateful, env_steps, **dict(zip(COUNTERS, (updates, update_credit, evals, first_solved))))
         if cfg.resume:
-            state = load_checkpoint(run.checkpoint_dir / "last.pt", map_location=device)
-            restore(stateful, state), set_rng_state(state["rng"])
-            env_steps, updates, update_credit, evals, first_solved = (state[k] for k in COUNTERS)
+            state = run.restore(stateful, map_location=device)
+            env_steps, (updates, update_credit, evals, first_solved) = state["step"], (state[k] for k in COUNTERS)
             act_rng = np.random.default_rng(cfg.seed + env_steps)  # the episodes in flight restart on resume
+            stopped_solved = first_solved is not None and cfg.stop_when_solved
+            if (done := run.finished(cfg.steps if stopped_solved else env_steps, cfg.steps)) is not None:
+                return done
         obs, _ = envs.reset(seed=cfg.seed + env_steps)
         next_eval, next_log, next_sync = ((env_steps // every + 1) * every
                                           for every in (cfg.eval_every, cfg.log_every, cfg.target_sync_every))
@@ -339,6 +338,7 @@ def train(cfg) -> dict:
                             break
                 if cfg.ckpt_every and env_steps % cfg.ckpt_every < n:
                     checkpoint()
+                run.stop_if_asked(checkpoint, env_steps, cfg.steps)
         checkpoint()
         if evals:
             plots.figure(run.path("learning_curve.png"), draw_learning_curve, evals, f"mistake={cfg.mistake}", threshold)
@@ -351,7 +351,7 @@ def train(cfg) -> dict:
             probe.units_per_sec, "saved_bytes_per_update": probe.record.get("saved_bytes_per_update"), "evals": evals})
 
 
-COUNTERS = ("env_steps", "updates", "update_credit", "evals", "first_solved_step")
+COUNTERS = ("updates", "update_credit", "evals", "first_solved_step")
 
 
 # --- what the tour and `python -m gallery show dqn` read ------------------------------------

@@ -31,7 +31,7 @@ from omegaconf import MISSING
 from torch import nn
 
 from gallery.core import plots
-from gallery.core.checkpoint import capture, load_checkpoint, save_checkpoint
+from gallery.core.checkpoint import load_checkpoint, save_checkpoint
 from gallery.core.cli import CONFIG_DIR, print_help_if_asked, report, run_cli
 from gallery.core.config import (
     BaseConfig,
@@ -305,7 +305,7 @@ def train(cfg) -> dict:
     step_fn = model.head if cfg.cache_features else model
     probe, val_acc, curve = Probe(device, "saved_bytes_per_step"), 0.0, []
     label = f"finetune {cfg.backbone.name} mistake={cfg.mistake}"
-    with Run(resolve_out_dir(cfg.out_dir, "finetune"), config=cfg, tensorboard=cfg.tensorboard) as run, \
+    with Run(resolve_out_dir(cfg.out_dir, "finetune"), cfg, cfg.tensorboard, overwrite=cfg.overwrite) as run, \
             progress(cfg.steps, label, cfg.progress) as bar:
         for step, idx in enumerate(images.index_batches(len(x), cfg.batch_size, cfg.steps, torch.Generator().manual_seed(cfg.seed)), 1):
             model.train()  # what every training loop does; the pattern keeps the frozen blocks in eval
@@ -316,6 +316,7 @@ def train(cfg) -> dict:
                 loss.backward()
                 optimizer.step()
             bar.update(1)
+            run.stop_if_asked(None, step, cfg.steps)  # finetune runs are short and do not resume
             if step % cfg.log_every == 0:
                 run.log(step, loss=float(loss.detach()), **probe.record)
             if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -324,7 +325,7 @@ def train(cfg) -> dict:
                 curve.append({"step": step, "val_acc": val_acc})
                 run.log(step, val_acc=val_acc)
                 bar.set_postfix(val_acc=f"{val_acc:.3f}")
-        save_checkpoint(run.checkpoint_dir, {**capture({"model": model, "optimizer": optimizer}), "step": cfg.steps})
+        run.save({"model": model, "optimizer": optimizer}, cfg.steps)
         plots.figure(run.path("val_acc.png"), draw_val_curve, curve, f"mistake={cfg.mistake}")
         old_task_acc = None
         if old_head is not None and cfg.data.name == "digits":

@@ -30,7 +30,6 @@ from omegaconf import MISSING
 from torch import nn
 
 from gallery.core import plots
-from gallery.core.checkpoint import capture, load_checkpoint, restore, save_checkpoint
 from gallery.core.cli import CONFIG_DIR, print_help_if_asked, report, run_cli
 from gallery.core.config import (
     BaseConfig,
@@ -46,7 +45,6 @@ from gallery.core.probes import CrossStepProbe
 from gallery.core.registry import Example, Mistake
 from gallery.core.run import Run, prepare, progress, resolve_out_dir
 from gallery.core.schedule import SCHEDULES, lr_schedule
-from gallery.core.seeding import rng_state, set_rng_state
 from gallery.data import images
 from gallery.data.mixtures import GaussianMixture, mixture, mode_metrics
 from gallery.nets import ConvGenerator, Packed, conv_discriminator, mlp
@@ -323,11 +321,11 @@ def train(cfg) -> dict:
                 "data_rng": data.generator}  # what a checkpoint saves and a resume restores
     gan_step_fn = BY_MISTAKE[cfg.mistake]
     probe, last, start = CrossStepProbe(device, opt_d, g, prefix="d_step", into="g"), {}, 0
-    with Run(resolve_out_dir(cfg.out_dir, "gan"), config=cfg, tensorboard=cfg.tensorboard) as run:
+    with Run(resolve_out_dir(cfg.out_dir, "gan"), cfg, cfg.tensorboard, cfg.resume, cfg.overwrite) as run:
         if cfg.resume:
-            state = load_checkpoint(run.checkpoint_dir / "last.pt", map_location=device)
-            restore(stateful, state), set_rng_state(state["rng"])
-            start = state["step"]
+            start = run.restore(stateful, map_location=device)["step"]
+            if (done := run.finished(start, cfg.steps)) is not None:
+                return done
         label = f"gan {cfg.data.name} mistake={cfg.mistake}"
         with progress(cfg.steps, label, cfg.progress, initial=start) as bar, explained(cfg.mistake, KNOWN_ERRORS):
             for step in range(start + 1, cfg.steps + 1):
@@ -348,7 +346,8 @@ def train(cfg) -> dict:
                     run.log(step, **{k: v for k, v in last.items() if k != "samples_per_mode"})
                     save_samples(result, data, run, step, f"mistake={cfg.mistake}")
                 if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
-                    save_checkpoint(run.checkpoint_dir, {**capture(stateful), "step": step, "rng": rng_state()})
+                    run.save(stateful, step)
+                run.stop_if_asked(lambda: run.save(stateful, step), step, cfg.steps)  # noqa: B023 - called right here
         return run.write_summary({
             "example": "gan", "data": cfg.data.name, "mistake": cfg.mistake, "seed": cfg.seed, "steps": cfg.steps,
             "device": str(device), **last, **probe.record, "sec_per_step": probe.sec_per_step,

@@ -34,7 +34,6 @@ from omegaconf import MISSING
 from torch import nn
 
 from gallery.core import plots
-from gallery.core.checkpoint import capture, load_checkpoint, restore, save_checkpoint
 from gallery.core.cli import CONFIG_DIR, print_help_if_asked, report, run_cli
 from gallery.core.config import (
     BaseConfig,
@@ -50,7 +49,6 @@ from gallery.core.probes import Probe, graph_saved_bytes
 from gallery.core.registry import Example, Mistake
 from gallery.core.run import Run, prepare, progress, resolve_out_dir
 from gallery.core.schedule import SCHEDULES, lr_schedule
-from gallery.core.seeding import rng_state, set_rng_state
 from gallery.data.text import CharVocab, load_text
 
 # --- config schema -----------------------------------------------------------------------------
@@ -296,19 +294,19 @@ def train(cfg) -> dict:
     steps = chunks_to_run(cfg)  # mistake=retain_graph is capped, and says so
     start_step, position, state, window = 0, 0, None, []
     probe, held, curve, val_bpc, t_start = Probe(device), [], [], None, time.perf_counter()
-    with Run(resolve_out_dir(cfg.out_dir, "tbptt"), config=cfg, tensorboard=cfg.tensorboard) as run:
+    with Run(resolve_out_dir(cfg.out_dir, "tbptt"), cfg, cfg.tensorboard, cfg.resume, cfg.overwrite) as run:
         if cfg.resume:
-            ckpt = load_checkpoint(run.checkpoint_dir / "last.pt", map_location=device)
+            ckpt = run.restore(stateful, map_location=device)
             if ckpt["vocab"] != vocab.chars:
                 raise ConfigError("resume=true: the checkpoint was trained on a different vocabulary (data changed?)")
-            restore(stateful, ckpt), set_rng_state(ckpt["rng"])
-            start_step, position, state = ckpt["step"], ckpt["position"], ckpt["state"]
-            window = [(x.to(device), y.to(device)) for x, y in ckpt["window"]]
+            start_step, position, state, window = ckpt["step"], ckpt["position"], ckpt["state"], ckpt["window"]
+            held, curve = ckpt["held"], ckpt["curve"]
+            if (done := run.finished(start_step, steps)) is not None:
+                return done
 
-        def checkpoint(step: int) -> None:
-            save_checkpoint(run.checkpoint_dir, {**capture(stateful), "step": step, "position": position,
-                                                 "state": detach_state(state), "vocab": vocab.chars, "rng": rng_state(),
-                                                 "window": [(x.cpu(), y.cpu()) for x, y in window]})
+        def checkpoint(step: int) -> None:  # the stream position, the carried state and window too
+            run.save(stateful, step, position=position, state=detach_state(state), vocab=vocab.chars, window=window,
+                     held=held, curve=curve)
 
         label = f"tbptt {cfg.data.name} mistake={cfg.mistake}"
         with progress(steps, label, cfg.progress, initial=start_step) as bar, explained(cfg.mistake, KNOWN_ERRORS), \
@@ -319,7 +317,7 @@ def train(cfg) -> dict:
                     position, state, window = 0, None, []
                 x, y = (t.to(device) for t in chunk_at(streams, n, cfg.batch_size, position, k1))
                 window = [*window[1 - chunks_per_window :], (x, y)] if chunks_per_window > 1 else [(x, y)]
-                sampled = step == start_step + 1 or step % cfg.probe_every == 0
+                sampled = step == 1 or step % cfg.probe_every == 0
                 with probe.step(sampled, units=k1 * cfg.batch_size) as meter:
                     loss, after_first = update_fn(model, optimizer, window, state, cfg.max_grad_norm)
                 if sampled:  # held during this chunk: the graph the state carried in, plus this chunk's own
@@ -342,6 +340,7 @@ def train(cfg) -> dict:
                         f.write(sample_text(model, vocab, cfg.sample_len, "The ", device, cfg.seed) + "\n")
                 if cfg.ckpt_every and step % cfg.ckpt_every == 0:
                     checkpoint(step)
+                run.stop_if_asked(lambda: checkpoint(step), step, steps)  # noqa: B023 - called right here
         checkpoint(steps)
         plots.figure(run.path("saved_bytes_per_chunk.png"), draw_held_bytes, held, f"mistake={cfg.mistake}")
         return run.write_summary({

@@ -147,7 +147,7 @@ def test_no_pattern_function_or_loop_branches_on_the_mistake(name):
 def test_the_example_reads_in_one_sitting(name):
     module = EXAMPLES[name].module
     assert len(inspect.getsource(module).splitlines()) <= 430  # "about 400"
-    assert len(inspect.getsource(module.train).splitlines()) <= 75
+    assert len(inspect.getsource(module.train).splitlines()) <= 80  # "about 70"
 
 
 # --- measurement stays off the hot path ----------------------------------------------------------

@@ -3,6 +3,8 @@ way every caller (tests, tour, scripts) composes a config."""
 
 from __future__ import annotations
 
+import shlex
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 import gallery
-from gallery.core.errors import GalleryError
+from gallery.core.errors import ExplainedMistake, GalleryError, Interrupted
 
 
 def config_dir() -> Path:
@@ -38,20 +40,60 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = (), config_dir: 
 
 
 def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
-    """Run `train`, turning a user-fixable error into one line on stderr and exit status 2.
+    """Run `train` for the command line.
 
-    Hydra makes the run dir before the task starts; if the run fails before writing anything
-    into it, the empty dir is removed so bad input leaves nothing behind.
+    - A user-fixable error: one line on stderr, exit status 2. Hydra makes the run dir before the task
+      starts; if the run fails before writing anything into it, the empty dir is removed.
+    - A mistake that raised the error it is known for: its explanation on stderr and exit status 2;
+      under `-m` the sweep goes on to the next job instead (its summary.json says "status": "raised").
+    - SIGINT/SIGTERM: the run stops after its current step and saves a checkpoint; one line says how
+      to resume, and the exit status is 130 (SIGINT) or 143 (SIGTERM).
     """
     run_dir = hydra_run_dir()
     existed = run_dir is not None and run_dir.exists() and any(run_dir.iterdir())
     try:
         return train(cfg)
+    except Interrupted as stop:
+        name = signal.Signals(stop.signum).name
+        if stop.resumable:
+            print(f"{name}: stopped after step {stop.step}; the checkpoint is in {stop.out_dir}/checkpoints. "
+                  f"Resume with: {resume_command(train, stop.out_dir)}", file=sys.stderr)
+        else:
+            print(f"{name}: stopped after step {stop.step}; this example does not resume: run it again",
+                  file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    except KeyboardInterrupt:  # before the run's own handler was in place
+        print("interrupted before training started; nothing was saved", file=sys.stderr)
+        sys.exit(130)
+    except ExplainedMistake as err:
+        print(f"error: {err}", file=sys.stderr)
+        if _multirun():
+            return {"status": "raised", "error": str(err)}
+        sys.exit(2)
     except GalleryError as err:
         print(f"error: {err}", file=sys.stderr)
         if run_dir is not None and not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
         sys.exit(2)
+
+
+def resume_command(train: Callable, out_dir: Path | str) -> str:
+    """The command line that continues this run: its own overrides, its out_dir, resume=true."""
+    from hydra.core.hydra_config import HydraConfig
+
+    args = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
+    keep = [a for a in args if a.split("=", 1)[0].lstrip("+~") not in ("out_dir", "resume", "overwrite")]
+    module = train.__module__
+    if module == "__main__":  # `python -m gallery.gan` runs the module as __main__
+        module = getattr(sys.modules["__main__"].__spec__, "name", module)
+    return " ".join(["python -m", module, *map(shlex.quote, keep), f"out_dir={shlex.quote(str(out_dir))}", "resume=true"])
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def hydra_run_dir() -> Path | None:

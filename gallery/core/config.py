@@ -31,6 +31,7 @@ class BaseConfig:
     eval_every: int = 1000
     ckpt_every: int = 0  # 0: only at the end of the run
     resume: bool = False  # continue from <out_dir>/checkpoints/last.pt
+    overwrite: bool = False  # replace the run already in out_dir (otherwise it is refused)
     mistake: str = "none"
     deterministic: bool = False
     amp: bool = True  # bf16 autocast on CUDA only

@@ -27,6 +27,14 @@ class ExplainedMistake(GalleryError):
     """A mistake did what it is known to do (a known autograd error); the message says why and names the fix."""
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped a run at the end of a step (after its checkpoint, when it can resume)."""
+
+    def __init__(self, signum: int, step: int, out_dir, resumable: bool):
+        super().__init__(f"stopped by signal {signum} after step {step}")
+        self.signum, self.step, self.out_dir, self.resumable = signum, step, out_dir, resumable
+
+
 def reraise_explained(err: RuntimeError, mistake: str, known: dict[str, tuple[str, str]]) -> None:
     """Raise `ExplainedMistake` from `err` when it is the autograd error `mistake` is known to cause.
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +21,10 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from gallery.core.checkpoint import LAST, capture, load_checkpoint, restore, save_checkpoint
+from gallery.core.errors import ConfigError, ExplainedMistake, Interrupted
 from gallery.core.io import atomic_write
+from gallery.core.seeding import rng_state, set_rng_state
 
 
 def env_rank() -> int:
@@ -27,13 +33,18 @@ def env_rank() -> int:
 
 
 def resolve_out_dir(out_dir: str | None, example: str) -> Path:
-    """An explicit out_dir wins; under `@hydra.main` it is Hydra's run dir; else a fresh timestamped dir."""
+    """Under `-m`, the job's own folder (`<out_dir>/<job number>_<its overrides>`); else an explicit
+    out_dir; under `@hydra.main` Hydra's run dir; else a fresh timestamped dir."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra is not None and hydra.mode == RunMode.MULTIRUN:  # configs/hydra/default.yaml names the job's folder
+        return Path(hydra.runtime.output_dir)
     if out_dir:
         return Path(out_dir)
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
+    if hydra is not None:
+        return Path(hydra.runtime.output_dir)
     return Path("outputs") / example / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
 
 
@@ -50,19 +61,41 @@ def _json_safe(value: Any) -> Any:
 
 
 class Run:
-    """One run's outputs: `.hydra/config.yaml`, `metrics.jsonl`, `summary.json`, figures, checkpoints."""
+    """One run's outputs: `.hydra/config.yaml`, `metrics.jsonl`, `summary.json`, figures, checkpoints.
 
-    def __init__(self, out_dir: Path | str, config: Any = None, tensorboard: bool = False):
+    Nothing is lost without a word: a fresh run into a folder that holds a run is refused (unless
+    `overwrite`), `resume` needs a checkpoint and keeps the run's config, and resuming drops the
+    metrics rows logged after the checkpoint it resumes from. As a context manager it also turns
+    SIGINT/SIGTERM into a clean stop at the end of the current step (`stop_if_asked`), and records a
+    mistake that raised its known error in summary.json (`"status": "raised"`)."""
+
+    RESULTS = ("summary.json", "metrics.jsonl", "checkpoints")
+
+    def __init__(self, out_dir: Path | str, config: Any = None, tensorboard: bool = False,
+                 resume: bool = False, overwrite: bool = False):
         self.dir = Path(out_dir)
         self.is_main = env_rank() == 0
+        self.resume, self.config = resume, config
+        self.stop_signal: int | None = None
         self._metrics = None
         self._tb = None
+        self._handlers: dict = {}
         if not self.is_main:
             return
+        held = [name for name in self.RESULTS if (self.dir / name).exists()]
+        if resume and not (self.checkpoint_dir / "last.pt").is_file():
+            raise ConfigError(f"resume=true: there is no checkpoint at {self.checkpoint_dir / 'last.pt'}; "
+                              "start without resume=true")
+        if held and not resume:
+            if not overwrite:
+                raise ConfigError(f"out_dir={self.dir} already holds a run ({', '.join(held)}): continue it with "
+                                  "resume=true, pick another out_dir, or replace it with overwrite=true")
+            for name in held:
+                shutil.rmtree(self.dir / name) if (self.dir / name).is_dir() else (self.dir / name).unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
-        if config is not None:
+        if config is not None and not resume:  # a resumed run keeps the config it was started with
             atomic_write(self.dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(config))
-        self._metrics = open(self.dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        self._metrics = open(self.dir / "metrics.jsonl", "a" if resume else "w")  # noqa: SIM115 - closed in close()
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -78,6 +111,47 @@ class Run:
     def path(self, name: str) -> Path:
         return self.dir / name
 
+    def save(self, stateful: dict[str, Any], step: int, **extra: Any) -> None:
+        """A checkpoint of the stateful objects (`capture`), the RNGs, the step and any plain counters."""
+        if self.is_main:
+            save_checkpoint(self.checkpoint_dir, {**capture(stateful), "step": step, "rng": rng_state(), **extra})
+
+    def restore(self, stateful: dict[str, Any], map_location: Any) -> dict[str, Any]:
+        """Load `last.pt` into the stateful objects and the RNGs, drop the metrics rows logged after it,
+        and return the checkpoint (its "step" and counters)."""
+        state = load_checkpoint(self.checkpoint_dir / LAST, map_location=map_location)
+        restore(stateful, state)
+        set_rng_state(state["rng"])
+        self.resume_at(state["step"])
+        return state
+
+    def resume_at(self, step: int) -> int:
+        """Drop the metrics rows logged after `step` (the checkpoint's), so the resumed run's rows follow
+        on as if it had never stopped. Returns `step`."""
+        if self._metrics is not None:
+            self._metrics.close()
+            rows = [r for r in read_metrics(self.dir / "metrics.jsonl") if r["step"] <= step]
+            atomic_write(self.dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+            self._metrics = open(self.dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        return step
+
+    def finished(self, step: int, steps: int) -> dict | None:
+        """The run's summary, unchanged, when a resumed run has nothing left to do; else None."""
+        if step < steps or not (self.dir / "summary.json").is_file():
+            return None
+        print(f"the run in {self.dir} is finished ({step} of steps={steps}); nothing to do "
+              f"(to train further: resume=true steps=<more than {step}>)", file=sys.stderr)
+        return json.loads((self.dir / "summary.json").read_text())
+
+    def stop_if_asked(self, save: Callable[[], None] | None, step: int, steps: int) -> None:
+        """After a step: on SIGINT/SIGTERM, save a checkpoint (when the example can resume) and stop.
+        After the last step the run just finishes: its summary is moments away."""
+        if self.stop_signal is None or step >= steps:
+            return
+        if save is not None and self.is_main:
+            save()
+        raise Interrupted(self.stop_signal, step, self.dir, resumable=save is not None)
+
     def log(self, step: int, **metrics: Any) -> None:
         if self._metrics is None:
             return
@@ -90,7 +164,7 @@ class Run:
                     self._tb.add_scalar(key, value, step)
 
     def write_summary(self, summary: dict) -> dict:
-        summary = _json_safe({**summary, "out_dir": str(self.dir)})
+        summary = _json_safe({"status": "finished", **summary, "out_dir": str(self.dir)})
         if self.is_main:
             atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
@@ -103,11 +177,28 @@ class Run:
             self._tb.close()
             self._tb = None
 
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.stop_signal is not None:  # the second signal: out at once; the last checkpoint is complete
+            os._exit(128 + signum)
+        self.stop_signal = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (send it again to stop at once)",
+              file=sys.stderr, flush=True)
+
     def __enter__(self) -> Run:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._handlers[signum] = signal.signal(signum, self._on_signal)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)
+        self._handlers.clear()
         self.close()
+        if isinstance(exc, ExplainedMistake) and self.is_main:
+            self.write_summary({"status": "raised", "mistake": getattr(self.config, "mistake", None),
+                                "seed": getattr(self.config, "seed", None), "error": str(exc),
+                                "cause": str(exc.__cause__).splitlines()[0] if exc.__cause__ else None})
 
 
 def read_metrics(path: Path | str) -> list[dict]:

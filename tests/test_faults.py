@@ -1,0 +1,141 @@
+"""No result is lost or overwritten without a word; a signal stops a run cleanly; resume is exact."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gallery import dqn
+from gallery.core.cli import compose
+from tests.conftest import ROOT
+
+TIMING = {"sec_per_step", "chars_per_sec", "env_steps_per_sec"}
+GAN = ["steps=600", "log_every=20", "eval_every=200", "hidden=16", "eval_samples=100", "device=cpu"]
+TBPTT = ["steps=1200", "log_every=40", "eval_every=400", "hidden=32", "embed=8", "batch_size=8", "bptt_len=16",
+         "eval_streams=64", "sample_len=20", "device=cpu"]
+
+
+def cli(module: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300, **kwargs)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def rows(path: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
+
+
+def test_a_second_run_into_the_same_out_dir_is_refused_and_changes_nothing(tmp_path):
+    args = ["gallery.gan", *GAN, "steps=20", f"out_dir={tmp_path}"]
+    assert cli(*args).returncode == 0
+    before = digest(tmp_path)
+    proc = cli(*args)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr and "overwrite=true" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and digest(tmp_path) == before
+    replaced = cli(*args, "seed=3", "overwrite=true")
+    assert replaced.returncode == 0 and json.loads((tmp_path / "summary.json").read_text())["seed"] == 3
+
+
+def test_resume_without_a_checkpoint_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "fresh"
+    proc = cli("gallery.gan", *GAN, f"out_dir={out}", "resume=true")
+    assert proc.returncode == 2 and f"no checkpoint at {out}/checkpoints/last.pt" in proc.stderr
+    assert not out.exists()
+
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path):
+    assert cli("gallery.tbptt", *TBPTT, "steps=20", "eval_every=20", f"out_dir={tmp_path}").returncode == 0
+    before = digest(tmp_path)
+    proc = cli("gallery.tbptt", *TBPTT, "steps=20", "eval_every=20", f"out_dir={tmp_path}", "resume=true")
+    assert proc.returncode == 0 and "is finished" in proc.stderr
+    assert digest(tmp_path) == before
+    more = cli("gallery.tbptt", *TBPTT, "steps=30", "eval_every=30", f"out_dir={tmp_path}", "resume=true")  # steps=<more> goes on
+    assert more.returncode == 0 and json.loads((tmp_path / "summary.json").read_text())["steps"] == 30
+
+
+def test_a_sweep_gives_every_job_its_own_folder_and_goes_on_past_a_raising_mistake(tmp_path):
+    proc = cli("gallery.gan", "-m", "seed=0,1", "mistake=none,no_detach", *GAN, "steps=10", "eval_every=10",
+               f"out_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(jobs) == 4
+    summaries = [json.loads((job / "summary.json").read_text()) for job in jobs]
+    assert {(s["seed"], s["mistake"], s["status"]) for s in summaries} == {
+        (0, "none", "finished"), (1, "none", "finished"), (0, "no_detach", "raised"), (1, "no_detach", "raised")}
+    assert all("fake.detach()" in s["error"] for s in summaries if s["status"] == "raised")
+    for job in jobs:  # each job's metrics are its own
+        assert [r["step"] for r in rows(job / "metrics.jsonl") if "d_loss" in r] in ([10], [])
+
+
+def interrupt_then_resume(module: str, args: list[str], out: Path) -> subprocess.CompletedProcess:
+    """Start a run, SIGTERM it at a random moment once it is training, then run the printed resume command."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *args, f"out_dir={out}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
+        time.sleep(0.05)
+    time.sleep(random.Random(module).uniform(0.2, 1.5))
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and (out / "checkpoints" / "last.pt").is_file()
+    command = err.split("Resume with: ")[1].strip().splitlines()[0]
+    assert command.startswith(f"python -m {module} ") and command.endswith(f"out_dir={out} resume=true")
+    return subprocess.run([sys.executable, *shlex.split(command)[1:]], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("module, args", [("gallery.gan", GAN), ("gallery.tbptt", TBPTT)])
+def test_sigterm_then_resume_matches_the_uninterrupted_run_exactly(tmp_path, module, args):
+    straight = tmp_path / "straight"
+    assert cli(module, *args, f"out_dir={straight}").returncode == 0
+    resumed = interrupt_then_resume(module, args, tmp_path / "resumed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert rows(tmp_path / "resumed" / "metrics.jsonl") == rows(straight / "metrics.jsonl")
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "resumed", straight))
+    for s in (a, b):  # wall-clock fields aside
+        s.pop("out_dir"), [s.pop(k, None) for k in TIMING], [c.pop("seconds") for c in s.get("curve", [])]
+    assert a == b
+    weights = [torch.load(d / "checkpoints" / "last.pt", weights_only=True) for d in (tmp_path / "resumed", straight)]
+    model = "g" if module == "gallery.gan" else "model"
+    for key, tensor in weights[0][model].items():
+        assert torch.equal(tensor, weights[1][model][key]), key
+
+
+def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path):
+    overrides = [f"out_dir={tmp_path}", "device=cpu", "steps=400", "learning_starts=100", "eval_every=200",
+                 "eval_episodes=1", "hidden=16", "batch_size=32", "stop_when_solved=false"]
+    dqn.train(compose("dqn", overrides))
+    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    restored = {}
+    real_update = dqn.update
+
+    def spy(online, target, optimizer, batch, *a):  # the first update after the resume sees the restored state
+        if not restored:
+            restored.update(adam_steps=float(optimizer.state_dict()["state"][0]["step"]))  # a copy: Adam counts in place
+        return real_update(online, target, optimizer, batch, *a)
+
+    dqn.BY_MISTAKE["none"] = (dqn.make_target, spy)
+    try:
+        summary = dqn.train(compose("dqn", [*overrides, "steps=600", "resume=true"]))
+    finally:
+        dqn.BY_MISTAKE["none"] = (dqn.make_target, real_update)
+    assert saved["step"] == 400 and saved["buffer"]["size"] == 400
+    assert restored["adam_steps"] == saved["updates"]  # Adam's step count came back with the optimizer
+    assert summary["env_steps"] == 600 and summary["updates"] == saved["updates"] + 100
+    assert [e["env_steps"] for e in summary["evals"]] == [200, 400, 600]
