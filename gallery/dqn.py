@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gallery.core import plots
-from gallery.core.cli import CONFIG_DIR, print_help_if_asked, report, run_cli
+from gallery.core.cli import CONFIG_DIR, check_overrides, print_help_if_asked, report, run_cli
 from gallery.core.config import (
     BaseConfig,
     register_schema,
@@ -417,4 +417,5 @@ def main(cfg) -> None:
 
 if __name__ == "__main__":
     print_help_if_asked(EXAMPLE)
+    check_overrides("dqn")
     main()

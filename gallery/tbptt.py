@@ -34,7 +34,7 @@ from omegaconf import MISSING
 from torch import nn
 
 from gallery.core import plots
-from gallery.core.cli import CONFIG_DIR, print_help_if_asked, report, run_cli
+from gallery.core.cli import CONFIG_DIR, check_overrides, print_help_if_asked, report, run_cli
 from gallery.core.config import (
     BaseConfig,
     register_schema,
@@ -408,4 +408,5 @@ def main(cfg) -> None:
 
 if __name__ == "__main__":
     print_help_if_asked(EXAMPLE)
+    check_overrides("tbptt")
     main()

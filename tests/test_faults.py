@@ -139,3 +139,30 @@ def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path)
     assert restored["adam_steps"] == saved["updates"]  # Adam's step count came back with the optimizer
     assert summary["env_steps"] == 600 and summary["updates"] == saved["updates"] + 100
     assert [e["env_steps"] for e in summary["evals"]] == [200, 400, 600]
+
+
+@pytest.mark.parametrize("module, override, expected", [
+    ("gallery.gan", "setps=5", "'setps' is not a config key of gan; did you mean 'steps'?"),
+    ("gallery.gan", "seed=abc", "seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("gallery.gan", "data=ring9", "data=ring9: no such data; choose from: "),
+    ("gallery.gan", "data.nme=x", "did you mean 'data.name'?"),
+    ("gallery.gan", "lr_g", "cannot read the override 'lr_g'"),
+    ("gallery.gan", "+foo=1", "config key 'foo' is not in the schema GanConfig"),
+    ("gallery.gan", "mistake=typo", "mistake='typo' is not one of: none, no_detach,"),
+    ("gallery.gan", "lr_d=0", "lr_d must be > 0, got 0.0"),
+    ("gallery.gan", "threads=-1", "threads='-1' must be auto or a whole number >= 1"),
+    ("gallery.dqn", "gamma=1.5", "gamma must be in [0.0, 1.0], got 1.5"),
+    ("gallery.dqn", "tau=0", "tau must be in [1e-06, 1.0], got 0.0"),
+    ("gallery.dqn", "env.id=NoSuchEnv-v0", "env.id='NoSuchEnv-v0'"),
+    ("gallery.tbptt", "bptt_len=0", "bptt_len must be > 0, got 0"),
+    ("gallery.tbptt", "k2=100", "k2=100 must be a multiple of bptt_len=64"),
+    ("gallery.finetune", "data.labels_per_class=0", "data.labels_per_class must be > 0, got 0"),
+    ("gallery.finetune", "backbone=resnet50", "backbone=resnet50: no such backbone; choose from: digits_cnn, resnet18"),
+])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, module, override, expected):
+    out = tmp_path / "run"
+    proc = cli(module, override, f"out_dir={out}", "device=cpu")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert expected in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not out.exists()

@@ -3,6 +3,7 @@ way every caller (tests, tour, scripts) composes a config."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -123,3 +124,62 @@ def report(summary: dict, *keys: str) -> None:
     print(" ".join(f"{k}={fmt(summary[k])}" for k in keys if summary.get(k) is not None))
     if "out_dir" in summary:
         print(f"outputs: {summary['out_dir']}")
+
+
+def check_overrides(name: str, argv: list[str] | None = None) -> None:
+    """Before Hydra starts: compose the config with the command line's overrides, and turn Hydra's own
+    errors (a typo'd key, a wrong type, an unknown option) into one line on stderr and exit status 2,
+    like every other bad input. Sweeps (`-m`) and Hydra's flags are left to Hydra."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg.startswith("-") for arg in argv):
+        return
+    overrides = [arg for arg in argv if not arg.startswith(("hydra.", "hydra/"))]
+    try:
+        from gallery.core.config import to_schema
+
+        to_schema(compose(name, overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {explain_override_error(name, err)}", file=sys.stderr)
+        sys.exit(2)
+    except GalleryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def explain_override_error(name: str, err: Exception) -> str:
+    """One line for one of Hydra's composition errors, naming the key and what is allowed."""
+    import difflib
+    import re
+
+    from omegaconf import OmegaConf
+
+    text = str(err)
+    if match := re.search(r"Could not override '([^']+)'", text):
+        key = match.group(1)
+        known = _keys(OmegaConf.to_container(compose(name), resolve=False))
+        near = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        return f"{key!r} is not a config key of {name}; {hint}known keys: {', '.join(k for k in known if '.' not in k)}"
+    if match := re.search(r"Could not find '([^']+)/([^']+)'", text):
+        group, option = match.groups()
+        options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], flags=re.M)
+        return f"{group}={option}: no such {group}; choose from: {', '.join(options)}"
+    if match := re.search(r"Error merging override (\S+)", text):
+        cause = str(err.__cause__ or "").splitlines()
+        return f"{match.group(1)}: {cause[0] if cause else 'a value of the wrong type'}"
+    if match := re.search(r"Error parsing override '([^']*)'", text):
+        return f"cannot read the override {match.group(1)!r}: write key=value (for example steps=100)"
+    return text.splitlines()[0]
+
+
+def _keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in (node.items() if isinstance(node, dict) else []):
+        keys.append(f"{prefix}{key}")
+        keys += _keys(value, f"{prefix}{key}.")
+    return keys

@@ -74,7 +74,7 @@ def require_choice(cfg: Any, key: str, choices: Iterable[str]) -> None:
 def validate_base(cfg: BaseConfig, mistakes: Iterable[str]) -> None:
     require_positive(cfg, "steps", "log_every", "eval_every")
     require_non_negative(cfg, "ckpt_every", "seed")
-    require_choice(cfg, "mistake", ["none", *mistakes])
+    require_choice(cfg, "mistake", ["none", *(m for m in mistakes if m != "none")])
     threads = str(cfg.threads)
     if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
         raise ConfigError(f"threads={threads!r} must be auto or a whole number >= 1")
