@@ -77,6 +77,7 @@ class DqnConfig(BaseConfig):
     eps_end: float = 0.05
     eps_decay_steps: int = 5_000
     eval_every: int = 2_500
+    ckpt_every: int = 10_000  # env steps; the replay buffer makes a save about 2 MB
     eval_episodes: int = 10
     log_every: int = 1_000
     probe_every: int = 200  # updates between measurements of the bytes one update saves for backward
@@ -324,6 +325,7 @@ def train(cfg) -> dict:
                     recent_returns += info["episode"]["r"][info["_episode"]].tolist()
                 if env_steps >= next_log:
                     next_log += cfg.log_every
+                    run.check_finite(env_steps, loss=float(loss) if updates else 0.0)
                     run.log(env_steps, loss=float(loss), epsilon=eps, updates=updates, **probe.record,
                             train_return_mean=float(np.mean(recent_returns)) if recent_returns else None)
                     recent_returns = []

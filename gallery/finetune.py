@@ -318,6 +318,7 @@ def train(cfg) -> dict:
             bar.update(1)
             run.stop_if_asked(None, step, cfg.steps)  # finetune runs are short and do not resume
             if step % cfg.log_every == 0:
+                run.check_finite(step, loss=float(loss))
                 run.log(step, loss=float(loss.detach()), **probe.record)
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 model.eval()

@@ -84,6 +84,7 @@ class GanConfig(BaseConfig):
     r1_gamma: float = 0.1  # R1 gradient penalty on real data
     lr_schedule: str = "linear"  # constant | linear (decay to 0 by the last step)
     eval_every: int = 2000
+    ckpt_every: int = 2000  # about 20 s of training apart; a save takes milliseconds
     eval_samples: int = 2500  # the VEEGAN/PacGAN protocol
     min_per_mode: int = 20  # high-quality samples a mode needs to count as covered
     log_every: int = 100
@@ -337,6 +338,7 @@ def train(cfg) -> dict:
                 sched_g.step(), sched_d.step()
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps:
+                    run.check_finite(step, d_loss=float(d_loss), g_loss=float(g_loss))
                     run.log(step, **probe.record, d_loss=float(d_loss), g_loss=float(g_loss),
                             sec_per_step=probe.sec_per_step)
                     bar.set_postfix(d=f"{float(d_loss):.3f}", g=f"{float(g_loss):.3f}")

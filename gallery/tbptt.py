@@ -77,6 +77,7 @@ class TbpttConfig(BaseConfig):
     lr_schedule: str = "linear"  # constant | linear (decay to 0 by the last step)
     max_grad_norm: float = 1.0
     eval_every: int = 500
+    ckpt_every: int = 500  # chunks
     eval_streams: int = 16  # the validation text is read as this many carried streams
     sample_len: int = 300
     retain_graph_max_chunks: int = 30  # mistake=retain_graph: the cap that lets it finish
@@ -328,6 +329,7 @@ def train(cfg) -> dict:
                 position += k1
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == steps:
+                    run.check_finite(step, loss=float(loss))
                     run.log(step, loss=float(loss), bpc=float(loss) / math.log(2), saved_bytes=held[-1][1],
                             chars_per_sec=probe.units_per_sec)
                 if step % cfg.eval_every == 0 or step == steps:

@@ -200,16 +200,48 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path = save_checkpoint(tmp_path, _state(1))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated or is not a checkpoint") as info:
+    with pytest.raises(CheckpointError, match="truncated or not a checkpoint") as info:
         load_checkpoint(path)
     assert str(path) in str(info.value)
 
 
-def test_text_file_is_not_a_checkpoint(tmp_path):
+def test_text_file_is_not_a_checkpoint_and_gets_no_advice_to_unpickle_it(tmp_path):
     path = tmp_path / "notes.pt"
-    path.write_text("hello")
-    with pytest.raises(CheckpointError, match="truncated or is not a checkpoint"):
+    path.write_text("garbage\n")
+    with pytest.raises(CheckpointError, match="truncated or not a checkpoint") as info:
         load_checkpoint(path)
+    assert "weights_only" not in str(info.value) and "previous" not in str(info.value)
+
+
+def test_resume_falls_back_to_previous_when_last_is_damaged(tmp_path, capsys):
+    from gallery.core.checkpoint import load_latest
+
+    save_checkpoint(tmp_path, _state(1))
+    save_checkpoint(tmp_path, _state(2))
+    (tmp_path / LAST).write_bytes((tmp_path / LAST).read_bytes()[:100])
+    assert load_latest(tmp_path)["step"] == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path / LAST) in err and str(tmp_path / PREVIOUS) in err
+    (tmp_path / PREVIOUS).write_text("garbage")
+    with pytest.raises(CheckpointError, match="neither checkpoint can be used"):
+        load_latest(tmp_path)
+
+
+def test_a_failed_checkpoint_write_keeps_the_last_one_and_says_so(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    save_checkpoint(tmp_path, _state(1))
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(CheckpointError, match="No space left on device.*last.pt is as it was"):
+        save_checkpoint(tmp_path, _state(2))
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / LAST)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LAST]  # no temp file, no half-written previous.pt
 
 
 def test_foreign_torch_file_is_not_a_gallery_checkpoint(tmp_path):

@@ -166,3 +166,30 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, module, overr
     assert expected in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_a_nan_loss_stops_the_run_keeps_the_last_good_checkpoint_and_says_diverged(tmp_path, monkeypatch):
+    from gallery import gan
+    from gallery.core.errors import Diverged
+
+    calls = {"n": 0}
+    real = gan.g_loss_fn
+
+    def turns_nan(fake_logits):  # an injected NaN from step 30 on
+        calls["n"] += 1
+        return real(fake_logits) * (float("nan") if calls["n"] >= 30 else 1.0)
+
+    monkeypatch.setattr(gan, "g_loss_fn", turns_nan)
+    cfg = compose("gan", [*GAN, "steps=60", "log_every=10", "ckpt_every=20", f"out_dir={tmp_path}"])
+    with pytest.raises(Diverged, match="diverged at step 30: g_loss=nan"):
+        gan.train(cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged" and "step 30" in summary["error"]
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == 20
+
+
+def test_a_learning_rate_that_diverges_exits_3_with_one_line(tmp_path):
+    proc = cli("gallery.gan", *GAN, "steps=40", "log_every=10", "lr_g=1e30", "lr_d=1e30", f"out_dir={tmp_path}")
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "diverged at step" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,8 @@ def restore(objects: dict[str, Any], state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(directory: Path | str, state: dict[str, Any]) -> Path:
-    """Write `last.pt` atomically; the old `last.pt` becomes `previous.pt`."""
+    """Write `last.pt` atomically; the old `last.pt` becomes `previous.pt`. A failed write (a full
+    disk, say) leaves both as they were and says so."""
     directory = Path(directory)
     last = directory / LAST
 
@@ -49,27 +52,45 @@ def save_checkpoint(directory: Path | str, state: dict[str, Any]) -> Path:
         if last.exists():
             os.replace(last, directory / PREVIOUS)
 
-    return atomic_write(last, torch_bytes({"format": FORMAT, **state}), before_replace=keep_previous)
+    try:
+        return atomic_write(last, torch_bytes({"format": FORMAT, **state}), before_replace=keep_previous)
+    except OSError as err:
+        kept = f"{last} is as it was" if last.exists() else "no checkpoint was written before"
+        raise CheckpointError(f"could not write a checkpoint to {directory} ({err.strerror or err}); {kept}") from err
 
 
 def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged or foreign
+        raise CheckpointError(f"checkpoint {path} is truncated or not a checkpoint")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        unsupported = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
         raise CheckpointError(
-            f"checkpoint {path} was refused: it holds an object that is not plain data "
-            f"(tensors, numbers, strings, lists, dicts), and it is loaded with weights_only=True. "
-            f"Detail: {str(err).splitlines()[0]}"
+            f"checkpoint {path} was refused: it holds an object that is not plain data (tensors, numbers, "
+            f"strings, lists, dicts), so it could run code when loaded"
+            + (f" ({unsupported[0]})" if unsupported else "")
         ) from err
-    except Exception as err:  # torch raises many types for a damaged zip or a non-torch file
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or is not a checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'no detail'}); "
-            f"try {path.parent / PREVIOUS} or start without resume"
-        ) from err
+    except Exception as err:  # torch raises many types for a damaged zip
+        raise CheckpointError(f"checkpoint {path} is truncated or not a checkpoint ({type(err).__name__})") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a torch file but not a detach-gallery checkpoint")
     return state
+
+
+def load_latest(directory: Path | str, map_location: Any = "cpu") -> dict[str, Any]:
+    """`last.pt`, or `previous.pt` with a warning naming both when `last.pt` is damaged."""
+    directory = Path(directory)
+    try:
+        return load_checkpoint(directory / LAST, map_location)
+    except CheckpointError as err:
+        if not (directory / PREVIOUS).is_file():
+            raise
+        print(f"warning: {err}; resuming from {directory / PREVIOUS} instead", file=sys.stderr)
+        try:
+            return load_checkpoint(directory / PREVIOUS, map_location)
+        except CheckpointError as older:
+            raise CheckpointError(f"neither checkpoint can be used: {err}; and {older}") from older

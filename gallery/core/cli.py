@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 import gallery
-from gallery.core.errors import ExplainedMistake, GalleryError, Interrupted
+from gallery.core.errors import Diverged, ExplainedMistake, GalleryError, Interrupted
 
 
 def config_dir() -> Path:
@@ -47,6 +47,7 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
       starts; if the run fails before writing anything into it, the empty dir is removed.
     - A mistake that raised the error it is known for: its explanation on stderr and exit status 2;
       under `-m` the sweep goes on to the next job instead (its summary.json says "status": "raised").
+    - A loss that became NaN or infinite: one line naming the step and the value, exit status 3.
     - SIGINT/SIGTERM: the run stops after its current step and saves a checkpoint; one line says how
       to resume, and the exit status is 130 (SIGINT) or 143 (SIGTERM).
     """
@@ -66,6 +67,9 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
     except KeyboardInterrupt:  # before the run's own handler was in place
         print("interrupted before training started; nothing was saved", file=sys.stderr)
         sys.exit(130)
+    except Diverged as err:  # summary.json says "status": "diverged"
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(3)
     except ExplainedMistake as err:
         print(f"error: {err}", file=sys.stderr)
         if _multirun():

@@ -29,7 +29,7 @@ class BaseConfig:
     out_dir: str | None = None  # None: Hydra's run dir, outputs/<example>/<date>/<time>
     log_every: int = 100
     eval_every: int = 1000
-    ckpt_every: int = 0  # 0: only at the end of the run
+    ckpt_every: int = 0  # steps between checkpoints (0: at the end, and on a signal); each example sets its own
     resume: bool = False  # continue from <out_dir>/checkpoints/last.pt
     overwrite: bool = False  # replace the run already in out_dir (otherwise it is refused)
     mistake: str = "none"

@@ -27,6 +27,10 @@ class ExplainedMistake(GalleryError):
     """A mistake did what it is known to do (a known autograd error); the message says why and names the fix."""
 
 
+class Diverged(GalleryError):
+    """A loss became NaN or infinite: the run stopped, keeping its last good checkpoint."""
+
+
 class Interrupted(Exception):
     """SIGINT or SIGTERM stopped a run at the end of a step (after its checkpoint, when it can resume)."""
 

@@ -21,8 +21,8 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from gallery.core.checkpoint import LAST, capture, load_checkpoint, restore, save_checkpoint
-from gallery.core.errors import ConfigError, ExplainedMistake, Interrupted
+from gallery.core.checkpoint import capture, load_latest, restore, save_checkpoint
+from gallery.core.errors import ConfigError, Diverged, ExplainedMistake, Interrupted
 from gallery.core.io import atomic_write
 from gallery.core.seeding import rng_state, set_rng_state
 
@@ -119,7 +119,7 @@ class Run:
     def restore(self, stateful: dict[str, Any], map_location: Any) -> dict[str, Any]:
         """Load `last.pt` into the stateful objects and the RNGs, drop the metrics rows logged after it,
         and return the checkpoint (its "step" and counters)."""
-        state = load_checkpoint(self.checkpoint_dir / LAST, map_location=map_location)
+        state = load_latest(self.checkpoint_dir, map_location=map_location)
         restore(stateful, state)
         set_rng_state(state["rng"])
         self.resume_at(state["step"])
@@ -151,6 +151,13 @@ class Run:
         if save is not None and self.is_main:
             save()
         raise Interrupted(self.stop_signal, step, self.dir, resumable=save is not None)
+
+    def check_finite(self, step: int, **values: float) -> None:
+        """Stop a run whose loss became NaN or infinite (checked on log steps: no extra sync per step)."""
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if bad:
+            raise Diverged(f"diverged at step {step}: {', '.join(f'{k}={v}' for k, v in bad.items())}; the last "
+                           f"good checkpoint is in {self.checkpoint_dir} (try a smaller learning rate)")
 
     def log(self, step: int, **metrics: Any) -> None:
         if self._metrics is None:
@@ -195,6 +202,8 @@ class Run:
             signal.signal(signum, handler)
         self._handlers.clear()
         self.close()
+        if isinstance(exc, Diverged) and self.is_main:
+            self.write_summary({"status": "diverged", "error": str(exc)})
         if isinstance(exc, ExplainedMistake) and self.is_main:
             self.write_summary({"status": "raised", "mistake": getattr(self.config, "mistake", None),
                                 "seed": getattr(self.config, "seed", None), "error": str(exc),
