@@ -104,6 +104,17 @@ def validate(cfg: TbpttConfig) -> None:
         raise ConfigError("k2 is a variant of the pattern; use it with mistake=none")
 
 
+def check_length(cfg: TbpttConfig, total: int, train: int, val: int) -> None:
+    """A text too short for one chunk of every stream is a one-line error naming the length it needs."""
+    need_train, need_val = cfg.batch_size * (cfg.bptt_len + 1) + 1, 2 * cfg.eval_streams + 1
+    if train < need_train or val < need_val:
+        need = max(need_train / (1 - cfg.data.val_fraction), need_val / cfg.data.val_fraction)
+        source = f"data.path={cfg.data.path}" if cfg.data.name == "file" else f"data={cfg.data.name}"
+        raise ConfigError(f"{source} has {total:,} characters; batch_size={cfg.batch_size} streams of bptt_len="
+                          f"{cfg.bptt_len} (and eval_streams={cfg.eval_streams} for validation) need at least "
+                          f"{int(need) + 1:,}: use a longer text, or smaller batch_size / bptt_len / eval_streams")
+
+
 def chunks_to_run(cfg: TbpttConfig) -> int:
     """mistake=retain_graph keeps every chunk's graph, so its run is capped at retain_graph_max_chunks."""
     if cfg.mistake != "retain_graph" or cfg.steps <= cfg.retain_graph_max_chunks:
@@ -283,6 +294,7 @@ def train(cfg) -> dict:
     split_at = int(len(text) * (1 - cfg.data.val_fraction))
     vocab = CharVocab.build(text[:split_at])
     train_ids, val_ids = vocab.encode(text[:split_at]), vocab.encode(text[split_at:])
+    check_length(cfg, len(text), len(train_ids), len(val_ids))
     streams, n = stream_batches(train_ids, cfg.batch_size)
     k1, k2 = cfg.bptt_len, cfg.k2 or cfg.bptt_len
     chunks_per_window = k2 // k1

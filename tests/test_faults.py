@@ -158,10 +158,21 @@ def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path)
     ("gallery.tbptt", "k2=100", "k2=100 must be a multiple of bptt_len=64"),
     ("gallery.finetune", "data.labels_per_class=0", "data.labels_per_class must be > 0, got 0"),
     ("gallery.finetune", "backbone=resnet50", "backbone=resnet50: no such backbone; choose from: digits_cnn, resnet18"),
+    ("gallery.gan", "data=file", "data=file is not a data option of gan"),
+    ("gallery.gan", "data.root=/nonexistent data=imagefolder", "data.root='/nonexistent' is not a directory"),
+    ("gallery.tbptt", "data=file", "data=file needs data.path=/path/to/text.txt"),
+    ("gallery.tbptt", "data=file data.path={tiny}", "has 226 characters; batch_size=32 streams of bptt_len=64"),
+    ("gallery.tbptt", "data=file data.path={empty}", "has 0 characters"),
+    ("gallery.tbptt", "data=file data.path={binary}", "is not UTF-8 text"),
+    ("gallery.dqn", "env.id=Pendulum-v1", "DQN needs a Discrete one"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, module, override, expected):
+    files = {"tiny": tmp_path / "tiny.txt", "empty": tmp_path / "empty.txt", "binary": tmp_path / "binary.txt"}
+    files["tiny"].write_text("x" * 225 + "\n")
+    files["empty"].write_text("")
+    files["binary"].write_bytes(bytes(range(256)) * 8)
     out = tmp_path / "run"
-    proc = cli(module, override, f"out_dir={out}", "device=cpu")
+    proc = cli(module, *override.format(**files).split(), f"out_dir={out}", "device=cpu")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert expected in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
@@ -193,3 +204,20 @@ def test_a_learning_rate_that_diverges_exits_3_with_one_line(tmp_path):
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "diverged at step" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.parametrize("module, args", [
+    ("gallery.gan", [*GAN, "steps=60", "log_every=10", "eval_every=60"]),
+    ("gallery.dqn", ["steps=400", "learning_starts=100", "eval_every=200", "eval_episodes=2", "hidden=16",
+                     "log_every=100", "device=cpu"]),
+    ("gallery.finetune", ["steps=20", "log_every=5", "eval_every=10", "backbone.pretrain_steps=20", "device=cpu"]),
+    ("gallery.tbptt", [*TBPTT, "steps=60", "eval_every=60"]),
+])
+def test_the_same_seed_gives_the_same_metrics_in_two_processes(tmp_path, module, args):
+    if module == "gallery.finetune":
+        args = [*args, f"backbone.checkpoint_dir={tmp_path / 'backbone'}"]
+    for run in ("a", "b"):
+        proc = cli(module, *args, "seed=7", f"out_dir={tmp_path / run}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert rows(tmp_path / "a" / "metrics.jsonl") == rows(tmp_path / "b" / "metrics.jsonl")
+    assert len(rows(tmp_path / "a" / "metrics.jsonl")) >= 2

@@ -178,7 +178,13 @@ def explain_override_error(name: str, err: Exception) -> str:
         return f"{match.group(1)}: {cause[0] if cause else 'a value of the wrong type'}"
     if match := re.search(r"Error parsing override '([^']*)'", text):
         return f"cannot read the override {match.group(1)!r}: write key=value (for example steps=100)"
-    return text.splitlines()[0]
+    if match := re.search(r"In '([^'/]+)/([^']+)': ConfigKeyError", text):
+        group, option = match.groups()
+        cause = str(err.__cause__ or "").splitlines()
+        return (f"{group}={option} is not a {group} option of {name}"
+                + (f" ({cause[0]}: the option belongs to another example)" if cause else ""))
+    cause = str(err.__cause__ or "").splitlines()
+    return text.splitlines()[0] + (f" {cause[0]}" if cause else "")
 
 
 def _keys(node: Any, prefix: str = "") -> list[str]:
