@@ -89,7 +89,10 @@ def _code_lines(source: str) -> list[str]:
     tree = ast.parse(textwrap.dedent(source))
     body = tree.body[0].body if tree.body and hasattr(tree.body[0], "body") else []
     if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
-        del lines[body[0].lineno - 1 : body[0].end_lineno]
+        start, end = body[0].lineno - 1, body[0].end_lineno
+        if end < len(lines) and not lines[end].strip():  # and the blank line after a class docstring
+            end += 1
+        del lines[start:end]
     return [re.sub(r"\s+# PATTERN:.*$", "", line) for line in lines]
 
 
