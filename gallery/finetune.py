@@ -90,6 +90,7 @@ class FinetuneConfig(BaseConfig):
     layer_lr_decay: float = 0.3  # each unfrozen block deeper in gets lr * decay**depth
     cache_features: bool = False  # compute frozen features once per dataset
     eval_every: int = 100
+    ckpt_every: int = 100
     log_every: int = 50
 
 
@@ -106,8 +107,6 @@ def validate(cfg: FinetuneConfig) -> None:
     require_range(cfg, "data.val_fraction", 0.05, 0.9)
     if cfg.data.labels_per_class is not None:
         require_positive(cfg, "data.labels_per_class")
-    if cfg.resume:
-        raise ConfigError("resume=true: finetune runs are short and restart from the pretrained backbone")
     if cfg.cache_features and (cfg.unfreeze_last or cfg.mistake != "none"):
         raise ConfigError("cache_features=true needs a fully frozen backbone (unfreeze_last=0, mistake=none)")
 
@@ -247,10 +246,10 @@ def pretrain(cfg: FinetuneConfig, device: torch.device) -> Path:
     backbone = digits_cnn().to(device)
     model = nn.Sequential(backbone, nn.Linear(feature_dim(backbone, x), len(PRETRAIN_CLASSES))).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(cfg.backbone.pretrain_seed)
+    batches = images.IndexBatches(len(x), cfg.batch_size, torch.Generator().manual_seed(cfg.backbone.pretrain_seed))
     model.train()
     bar = progress(cfg.backbone.pretrain_steps, "pretrain digits_cnn on 0-4", cfg.progress)
-    for idx in images.index_batches(len(x), cfg.batch_size, cfg.backbone.pretrain_steps, g):
+    for idx in (next(batches) for _ in range(cfg.backbone.pretrain_steps)):
         loss = F.cross_entropy(model(x[idx.to(device)]), y[idx.to(device)])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -303,30 +302,39 @@ def train(cfg) -> dict:
     frozen_hash, unfrozen_hash, frozen_start = state_hash(model.frozen), state_hash(model.trainable), float_state(model.frozen)
     inputs = cache_features(model, x) if cfg.cache_features else x
     step_fn = model.head if cfg.cache_features else model
-    probe, val_acc, curve = Probe(device, "saved_bytes_per_step"), 0.0, []
-    label = f"finetune {cfg.backbone.name} mistake={cfg.mistake}"
-    with Run(resolve_out_dir(cfg.out_dir, "finetune"), cfg, cfg.tensorboard, overwrite=cfg.overwrite) as run, \
-            progress(cfg.steps, label, cfg.progress) as bar:
-        for step, idx in enumerate(images.index_batches(len(x), cfg.batch_size, cfg.steps, torch.Generator().manual_seed(cfg.seed)), 1):
-            model.train()  # what every training loop does; the pattern keeps the frozen blocks in eval
-            idx = idx.to(device)
-            with probe.step(sampled=step == 1 or step % cfg.log_every == 0):
-                loss = F.cross_entropy(step_fn(inputs[idx]), y[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            bar.update(1)
-            run.stop_if_asked(None, step, cfg.steps)  # finetune runs are short and do not resume
-            if step % cfg.log_every == 0:
-                run.check_finite(step, loss=float(loss))
-                run.log(step, loss=float(loss.detach()), **probe.record)
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                model.eval()
-                val_acc = accuracy(model, xv, yv)
-                curve.append({"step": step, "val_acc": val_acc})
-                run.log(step, val_acc=val_acc)
-                bar.set_postfix(val_acc=f"{val_acc:.3f}")
-        run.save({"model": model, "optimizer": optimizer}, cfg.steps)
+    batches = images.IndexBatches(len(x), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
+    stateful = {"model": model, "optimizer": optimizer, "batches": batches}
+    start, probe, val_acc, curve = 0, Probe(device, "saved_bytes_per_step"), 0.0, []
+    with Run(resolve_out_dir(cfg.out_dir, "finetune"), cfg, cfg.tensorboard, cfg.resume, cfg.overwrite) as run:
+        if cfg.resume:
+            state = run.restore(stateful, map_location=device)
+            start, val_acc, curve = state["step"], state["val_acc"], state["curve"]
+            if (done := run.finished(start, cfg.steps)) is not None:
+                return done
+        checkpoint = lambda step: run.save(stateful, step, val_acc=val_acc, curve=curve)  # noqa: E731
+        label = f"finetune {cfg.backbone.name} mistake={cfg.mistake}"
+        with progress(cfg.steps, label, cfg.progress, initial=start) as bar:
+            for step in range(start + 1, cfg.steps + 1):
+                model.train()  # what every training loop does; the pattern keeps the frozen blocks in eval
+                idx = next(batches).to(device)
+                with probe.step(sampled=step == 1 or step % cfg.log_every == 0):
+                    loss = F.cross_entropy(step_fn(inputs[idx]), y[idx])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                bar.update(1)
+                if step % cfg.log_every == 0:
+                    run.check_finite(step, loss=float(loss))
+                    run.log(step, loss=float(loss.detach()), **probe.record)
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    model.eval()
+                    val_acc = accuracy(model, xv, yv)
+                    curve.append({"step": step, "val_acc": val_acc})
+                    run.log(step, val_acc=val_acc)
+                    bar.set_postfix(val_acc=f"{val_acc:.3f}")
+                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
+                    checkpoint(step)
+                run.stop_if_asked(lambda: checkpoint(step), step, cfg.steps)  # noqa: B023 - called right here
         plots.figure(run.path("val_acc.png"), draw_val_curve, curve, f"mistake={cfg.mistake}")
         old_task_acc = None
         if old_head is not None and cfg.data.name == "digits":

@@ -100,8 +100,14 @@ def interrupt_then_resume(module: str, args: list[str], out: Path) -> subprocess
                           timeout=300)
 
 
-@pytest.mark.parametrize("module, args", [("gallery.gan", GAN), ("gallery.tbptt", TBPTT)])
+FINETUNE = ["steps=600", "log_every=20", "eval_every=100", "backbone.pretrain_steps=20", "device=cpu"]
+
+
+@pytest.mark.parametrize("module, args", [("gallery.gan", GAN), ("gallery.tbptt", TBPTT),
+                                          ("gallery.finetune", FINETUNE)])
 def test_sigterm_then_resume_matches_the_uninterrupted_run_exactly(tmp_path, module, args):
+    if module == "gallery.finetune":  # one pretrained backbone for both runs
+        args = [*args, f"backbone.checkpoint_dir={tmp_path / 'backbone'}"]
     straight = tmp_path / "straight"
     assert cli(module, *args, f"out_dir={straight}").returncode == 0
     resumed = interrupt_then_resume(module, args, tmp_path / "resumed")
@@ -109,10 +115,10 @@ def test_sigterm_then_resume_matches_the_uninterrupted_run_exactly(tmp_path, mod
     assert rows(tmp_path / "resumed" / "metrics.jsonl") == rows(straight / "metrics.jsonl")
     a, b = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "resumed", straight))
     for s in (a, b):  # wall-clock fields aside
-        s.pop("out_dir"), [s.pop(k, None) for k in TIMING], [c.pop("seconds") for c in s.get("curve", [])]
+        s.pop("out_dir"), [s.pop(k, None) for k in TIMING], [c.pop("seconds", None) for c in s.get("curve", [])]
     assert a == b
     weights = [torch.load(d / "checkpoints" / "last.pt", weights_only=True) for d in (tmp_path / "resumed", straight)]
-    model = "g" if module == "gallery.gan" else "model"
+    model = "g" if module == "gallery.gan" else "model"  # finetune and tbptt both call it "model"
     for key, tensor in weights[0][model].items():
         assert torch.equal(tensor, weights[1][model][key]), key
 
@@ -165,12 +171,15 @@ def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path)
     ("gallery.tbptt", "data=file data.path={empty}", "has 0 characters"),
     ("gallery.tbptt", "data=file data.path={binary}", "is not UTF-8 text"),
     ("gallery.dqn", "env.id=Pendulum-v1", "DQN needs a Discrete one"),
+    ("gallery.gan", "data=imagefolder data.root={images}", "Found no valid file for the classes cls"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, module, override, expected):
     files = {"tiny": tmp_path / "tiny.txt", "empty": tmp_path / "empty.txt", "binary": tmp_path / "binary.txt"}
     files["tiny"].write_text("x" * 225 + "\n")
     files["empty"].write_text("")
     files["binary"].write_bytes(bytes(range(256)) * 8)
+    files["images"] = tmp_path / "images"
+    (files["images"] / "cls").mkdir(parents=True)  # an image folder with a class and no images
     out = tmp_path / "run"
     proc = cli(module, *override.format(**files).split(), f"out_dir={out}", "device=cpu")
     assert proc.returncode == 2, proc.stderr[-2000:]

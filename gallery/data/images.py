@@ -110,12 +110,33 @@ def stratified_split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed
     return x[tr], y[tr], x[va], y[va]
 
 
-def index_batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
-    """`steps` index batches, reshuffling every pass over the data."""
-    done = 0
-    while done < steps:
-        for idx in torch.randperm(n, generator=generator).split(batch_size):
-            if done == steps:
-                return
-            yield idx
-            done += 1
+class IndexBatches:
+    """Index batches over `n` items, reshuffled every pass: the same order a plain loop over
+    `torch.randperm(n, generator=generator).split(batch_size)` gives. Checkpointable: its state is
+    the generator's state before the current pass and how many batches were handed out, so a resumed
+    run gets exactly the batches the uninterrupted one would have."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.done, self._pass_state, self._pass, self._at = 0, None, [], 0
+
+    def __next__(self) -> torch.Tensor:
+        if self._at == len(self._pass):
+            self._pass_state = self.generator.get_state()
+            self._pass, self._at = torch.randperm(self.n, generator=self.generator).split(self.batch_size), 0
+        self._at, self.done = self._at + 1, self.done + 1
+        return self._pass[self._at - 1]
+
+    def __iter__(self):
+        return self
+
+    def state_dict(self) -> dict:
+        return {"pass_state": self._pass_state, "at": self._at, "done": self.done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.done, self._pass, self._at = state["done"], [], 0
+        if state["pass_state"] is not None:
+            self.generator.set_state(state["pass_state"])
+            self._pass_state = state["pass_state"]
+            self._pass = torch.randperm(self.n, generator=self.generator).split(self.batch_size)
+            self._at = state["at"]
