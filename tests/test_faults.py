@@ -230,3 +230,17 @@ def test_the_same_seed_gives_the_same_metrics_in_two_processes(tmp_path, module,
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert rows(tmp_path / "a" / "metrics.jsonl") == rows(tmp_path / "b" / "metrics.jsonl")
     assert len(rows(tmp_path / "a" / "metrics.jsonl")) >= 2
+
+
+@pytest.mark.parametrize("module, args", [
+    ("gallery.gan", [*GAN, "steps=20", "eval_every=20"]),
+    ("gallery.dqn", ["steps=300", "learning_starts=100", "eval_every=300", "eval_episodes=1", "hidden=16", "device=cpu"]),
+    ("gallery.finetune", ["steps=10", "eval_every=10", "backbone.pretrain_steps=20", "device=cpu"]),
+    ("gallery.tbptt", [*TBPTT, "steps=10", "eval_every=10"]),
+])
+def test_deterministic_true_runs_every_example_in_strict_mode_and_says_what_it_costs(tmp_path, module, args):
+    if module == "gallery.finetune":
+        args = [*args, f"backbone.checkpoint_dir={tmp_path / 'backbone'}"]
+    proc = cli(module, *args, "deterministic=true", f"out_dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "deterministic=true: deterministic kernels only" in proc.stderr

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import numpy as np
 import torch
+
+_told: list[bool] = []
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -16,8 +19,12 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         # cuBLAS needs this set before its first call to be reproducible.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(True)  # an op without a deterministic kernel raises, naming itself
         torch.backends.cudnn.benchmark = False
+        if not _told:
+            _told.append(True)
+            print("deterministic=true: deterministic kernels only and no cuDNN autotuning; on CUDA that is often "
+                  "slower (and an op without a deterministic kernel raises), on CPU it changes little", file=sys.stderr)
 
 
 def rng_state() -> dict:
