@@ -59,7 +59,7 @@ PRETRAIN_CLASSES, FINETUNE_CLASSES = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 @dataclass
 class BackboneConfig:
     name: str = MISSING  # digits_cnn | resnet18
-    checkpoint_dir: str = "data_cache/digits_cnn"  # digits_cnn: built by stage=pretrain, or on first use
+    checkpoint_dir: str = "${cache_dir:digits_cnn}"  # digits_cnn: built by stage=pretrain, or on first use
     weights: str = "imagenet"  # resnet18: imagenet | random
     weights_path: str | None = None  # resnet18: a local .pth state dict instead of the download
     pretrain_steps: int = 600
@@ -69,7 +69,7 @@ class BackboneConfig:
 @dataclass
 class FinetuneData:
     name: str = MISSING  # digits | cifar10 | imagefolder
-    root: str = "data_cache"
+    root: str = "${cache_dir:}"
     labels_per_class: int | None = None  # few-shot: keep this many training images per class
     val_fraction: float = 0.3
     split_seed: int = 0

@@ -62,7 +62,7 @@ class GanData:
     layout: str = "ring"  # mixture: ring | grid
     radius: float = 2.0  # ring radius, or grid spacing
     std: float = 0.02
-    root: str = "data_cache"  # where online datasets are downloaded, or the imagefolder root
+    root: str = "${cache_dir:}"  # where online datasets are downloaded, or the imagefolder root
     image_size: int | None = None  # None: the dataset's own size (images)
     channels: int | None = None  # None: the dataset's own channels (images)
 

@@ -57,7 +57,7 @@ from gallery.data.text import CharVocab, load_text
 class TextData:
     name: str = MISSING  # pydoc | file | tiny_shakespeare | wikitext2
     path: str | None = None  # data=file: any UTF-8 text file
-    root: str = "data_cache"  # where online corpora are downloaded
+    root: str = "${cache_dir:}"  # where online corpora are downloaded
     val_fraction: float = 0.1
 
 

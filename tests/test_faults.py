@@ -244,3 +244,17 @@ def test_deterministic_true_runs_every_example_in_strict_mode_and_says_what_it_c
     proc = cli(module, *args, "deterministic=true", f"out_dir={tmp_path / 'run'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "deterministic=true: deterministic kernels only" in proc.stderr
+
+
+def test_the_pretrained_backbone_is_cached_once_for_runs_from_any_folder(tmp_path):
+    import os
+
+    env = {**os.environ, "GALLERY_CACHE": str(tmp_path / "cache")}
+    args = ["steps=5", "eval_every=5", "backbone.pretrain_steps=20", "device=cpu"]
+    first = cli("gallery.finetune", *args, f"out_dir={tmp_path / 'a'}", env=env)
+    elsewhere = subprocess.run([sys.executable, "-m", "gallery.finetune", *args, f"out_dir={tmp_path / 'b'}"],
+                               capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert first.returncode == 0 and elsewhere.returncode == 0, elsewhere.stderr[-2000:]
+    assert "pretraining digits_cnn" in first.stdout and "pretraining digits_cnn" not in elsewhere.stdout
+    assert (tmp_path / "cache" / "digits_cnn-seed0-steps20" / "last.pt").is_file()
+    assert not (tmp_path / "data_cache").exists()

@@ -6,8 +6,10 @@ the checks here catch values a type cannot express (a step count of 0, an unknow
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -18,6 +20,19 @@ from gallery.core.errors import ConfigError
 # `hydra.run.dir` is `${if_null:${out_dir},outputs/...}`: an explicit out_dir is the run dir.
 if not OmegaConf.has_resolver("if_null"):
     OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value)
+
+
+def cache_root() -> Path:
+    """Where downloads and the pretrained digits backbone go: $GALLERY_CACHE, else
+    $XDG_CACHE_HOME/detach-gallery, else ~/.cache/detach-gallery. One place for every run, from any folder."""
+    if os.environ.get("GALLERY_CACHE"):
+        return Path(os.environ["GALLERY_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "detach-gallery"
+
+
+# `${cache_dir:}` or `${cache_dir:digits_cnn}` in a config: a folder below cache_root().
+if not OmegaConf.has_resolver("cache_dir"):
+    OmegaConf.register_new_resolver("cache_dir", lambda sub="": str(cache_root() / sub))
 
 
 @dataclass

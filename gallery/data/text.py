@@ -68,7 +68,7 @@ def fetch(name: str, root: str) -> Path:
     return path
 
 
-def load_text(name: str, path: str | None = None, root: str = "data_cache") -> str:
+def load_text(name: str, path: str | None = None, root: str | None = None) -> str:
     if name == "pydoc":
         return pydoc_text()
     if name == "file":
@@ -85,7 +85,9 @@ def load_text(name: str, path: str | None = None, root: str = "data_cache") -> s
             raise DataError(f"data.path={file} has {len(text)} characters; a character model needs more")
         return text
     if name in ONLINE:
-        fetched = fetch(name, root)
+        from gallery.core.config import cache_root
+
+        fetched = fetch(name, root or str(cache_root()))
         if "member" in ONLINE[name]:
             with zipfile.ZipFile(fetched) as zf:
                 return zf.read(ONLINE[name]["member"]).decode("utf-8")
