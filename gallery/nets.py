@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from gallery.core.errors import DataError
+from gallery.core.io import download_timeout
 
 
 def mlp(n_in: int, n_out: int, hidden: int, layers: int, sn: bool) -> nn.Sequential:
@@ -100,7 +101,8 @@ def resnet18_backbone(cfg) -> nn.Sequential:
     elif cfg.weights == "imagenet":
         weights = ResNet18_Weights.IMAGENET1K_V1
         try:  # torch.hub checks the file's hash prefix on download
-            net.load_state_dict(weights.get_state_dict(progress=False))
+            with download_timeout():
+                net.load_state_dict(weights.get_state_dict(progress=False))
         except Exception as err:
             cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
             raise DataError(

@@ -258,3 +258,61 @@ def test_the_pretrained_backbone_is_cached_once_for_runs_from_any_folder(tmp_pat
     assert "pretraining digits_cnn" in first.stdout and "pretraining digits_cnn" not in elsewhere.stdout
     assert (tmp_path / "cache" / "digits_cnn-seed0-steps20" / "last.pt").is_file()
     assert not (tmp_path / "data_cache").exists()
+
+
+@pytest.fixture
+def silent_server():
+    """A local server that accepts connections and never answers: a download that hangs."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held, stop = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_a_download_that_hangs_fails_within_the_timeout_naming_the_file(tmp_path, monkeypatch, silent_server):
+    from gallery.core.errors import DataError
+    from gallery.data import text
+
+    monkeypatch.setenv("GALLERY_DOWNLOAD_TIMEOUT", "1")
+    monkeypatch.setitem(text.ONLINE, "tiny_shakespeare",
+                        {**text.ONLINE["tiny_shakespeare"], "url": f"{silent_server}/input.txt"})
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=r"could not download tiny_shakespeare .*tiny_shakespeare.txt.*data=pydoc"):
+        text.load_text("tiny_shakespeare", root=str(tmp_path))
+    assert time.perf_counter() - start < 30  # the timeout, not a wait forever
+    assert not list(tmp_path.iterdir())  # no partial file left
+
+
+def test_an_image_download_that_hangs_fails_within_the_timeout(tmp_path, monkeypatch, silent_server):
+    import torchvision
+
+    from gallery.core.errors import DataError
+    from gallery.data import images
+
+    monkeypatch.setenv("GALLERY_DOWNLOAD_TIMEOUT", "1")
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [f"{silent_server}/"])
+    start = time.perf_counter()
+    with pytest.raises(DataError, match="could not download or verify mnist.*data=digits"):
+        images.torchvision_dataset("mnist", str(tmp_path), None)
+    assert time.perf_counter() - start < 60
+    assert not (tmp_path / "MNIST").exists()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -46,3 +48,16 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def download_timeout():
+    """Downloads inside give up after $GALLERY_DOWNLOAD_TIMEOUT seconds without data (default 30)
+    instead of waiting forever on a network that never answers. torchvision, torch.hub and urllib
+    open their sockets without a timeout of their own, so the default timeout is theirs."""
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(float(os.environ.get("GALLERY_DOWNLOAD_TIMEOUT", "30")))
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(before)

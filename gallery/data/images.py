@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from gallery.core.errors import DataError
+from gallery.core.io import download_timeout
 
 ONLINE = ("mnist", "fashion_mnist", "cifar10")
 
@@ -57,7 +58,8 @@ def torchvision_dataset(name: str, root: str, image_size: int | None, train: boo
     if name not in classes:
         raise DataError(f"unknown image dataset {name!r}")
     try:
-        return classes[name](root, train=train, download=True, transform=tf)
+        with download_timeout():
+            return classes[name](root, train=train, download=True, transform=tf)
     except Exception as err:  # URLError, HTTPError, socket errors, a bad MD5: all mean "not available"
         _remove_empty_dirs(Path(root) / classes[name].__name__)  # a failed download leaves nothing behind
         detail = " ".join(str(err).split())

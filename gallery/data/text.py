@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from gallery.core.errors import DataError
+from gallery.core.io import download_timeout
 
 ONLINE = {
     "tiny_shakespeare": {
@@ -54,8 +55,9 @@ def fetch(name: str, root: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".part")
         try:
-            urllib.request.urlretrieve(spec["url"], tmp)
-        except OSError as err:
+            with download_timeout():
+                urllib.request.urlretrieve(spec["url"], tmp)
+        except OSError as err:  # URLError, a timeout, a refused connection: all mean "not available"
             tmp.unlink(missing_ok=True)
             raise DataError(
                 f"could not download {name} from {spec['url']} into {path.resolve()} ({err}). "
