@@ -316,3 +316,17 @@ def test_an_image_download_that_hangs_fails_within_the_timeout(tmp_path, monkeyp
         images.torchvision_dataset("mnist", str(tmp_path), None)
     assert time.perf_counter() - start < 60
     assert not (tmp_path / "MNIST").exists()
+
+
+def test_resume_from_a_path_starts_a_new_run_there_and_a_foreign_checkpoint_is_refused(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert cli("gallery.gan", *GAN, "steps=40", "ckpt_every=20", f"out_dir={first}").returncode == 0
+    proc = cli("gallery.gan", *GAN, "steps=60", f"out_dir={second}", f"resume={first}/checkpoints/last.pt")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r["step"] for r in rows(second / "metrics.jsonl") if "d_loss" in r] == [60]  # log_every=20: 60 only
+    assert json.loads((second / "summary.json").read_text())["steps"] == 60
+    tbptt_run = tmp_path / "tbptt"
+    assert cli("gallery.tbptt", *TBPTT, "steps=4", "eval_every=4", f"out_dir={tbptt_run}").returncode == 0
+    foreign = cli("gallery.gan", *GAN, f"out_dir={tmp_path / 'third'}", f"resume={tbptt_run}/checkpoints/last.pt")
+    assert foreign.returncode == 2 and "the checkpoint has no 'g'" in foreign.stderr
+    assert len(foreign.stderr.strip().splitlines()) == 1 and not (tmp_path / "third").exists()

@@ -45,7 +45,7 @@ class BaseConfig:
     log_every: int = 100
     eval_every: int = 1000
     ckpt_every: int = 0  # steps between checkpoints (0: at the end, and on a signal); each example sets its own
-    resume: bool = False  # continue from <out_dir>/checkpoints/last.pt
+    resume: str = "false"  # true: continue <out_dir>'s run from its checkpoints/last.pt; a path: start from that file
     overwrite: bool = False  # replace the run already in out_dir (otherwise it is refused)
     mistake: str = "none"
     deterministic: bool = False
@@ -93,6 +93,14 @@ def validate_base(cfg: BaseConfig, mistakes: Iterable[str]) -> None:
     threads = str(cfg.threads)
     if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
         raise ConfigError(f"threads={threads!r} must be auto or a whole number >= 1")
+
+
+def normalize_resume(value: Any) -> str:
+    """"" (do not resume), "true" (this out_dir's last checkpoint), or the path of a checkpoint."""
+    text = str(value).strip()
+    if text.lower() in ("", "false", "0", "no", "none"):
+        return ""
+    return "true" if text.lower() in ("true", "1", "yes") else text
 
 
 def to_schema(cfg: DictConfig | Any) -> Any:

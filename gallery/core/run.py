@@ -21,8 +21,8 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from gallery.core.checkpoint import capture, load_latest, restore, save_checkpoint
-from gallery.core.errors import ConfigError, Diverged, ExplainedMistake, Interrupted
+from gallery.core.checkpoint import capture, load_checkpoint, load_latest, restore, save_checkpoint
+from gallery.core.errors import ConfigError, Diverged, ExplainedMistake, GalleryError, Interrupted
 from gallery.core.io import atomic_write
 from gallery.core.seeding import rng_state, set_rng_state
 
@@ -72,10 +72,14 @@ class Run:
     RESULTS = ("summary.json", "metrics.jsonl", "checkpoints")
 
     def __init__(self, out_dir: Path | str, config: Any = None, tensorboard: bool = False,
-                 resume: bool = False, overwrite: bool = False):
+                 resume: str | bool = "", overwrite: bool = False):
         self.dir = Path(out_dir)
         self.is_main = env_rank() == 0
+        resume = "true" if resume is True else (resume or "")
+        # resume="true" continues this folder's run; a path starts a new run here from that checkpoint.
         self.resume, self.config = resume, config
+        self.continuing = resume == "true"
+        self.resume_from = (self.dir / "checkpoints" / "last.pt") if self.continuing else (Path(resume) if resume else None)
         self.stop_signal: int | None = None
         self._metrics = None
         self._tb = None
@@ -83,19 +87,18 @@ class Run:
         if not self.is_main:
             return
         held = [name for name in self.RESULTS if (self.dir / name).exists()]
-        if resume and not (self.checkpoint_dir / "last.pt").is_file():
-            raise ConfigError(f"resume=true: there is no checkpoint at {self.checkpoint_dir / 'last.pt'}; "
-                              "start without resume=true")
-        if held and not resume:
+        if self.resume_from is not None and not self.resume_from.is_file():
+            raise ConfigError(f"resume={resume}: there is no checkpoint at {self.resume_from}; start without resume")
+        if held and not self.continuing:
             if not overwrite:
                 raise ConfigError(f"out_dir={self.dir} already holds a run ({', '.join(held)}): continue it with "
                                   "resume=true, pick another out_dir, or replace it with overwrite=true")
             for name in held:
                 shutil.rmtree(self.dir / name) if (self.dir / name).is_dir() else (self.dir / name).unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
-        if config is not None and not resume:  # a resumed run keeps the config it was started with
+        if config is not None and not self.continuing:  # a continued run keeps the config it was started with
             atomic_write(self.dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(config))
-        self._metrics = open(self.dir / "metrics.jsonl", "a" if resume else "w")  # noqa: SIM115 - closed in close()
+        self._metrics = open(self.dir / "metrics.jsonl", "a" if self.continuing else "w")  # noqa: SIM115 - closed in close()
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -119,7 +122,10 @@ class Run:
     def restore(self, stateful: dict[str, Any], map_location: Any) -> dict[str, Any]:
         """Load `last.pt` into the stateful objects and the RNGs, drop the metrics rows logged after it,
         and return the checkpoint (its "step" and counters)."""
-        state = load_latest(self.checkpoint_dir, map_location=map_location)
+        if self.continuing:
+            state = load_latest(self.checkpoint_dir, map_location=map_location)
+        else:
+            state = load_checkpoint(self.resume_from, map_location=map_location)
         restore(stateful, state)
         set_rng_state(state["rng"])
         self.resume_at(state["step"])
@@ -202,6 +208,15 @@ class Run:
             signal.signal(signum, handler)
         self._handlers.clear()
         self.close()
+        untouched = self.is_main and not self.continuing and not (self.dir / "metrics.jsonl").stat().st_size \
+            if (self.dir / "metrics.jsonl").exists() else False
+        if isinstance(exc, GalleryError) and not isinstance(exc, (Diverged, ExplainedMistake)) and untouched:
+            # Bad input found once the run had started (a foreign checkpoint, say): leave nothing behind.
+            for name in ("metrics.jsonl", ".hydra/config.yaml"):
+                (self.dir / name).unlink(missing_ok=True)
+            for folder in (self.dir / ".hydra", self.dir):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
         if isinstance(exc, Diverged) and self.is_main:
             self.write_summary({"status": "diverged", "error": str(exc)})
         if isinstance(exc, ExplainedMistake) and self.is_main:
@@ -225,11 +240,12 @@ def progress(total: int, desc: str, enabled: bool | None = None, initial: int = 
 
 def prepare(cfg: Any, validate: Callable[[Any], None], small_model: Callable[[Any], bool]) -> tuple[Any, torch.device]:
     """The first hop of every `train`: the typed config, checked; the device; CPU threads; seeds."""
-    from gallery.core.config import to_schema
+    from gallery.core.config import normalize_resume, to_schema
     from gallery.core.device import resolve_device, set_threads
     from gallery.core.seeding import seed_everything
 
     cfg = to_schema(cfg)
+    cfg.resume = normalize_resume(cfg.resume)
     validate(cfg)
     device = resolve_device(cfg.device)
     set_threads(cfg.threads, device, small_model(cfg))
