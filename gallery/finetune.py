@@ -44,7 +44,7 @@ from gallery.core.config import (
 )
 from gallery.core.device import amp_forward
 from gallery.core.errors import ConfigError
-from gallery.core.probes import Probe, state_hash
+from gallery.core.probes import Probe, drift, float_state, state_hash
 from gallery.core.registry import Example, Mistake
 from gallery.core.run import Run, prepare, progress, resolve_out_dir
 from gallery.core.seeding import seed_everything
@@ -324,7 +324,7 @@ def train(cfg) -> dict:
                     optimizer.step()
                 bar.update(1)
                 if step % cfg.log_every == 0:
-                    run.check_finite(step, loss=float(loss))
+                    run.check_finite(step, loss=float(loss.detach()))
                     run.log(step, loss=float(loss.detach()), **probe.record)
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     model.eval()
@@ -353,15 +353,6 @@ def train(cfg) -> dict:
             "sec_per_step": probe.sec_per_step, "saved_bytes_per_step": probe.record.get("saved_bytes_per_step"),
             "old_task_acc": old_task_acc, "train_size": len(x), "val_size": len(xv), "curve": curve,
         })
-
-
-def float_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
-
-
-def drift(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> float:
-    """L2 distance between two snapshots of parameters and buffers (BatchNorm running stats included)."""
-    return float(sum(float((after[k].float() - v.float()).pow(2).sum()) for k, v in before.items())) ** 0.5
 
 
 def draw_val_curve(ax, curve: list[dict], label: str) -> None:

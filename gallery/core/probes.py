@@ -113,6 +113,16 @@ def state_hash(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def float_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the floating-point parameters and buffers (BatchNorm running stats included)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+
+def drift(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> float:
+    """L2 distance between two snapshots of parameters and buffers (BatchNorm running stats included)."""
+    return float(sum(float((after[k].float() - v.float()).pow(2).sum()) for k, v in before.items())) ** 0.5
+
+
 def tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
