@@ -72,7 +72,7 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
         sys.exit(3)
     except ExplainedMistake as err:
         print(f"error: {err}", file=sys.stderr)
-        if _multirun():
+        if multirun():
             return {"status": "raised", "error": str(err)}
         sys.exit(2)
     except GalleryError as err:
@@ -94,7 +94,8 @@ def resume_command(train: Callable, out_dir: Path | str) -> str:
     return " ".join(["python -m", module, *map(shlex.quote, keep), f"out_dir={shlex.quote(str(out_dir))}", "resume=true"])
 
 
-def _multirun() -> bool:
+def multirun() -> bool:
+    """True inside a Hydra `-m` sweep job."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

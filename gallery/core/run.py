@@ -21,7 +21,14 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from gallery.core.checkpoint import capture, load_checkpoint, load_latest, restore, save_checkpoint
+from gallery.core.checkpoint import (
+    LAST,
+    capture,
+    load_checkpoint,
+    load_latest,
+    restore,
+    save_checkpoint,
+)
 from gallery.core.errors import ConfigError, Diverged, ExplainedMistake, GalleryError, Interrupted
 from gallery.core.io import atomic_write
 from gallery.core.seeding import rng_state, set_rng_state
@@ -35,16 +42,14 @@ def env_rank() -> int:
 def resolve_out_dir(out_dir: str | None, example: str) -> Path:
     """Under `-m`, the job's own folder (`<out_dir>/<job number>_<its overrides>`); else an explicit
     out_dir; under `@hydra.main` Hydra's run dir; else a fresh timestamped dir."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+    from gallery.core.cli import hydra_run_dir, multirun
 
-    hydra = HydraConfig.get() if HydraConfig.initialized() else None
-    if hydra is not None and hydra.mode == RunMode.MULTIRUN:  # configs/hydra/default.yaml names the job's folder
-        return Path(hydra.runtime.output_dir)
+    if multirun():  # configs/hydra/default.yaml names the job's folder
+        return hydra_run_dir()
     if out_dir:
         return Path(out_dir)
-    if hydra is not None:
-        return Path(hydra.runtime.output_dir)
+    if (run_dir := hydra_run_dir()) is not None:
+        return run_dir
     return Path("outputs") / example / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
 
 
@@ -79,7 +84,7 @@ class Run:
         # resume="true" continues this folder's run; a path starts a new run here from that checkpoint.
         self.resume, self.config = resume, config
         self.continuing = resume == "true"
-        self.resume_from = (self.dir / "checkpoints" / "last.pt") if self.continuing else (Path(resume) if resume else None)
+        self.resume_from = (self.checkpoint_dir / LAST) if self.continuing else (Path(resume) if resume else None)
         self.stop_signal: int | None = None
         self._metrics = None
         self._tb = None
