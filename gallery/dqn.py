@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from gallery.core import plots
-from gallery.core.cli import CONFIG_DIR, check_overrides, print_help_if_asked, report, run_cli
+from gallery.core.cli import check_overrides, print_help_if_asked, report, run_cli
 from gallery.core.config import (
     BaseConfig,
+    config_dir,
     register_schema,
     require_choice,
     require_positive,
@@ -411,7 +412,7 @@ EXAMPLE = Example(
 )
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="dqn")
+@hydra.main(version_base="1.3", config_path=config_dir("dqn"), config_name="dqn")
 def main(cfg) -> None:
     report(run_cli(train, cfg), "eval_return_mean", "first_solved_step", "env_steps", "target_grad_seen",
            "env_steps_per_sec")

@@ -32,9 +32,10 @@ from torch import nn
 
 from gallery.core import plots
 from gallery.core.checkpoint import load_checkpoint, save_checkpoint
-from gallery.core.cli import CONFIG_DIR, check_overrides, print_help_if_asked, report, run_cli
+from gallery.core.cli import check_overrides, print_help_if_asked, report, run_cli
 from gallery.core.config import (
     BaseConfig,
+    config_dir,
     register_schema,
     require_choice,
     require_non_negative,
@@ -412,7 +413,7 @@ EXAMPLE = Example(
 )
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="finetune")
+@hydra.main(version_base="1.3", config_path=config_dir("finetune"), config_name="finetune")
 def main(cfg) -> None:
     report(run_cli(train, cfg), "val_acc", "old_task_acc", "backbone_unchanged", "frozen_state_drift",
            "unfrozen_blocks_changed", "trainable_params", "frozen_params", "sec_per_step", "saved_bytes_per_step",

@@ -30,9 +30,10 @@ from omegaconf import MISSING
 from torch import nn
 
 from gallery.core import plots
-from gallery.core.cli import CONFIG_DIR, check_overrides, print_help_if_asked, report, run_cli
+from gallery.core.cli import check_overrides, print_help_if_asked, report, run_cli
 from gallery.core.config import (
     BaseConfig,
+    config_dir,
     register_schema,
     require_choice,
     require_non_negative,
@@ -412,7 +413,7 @@ EXAMPLE = Example(
 )
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="gan")
+@hydra.main(version_base="1.3", config_path=config_dir("gan"), config_name="gan")
 def main(cfg) -> None:
     report(run_cli(train, cfg), "modes_covered", "high_quality_frac", "g_grad_norm_after_d_step", "sec_per_step")
 

@@ -34,9 +34,10 @@ from omegaconf import MISSING
 from torch import nn
 
 from gallery.core import plots
-from gallery.core.cli import CONFIG_DIR, check_overrides, print_help_if_asked, report, run_cli
+from gallery.core.cli import check_overrides, print_help_if_asked, report, run_cli
 from gallery.core.config import (
     BaseConfig,
+    config_dir,
     register_schema,
     require_choice,
     require_positive,
@@ -415,7 +416,7 @@ EXAMPLE = Example(
 )
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="tbptt")
+@hydra.main(version_base="1.3", config_path=config_dir("tbptt"), config_name="tbptt")
 def main(cfg) -> None:
     report(run_cli(train, cfg), "val_bpc", "chars_per_sec", "steps")
 

@@ -22,8 +22,8 @@ from omegaconf import OmegaConf
 
 from gallery import lessons
 from gallery.core import plots
-from gallery.core.cli import CONFIG_DIR, compose, run_cli
-from gallery.core.config import register_schema, require_choice
+from gallery.core.cli import compose, run_cli
+from gallery.core.config import config_dir, register_schema, require_choice
 from gallery.core.errors import ConfigError, ExplainedMistake, GalleryError
 from gallery.core.io import atomic_write
 from gallery.core.registry import Example, examples
@@ -131,7 +131,7 @@ def report(results: dict, known: dict, cfg: TourConfig, taught: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="tour")
+@hydra.main(version_base="1.3", config_path=config_dir("tour"), config_name="tour")
 def main(cfg) -> None:
     run_cli(tour, cfg)
 

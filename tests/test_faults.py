@@ -81,43 +81,71 @@ def test_a_sweep_gives_every_job_its_own_folder_and_goes_on_past_a_raising_mista
         assert [r["step"] for r in rows(job / "metrics.jsonl") if "d_loss" in r] in ([10], [])
 
 
-def interrupt_then_resume(module: str, args: list[str], out: Path) -> subprocess.CompletedProcess:
-    """Start a run, SIGTERM it at a random moment once it is training, then run the printed resume command."""
-    proc = subprocess.Popen([sys.executable, "-m", module, *args, f"out_dir={out}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
-        time.sleep(0.05)
-    time.sleep(random.Random(module).uniform(0.2, 1.5))
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+def stop_with_sigterm(module: str, command: list[str], out: Path, at_random: bool) -> str:
+    """Run `command` until SIGTERM stops it (143, a checkpoint, no traceback); return the printed resume command.
+    at_random: the test sends the signal at a random moment once the run has logged a new row; otherwise
+    the command signals itself."""
+    metrics = out / "metrics.jsonl"
+    logged = metrics.read_text() if metrics.is_file() else ""
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if at_random:
+        deadline = time.time() + 120
+        while not metrics.is_file() or len(metrics.read_text()) <= len(logged):
+            assert proc.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
+            time.sleep(0.05)
+        time.sleep(random.Random(module).uniform(0.2, 1.0))
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err[-2000:]
     assert "Traceback" not in err and (out / "checkpoints" / "last.pt").is_file()
-    command = err.split("Resume with: ")[1].strip().splitlines()[0]
-    assert command.startswith(f"python -m {module} ") and command.endswith(f"out_dir={out} resume=true")
-    return subprocess.run([sys.executable, *shlex.split(command)[1:]], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
+    resume = err.split("Resume with: ")[1].strip().splitlines()[0]
+    assert resume.startswith(f"python -m {module} ") and resume.endswith(f"out_dir={out} resume=true")
+    return resume
 
 
+# `python -c SIGTERM_IN_EVAL <module> <its eval function> *args`: the example's main() with its eval
+# function wrapped so that its first call sends the process a real SIGTERM, which lands mid-eval.
+SIGTERM_IN_EVAL = """
+import importlib, os, signal, sys
+module, name = importlib.import_module(sys.argv[1]), sys.argv[2]
+real = getattr(module, name)
+def signal_then_evaluate(*args, **kwargs):
+    setattr(module, name, real)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+setattr(module, name, signal_then_evaluate)
+sys.argv = [sys.argv[1], *sys.argv[3:]]
+module.main()
+"""
+EVAL_FUNCTION = {"gallery.gan": "evaluate", "gallery.tbptt": "validation_bpc", "gallery.finetune": "accuracy"}
 FINETUNE = ["steps=600", "log_every=20", "eval_every=100", "backbone.pretrain_steps=20", "device=cpu"]
 
 
 @pytest.mark.parametrize("module, args", [("gallery.gan", GAN), ("gallery.tbptt", TBPTT),
                                           ("gallery.finetune", FINETUNE)])
-def test_sigterm_then_resume_matches_the_uninterrupted_run_exactly(tmp_path, module, args):
+def test_two_sigterms_then_resumes_match_the_uninterrupted_run_exactly(tmp_path, module, args):
+    """Stopped twice, once inside the first eval step and once at a random moment later, and resumed each
+    time with the printed command: the same rows, summary and weights as one straight run."""
     if module == "gallery.finetune":  # one pretrained backbone for both runs
         args = [*args, f"backbone.checkpoint_dir={tmp_path / 'backbone'}"]
-    straight = tmp_path / "straight"
+    straight, out = tmp_path / "straight", tmp_path / "resumed"
     assert cli(module, *args, f"out_dir={straight}").returncode == 0
-    resumed = interrupt_then_resume(module, args, tmp_path / "resumed")
+    first = [sys.executable, "-c", SIGTERM_IN_EVAL, module, EVAL_FUNCTION[module], *args, f"out_dir={out}"]
+    resume = stop_with_sigterm(module, first, out, at_random=False)
+    eval_every = int(next(a for a in args if a.startswith("eval_every=")).split("=")[1])
+    checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["step"] == eval_every  # it stopped after the eval step it was signalled in
+    assert [r["step"] for r in rows(out / "metrics.jsonl")][-1] == eval_every
+    resume = stop_with_sigterm(module, [sys.executable, *shlex.split(resume)[1:]], out, at_random=True)
+    resumed = subprocess.run([sys.executable, *shlex.split(resume)[1:]], capture_output=True, text=True, cwd=ROOT,
+                             timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert rows(tmp_path / "resumed" / "metrics.jsonl") == rows(straight / "metrics.jsonl")
-    a, b = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "resumed", straight))
+    assert rows(out / "metrics.jsonl") == rows(straight / "metrics.jsonl")
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (out, straight))
     for s in (a, b):  # wall-clock fields aside
         s.pop("out_dir"), [s.pop(k, None) for k in TIMING], [c.pop("seconds", None) for c in s.get("curve", [])]
     assert a == b
-    weights = [torch.load(d / "checkpoints" / "last.pt", weights_only=True) for d in (tmp_path / "resumed", straight)]
+    weights = [torch.load(d / "checkpoints" / "last.pt", weights_only=True) for d in (out, straight)]
     model = "g" if module == "gallery.gan" else "model"  # finetune and tbptt both call it "model"
     for key, tensor in weights[0][model].items():
         assert torch.equal(tensor, weights[1][model][key]), key
@@ -150,7 +178,7 @@ def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path)
 @pytest.mark.parametrize("module, override, expected", [
     ("gallery.gan", "setps=5", "'setps' is not a config key of gan; did you mean 'steps'?"),
     ("gallery.gan", "seed=abc", "seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
-    ("gallery.gan", "data=ring9", "data=ring9: no such data; choose from: "),
+    ("gallery.gan", "data=ring9", "data=ring9 is not a data option of gan; choose from: cifar10, digits, fake, "),
     ("gallery.gan", "data.nme=x", "did you mean 'data.name'?"),
     ("gallery.gan", "lr_g", "cannot read the override 'lr_g'"),
     ("gallery.gan", "+foo=1", "config key 'foo' is not in the schema GanConfig"),
@@ -163,8 +191,9 @@ def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path)
     ("gallery.tbptt", "bptt_len=0", "bptt_len must be > 0, got 0"),
     ("gallery.tbptt", "k2=100", "k2=100 must be a multiple of bptt_len=64"),
     ("gallery.finetune", "data.labels_per_class=0", "data.labels_per_class must be > 0, got 0"),
-    ("gallery.finetune", "backbone=resnet50", "backbone=resnet50: no such backbone; choose from: digits_cnn, resnet18"),
-    ("gallery.gan", "data=file", "data=file is not a data option of gan"),
+    ("gallery.finetune", "backbone=resnet50", "backbone=resnet50 is not a backbone option of finetune; choose from: digits_cnn, resnet18"),
+    ("gallery.gan", "data=file", "data=file is not a data option of gan; choose from: cifar10, digits, fake, "),
+    ("gallery.tbptt", "data=ring8", "data=ring8 is not a data option of tbptt; choose from: file, pydoc, "),
     ("gallery.gan", "data.root=/nonexistent data=imagefolder", "data.root='/nonexistent' is not a directory"),
     ("gallery.tbptt", "data=file", "data=file needs data.path=/path/to/text.txt"),
     ("gallery.tbptt", "data=file data.path={tiny}", "has 226 characters; batch_size=32 streams of bptt_len=64"),

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from gallery.core.registry import examples
 from tests.conftest import ROOT, run_module
 
@@ -84,3 +86,17 @@ def test_run_sh_rejects_an_unknown_example():
 
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "run.sh"), "nosuch"], capture_output=True, text=True)
     assert proc.returncode == 2 and "no example named 'nosuch'" in proc.stderr
+
+
+@pytest.mark.parametrize("name, groups", [
+    ("gan", {"data": "cifar10, digits, fake, fashion_mnist, grid25, imagefolder, mixture, mnist, ring8"}),
+    ("dqn", {"env": "acrobot, cartpole"}),
+    ("finetune", {"backbone": "digits_cnn, resnet18", "data": "cifar10, digits, imagefolder"}),
+    ("tbptt", {"data": "file, pydoc, tiny_shakespeare, wikitext2"}),
+])
+def test_each_examples_help_lists_only_its_own_config_groups(name, groups):
+    proc = run_module(f"gallery.{name}", "--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    listed = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    lines = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in listed.splitlines() if ": " in line}
+    assert lines == groups

@@ -19,7 +19,8 @@ def test_a_built_wheel_ships_the_configs_and_runs_outside_the_checkout(tmp_path)
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next(dist.glob("detach_gallery-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for config in ("gan.yaml", "tour.yaml", "data/ring8.yaml", "hydra/default.yaml", "env/cartpole.yaml"):
+    for config in ("gan/gan.yaml", "tour/tour.yaml", "gan/data/ring8.yaml", "hydra.yaml", "dqn/env/cartpole.yaml",
+                   "finetune/backbone/digits_cnn.yaml", "tbptt/data/pydoc.yaml"):
         assert f"gallery/configs/{config}" in names
 
     # A scratch venv that sees the project venv's packages (torch, hydra, ...) but not the checkout.

@@ -13,31 +13,26 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-import gallery
 from gallery.core.errors import Diverged, ExplainedMistake, GalleryError, Interrupted
 
 
-def config_dir() -> Path:
-    """`configs/` beside the package in a checkout; inside the package in an installed wheel."""
-    package = Path(gallery.__file__).resolve().parent
-    shipped = package / "configs"
-    return shipped if shipped.is_dir() else package.parent / "configs"
-
-
-CONFIG_DIR = str(config_dir())  # absolute: Hydra reads it as-is from any working directory
-
-
 def compose(name: str, overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path | None = None) -> DictConfig:
-    """The config `python -m gallery.<name> *overrides` would get (inside `@hydra.main` too)."""
+    """The config `python -m gallery.<name> *overrides` would get, from configs/<name>/ (or `config_dir`).
+    Inside a running `@hydra.main` (the tour composes each example) that Hydra is set aside and put back."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.singleton import Singleton
 
-    if GlobalHydra.instance().is_initialized() and config_dir is None:
-        return hydra_compose(config_name=name, overrides=list(overrides))
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir or CONFIG_DIR)):
-        return hydra_compose(config_name=name, overrides=list(overrides))
+    from gallery.core.config import config_dir as example_dir
+
+    outer = Singleton._instances.pop(GlobalHydra, None)
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir or example_dir(name))):
+            return hydra_compose(config_name=name, overrides=list(overrides))
+    finally:
+        if outer is not None:
+            Singleton._instances[GlobalHydra] = outer
 
 
 def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
@@ -173,17 +168,12 @@ def explain_override_error(name: str, err: Exception) -> str:
     if match := re.search(r"Could not find '([^']+)/([^']+)'", text):
         group, option = match.groups()
         options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], flags=re.M)
-        return f"{group}={option}: no such {group}; choose from: {', '.join(options)}"
+        return f"{group}={option} is not a {group} option of {name}; choose from: {', '.join(options)}"
     if match := re.search(r"Error merging override (\S+)", text):
         cause = str(err.__cause__ or "").splitlines()
         return f"{match.group(1)}: {cause[0] if cause else 'a value of the wrong type'}"
     if match := re.search(r"Error parsing override '([^']*)'", text):
         return f"cannot read the override {match.group(1)!r}: write key=value (for example steps=100)"
-    if match := re.search(r"In '([^'/]+)/([^']+)': ConfigKeyError", text):
-        group, option = match.groups()
-        cause = str(err.__cause__ or "").splitlines()
-        return (f"{group}={option} is not a {group} option of {name}"
-                + (f" ({cause[0]}: the option belongs to another example)" if cause else ""))
     cause = str(err.__cause__ or "").splitlines()
     return text.splitlines()[0] + (f" {cause[0]}" if cause else "")
 

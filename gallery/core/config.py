@@ -35,6 +35,24 @@ if not OmegaConf.has_resolver("cache_dir"):
     OmegaConf.register_new_resolver("cache_dir", lambda sub="": str(cache_root() / sub))
 
 
+def config_root() -> Path:
+    """`configs/` beside the package in a checkout; inside the package (gallery/configs) in a wheel."""
+    package = Path(__file__).resolve().parent.parent
+    shipped = package / "configs"
+    return shipped if shipped.is_dir() else package.parent / "configs"
+
+
+def config_dir(name: str) -> str:
+    """An example's own config folder, configs/<name>/: its primary YAML and its groups (data/, env/,
+    backbone/), so one example's options never show in another's `--help`. Absolute, so Hydra reads
+    it from any working directory."""
+    return str(config_root() / name)
+
+
+# Hydra's settings shared by every example, as the option `hydra: gallery` (configs/hydra.yaml).
+ConfigStore.instance().store(group="hydra", name="gallery", node=OmegaConf.load(config_root() / "hydra.yaml"))
+
+
 @dataclass
 class BaseConfig:
     seed: int = 0

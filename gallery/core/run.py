@@ -44,7 +44,7 @@ def resolve_out_dir(out_dir: str | None, example: str) -> Path:
     out_dir; under `@hydra.main` Hydra's run dir; else a fresh timestamped dir."""
     from gallery.core.cli import hydra_run_dir, multirun
 
-    if multirun():  # configs/hydra/default.yaml names the job's folder
+    if multirun():  # configs/hydra.yaml names the job's folder
         return hydra_run_dir()
     if out_dir:
         return Path(out_dir)
