@@ -229,13 +229,17 @@ BY_MISTAKE = {"none": (make_target, update), "no_target": (make_target, update_n
          "no_target+target_grad": (make_target_with_grad, update_no_target_target_grad)}
 
 
-@torch.no_grad()
 def epsilon_greedy(online: nn.Module, obs: np.ndarray, eps: float, rng: np.random.Generator, n_actions: int,
                    device: torch.device) -> np.ndarray:
-    """One action per sub-env: random with probability `eps`, else the online net's greedy choice."""
-    greedy = online(torch.as_tensor(obs, dtype=torch.float32, device=device)).argmax(1).cpu().numpy()
+    """One action per sub-env: random with probability `eps`, else the online net's greedy choice.
+    No forward pass when every sub-env explores this step."""
     explore = rng.random(len(obs)) < eps
-    return np.where(explore, rng.integers(n_actions, size=len(obs)), greedy)
+    actions = rng.integers(n_actions, size=len(obs))
+    if not explore.all():
+        with torch.no_grad():  # acting needs no graph
+            greedy = online(torch.as_tensor(obs, dtype=torch.float32).to(device)).argmax(1).cpu().numpy()
+        actions = np.where(explore, actions, greedy)
+    return actions
 
 
 def epsilon(cfg: DqnConfig, env_step: int) -> float:
@@ -282,7 +286,7 @@ def train(cfg) -> dict:
     make_target_fn, update_fn = BY_MISTAKE[cfg.mistake]
     online = q_network(obs_dim, n_actions, cfg.hidden).to(device)
     target = make_target_fn(online)
-    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr)  # PATTERN: online params only
+    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr, fused=True)  # PATTERN: online params only
     buffer = ReplayBuffer(cfg.buffer_size, obs_dim, device)
     sample_rng, act_rng = torch.Generator().manual_seed(cfg.seed), np.random.default_rng(cfg.seed)
     stateful = {"online": online, "target": target, "optimizer": optimizer, "buffer": buffer, "sample_rng": sample_rng}

@@ -105,23 +105,109 @@ def bench_gan(device: torch.device) -> list[dict]:
 
 # --- dqn -----------------------------------------------------------------------------------------
 
-def bench_dqn(device: torch.device) -> list[dict]:
+# CleanRL dqn.py's CartPole hyperparameters, in this gallery's keys (no Double DQN, a 120-wide MLP).
+CLEANRL_LIKE = ["env.num_envs=1", "updates_per_step=0.1", "batch_size=128", "target_sync_every=500",
+                "learning_starts=10000", "buffer_size=10000", "eps_end=0.05", "eps_decay_steps=25000", "lr=2.5e-4",
+                "hidden=120", "double_dqn=false"]
+
+
+def minimal_dqn_loop(cfg, device: torch.device) -> float:
+    """The limit to hold the training loop against: the same vector env and net, one greedy forward
+    per env step, the same updates at the same times, and nothing else. Returns env steps/s."""
+    import gymnasium as gym
     import numpy as np
 
     from gallery import dqn
 
-    steps = 8000
+    n, cap = cfg.env.num_envs, cfg.buffer_size
+    envs = gym.make_vec(cfg.env.id, num_envs=n, vectorization_mode=cfg.env.vectorization,
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+    obs_dim, n_actions = envs.single_observation_space.shape[0], int(envs.single_action_space.n)
+    online = dqn.q_network(obs_dim, n_actions, cfg.hidden).to(device)
+    target = dqn.make_target(online)
+    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr, fused=True)
+    store = {"obs": np.zeros((cap, obs_dim), np.float32), "next_obs": np.zeros((cap, obs_dim), np.float32),
+             "actions": np.zeros(cap, np.int64), "rewards": np.zeros(cap, np.float32),
+             "terminated": np.zeros(cap, np.float32)}
+    rng = np.random.default_rng(0)
+    obs, _ = envs.reset(seed=0)
+    steps, credit, size = 0, 0.0, 0
+    t0 = time.perf_counter()
+    while steps < cfg.steps:
+        with torch.no_grad():
+            actions = online(torch.from_numpy(obs).to(device)).argmax(1).cpu().numpy()
+        next_obs, rewards, terminated, _, _ = envs.step(actions)
+        at = np.arange(steps, steps + n) % cap
+        for key, value in zip(store, (obs, next_obs, actions, rewards, terminated)):
+            store[key][at] = value
+        obs, steps, size = next_obs, steps + n, min(size + n, cap)
+        credit += cfg.updates_per_step * n if steps >= cfg.learning_starts else 0.0
+        while credit >= 1:
+            idx = rng.integers(size, size=cfg.batch_size)
+            batch = {key: torch.from_numpy(value[idx]).to(device) for key, value in store.items()}
+            dqn.update(online, target, optimizer, batch, cfg.gamma, cfg.double_dqn, cfg.max_grad_norm)
+            credit -= 1
+        if steps % cfg.target_sync_every < n:
+            dqn.sync_target(target, online)
+    sync(device)
+    seconds = time.perf_counter() - t0
+    envs.close()
+    return steps / seconds
+
+
+def gallery_dqn_loop(overrides: list[str], device: torch.device) -> tuple[float, float]:
+    """env steps/s of `gallery.dqn.train`: over its whole call (setup, one greedy eval episode at the end,
+    the checkpoint, the figure) and as its own probe reports it (unsampled steps only)."""
+    from gallery import dqn
+
     with tempfile.TemporaryDirectory() as tmp:
-        summary = dqn.train(config("dqn", f"device={device}", f"steps={steps}", "stop_when_solved=false",
-                                   f"eval_every={steps}", "eval_episodes=1", f"out_dir={tmp}"))
+        cfg = config("dqn", f"device={device}", *overrides, "stop_when_solved=false", "eval_episodes=1",
+                     f"out_dir={tmp}", "progress=false")
+        cfg.eval_every = cfg.steps
+        t0 = time.perf_counter()
+        summary = dqn.train(cfg)
+        seconds = time.perf_counter() - t0
+    return summary["env_steps"] / seconds, summary["env_steps_per_sec"]
+
+
+def whole_process_seconds(cwd: Path, overrides: list[str]) -> float:
+    """`python -m gallery.dqn` from start to exit, run from `cwd` (a checkout), on one thread."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "gallery.dqn", *overrides, "device=cpu", "threads=auto",
+                        "stop_when_solved=false", f"out_dir={tmp}/run", "progress=false"],
+                       cwd=cwd, check=True, capture_output=True)
+        return time.perf_counter() - t0
+
+
+def bench_dqn(device: torch.device, baseline: str | None = None) -> list[dict]:
+    import numpy as np
+
+    from gallery import dqn
+
+    torch.optim.Adam(torch.nn.Linear(1, 1).parameters(), fused=True)  # the first optimizer imports torch._dynamo
+    import matplotlib.pyplot  # noqa: F401  (the first figure imports matplotlib: neither is the loop's cost)
+
+    rows = []
+    for setting, overrides in (("default", ["steps=20000"]), ("cleanrl_like", [*CLEANRL_LIKE, "steps=50000"])):
+        for num_envs in (1, 4):
+            run = [*overrides, f"env.num_envs={num_envs}"]
+            minimal = minimal_dqn_loop(to_schema(config("dqn", f"device={device}", *run)), device)
+            whole, probed = gallery_dqn_loop(run, device)
+            rows.append({"setting": f"{setting}, env.num_envs={num_envs}", "minimal_loop_env_steps_per_sec": minimal,
+                         "gallery_env_steps_per_sec": whole, "fraction_of_minimal": whole / minimal,
+                         "gallery_probe_env_steps_per_sec": probed})
+
     cfg = to_schema(config("dqn", f"device={device}"))
     envs, eval_env = dqn.make_envs(cfg)
     rng = np.random.default_rng(0)
     envs.reset(seed=0)
     t0 = time.perf_counter()
-    for _ in range(steps // cfg.env.num_envs):
+    for _ in range(8000 // cfg.env.num_envs):
         dqn.env_step(envs, rng.integers(2, size=cfg.env.num_envs))
-    bare = steps / (time.perf_counter() - t0)
+    bare = 8000 / (time.perf_counter() - t0)
     envs.close(), eval_env.close()
 
     torch.manual_seed(0)
@@ -139,12 +225,30 @@ def bench_dqn(device: torch.device) -> list[dict]:
         with SavedTensorMeter() as meter:
             update(online, target, opt, batch, cfg.gamma, cfg.double_dqn, cfg.max_grad_norm)
         saved[mistake] = meter.total
-    return [{
-        "train_env_steps_per_sec": summary["env_steps_per_sec"], "bare_env_steps_per_sec": bare,
-        "overhead_bare_over_train": bare / summary["env_steps_per_sec"],
-        "pattern_saved_bytes_per_update": saved["none"], "target_grad_saved_bytes_per_update": saved["target_grad"],
+    rows.append({
+        "bare_env_steps_per_sec": bare, "pattern_saved_bytes_per_update": saved["none"],
+        "target_grad_saved_bytes_per_update": saved["target_grad"],
         "bytes_ratio_target_grad_over_pattern": saved["target_grad"] / saved["none"],
-    }]
+    })
+
+    if baseline and device.type == "cpu":  # today's code against `baseline`, whole processes, alternating
+        import subprocess
+
+        worktree = Path(tempfile.mkdtemp()) / "baseline"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), baseline],
+                       check=True, capture_output=True)
+        try:
+            run = [*CLEANRL_LIKE, "steps=50000"]
+            times = {"baseline": [], "now": []}
+            for _ in range(2):
+                times["baseline"].append(whole_process_seconds(worktree, run))
+                times["now"].append(whole_process_seconds(ROOT, run))
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=True)
+        before, after = statistics.median(times["baseline"]), statistics.median(times["now"])
+        rows.append({"setting": "cleanrl_like, env.num_envs=1, 50,000 steps, whole process", "baseline": baseline,
+                     "baseline_seconds": before, "now_seconds": after, "now_over_baseline": after / before})
+    return rows
 
 
 # --- finetune ------------------------------------------------------------------------------------
@@ -305,13 +409,14 @@ def main() -> int:
     parser.add_argument("which", nargs="?", default="all", choices=[*BENCHES, "all"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--baseline", help="dqn: also time whole processes of this git ref against the checkout")
     args = parser.parse_args()
     device = resolve_device(args.device)
     results = {"machine": machine(device), "torch": torch.__version__}
     for name in BENCHES if args.which == "all" else [args.which]:
         torch.set_num_threads(DEFAULT_THREADS)  # a short .train() inside a bench may have set threads=auto
         print(f"## {name} ({results['machine']})", flush=True)
-        rows = BENCHES[name](device)
+        rows = BENCHES[name](device, args.baseline) if name == "dqn" else BENCHES[name](device)
         results[name] = rows
         for row in rows:
             for key, value in row.items():

@@ -3,6 +3,7 @@ way every caller (tests, tour, scripts) composes a config."""
 
 from __future__ import annotations
 
+import gc
 import os
 import shlex
 import signal
@@ -48,6 +49,7 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
     """
     run_dir = hydra_run_dir()
     existed = run_dir is not None and run_dir.exists() and any(run_dir.iterdir())
+    gc.freeze()  # what is loaded by now (torch, Hydra, ...) lives as long as the process: keep the collector off it
     try:
         return train(cfg)
     except Interrupted as stop:
