@@ -45,6 +45,7 @@ from gallery.core.errors import ConfigError
 from gallery.core.probes import Probe
 from gallery.core.registry import Example, Mistake
 from gallery.core.run import Run, prepare, progress, resolve_out_dir
+from gallery.data.envs import EpisodeReturns, env_step
 from gallery.data.replay import ReplayBuffer
 
 # --- config schema -----------------------------------------------------------------------------
@@ -113,19 +114,7 @@ def make_envs(cfg: DqnConfig) -> tuple[gym.vector.VectorEnv, gym.Env]:
                           "space; DQN needs a Discrete one (try CartPole-v1, Acrobot-v1, MountainCar-v0)")
     # SAME_STEP autoreset: a finished sub-env is reset inside step(), and the true last observation
     # comes back in info["final_obs"], so every stored transition is a real one.
-    return gym.wrappers.vector.RecordEpisodeStatistics(envs), eval_env
-
-
-def env_step(envs: gym.vector.VectorEnv, actions: np.ndarray):
-    """Step every sub-env. Returns (the obs to act on next, each transition's true next obs,
-    rewards, terminated, info). A finished sub-env is already reset (SAME_STEP autoreset), so its
-    true next obs is the final one from info, not the fresh reset obs."""
-    next_obs, rewards, terminated, _truncated, info = envs.step(actions)
-    real_next = next_obs.copy()
-    if "_final_obs" in info:
-        for i in np.flatnonzero(info["_final_obs"]):
-            real_next[i] = info["final_obs"][i]
-    return next_obs, real_next, rewards, terminated, info
+    return envs, eval_env
 
 
 # --- model ------------------------------------------------------------------------------------------
@@ -286,12 +275,12 @@ def train(cfg) -> dict:
     make_target_fn, update_fn = BY_MISTAKE[cfg.mistake]
     online = q_network(obs_dim, n_actions, cfg.hidden).to(device)
     target = make_target_fn(online)
-    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr, fused=True)  # PATTERN: online params only
+    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr)  # PATTERN: online params only
     buffer = ReplayBuffer(cfg.buffer_size, obs_dim, device)
     sample_rng, act_rng = torch.Generator().manual_seed(cfg.seed), np.random.default_rng(cfg.seed)
     stateful = {"online": online, "target": target, "optimizer": optimizer, "buffer": buffer, "sample_rng": sample_rng}
     env_steps, updates, update_credit, evals, first_solved = 0, 0, 0.0, [], None
-    probe, loss, recent_returns = Probe(device, "saved_bytes_per_update"), float("nan"), []
+    probe, loss, returns = Probe(device, "saved_bytes_per_update"), float("nan"), EpisodeReturns(n)
     with contextlib.closing(envs), contextlib.closing(eval_env), \
             Run(resolve_out_dir(cfg.out_dir, "dqn"), cfg, cfg.tensorboard, cfg.resume, cfg.overwrite) as run:
         def checkpoint() -> None:  # the stateful objects, the counters, the RNGs
@@ -315,6 +304,7 @@ def train(cfg) -> dict:
                     actions = epsilon_greedy(online, obs, eps, act_rng, n_actions, device)
                     next_obs, real_next, rewards, terminated, info = env_step(envs, actions)
                     buffer.add(obs, actions, rewards, real_next, terminated)  # truncation is not stored: it bootstraps
+                    returns.add(rewards, info)
                     obs, env_steps = next_obs, env_steps + n
                     for _ in range(n_updates):
                         loss = update_fn(online, target, optimizer, buffer.sample(cfg.batch_size, sample_rng),
@@ -326,14 +316,11 @@ def train(cfg) -> dict:
                         sync_target(target, online, 1.0)
                         next_sync += cfg.target_sync_every
                 bar.update(n)
-                if "_episode" in info:
-                    recent_returns += info["episode"]["r"][info["_episode"]].tolist()
                 if env_steps >= next_log:
                     next_log += cfg.log_every
                     run.check_finite(env_steps, loss=float(loss) if updates else 0.0)
                     run.log(env_steps, loss=float(loss), epsilon=eps, updates=updates, **probe.record,
-                            train_return_mean=float(np.mean(recent_returns)) if recent_returns else None)
-                    recent_returns = []
+                            train_return_mean=returns.pop_mean())
                 if env_steps >= next_eval or env_steps >= cfg.steps:
                     next_eval += cfg.eval_every
                     evals.append({"env_steps": env_steps, **evaluate(online, eval_env, cfg.eval_episodes, cfg.seed + 10_000, device)})

@@ -125,7 +125,7 @@ def minimal_dqn_loop(cfg, device: torch.device) -> float:
     obs_dim, n_actions = envs.single_observation_space.shape[0], int(envs.single_action_space.n)
     online = dqn.q_network(obs_dim, n_actions, cfg.hidden).to(device)
     target = dqn.make_target(online)
-    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr, fused=True)
+    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr)
     store = {"obs": np.zeros((cap, obs_dim), np.float32), "next_obs": np.zeros((cap, obs_dim), np.float32),
              "actions": np.zeros(cap, np.int64), "rewards": np.zeros(cap, np.float32),
              "terminated": np.zeros(cap, np.float32)}
@@ -187,7 +187,8 @@ def bench_dqn(device: torch.device, baseline: str | None = None) -> list[dict]:
 
     from gallery import dqn
 
-    torch.optim.Adam(torch.nn.Linear(1, 1).parameters(), fused=True)  # the first optimizer imports torch._dynamo
+    torch.set_num_threads(1)  # as threads=auto gives these small nets in gallery.dqn
+    torch.optim.Adam(torch.nn.Linear(1, 1).parameters())  # the first optimizer imports torch._dynamo
     import matplotlib.pyplot  # noqa: F401  (the first figure imports matplotlib: neither is the loop's cost)
 
     rows = []

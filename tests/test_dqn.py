@@ -1,5 +1,6 @@
 import json
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -189,3 +190,26 @@ def test_cli_writes_summary(tmp_path):
 def test_gpu_smoke(tmp_path):
     summary = dqn.train(_tiny(tmp_path, "device=cuda"))
     assert summary["device"].startswith("cuda") and summary["target_grad_seen"] is False
+
+
+def test_episode_returns_match_gymnasiums_record_episode_statistics():
+    from gallery.data.envs import EpisodeReturns
+
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(gym.make_vec(
+        "CartPole-v1", num_envs=3, vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}))
+    envs.reset(seed=0)
+    returns, theirs, ours = EpisodeReturns(3), [], []
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        *_, rewards, _, info = dqn.env_step(envs, rng.integers(2, size=3))
+        returns.add(rewards, info)
+        if "_episode" in info:
+            theirs += info["episode"]["r"][info["_episode"]].tolist()
+        if len(theirs) > 5:
+            ours.append(returns.pop_mean())
+            assert ours[-1] == pytest.approx(np.mean(theirs))
+            theirs = []
+    envs.close()
+    returns.pop_mean()
+    assert len(ours) >= 3 and returns.pop_mean() is None  # a mean covers only the episodes since the last
