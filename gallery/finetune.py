@@ -21,17 +21,27 @@ Run: python -m gallery.finetune seed=0 out_dir=/tmp/ft          (stage=pretrain 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import hydra
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from omegaconf import MISSING
 from torch import nn
 
+from gallery.backbones import (
+    FINETUNE_CLASSES,
+    PRETRAIN_CLASSES,
+    accuracy,
+    build_backbone,
+    feature_dim,
+    load_data,
+    pretrain,
+)
 from gallery.core import plots
-from gallery.core.checkpoint import load_checkpoint, save_checkpoint
+from gallery.core.checkpoint import load_checkpoint
 from gallery.core.cli import check_overrides, print_help_if_asked, report, run_cli
 from gallery.core.config import (
     BaseConfig,
@@ -50,10 +60,6 @@ from gallery.core.registry import Example, Mistake
 from gallery.core.run import Run, prepare, progress, resolve_out_dir
 from gallery.core.seeding import seed_everything
 from gallery.data import images
-from gallery.nets import digits_cnn, resnet18_backbone
-
-PRETRAIN_CLASSES, FINETUNE_CLASSES = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
-
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -90,6 +96,7 @@ class FinetuneConfig(BaseConfig):
     unfreeze_last: int = 0  # gradual unfreezing: train the last N backbone blocks too
     layer_lr_decay: float = 0.3  # each unfrozen block deeper in gets lr * decay**depth
     cache_features: bool = False  # compute frozen features once per dataset
+    checkpoint: bool = False  # gradient checkpointing of the blocks that train: recompute, don't keep, activations
     eval_every: int = 100
     ckpt_every: int = 100
     log_every: int = 50
@@ -110,18 +117,11 @@ def validate(cfg: FinetuneConfig) -> None:
         require_positive(cfg, "data.labels_per_class")
     if cfg.cache_features and (cfg.unfreeze_last or cfg.mistake != "none"):
         raise ConfigError("cache_features=true needs a fully frozen backbone (unfreeze_last=0, mistake=none)")
+    if cfg.mistake == "checkpoint_reentrant" and not (cfg.checkpoint and cfg.unfreeze_last):
+        raise ConfigError("mistake=checkpoint_reentrant needs checkpoint=true and unfreeze_last >= 1")
 
 
 # --- models --------------------------------------------------------------------------------------
-
-def feature_dim(backbone: nn.Module, sample: torch.Tensor) -> int:
-    was_training = backbone.training
-    backbone.eval()
-    with torch.no_grad():
-        dim = backbone(sample[:1]).shape[1]
-    backbone.train(was_training)
-    return dim
-
 
 def make_head(n_in: int, n_classes: int, hidden: int) -> nn.Module:
     if hidden == 0:
@@ -168,6 +168,34 @@ def param_groups(model, lr, layer_lr_decay=0.3):
     return groups
 
 
+@contextlib.contextmanager
+def buffers_kept(block):
+    """Around a recomputation: BatchNorm must not fold the same batch into its running stats twice."""
+    saved = [b.clone() for b in block.buffers()]
+    try:
+        yield
+    finally:  # also when torch stops the recomputation early, once it has what backward needs
+        with torch.no_grad():
+            for buffer, value in zip(block.buffers(), saved):
+                buffer.copy_(value)
+
+
+class Checkpointed(nn.Module):
+    """Gradient checkpointing: each block keeps no activations, and backward recomputes its forward.
+    For the blocks that train, whose input comes out of the frozen blocks without requiring grad."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.blocks = blocks
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = torch.utils.checkpoint.checkpoint(
+                block, x, use_reentrant=False,  # PATTERN: grads reach the block although x needs none
+                context_fn=lambda b=block: (contextlib.nullcontext(), buffers_kept(b)))  # PATTERN: BN counts once
+        return x
+
+
 # --- the mistakes -------------------------------------------------------------------------------
 
 class FrozenBackboneClassifierNoFreeze(nn.Module):
@@ -204,8 +232,28 @@ class FrozenBackboneClassifierBnTrain(nn.Module):
         return self.head(self.trainable(features))
 
 
+class CheckpointedReentrant(nn.Module):
+    def __init__(self, blocks):
+        super().__init__()
+        self.blocks = blocks
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=True)  # MISTAKE: x needs no grad, so
+        return x  # neither does the output: the blocks get no grads, and torch only warns
+
+
 BY_MISTAKE = {"none": FrozenBackboneClassifier, "no_freeze": FrozenBackboneClassifierNoFreeze,
-          "bn_train": FrozenBackboneClassifierBnTrain}
+              "bn_train": FrozenBackboneClassifierBnTrain, "checkpoint_reentrant": FrozenBackboneClassifier}
+CHECKPOINTED = {"checkpoint_reentrant": CheckpointedReentrant}  # checkpoint=true: how each mistake wraps blocks
+
+
+def checkpoint_trainable(model, wrap=Checkpointed):
+    """checkpoint=true: wrap each part of the model whose parameters train (no_freeze: the "frozen" part too)."""
+    for part in ("frozen", "trainable"):
+        if any(p.requires_grad for p in getattr(model, part).parameters()):
+            setattr(model, part, wrap(getattr(model, part)))
+    return model
 
 
 @torch.no_grad()
@@ -214,73 +262,6 @@ def cache_features(model: FrozenBackboneClassifier, x: torch.Tensor, batch: int 
     never join an autograd graph later, and the head's backward saves its input."""
     model.frozen.eval()
     return torch.cat([model.frozen(x[i : i + batch]) for i in range(0, len(x), batch)])
-
-
-# --- data ----------------------------------------------------------------------------------------
-
-def load_data(cfg: FinetuneConfig, classes: list[int]):
-    d = cfg.data
-    if d.name == "digits":
-        x, y = images.load_digits_tensors(classes)
-        y = y - min(classes)  # 5..9 -> 0..4
-        if cfg.backbone.name == "resnet18":
-            x = F.interpolate(x.repeat(1, 3, 1, 1), size=d.image_size or 32, mode="bilinear")
-    else:
-        size = d.image_size or 224
-        ds = images.torchvision_dataset(d.name, d.root, size, channels=3)
-        x, y = images.dataset_to_tensors(ds, limit=10000)
-    return images.stratified_split(x, y, d.val_fraction, d.split_seed, d.labels_per_class)
-
-
-# --- loops ----------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def accuracy(predict, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
-    correct = sum(int((predict(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch))
-    return correct / len(x)
-
-
-def pretrain(cfg: FinetuneConfig, device: torch.device) -> Path:
-    """Train digits_cnn on classes 0-4 and save it; the fine-tune stage uses its backbone."""
-    seed_everything(cfg.backbone.pretrain_seed)
-    x, y, xv, yv = (t.to(device) for t in load_data(cfg, PRETRAIN_CLASSES))
-    backbone = digits_cnn().to(device)
-    model = nn.Sequential(backbone, nn.Linear(feature_dim(backbone, x), len(PRETRAIN_CLASSES))).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    batches = images.IndexBatches(len(x), cfg.batch_size, torch.Generator().manual_seed(cfg.backbone.pretrain_seed))
-    model.train()
-    bar = progress(cfg.backbone.pretrain_steps, "pretrain digits_cnn on 0-4", cfg.progress)
-    for idx in (next(batches) for _ in range(cfg.backbone.pretrain_steps)):
-        loss = F.cross_entropy(model(x[idx.to(device)]), y[idx.to(device)])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.update(1)
-    bar.close()
-    model.eval()
-    val_acc = accuracy(model, xv, yv)
-    path = save_checkpoint(cfg.backbone.checkpoint_dir, {
-        "backbone": backbone.state_dict(), "head": model[1].state_dict(), "classes": PRETRAIN_CLASSES,
-        "val_acc": val_acc,
-        "seed": cfg.backbone.pretrain_seed})
-    print(f"pretrained digits_cnn on classes 0-4: val_acc={val_acc:.3f}, saved {path}")
-    return path
-
-
-def build_backbone(cfg: FinetuneConfig, device: torch.device) -> tuple[nn.Sequential, nn.Module | None]:
-    """The backbone, and the pretraining task's head when there is one (to measure forgetting)."""
-    if cfg.backbone.name == "resnet18":
-        return resnet18_backbone(cfg.backbone).to(device), None
-    path = Path(cfg.backbone.checkpoint_dir) / "last.pt"
-    if not path.is_file():
-        print(f"{path} is missing: pretraining digits_cnn on classes 0-4 first")
-        pretrain(cfg, device)
-    state = load_checkpoint(path, map_location=device)
-    backbone = digits_cnn().to(device)
-    backbone.load_state_dict(state["backbone"])
-    old_head = nn.Linear(state["head"]["weight"].shape[1], len(PRETRAIN_CLASSES)).to(device)
-    old_head.load_state_dict(state["head"])
-    return backbone, old_head
 
 
 def train(cfg) -> dict:
@@ -298,9 +279,12 @@ def train(cfg) -> dict:
         raise ConfigError(f"unfreeze_last={cfg.unfreeze_last}: the backbone has {len(backbone)} blocks; "
                           f"use at most {len(backbone) - 1} (or mistake=no_freeze to train them all)")
     head = make_head(feature_dim(backbone, x), int(y.max()) + 1, cfg.head_hidden)
-    model = amp_forward(BY_MISTAKE[cfg.mistake](backbone, head, cfg.unfreeze_last).to(device), device, cfg.amp)
+    model = BY_MISTAKE[cfg.mistake](backbone, head, cfg.unfreeze_last).to(device)
+    if cfg.checkpoint:
+        checkpoint_trainable(model, CHECKPOINTED.get(cfg.mistake, Checkpointed))
+    model = amp_forward(model, device, cfg.amp)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.layer_lr_decay), weight_decay=cfg.weight_decay)
-    frozen_hash, unfrozen_hash, frozen_start = state_hash(model.frozen), state_hash(model.trainable), float_state(model.frozen)
+    frozen_hash, unfrozen_hash, frozen_start = state_hash(model.frozen), state_hash(model.trainable, buffers=False), float_state(model.frozen)
     inputs = cache_features(model, x) if cfg.cache_features else x
     step_fn = model.head if cfg.cache_features else model
     batches = images.IndexBatches(len(x), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
@@ -347,7 +331,7 @@ def train(cfg) -> dict:
             "example": "finetune", "backbone": cfg.backbone.name, "data": cfg.data.name, "mistake": cfg.mistake,
             "seed": cfg.seed, "device": str(device), "steps": cfg.steps, "val_acc": val_acc,
             "backbone_unchanged": state_hash(model.frozen) == frozen_hash,  # the frozen blocks, params and buffers
-            "unfrozen_blocks_changed": state_hash(model.trainable) != unfrozen_hash if cfg.unfreeze_last else None,
+            "unfrozen_blocks_changed": state_hash(model.trainable, buffers=False) != unfrozen_hash if cfg.unfreeze_last else None,
             "frozen_state_drift": drift(frozen_start, float_state(model.frozen)),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "frozen_params": sum(p.numel() for p in model.parameters() if not p.requires_grad),
@@ -388,10 +372,11 @@ def tour_figure(runs: dict, fig) -> None:
 
 
 QUICK = ["steps=20", "eval_every=10", "log_every=10", "backbone.pretrain_steps=40"]
+CHECKPOINTING = ["checkpoint=true", "unfreeze_last=2"]  # the last conv block and the pooling train
 EXAMPLE = Example(
     name="finetune",
     pattern="frozen backbone: requires_grad_(False), kept in eval mode, features under no_grad, head-only optimizer",
-    pattern_functions=("freeze", "FrozenBackboneClassifier", "param_groups"),
+    pattern_functions=("freeze", "FrozenBackboneClassifier", "param_groups", "buffers_kept", "Checkpointed"),
     mistakes={
         "no_freeze": Mistake(
             "the whole network trains",
@@ -403,8 +388,14 @@ EXAMPLE = Example(
             "BatchNorm running stats drift: the 'frozen' backbone's state hash changes",
             ("FrozenBackboneClassifierBnTrain",),
         ),
+        "checkpoint_reentrant": Mistake(
+            "gradient checkpointing with use_reentrant=True on blocks whose input needs no grad",
+            "the checkpointed blocks silently get no gradient: their params never change (torch only warns)",
+            ("CheckpointedReentrant",),
+        ),
     },
-    budgets={"full": {m: [] for m in BY_MISTAKE}, "quick": {m: QUICK for m in BY_MISTAKE}},
+    budgets={"full": {**{m: [] for m in BY_MISTAKE}, "checkpoint_reentrant": CHECKPOINTING},
+             "quick": {**{m: QUICK for m in BY_MISTAKE}, "checkpoint_reentrant": [*QUICK, *CHECKPOINTING]}},
     headline=headline,
     figure=tour_figure,
     figure_size=(12, 3.6),

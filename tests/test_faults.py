@@ -191,6 +191,7 @@ def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path)
     ("gallery.tbptt", "bptt_len=0", "bptt_len must be > 0, got 0"),
     ("gallery.tbptt", "k2=100", "k2=100 must be a multiple of bptt_len=64"),
     ("gallery.finetune", "data.labels_per_class=0", "data.labels_per_class must be > 0, got 0"),
+    ("gallery.finetune", "mistake=checkpoint_reentrant", "mistake=checkpoint_reentrant needs checkpoint=true and unfreeze_"),
     ("gallery.finetune", "backbone=resnet50", "backbone=resnet50 is not a backbone option of finetune; choose from: digits_cnn, resnet18"),
     ("gallery.gan", "data=file", "data=file is not a data option of gan; choose from: cifar10, digits, fake, "),
     ("gallery.tbptt", "data=ring8", "data=ring8 is not a data option of tbptt; choose from: file, pydoc, "),

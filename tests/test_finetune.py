@@ -8,12 +8,13 @@ from gallery import finetune as ft
 from gallery.core.cli import compose
 from gallery.core.errors import DataError
 from gallery.core.probes import SavedTensorMeter, reached_parameters, state_hash
+from gallery.nets import digits_cnn
 from tests.conftest import run_module
 
 
 def _model(mistake="none", unfreeze_last=0, seed=0):
     torch.manual_seed(seed)
-    backbone = ft.digits_cnn()
+    backbone = digits_cnn()
     x = torch.randn(32, 1, 8, 8)
     head = ft.make_head(ft.feature_dim(backbone, x), 5, 16)
     model = ft.BY_MISTAKE[mistake](backbone, head, unfreeze_last)
@@ -85,6 +86,63 @@ def test_unfreeze_last_trains_those_blocks_with_smaller_lr():
     assert state_hash(model.frozen) == frozen_before
 
 
+def _grads_and_buffers(model, x, y):
+    torch.manual_seed(0)  # the head's dropout draws the same masks
+    model.train()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    return [p.grad.clone() for p in model.parameters() if p.requires_grad], [b.clone() for b in model.buffers()]
+
+
+@pytest.mark.parametrize("mistake, unfreeze_last", [("none", 2), ("no_freeze", 0)])
+def test_checkpointing_gives_the_same_grads_and_buffers_and_saves_fewer_bytes(mistake, unfreeze_last):
+    plain, x, y = _model(mistake, unfreeze_last)
+    checkpointed, _, _ = _model(mistake, unfreeze_last)
+    ft.checkpoint_trainable(checkpointed)
+    wrapped = {part for part in ("frozen", "trainable") if isinstance(getattr(checkpointed, part), ft.Checkpointed)}
+    assert wrapped == ({"frozen"} if mistake == "no_freeze" else {"trainable"})  # the part that trains
+    with SavedTensorMeter() as plain_meter:
+        grads, buffers = _grads_and_buffers(plain, x, y)
+    with SavedTensorMeter() as checkpointed_meter:
+        grads_c, buffers_c = _grads_and_buffers(checkpointed, x, y)
+    assert len(grads) == len(grads_c) > 2
+    for a, b in zip(grads, grads_c):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(buffers, buffers_c):  # BatchNorm folded each batch into its running stats once
+        assert torch.equal(a, b)
+    assert checkpointed_meter.total < 0.6 * plain_meter.total
+
+
+def test_recomputation_without_buffers_kept_counts_the_batch_twice_in_batchnorm():
+    plain, x, y = _model(unfreeze_last=2)
+    checkpointed, _, _ = _model(unfreeze_last=2)
+
+    def forward(blocks, x):  # Checkpointed.forward without its context_fn
+        for block in blocks.blocks:
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        return x
+
+    checkpointed.trainable = ft.Checkpointed(checkpointed.trainable)
+    checkpointed.trainable.forward = lambda x: forward(checkpointed.trainable, x)
+    _, buffers = _grads_and_buffers(plain, x, y)
+    _, buffers_c = _grads_and_buffers(checkpointed, x, y)
+    assert any(not torch.equal(a, b) for a, b in zip(buffers, buffers_c))
+
+
+def test_the_pasted_checkpointed_blocks_match_the_modules():
+    import contextlib
+    import inspect
+
+    namespace = {"torch": torch, "nn": torch.nn, "F": F, "contextlib": contextlib}
+    for name in ("buffers_kept", "Checkpointed"):
+        exec(inspect.getsource(getattr(ft, name)), namespace)
+    plain, x, y = _model(unfreeze_last=2)
+    pasted, _, _ = _model(unfreeze_last=2)
+    pasted.trainable = namespace["Checkpointed"](pasted.trainable)
+    for a, b in zip(_grads_and_buffers(plain, x, y)[0], _grads_and_buffers(pasted, x, y)[0]):
+        torch.testing.assert_close(a, b)
+
+
 # --- the mistakes' consequences --------------------------------------------------------------
 
 def test_bn_train_changes_the_frozen_backbone_hash():
@@ -105,6 +163,17 @@ def test_no_freeze_saves_more_bytes_and_changes_the_backbone():
         _steps(full, x, y, n=1)
     assert f_meter.total > 4 * p_meter.total
     assert state_hash(full.backbone) != before
+
+
+def test_checkpoint_reentrant_gives_the_trained_blocks_no_grad_and_torch_only_warns():
+    model, x, y = _model(unfreeze_last=2)
+    ft.checkpoint_trainable(model, ft.CheckpointedReentrant)
+    before = state_hash(model.trainable, buffers=False)
+    with pytest.warns(UserWarning, match="None of the inputs have requires_grad=True. Gradients will be None"):
+        _steps(model, x, y, n=2)
+    assert all(p.grad is None for p in model.trainable.parameters())  # the checkpointed blocks learned nothing
+    assert all(p.grad is not None for p in model.head.parameters())  # while the head trains as usual
+    assert state_hash(model.trainable, buffers=False) == before  # (their BatchNorm stats still move)
 
 
 # --- runs ----------------------------------------------------------------------------------------
@@ -138,6 +207,18 @@ def test_frozen_run_preserves_the_pretraining_task_exactly(tmp_path, pretrained)
 
     summary = ft.train(_tiny(tmp_path, pretrained))
     assert summary["old_task_acc"] == load_checkpoint(pretrained / "last.pt")["val_acc"]
+
+
+@pytest.mark.parametrize("mistake, changed", [("none", True), ("checkpoint_reentrant", False)])
+def test_checkpointed_run_trains_the_unfrozen_blocks_unless_reentrant(tmp_path, pretrained, mistake, changed):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = ft.train(_tiny(tmp_path, pretrained, "checkpoint=true", "unfreeze_last=2", f"mistake={mistake}"))
+    assert summary["unfrozen_blocks_changed"] is changed and summary["backbone_unchanged"] is True
+    warned = any("Gradients will be None" in str(w.message) for w in caught)
+    assert warned is not changed  # the only sign torch gives of the reentrant mistake is a warning
 
 
 def test_bn_train_run_reports_backbone_changed(tmp_path, pretrained):

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import inspect
 
@@ -35,7 +36,7 @@ EXAMPLES = examples()
 def pasted(example_name: str) -> dict:
     """Every pattern function of an example, executed from its source text in a bare namespace."""
     example = EXAMPLES[example_name]
-    namespace = {"torch": torch, "nn": nn, "F": F, "copy": copy}
+    namespace = {"torch": torch, "nn": nn, "F": F, "copy": copy, "contextlib": contextlib}
     for name in example.pattern_functions:
         exec(compile(inspect.getsource(getattr(example.module, name)), f"<pasted {name}>", "exec"), namespace)
     return namespace

@@ -102,10 +102,10 @@ def grad_written_norm(params, snapshot: list[torch.Tensor | None]) -> float:
     return total**0.5
 
 
-def state_hash(module: nn.Module) -> str:
-    """sha256 over every parameter and buffer (names, dtypes, shapes and bytes)."""
+def state_hash(module: nn.Module, buffers: bool = True) -> str:
+    """sha256 over every parameter and buffer (names, dtypes, shapes and bytes); buffers=False: parameters only."""
     digest = hashlib.sha256()
-    for kind, items in (("param", module.named_parameters()), ("buffer", module.named_buffers())):
+    for kind, items in (("param", module.named_parameters()), ("buffer", module.named_buffers() if buffers else ())):
         for name, tensor in items:
             data = tensor.detach().cpu().contiguous()
             digest.update(f"{kind}:{name}:{data.dtype}:{tuple(data.shape)}".encode())
