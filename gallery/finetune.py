@@ -14,6 +14,9 @@ calls `model.train()` cannot wake BatchNorm up. The mistakes (`mistake=`), and w
   (scripts/bench.py finetune), and on few-shot data it can forget what pretraining taught.
 - bn_train: params frozen, backbone left in train mode: BatchNorm's running stats drift with
   every batch, so the "frozen" backbone changes (its state hash does) and eval accuracy can drop.
+- checkpoint_reentrant: checkpoint=true (gradient checkpointing of the blocks that train) with
+  use_reentrant=True: their input comes out of the frozen blocks needing no grad, so they get no
+  gradient at all, and torch only warns.
 
 Run: python -m gallery.finetune seed=0 out_dir=/tmp/ft          (stage=pretrain builds the backbone;
      the default stage builds it on first use)
