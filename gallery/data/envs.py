@@ -20,8 +20,8 @@ def env_step(envs: gym.vector.VectorEnv, actions: np.ndarray):
 
 
 class EpisodeReturns:
-    """Each sub-env's return so far, and the returns of the episodes that ended since the last `pop_mean`.
-    (Gymnasium's RecordEpisodeStatistics wrapper keeps the same, at about 0.7x a CartPole step per step.)"""
+    """Each sub-env's return so far, and the returns of the episodes that ended since the last `pop_mean`:
+    what Gymnasium's RecordEpisodeStatistics wrapper keeps, without a wrapper's pass over every step."""
 
     def __init__(self, n: int):
         self.running, self.ended = np.zeros(n), []
