@@ -254,6 +254,30 @@ def bench_dqn(device: torch.device, baseline: str | None = None) -> list[dict]:
 
 # --- finetune ------------------------------------------------------------------------------------
 
+def finetune_step(make_backbone, x, y, mistake: str, unfreeze_last: int, checkpointing: bool, device: torch.device):
+    """One fine-tuning training step as a closure, and the bytes its first call saved for backward."""
+    from gallery import finetune as ft
+
+    torch.manual_seed(0)
+    backbone = make_backbone().to(device)
+    head = ft.make_head(ft.feature_dim(backbone, x), 5, 128)
+    model = ft.BY_MISTAKE[mistake](backbone, head, unfreeze_last).to(device)
+    if checkpointing:
+        ft.checkpoint_trainable(model)
+    opt = torch.optim.AdamW(ft.param_groups(model, 1e-3, 0.3))
+
+    def step():
+        model.train()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    with SavedTensorMeter() as meter:
+        step()
+    return step, meter.total
+
+
 def bench_finetune(device: torch.device) -> list[dict]:
     from gallery import finetune as ft
     from gallery.nets import digits_cnn, resnet18_backbone
@@ -269,23 +293,7 @@ def bench_finetune(device: torch.device) -> list[dict]:
         x, y = x.to(device), torch.randint(5, (len(x),), device=device)
         steps, saved = {}, {}
         for mistake in ("none", "no_freeze"):
-            torch.manual_seed(0)
-            backbone = make_backbone().to(device)
-            head = ft.make_head(ft.feature_dim(backbone, x), 5, 128)
-            model = ft.BY_MISTAKE[mistake](backbone, head, 0).to(device)
-            opt = torch.optim.AdamW(ft.param_groups(model, 1e-3, 0.3))
-
-            def step(model=model, opt=opt, x=x, y=y):
-                model.train()
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-            steps[mistake] = step
-            with SavedTensorMeter() as meter:
-                step()
-            saved[mistake] = meter.total
+            steps[mistake], saved[mistake] = finetune_step(make_backbone, x, y, mistake, 0, False, device)
         secs = alternate(steps, rounds=rounds, per_round=per_round, device=device, warmup=1)
         rows.append({
             "setup": name, "frozen_ms_per_step": secs["none"] * 1e3, "full_ms_per_step": secs["no_freeze"] * 1e3,
@@ -304,29 +312,13 @@ def bench_checkpointing(device: torch.device) -> list[dict]:
 
     x = torch.randn(8, 3, 224, 224, device=device)
     y = torch.randint(5, (8,), device=device)
+    make_backbone = lambda: resnet18_backbone(ft.BackboneConfig(name="resnet18", weights="random"))  # noqa: E731
     rows = []
     for label, mistake, unfreeze_last in (("last 2 blocks train", "none", 2), ("every block trains", "no_freeze", 0)):
         steps, saved = {}, {}
         for checkpointing in (False, True):
-            torch.manual_seed(0)
-            backbone = resnet18_backbone(ft.BackboneConfig(name="resnet18", weights="random")).to(device)
-            head = ft.make_head(ft.feature_dim(backbone, x), 5, 128)
-            model = ft.BY_MISTAKE[mistake](backbone, head, unfreeze_last).to(device)
-            if checkpointing:
-                ft.checkpoint_trainable(model)
-            opt = torch.optim.AdamW(ft.param_groups(model, 1e-3, 0.3))
-
-            def step(model=model, opt=opt):
-                model.train()
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-            steps[checkpointing] = step
-            with SavedTensorMeter() as meter:
-                step()
-            saved[checkpointing] = meter.total
+            steps[checkpointing], saved[checkpointing] = finetune_step(
+                make_backbone, x, y, mistake, unfreeze_last, checkpointing, device)
         secs = alternate(steps, rounds=3, per_round=1, device=device, warmup=1)
         rows.append({
             "setup": f"resnet18 224px random weights, batch 8, {label}: checkpoint=true against false",
