@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """The learning targets in full, at fixed seeds, with each run's wall time on this machine.
 
-    .venv/bin/python scripts/gates.py [gan|dqn|finetune|tbptt|all] [--json gates.json]
+    .venv/bin/python scripts/gates.py [gan|dqn|finetune|simsiam|tbptt|all] [--json gates.json] [--figures DIR]
 
 tests/test_learning.py checks a subset of these within the test budget; this script runs all the
-seeds the targets name (GAN and DQN seeds 0-4, fine-tuning seeds 0-2) one after another, so the
-wall times are the ones a user would see.
+seeds the targets name (GAN and DQN seeds 0-4, fine-tuning and SimSiam seeds 0-2) one after another,
+so the wall times are the ones a user would see. --json updates the named gates' entries in the file
+and keeps the others.
 """
 
 from __future__ import annotations
@@ -96,22 +97,55 @@ def gate_tbptt(tmp: Path, figures: Path | None) -> dict:
             "pass": bool(within_3_min) and min(within_3_min) <= 2.3}
 
 
-GATES = {"gan": gate_gan, "dqn": gate_dqn, "finetune": gate_finetune, "tbptt": gate_tbptt}
+def gate_simsiam(tmp: Path, figures: Path | None) -> dict:
+    """Digits, the default config, seeds 0-2: the pattern keeps its output spread (std >= 0.5/sqrt(d)) and
+    beats the random encoder's kNN accuracy by >= 0.02; no_stop_grad collapses (std <= 0.1/sqrt(d)) in the
+    same steps; no_predictor is measured and reported, whatever it does. Each run under 2 minutes."""
+    keys = ("loss", "output_std_sqrt_d", "knn_acc", "knn_random_encoder", "knn_raw_pixels", "target_branch_grad_share",
+            "wall_seconds")
+    rows, seed0 = {}, {}
+    for mistake in ("none", "no_stop_grad", "no_predictor"):
+        for seed in range(3):
+            s = run("simsiam", f"seed={seed}", f"mistake={mistake}", f"out_dir={tmp}/simsiam/{mistake}/{seed}")
+            rows.setdefault(mistake, []).append({k: s[k] for k in keys})
+            seed0.setdefault(mistake, s)
+            print(f"simsiam {mistake} seed={seed}: {rows[mistake][-1]}", flush=True)
+    for mistake in ("none", "no_stop_grad"):  # the paper's BatchNorm on the projector output, for the README card
+        s = run("simsiam", "seed=0", f"mistake={mistake}", "projector_bn=true", f"out_dir={tmp}/simsiam/bn/{mistake}")
+        rows[f"{mistake} projector_bn=true"] = [{k: s[k] for k in keys}]
+        print(f"simsiam {mistake} projector_bn=true seed=0: {rows[f'{mistake} projector_bn=true'][-1]}", flush=True)
+    if figures is not None:
+        from gallery import simsiam
+
+        fig = plots.pyplot().figure(figsize=simsiam.EXAMPLE.figure_size)
+        simsiam.tour_figure(seed0, fig)
+        fig.suptitle("simsiam on digits, default config, seed 0", fontsize=9)
+        plots.save(fig, figures / "simsiam_collapse.png")
+    pattern, collapsed = rows["none"], rows["no_stop_grad"]
+    return {"runs": rows, "pass": all(r["output_std_sqrt_d"] >= 0.5 and r["knn_acc"] >= r["knn_random_encoder"] + 0.02
+                                      for r in pattern)
+            and all(r["output_std_sqrt_d"] <= 0.1 for r in collapsed)
+            and max(r["wall_seconds"] for runs in rows.values() for r in runs) < 120}
+
+
+GATES = {"gan": gate_gan, "dqn": gate_dqn, "finetune": gate_finetune, "simsiam": gate_simsiam, "tbptt": gate_tbptt}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="?", default="all", choices=[*GATES, "all"])
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--figures", type=Path, help="write figures (the BPC-against-time curve) here")
+    parser.add_argument("--figures", type=Path, help="write figures (tbptt's BPC against time, simsiam's curves) here")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in GATES if args.which == "all" else [args.which]:
             results[name] = GATES[name](Path(tmp), args.figures)
             print(f"## {name}: {'PASS' if results[name]['pass'] else 'FAIL'}", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.json:  # the gates run now replace their own entries; the others stay as they were
+        kept = json.loads(args.json.read_text()) if args.json.is_file() else {}
+        args.json.write_text(json.dumps({**kept, **results}, indent=2) + "\n")
+        print(f"{args.json}: wrote {', '.join(results)}; kept {', '.join(k for k in kept if k not in results) or 'nothing'}")
     return 0 if all(r["pass"] for r in results.values()) else 1
 
 

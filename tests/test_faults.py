@@ -103,26 +103,31 @@ def stop_with_sigterm(module: str, command: list[str], out: Path, at_random: boo
     return resume
 
 
-# `python -c SIGTERM_IN_EVAL <module> <its eval function> *args`: the example's main() with its eval
-# function wrapped so that its first call sends the process a real SIGTERM, which lands mid-eval.
+# `python -c SIGTERM_IN_EVAL <module> <its eval function> <n> *args`: the example's main() with its eval
+# function wrapped so that its n-th call sends the process a real SIGTERM, which lands mid-eval.
 SIGTERM_IN_EVAL = """
 import importlib, os, signal, sys
-module, name = importlib.import_module(sys.argv[1]), sys.argv[2]
-real = getattr(module, name)
+module, name, nth = importlib.import_module(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+real, calls = getattr(module, name), []
 def signal_then_evaluate(*args, **kwargs):
-    setattr(module, name, real)
-    os.kill(os.getpid(), signal.SIGTERM)
+    calls.append(1)
+    if len(calls) == nth:
+        setattr(module, name, real)
+        os.kill(os.getpid(), signal.SIGTERM)
     return real(*args, **kwargs)
 setattr(module, name, signal_then_evaluate)
-sys.argv = [sys.argv[1], *sys.argv[3:]]
+sys.argv = [sys.argv[1], *sys.argv[4:]]
 module.main()
 """
-EVAL_FUNCTION = {"gallery.gan": "evaluate", "gallery.tbptt": "validation_bpc", "gallery.finetune": "accuracy"}
+# simsiam's first evaluate() is step 0's (the random encoder's baseline), so its first eval step is call 2
+EVAL_FUNCTION = {"gallery.gan": ("evaluate", 1), "gallery.tbptt": ("validation_bpc", 1),
+                 "gallery.finetune": ("accuracy", 1), "gallery.simsiam": ("evaluate", 2)}
 FINETUNE = ["steps=600", "log_every=20", "eval_every=100", "backbone.pretrain_steps=20", "device=cpu"]
+SIMSIAM = ["steps=300", "log_every=10", "eval_every=100", "batch_size=32", "device=cpu"]
 
 
 @pytest.mark.parametrize("module, args", [("gallery.gan", GAN), ("gallery.tbptt", TBPTT),
-                                          ("gallery.finetune", FINETUNE)])
+                                          ("gallery.finetune", FINETUNE), ("gallery.simsiam", SIMSIAM)])
 def test_two_sigterms_then_resumes_match_the_uninterrupted_run_exactly(tmp_path, module, args):
     """Stopped twice, once inside the first eval step and once at a random moment later, and resumed each
     time with the printed command: the same rows, summary and weights as one straight run."""
@@ -130,7 +135,8 @@ def test_two_sigterms_then_resumes_match_the_uninterrupted_run_exactly(tmp_path,
         args = [*args, f"backbone.checkpoint_dir={tmp_path / 'backbone'}"]
     straight, out = tmp_path / "straight", tmp_path / "resumed"
     assert cli(module, *args, f"out_dir={straight}").returncode == 0
-    first = [sys.executable, "-c", SIGTERM_IN_EVAL, module, EVAL_FUNCTION[module], *args, f"out_dir={out}"]
+    function, nth = EVAL_FUNCTION[module]
+    first = [sys.executable, "-c", SIGTERM_IN_EVAL, module, function, str(nth), *args, f"out_dir={out}"]
     resume = stop_with_sigterm(module, first, out, at_random=False)
     eval_every = int(next(a for a in args if a.startswith("eval_every=")).split("=")[1])
     checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
@@ -146,7 +152,7 @@ def test_two_sigterms_then_resumes_match_the_uninterrupted_run_exactly(tmp_path,
         s.pop("out_dir"), [s.pop(k, None) for k in TIMING], [c.pop("seconds", None) for c in s.get("curve", [])]
     assert a == b
     weights = [torch.load(d / "checkpoints" / "last.pt", weights_only=True) for d in (out, straight)]
-    model = "g" if module == "gallery.gan" else "model"  # finetune and tbptt both call it "model"
+    model = {"gallery.gan": "g", "gallery.simsiam": "encoder"}.get(module, "model")  # finetune, tbptt: "model"
     for key, tensor in weights[0][model].items():
         assert torch.equal(tensor, weights[1][model][key]), key
 
@@ -202,6 +208,10 @@ def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path)
     ("gallery.tbptt", "data=file data.path={binary}", "is not UTF-8 text"),
     ("gallery.dqn", "env.id=Pendulum-v1", "DQN needs a Discrete one"),
     ("gallery.gan", "data=imagefolder data.root={images}", "Found no valid file for the classes cls"),
+    ("gallery.simsiam", "data=ring8", "data=ring8 is not a data option of simsiam; choose from: cifar10, digits, imag"),
+    ("gallery.simsiam", "batch_size=1", "batch_size=1: BatchNorm needs at least 2 images per batch"),
+    ("gallery.simsiam", "data.crop_scale=0", "data.crop_scale must be in [0.1, 1.0], got 0.0"),
+    ("gallery.simsiam", "data=imagefolder data.root={images}", "Found no valid file for the classes cls"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, module, override, expected):
     files = {"tiny": tmp_path / "tiny.txt", "empty": tmp_path / "empty.txt", "binary": tmp_path / "binary.txt"}
@@ -251,6 +261,7 @@ def test_a_learning_rate_that_diverges_exits_3_with_one_line(tmp_path):
                      "log_every=100", "device=cpu"]),
     ("gallery.finetune", ["steps=20", "log_every=5", "eval_every=10", "backbone.pretrain_steps=20", "device=cpu"]),
     ("gallery.tbptt", [*TBPTT, "steps=60", "eval_every=60"]),
+    ("gallery.simsiam", ["steps=20", "eval_every=10", "log_every=5", "batch_size=32", "device=cpu"]),
 ])
 def test_the_same_seed_gives_the_same_metrics_in_two_processes(tmp_path, module, args):
     if module == "gallery.finetune":
@@ -267,6 +278,7 @@ def test_the_same_seed_gives_the_same_metrics_in_two_processes(tmp_path, module,
     ("gallery.dqn", ["steps=300", "learning_starts=100", "eval_every=300", "eval_episodes=1", "hidden=16", "device=cpu"]),
     ("gallery.finetune", ["steps=10", "eval_every=10", "backbone.pretrain_steps=20", "device=cpu"]),
     ("gallery.tbptt", [*TBPTT, "steps=10", "eval_every=10"]),
+    ("gallery.simsiam", ["steps=4", "eval_every=4", "batch_size=32", "device=cpu"]),
 ])
 def test_deterministic_true_runs_every_example_in_strict_mode_and_says_what_it_costs(tmp_path, module, args):
     if module == "gallery.finetune":

@@ -1,12 +1,12 @@
 """Learning gates: fixed seeds, default configs, marked slow (CI still runs them).
 
-The full targets (GAN seeds 0-4, DQN seeds 0-4) are checked by scripts/gates.py; these run the
+The full targets (GAN and DQN seeds 0-4, SimSiam seeds 0-2) are checked by scripts/gates.py; these run the
 subset that fits the test budget.
 """
 
 import pytest
 
-from gallery import dqn, finetune, gan, tbptt
+from gallery import dqn, finetune, gan, simsiam, tbptt
 from gallery.core.cli import compose
 
 pytestmark = pytest.mark.slow
@@ -59,3 +59,13 @@ def test_tbptt_pydoc_reaches_the_seeded_bpc(tmp_path):
     summary = tbptt.train(compose("tbptt", ["device=cpu", "seed=0", f"out_dir={tmp_path}",
                                                    "steps=600", "eval_every=600"]))
     assert summary["val_bpc"] <= 2.2
+
+
+def test_simsiam_keeps_its_output_spread_and_without_the_stop_gradient_collapses(tmp_path):
+    """Digits, the default config, seed 0 (scripts/gates.py runs seeds 0-2)."""
+    pattern = simsiam.train(compose("simsiam", ["device=cpu", "seed=0", f"out_dir={tmp_path}/p"]))
+    assert pattern["output_std_sqrt_d"] >= 0.5
+    assert pattern["knn_acc"] >= pattern["knn_random_encoder"] + 0.02
+    mistake = simsiam.train(compose("simsiam", ["device=cpu", "seed=0", f"out_dir={tmp_path}/m", "mistake=no_stop_grad"]))
+    assert mistake["output_std_sqrt_d"] <= 0.1 and mistake["loss"] < pattern["loss"]
+    assert mistake["knn_acc"] < mistake["knn_random_encoder"] < pattern["knn_acc"]

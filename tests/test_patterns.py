@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gallery import dqn, finetune, gan, nets, tbptt
+from gallery import dqn, finetune, gan, nets, simsiam, tbptt
 from gallery.core.cli import compose
 from gallery.core.probes import (
     CrossStepProbe,
@@ -117,6 +117,21 @@ def test_pasted_tbptt_update_starts_every_chunk_without_a_graph():
         _, state = ns["tbptt_update"](model, opt, [chunk], state)
     assert seen[0] is None and all(t.grad_fn is None for s in seen[1:] for t in s)
     assert ns["detach_state"](None) is None
+
+
+def test_pasted_simsiam_loss_trains_the_encoder_only_through_the_predictions():
+    ns = pasted("simsiam")
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 8))
+    predictor = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 8))
+    x = torch.randn(32, 6)
+    x1, x2 = x + 0.1 * torch.randn_like(x), x + 0.1 * torch.randn_like(x)
+    assert simsiam.target_branch_grad_share(ns["simsiam_loss"], encoder, predictor, x1, x2) < 1e-6
+    loss = ns["simsiam_loss"](encoder, predictor, x1, x2)
+    assert -1 <= float(loss.detach()) <= 1 and reached_parameters(loss, predictor)
+    assert abs(float(ns["output_std"](torch.randn(2000, 8))) * 8**0.5 - 1) < 0.05
+    labels = torch.arange(4).repeat(25)
+    assert ns["knn_accuracy"](torch.eye(4)[labels], labels, torch.eye(4)[labels], labels, k=5) == 1.0
 
 
 # --- the mistakes are small diffs ----------------------------------------------------------------

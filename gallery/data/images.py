@@ -1,4 +1,4 @@
-"""Image data for the GAN and fine-tuning examples, scaled to [-1, 1].
+"""Image data for the GAN, fine-tuning and SimSiam examples, scaled to [-1, 1], and random views for SimSiam.
 
 `digits` (scikit-learn's bundled 8x8 digits) works offline. The torchvision datasets download
 on first use and check their archives' MD5 sums (torchvision does this); offline they fail with a
@@ -142,3 +142,25 @@ class IndexBatches:
             self._pass_state = state["pass_state"]
             self._pass = torch.randperm(self.n, generator=self.generator).split(self.batch_size)
             self._at = state["at"]
+
+
+def random_views(x: torch.Tensor, crop_scale: float = 0.7, rotate: float = 0.25, flip: bool = False,
+                 jitter: float = 0.4, noise: float = 0.1, aspect: float = 0.29) -> torch.Tensor:
+    """One random view of each image in a batch of [-1, 1] images, drawn on the batch's device from
+    torch's global RNG (so a checkpoint's RNG state resumes the same views): a resized crop keeping
+    `crop_scale`..1 of each side, its log aspect ratio within +-`aspect` (0.29: 3/4..4/3); a rotation
+    within +-`rotate` radians; an optional horizontal flip; contrast jitter of +-`jitter`, brightness of +-`jitter`/2, then Gaussian noise of std `noise`."""
+    n, dev = len(x), x.device
+    uniform = lambda low, high, *shape: torch.empty(n, *shape, device=dev).uniform_(low, high)  # noqa: E731
+    scale, log_ratio = uniform(crop_scale, 1.0), uniform(-aspect, aspect)
+    sx, sy = scale * log_ratio.exp().sqrt(), scale / log_ratio.exp().sqrt()
+    if flip:
+        sx = sx * torch.where(torch.rand(n, device=dev) < 0.5, -1.0, 1.0)
+    angle = uniform(-rotate, rotate)
+    theta = torch.stack([
+        torch.stack([sx * angle.cos(), -sx * angle.sin(), (1 - sx.abs()) * uniform(-1, 1)], 1),
+        torch.stack([sy * angle.sin(), sy * angle.cos(), (1 - sy) * uniform(-1, 1)], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(x + 1, grid, align_corners=False) - 1  # outside the image: black (-1)
+    out = out * uniform(1 - jitter, 1 + jitter, 1, 1, 1) + uniform(-jitter / 2, jitter / 2, 1, 1, 1)
+    return out + noise * torch.randn_like(out)

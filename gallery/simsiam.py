@@ -1,0 +1,341 @@
+"""SimSiam: the stop-gradient is the whole algorithm. Without it the representation collapses.
+
+    z1, z2 = encoder(x1), encoder(x2)              # two random views of the same images
+    p1, p2 = predictor(z1), predictor(z2)
+    loss = D(p1, z2.detach()) / 2 + D(p2, z1.detach()) / 2    # D: negative cosine similarity
+
+Each view's prediction chases the other view's output, and that output is a constant target: no
+gradient flows back through it. Nothing else (no negatives, no momentum encoder) holds the outputs
+apart. The mistakes (`mistake=`), and what they cost on digits (scripts/gates.py simsiam):
+
+- no_stop_grad: both branches get gradients. The loss falls to its minimum of -1 at once, which
+  looks like success, while every image maps to the same output: the per-channel std of the
+  l2-normalised output falls to about 0 (healthy: about 1/sqrt(d)) and kNN accuracy drops below a
+  random encoder's. The loss curve alone hides the collapse; the std curve shows it.
+- no_predictor: the stop-gradient kept, the predictor removed (p = z). The SimSiam paper reports a
+  collapse; what this example measures is in the README card and scripts/gates.py.
+
+Run: python -m gallery.simsiam seed=0 out_dir=/tmp/simsiam       (data=cifar10 | imagefolder online)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import hydra
+import torch
+import torch.nn.functional as F
+from omegaconf import MISSING
+from torch import nn
+
+from gallery.core import plots
+from gallery.core.cli import check_overrides, print_help_if_asked, report, run_cli
+from gallery.core.config import (
+    BaseConfig,
+    config_dir,
+    register_schema,
+    require_choice,
+    require_non_negative,
+    require_positive,
+    require_range,
+    validate_base,
+)
+from gallery.core.device import amp_forward
+from gallery.core.errors import ConfigError
+from gallery.core.probes import Probe, reached_parameters
+from gallery.core.registry import Example, Mistake
+from gallery.core.run import Run, prepare, progress, resolve_out_dir
+from gallery.data import images
+from gallery.nets import conv_block
+
+# --- config schema -----------------------------------------------------------------------------
+
+@dataclass
+class SimSiamData:
+    name: str = MISSING  # digits | cifar10 | imagefolder
+    root: str = "${cache_dir:}"  # where CIFAR-10 is downloaded, or the imagefolder root
+    image_size: int | None = None  # None: 8 for digits, 32 otherwise
+    limit: int = 10000  # online data: at most this many images
+    val_fraction: float = 0.3  # held out: the kNN monitor's queries (the rest is its bank)
+    split_seed: int = 0
+    crop_scale: float = 0.7  # random resized crop keeps this much of each side, or more
+    rotate: float = 0.25  # radians, either way
+    flip: bool = False  # horizontal flips: not for digits (a flipped 2 is no digit)
+    jitter: float = 0.4  # contrast +-jitter, brightness +-jitter/2
+    noise: float = 0.1
+
+
+@dataclass
+class SimSiamConfig(BaseConfig):
+    data: SimSiamData = field(default_factory=SimSiamData)
+    steps: int = 800
+    batch_size: int = 128
+    lr: float = 0.05  # SGD; the encoder's follows a cosine schedule, the predictor's stays fixed (as in the paper)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    width: int = 32  # the backbone's first conv width (then 2x, 4x)
+    proj_hidden: int = 256
+    dim: int = 64  # d: the projector's output
+    pred_hidden: int = 16  # the predictor's bottleneck (d/4, as in the paper)
+    projector_bn: bool = False  # BatchNorm on the projector's output (the paper's); see the README card
+    knn_k: int = 20
+    eval_every: int = 100
+    log_every: int = 50
+    ckpt_every: int = 200
+
+
+register_schema("simsiam", SimSiamConfig)
+
+
+def validate(cfg: SimSiamConfig) -> None:
+    validate_base(cfg, BY_MISTAKE)
+    require_choice(cfg, "data.name", ["digits", "cifar10", "imagefolder"])
+    require_positive(cfg, "lr", "width", "proj_hidden", "dim", "pred_hidden", "knn_k", "data.limit")
+    require_non_negative(cfg, "weight_decay", "data.rotate", "data.jitter", "data.noise")
+    require_range(cfg, "momentum", 0.0, 0.999)
+    require_range(cfg, "data.crop_scale", 0.1, 1.0)
+    require_range(cfg, "data.val_fraction", 0.05, 0.9)
+    if cfg.batch_size < 2:
+        raise ConfigError(f"batch_size={cfg.batch_size}: BatchNorm needs at least 2 images per batch")
+
+
+# --- models --------------------------------------------------------------------------------------
+
+def make_encoder(channels: int, width: int, proj_hidden: int, dim: int, projector_bn: bool) -> nn.Sequential:
+    """encoder[0] is the backbone (what kNN and a later fine-tune use), encoder[1] the projector."""
+    backbone = nn.Sequential(conv_block(channels, width), conv_block(width, 2 * width), nn.MaxPool2d(2),
+                             conv_block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    projector = nn.Sequential(nn.Linear(4 * width, proj_hidden, bias=False), nn.BatchNorm1d(proj_hidden), nn.ReLU(),
+                              nn.Linear(proj_hidden, dim, bias=False), *([nn.BatchNorm1d(dim)] if projector_bn else []))
+    return nn.Sequential(backbone, projector)
+
+
+def make_predictor(dim: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+
+# --- the pattern --------------------------------------------------------------------------------
+
+def negative_cosine(p, z):
+    return -F.cosine_similarity(p, z, dim=1).mean()
+
+
+def simsiam_loss(encoder, predictor, x1, x2):
+    """Symmetric: each view's prediction is pulled towards the other view's output, held constant."""
+    z1, z2 = encoder(x1), encoder(x2)
+    p1, p2 = predictor(z1), predictor(z2)
+    return negative_cosine(p1, z2.detach()) / 2 + negative_cosine(p2, z1.detach()) / 2  # PATTERN: stop-gradient
+
+
+def output_std(z):
+    """The collapse monitor: per-channel std of the l2-normalised outputs, averaged over channels.
+    0 when every input maps to the same direction; about 1/sqrt(d) when they spread over the sphere."""
+    return F.normalize(z, dim=1).std(dim=0).mean()
+
+
+@torch.no_grad()
+def knn_accuracy(bank, bank_labels, queries, query_labels, k=20, temperature=0.1):
+    """Each query takes the labels of its k most cosine-similar bank features, weighted by exp(sim / t)."""
+    sim = F.normalize(queries, dim=1) @ F.normalize(bank, dim=1).T
+    top, idx = sim.topk(k, dim=1)
+    votes = torch.zeros(len(queries), int(bank_labels.max()) + 1, device=queries.device)
+    votes.scatter_add_(1, bank_labels[idx], (top / temperature).exp())
+    return (votes.argmax(dim=1) == query_labels).float().mean().item()
+
+
+# --- the mistakes -------------------------------------------------------------------------------
+
+def simsiam_loss_no_stop_grad(encoder, predictor, x1, x2):
+    z1, z2 = encoder(x1), encoder(x2)
+    p1, p2 = predictor(z1), predictor(z2)
+    return negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2  # MISTAKE: the targets get gradients too
+
+
+def simsiam_loss_no_predictor(encoder, predictor, x1, x2):
+    z1, z2 = encoder(x1), encoder(x2)
+    p1, p2 = z1, z2  # MISTAKE: no predictor: each output chases the other view's, the same map on both sides
+    return negative_cosine(p1, z2.detach()) / 2 + negative_cosine(p2, z1.detach()) / 2
+
+
+BY_MISTAKE = {"none": simsiam_loss, "no_stop_grad": simsiam_loss_no_stop_grad,
+              "no_predictor": simsiam_loss_no_predictor}
+
+
+# --- measurement (off the training path) ----------------------------------------------------------
+
+def target_branch_grad_share(loss_fn, encoder, predictor, x1, x2) -> float:
+    """How much of the encoder's gradient flows back through the targets (the z in D(p, z)), as a
+    share of its norm: 0 with the stop-gradient. The reference loss holds both targets constant
+    explicitly. In eval mode, so BatchNorm's running statistics do not move."""
+    modes = encoder.training, predictor.training
+    encoder.eval(), predictor.eval()
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    loss = loss_fn(encoder, predictor, x1, x2)
+    online = predictor if reached_parameters(loss, predictor) else nn.Identity()  # no_predictor: p = z
+    full = torch.autograd.grad(loss, params)
+    with torch.no_grad():
+        t1, t2 = encoder(x1), encoder(x2)
+    reference = negative_cosine(online(encoder(x1)), t2) / 2 + negative_cosine(online(encoder(x2)), t1) / 2
+    held = torch.autograd.grad(reference, params)
+    encoder.train(modes[0]), predictor.train(modes[1])
+    difference = torch.cat([(a - b).flatten() for a, b in zip(full, held)]).norm()
+    return float(difference / torch.cat([a.flatten() for a in full]).norm().clamp_min(1e-30))
+
+
+@torch.no_grad()
+def evaluate(encoder, xt, yt, xv, yv, k: int, batch: int = 512) -> dict:
+    """kNN accuracy of the backbone's features (train split as the bank, held-out split as queries),
+    and the collapse monitor on the held-out outputs."""
+    was_training = encoder.training
+    encoder.eval()
+    bank = torch.cat([encoder[0](xt[i : i + batch]) for i in range(0, len(xt), batch)])
+    queries = torch.cat([encoder[0](xv[i : i + batch]) for i in range(0, len(xv), batch)])
+    z = encoder[1](queries)
+    encoder.train(was_training)
+    return {"knn_acc": knn_accuracy(bank, yt, queries, yv, k), "output_std": float(output_std(z))}
+
+
+def load_data(cfg):
+    d = cfg.data
+    if d.name == "digits":
+        x, y = images.load_digits_tensors()
+        if d.image_size and d.image_size != 8:
+            x = F.interpolate(x, size=d.image_size, mode="bilinear")
+    else:
+        x, y = images.dataset_to_tensors(images.torchvision_dataset(d.name, d.root, d.image_size or 32, channels=3),
+                                         limit=d.limit)
+    return images.stratified_split(x, y, d.val_fraction, d.split_seed, None)
+
+
+def train(cfg) -> dict:
+    cfg, device = prepare(cfg, validate, small_model=lambda c: c.data.name == "digits")
+    xt, yt, xv, yv = (t.to(device) for t in load_data(cfg))
+    if cfg.knn_k > len(xt):
+        raise ConfigError(f"knn_k={cfg.knn_k}: the kNN bank holds only {len(xt)} images")
+    d = cfg.data
+    views = lambda x: images.random_views(x, d.crop_scale, d.rotate, d.flip, d.jitter, d.noise)  # noqa: E731
+    encoder = amp_forward(make_encoder(xt.shape[1], cfg.width, cfg.proj_hidden, cfg.dim, cfg.projector_bn).to(device),
+                          device, cfg.amp)
+    predictor = make_predictor(cfg.dim, cfg.pred_hidden).to(device)
+    optimizer = torch.optim.SGD([{"params": encoder.parameters()}, {"params": predictor.parameters()}],
+                                lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))  # noqa: E731
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, [cosine, lambda step: 1.0])
+    batches = images.IndexBatches(len(xt), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
+    loss_fn = BY_MISTAKE[cfg.mistake]
+    stateful = {"encoder": encoder, "predictor": predictor, "optimizer": optimizer, "schedule": schedule,
+                "batches": batches}
+    raw_pixels = knn_accuracy(xt.flatten(1), yt, xv.flatten(1), yv, cfg.knn_k)
+    start, probe, loss = 0, Probe(device), torch.tensor(float("nan"))
+    with Run(resolve_out_dir(cfg.out_dir, "simsiam"), cfg, cfg.tensorboard, cfg.resume, cfg.overwrite) as run:
+        if cfg.resume:
+            state = run.restore(stateful, map_location=device)
+            start, curve = state["step"], state["curve"]
+            if (done := run.finished(start, cfg.steps)) is not None:
+                return done
+        else:  # step 0: the randomly initialised encoder, the baseline the training must beat
+            curve = [{"step": 0, "loss": None, **evaluate(encoder, xt, yt, xv, yv, cfg.knn_k)}]
+        checkpoint = lambda step: run.save(stateful, step, curve=curve)  # noqa: E731
+        with progress(cfg.steps, f"simsiam {d.name} mistake={cfg.mistake}", cfg.progress, initial=start) as bar:
+            for step in range(start + 1, cfg.steps + 1):
+                x = xt[next(batches).to(device)]
+                x1, x2 = views(x), views(x)
+                with probe.step(sampled=step == 1 or step % cfg.log_every == 0):
+                    loss = loss_fn(encoder, predictor, x1, x2)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                schedule.step()
+                bar.update(1)
+                if step % cfg.log_every == 0:
+                    run.check_finite(step, loss=float(loss.detach()))
+                    run.log(step, loss=float(loss.detach()))
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    curve.append({"step": step, "loss": float(loss.detach()), **evaluate(encoder, xt, yt, xv, yv, cfg.knn_k)})
+                    run.log(step, **{k: v for k, v in curve[-1].items() if k != "step"})
+                    bar.set_postfix(knn=f"{curve[-1]['knn_acc']:.3f}", std=f"{curve[-1]['output_std'] * cfg.dim**0.5:.2f}")
+                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
+                    checkpoint(step)
+                run.stop_if_asked(lambda: checkpoint(step), step, cfg.steps)  # noqa: B023 - called right here
+        fig, axes = plots.pyplot().subplots(1, 3, figsize=(12, 3.4))
+        draw_curves(axes, curve, f"mistake={cfg.mistake}", cfg.dim)
+        plots.save(fig, run.path("curves.png"))
+        x = xt[next(batches).to(device)]
+        last = curve[-1]
+        return run.write_summary({
+            "example": "simsiam", "data": d.name, "mistake": cfg.mistake, "seed": cfg.seed, "device": str(device),
+            "steps": cfg.steps, "dim": cfg.dim, "loss": last["loss"], "knn_acc": last["knn_acc"],
+            "output_std": last["output_std"], "output_std_sqrt_d": last["output_std"] * cfg.dim**0.5,
+            "knn_random_encoder": curve[0]["knn_acc"], "knn_raw_pixels": raw_pixels,
+            "target_branch_grad_share": target_branch_grad_share(loss_fn, encoder, predictor, views(x), views(x)),
+            "sec_per_step": probe.sec_per_step, "curve": curve,
+        })
+
+
+def draw_curves(axes, curve: list[dict], label: str, dim: int) -> None:
+    """Loss, output std x sqrt(d) and kNN accuracy against steps: the loss alone hides a collapse."""
+    trained = [c for c in curve if c["loss"] is not None]
+    axes[0].plot([c["step"] for c in trained], [c["loss"] for c in trained], marker="o", ms=3, label=label)
+    axes[0].set(xlabel="step", ylabel="loss (min -1)")
+    axes[1].plot([c["step"] for c in curve], [c["output_std"] * dim**0.5 for c in curve], marker="o", ms=3, label=label)
+    axes[1].set(xlabel="step", ylabel="output std x sqrt(d) (collapse: 0)", ylim=(0, None))
+    axes[2].plot([c["step"] for c in curve], [c["knn_acc"] for c in curve], marker="o", ms=3, label=label)
+    axes[2].set(xlabel="step", ylabel="kNN accuracy (held out)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+
+
+# --- what the tour and `python -m gallery show simsiam` read -------------------------------
+
+def headline(s: dict) -> str:
+    return (f"loss {s['loss']:.3f}, output std x sqrt(d) {s['output_std_sqrt_d']:.3f} (collapsed: 0), kNN acc "
+            f"{s['knn_acc']:.3f} (random encoder {s['knn_random_encoder']:.3f}, raw pixels {s['knn_raw_pixels']:.3f})")
+
+
+def tour_figure(runs: dict, fig) -> None:
+    axes = fig.subplots(1, 3)
+    for mistake in (m for m in BY_MISTAKE if m in runs and "curve" in runs[m]):
+        draw_curves(axes, runs[mistake]["curve"], "pattern" if mistake == "none" else mistake, runs[mistake]["dim"])
+    if "none" in runs and "curve" in runs["none"]:
+        axes[2].axhline(runs["none"]["knn_raw_pixels"], color="gray", ls=":", label="raw pixels")
+        axes[2].legend(fontsize=8)
+
+
+QUICK = ["steps=30", "eval_every=10", "log_every=10"]
+EXAMPLE = Example(
+    name="simsiam",
+    pattern="SimSiam's stop-gradient: each view's prediction chases the other view's output, held constant",
+    pattern_functions=("negative_cosine", "simsiam_loss", "output_std", "knn_accuracy"),
+    mistakes={
+        "no_stop_grad": Mistake(
+            "no detach: gradients flow through both branches",
+            "collapse: the loss reaches -1 while the output std falls to about 0 and kNN accuracy drops",
+            ("simsiam_loss_no_stop_grad",),
+        ),
+        "no_predictor": Mistake(
+            "stop-gradient kept, predictor removed (p = z)",
+            "the paper reports a collapse; the README card has what this example measures",
+            ("simsiam_loss_no_predictor",),
+        ),
+    },
+    budgets={"full": {m: [] for m in BY_MISTAKE}, "quick": {m: QUICK for m in BY_MISTAKE}},
+    headline=headline,
+    figure=tour_figure,
+    figure_size=(12, 3.6),
+    check=lambda s: None if s["target_branch_grad_share"] < 1e-4 else
+    f"{s['target_branch_grad_share']:.3g} of the encoder's gradient flows through the stop-gradient targets",
+    smoke=("steps=4", "eval_every=2", "log_every=2", "batch_size=32"),
+)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir("simsiam"), config_name="simsiam")
+def main(cfg) -> None:
+    report(run_cli(train, cfg), "loss", "output_std_sqrt_d", "knn_acc", "knn_random_encoder", "knn_raw_pixels",
+           "target_branch_grad_share", "sec_per_step")
+
+
+if __name__ == "__main__":
+    print_help_if_asked(EXAMPLE)
+    check_overrides("simsiam")
+    main()
