@@ -59,7 +59,7 @@ class SimSiamData:
     limit: int = 10000  # online data: at most this many images
     val_fraction: float = 0.3  # held out: the kNN monitor's queries (the rest is its bank)
     split_seed: int = 0
-    crop_scale: float = 0.7  # random resized crop keeps this much of each side, or more
+    crop_scale: float = 0.8  # random resized crop keeps this much of each side, or more
     rotate: float = 0.25  # radians, either way
     flip: bool = False  # horizontal flips: not for digits (a flipped 2 is no digit)
     jitter: float = 0.4  # contrast +-jitter, brightness +-jitter/2
@@ -73,7 +73,7 @@ class SimSiamConfig(BaseConfig):
     batch_size: int = 128
     lr: float = 0.05  # SGD; the encoder's follows a cosine schedule, the predictor's stays fixed (as in the paper)
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = 1e-3
     width: int = 32  # the backbone's first conv width (then 2x, 4x)
     proj_hidden: int = 256
     dim: int = 64  # d: the projector's output
