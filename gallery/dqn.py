@@ -23,7 +23,6 @@ import contextlib
 import copy
 from dataclasses import dataclass, field
 
-import gymnasium as gym
 import hydra
 import numpy as np
 import torch
@@ -45,19 +44,17 @@ from gallery.core.errors import ConfigError
 from gallery.core.probes import Probe
 from gallery.core.registry import Example, Mistake
 from gallery.core.run import Run, prepare, progress, resolve_out_dir
-from gallery.data.envs import EpisodeReturns, env_step
+from gallery.data.envs import (
+    EnvConfig,
+    EpisodeReturns,
+    draw_learning_curve,
+    env_step,
+    evaluate,
+    make_envs,
+)
 from gallery.data.replay import ReplayBuffer
 
 # --- config schema -----------------------------------------------------------------------------
-
-@dataclass
-class EnvConfig:
-    id: str = "CartPole-v1"
-    num_envs: int = 4
-    vectorization: str = "sync"  # sync | async
-    reward_threshold: float | None = None  # None: the env spec's own (475 for CartPole-v1)
-    max_episode_steps: int | None = None  # None: the env spec's own time limit
-
 
 @dataclass
 class DqnConfig(BaseConfig):
@@ -98,23 +95,6 @@ def validate(cfg: DqnConfig) -> None:
     require_range(cfg, "eps_end", 0.0, 1.0)
     if cfg.batch_size > cfg.buffer_size:
         raise ConfigError(f"batch_size={cfg.batch_size} must be <= buffer_size={cfg.buffer_size}")
-
-
-def make_envs(cfg: DqnConfig) -> tuple[gym.vector.VectorEnv, gym.Env]:
-    try:
-        limit = {"max_episode_steps": cfg.env.max_episode_steps} if cfg.env.max_episode_steps else {}
-        envs = gym.make_vec(cfg.env.id, num_envs=cfg.env.num_envs, vectorization_mode=cfg.env.vectorization,
-                            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, **limit)
-        eval_env = gym.make(cfg.env.id, **limit)
-    except gym.error.Error as err:
-        raise ConfigError(f"env.id={cfg.env.id!r}: {err}") from err
-    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-        envs.close()
-        raise ConfigError(f"env.id={cfg.env.id!r} has a {type(envs.single_action_space).__name__} action "
-                          "space; DQN needs a Discrete one (try CartPole-v1, Acrobot-v1, MountainCar-v0)")
-    # SAME_STEP autoreset: a finished sub-env is reset inside step(), and the true last observation
-    # comes back in info["final_obs"], so every stored transition is a real one.
-    return envs, eval_env
 
 
 # --- model ------------------------------------------------------------------------------------------
@@ -236,40 +216,11 @@ def epsilon(cfg: DqnConfig, env_step: int) -> float:
     return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
 
 
-@torch.no_grad()
-def evaluate(online: nn.Module, env: gym.Env, episodes: int, seed: int, device: torch.device) -> dict:
-    """Greedy returns over `episodes` episodes, each reset with its own seed."""
-    returns = []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=seed + ep)
-        total, done = 0.0, False
-        while not done:
-            action = int(online(torch.as_tensor(obs, dtype=torch.float32, device=device)).argmax())
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    return {"eval_return_mean": float(np.mean(returns)), "eval_return_std": float(np.std(returns))}
-
-
-def draw_learning_curve(ax, evals: list[dict], label: str, threshold: float | None = None) -> None:
-    """Greedy eval return against env steps. The run's own figure and the tour's comparison both draw with this."""
-    steps = [e["env_steps"] for e in evals]
-    mean = np.array([e["eval_return_mean"] for e in evals])
-    std = np.array([e["eval_return_std"] for e in evals])
-    ax.plot(steps, mean, marker="o", ms=3, label=label)
-    ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    if threshold is not None:
-        ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"solved ({threshold:g})")
-    ax.set(xlabel="env steps", ylabel="greedy eval return")
-    ax.legend(fontsize=8)
-
-
 # --- training loop ------------------------------------------------------------------------------
 
 def train(cfg) -> dict:
     cfg, device = prepare(cfg, validate, small_model=lambda c: True)
-    envs, eval_env = make_envs(cfg)
+    envs, eval_env = make_envs(cfg.env, "DQN")
     threshold = cfg.env.reward_threshold or getattr(eval_env.spec, "reward_threshold", None)
     obs_dim, n_actions, n = int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n), cfg.env.num_envs
     make_target_fn, update_fn = BY_MISTAKE[cfg.mistake]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed and memory of each pattern against its mistake, as ratios measured side by side.
 
-    scripts/bench.py [gan|dqn|finetune|tbptt|threads|smoke|all] [--device cpu|cuda] [--json results.json]
+    scripts/bench.py [gan|dqn|finetune|ppo|tbptt|threads|smoke|all] [--device cpu|cuda] [--json results.json]
 
 Times come from alternating blocks of the two variants in one process (median of the blocks), so a
 ratio holds on the machine it ran on even when the absolute times drift. Bytes come from the
@@ -202,7 +202,7 @@ def bench_dqn(device: torch.device, baseline: str | None = None) -> list[dict]:
                          "gallery_probe_env_steps_per_sec": probed})
 
     cfg = to_schema(config("dqn", f"device={device}"))
-    envs, eval_env = dqn.make_envs(cfg)
+    envs, eval_env = dqn.make_envs(cfg.env, "DQN")
     rng = np.random.default_rng(0)
     envs.reset(seed=0)
     t0 = time.perf_counter()
@@ -372,6 +372,62 @@ def bench_tbptt(device: torch.device, chunks: int = 16) -> list[dict]:
 
 # --- threads -------------------------------------------------------------------------------------
 
+def bench_ppo(device: torch.device) -> list[dict]:
+    """Env steps per second: the bare vector env (random actions), the pattern's rollout alone (one no_grad
+    forward per step), and the whole gallery.ppo train() call (rollouts and 20 epochs of updates per
+    rollout); and the bytes saved for backward by one rollout and one update, pattern against each mistake."""
+    import numpy as np
+
+    from gallery import ppo
+    from gallery.core.probes import graph_saved_bytes
+    from gallery.data.envs import make_envs
+
+    torch.set_num_threads(1)  # as threads=auto gives these small nets in gallery.ppo
+    cfg = to_schema(config("ppo", f"device={device}"))
+    envs, eval_env = make_envs(cfg.env, "PPO")
+    n, steps = cfg.env.num_envs, 20_480
+    rng = np.random.default_rng(0)
+    envs.reset(seed=0)
+    t0 = time.perf_counter()
+    for _ in range(steps // n):
+        envs.step(rng.integers(2, size=n))
+    bare = steps / (time.perf_counter() - t0)
+    torch.manual_seed(0)
+    agent = ppo.Agent(4, 2, cfg.hidden).to(device)
+    obs = torch.as_tensor(envs.reset(seed=0)[0], dtype=torch.float32, device=device)
+    t0 = time.perf_counter()
+    for _ in range(steps // (n * cfg.rollout_steps)):
+        batch, obs = ppo.rollout(agent, envs, obs, cfg.rollout_steps, cfg.gamma)
+    rollout_only = steps / (time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = ppo.train(config("ppo", f"device={device}", f"steps={steps}", "stop_when_solved=false",
+                                 "eval_every=1000000", "value_check_episodes=0", "progress=false",
+                                 f"out_dir={tmp}/ppo"))["env_steps_per_sec"]
+    rows = [{"setting": f"CartPole-v1, env.num_envs={n}, rollout_steps={cfg.rollout_steps}, epochs={cfg.epochs}",
+             "bare_env_steps_per_sec": bare, "rollout_only_env_steps_per_sec": rollout_only,
+             "rollout_fraction_of_bare": rollout_only / bare, "gallery_train_env_steps_per_sec": whole,
+             "train_fraction_of_bare": whole / bare}]
+    saved = {}
+    for mistake, (rollout_fn, update_fn) in ppo.BY_MISTAKE.items():
+        torch.manual_seed(0)
+        agent = ppo.Agent(4, 2, cfg.hidden).to(device)
+        obs = torch.as_tensor(envs.reset(seed=0)[0], dtype=torch.float32, device=device)
+        batch, obs = rollout_fn(agent, envs, obs, cfg.rollout_steps, cfg.gamma)
+        held = graph_saved_bytes(batch["logprobs"], batch["values"])
+        advantages, returns = ppo.gae(batch, agent.value(obs), cfg.gamma, cfg.gae_lambda)
+        optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr)
+        try:
+            with SavedTensorMeter() as meter:
+                update_fn(agent, optimizer, batch, advantages, returns, 1, cfg.minibatch_size, cfg.clip)
+            per_update: int | str = meter.total
+        except RuntimeError as err:
+            per_update = f"raises: {str(err).splitlines()[0][:60]}"
+        saved[mistake] = {"rollout_holds_bytes": held, "saved_bytes_per_update": per_update}
+    envs.close(), eval_env.close()
+    rows.append({f"{m}: {k}": v for m, d in saved.items() for k, v in d.items()})
+    return rows
+
+
 def bench_threads(device: torch.device, steps: int = 1500) -> list[dict]:
     """The ring8 GAN for `steps` steps as a whole process: alone, and two at once (as in a sweep or on a
     shared CI runner), with threads=auto (one thread for this small model) and with torch's default."""
@@ -419,7 +475,7 @@ def bench_smoke(device: torch.device) -> list[dict]:
              "max_seconds": max(seconds)}]
 
 
-BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "tbptt": bench_tbptt,
+BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo": bench_ppo, "tbptt": bench_tbptt,
            "threads": bench_threads, "smoke": bench_smoke}
 
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """The learning targets in full, at fixed seeds, with each run's wall time on this machine.
 
-    .venv/bin/python scripts/gates.py [gan|dqn|finetune|simsiam|tbptt|all] [--json gates.json] [--figures DIR]
+    .venv/bin/python scripts/gates.py [gan|dqn|finetune|ppo|simsiam|tbptt|all] [--json gates.json] [--figures DIR]
 
 tests/test_learning.py checks a subset of these within the test budget; this script runs all the
-seeds the targets name (GAN and DQN seeds 0-4, fine-tuning and SimSiam seeds 0-2) one after another,
+seeds the targets name (GAN, DQN and PPO seeds 0-4, fine-tuning and SimSiam seeds 0-2) one after another,
 so the wall times are the ones a user would see. --json updates the named gates' entries in the file
 and keeps the others.
 """
@@ -128,7 +128,38 @@ def gate_simsiam(tmp: Path, figures: Path | None) -> dict:
             and max(r["wall_seconds"] for runs in rows.values() for r in runs) < 120}
 
 
-GATES = {"gan": gate_gan, "dqn": gate_dqn, "finetune": gate_finetune, "simsiam": gate_simsiam, "tbptt": gate_tbptt}
+def gate_ppo(tmp: Path, figures: Path | None) -> dict:
+    """CartPole-v1, the default config, seeds 0-4: greedy eval mean >= 475 by 100k env steps, each run under
+    2 minutes. Measured beside it: advantage_grad on the same seeds, and the critic's bias against
+    Monte-Carlo returns with a 100-step time limit, pattern against truncation_as_terminal (seeds 0-2)."""
+    keys = ("first_solved_step", "eval_return_mean", "value_bias", "value_abs_error", "env_steps_per_sec", "wall_seconds")
+    rows, seed0 = {}, {}
+    for mistake in ("none", "advantage_grad"):
+        for seed in range(5):
+            s = run("ppo", f"seed={seed}", f"mistake={mistake}", "stop_when_solved=false", "eval_every=5000",
+                    f"out_dir={tmp}/ppo/{mistake}/{seed}")
+            rows.setdefault(mistake, []).append({k: s[k] for k in keys})
+            seed0.setdefault(mistake, s)
+            print(f"ppo {mistake} seed={seed}: {rows[mistake][-1]}", flush=True)
+    truncated = ["env.max_episode_steps=100", "stop_when_solved=false", "steps=30000"]
+    for mistake in ("none", "truncation_as_terminal"):
+        for seed in range(3):
+            s = run("ppo", f"seed={seed}", f"mistake={mistake}", *truncated, f"out_dir={tmp}/ppo/trunc/{mistake}/{seed}")
+            rows.setdefault(f"{mistake} time_limit=100", []).append({k: s[k] for k in keys})
+            print(f"ppo {mistake} time_limit=100 seed={seed}: {rows[f'{mistake} time_limit=100'][-1]}", flush=True)
+    if figures is not None:
+        from gallery import ppo
+
+        fig = plots.pyplot().figure(figsize=ppo.EXAMPLE.figure_size)
+        ppo.tour_figure(seed0, fig)
+        fig.suptitle("ppo on CartPole-v1, default config, seed 0 (greedy eval, 10 episodes)", fontsize=9)
+        plots.save(fig, figures / "ppo.png")
+    pattern = rows["none"]
+    return {"runs": rows, "pass": all(r["first_solved_step"] is not None and r["first_solved_step"] <= 100_000
+                                      and r["wall_seconds"] < 120 for r in pattern)}
+
+
+GATES = {"gan": gate_gan, "dqn": gate_dqn, "finetune": gate_finetune, "ppo": gate_ppo, "simsiam": gate_simsiam, "tbptt": gate_tbptt}
 
 
 def main() -> int:

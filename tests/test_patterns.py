@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gallery import dqn, finetune, gan, nets, simsiam, tbptt
+from gallery import dqn, finetune, gan, nets, ppo, simsiam, tbptt
 from gallery.core.cli import compose
 from gallery.core.probes import (
     CrossStepProbe,
@@ -117,6 +117,25 @@ def test_pasted_tbptt_update_starts_every_chunk_without_a_graph():
         _, state = ns["tbptt_update"](model, opt, [chunk], state)
     assert seen[0] is None and all(t.grad_fn is None for s in seen[1:] for t in s)
     assert ns["detach_state"](None) is None
+
+
+def test_pasted_ppo_functions_keep_the_rollout_and_the_advantages_free_of_graphs():
+    import gymnasium as gym
+
+    ns = pasted("ppo")
+    torch.manual_seed(0)
+    agent = ppo.Agent(4, 2, 16)
+    envs = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, max_episode_steps=5)
+    obs = torch.as_tensor(envs.reset(seed=0)[0], dtype=torch.float32)
+    batch, obs = ns["rollout"](agent, envs, obs, 8, 0.99)  # crosses a time limit: the bootstrap path runs too
+    assert all(t.grad_fn is None for t in batch.values()) and batch["dones"].sum() >= 2
+    advantages, returns = ns["gae"](batch, agent.value(obs), 0.99, 0.95)
+    assert advantages.grad_fn is None and returns.grad_fn is None
+    before = state_hash(agent.critic)
+    ns["ppo_update"](agent, torch.optim.Adam(agent.parameters()), batch, advantages, returns, epochs=3,
+                     minibatch_size=4, clip=0.2, vf_coef=0.0)
+    assert state_hash(agent.critic) == before  # no value loss: nothing else reaches the critic
 
 
 def test_pasted_simsiam_loss_trains_the_encoder_only_through_the_predictions():

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,8 +102,8 @@ def test_a_run_measures_the_baselines_and_draws_its_curves(short_runs):
     assert s["knn_random_encoder"] == s["curve"][0]["knn_acc"] and s["curve"][0]["loss"] is None
     assert 0.9 < s["knn_raw_pixels"] <= 1.0
     assert s["target_branch_grad_share"] < 1e-6
-    out = s["out_dir"]
-    assert (torch.os.path.isfile(f"{out}/curves.png") and torch.os.path.isfile(f"{out}/checkpoints/last.pt"))
+    out = Path(s["out_dir"])
+    assert (out / "curves.png").is_file() and (out / "checkpoints" / "last.pt").is_file()
 
 
 def test_no_stop_grad_collapses_while_its_loss_looks_better_than_the_patterns(short_runs):

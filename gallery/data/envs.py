@@ -1,10 +1,45 @@
-"""Stepping Gymnasium vector envs for off-policy learning: the true next observation of every
-transition, and the returns of the episodes that end."""
+"""Gymnasium envs for the RL examples: the env config, vector envs with SAME_STEP autoreset, the
+true next observation of every transition, episode returns, and greedy evaluation."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gymnasium as gym
 import numpy as np
+import torch
+from torch import nn
+
+from gallery.core.errors import ConfigError
+
+
+@dataclass
+class EnvConfig:
+    id: str = "CartPole-v1"
+    num_envs: int = 4
+    vectorization: str = "sync"  # sync | async
+    reward_threshold: float | None = None  # None: the env spec's own (475 for CartPole-v1)
+    max_episode_steps: int | None = None  # None: the env spec's own time limit
+
+
+def make_envs(env: EnvConfig, example: str, space: type = gym.spaces.Discrete,
+              instead: str = "CartPole-v1, Acrobot-v1, MountainCar-v0") -> tuple[gym.vector.VectorEnv, gym.Env]:
+    """The training vector env and an evaluation env; an action space `example` cannot use is a clear error."""
+    try:
+        limit = {"max_episode_steps": env.max_episode_steps} if env.max_episode_steps else {}
+        envs = gym.make_vec(env.id, num_envs=env.num_envs, vectorization_mode=env.vectorization,
+                            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, **limit)
+        eval_env = gym.make(env.id, **limit)
+    except gym.error.Error as err:
+        raise ConfigError(f"env.id={env.id!r}: {err}") from err
+    if not isinstance(envs.single_action_space, space):
+        envs.close()
+        eval_env.close()
+        raise ConfigError(f"env.id={env.id!r} has a {type(envs.single_action_space).__name__} action "
+                          f"space; {example} needs a {space.__name__} one (try {instead})")
+    # SAME_STEP autoreset: a finished sub-env is reset inside step(), and the true last observation
+    # comes back in info["final_obs"], so every stored transition is a real one.
+    return envs, eval_env
 
 
 def env_step(envs: gym.vector.VectorEnv, actions: np.ndarray):
@@ -35,3 +70,33 @@ class EpisodeReturns:
     def pop_mean(self) -> float | None:
         mean, self.ended = (float(np.mean(self.ended)) if self.ended else None), []
         return mean
+
+
+@torch.no_grad()
+def evaluate(policy: nn.Module, env: gym.Env, episodes: int, seed: int, device: torch.device) -> dict:
+    """Greedy returns over `episodes` episodes, each reset with its own seed: the action is the argmax
+    of `policy(obs)` (Q-values, or a policy's logits)."""
+    returns = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        total, done = 0.0, False
+        while not done:
+            action = int(policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).argmax())
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return {"eval_return_mean": float(np.mean(returns)), "eval_return_std": float(np.std(returns))}
+
+
+def draw_learning_curve(ax, evals: list[dict], label: str, threshold: float | None = None) -> None:
+    """Greedy eval return against env steps. A run's own figure and the tour's comparison both draw with this."""
+    steps = [e["env_steps"] for e in evals]
+    mean = np.array([e["eval_return_mean"] for e in evals])
+    std = np.array([e["eval_return_std"] for e in evals])
+    ax.plot(steps, mean, marker="o", ms=3, label=label)
+    ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    if threshold is not None:
+        ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"solved ({threshold:g})")
+    ax.set(xlabel="env steps", ylabel="greedy eval return")
+    ax.legend(fontsize=8)

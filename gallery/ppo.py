@@ -1,0 +1,421 @@
+"""PPO: the rollout is data. What the policy did, and what it was worth, are constants in the update.
+
+    with torch.no_grad():                                    # acting builds no graph
+        action, logprob, value = agent.act(obs)              # stored as plain tensors
+    reward += gamma * V(final obs)  (truncated episodes)     # a time limit is not an end
+    advantages, returns = gae(batch, V(next obs), ...)       # under no_grad, from the stored values
+    ratio = (new_logprob - stored_logprob).exp()             # the stored log-prob is a constant
+
+The mistakes (`mistake=`), and what they cost:
+
+- rollout_grad: acting with grad: every stored log-prob and value drags its graph along, so the
+  bytes held for backward grow with every rollout step, and the second backward over the rollout
+  raises "Trying to backward through the graph a second time".
+- advantage_grad: advantages recomputed from the critic with grad (returns - V(s)): the policy loss
+  reaches the critic, so the policy objective pushes the value function around.
+- truncation_as_terminal: a time-limit truncation treated as a terminal state (no bootstrap): the
+  critic learns that values fall off near the limit, which it cannot see, and underestimates them
+  (measured against Monte-Carlo returns).
+
+Run: python -m gallery.ppo seed=0 out_dir=/tmp/ppo          (env.id=<any discrete Gymnasium id>)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import hydra
+import numpy as np
+import torch
+from torch import nn
+
+from gallery.core import plots
+from gallery.core.cli import check_overrides, print_help_if_asked, report, run_cli
+from gallery.core.config import (
+    BaseConfig,
+    config_dir,
+    register_schema,
+    require_choice,
+    require_non_negative,
+    require_positive,
+    require_range,
+    validate_base,
+)
+from gallery.core.errors import ConfigError, explained
+from gallery.core.probes import Probe, graph_saved_bytes
+from gallery.core.registry import Example, Mistake
+from gallery.core.run import Run, prepare, progress, resolve_out_dir
+from gallery.data.envs import EnvConfig, draw_learning_curve, evaluate, make_envs
+
+# --- config schema -----------------------------------------------------------------------------
+
+@dataclass
+class PpoConfig(BaseConfig):
+    env: EnvConfig = field(default_factory=EnvConfig)
+    steps: int = 100_000  # env steps, summed over the vector envs
+    stop_when_solved: bool = True
+    rollout_steps: int = 32  # steps of every sub-env per rollout
+    epochs: int = 20  # passes over each rollout
+    minibatch_size: int = 256
+    lr: float = 1e-3  # decays linearly to 0
+    clip: float = 0.2  # decays linearly to 0
+    gamma: float = 0.98
+    gae_lambda: float = 0.8
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    hidden: int = 64
+    value_check_episodes: int = 5  # episodes for the value estimates against Monte-Carlo returns
+    eval_every: int = 10_000
+    eval_episodes: int = 10
+    log_every: int = 2_560
+    ckpt_every: int = 10_240
+
+
+register_schema("ppo", PpoConfig)
+
+
+def validate(cfg: PpoConfig) -> None:
+    validate_base(cfg, BY_MISTAKE)
+    require_choice(cfg, "env.vectorization", ["sync", "async"])
+    require_positive(cfg, "env.num_envs", "rollout_steps", "epochs", "minibatch_size", "lr", "hidden",
+                     "eval_episodes", "max_grad_norm")
+    require_non_negative(cfg, "vf_coef", "ent_coef", "value_check_episodes")
+    require_range(cfg, "gamma", 0.0, 1.0)
+    require_range(cfg, "gae_lambda", 0.0, 1.0)
+    require_range(cfg, "clip", 0.0, 1.0)
+    if cfg.minibatch_size > cfg.rollout_steps * cfg.env.num_envs:
+        raise ConfigError(f"minibatch_size={cfg.minibatch_size} is more than a rollout holds "
+                          f"(rollout_steps * env.num_envs = {cfg.rollout_steps * cfg.env.num_envs})")
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+def layer(n_in: int, n_out: int, gain: float) -> nn.Linear:
+    """Orthogonal weights and zero biases: a small last layer starts the policy near uniform."""
+    linear = nn.Linear(n_in, n_out)
+    nn.init.orthogonal_(linear.weight, gain)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+class Agent(nn.Module):
+    """Separate actor (logits) and critic (state value) MLPs."""
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden: int):
+        super().__init__()
+        g = math.sqrt(2)
+        self.actor = nn.Sequential(layer(obs_dim, hidden, g), nn.Tanh(), layer(hidden, hidden, g), nn.Tanh(),
+                                   layer(hidden, n_actions, 0.01))
+        self.critic = nn.Sequential(layer(obs_dim, hidden, g), nn.Tanh(), layer(hidden, hidden, g), nn.Tanh(),
+                                    layer(hidden, 1, 1.0))
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(obs).squeeze(-1)
+
+    def act(self, obs: torch.Tensor):
+        dist = torch.distributions.Categorical(logits=self.actor(obs))
+        action = dist.sample()
+        return action, dist.log_prob(action), self.value(obs)
+
+    def evaluate(self, obs: torch.Tensor, actions: torch.Tensor):
+        dist = torch.distributions.Categorical(logits=self.actor(obs))
+        return dist.log_prob(actions), dist.entropy(), self.value(obs)
+
+
+# --- the pattern --------------------------------------------------------------------------------
+
+def rollout(agent, envs, obs, num_steps, gamma):
+    """`num_steps` steps of every sub-env (SAME_STEP autoreset). Returns the rollout as (T, N) tensors
+    and the observation to go on from."""
+    steps = []
+    for _ in range(num_steps):
+        with torch.no_grad():  # PATTERN: the rollout is data: actions, log-probs and values without a graph
+            action, logprob, value = agent.act(obs)
+        next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+        reward = torch.as_tensor(reward, dtype=torch.float32, device=obs.device)
+        for i in (truncated & ~terminated).nonzero()[0]:  # PATTERN: a time limit is not an end:
+            with torch.no_grad():  # bootstrap from the value of the true final observation
+                final = torch.as_tensor(info["final_obs"][i], dtype=torch.float32, device=obs.device)
+                reward[i] += gamma * agent.value(final)
+        done = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=obs.device)
+        steps.append((obs, action, logprob, value, reward, done))
+        obs = torch.as_tensor(next_obs, dtype=torch.float32, device=obs.device)
+    names = ("obs", "actions", "logprobs", "values", "rewards", "dones")
+    return {name: torch.stack(column) for name, column in zip(names, zip(*steps))}, obs
+
+
+@torch.no_grad()  # PATTERN: advantages and returns are targets: constants, like the rollout they come from
+def gae(batch, next_value, gamma, lam):
+    """Generalised advantage estimates from the stored values; returns = advantages + values."""
+    advantages, running = torch.zeros_like(batch["rewards"]), torch.zeros_like(next_value)
+    for t in reversed(range(len(advantages))):
+        not_done = 1.0 - batch["dones"][t]
+        delta = batch["rewards"][t] + gamma * next_value * not_done - batch["values"][t]
+        running = delta + gamma * lam * not_done * running
+        advantages[t], next_value = running, batch["values"][t]
+    return advantages, advantages + batch["values"]
+
+
+def ppo_loss(agent, obs, actions, old_logprobs, advantages, returns, clip):
+    """The clipped surrogate, the value loss and the entropy for one minibatch."""
+    logprob, entropy, value = agent.evaluate(obs, actions)
+    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    ratio = (logprob - old_logprobs).exp()  # PATTERN: the stored log-probs are constants
+    policy_loss = -torch.min(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages).mean()
+    value_loss = 0.5 * (value - returns).pow(2).mean()
+    return policy_loss, value_loss, entropy.mean()
+
+
+def ppo_update(agent, optimizer, batch, advantages, returns, epochs, minibatch_size, clip,
+               vf_coef=0.5, ent_coef=0.0, max_grad_norm=0.5):
+    """`epochs` passes of shuffled minibatches over one rollout, flattened from (T, N)."""
+    obs, actions, old_logprobs = batch["obs"].flatten(0, 1), batch["actions"].flatten(), batch["logprobs"].flatten()
+    advantages, returns = advantages.flatten(), returns.flatten()
+    for _ in range(epochs):
+        for mb in torch.randperm(len(returns), device=returns.device).split(minibatch_size):
+            mb_advantages = advantages[mb]
+            policy_loss, value_loss, entropy = ppo_loss(agent, obs[mb], actions[mb], old_logprobs[mb],
+                                                        mb_advantages, returns[mb], clip)
+            loss = policy_loss + vf_coef * value_loss - ent_coef * entropy
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
+            optimizer.step()
+    return policy_loss.detach(), value_loss.detach()
+
+
+# --- the mistakes -------------------------------------------------------------------------------
+
+def rollout_grad(agent, envs, obs, num_steps, gamma):
+    steps = []
+    for _ in range(num_steps):
+        action, logprob, value = agent.act(obs)  # MISTAKE: acting with grad: each step's graph is stored too
+        next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+        reward = torch.as_tensor(reward, dtype=torch.float32, device=obs.device)
+        for i in (truncated & ~terminated).nonzero()[0]:
+            with torch.no_grad():
+                final = torch.as_tensor(info["final_obs"][i], dtype=torch.float32, device=obs.device)
+                reward[i] += gamma * agent.value(final)
+        done = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=obs.device)
+        steps.append((obs, action, logprob, value, reward, done))
+        obs = torch.as_tensor(next_obs, dtype=torch.float32, device=obs.device)
+    names = ("obs", "actions", "logprobs", "values", "rewards", "dones")
+    return {name: torch.stack(column) for name, column in zip(names, zip(*steps))}, obs
+
+
+def rollout_truncation_as_terminal(agent, envs, obs, num_steps, gamma):
+    steps = []
+    for _ in range(num_steps):
+        with torch.no_grad():
+            action, logprob, value = agent.act(obs)
+        next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+        reward = torch.as_tensor(reward, dtype=torch.float32, device=obs.device)  # MISTAKE: no bootstrap: a
+        done = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=obs.device)  # time limit ends it
+        steps.append((obs, action, logprob, value, reward, done))
+        obs = torch.as_tensor(next_obs, dtype=torch.float32, device=obs.device)
+    names = ("obs", "actions", "logprobs", "values", "rewards", "dones")
+    return {name: torch.stack(column) for name, column in zip(names, zip(*steps))}, obs
+
+
+def ppo_update_advantage_grad(agent, optimizer, batch, advantages, returns, epochs, minibatch_size, clip,
+                              vf_coef=0.5, ent_coef=0.0, max_grad_norm=0.5):
+    obs, actions, old_logprobs = batch["obs"].flatten(0, 1), batch["actions"].flatten(), batch["logprobs"].flatten()
+    advantages, returns = advantages.flatten(), returns.flatten()
+    for _ in range(epochs):
+        for mb in torch.randperm(len(returns), device=returns.device).split(minibatch_size):
+            mb_advantages = returns[mb] - agent.value(obs[mb])  # MISTAKE: "fresher" advantages, with grad
+            policy_loss, value_loss, entropy = ppo_loss(agent, obs[mb], actions[mb], old_logprobs[mb],
+                                                        mb_advantages, returns[mb], clip)
+            loss = policy_loss + vf_coef * value_loss - ent_coef * entropy
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
+            optimizer.step()
+    return policy_loss.detach(), value_loss.detach()
+
+
+BY_MISTAKE = {"none": (rollout, ppo_update), "rollout_grad": (rollout_grad, ppo_update),
+              "advantage_grad": (rollout, ppo_update_advantage_grad),
+              "truncation_as_terminal": (rollout_truncation_as_terminal, ppo_update)}
+KNOWN_ERRORS = {
+    "rollout_grad": (
+        "backward through the graph a second time",
+        "mistake=rollout_grad: the rollout was collected with grad, so every stored log-prob carries the "
+        "graph of the step that made it; the first minibatch's backward ran into that graph and freed it, "
+        "and the second one found it gone. Fix: act under torch.no_grad() (the rollout is data).",
+    ),
+}
+
+
+# --- measurement (off the training path) ----------------------------------------------------------
+
+@torch.no_grad()
+def value_bias(agent, env_id: str, time_limit: int, episodes: int, gamma: float, seed: int, device) -> dict:
+    """The critic's values against Monte-Carlo returns of the task without its time limit: the policy
+    acts (sampling) for up to `time_limit` + 400 steps, and every state of the first `time_limit`
+    steps is scored against its discounted return to the end (the tail past 400 steps adds at
+    most gamma**400 / (1 - gamma))."""
+    env, errors = gym.make(env_id, max_episode_steps=time_limit + 400), []
+    with contextlib.closing(env):
+        for ep in range(episodes):
+            obs, _ = env.reset(seed=seed + ep)
+            states, rewards, done = [], [], False
+            while not done:
+                o = torch.as_tensor(obs, dtype=torch.float32, device=device)
+                states.append(o)
+                obs, reward, terminated, truncated, _ = env.step(int(agent.act(o)[0]))
+                rewards.append(float(reward))
+                done = terminated or truncated
+            returns, g = np.zeros(len(rewards)), 0.0
+            for t in reversed(range(len(rewards))):
+                returns[t] = g = rewards[t] + gamma * g
+            n = min(time_limit, len(states))
+            values = agent.value(torch.stack(states[:n])).cpu().numpy()
+            errors.append(values - returns[:n])
+    errors = np.concatenate(errors)
+    return {"value_bias": float(errors.mean()), "value_abs_error": float(np.abs(errors).mean())}
+
+
+# --- training loop ------------------------------------------------------------------------------
+
+def train(cfg) -> dict:
+    cfg, device = prepare(cfg, validate, small_model=lambda c: True)
+    envs, eval_env = make_envs(cfg.env, "PPO", instead="CartPole-v1, Acrobot-v1; for Box actions, sac")
+    threshold = cfg.env.reward_threshold or getattr(eval_env.spec, "reward_threshold", None)
+    time_limit = cfg.env.max_episode_steps or eval_env.spec.max_episode_steps
+    obs_dim, n_actions, n = int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n), cfg.env.num_envs
+    rollout_fn, update_fn = BY_MISTAKE[cfg.mistake]
+    agent = Agent(obs_dim, n_actions, cfg.hidden).to(device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
+    per_rollout = cfg.rollout_steps * n
+    n_rollouts = math.ceil(cfg.steps / per_rollout)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / n_rollouts)
+    stateful = {"agent": agent, "optimizer": optimizer, "schedule": schedule}
+    env_steps, evals, first_solved, rollout_bytes = 0, [], None, None
+    probe = Probe(device)
+    with contextlib.closing(envs), contextlib.closing(eval_env), \
+            Run(resolve_out_dir(cfg.out_dir, "ppo"), cfg, cfg.tensorboard, cfg.resume, cfg.overwrite) as run:
+        def checkpoint() -> None:  # a resumed run starts a fresh rollout: the one in flight is not saved
+            run.save(stateful, env_steps, evals=evals, first_solved_step=first_solved)
+        if cfg.resume:
+            state = run.restore(stateful, map_location=device)
+            env_steps, evals, first_solved = state["step"], state["evals"], state["first_solved_step"]
+            stopped_solved = first_solved is not None and cfg.stop_when_solved
+            if (done := run.finished(cfg.steps if stopped_solved else env_steps, cfg.steps)) is not None:
+                return done
+        obs = torch.as_tensor(envs.reset(seed=cfg.seed + env_steps)[0], dtype=torch.float32, device=device)
+        next_eval, next_log = ((env_steps // every + 1) * every for every in (cfg.eval_every, cfg.log_every))
+        label = f"ppo {cfg.env.id} mistake={cfg.mistake}"
+        with progress(cfg.steps, label, cfg.progress, initial=env_steps) as bar, explained(cfg.mistake, KNOWN_ERRORS):
+            while env_steps < cfg.steps:
+                clip = cfg.clip * (1 - env_steps / (n_rollouts * per_rollout))
+                with probe.step(sampled=False, units=per_rollout):
+                    batch, obs = rollout_fn(agent, envs, obs, cfg.rollout_steps, cfg.gamma)
+                    if rollout_bytes is None:  # what the stored rollout holds for backward (0: it is data)
+                        rollout_bytes = graph_saved_bytes(batch["logprobs"], batch["values"])
+                    with torch.no_grad():
+                        next_value = agent.value(obs)
+                    advantages, returns = gae(batch, next_value, cfg.gamma, cfg.gae_lambda)
+                    policy_loss, value_loss = update_fn(agent, optimizer, batch, advantages, returns, cfg.epochs,
+                                                        cfg.minibatch_size, clip, cfg.vf_coef, cfg.ent_coef,
+                                                        cfg.max_grad_norm)
+                    schedule.step()
+                env_steps += per_rollout
+                bar.update(per_rollout)
+                if env_steps >= next_log:
+                    next_log += cfg.log_every
+                    run.check_finite(env_steps, policy_loss=float(policy_loss), value_loss=float(value_loss))
+                    run.log(env_steps, policy_loss=float(policy_loss), value_loss=float(value_loss), clip=clip,
+                            lr=schedule.get_last_lr()[0])
+                if env_steps >= next_eval or env_steps >= cfg.steps:
+                    next_eval += cfg.eval_every
+                    evals.append({"env_steps": env_steps, **evaluate(agent.actor, eval_env, cfg.eval_episodes,
+                                                                       cfg.seed + 10_000, device)})
+                    run.log(env_steps, **evals[-1])
+                    bar.set_postfix(ret=f"{evals[-1]['eval_return_mean']:.0f}")
+                    if first_solved is None and threshold is not None and evals[-1]["eval_return_mean"] >= threshold:
+                        first_solved = env_steps
+                        if cfg.stop_when_solved:
+                            break
+                if cfg.ckpt_every and env_steps % cfg.ckpt_every < per_rollout:
+                    checkpoint()
+                run.stop_if_asked(checkpoint, env_steps, cfg.steps)
+        checkpoint()
+        if evals:
+            plots.figure(run.path("learning_curve.png"), draw_learning_curve, evals, f"mistake={cfg.mistake}", threshold)
+        final = evals[-1] if evals else {}
+        bias = value_bias(agent, cfg.env.id, time_limit, cfg.value_check_episodes, cfg.gamma, cfg.seed + 20_000, device) \
+            if cfg.value_check_episodes and time_limit else {}  # an env without a time limit has nothing to check
+        return run.write_summary({
+            "example": "ppo", "env_id": cfg.env.id, "mistake": cfg.mistake, "seed": cfg.seed, "device": str(device),
+            "eval_return_mean": final.get("eval_return_mean"), "eval_return_std": final.get("eval_return_std"),
+            "env_steps": env_steps, "first_solved_step": first_solved, "reward_threshold": threshold,
+            "time_limit": time_limit, **bias, "rollout_saved_bytes": rollout_bytes,
+            "env_steps_per_sec": probe.units_per_sec, "evals": evals})
+
+
+# --- what the tour and `python -m gallery show ppo` read ------------------------------------
+
+def headline(s: dict) -> str:
+    solved = (f"first solved at {s['first_solved_step']:,} env steps" if s["first_solved_step"] is not None
+              else f"not solved in {s['env_steps']:,} env steps")
+    bias = "" if s.get("value_bias") is None else f", value bias vs Monte-Carlo {s['value_bias']:+.1f}"
+    return (f"eval return {s['eval_return_mean']:.1f}, {solved}{bias}, "
+            f"bytes the stored rollout holds for backward {s['rollout_saved_bytes']:,}")
+
+
+def tour_figure(runs: dict, fig) -> None:
+    ax = fig.add_subplot(1, 1, 1)
+    for mistake in BY_MISTAKE:
+        if runs.get(mistake, {}).get("evals"):
+            draw_learning_curve(ax, runs[mistake]["evals"], "pattern" if mistake == "none" else f"mistake={mistake}")
+
+
+QUICK = ["steps=2048", "eval_every=1024", "eval_episodes=2", "value_check_episodes=1", "epochs=2"]
+TRUNCATED = ["env.max_episode_steps=100", "stop_when_solved=false", "steps=30000"]
+EXAMPLE = Example(
+    name="ppo",
+    pattern="the rollout and the advantages are data: acting and GAE under no_grad, stored log-probs constant",
+    pattern_functions=("rollout", "gae", "ppo_loss", "ppo_update"),
+    mistakes={
+        "rollout_grad": Mistake(
+            "the rollout collected with grad enabled",
+            "bytes held for backward grow with every rollout step; the second backward over the rollout raises "
+            "'Trying to backward through the graph a second time'",
+            ("rollout_grad",),
+        ),
+        "advantage_grad": Mistake(
+            "advantages recomputed from the critic with grad (returns - V(s))",
+            "the policy loss reaches the critic's parameters: the policy objective pushes the value function",
+            ("ppo_update_advantage_grad",),
+        ),
+        "truncation_as_terminal": Mistake(
+            "a time-limit truncation treated as a terminal state (no bootstrap)",
+            "the critic underestimates values against Monte-Carlo returns (measured with a 100-step limit)",
+            ("rollout_truncation_as_terminal",),
+        ),
+    },
+    budgets={"full": {"none": [], "rollout_grad": [], "advantage_grad": [],
+                      "truncation_as_terminal": TRUNCATED},
+             "quick": {m: QUICK for m in BY_MISTAKE}},
+    headline=headline,
+    figure=tour_figure,
+    check=lambda s: None if s["rollout_saved_bytes"] == 0 else "the stored rollout holds a graph",
+    smoke=("steps=512", "eval_every=512", "eval_episodes=1", "value_check_episodes=1", "epochs=1"),
+)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir("ppo"), config_name="ppo")
+def main(cfg) -> None:
+    report(run_cli(train, cfg), "eval_return_mean", "first_solved_step", "env_steps", "value_bias",
+           "rollout_saved_bytes", "env_steps_per_sec")
+
+
+if __name__ == "__main__":
+    print_help_if_asked(EXAMPLE)
+    check_overrides("ppo")
+    main()

@@ -1,0 +1,130 @@
+import json
+
+import gymnasium as gym
+import pytest
+import torch
+
+from gallery import ppo
+from gallery.core.cli import compose
+from gallery.core.errors import ExplainedMistake
+from gallery.core.probes import graph_saved_bytes, reached_parameters, state_hash
+from tests.conftest import run_module
+
+
+def _envs(n=2, limit=None, seed=0):
+    kwargs = {"max_episode_steps": limit} if limit else {}
+    envs = gym.make_vec("CartPole-v1", num_envs=n, vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, **kwargs)
+    obs = torch.as_tensor(envs.reset(seed=seed)[0], dtype=torch.float32)
+    return envs, obs
+
+
+def _agent(seed=0):
+    torch.manual_seed(seed)
+    return ppo.Agent(4, 2, 16)
+
+
+# --- the pattern's contract ---------------------------------------------------------------------
+
+def test_the_rollout_is_data_and_the_loss_never_reaches_its_history():
+    agent, (envs, obs) = _agent(), _envs()
+    batch, _ = ppo.rollout(agent, envs, obs, 8, 0.99)
+    assert all(t.grad_fn is None and not t.requires_grad for t in batch.values())
+    assert batch["obs"].shape == (8, 2, 4) and batch["logprobs"].shape == (8, 2)
+    advantages, returns = ppo.gae(batch, agent.value(obs), 0.99, 0.95)
+    assert advantages.grad_fn is None and returns.grad_fn is None  # even from a next value with a graph
+    policy_loss, value_loss, _ = ppo.ppo_loss(agent, batch["obs"][0], batch["actions"][0], batch["logprobs"][0],
+                                              advantages[0], returns[0], 0.2)
+    assert reached_parameters(policy_loss, agent.critic) == set()  # the policy loss trains the actor only
+    assert reached_parameters(value_loss, agent.actor) == set()
+
+
+def test_gae_by_hand_stops_at_an_episode_end_and_bootstraps_otherwise():
+    batch = {"rewards": torch.tensor([[1.0], [1.0], [1.0]]), "values": torch.tensor([[0.5], [0.4], [0.3]]),
+             "dones": torch.tensor([[0.0], [1.0], [0.0]])}
+    gamma, lam, next_value = 0.9, 0.8, torch.tensor([2.0])
+    advantages, returns = ppo.gae(batch, next_value, gamma, lam)
+    d2 = 1.0 + gamma * 2.0 - 0.3  # bootstraps from the value after the rollout
+    d1 = 1.0 - 0.4  # the episode ended here: no bootstrap, and nothing flows back across it
+    d0 = 1.0 + gamma * 0.4 - 0.5
+    expected = torch.tensor([[d0 + gamma * lam * d1], [d1], [d2]])
+    assert torch.allclose(advantages, expected) and torch.allclose(returns, expected + batch["values"])
+
+
+def test_a_truncated_step_bootstraps_from_the_true_final_observation():
+    agent = _agent()
+    with torch.no_grad():  # a critic that says 5 everywhere
+        agent.critic[-1].weight.zero_(), agent.critic[-1].bias.fill_(5.0)
+    envs, obs = _envs(n=1, limit=3)
+    batch, _ = ppo.rollout(agent, envs, obs, 3, 0.9)
+    assert batch["dones"][:, 0].tolist() == [0.0, 0.0, 1.0]
+    assert batch["rewards"][:, 0].tolist() == [1.0, 1.0, 1.0 + 0.9 * 5.0]  # reward + gamma * V(final obs)
+    envs, obs = _envs(n=1, limit=3)
+    torch.manual_seed(0)
+    mistake, _ = ppo.rollout_truncation_as_terminal(agent, envs, obs, 3, 0.9)
+    assert mistake["rewards"][:, 0].tolist() == [1.0, 1.0, 1.0] and mistake["dones"][2, 0] == 1.0
+
+
+# --- the mistakes' consequences -------------------------------------------------------------------
+
+def test_rollout_grad_holds_bytes_that_grow_with_every_step_and_the_second_backward_fails():
+    held = {}
+    for steps in (2, 4, 8):
+        agent, (envs, obs) = _agent(), _envs()
+        batch, _ = ppo.rollout_grad(agent, envs, obs, steps, 0.99)
+        held[steps] = graph_saved_bytes(batch["logprobs"], batch["values"])
+    assert 0 < held[2] < held[4] < held[8] and held[8] - held[4] == 2 * (held[4] - held[2])
+    agent, (envs, obs) = _agent(), _envs()
+    assert graph_saved_bytes(*ppo.rollout(agent, envs, obs, 8, 0.99)[0].values()) == 0
+    batch, _ = ppo.rollout_grad(agent, envs, obs, 4, 0.99)
+    advantages, returns = ppo.gae(batch, torch.zeros(2), 0.99, 0.95)
+    optimizer = torch.optim.Adam(agent.parameters())
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        ppo.ppo_update(agent, optimizer, batch, advantages, returns, epochs=2, minibatch_size=8, clip=0.2)
+
+
+def test_rollout_grad_run_stops_with_the_explained_fix(tmp_path):
+    with pytest.raises(ExplainedMistake, match=r"act under torch.no_grad\(\)"):
+        ppo.train(compose("ppo", ["mistake=rollout_grad", "steps=512", f"out_dir={tmp_path}", "device=cpu"]))
+
+
+def test_advantage_grad_lets_the_policy_loss_move_the_critic():
+    """With the value loss and the entropy switched off, only the policy loss trains: the pattern leaves
+    the critic exactly as it was; advantages taken from the critic with grad move it."""
+    envs, obs = _envs(n=4)
+    batch, next_obs = ppo.rollout(_agent(), envs, obs, 16, 0.99)
+    for update, critic_moves in ((ppo.ppo_update, False), (ppo.ppo_update_advantage_grad, True)):
+        agent = _agent()
+        advantages, returns = ppo.gae(batch, agent.value(next_obs), 0.99, 0.95)
+        before, actor_before = state_hash(agent.critic), state_hash(agent.actor)
+        update(agent, torch.optim.Adam(agent.parameters(), lr=1e-2), batch, advantages, returns, epochs=2,
+               minibatch_size=32, clip=0.2, vf_coef=0.0, ent_coef=0.0)
+        assert (state_hash(agent.critic) != before) is critic_moves
+        assert state_hash(agent.actor) != actor_before
+    mb_advantages = returns[0] - agent.value(batch["obs"][0])  # the mistake's line
+    policy_loss, _, _ = ppo.ppo_loss(agent, batch["obs"][0], batch["actions"][0], batch["logprobs"][0],
+                                     mb_advantages, returns[0], 0.2)
+    assert reached_parameters(policy_loss, agent.critic)
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+def test_cli_writes_the_summary_and_a_box_action_space_is_a_clear_error(tmp_path):
+    proc = run_module("gallery.ppo", "steps=512", "eval_every=512", "eval_episodes=1", "value_check_episodes=1",
+                      f"out_dir={tmp_path / 'run'}", "device=cpu")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rollout_saved_bytes"] == 0 and summary["env_steps"] == 512
+    assert (tmp_path / "run" / "learning_curve.png").is_file()
+    proc = run_module("gallery.ppo", "env.id=Pendulum-v1", f"out_dir={tmp_path / 'bad'}", "device=cpu")
+    assert proc.returncode == 2 and "PPO needs a Discrete one" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+def test_resume_continues_from_the_checkpoint_to_the_end(tmp_path):
+    args = ["steps=1024", "eval_every=512", "eval_episodes=1", "value_check_episodes=0", "ckpt_every=512",
+            "stop_when_solved=false", f"out_dir={tmp_path}", "device=cpu"]
+    first = ppo.train(compose("ppo", [*args[:-3], "steps=512", *args[-3:]]))
+    assert first["env_steps"] == 512
+    resumed = ppo.train(compose("ppo", [*args, "resume=true"]))
+    assert resumed["env_steps"] == 1024 and [e["env_steps"] for e in resumed["evals"]] == [512, 1024]
