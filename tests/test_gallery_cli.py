@@ -10,7 +10,7 @@ def test_listing_comes_from_the_registry():
     proc = run_module("gallery")
     assert proc.returncode == 0
     found = examples()
-    assert set(found) == {"gan", "dqn", "finetune", "ppo", "simsiam", "tbptt"}
+    assert set(found) == {"gan", "dqn", "finetune", "ppo", "sac", "simsiam", "tbptt"}
     for name, example in found.items():
         assert f"{name:10s} {example.pattern}" in proc.stdout
 
@@ -93,6 +93,7 @@ def test_run_sh_rejects_an_unknown_example():
     ("dqn", {"env": "acrobot, cartpole"}),
     ("finetune", {"backbone": "digits_cnn, resnet18", "data": "cifar10, digits, imagefolder"}),
     ("ppo", {"env": "acrobot, cartpole"}),
+    ("sac", {"env": "pendulum"}),
     ("simsiam", {"data": "cifar10, digits, imagefolder"}),
     ("tbptt", {"data": "file, pydoc, tiny_shakespeare, wikitext2"}),
 ])

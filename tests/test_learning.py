@@ -1,12 +1,12 @@
 """Learning gates: fixed seeds, default configs, marked slow (CI still runs them).
 
-The full targets (GAN, DQN and PPO seeds 0-4, SimSiam seeds 0-2) are checked by scripts/gates.py; these run the
+The full targets (GAN, DQN and PPO seeds 0-4, SAC and SimSiam seeds 0-2) are checked by scripts/gates.py; these run the
 subset that fits the test budget.
 """
 
 import pytest
 
-from gallery import dqn, finetune, gan, ppo, simsiam, tbptt
+from gallery import dqn, finetune, gan, ppo, sac, simsiam, tbptt
 from gallery.core.cli import compose
 
 pytestmark = pytest.mark.slow
@@ -88,3 +88,8 @@ def test_ppo_truncation_as_terminal_underestimates_values_against_monte_carlo_re
     mistake = ppo.train(compose("ppo", [*limit, f"out_dir={tmp_path}/m", "mistake=truncation_as_terminal"]))
     assert mistake["value_bias"] < -10 and mistake["value_bias"] < pattern["value_bias"] - 10
     assert pattern["eval_return_mean"] == mistake["eval_return_mean"] == 100  # both reach the limit
+
+
+def test_sac_balances_the_pendulum_within_20k_steps(tmp_path):
+    summary = sac.train(compose("sac", ["device=cpu", "seed=0", f"out_dir={tmp_path}"]))
+    assert summary["eval_return_mean"] >= -200 and summary["target_grad_seen"] is False

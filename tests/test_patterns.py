@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gallery import dqn, finetune, gan, nets, ppo, simsiam, tbptt
+from gallery import dqn, finetune, gan, nets, ppo, sac, simsiam, tbptt
 from gallery.core.cli import compose
 from gallery.core.probes import (
     CrossStepProbe,
@@ -136,6 +136,27 @@ def test_pasted_ppo_functions_keep_the_rollout_and_the_advantages_free_of_graphs
     ns["ppo_update"](agent, torch.optim.Adam(agent.parameters()), batch, advantages, returns, epochs=3,
                      minibatch_size=4, clip=0.2, vf_coef=0.0)
     assert state_hash(agent.critic) == before  # no value loss: nothing else reaches the critic
+
+
+def test_pasted_sac_functions_train_each_network_only_from_its_own_loss():
+    import numpy as np
+
+    ns = pasted("sac")
+    torch.manual_seed(0)
+    actor = sac.Actor(3, 1, 16, np.array([-2.0]), np.array([2.0]))
+    critics = nn.ModuleList([sac.Critic(3, 1, 16) for _ in range(2)])
+    temperature = sac.Temperature()
+    targets = ns["make_targets"](critics)
+    actor_opt, critic_opt, alpha_opt = ns["make_optimizers"](actor, critics, temperature, 1e-2)
+    batch = {"obs": torch.randn(16, 3), "next_obs": torch.randn(16, 3), "actions": torch.rand(16, 1) * 4 - 2,
+             "rewards": -torch.rand(16), "terminated": torch.zeros(16)}
+    ns["critic_step"](critics, targets, actor, critic_opt, batch, 0.2, 0.99)
+    assert all(p.grad is None for p in [*targets.parameters(), *actor.parameters()])
+    before = state_hash(critics)
+    ns["actor_alpha_step"](actor, critics, temperature, actor_opt, alpha_opt, batch["obs"], -1.0)
+    assert state_hash(critics) == before and temperature.log_alpha.grad is not None
+    ns["polyak"](targets, critics, 0.5)
+    assert all(p.grad_fn is None and p.grad is None for p in targets.parameters())
 
 
 def test_pasted_simsiam_loss_trains_the_encoder_only_through_the_predictions():

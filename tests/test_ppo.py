@@ -128,3 +128,10 @@ def test_resume_continues_from_the_checkpoint_to_the_end(tmp_path):
     assert first["env_steps"] == 512
     resumed = ppo.train(compose("ppo", [*args, "resume=true"]))
     assert resumed["env_steps"] == 1024 and [e["env_steps"] for e in resumed["evals"]] == [512, 1024]
+
+
+@pytest.mark.gpu
+def test_gpu_smoke(tmp_path):
+    s = ppo.train(compose("ppo", ["device=cuda", "steps=512", "eval_every=512", "eval_episodes=1",
+                                  "value_check_episodes=1", "epochs=1", f"out_dir={tmp_path}"]))
+    assert s["device"].startswith("cuda") and s["rollout_saved_bytes"] == 0

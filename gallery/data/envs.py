@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import nn
 
 from gallery.core.errors import ConfigError
 
@@ -73,16 +72,16 @@ class EpisodeReturns:
 
 
 @torch.no_grad()
-def evaluate(policy: nn.Module, env: gym.Env, episodes: int, seed: int, device: torch.device) -> dict:
-    """Greedy returns over `episodes` episodes, each reset with its own seed: the action is the argmax
-    of `policy(obs)` (Q-values, or a policy's logits)."""
+def evaluate(act, env: gym.Env, episodes: int, seed: int, device: torch.device) -> dict:
+    """Returns of a deterministic policy over `episodes` episodes, each reset with its own seed.
+    `act` maps an observation tensor to the action env.step takes (the argmax of Q-values or logits,
+    a squashed Gaussian mean)."""
     returns = []
     for ep in range(episodes):
         obs, _ = env.reset(seed=seed + ep)
         total, done = 0.0, False
         while not done:
-            action = int(policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).argmax())
-            obs, reward, terminated, truncated, _ = env.step(action)
+            obs, reward, terminated, truncated, _ = env.step(act(torch.as_tensor(obs, dtype=torch.float32, device=device)))
             total += float(reward)
             done = terminated or truncated
         returns.append(total)

@@ -1,4 +1,4 @@
-"""The DQN replay buffer: one preallocated table of transitions, saved and restored whole."""
+"""The replay buffer of DQN and SAC: one preallocated table of transitions, saved and restored whole."""
 
 from __future__ import annotations
 
@@ -13,16 +13,17 @@ class ReplayBuffer:
 
     The table is a CPU tensor. `add` writes the env's NumPy arrays straight into a NumPy view of it
     (no tensor is built per env step); `sample` gathers a batch of rows and moves it to the training
-    device in one copy. Actions are stored as floats, exact for any discrete action space below 2**24.
+    device in one copy. A discrete action (`act_dim=None`) is one float column, exact below 2**24, and
+    comes back as int64; a continuous one is `act_dim` float columns.
     """
 
-    def __init__(self, capacity: int, obs_dim: int, device: torch.device):
+    def __init__(self, capacity: int, obs_dim: int, device: torch.device, act_dim: int | None = None):
         self.capacity, self.size, self.pos, self.device = capacity, 0, 0, torch.device(device)
-        self.rows = torch.zeros(capacity, 2 * obs_dim + 3)
+        self.discrete, d, a = act_dim is None, obs_dim, act_dim or 1
+        self.rows = torch.zeros(capacity, 2 * d + a + 2)
         self.table = self.rows.numpy()  # shares memory with self.rows
-        d = obs_dim
-        self.columns = {"obs": slice(0, d), "actions": d, "rewards": d + 1, "terminated": d + 2,
-                        "next_obs": slice(d + 3, 2 * d + 3)}
+        self.columns = {"obs": slice(0, d), "actions": d if self.discrete else slice(d, d + a), "rewards": d + a,
+                        "terminated": d + a + 1, "next_obs": slice(d + a + 2, 2 * d + a + 2)}
 
     def add(self, obs, actions, rewards, next_obs, terminated) -> None:
         n, end = len(obs), self.pos + len(obs)
@@ -36,13 +37,15 @@ class ReplayBuffer:
         idx = torch.randint(self.size, (batch_size,), generator=generator)
         rows = self.rows[idx].to(self.device)
         batch = {name: rows[:, column] for name, column in self.columns.items()}
-        batch["actions"] = batch["actions"].long()
+        if self.discrete:
+            batch["actions"] = batch["actions"].long()
         return batch
 
     def state_dict(self) -> dict:
         rows = self.rows[: self.size]
         state = {name: rows[:, column].clone() for name, column in self.columns.items()}
-        state["actions"] = state["actions"].long()
+        if self.discrete:
+            state["actions"] = state["actions"].long()
         return {"pos": self.pos, "size": self.size, **state}
 
     def load_state_dict(self, state: dict) -> None:

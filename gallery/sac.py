@@ -1,0 +1,385 @@
+"""SAC: three stop-gradients in one update, each guarding a different network.
+
+    with torch.no_grad():                                     # 1. the soft TD target is a constant
+        a2, logp2 = actor.sample(s2)
+        y = r + gamma * (1 - done) * (min(Q1'(s2, a2), Q2'(s2, a2)) - alpha * logp2)
+    critics.requires_grad_(False)                             # 2. the actor's loss flows through the
+    actor_loss = (alpha * logp - min(Q1, Q2)(s, a)).mean()    #    critics to the action, not into them
+    alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()   # 3. only log_alpha learns here
+
+and the target critics follow by Polyak averaging under no_grad. The mistakes (`mistake=`):
+
+- target_grad: the TD target with grad enabled (and target critics that require grad): grads flow
+  into the target critics and into the actor through the next-action sample; more bytes saved.
+- actor_updates_critic: one optimizer over actor and critics, and no requires_grad_(False): the
+  actor's loss, which maximises Q, also moves the critics.
+- alpha_no_detach: the temperature loss without the detach: its gradient reaches the actor.
+
+Run: python -m gallery.sac seed=0 out_dir=/tmp/sac        (env.id=<any Box-action Gymnasium id>)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import hydra
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gallery.core import plots
+from gallery.core.cli import check_overrides, print_help_if_asked, report, run_cli
+from gallery.core.config import (
+    BaseConfig,
+    config_dir,
+    register_schema,
+    require_choice,
+    require_positive,
+    require_range,
+    validate_base,
+)
+from gallery.core.errors import ConfigError
+from gallery.core.probes import Probe
+from gallery.core.registry import Example, Mistake
+from gallery.core.run import Run, prepare, progress, resolve_out_dir
+from gallery.data.envs import EnvConfig, draw_learning_curve, env_step, evaluate, make_envs
+from gallery.data.replay import ReplayBuffer
+
+# --- config schema -----------------------------------------------------------------------------
+
+@dataclass
+class SacConfig(BaseConfig):
+    env: EnvConfig = field(default_factory=lambda: EnvConfig(id="Pendulum-v1", num_envs=1))
+    steps: int = 20_000  # env steps
+    hidden: int = 128  # 256 (SB3's) costs 2.4x the time per update on a 2-core CPU
+    lr: float = 1e-3
+    batch_size: int = 256
+    gamma: float = 0.99
+    tau: float = 0.005  # Polyak rate of the target critics
+    buffer_size: int = 100_000
+    learning_starts: int = 1_000  # uniform random actions until then
+    eval_every: int = 2_000
+    eval_episodes: int = 5
+    log_every: int = 1_000
+    ckpt_every: int = 10_000
+    probe_every: int = 500  # updates between measurements of the bytes one update saves
+
+
+register_schema("sac", SacConfig)
+
+
+def validate(cfg: SacConfig) -> None:
+    validate_base(cfg, BY_MISTAKE)
+    require_choice(cfg, "env.vectorization", ["sync", "async"])
+    require_positive(cfg, "env.num_envs", "hidden", "lr", "batch_size", "buffer_size", "eval_episodes", "probe_every")
+    require_range(cfg, "gamma", 0.0, 1.0)
+    require_range(cfg, "tau", 1e-6, 1.0)
+    if cfg.batch_size > cfg.buffer_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} must be <= buffer_size={cfg.buffer_size}")
+
+
+# --- models --------------------------------------------------------------------------------------
+
+def mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
+
+
+class Actor(nn.Module):
+    """A tanh-squashed Gaussian policy, scaled to the action bounds."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, low: np.ndarray, high: np.ndarray):
+        super().__init__()
+        self.net = mlp(obs_dim, 2 * act_dim, hidden)
+        self.register_buffer("scale", torch.as_tensor((high - low) / 2, dtype=torch.float32))
+        self.register_buffer("center", torch.as_tensor((high + low) / 2, dtype=torch.float32))
+
+    def sample(self, obs: torch.Tensor):
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        std = log_std.clamp(-5, 2).exp()
+        noise = torch.randn_like(mean)
+        u = mean + std * noise  # reparameterised: the sample carries the actor's graph
+        squashed = torch.tanh(u)
+        gaussian = -0.5 * noise.pow(2) - std.log() - 0.5 * math.log(2 * math.pi)  # log N(u; mean, std)
+        logp = gaussian - torch.log(self.scale * (1 - squashed.pow(2)) + 1e-6)  # the tanh and scale change of variables
+        return squashed * self.scale + self.center, logp.sum(-1)
+
+    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(obs).chunk(2, dim=-1)[0]) * self.scale + self.center
+
+
+class Critic(nn.Module):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int):
+        super().__init__()
+        self.net = mlp(obs_dim + act_dim, 1, hidden)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, action], dim=-1)).squeeze(-1)
+
+
+class Temperature(nn.Module):
+    """alpha = exp(log_alpha), learned so that the policy's entropy stays near a target."""
+
+    def __init__(self):
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.zeros(()))
+
+
+# --- the pattern --------------------------------------------------------------------------------
+
+def make_targets(critics):
+    target_critics = copy.deepcopy(critics)
+    target_critics.requires_grad_(False)  # PATTERN: the targets only ever follow by Polyak averaging
+    return target_critics
+
+
+def make_optimizers(actor, critics, temperature, lr):
+    """One optimizer per network: each step moves only what it is meant to train."""
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=lr)  # PATTERN: the actor's optimizer holds the actor only
+    return actor_opt, torch.optim.Adam(critics.parameters(), lr=lr), torch.optim.Adam(temperature.parameters(), lr=lr)
+
+
+def soft_td_target(actor, target_critics, batch, alpha, gamma):
+    """r + gamma * (1 - terminated) * (min_i Q'_i(s', a') - alpha * log pi(a'|s')), with a' ~ pi(.|s')."""
+    next_action, next_logp = actor.sample(batch["next_obs"])
+    next_q = torch.min(*(q(batch["next_obs"], next_action) for q in target_critics))
+    return batch["rewards"] + gamma * (1.0 - batch["terminated"]) * (next_q - alpha * next_logp)
+
+
+def critic_step(critics, target_critics, actor, critic_opt, batch, alpha, gamma):
+    with torch.no_grad():  # PATTERN: the soft TD target is a constant: no graph into the targets or the actor
+        target = soft_td_target(actor, target_critics, batch, alpha, gamma)
+    loss = sum(F.mse_loss(q(batch["obs"], batch["actions"]), target) for q in critics)
+    critic_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    critic_opt.step()
+    return loss.detach()
+
+
+def actor_alpha_step(actor, critics, temperature, actor_opt, alpha_opt, obs, target_entropy):
+    """The actor climbs min(Q1, Q2) - alpha * log pi; the temperature follows the entropy target.
+    The critics stop requiring grad for their forward here (rather than having their grads cleared
+    afterwards): backward then computes no weight grads for them at all, and even an optimizer that
+    holds them could not move them."""
+    alpha = temperature.log_alpha.exp().detach()
+    action, logp = actor.sample(obs)
+    critics.requires_grad_(False)  # PATTERN: grads flow through the critics to the action, not into them
+    q = torch.min(*(c(obs, action) for c in critics))
+    critics.requires_grad_(True)
+    actor_loss = (alpha * logp - q).mean()
+    alpha_loss = -(temperature.log_alpha * (logp.detach() + target_entropy)).mean()  # PATTERN: log_alpha only
+    actor_opt.zero_grad(set_to_none=True)
+    alpha_opt.zero_grad(set_to_none=True)
+    (actor_loss + alpha_loss).backward()
+    actor_opt.step()
+    alpha_opt.step()
+    return actor_loss.detach(), -logp.detach().mean()
+
+
+@torch.no_grad()
+def polyak(target, online, tau):
+    """target <- target + tau * (online - target), in place, without a graph (never through .data)."""
+    torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)  # PATTERN: under no_grad
+
+
+# --- the mistakes -------------------------------------------------------------------------------
+
+def make_targets_with_grad(critics):
+    target_critics = copy.deepcopy(critics)  # MISTAKE: the copies still require grad
+    return target_critics
+
+
+def critic_step_target_grad(critics, target_critics, actor, critic_opt, batch, alpha, gamma):
+    target = soft_td_target(actor, target_critics, batch, alpha, gamma)  # MISTAKE: no no_grad: a graph behind it
+    loss = sum(F.mse_loss(q(batch["obs"], batch["actions"]), target) for q in critics)
+    critic_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    critic_opt.step()
+    return loss.detach()
+
+
+def make_optimizers_shared(actor, critics, temperature, lr):
+    actor_opt = torch.optim.Adam([*actor.parameters(), *critics.parameters()], lr=lr)  # MISTAKE: one for both
+    return actor_opt, actor_opt, torch.optim.Adam(temperature.parameters(), lr=lr)
+
+
+def actor_alpha_step_updates_critic(actor, critics, temperature, actor_opt, alpha_opt, obs, target_entropy):
+    alpha = temperature.log_alpha.exp().detach()
+    action, logp = actor.sample(obs)
+    q = torch.min(*(c(obs, action) for c in critics))  # MISTAKE: the critics' weights get the actor loss's grads
+    actor_loss = (alpha * logp - q).mean()
+    alpha_loss = -(temperature.log_alpha * (logp.detach() + target_entropy)).mean()
+    actor_opt.zero_grad(set_to_none=True)
+    alpha_opt.zero_grad(set_to_none=True)
+    (actor_loss + alpha_loss).backward()
+    actor_opt.step()
+    alpha_opt.step()
+    return actor_loss.detach(), -logp.detach().mean()
+
+
+def actor_alpha_step_alpha_no_detach(actor, critics, temperature, actor_opt, alpha_opt, obs, target_entropy):
+    alpha = temperature.log_alpha.exp().detach()
+    action, logp = actor.sample(obs)
+    critics.requires_grad_(False)
+    q = torch.min(*(c(obs, action) for c in critics))
+    critics.requires_grad_(True)
+    actor_loss = (alpha * logp - q).mean()
+    alpha_loss = -(temperature.log_alpha * (logp + target_entropy)).mean()  # MISTAKE: it trains the actor too
+    actor_opt.zero_grad(set_to_none=True)
+    alpha_opt.zero_grad(set_to_none=True)
+    (actor_loss + alpha_loss).backward()
+    actor_opt.step()
+    alpha_opt.step()
+    return actor_loss.detach(), -logp.detach().mean()
+
+
+# (targets, optimizers, critic step, actor-and-alpha step) for each mistake
+BY_MISTAKE = {
+    "none": (make_targets, make_optimizers, critic_step, actor_alpha_step),
+    "target_grad": (make_targets_with_grad, make_optimizers, critic_step_target_grad, actor_alpha_step),
+    "actor_updates_critic": (make_targets, make_optimizers_shared, critic_step, actor_alpha_step_updates_critic),
+    "alpha_no_detach": (make_targets, make_optimizers, critic_step, actor_alpha_step_alpha_no_detach),
+}
+
+
+# --- training loop ------------------------------------------------------------------------------
+
+def train(cfg) -> dict:
+    cfg, device = prepare(cfg, validate, small_model=lambda c: True)
+    envs, eval_env = make_envs(cfg.env, "SAC", gym.spaces.Box, "Pendulum-v1, MountainCarContinuous-v0; for "
+                               "Discrete actions, dqn or ppo")
+    space, n = envs.single_action_space, cfg.env.num_envs
+    obs_dim, act_dim = int(np.prod(envs.single_observation_space.shape)), int(np.prod(space.shape))
+    make_targets_fn, make_optimizers_fn, critic_step_fn, actor_step_fn = BY_MISTAKE[cfg.mistake]
+    actor = Actor(obs_dim, act_dim, cfg.hidden, space.low, space.high).to(device)
+    critics = nn.ModuleList([Critic(obs_dim, act_dim, cfg.hidden) for _ in range(2)]).to(device)
+    target_critics, temperature = make_targets_fn(critics), Temperature().to(device)
+    actor_opt, critic_opt, alpha_opt = make_optimizers_fn(actor, critics, temperature, cfg.lr)
+    buffer = ReplayBuffer(cfg.buffer_size, obs_dim, device, act_dim)
+    sample_rng, act_rng = torch.Generator().manual_seed(cfg.seed), np.random.default_rng(cfg.seed)
+    stateful = {"actor": actor, "critics": critics, "target_critics": target_critics, "temperature": temperature,
+                "actor_opt": actor_opt, "critic_opt": critic_opt, "alpha_opt": alpha_opt, "buffer": buffer,
+                "sample_rng": sample_rng}
+    env_steps, updates, evals, target_entropy = 0, 0, [], -float(act_dim)
+    probe, critic_loss, actor_loss, entropy = Probe(device, "saved_bytes_per_update"), 0.0, 0.0, 0.0
+    with contextlib.closing(envs), contextlib.closing(eval_env), \
+            Run(resolve_out_dir(cfg.out_dir, "sac"), cfg, cfg.tensorboard, cfg.resume, cfg.overwrite) as run:
+        def checkpoint() -> None:  # the replay buffer included; the episodes in flight restart on resume
+            run.save(stateful, env_steps, updates=updates, evals=evals)
+        if cfg.resume:
+            state = run.restore(stateful, map_location=device)
+            env_steps, updates, evals = state["step"], state["updates"], state["evals"]
+            act_rng = np.random.default_rng(cfg.seed + env_steps)
+            if (done := run.finished(env_steps, cfg.steps)) is not None:
+                return done
+        obs, _ = envs.reset(seed=cfg.seed + env_steps)
+        next_eval, next_log = ((env_steps // every + 1) * every for every in (cfg.eval_every, cfg.log_every))
+        with progress(cfg.steps, f"sac {cfg.env.id} mistake={cfg.mistake}", cfg.progress, initial=env_steps) as bar:
+            while env_steps < cfg.steps:
+                learning = env_steps >= cfg.learning_starts
+                with probe.step(sampled=learning and updates % cfg.probe_every == 0, units=n, per=n):
+                    if learning:
+                        with torch.no_grad():  # acting needs no graph
+                            actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
+                    else:
+                        actions = act_rng.uniform(space.low, space.high, size=(n, act_dim)).astype(np.float32)
+                    next_obs, real_next, rewards, terminated, _ = env_step(envs, actions)
+                    buffer.add(obs, actions, rewards, real_next, terminated)  # truncation is not stored: it bootstraps
+                    obs, env_steps = next_obs, env_steps + n
+                    for _ in range(n if learning else 0):
+                        batch = buffer.sample(cfg.batch_size, sample_rng)
+                        alpha = temperature.log_alpha.exp().detach()
+                        critic_loss = critic_step_fn(critics, target_critics, actor, critic_opt, batch, alpha, cfg.gamma)
+                        actor_loss, entropy = actor_step_fn(actor, critics, temperature, actor_opt, alpha_opt,
+                                                            batch["obs"], target_entropy)
+                        polyak(target_critics, critics, cfg.tau)
+                        updates += 1
+                bar.update(n)
+                if env_steps >= next_log:
+                    next_log += cfg.log_every
+                    run.check_finite(env_steps, critic_loss=float(critic_loss))
+                    run.log(env_steps, critic_loss=float(critic_loss), actor_loss=float(actor_loss),
+                            entropy=float(entropy), alpha=temperature.log_alpha.detach().exp().item(), **probe.record)
+                if env_steps >= next_eval or env_steps >= cfg.steps:
+                    next_eval += cfg.eval_every
+                    evals.append({"env_steps": env_steps, "entropy": float(entropy),
+                                  **evaluate(lambda o: actor.greedy(o).cpu().numpy(), eval_env, cfg.eval_episodes,
+                                             cfg.seed + 10_000, device)})
+                    run.log(env_steps, **evals[-1])
+                    bar.set_postfix(ret=f"{evals[-1]['eval_return_mean']:.0f}")
+                if cfg.ckpt_every and env_steps % cfg.ckpt_every < n:
+                    checkpoint()
+                run.stop_if_asked(checkpoint, env_steps, cfg.steps)
+        checkpoint()
+        if evals:
+            plots.figure(run.path("learning_curve.png"), draw_learning_curve, evals, f"mistake={cfg.mistake}")
+        final = evals[-1] if evals else {}
+        return run.write_summary({
+            "example": "sac", "env_id": cfg.env.id, "mistake": cfg.mistake, "seed": cfg.seed, "device": str(device),
+            "eval_return_mean": final.get("eval_return_mean"), "eval_return_std": final.get("eval_return_std"),
+            "env_steps": env_steps, "updates": updates, "alpha": temperature.log_alpha.detach().exp().item(),
+            "target_grad_seen": any(p.grad is not None for p in target_critics.parameters()),
+            "env_steps_per_sec": probe.units_per_sec, "saved_bytes_per_update": probe.record.get("saved_bytes_per_update"),
+            "evals": evals})
+
+
+# --- what the tour and `python -m gallery show sac` read ------------------------------------
+
+def headline(s: dict) -> str:
+    return (f"eval return {s['eval_return_mean']:.1f} after {s['env_steps']:,} env steps, alpha {s['alpha']:.3f}, "
+            f"target grads seen: {s['target_grad_seen']}, saved bytes/update {s['saved_bytes_per_update']:,}")
+
+
+def tour_figure(runs: dict, fig) -> None:
+    ax = fig.add_subplot(1, 1, 1)
+    for mistake in BY_MISTAKE:
+        if runs.get(mistake, {}).get("evals"):
+            draw_learning_curve(ax, runs[mistake]["evals"], "pattern" if mistake == "none" else f"mistake={mistake}")
+
+
+QUICK = ["steps=600", "learning_starts=200", "eval_every=300", "eval_episodes=1", "hidden=32", "batch_size=32",
+         "probe_every=50"]
+EXAMPLE = Example(
+    name="sac",
+    pattern="soft TD target under no_grad; the actor's loss does not train the critics; log_prob.detach() for alpha",
+    pattern_functions=("make_targets", "make_optimizers", "soft_td_target", "critic_step", "actor_alpha_step", "polyak"),
+    mistakes={
+        "target_grad": Mistake(
+            "the TD target computed with grad enabled, through target critics that require grad",
+            "target critics and the actor get .grad from the critic loss; more bytes saved for backward per update",
+            ("make_targets_with_grad", "critic_step_target_grad"),
+        ),
+        "actor_updates_critic": Mistake(
+            "one optimizer over actor and critics, and the critics left requiring grad in the actor step",
+            "the actor's loss, which maximises Q, also moves the critics",
+            ("make_optimizers_shared", "actor_alpha_step_updates_critic"),
+        ),
+        "alpha_no_detach": Mistake(
+            "the temperature loss without log_prob.detach()",
+            "its gradient reaches the actor, pushing the policy's entropy the wrong way",
+            ("actor_alpha_step_alpha_no_detach",),
+        ),
+    },
+    budgets={"full": {m: [] for m in BY_MISTAKE}, "quick": {m: QUICK for m in BY_MISTAKE}},
+    headline=headline,
+    figure=tour_figure,
+    check=lambda s: "a target critic got .grad" if s["target_grad_seen"] else (
+        None if s["saved_bytes_per_update"] else "no update was measured"),
+    smoke=("steps=300", "learning_starts=100", "eval_every=300", "eval_episodes=1", "hidden=16", "batch_size=32",
+           "probe_every=10"),
+)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir("sac"), config_name="sac")
+def main(cfg) -> None:
+    report(run_cli(train, cfg), "eval_return_mean", "env_steps", "alpha", "target_grad_seen", "env_steps_per_sec")
+
+
+if __name__ == "__main__":
+    print_help_if_asked(EXAMPLE)
+    check_overrides("sac")
+    main()
