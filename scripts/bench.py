@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed and memory of each pattern against its mistake, as ratios measured side by side.
 
-    scripts/bench.py [gan|dqn|finetune|ppo|tbptt|threads|smoke|all] [--device cpu|cuda] [--json results.json]
+    scripts/bench.py [gan|dqn|finetune|ppo|sac|tbptt|threads|smoke|all] [--device cpu|cuda] [--json results.json]
 
 Times come from alternating blocks of the two variants in one process (median of the blocks), so a
 ratio holds on the machine it ran on even when the absolute times drift. Bytes come from the
@@ -428,6 +428,66 @@ def bench_ppo(device: torch.device) -> list[dict]:
     return rows
 
 
+def bench_sac(device: torch.device) -> list[dict]:
+    """Env steps per second: the bare vector env (random actions) against the whole gallery.sac train()
+    call (one update per env step after the random warm-up); and the bytes saved for backward by one
+    update (critic step, then actor-and-temperature step), pattern against each mistake."""
+    import gymnasium as gym
+    import numpy as np
+
+    from gallery import sac
+    from gallery.data.envs import make_envs
+    from gallery.data.replay import ReplayBuffer
+
+    torch.set_num_threads(1)  # as threads=auto gives these small nets in gallery.sac
+    cfg = to_schema(config("sac", f"device={device}"))
+    envs, eval_env = make_envs(cfg.env, "SAC", gym.spaces.Box, "Pendulum-v1")
+    n, space = cfg.env.num_envs, envs.single_action_space
+    obs_dim, act_dim = int(np.prod(envs.single_observation_space.shape)), int(np.prod(space.shape))
+    rng, steps = np.random.default_rng(0), 20_000
+    obs, _ = envs.reset(seed=0)
+    t0 = time.perf_counter()
+    for _ in range(steps // n):
+        envs.step(rng.uniform(space.low, space.high, size=(n, act_dim)).astype(np.float32))
+    bare = steps / (time.perf_counter() - t0)
+    buffer = ReplayBuffer(cfg.batch_size * 4, obs_dim, device, act_dim)  # random transitions for the byte count
+    for _ in range(buffer.capacity // n):
+        actions = rng.uniform(space.low, space.high, size=(n, act_dim)).astype(np.float32)
+        next_obs, rewards, terminated, _, _ = envs.step(actions)
+        buffer.add(obs, actions, rewards, next_obs, terminated)
+        obs = next_obs
+    train_steps = 5_000
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        sac.train(config("sac", f"device={device}", f"steps={train_steps}", "eval_every=1000000",
+                         "eval_episodes=1", "progress=false", f"out_dir={tmp}/sac"))
+        whole = train_steps / (time.perf_counter() - t0)
+    rows = [{"setting": f"{cfg.env.id}, env.num_envs={n}, batch_size={cfg.batch_size}, hidden={cfg.hidden}; "
+                        f"train() over {train_steps:,} env steps, the first {cfg.learning_starts:,} random, "
+                        "then one update per env step",
+             "bare_env_steps_per_sec": bare, "gallery_train_env_steps_per_sec": whole,
+             "train_fraction_of_bare": whole / bare}]
+    saved = {}
+    sample_rng = torch.Generator().manual_seed(0)
+    batch = buffer.sample(cfg.batch_size, sample_rng)
+    for mistake, (make_targets, make_optimizers, critic_step, actor_step) in sac.BY_MISTAKE.items():
+        torch.manual_seed(0)
+        actor = sac.Actor(obs_dim, act_dim, cfg.hidden, space.low, space.high).to(device)
+        critics = torch.nn.ModuleList([sac.Critic(obs_dim, act_dim, cfg.hidden) for _ in range(2)]).to(device)
+        temperature = sac.Temperature().to(device)
+        targets = make_targets(critics)
+        actor_opt, critic_opt, alpha_opt = make_optimizers(actor, critics, temperature, cfg.lr)
+        alpha = temperature.log_alpha.exp().detach()
+        with SavedTensorMeter() as meter:
+            critic_step(critics, targets, actor, critic_opt, batch, alpha, cfg.gamma)
+            actor_step(actor, critics, temperature, actor_opt, alpha_opt, batch["obs"], -float(act_dim))
+        saved[f"{mistake}: saved_bytes_per_update"] = meter.total
+    envs.close(), eval_env.close()
+    rows.append({**saved, "target_grad_over_pattern": saved["target_grad: saved_bytes_per_update"]
+                 / saved["none: saved_bytes_per_update"]})
+    return rows
+
+
 def bench_threads(device: torch.device, steps: int = 1500) -> list[dict]:
     """The ring8 GAN for `steps` steps as a whole process: alone, and two at once (as in a sweep or on a
     shared CI runner), with threads=auto (one thread for this small model) and with torch's default."""
@@ -475,7 +535,8 @@ def bench_smoke(device: torch.device) -> list[dict]:
              "max_seconds": max(seconds)}]
 
 
-BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo": bench_ppo, "tbptt": bench_tbptt,
+BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo": bench_ppo, "sac": bench_sac,
+           "tbptt": bench_tbptt,
            "threads": bench_threads, "smoke": bench_smoke}
 
 
@@ -514,8 +575,10 @@ def main() -> int:
             for key, value in row.items():
                 print(f"  {key}: {fmt(value)}")
             print()
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.json:  # merged: a bench run for one example keeps the others' entries
+        merged = json.loads(args.json.read_text()) if args.json.exists() else {}
+        merged.update(results)
+        args.json.write_text(json.dumps(merged, indent=2) + "\n")
     return 0
 
 

@@ -107,6 +107,33 @@ def test_advantage_grad_lets_the_policy_loss_move_the_critic():
     assert reached_parameters(policy_loss, agent.critic)
 
 
+def test_advantage_grad_push_on_the_critic_is_nearly_cancelled_by_minibatch_normalisation():
+    """Why advantage_grad did not learn worse on CartPole (README): the loss standardises each
+    minibatch's advantages, and the gradient of a standardised vector is orthogonal to the constant
+    direction. At ratio 1 (the first minibatch of a rollout) the policy loss is -mean(standardised A),
+    a constant, so it sends the critic nothing; later the ratios move only within the clip range."""
+    agent, (envs, obs) = _agent(), _envs(n=4)
+    batch, _ = ppo.rollout(agent, envs, obs, 16, 0.99)
+    obs, actions, old = batch["obs"].flatten(0, 1), batch["actions"].flatten(), batch["logprobs"].flatten()
+    returns = torch.linspace(1.0, 30.0, len(obs))  # any targets: the push is what is measured
+
+    def critic_grad_norm(normalise: bool) -> float:
+        advantages = returns - agent.value(obs)  # the mistake's line: advantages with the critic's graph
+        logprob = agent.evaluate(obs, actions)[0]
+        if normalise:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        ratio = (logprob - old).exp()
+        loss = -torch.min(ratio * advantages, ratio.clamp(0.8, 1.2) * advantages).mean()
+        grads = torch.autograd.grad(loss, list(agent.critic.parameters()))
+        return float(torch.cat([g.flatten() for g in grads]).norm())
+
+    assert critic_grad_norm(normalise=True) < 1e-5 < 0.1 < critic_grad_norm(normalise=False)
+    with torch.no_grad():  # the policy moves on, as after a few minibatches
+        for p in agent.actor.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    assert 100 * critic_grad_norm(normalise=True) < critic_grad_norm(normalise=False)
+
+
 # --- runs ---------------------------------------------------------------------------------------
 
 def test_cli_writes_the_summary_and_a_box_action_space_is_a_clear_error(tmp_path):
