@@ -43,7 +43,7 @@ from gallery.backbones import (
     load_data,
     pretrain,
 )
-from gallery.core import plots
+from gallery.core import dist, plots
 from gallery.core.checkpoint import load_checkpoint
 from gallery.core.cli import check_overrides, print_help_if_asked, report, run_cli
 from gallery.core.config import (
@@ -57,6 +57,7 @@ from gallery.core.config import (
     validate_base,
 )
 from gallery.core.device import amp_forward
+from gallery.core.dist import ddp_report
 from gallery.core.errors import ConfigError
 from gallery.core.probes import Probe, drift, float_state, state_hash
 from gallery.core.registry import Example, Mistake
@@ -275,9 +276,11 @@ def train(cfg) -> dict:
         path = pretrain(cfg, device)
         return {"stage": "pretrain", "checkpoint": str(path), "out_dir": str(path.parent),
                 **{k: v for k, v in load_checkpoint(path).items() if k in ("val_acc", "seed")}}
-    backbone, old_head = build_backbone(cfg, device)
+    with dist.main_first():  # torchrun: rank 0 pretrains (or downloads) into the cache, the others read it
+        backbone, old_head = build_backbone(cfg, device)
     seed_everything(cfg.seed, cfg.deterministic)
     x, y, xv, yv = (t.to(device) for t in load_data(cfg, FINETUNE_CLASSES))
+    x, y = dist.shard(x), dist.shard(y)  # torchrun: this rank's shard of the training set
     if cfg.unfreeze_last > len(backbone) - 1:
         raise ConfigError(f"unfreeze_last={cfg.unfreeze_last}: the backbone has {len(backbone)} blocks; "
                           f"use at most {len(backbone) - 1} (or mistake=no_freeze to train them all)")
@@ -289,7 +292,12 @@ def train(cfg) -> dict:
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.layer_lr_decay), weight_decay=cfg.weight_decay)
     frozen_hash, unfrozen_hash, frozen_start = state_hash(model.frozen), state_hash(model.trainable, buffers=False), float_state(model.frozen)
     inputs = cache_features(model, x) if cfg.cache_features else x
-    step_fn = model.head if cfg.cache_features else model
+    # Under torchrun, DDP around what the step trains (run alone: the module itself). It is built after
+    # freezing, because DDP registers only the parameters that require grad when it is built: the frozen
+    # blocks are never all-reduced, and find_unused_parameters stays False (every registered parameter
+    # gets a grad each step). A parameter frozen after wrapping would stay registered, and DDP would wait
+    # for its grad; set requires_grad first, wrap second (and re-wrap when unfreezing more blocks).
+    step_fn = dist.wrap(model.head if cfg.cache_features else model, device)
     batches = images.IndexBatches(len(x), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
     stateful = {"model": model, "optimizer": optimizer, "batches": batches}
     start, probe, val_acc, curve = 0, Probe(device, "saved_bytes_per_step"), 0.0, []
@@ -340,6 +348,8 @@ def train(cfg) -> dict:
             "frozen_params": sum(p.numel() for p in model.parameters() if not p.requires_grad),
             "sec_per_step": probe.sec_per_step, "saved_bytes_per_step": probe.record.get("saved_bytes_per_step"),
             "old_task_acc": old_task_acc, "train_size": len(x), "val_size": len(xv), "curve": curve,
+            **ddp_report({"model": model}, probe.record, reducer=dist.reducer_size(step_fn),
+                         backbone_unchanged_by_rank=state_hash(model.frozen) == frozen_hash),
         })
 
 

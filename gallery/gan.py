@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 from torch import nn
 
-from gallery.core import plots
+from gallery.core import dist, plots
 from gallery.core.cli import check_overrides, print_help_if_asked, report, run_cli
 from gallery.core.config import (
     BaseConfig,
@@ -41,6 +41,7 @@ from gallery.core.config import (
     validate_base,
 )
 from gallery.core.device import amp_forward
+from gallery.core.dist import ddp_report
 from gallery.core.errors import ConfigError, explained
 from gallery.core.probes import CrossStepProbe
 from gallery.core.registry import Example, Mistake
@@ -112,12 +113,13 @@ def build_data(cfg: GanConfig, device: torch.device):
     d = cfg.data
     if d.name in MIXTURES:
         layout = "ring" if d.name == "ring8" else "grid" if d.name == "grid25" else d.layout
-        return mixture(layout, d.modes, d.radius, d.std, device, cfg.seed)
+        return mixture(layout, d.modes, d.radius, d.std, device, cfg.seed + dist.rank())  # each rank its own samples
     if d.name == "digits":
         x, _ = images.load_digits_tensors()
     else:
         ds = images.torchvision_dataset(d.name, d.root, d.image_size, channels=d.channels)
         x, _ = images.dataset_to_tensors(ds, limit=20000)
+    x = dist.shard(x)  # under torchrun, this rank's shard of the images
     return images.ImageBatches(x, cfg.batch_size, device, cfg.seed)
 
 
@@ -318,6 +320,16 @@ def train(cfg) -> dict:
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
     sched_g, sched_d = (lr_schedule(opt, cfg.lr_schedule, cfg.steps) for opt in (opt_g, opt_d))
+    # Under torchrun, G and D each in their own DDP (run alone: the modules themselves). The D step's
+    # graph stops at fake.detach(), so it runs no backward through DDP(G): G's grads are all-reduced in
+    # the G step only (`g_allreduce` counts it). sync_buffers=False: D runs two forwards (real,
+    # fake) before one backward, which trips the buffer broadcast when D holds buffers (spectral norm;
+    # pytorch#175024); G's BatchNorm normalises each rank's batch with its own statistics either way,
+    # and rank 0's running statistics are the ones it evaluates and saves. (SyncBatchNorm would make
+    # them global, but it runs on GPUs only.)
+    g_ddp, d_ddp = (dist.wrap(m, device, sync_buffers=False) for m in (g, d))
+    g_allreduce = dist.AllReduceCounter(g_ddp)
+    g_allreduce.attribute(opt_d, "d_step"), g_allreduce.attribute(opt_g, "g_step")
     fixed_z = torch.randn(cfg.eval_samples, cfg.z_dim, generator=torch.Generator().manual_seed(10_000 + cfg.seed)).to(device)
     stateful = {"g": g, "d": d, "opt_g": opt_g, "opt_d": opt_d, "sched_g": sched_g, "sched_d": sched_d,
                 "data_rng": data.generator}  # what a checkpoint saves and a resume restores
@@ -334,8 +346,8 @@ def train(cfg) -> dict:
                 real = data.sample(cfg.batch_size)
                 z = torch.randn(len(real), cfg.z_dim, device=device)
                 with probe.step(sampled=step == start + 1 or step % cfg.log_every == 0):
-                    fake = g(z)  # one G forward: the D step detaches it, the G step reuses it
-                    d_loss, g_loss = gan_step_fn(d, opt_d, opt_g, real, fake, cfg.r1_gamma)
+                    fake = g_ddp(z)  # one G forward: the D step detaches it, the G step reuses it
+                    d_loss, g_loss = gan_step_fn(d_ddp, opt_d, opt_g, real, fake, cfg.r1_gamma)
                 sched_g.step(), sched_d.step()
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps:
@@ -347,14 +359,16 @@ def train(cfg) -> dict:
                     result = evaluate(g, data, fixed_z, cfg)
                     last = {k: v for k, v in result.items() if k != "samples"}
                     run.log(step, **{k: v for k, v in last.items() if k != "samples_per_mode"})
-                    save_samples(result, data, run, step, f"mistake={cfg.mistake}")
+                    if run.is_main:
+                        save_samples(result, data, run, step, f"mistake={cfg.mistake}")
                 if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
                     run.save(stateful, step)
                 run.stop_if_asked(lambda: run.save(stateful, step), step, cfg.steps)  # noqa: B023 - called right here
         return run.write_summary({
             "example": "gan", "data": cfg.data.name, "mistake": cfg.mistake, "seed": cfg.seed, "steps": cfg.steps,
             "device": str(device), **last, **probe.record, "sec_per_step": probe.sec_per_step,
-            "d_loss": float(d_loss), "g_loss": float(g_loss),
+            "d_loss": float(d_loss), "g_loss": float(g_loss), **ddp_report(
+                {"g": g, "d": d}, probe.record, g_allreduce_buckets=g_allreduce.by_step),
         })
 
 

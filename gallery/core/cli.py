@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from gallery.core import dist
 from gallery.core.errors import Diverged, ExplainedMistake, GalleryError, Interrupted
 
 
@@ -77,6 +78,10 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
         if run_dir is not None and not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
         sys.exit(2)
+    finally:
+        dist.teardown()  # under torchrun: leave the process group before the process exits
+        if dist.rank() != 0 and run_dir is not None and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # the folder Hydra made for a non-zero rank that started a second later
 
 
 def resume_command(train: Callable, out_dir: Path | str) -> str:
@@ -117,7 +122,10 @@ def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
 
 
 def report(summary: dict, *keys: str) -> None:
-    """The end of a run on the command line: the named results, rounded, and where the outputs went."""
+    """The end of a run on the command line: the named results, rounded, and where the outputs went
+    (rank 0 only, under torchrun)."""
+    if dist.rank() != 0:
+        return
     def fmt(value: Any) -> str:
         if isinstance(value, float):
             return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"

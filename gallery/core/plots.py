@@ -16,8 +16,12 @@ def pyplot():
 
 
 def save(fig, path: Path | str) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    """Under torchrun only rank 0 writes: the other ranks' figures are dropped."""
+    from gallery.core import dist
+
+    if dist.rank() == 0:
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
     pyplot().close(fig)
     return Path(path)
 

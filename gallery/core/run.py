@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from gallery.core import dist
 from gallery.core.checkpoint import (
     LAST,
     capture,
@@ -34,11 +35,6 @@ from gallery.core.io import atomic_write
 from gallery.core.seeding import rng_state, set_rng_state
 
 
-def env_rank() -> int:
-    """This process's rank under torchrun (0 when run alone): only rank 0 writes."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def resolve_out_dir(out_dir: str | None, example: str) -> Path:
     """Under `-m`, the job's own folder (`<out_dir>/<job number>_<its overrides>`); else an explicit
     out_dir; under `@hydra.main` Hydra's run dir; else a fresh timestamped dir."""
@@ -48,9 +44,8 @@ def resolve_out_dir(out_dir: str | None, example: str) -> Path:
         return hydra_run_dir()
     if out_dir:
         return Path(out_dir)
-    if (run_dir := hydra_run_dir()) is not None:
-        return run_dir
-    return Path("outputs") / example / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    run_dir = hydra_run_dir() or Path("outputs") / example / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    return Path(dist.agree(str(run_dir)))  # under torchrun, rank 0's: the ranks may start a second apart
 
 
 def _json_safe(value: Any) -> Any:
@@ -79,7 +74,7 @@ class Run:
     def __init__(self, out_dir: Path | str, config: Any = None, tensorboard: bool = False,
                  resume: str | bool = "", overwrite: bool = False):
         self.dir = Path(out_dir)
-        self.is_main = env_rank() == 0
+        self.is_main = dist.rank() == 0
         resume = "true" if resume is True else (resume or "")
         # resume="true" continues this folder's run; a path starts a new run here from that checkpoint.
         self.resume, self.config = resume, config
@@ -239,7 +234,7 @@ def progress(total: int, desc: str, enabled: bool | None = None, initial: int = 
     """A tqdm bar that is off when stderr is not a terminal (CI logs, pytest), unless forced."""
     if enabled is None:
         enabled = sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, initial=initial, disable=not enabled or env_rank() != 0,
+    return tqdm(total=total, desc=desc, initial=initial, disable=not enabled or dist.rank() != 0,
                 dynamic_ncols=True, leave=False)
 
 
@@ -252,7 +247,7 @@ def prepare(cfg: Any, validate: Callable[[Any], None], small_model: Callable[[An
     cfg = to_schema(cfg)
     cfg.resume = normalize_resume(cfg.resume)
     validate(cfg)
-    device = resolve_device(cfg.device)
+    device = dist.setup(resolve_device(cfg.device))  # under torchrun: join the group, this rank's GPU
     set_threads(cfg.threads, device, small_model(cfg))
-    seed_everything(cfg.seed, cfg.deterministic)
+    seed_everything(cfg.seed + dist.rank(), cfg.deterministic)  # each rank draws its own data; DDP syncs the weights
     return cfg, device

@@ -1,0 +1,99 @@
+"""The examples under torchrun, on their own code path: 2 processes with gloo on the CPU.
+
+scripts/torchrun_smoke.sh runs this file; GALLERY_DDP_NPROC and GALLERY_DDP_DEVICE choose the
+process count and the device (on a GPU machine: GALLERY_DDP_NPROC=1 GALLERY_DDP_DEVICE=cuda, nccl)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gallery.core import dist
+from gallery.core.registry import examples
+from gallery.core.run import Run, read_metrics
+from tests.conftest import ROOT, run_module
+
+NPROC = int(os.environ.get("GALLERY_DDP_NPROC", "2"))
+DEVICE = os.environ.get("GALLERY_DDP_DEVICE", "cpu")
+
+
+def torchrun(module: str, out_dir, *overrides: str) -> dict:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NPROC}",
+           "-m", module, f"out_dir={out_dir}", f"device={DEVICE}", "threads=1", *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("outputs:") == 1, "only rank 0 reports"
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["world_size"] == NPROC and summary["ranks_agree"], "every rank ends with the same weights"
+    rows = read_metrics(out_dir / "metrics.jsonl")
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(steps) and len(rows) == len({json.dumps(r, sort_keys=True) for r in rows})
+    return summary
+
+
+def test_gan_under_ddp_g_is_never_all_reduced_in_the_d_step(tmp_path):
+    steps = 12
+    s = torchrun("gallery.gan", tmp_path / "gan", f"steps={steps}", "log_every=4", "eval_every=12", "hidden=16",
+                 "batch_size=32", "eval_samples=64")
+    for probe, buckets in zip(s["probe_by_rank"], s["g_allreduce_buckets"]):
+        assert probe["g_grad_norm_after_d_step"] == 0.0 and probe["d_step_reaches_g"] is False
+        assert buckets["d_step"] == 0 and buckets["g_step"] >= steps  # one bucket per G step or more
+    assert (tmp_path / "gan" / "samples_step000012.png").is_file()
+
+
+def test_finetune_under_ddp_all_reduces_the_head_only(tmp_path):
+    s = torchrun("gallery.finetune", tmp_path / "ft", "steps=8", "eval_every=8", "log_every=4",
+                 "backbone.pretrain_steps=20", f"backbone.checkpoint_dir={tmp_path / 'bb'}")
+    head_tensors = 4  # two Linear layers, weight and bias
+    for reducer in s["reducer"]:
+        assert reducer == {"tensors": head_tensors, "bytes": 4 * s["trainable_params"]}, "the frozen blocks are not registered"
+    assert all(s["backbone_unchanged_by_rank"]) and s["backbone_unchanged"]
+    assert (tmp_path / "bb" / "last.pt").is_file()  # rank 0 pretrained it; the others read it
+
+
+def test_tbptt_under_ddp_each_rank_carries_a_detached_state(tmp_path):
+    s = torchrun("gallery.tbptt", tmp_path / "tb", "steps=8", "eval_every=8", "log_every=4", "hidden=16", "embed=8",
+                 "batch_size=4", "bptt_len=8", "probe_every=1")
+    assert [p["carried_graph_bytes"] for p in s["probe_by_rank"]] == [0] * NPROC
+    assert abs(sum(s["rank_train_chars"]) - s["train_chars"]) < NPROC  # disjoint slices of one corpus
+
+
+@pytest.mark.parametrize("name", sorted(examples()))
+def test_a_non_zero_rank_writes_nothing(name, tmp_path):
+    """RANK=1 without a process group: the example trains as rank 1 would, and every write it makes
+    (metrics, checkpoints, figures, samples, summary) is rank 0's to make, so the folder stays empty."""
+    example = examples()[name]
+    smoke = [o.replace("{tmp}", str(tmp_path)) for o in example.smoke]
+    if name == "finetune":  # rank 0 pretrains the backbone into the cache; here it is there already
+        proc = run_module("gallery.finetune", "stage=pretrain", *[o for o in smoke if "backbone." in o],
+                          "device=cpu")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_module(f"gallery.{name}", *smoke, f"out_dir={tmp_path / 'run'}", "device=cpu", "threads=1",
+                      env={"RANK": "1", "WORLD_SIZE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "run").rglob("*")) if (tmp_path / "run").exists() else []
+    assert written == [], written
+    assert "outputs:" not in proc.stdout
+
+
+def test_run_on_a_non_zero_rank_is_a_no_op(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    with Run(tmp_path / "run", {"a": 1}) as run:
+        run.log(1, loss=0.5)
+        run.save({"w": torch.nn.Linear(2, 2)}, 1)
+        assert run.write_summary({"x": 1})["x"] == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_alone_the_ddp_helpers_are_no_ops():
+    module = torch.nn.Linear(2, 2)
+    assert dist.wrap(module, torch.device("cpu")) is module and dist.agree("x") == "x" and dist.gather(3) == [3]
+    assert dist.ddp_report({"m": module}, {}) == {} and dist.reducer_size(module) == {}
+    with dist.main_first():
+        pass
