@@ -40,6 +40,7 @@ from gallery.core.config import (
     require_range,
     validate_base,
 )
+from gallery.core.device import compile_modules
 from gallery.core.errors import ConfigError
 from gallery.core.probes import Probe
 from gallery.core.registry import Example, Mistake
@@ -226,6 +227,7 @@ def train(cfg) -> dict:
     make_target_fn, update_fn = BY_MISTAKE[cfg.mistake]
     online = q_network(obs_dim, n_actions, cfg.hidden).to(device)
     target = make_target_fn(online)
+    compile_modules(cfg.compile, online, target)  # after the copy: each its own compiled call
     optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr)  # PATTERN: online params only
     buffer = ReplayBuffer(cfg.buffer_size, obs_dim, device)
     sample_rng, act_rng = torch.Generator().manual_seed(cfg.seed), np.random.default_rng(cfg.seed)

@@ -56,7 +56,7 @@ from gallery.core.config import (
     require_range,
     validate_base,
 )
-from gallery.core.device import amp_forward
+from gallery.core.device import amp_forward, compile_modules
 from gallery.core.dist import ddp_report
 from gallery.core.errors import ConfigError
 from gallery.core.probes import Probe, drift, float_state, state_hash
@@ -289,6 +289,7 @@ def train(cfg) -> dict:
     if cfg.checkpoint:
         checkpoint_trainable(model, CHECKPOINTED.get(cfg.mistake, Checkpointed))
     model = amp_forward(model, device, cfg.amp)
+    compile_modules(cfg.compile, model)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.layer_lr_decay), weight_decay=cfg.weight_decay)
     frozen_hash, unfrozen_hash, frozen_start = state_hash(model.frozen), state_hash(model.trainable, buffers=False), float_state(model.frozen)
     inputs = cache_features(model, x) if cfg.cache_features else x

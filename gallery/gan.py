@@ -40,7 +40,7 @@ from gallery.core.config import (
     require_positive,
     validate_base,
 )
-from gallery.core.device import amp_forward
+from gallery.core.device import amp_forward, compile_modules
 from gallery.core.dist import ddp_report
 from gallery.core.errors import ConfigError, explained
 from gallery.core.probes import CrossStepProbe
@@ -317,6 +317,7 @@ def train(cfg) -> dict:
     data = build_data(cfg, device)
     g, d = build_models(cfg, data, device)
     g, d = amp_forward(g, device, cfg.amp), amp_forward(d, device, cfg.amp)
+    compile_modules(cfg.compile, g, *([d] if cfg.r1_gamma == 0 else []))  # R1's double backward: D stays eager
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
     sched_g, sched_d = (lr_schedule(opt, cfg.lr_schedule, cfg.steps) for opt in (opt_g, opt_d))

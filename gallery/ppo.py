@@ -44,6 +44,7 @@ from gallery.core.config import (
     require_range,
     validate_base,
 )
+from gallery.core.device import compile_modules
 from gallery.core.errors import ConfigError, explained
 from gallery.core.probes import Probe, graph_saved_bytes
 from gallery.core.registry import Example, Mistake
@@ -290,6 +291,7 @@ def train(cfg) -> dict:
     obs_dim, n_actions, n = int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n), cfg.env.num_envs
     rollout_fn, update_fn = BY_MISTAKE[cfg.mistake]
     agent = Agent(obs_dim, n_actions, cfg.hidden).to(device)
+    compile_modules(cfg.compile, agent.actor, agent.critic)  # the networks Agent's methods call
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
     per_rollout = cfg.rollout_steps * n
     n_rollouts = math.ceil(cfg.steps / per_rollout)

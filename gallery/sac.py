@@ -43,6 +43,7 @@ from gallery.core.config import (
     require_range,
     validate_base,
 )
+from gallery.core.device import compile_modules
 from gallery.core.errors import ConfigError
 from gallery.core.probes import Probe
 from gallery.core.registry import Example, Mistake
@@ -258,6 +259,7 @@ def train(cfg) -> dict:
     actor = Actor(obs_dim, act_dim, cfg.hidden, space.low, space.high).to(device)
     critics = nn.ModuleList([Critic(obs_dim, act_dim, cfg.hidden) for _ in range(2)]).to(device)
     target_critics, temperature = make_targets_fn(critics), Temperature().to(device)
+    compile_modules(cfg.compile, actor.net, *critics, *target_critics)  # after the copy: each its own call
     actor_opt, critic_opt, alpha_opt = make_optimizers_fn(actor, critics, temperature, cfg.lr)
     buffer = ReplayBuffer(cfg.buffer_size, obs_dim, device, act_dim)
     sample_rng, act_rng = torch.Generator().manual_seed(cfg.seed), np.random.default_rng(cfg.seed)

@@ -41,7 +41,7 @@ from gallery.core.config import (
     require_range,
     validate_base,
 )
-from gallery.core.device import amp_forward
+from gallery.core.device import amp_forward, compile_modules
 from gallery.core.errors import ConfigError
 from gallery.core.probes import Probe, reached_parameters
 from gallery.core.registry import Example, Mistake
@@ -218,6 +218,7 @@ def train(cfg) -> dict:
     encoder = amp_forward(make_encoder(xt.shape[1], cfg.width, cfg.proj_hidden, cfg.dim, cfg.projector_bn).to(device),
                           device, cfg.amp)
     predictor = make_predictor(cfg.dim, cfg.pred_hidden).to(device)
+    compile_modules(cfg.compile, encoder, predictor)
     optimizer = torch.optim.SGD([{"params": encoder.parameters()}, {"params": predictor.parameters()}],
                                 lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))  # noqa: E731

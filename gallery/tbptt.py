@@ -44,7 +44,7 @@ from gallery.core.config import (
     require_range,
     validate_base,
 )
-from gallery.core.device import amp_forward
+from gallery.core.device import amp_forward, compile_modules
 from gallery.core.dist import ddp_report
 from gallery.core.errors import ConfigError, explained
 from gallery.core.probes import Probe, graph_saved_bytes
@@ -303,6 +303,7 @@ def train(cfg) -> dict:
     chunks_per_window = k2 // k1
     model = CharRNN(len(vocab), cfg.embed, cfg.hidden, cfg.layers, cfg.cell, cfg.dropout).to(device)
     model = amp_forward(model, device, cfg.amp)
+    compile_modules(cfg.compile, model)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     schedule = lr_schedule(optimizer, cfg.lr_schedule, cfg.steps)
     # Under torchrun, DDP around the model (run alone: the model itself). The hidden state is a tensor

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed and memory of each pattern against its mistake, as ratios measured side by side.
 
-    scripts/bench.py [gan|dqn|finetune|ppo|sac|tbptt|threads|smoke|all] [--device cpu|cuda] [--json results.json]
+    scripts/bench.py [gan|dqn|finetune|ppo|sac|tbptt|threads|smoke|compile|all] [--device cpu|cuda] [--json results.json]
 
 Times come from alternating blocks of the two variants in one process (median of the blocks), so a
 ratio holds on the machine it ran on even when the absolute times drift. Bytes come from the
@@ -535,9 +535,42 @@ def bench_smoke(device: torch.device) -> list[dict]:
              "max_seconds": max(seconds)}]
 
 
+# --- compile ---------------------------------------------------------------------------------------
+
+def bench_compile(device: torch.device) -> list[dict]:
+    """compile=true against eager, whole processes of the tbptt character RNN (one model, compiled
+    whole) at two lengths, each with an empty inductor cache: the difference at the short length is
+    the cold warm-up; the per-chunk time between the lengths is what compiling buys once warm."""
+    import os
+    import subprocess
+
+    def seconds(steps: int, compiled: bool) -> float:
+        with tempfile.TemporaryDirectory() as tmp:  # a fresh inductor cache: a cold compile, as on a new machine
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "gallery.tbptt", f"steps={steps}", f"eval_every={steps}",
+                            "log_every=10", f"compile={str(compiled).lower()}", f"device={device}",
+                            f"out_dir={tmp}/run"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{tmp}/inductor"})
+            return time.perf_counter() - start
+
+    short, long, rounds = 10, 110, 3
+    runs: dict = {}
+    for _ in range(rounds):  # alternating, median of the rounds
+        for n in (short, long):
+            for c in (False, True):
+                runs.setdefault((n, c), []).append(seconds(n, c))
+    t = {key: statistics.median(values) for key, values in runs.items()}
+    per_chunk = {c: (t[long, c] - t[short, c]) / (long - short) for c in (False, True)}
+    return [{"setting": f"python -m gallery.tbptt, whole process, {short} and {long} chunks (the default model), "
+                        f"median of {rounds} alternating rounds",
+             "eager_seconds_short": t[short, False], "compiled_seconds_short": t[short, True],
+             "warmup_seconds": t[short, True] - t[short, False],
+             "eager_sec_per_chunk": per_chunk[False], "compiled_sec_per_chunk": per_chunk[True],
+             "compiled_speedup_once_warm": per_chunk[False] / per_chunk[True]}]
+
+
 BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo": bench_ppo, "sac": bench_sac,
-           "tbptt": bench_tbptt,
-           "threads": bench_threads, "smoke": bench_smoke}
+           "tbptt": bench_tbptt, "threads": bench_threads, "smoke": bench_smoke, "compile": bench_compile}
 
 
 def machine(device: torch.device) -> str:

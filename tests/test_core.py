@@ -51,6 +51,21 @@ def test_unknown_device_string_names_the_choices(bad):
         resolve_device(bad)
 
 
+def test_amp_is_bf16_where_the_gpu_has_it_and_float32_otherwise_never_unscaled_fp16(monkeypatch):
+    """The capability flag decides (patched here: no GPU is needed to check the choice). Without bf16
+    the module is left in float32: fp16 would need a GradScaler inside every pattern function."""
+    from gallery.core.device import amp_dtype
+
+    cuda = torch.device("cuda", 0)
+    for has_bf16, dtype in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, has=has_bf16, **k: has)
+        assert amp_dtype(cuda) == dtype and amp_dtype(torch.device("cpu")) is None
+        net = nn.Linear(2, 2)
+        forward = net.forward
+        assert (amp_forward(net, cuda).forward == forward) is (dtype is None)
+        assert amp_forward(nn.Linear(2, 2), cuda, enabled=False).forward is not None
+
+
 def test_amp_forward_leaves_a_cpu_module_untouched():
     net = nn.Linear(2, 2)
     forward = net.forward

@@ -207,6 +207,20 @@ def test_tbptt_k2_run_holds_k2_over_k1_times_the_bytes(tmp_path):
     assert longer[-1] > 2 * plain[-1]
 
 
+def test_compile_true_keeps_the_pattern_and_the_checkpoint_keys(tmp_path):
+    """compile=true (nn.Module.compile, in place): the bytes held per chunk stay flat, and the checkpoint
+    holds the same keys as an eager run's, so either can resume the other."""
+    from gallery.core.checkpoint import load_checkpoint
+
+    compiled = tbptt.train(_tiny(tmp_path / "c", "compile=true", "steps=12", "eval_every=12", "probe_every=4"))
+    eager = tbptt.train(_tiny(tmp_path / "e", "steps=12", "eval_every=12", "probe_every=4"))
+    held = [b for _, b in compiled["saved_bytes_per_chunk"]]
+    assert len(held) == 4 and held[1] == held[2] == held[3] > 0  # flat: no graph carried across chunks
+    assert compiled["steps"] == eager["steps"] == 12
+    keys = [set(load_checkpoint(tmp_path / run / "checkpoints" / "last.pt")["model"]) for run in ("c", "e")]
+    assert keys[0] == keys[1] and not any("_orig_mod" in k for k in keys[0])
+
+
 # --- runs ----------------------------------------------------------------------------------------
 
 def test_smoke_train_through_compose(tmp_path):

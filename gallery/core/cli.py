@@ -104,6 +104,27 @@ def multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def parallel_jobs() -> int:
+    """How many sweep jobs run at once on this machine: the joblib launcher's n_jobs (-1: one per core,
+    -2: all but one, as joblib reads it), else 1 (one job at a time, or one per SLURM task)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not multirun():
+        return 1
+    launcher = HydraConfig.get().launcher
+    if "Joblib" not in str(launcher.get("_target_", "")):
+        return 1
+    n, cores = int(launcher.get("n_jobs") or 1), os.cpu_count() or 1
+    return max(1, n if n > 0 else cores + 1 + n)
+
+
+def task_overrides() -> list[str]:
+    """The command line's overrides of this run (a sweep job's own values), as Hydra records them."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def hydra_run_dir() -> Path | None:
     from hydra.core.hydra_config import HydraConfig
 

@@ -6,7 +6,9 @@ the checks here catch values a type cannot express (a step count of 0, an unknow
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
@@ -51,6 +53,10 @@ def config_dir(name: str) -> str:
 
 # Hydra's settings shared by every example, as the option `hydra: gallery` (configs/hydra.yaml).
 ConfigStore.instance().store(group="hydra", name="gallery", node=OmegaConf.load(config_root() / "hydra.yaml"))
+# `hydra/launcher=slurm`: hydra-submitit-launcher's SLURM launcher with the gallery's defaults
+# (configs/launcher/slurm.yaml). `hydra/launcher=joblib` is the joblib plugin's own option.
+ConfigStore.instance().store(group="hydra/launcher", name="slurm",
+                             node=OmegaConf.load(config_root() / "launcher" / "slurm.yaml"))
 
 
 @dataclass
@@ -67,13 +73,23 @@ class BaseConfig:
     overwrite: bool = False  # replace the run already in out_dir (otherwise it is refused)
     mistake: str = "none"
     deterministic: bool = False
-    amp: bool = True  # bf16 autocast on CUDA only
+    compile: bool = False  # torch.compile the models (warm-up: tens of seconds on a CPU)
+    amp: bool = True  # bf16 autocast on a CUDA GPU with bf16; float32 elsewhere (never fp16: no scaler)
     progress: bool | None = None  # None: a bar only when stderr is a terminal
     tensorboard: bool = False
 
 
 def register_schema(name: str, schema: type) -> None:
-    """The primary YAML lists `<name>_schema` first in its defaults, so every key it sets is typed."""
+    """The primary YAML lists `<name>_schema` first in its defaults, so every key it sets is typed.
+
+    Under `python -m gallery.<name>` the schema's classes belong to `__main__`, which a sweep's worker
+    process (the joblib launcher's) cannot import by name; the config would reach it pickled by value
+    and fail there. So the schema registered is always the importable module's (gallery.<name>)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if schema.__module__ == "__main__" and spec is not None and spec.name != "__main__":
+        importlib.import_module(spec.name)  # runs the module under its own name; it registers its schema
+        return
     ConfigStore.instance().store(name=f"{name}_schema", node=schema)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 
 import torch
 
@@ -40,29 +42,58 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
-def set_threads(spec: str | int, device: torch.device, small_model: bool) -> int:
+def set_threads(spec: str | int, device: torch.device, small_model: bool, jobs: int = 1) -> int:
     """Set torch's CPU intra-op threads and return the count.
 
     `auto`: one thread for the small models, where a second thread costs more in handoffs than it
     saves, and where two runs side by side (a sweep, a CI runner) would otherwise each spin on every
-    core; torch's default otherwise. A number sets it."""
-    spec = str(spec)
+    core; otherwise the cores shared out among the `jobs` that run at once (a joblib sweep), so that
+    jobs x threads <= cores. A number sets it, with a warning when the jobs would oversubscribe."""
+    spec, cores = str(spec), os.cpu_count() or 1
     if spec != "auto":
         torch.set_num_threads(int(spec))
+        if jobs * int(spec) > cores:
+            print(f"threads={spec} with {jobs} jobs at once asks for {jobs * int(spec)} threads on {cores} cores; "
+                  "the jobs will slow each other down (threads=auto shares the cores out)", file=sys.stderr)
     elif small_model or device.type != "cpu":  # on a GPU the CPU threads only feed it
         torch.set_num_threads(1)
+    else:
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), cores // jobs)))
     return torch.get_num_threads()
 
 
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on a CUDA GPU that has it (Ampere and later); None (float32) everywhere else.
+
+    fp16 is never chosen: its gradients underflow unless a GradScaler scales the loss before
+    backward and unscales the grads before the step, and that would put scaler calls into every
+    pattern function (`scaler.scale(loss).backward()`, `scaler.step(opt)`). bf16 has float32's
+    exponent range and needs no scaler; an older GPU runs the examples in float32."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def compile_modules(enabled: bool, *modules: torch.nn.Module) -> None:
+    """compile=true: torch.compile each module in place (`nn.Module.compile`, so state_dict keys and
+    checkpoints are unchanged). The first calls pay for the compilation, tens of seconds on a CPU; it
+    pays off on long runs of the larger models on a GPU. Pass the modules whose call does the work,
+    and compile a target network after it was copied (a deep copy would share the compiled call)."""
+    if enabled:
+        for module in modules:
+            module.compile()
+
+
 def amp_forward(module: torch.nn.Module, device: torch.device, enabled: bool = True) -> torch.nn.Module:
-    """Run `module.forward` under bf16 autocast on CUDA and return float32 outputs; unchanged elsewhere.
+    """Run `module.forward` under bf16 autocast on a GPU with bf16 (`amp_dtype`) and return float32
+    outputs; unchanged elsewhere.
 
     Autocast wraps only the forward, so the pattern functions stay free of AMP code and backward
     runs outside autocast, as PyTorch recommends. The module's state_dict is unchanged."""
-    if not (enabled and device.type == "cuda"):
+    dtype = amp_dtype(device) if enabled else None
+    if dtype is None:
         return module
     forward = module.forward
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def to_float(out):
         if isinstance(out, torch.Tensor):

@@ -141,7 +141,9 @@ class _Held:
         meter.peak = max(meter.peak, meter.live)
 
     def __del__(self):
-        self.meter.live -= self.nbytes
+        meter = getattr(self, "meter", None)  # None when __init__ did not finish (torch.compile tracing the hook)
+        if meter is not None:
+            meter.live -= self.nbytes
 
 
 class SavedTensorMeter:

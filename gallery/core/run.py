@@ -30,6 +30,7 @@ from gallery.core.checkpoint import (
     restore,
     save_checkpoint,
 )
+from gallery.core.cli import task_overrides
 from gallery.core.errors import ConfigError, Diverged, ExplainedMistake, GalleryError, Interrupted
 from gallery.core.io import atomic_write
 from gallery.core.seeding import rng_state, set_rng_state
@@ -98,6 +99,8 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         if config is not None and not self.continuing:  # a continued run keeps the config it was started with
             atomic_write(self.dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(config))
+            # the command line's overrides too: scripts/sweep_report.py groups a sweep's jobs by them
+            atomic_write(self.dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(task_overrides()))
         self._metrics = open(self.dir / "metrics.jsonl", "a" if self.continuing else "w")  # noqa: SIM115 - closed in close()
         if tensorboard:
             try:
@@ -177,7 +180,8 @@ class Run:
                     self._tb.add_scalar(key, value, step)
 
     def write_summary(self, summary: dict) -> dict:
-        summary = _json_safe({"status": "finished", **summary, "out_dir": str(self.dir)})
+        summary = _json_safe({"status": "finished", **summary, "out_dir": str(self.dir),
+                              "threads": torch.get_num_threads()})
         if self.is_main:
             atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
@@ -240,6 +244,7 @@ def progress(total: int, desc: str, enabled: bool | None = None, initial: int = 
 
 def prepare(cfg: Any, validate: Callable[[Any], None], small_model: Callable[[Any], bool]) -> tuple[Any, torch.device]:
     """The first hop of every `train`: the typed config, checked; the device; CPU threads; seeds."""
+    from gallery.core.cli import parallel_jobs
     from gallery.core.config import normalize_resume, to_schema
     from gallery.core.device import resolve_device, set_threads
     from gallery.core.seeding import seed_everything
@@ -248,6 +253,6 @@ def prepare(cfg: Any, validate: Callable[[Any], None], small_model: Callable[[An
     cfg.resume = normalize_resume(cfg.resume)
     validate(cfg)
     device = dist.setup(resolve_device(cfg.device))  # under torchrun: join the group, this rank's GPU
-    set_threads(cfg.threads, device, small_model(cfg))
+    set_threads(cfg.threads, device, small_model(cfg), jobs=parallel_jobs())
     seed_everything(cfg.seed + dist.rank(), cfg.deterministic)  # each rank draws its own data; DDP syncs the weights
     return cfg, device

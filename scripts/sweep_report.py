@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Aggregate a Hydra sweep: a mean +/- std table per group of swept values, and one figure per metric.
+
+    .venv/bin/python scripts/sweep_report.py <multirun dir> [--metrics a,b,...] [--replicate seed]
+
+Every job folder under the sweep dir holds `.hydra/overrides.yaml` (written when the job starts) and,
+once it finishes, `summary.json`. Jobs are grouped by the overrides that differ between them, except
+the replicate key (`seed`), whose values are pooled. A metric is any number in summary.json (a
+swept key, the seed and the step count excepted), or those named with --metrics. Writes
+<dir>/report.md and <dir>/report/<metric>.png, and prints the table. Jobs without a summary (still
+running, interrupted, failed before the end) are counted, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gallery.core import plots  # noqa: E402
+from gallery.core.io import atomic_write  # noqa: E402
+
+SKIP = {"seed", "steps", "world_size"}
+
+
+def read_jobs(sweep: Path) -> list[dict]:
+    jobs = []
+    for overrides_file in sorted(sweep.glob("*/.hydra/overrides.yaml")):
+        folder = overrides_file.parent.parent
+        overrides = dict(o.split("=", 1) for o in yaml.safe_load(overrides_file.read_text()) or [] if "=" in o)
+        summary_file = folder / "summary.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+        jobs.append({"folder": folder.name, "overrides": overrides, "summary": summary})
+    return jobs
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    spread = f" +/- {statistics.stdev(values):.3g}" if len(values) > 1 else ""
+    return f"{mean:.4g}{spread}"
+
+
+def report(sweep: Path, metrics: list[str] | None, replicate: str) -> str:
+    jobs = read_jobs(sweep)
+    if not jobs:
+        raise SystemExit(f"error: {sweep} holds no sweep jobs (no */.hydra/overrides.yaml); is it a -m output dir?")
+    keys = sorted({k for job in jobs for k in job["overrides"]})
+    swept = [k for k in keys if len({job["overrides"].get(k) for job in jobs}) > 1 and k != replicate]
+    finished = [job for job in jobs if job["summary"] is not None]
+    if metrics is None:
+        metrics = sorted({k for job in finished for k, v in job["summary"].items()
+                          if is_number(v) and k not in SKIP and k not in keys and k != replicate})
+    groups: dict[tuple, list[dict]] = {}
+    for job in jobs:
+        groups.setdefault(tuple(job["overrides"].get(k, "") for k in swept), []).append(job)
+
+    header = [*swept, "jobs", "finished", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table = {}
+    for group, members in sorted(groups.items()):
+        done = [job["summary"] for job in members if job["summary"] is not None]
+        values = {m: [s[m] for s in done if is_number(s.get(m))] for m in metrics}
+        table[group] = values
+        statuses = sorted({s.get("status", "finished") for s in done} - {"finished"})
+        status = f"{len(done)}" + (f" ({', '.join(statuses)})" if statuses else "")
+        lines.append("| " + " | ".join([*group, str(len(members)), status, *(mean_std(values[m]) for m in metrics)]) + " |")
+    replicates = sorted({job["overrides"].get(replicate) for job in jobs} - {None})
+    text = (f"# {sweep}\n\n{len(jobs)} jobs, {len(finished)} with a summary; swept: {', '.join(swept) or 'nothing'}"
+            f"; pooled over {replicate} = {', '.join(replicates) or '-'} (mean +/- sample std)\n\n" + "\n".join(lines) + "\n")
+
+    figures = sweep / "report"
+    figures.mkdir(exist_ok=True)
+    labels = [", ".join(f"{k}={v}" for k, v in zip(swept, group)) or "all jobs" for group in sorted(table)]
+    for metric in metrics:
+        fig, ax = plots.pyplot().subplots(figsize=(max(4.0, 1.2 * len(labels)), 3.2))
+        for i, group in enumerate(sorted(table)):
+            values = table[group][metric]
+            if values:
+                ax.bar(i, statistics.fmean(values), yerr=statistics.stdev(values) if len(values) > 1 else 0,
+                       color="C0", alpha=0.5, capsize=4)
+                ax.scatter([i] * len(values), values, color="C0", s=12, zorder=3)
+        ax.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 3 else 0, fontsize=8)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric}: mean +/- std over {replicate} (dots: jobs)", fontsize=9)
+        plots.save(fig, figures / f"{metric}.png")
+    atomic_write(sweep / "report.md", text)
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", type=Path, help="the -m output dir (out_dir=..., or multirun/<example>/<date>/<time>)")
+    parser.add_argument("--metrics", help="comma-separated summary.json keys (default: every number in it)")
+    parser.add_argument("--replicate", default="seed", help="the key whose values are pooled (default: seed)")
+    args = parser.parse_args()
+    if not args.sweep.is_dir():
+        print(f"error: {args.sweep} is not a folder", file=sys.stderr)
+        return 2
+    print(report(args.sweep, args.metrics.split(",") if args.metrics else None, args.replicate))
+    print(f"wrote {args.sweep / 'report.md'} and {args.sweep / 'report'}/<metric>.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
