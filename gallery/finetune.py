@@ -57,7 +57,6 @@ from gallery.core.config import (
     validate_base,
 )
 from gallery.core.device import amp_forward, compile_modules
-from gallery.core.dist import ddp_report
 from gallery.core.errors import ConfigError
 from gallery.core.probes import Probe, drift, float_state, state_hash
 from gallery.core.registry import Example, Mistake
@@ -293,11 +292,7 @@ def train(cfg) -> dict:
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.layer_lr_decay), weight_decay=cfg.weight_decay)
     frozen_hash, unfrozen_hash, frozen_start = state_hash(model.frozen), state_hash(model.trainable, buffers=False), float_state(model.frozen)
     inputs = cache_features(model, x) if cfg.cache_features else x
-    # Under torchrun, DDP around what the step trains (run alone: the module itself). It is built after
-    # freezing, because DDP registers only the parameters that require grad when it is built: the frozen
-    # blocks are never all-reduced, and find_unused_parameters stays False (every registered parameter
-    # gets a grad each step). A parameter frozen after wrapping would stay registered, and DDP would wait
-    # for its grad; set requires_grad first, wrap second (and re-wrap when unfreezing more blocks).
+    # torchrun: DDP registers what requires grad *when built*: wrap after freezing (re-wrap to unfreeze more).
     step_fn = dist.wrap(model.head if cfg.cache_features else model, device)
     batches = images.IndexBatches(len(x), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
     stateful = {"model": model, "optimizer": optimizer, "batches": batches}
@@ -349,8 +344,8 @@ def train(cfg) -> dict:
             "frozen_params": sum(p.numel() for p in model.parameters() if not p.requires_grad),
             "sec_per_step": probe.sec_per_step, "saved_bytes_per_step": probe.record.get("saved_bytes_per_step"),
             "old_task_acc": old_task_acc, "train_size": len(x), "val_size": len(xv), "curve": curve,
-            **ddp_report({"model": model}, probe.record, reducer=dist.reducer_size(step_fn),
-                         backbone_unchanged_by_rank=state_hash(model.frozen) == frozen_hash),
+            **dist.ddp_report({"model": model}, {**probe.record, "backbone_unchanged": state_hash(model.frozen) == frozen_hash},
+                              reducer=dist.reducer_size(step_fn)),
         })
 
 

@@ -41,7 +41,6 @@ from gallery.core.config import (
     validate_base,
 )
 from gallery.core.device import amp_forward, compile_modules
-from gallery.core.dist import ddp_report
 from gallery.core.errors import ConfigError, explained
 from gallery.core.probes import CrossStepProbe
 from gallery.core.registry import Example, Mistake
@@ -119,8 +118,7 @@ def build_data(cfg: GanConfig, device: torch.device):
     else:
         ds = images.torchvision_dataset(d.name, d.root, d.image_size, channels=d.channels)
         x, _ = images.dataset_to_tensors(ds, limit=20000)
-    x = dist.shard(x)  # under torchrun, this rank's shard of the images
-    return images.ImageBatches(x, cfg.batch_size, device, cfg.seed)
+    return images.ImageBatches(dist.shard(x), cfg.batch_size, device, cfg.seed)  # torchrun: this rank's shard
 
 
 def build_models(cfg: GanConfig, data, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -321,16 +319,10 @@ def train(cfg) -> dict:
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
     sched_g, sched_d = (lr_schedule(opt, cfg.lr_schedule, cfg.steps) for opt in (opt_g, opt_d))
-    # Under torchrun, G and D each in their own DDP (run alone: the modules themselves). The D step's
-    # graph stops at fake.detach(), so it runs no backward through DDP(G): G's grads are all-reduced in
-    # the G step only (`g_allreduce` counts it). sync_buffers=False: D runs two forwards (real,
-    # fake) before one backward, which trips the buffer broadcast when D holds buffers (spectral norm;
-    # pytorch#175024); G's BatchNorm normalises each rank's batch with its own statistics either way,
-    # and rank 0's running statistics are the ones it evaluates and saves. (SyncBatchNorm would make
-    # them global, but it runs on GPUs only.)
+    # torchrun: separate DDPs; D's graph stops at fake.detach(), so G is all-reduced in the G step only. No
+    # buffer sync per forward: it breaks D's two forwards (pytorch#175024); G's BatchNorm stays per rank.
     g_ddp, d_ddp = (dist.wrap(m, device, sync_buffers=False) for m in (g, d))
-    g_allreduce = dist.AllReduceCounter(g_ddp)
-    g_allreduce.attribute(opt_d, "d_step"), g_allreduce.attribute(opt_g, "g_step")
+    g_allreduce = dist.AllReduceCounter(g_ddp, d_step=opt_d, g_step=opt_g)
     fixed_z = torch.randn(cfg.eval_samples, cfg.z_dim, generator=torch.Generator().manual_seed(10_000 + cfg.seed)).to(device)
     stateful = {"g": g, "d": d, "opt_g": opt_g, "opt_d": opt_d, "sched_g": sched_g, "sched_d": sched_d,
                 "data_rng": data.generator}  # what a checkpoint saves and a resume restores
@@ -360,16 +352,15 @@ def train(cfg) -> dict:
                     result = evaluate(g, data, fixed_z, cfg)
                     last = {k: v for k, v in result.items() if k != "samples"}
                     run.log(step, **{k: v for k, v in last.items() if k != "samples_per_mode"})
-                    if run.is_main:
-                        save_samples(result, data, run, step, f"mistake={cfg.mistake}")
+                    save_samples(result, data, run, step, f"mistake={cfg.mistake}")
                 if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
                     run.save(stateful, step)
                 run.stop_if_asked(lambda: run.save(stateful, step), step, cfg.steps)  # noqa: B023 - called right here
         return run.write_summary({
             "example": "gan", "data": cfg.data.name, "mistake": cfg.mistake, "seed": cfg.seed, "steps": cfg.steps,
             "device": str(device), **last, **probe.record, "sec_per_step": probe.sec_per_step,
-            "d_loss": float(d_loss), "g_loss": float(g_loss), **ddp_report(
-                {"g": g, "d": d}, probe.record, g_allreduce_buckets=g_allreduce.by_step),
+            "d_loss": float(d_loss), "g_loss": float(g_loss),
+            **dist.ddp_report({"g": g, "d": d}, probe.record, g_allreduce_buckets=g_allreduce.by_step),
         })
 
 

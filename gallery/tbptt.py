@@ -45,7 +45,6 @@ from gallery.core.config import (
     validate_base,
 )
 from gallery.core.device import amp_forward, compile_modules
-from gallery.core.dist import ddp_report
 from gallery.core.errors import ConfigError, explained
 from gallery.core.probes import Probe, graph_saved_bytes
 from gallery.core.registry import Example, Mistake
@@ -296,8 +295,8 @@ def train(cfg) -> dict:
     split_at = int(len(text) * (1 - cfg.data.val_fraction))
     vocab = CharVocab.build(text[:split_at])
     train_ids, val_ids = vocab.encode(text[:split_at]), vocab.encode(text[split_at:])
-    train_ids = dist.shard(train_ids, contiguous=True)  # torchrun: each rank its own slice, its own streams
     check_length(cfg, len(text), len(train_ids), len(val_ids))
+    train_ids = dist.shard(train_ids, contiguous=True)  # torchrun: each rank its own slice, its own streams
     streams, n = stream_batches(train_ids, cfg.batch_size)
     k1, k2 = cfg.bptt_len, cfg.k2 or cfg.bptt_len
     chunks_per_window = k2 // k1
@@ -306,16 +305,12 @@ def train(cfg) -> dict:
     compile_modules(cfg.compile, model)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     schedule = lr_schedule(optimizer, cfg.lr_schedule, cfg.steps)
-    # Under torchrun, DDP around the model (run alone: the model itself). The hidden state is a tensor
-    # the model returns, never a module buffer: DDP would overwrite a buffer with rank 0's before every
-    # forward, and each rank carries, and detaches, the state of its own streams.
-    ddp_model = dist.wrap(model, device)
+    ddp_model = dist.wrap(model, device)  # torchrun: the state is returned, never a buffer DDP would overwrite
     stateful = {"model": model, "optimizer": optimizer, "schedule": schedule}
     update_fn = BY_MISTAKE[cfg.mistake]
     steps = chunks_to_run(cfg)  # mistake=retain_graph is capped, and says so
     start_step, position, state, window = 0, 0, None, []
     probe, held, curve, val_bpc, t_start = Probe(device), [], [], None, time.perf_counter()
-    carried_bytes = 0  # the most bytes of graph the state carried into a chunk (0: detached every time)
     with Run(resolve_out_dir(cfg.out_dir, "tbptt"), cfg, cfg.tensorboard, cfg.resume, cfg.overwrite) as run:
         if cfg.resume:
             ckpt = run.restore(stateful, map_location=device)
@@ -343,7 +338,6 @@ def train(cfg) -> dict:
                 with probe.step(sampled, units=k1 * cfg.batch_size) as meter:
                     loss, after_first = update_fn(ddp_model, optimizer, window, state, cfg.max_grad_norm)
                 if sampled:  # held during this chunk: the graph the state carried in, plus this chunk's own
-                    carried_bytes = max(carried_bytes, graph_saved_bytes(*state_tensors(state)))
                     held.append([step, graph_saved_bytes(*state_tensors(state)) + meter.peak])
                 if len(window) == chunks_per_window:
                     state = after_first  # the next window starts one chunk later
@@ -359,10 +353,8 @@ def train(cfg) -> dict:
                     curve.append({"step": step, "val_bpc": val_bpc, "seconds": time.perf_counter() - t_start})
                     run.log(step, val_bpc=val_bpc)
                     bar.set_postfix(val_bpc=f"{val_bpc:.3f}")
-                    if run.is_main:
-                        with open(run.path("samples.txt"), "a") as f:
-                            f.write(f"--- step {step}, val_bpc {val_bpc:.3f}\n")
-                            f.write(sample_text(model, vocab, cfg.sample_len, "The ", device, cfg.seed) + "\n")
+                    run.append_text("samples.txt", f"--- step {step}, val_bpc {val_bpc:.3f}\n"
+                                    + sample_text(model, vocab, cfg.sample_len, "The ", device, cfg.seed) + "\n")
                 if cfg.ckpt_every and step % cfg.ckpt_every == 0:
                     checkpoint(step)
                 run.stop_if_asked(lambda: checkpoint(step), step, steps)  # noqa: B023 - called right here
@@ -373,7 +365,7 @@ def train(cfg) -> dict:
             "device": str(device), "steps": steps, "k1": k1, "k2": k2, "val_bpc": val_bpc,
             "chars_per_sec": probe.units_per_sec, "saved_bytes_per_chunk": held, "curve": curve,
             "vocab_size": len(vocab), "train_chars": split_at, "val_chars": len(text) - split_at,
-            **ddp_report({"model": model}, {"carried_graph_bytes": carried_bytes}, rank_train_chars=len(train_ids)),
+            **dist.ddp_report({"model": model}, {"state_grad_fn": any(t.grad_fn is not None for t in state_tensors(state))}),
         })
 
 

@@ -114,12 +114,14 @@ def gather(value: Any) -> list:
 
 class AllReduceCounter:
     """Counts the gradient buckets a DDP module all-reduces, through a communication hook (the default
-    all-reduce, counted), and attributes them to optimizer steps: `attribute(opt, "d_step")` hangs a
-    hook on `opt.step` that books the all-reduces since the previous booked step to "d_step". Off the
-    training path: the step functions stay as they are."""
+    all-reduce, counted), and attributes them to optimizer steps: `d_step=opt_d` (or
+    `attribute(opt_d, "d_step")`) hangs a hook on `opt_d.step` that books the all-reduces since the
+    previous booked step to "d_step". Off the training path: the step functions stay as they are."""
 
-    def __init__(self, ddp: nn.Module):
+    def __init__(self, ddp: nn.Module, **optimizers: torch.optim.Optimizer):
         self.calls, self._booked, self.by_step = 0, 0, {}
+        for name, optimizer in optimizers.items():
+            self.attribute(optimizer, name)
         if active():
             from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 

@@ -179,6 +179,12 @@ class Run:
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._tb.add_scalar(key, value, step)
 
+    def append_text(self, name: str, text: str) -> None:
+        """Append to a text file in the run dir (rank 0 only)."""
+        if self.is_main:
+            with open(self.path(name), "a") as f:
+                f.write(text)
+
     def write_summary(self, summary: dict) -> dict:
         summary = _json_safe({"status": "finished", **summary, "out_dir": str(self.dir),
                               "threads": torch.get_num_threads()})
@@ -216,7 +222,7 @@ class Run:
             if (self.dir / "metrics.jsonl").exists() else False
         if isinstance(exc, GalleryError) and not isinstance(exc, (Diverged, ExplainedMistake)) and untouched:
             # Bad input found once the run had started (a foreign checkpoint, say): leave nothing behind.
-            for name in ("metrics.jsonl", ".hydra/config.yaml"):
+            for name in ("metrics.jsonl", ".hydra/config.yaml", ".hydra/overrides.yaml"):
                 (self.dir / name).unlink(missing_ok=True)
             for folder in (self.dir / ".hydra", self.dir):
                 if folder.is_dir() and not any(folder.iterdir()):
