@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed and memory of each pattern against its mistake, as ratios measured side by side.
 
-    scripts/bench.py [gan|dqn|finetune|ppo|sac|tbptt|threads|smoke|compile|all] [--device cpu|cuda] [--json results.json]
+    scripts/bench.py [gan|dqn|dqn_envs|finetune|ppo|sac|tbptt|threads|smoke|compile|all] [--device cpu|cuda] [--json results.json]
 
 Times come from alternating blocks of the two variants in one process (median of the blocks), so a
 ratio holds on the machine it ran on even when the absolute times drift. Bytes come from the
@@ -249,6 +249,27 @@ def bench_dqn(device: torch.device, baseline: str | None = None) -> list[dict]:
         before, after = statistics.median(times["baseline"]), statistics.median(times["now"])
         rows.append({"setting": "cleanrl_like, env.num_envs=1, 50,000 steps, whole process", "baseline": baseline,
                      "baseline_seconds": before, "now_seconds": after, "now_over_baseline": after / before})
+    return rows
+
+
+def bench_dqn_envs(device: torch.device, cap: int = 40_000) -> list[dict]:
+    """The default DQN config at env.num_envs 1, 4 and 8, sync and async vector envs (seed 0): the env
+    steps to the first greedy eval at CartPole's threshold, and env steps per second over the whole
+    train() call (evals included), so a user can pick. One seed: a guide, not a gate."""
+    from gallery import dqn
+
+    torch.set_num_threads(1)  # as threads=auto gives these small nets
+    rows = []
+    for num_envs, mode in ((1, "sync"), (4, "sync"), (8, "sync"), (4, "async"), (8, "async")):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = config("dqn", f"device={device}", f"env.num_envs={num_envs}", f"env.vectorization={mode}",
+                         f"steps={cap}", "seed=0", "progress=false", f"out_dir={tmp}/run")
+            t0 = time.perf_counter()
+            summary = dqn.train(cfg)
+            seconds = time.perf_counter() - t0
+        rows.append({"setting": f"env.num_envs={num_envs}, env.vectorization={mode}, seed 0",
+                     "first_solved_env_steps": summary["first_solved_step"], "env_steps": summary["env_steps"],
+                     "seconds": seconds, "env_steps_per_sec": summary["env_steps"] / seconds})
     return rows
 
 
@@ -570,7 +591,8 @@ def bench_compile(device: torch.device) -> list[dict]:
 
 
 BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo": bench_ppo, "sac": bench_sac,
-           "tbptt": bench_tbptt, "threads": bench_threads, "smoke": bench_smoke, "compile": bench_compile}
+           "dqn_envs": bench_dqn_envs, "tbptt": bench_tbptt, "threads": bench_threads, "smoke": bench_smoke,
+           "compile": bench_compile}
 
 
 def machine(device: torch.device) -> str:
