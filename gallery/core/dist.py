@@ -119,10 +119,10 @@ class AllReduceCounter:
     previous booked step to "d_step". Off the training path: the step functions stay as they are."""
 
     def __init__(self, ddp: nn.Module, **optimizers: torch.optim.Optimizer):
-        self.calls, self._booked, self.by_step = 0, 0, {}
-        for name, optimizer in optimizers.items():
-            self.attribute(optimizer, name)
-        if active():
+        self.calls, self._booked, self.by_step = 0, 0, {name: 0 for name in optimizers}
+        if active():  # run alone: no hooks at all
+            for name, optimizer in optimizers.items():
+                self.attribute(optimizer, name)
             from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
             def counting_hook(state, bucket):
