@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from gallery.core import plots  # noqa: E402
 from gallery.core.io import atomic_write  # noqa: E402
 
-SKIP = {"seed", "steps", "world_size"}
+SKIP = {"seed", "steps", "world_size", "threads"}  # run settings every summary records, not results
 
 
 def read_jobs(sweep: Path) -> list[dict]:

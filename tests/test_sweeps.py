@@ -47,11 +47,11 @@ def test_the_report_groups_by_swept_keys_and_counts_jobs_without_a_summary(tmp_p
         (job / ".hydra").mkdir(parents=True)
         (job / ".hydra" / "overrides.yaml").write_text(f"- lr={lr}\n- seed={seed}\n- steps=10\n")
         if value is not None:
-            (job / "summary.json").write_text(json.dumps({"loss": value, "seed": seed, "ok": True}))
+            (job / "summary.json").write_text(json.dumps({"loss": value, "seed": seed, "ok": True, "threads": 1}))
     proc = subprocess.run([sys.executable, str(REPORT), str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     table = (tmp_path / "report.md").read_text()
-    assert "| lr | jobs | finished | loss |" in table  # steps did not vary; seed is pooled; a bool is no metric
+    assert "| lr | jobs | finished | loss |\n" in table  # steps did not vary; seed is pooled; a bool, threads: no metrics
     assert "| 0.1 | 2 | 2 | 2 +/- 1.41 |" in table and "| 0.2 | 2 | 1 | 5 |" in table
     empty = subprocess.run([sys.executable, str(REPORT), str(tmp_path / "0_lr=0.1,seed=0")],
                            capture_output=True, text=True, cwd=ROOT)
