@@ -81,6 +81,7 @@ class GanConfig(BaseConfig):
     beta1: float = 0.5
     beta2: float = 0.999
     spectral_norm: bool = False  # on D's layers
+    standardize: bool = True  # mixtures: train on data in units of its std, so one config fits any mixture's size
     pack: int = 1  # PacGAN: D judges `pack` samples at once, which makes a collapsed G easy to spot
     r1_gamma: float = 0.1  # R1 gradient penalty on real data
     lr_schedule: str = "linear"  # constant | linear (decay to 0 by the last step)
@@ -112,7 +113,8 @@ def build_data(cfg: GanConfig, device: torch.device):
     d = cfg.data
     if d.name in MIXTURES:
         layout = "ring" if d.name == "ring8" else "grid" if d.name == "grid25" else d.layout
-        return mixture(layout, d.modes, d.radius, d.std, device, cfg.seed + dist.rank())  # each rank its own samples
+        return mixture(layout, d.modes, d.radius, d.std, device, cfg.seed + dist.rank(),  # each rank its own samples
+                       standardize=cfg.standardize)
     if d.name == "digits":
         x, _ = images.load_digits_tensors()
     else:
@@ -274,6 +276,7 @@ def evaluate(g: nn.Module, data, fixed_z: torch.Tensor, cfg: GanConfig) -> dict:
     samples = g(fixed_z).float()
     g.train(was_training)
     if isinstance(data, GaussianMixture):
+        samples = data.to_data(samples)  # G works in the units the data were sampled in
         return {**mode_metrics(samples, data.centres, data.std, cfg.min_per_mode), "samples": samples.cpu()}
     return {"samples": samples.cpu()}
 

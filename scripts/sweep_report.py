@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Aggregate a Hydra sweep: a mean +/- std table per group of swept values, and one figure per metric.
 
-    .venv/bin/python scripts/sweep_report.py <multirun dir> [--metrics a,b,...] [--replicate seed]
+    .venv/bin/python scripts/sweep_report.py <multirun dir> [--metrics a,b,...] [--replicate seed] [--values]
 
 Every job folder under the sweep dir holds `.hydra/overrides.yaml` (written when the job starts) and,
 once it finishes, `summary.json`. Jobs are grouped by the overrides that differ between them, except
 the replicate key (`seed`), whose values are pooled. A metric is any number in summary.json (a
 swept key, the seed and the step count excepted), or those named with --metrics. Writes
 <dir>/report.md and <dir>/report/<metric>.png, and prints the table. Jobs without a summary (still
-running, interrupted, failed before the end) are counted, never silently dropped.
+running, interrupted, failed before the end) are counted, never silently dropped. --values also lists
+each job's value in a cell, in replicate order: `2 +/- 1.41 (1, 3)`.
 """
 
 from __future__ import annotations
@@ -46,15 +47,22 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(cells: list[float | None], listed: bool = False) -> str:
+    """Mean +/- std of the numbers; `listed` adds every job's cell, a job without the number as '-'."""
+    values = [v for v in cells if v is not None]
+    each = f" ({', '.join('-' if v is None else f'{v:.4g}' for v in cells)})" if listed and len(cells) > 1 else ""
     if not values:
-        return "-"
-    mean = statistics.fmean(values)
+        return "-" + each
     spread = f" +/- {statistics.stdev(values):.3g}" if len(values) > 1 else ""
-    return f"{mean:.4g}{spread}"
+    return f"{statistics.fmean(values):.4g}{spread}{each}"
 
 
-def report(sweep: Path, metrics: list[str] | None, replicate: str) -> str:
+def replicate_order(job: dict, replicate: str) -> tuple:
+    value = job["overrides"].get(replicate, "")
+    return (0, float(value), "") if value.lstrip("-").replace(".", "", 1).isdigit() else (1, 0.0, value)
+
+
+def report(sweep: Path, metrics: list[str] | None, replicate: str, listed: bool = False) -> str:
     jobs = read_jobs(sweep)
     if not jobs:
         raise SystemExit(f"error: {sweep} holds no sweep jobs (no */.hydra/overrides.yaml); is it a -m output dir?")
@@ -72,12 +80,14 @@ def report(sweep: Path, metrics: list[str] | None, replicate: str) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     table = {}
     for group, members in sorted(groups.items()):
+        members.sort(key=lambda job: replicate_order(job, replicate))
         done = [job["summary"] for job in members if job["summary"] is not None]
-        values = {m: [s[m] for s in done if is_number(s.get(m))] for m in metrics}
+        values = {m: [job["summary"][m] if job["summary"] and is_number(job["summary"].get(m)) else None
+                      for job in members] for m in metrics}  # None: a job without this number
         table[group] = values
         statuses = sorted({s.get("status", "finished") for s in done} - {"finished"})
         status = f"{len(done)}" + (f" ({', '.join(statuses)})" if statuses else "")
-        lines.append("| " + " | ".join([*group, str(len(members)), status, *(mean_std(values[m]) for m in metrics)]) + " |")
+        lines.append("| " + " | ".join([*group, str(len(members)), status, *(mean_std(values[m], listed) for m in metrics)]) + " |")
     replicates = sorted({job["overrides"].get(replicate) for job in jobs} - {None})
     text = (f"# {sweep}\n\n{len(jobs)} jobs, {len(finished)} with a summary; swept: {', '.join(swept) or 'nothing'}"
             f"; pooled over {replicate} = {', '.join(replicates) or '-'} (mean +/- sample std)\n\n" + "\n".join(lines) + "\n")
@@ -88,7 +98,7 @@ def report(sweep: Path, metrics: list[str] | None, replicate: str) -> str:
     for metric in metrics:
         fig, ax = plots.pyplot().subplots(figsize=(max(4.0, 1.2 * len(labels)), 3.2))
         for i, group in enumerate(sorted(table)):
-            values = table[group][metric]
+            values = [v for v in table[group][metric] if v is not None]
             if values:
                 ax.bar(i, statistics.fmean(values), yerr=statistics.stdev(values) if len(values) > 1 else 0,
                        color="C0", alpha=0.5, capsize=4)
@@ -106,11 +116,12 @@ def main() -> int:
     parser.add_argument("sweep", type=Path, help="the -m output dir (out_dir=..., or multirun/<example>/<date>/<time>)")
     parser.add_argument("--metrics", help="comma-separated summary.json keys (default: every number in it)")
     parser.add_argument("--replicate", default="seed", help="the key whose values are pooled (default: seed)")
+    parser.add_argument("--values", action="store_true", help="list each job's value after the mean, in replicate order")
     args = parser.parse_args()
     if not args.sweep.is_dir():
         print(f"error: {args.sweep} is not a folder", file=sys.stderr)
         return 2
-    print(report(args.sweep, args.metrics.split(",") if args.metrics else None, args.replicate))
+    print(report(args.sweep, args.metrics.split(",") if args.metrics else None, args.replicate, args.values))
     print(f"wrote {args.sweep / 'report.md'} and {args.sweep / 'report'}/<metric>.png")
     return 0
 

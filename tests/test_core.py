@@ -176,6 +176,7 @@ def test_run_writes_config_metrics_and_summary(tmp_path):
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert rows == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": None, "sample": 3.0}]
     assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
+    assert summary.pop("wall_seconds") >= 0  # the time since the Run opened, in every summary
     assert summary == {"status": "finished", "acc": 0.25, "curve": [1.0, None], "out_dir": str(tmp_path / "run"),
                        "threads": torch.get_num_threads()}
     assert not list((tmp_path / "run").glob(".*.tmp"))

@@ -19,7 +19,7 @@ from gallery import dqn
 from gallery.core.cli import compose
 from tests.conftest import ROOT
 
-TIMING = {"sec_per_step", "chars_per_sec", "env_steps_per_sec"}
+TIMING = {"sec_per_step", "chars_per_sec", "env_steps_per_sec", "wall_seconds"}
 GAN = ["steps=600", "log_every=20", "eval_every=200", "hidden=16", "eval_samples=100", "device=cpu"]
 TBPTT = ["steps=1200", "log_every=40", "eval_every=400", "hidden=32", "embed=8", "batch_size=8", "bptt_len=16",
          "eval_streams=64", "sample_len=20", "device=cpu"]

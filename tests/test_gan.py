@@ -210,3 +210,22 @@ def test_cli_help_lists_the_mistakes():
 def test_gpu_smoke(tmp_path):
     summary = gan.train(_tiny(tmp_path, "device=cuda", "data=digits"))
     assert summary["device"].startswith("cuda") and summary["g_grad_norm_after_d_step"] == 0.0
+
+
+def test_standardize_trains_on_unit_std_data_and_maps_samples_back_to_data_units():
+    from gallery.data.mixtures import mixture, mode_metrics
+
+    grid = mixture("grid", 25, 2.0, 0.05, torch.device("cpu"), seed=0, standardize=True)
+    raw = mixture("grid", 25, 2.0, 0.05, torch.device("cpu"), seed=0)
+    assert raw.unit == 1.0 and torch.allclose(grid.to_data(grid.sample(500)), raw.sample(500), atol=1e-5)
+    x = grid.sample(20000)
+    assert torch.allclose(x.std(dim=0), torch.ones(2), atol=0.03)  # what G learns to produce and D reads
+    assert mode_metrics(grid.to_data(x), grid.centres, grid.std, 20)["modes_covered"] == 25  # metrics in data units
+    cfg = compose("gan", ["data=grid25", "steps=2", "eval_samples=64", "hidden=16"])
+    data = gan.build_data(cfg, torch.device("cpu"))
+    g, _ = gan.build_models(cfg, data, torch.device("cpu"))
+    z = torch.randn(64, cfg.z_dim)
+    result = gan.evaluate(g, data, z, cfg)
+    with torch.no_grad():
+        assert torch.equal(result["samples"], (g.eval()(z) * data.unit).float())  # figures, metrics: data units
+    assert data.unit == pytest.approx(grid.unit) and grid.unit > 2.8  # grid25's spread: sqrt(8 + 0.05**2)

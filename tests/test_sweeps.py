@@ -53,6 +53,10 @@ def test_the_report_groups_by_swept_keys_and_counts_jobs_without_a_summary(tmp_p
     table = (tmp_path / "report.md").read_text()
     assert "| lr | jobs | finished | loss |\n" in table  # steps did not vary; seed is pooled; a bool, threads: no metrics
     assert "| 0.1 | 2 | 2 | 2 +/- 1.41 |" in table and "| 0.2 | 2 | 1 | 5 |" in table
+    listed = subprocess.run([sys.executable, str(REPORT), str(tmp_path), "--values"], capture_output=True, text=True,
+                            cwd=ROOT)
+    assert listed.returncode == 0 and "| 0.1 | 2 | 2 | 2 +/- 1.41 (1, 3) |" in listed.stdout
+    assert "| 0.2 | 2 | 1 | 5 (5, -) |" in listed.stdout, listed.stdout + listed.stderr
     empty = subprocess.run([sys.executable, str(REPORT), str(tmp_path / "0_lr=0.1,seed=0")],
                            capture_output=True, text=True, cwd=ROOT)
     assert empty.returncode != 0 and "holds no sweep jobs" in empty.stderr

@@ -12,6 +12,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -82,6 +83,7 @@ class Run:
         self.continuing = resume == "true"
         self.resume_from = (self.checkpoint_dir / LAST) if self.continuing else (Path(resume) if resume else None)
         self.stop_signal: int | None = None
+        self.started = time.perf_counter()  # a summary's wall_seconds: this process's time in the run
         self._metrics = None
         self._tb = None
         self._handlers: dict = {}
@@ -187,7 +189,8 @@ class Run:
 
     def write_summary(self, summary: dict) -> dict:
         summary = _json_safe({"status": "finished", **summary, "out_dir": str(self.dir),
-                              "threads": torch.get_num_threads()})
+                              "threads": torch.get_num_threads(),
+                              "wall_seconds": round(time.perf_counter() - self.started, 3)})
         if self.is_main:
             atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary

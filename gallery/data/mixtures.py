@@ -20,29 +20,45 @@ def grid_centres(side: int, spacing: float) -> torch.Tensor:
     return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
 
 
-def mixture(layout: str, modes: int, radius: float, std: float, device: torch.device, seed: int) -> GaussianMixture:
+def mixture(layout: str, modes: int, radius: float, std: float, device: torch.device, seed: int,
+            standardize: bool = False) -> GaussianMixture:
     """`modes` Gaussians on a ring of `radius`, or on a square grid with `radius` spacing."""
     if layout == "ring":
-        return GaussianMixture(ring_centres(modes, radius), std, device, seed)
+        return GaussianMixture(ring_centres(modes, radius), std, device, seed, standardize)
     side = math.isqrt(modes)
     if side * side != modes:
         raise ConfigError(f"data.modes={modes}: a grid needs a square number of modes")
-    return GaussianMixture(grid_centres(side, radius), std, device, seed)
+    return GaussianMixture(grid_centres(side, radius), std, device, seed, standardize)
 
 
 class GaussianMixture:
-    """Equal-weight isotropic Gaussians around fixed centres; infinite data, sampled on `device`."""
+    """Equal-weight isotropic Gaussians around fixed centres; infinite data, sampled on `device`.
 
-    def __init__(self, centres: torch.Tensor, std: float, device: torch.device, seed: int):
+    With `standardize`, `sample()` returns the draws in units of the data's per-coordinate std, so
+    a model trained on them works at the same scale whatever the mixture's size; `to_data` maps the
+    model's samples back. `centres` and `std` stay in data units, where the metrics and figures are.
+    """
+
+    def __init__(self, centres: torch.Tensor, std: float, device: torch.device, seed: int, standardize: bool = False):
         self.centres = centres.to(device)
         self.std = std
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        spread = float((self.centres.var(dim=0, unbiased=False).mean() + std**2).sqrt())
+        self.unit = spread if standardize else 1.0
+
+    def to_data(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.unit
+
+    @property
+    def scale(self) -> float:
+        """The per-coordinate standard deviation of the data (centres and noise together)."""
+        return float((self.centres.var(dim=0, unbiased=False).mean() + self.std**2).sqrt())
 
     def sample(self, n: int) -> torch.Tensor:
         g = self.generator
         idx = torch.randint(len(self.centres), (n,), device=self.centres.device, generator=g)
         noise = torch.randn(n, 2, device=self.centres.device, generator=g)
-        return self.centres[idx] + self.std * noise
+        return (self.centres[idx] + self.std * noise) / self.unit
 
 
 def mode_metrics(samples: torch.Tensor, centres: torch.Tensor, std: float, min_per_mode: int) -> dict:

@@ -11,38 +11,40 @@ FIELDS = ("obs", "actions", "rewards", "terminated", "next_obs")
 class ReplayBuffer:
     """A ring buffer with one float32 row per transition: obs | action | reward | terminated | next_obs.
 
-    The table is a CPU tensor. `add` writes the env's NumPy arrays straight into a NumPy view of it
-    (no tensor is built per env step); `sample` gathers a batch of rows and moves it to the training
-    device in one copy. A discrete action (`act_dim=None`) is one float column, exact below 2**24, and
-    comes back as int64; a continuous one is `act_dim` float columns.
+    The table lives on the training device, so `sample` is one gather there and no batch crosses from
+    the host. `add` packs the env's NumPy arrays into one host row per transition and copies them into
+    the table at once (one small copy per env step, however many fields). A discrete action
+    (`act_dim=None`) is one float column, exact below 2**24, and comes back as int64; a continuous one
+    is `act_dim` float columns. Checkpoints hold CPU tensors.
     """
 
     def __init__(self, capacity: int, obs_dim: int, device: torch.device, act_dim: int | None = None):
         self.capacity, self.size, self.pos, self.device = capacity, 0, 0, torch.device(device)
         self.discrete, d, a = act_dim is None, obs_dim, act_dim or 1
-        self.rows = torch.zeros(capacity, 2 * d + a + 2)
-        self.table = self.rows.numpy()  # shares memory with self.rows
+        self.rows = torch.zeros(capacity, 2 * d + a + 2, device=self.device)
         self.columns = {"obs": slice(0, d), "actions": d if self.discrete else slice(d, d + a), "rewards": d + a,
                         "terminated": d + a + 1, "next_obs": slice(d + a + 2, 2 * d + a + 2)}
 
     def add(self, obs, actions, rewards, next_obs, terminated) -> None:
         n, end = len(obs), self.pos + len(obs)
-        at = slice(self.pos, end) if end <= self.capacity else np.arange(self.pos, end) % self.capacity
+        staged = np.empty((n, self.rows.shape[1]), np.float32)
         for name, value in zip(FIELDS, (obs, actions, rewards, terminated, next_obs)):
-            self.table[at, self.columns[name]] = value
+            staged[:, self.columns[name]] = value
+        at = slice(self.pos, end) if end <= self.capacity else torch.arange(self.pos, end) % self.capacity
+        self.rows[at] = torch.from_numpy(staged).to(self.device)
         self.pos = end % self.capacity
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         idx = torch.randint(self.size, (batch_size,), generator=generator)
-        rows = self.rows[idx].to(self.device)
+        rows = self.rows[idx.to(self.device)]
         batch = {name: rows[:, column] for name, column in self.columns.items()}
         if self.discrete:
             batch["actions"] = batch["actions"].long()
         return batch
 
     def state_dict(self) -> dict:
-        rows = self.rows[: self.size]
+        rows = self.rows[: self.size].cpu()
         state = {name: rows[:, column].clone() for name, column in self.columns.items()}
         if self.discrete:
             state["actions"] = state["actions"].long()
@@ -51,4 +53,4 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict) -> None:
         self.pos, self.size = state["pos"], state["size"]
         for name, column in self.columns.items():
-            self.rows[: self.size, column] = state[name].to(self.rows.dtype)
+            self.rows[: self.size, column] = state[name].to(self.rows.device, self.rows.dtype)
