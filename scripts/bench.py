@@ -510,13 +510,14 @@ def bench_sac(device: torch.device) -> list[dict]:
 
 
 def bench_threads(device: torch.device, steps: int = 1500) -> list[dict]:
-    """The ring8 GAN for `steps` steps as a whole process: alone, and two at once (as in a sweep or on a
-    shared CI runner), with threads=auto (one thread for this small model) and with torch's default."""
+    """The ring8 GAN (3x128 MLPs, as when this was first measured) for `steps` steps as a whole process: alone,
+    and two at once (as in a sweep or on a shared CI runner), with threads=auto (one thread for this small
+    model) and with torch's default."""
     import os
     import subprocess
 
     default = DEFAULT_THREADS
-    args = [sys.executable, "-m", "gallery.gan", "data=ring8", f"steps={steps}", f"eval_every={steps}",
+    args = [sys.executable, "-m", "gallery.gan", "data=ring8", "hidden=128", f"steps={steps}", f"eval_every={steps}",
             "log_every=500", "eval_samples=500", f"device={device}"]
 
     def wall(threads: str, copies: int) -> float:

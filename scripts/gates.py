@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -61,6 +63,21 @@ def gan_sweep(name: str, out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("*/summary.json"))]
 
 
+def gan_figure(root: Path, out: Path) -> None:
+    """Seed 0's last samples on each mixture, side by side."""
+    from gallery import gan
+
+    jobs = [*sorted((root / "named").glob("*seed=0")), *sorted((root / "mixture").glob("*seed=0"))]
+    fig = plots.pyplot().figure(figsize=(4 * len(jobs), 4.4))
+    for i, job in enumerate(jobs, start=1):
+        saved = torch.load(job / "samples.pt", weights_only=True)
+        overrides = dict(kv.split("=") for kv in job.name.split("_", 1)[1].split(","))
+        name = f"{len(saved['centres'])} on a ring" if overrides["data"] == "mixture" else overrides["data"]
+        gan.draw_samples(fig.add_subplot(1, len(jobs), i), saved["samples"], saved["centres"],
+                         f"{name}, seed 0\n" + saved["title"].split("\n")[-1])
+    plots.save(fig, out / "gan_mixtures.png")
+
+
 def gate_gan(tmp: Path, figures: Path | None) -> dict:
     """Targets (issue 12): one config; ring8 8/8 modes and grid25 >= 24 of 25 on average, both at >= 0.85 high
     quality; mixtures of 12 and 16 modes on a ring covered alike (>= 96% of their modes on average); no run
@@ -76,6 +93,8 @@ def gate_gan(tmp: Path, figures: Path | None) -> dict:
         out[label] = {"mean_modes": statistics.mean(r["modes_covered"] for r in runs),
                       "mean_high_quality": statistics.mean(r["high_quality_frac"] for r in runs),
                       "mean_wall_seconds": statistics.mean(r["wall_seconds"] for r in runs)}
+    if figures is not None:
+        gan_figure(tmp / "gan", figures)
     modes = {"ring8": 8, "grid25": 25, "mixture12": 12, "mixture16": 16}
     reference = out["ring8 old_default"]["mean_wall_seconds"]
     out["pass"] = (all(out[m]["mean_modes"] >= 0.96 * n for m, n in modes.items())
