@@ -113,8 +113,7 @@ def build_data(cfg: GanConfig, device: torch.device):
     d = cfg.data
     if d.name in MIXTURES:
         layout = "ring" if d.name == "ring8" else "grid" if d.name == "grid25" else d.layout
-        return mixture(layout, d.modes, d.radius, d.std, device, cfg.seed + dist.rank(),  # each rank its own samples
-                       standardize=cfg.standardize)
+        return mixture(layout, d.modes, d.radius, d.std, device, cfg.seed + dist.rank(), cfg.standardize)  # each rank its own samples
     if d.name == "digits":
         x, _ = images.load_digits_tensors()
     else:
@@ -131,8 +130,7 @@ def build_models(cfg: GanConfig, data, device: torch.device) -> tuple[nn.Module,
         channels, *size = data.images.shape[1:]
         g = ConvGenerator(cfg.z_dim, (channels, *size), base=max(cfg.hidden // 8, 8))
         d = conv_discriminator((channels * cfg.pack, *size), base=max(cfg.hidden // 8, 8), sn=cfg.spectral_norm)
-    if cfg.pack > 1:
-        d = Packed(d, cfg.pack)
+    d = Packed(d, cfg.pack) if cfg.pack > 1 else d
     return g.to(device), d.to(device)
 
 
@@ -282,8 +280,7 @@ def evaluate(g: nn.Module, data, fixed_z: torch.Tensor, cfg: GanConfig) -> dict:
 
 
 def draw_samples(ax, samples: torch.Tensor, centres: torch.Tensor | None, title: str) -> None:
-    """A scatter of 2-D samples over the mode centres, or a grid of images. The run's own figure
-    and the tour's comparison both draw with this."""
+    """A scatter of 2-D samples over the mode centres, or a grid of images (the run's figure and the tour's)."""
     if centres is not None:
         ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, label="generated")
         ax.scatter(centres[:, 0], centres[:, 1], s=40, marker="x", color="red", label="mode centres")

@@ -43,16 +43,11 @@ class GaussianMixture:
         self.centres = centres.to(device)
         self.std = std
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        spread = float((self.centres.var(dim=0, unbiased=False).mean() + std**2).sqrt())
+        spread = float((self.centres.var(dim=0, unbiased=False).mean() + std**2).sqrt())  # per coordinate
         self.unit = spread if standardize else 1.0
 
     def to_data(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.unit
-
-    @property
-    def scale(self) -> float:
-        """The per-coordinate standard deviation of the data (centres and noise together)."""
-        return float((self.centres.var(dim=0, unbiased=False).mean() + self.std**2).sqrt())
 
     def sample(self, n: int) -> torch.Tensor:
         g = self.generator

@@ -13,7 +13,7 @@ class ReplayBuffer:
 
     The table lives on the training device, so `sample` is one gather there and no batch crosses from
     the host. `add` packs the env's NumPy arrays into one host row per transition and copies them into
-    the table at once (one small copy per env step, however many fields). A discrete action
+    the table at once (a CPU table through its NumPy view; no index tensors per env step). A discrete action
     (`act_dim=None`) is one float column, exact below 2**24, and comes back as int64; a continuous one
     is `act_dim` float columns. Checkpoints hold CPU tensors.
     """
@@ -22,6 +22,7 @@ class ReplayBuffer:
         self.capacity, self.size, self.pos, self.device = capacity, 0, 0, torch.device(device)
         self.discrete, d, a = act_dim is None, obs_dim, act_dim or 1
         self.rows = torch.zeros(capacity, 2 * d + a + 2, device=self.device)
+        self.view = self.rows.numpy() if self.rows.is_cpu else None  # shares memory with self.rows
         self.columns = {"obs": slice(0, d), "actions": d if self.discrete else slice(d, d + a), "rewards": d + a,
                         "terminated": d + a + 1, "next_obs": slice(d + a + 2, 2 * d + a + 2)}
 
@@ -30,8 +31,11 @@ class ReplayBuffer:
         staged = np.empty((n, self.rows.shape[1]), np.float32)
         for name, value in zip(FIELDS, (obs, actions, rewards, terminated, next_obs)):
             staged[:, self.columns[name]] = value
-        at = slice(self.pos, end) if end <= self.capacity else torch.arange(self.pos, end) % self.capacity
-        self.rows[at] = torch.from_numpy(staged).to(self.device)
+        at = slice(self.pos, end) if end <= self.capacity else np.arange(self.pos, end) % self.capacity
+        if self.view is not None:
+            self.view[at] = staged  # a CPU table: through its NumPy view, no tensor indexing per env step
+        else:
+            self.rows[at if isinstance(at, slice) else torch.from_numpy(at)] = torch.from_numpy(staged).to(self.device)
         self.pos = end % self.capacity
         self.size = min(self.size + n, self.capacity)
 
