@@ -42,7 +42,7 @@ def run(example: str, *overrides: str) -> dict:
 
 
 # One default config for every named 2-D mixture, run as Hydra sweeps (2 joblib jobs at a time, one thread
-# each) and tabled by scripts/sweep_report.py. The ring8 default before issue 12 runs in the same conditions:
+# each) and tabled by scripts/sweep_report.py. The ring8 default before standardization runs in the same conditions:
 # the time reference. Each sweep's overrides and seeds.
 GAN_SWEEPS = {
     "named": (["data=ring8,grid25"], "0,1,2,3,4"),
@@ -79,7 +79,7 @@ def gan_figure(root: Path, out: Path) -> None:
 
 
 def gate_gan(tmp: Path, figures: Path | None) -> dict:
-    """Targets (issue 12): one config; ring8 8/8 modes and grid25 >= 24 of 25 on average, both at >= 0.85 high
+    """Targets: one config; ring8 8/8 modes and grid25 >= 24 of 25 on average, both at >= 0.85 high
     quality; mixtures of 12 and 16 modes on a ring covered alike (>= 96% of their modes on average); no run
     slower on average than the old ring8 default beside it."""
     groups: dict[str, list[dict]] = {}
