@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -27,6 +28,12 @@ def torchrun(module: str, out_dir, *overrides: str) -> dict:
            "-m", module, f"out_dir={out_dir}", f"device={DEVICE}", "threads=1", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
+        # Seen once in CI (finetune, rank 0 aborted by std::terminate at exit; not reproduced in 5 reruns):
+        # one retry, reported as a warning so it is never silent. Any other failure fails at once.
+        warnings.warn(f"{module} under torchrun aborted at exit, retried once:\n{proc.stderr[-1500:]}", stacklevel=2)
+        proc = subprocess.run([*cmd, "overwrite=true"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("outputs:") == 1, "only rank 0 reports"
     summary = json.loads((out_dir / "summary.json").read_text())
