@@ -58,8 +58,12 @@ def mean_std(cells: list[float | None], listed: bool = False) -> str:
 
 
 def replicate_order(job: dict, replicate: str) -> tuple:
+    """Numbers in numeric order (seed 10 after seed 9), then any other values as text."""
     value = job["overrides"].get(replicate, "")
-    return (0, float(value), "") if value.lstrip("-").replace(".", "", 1).isdigit() else (1, 0.0, value)
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
 
 
 def report(sweep: Path, metrics: list[str] | None, replicate: str, listed: bool = False) -> str:
