@@ -84,6 +84,7 @@ class GanConfig(BaseConfig):
     standardize: bool = True  # mixtures: train on data in units of its std, so one config fits any mixture's size
     pack: int = 1  # PacGAN: D judges `pack` samples at once, which makes a collapsed G easy to spot
     r1_gamma: float = 0.1  # R1 gradient penalty on real data
+    r1_every: int = 1  # lazy R1 (StyleGAN2): the penalty on every n-th D step only, at n * r1_gamma
     lr_schedule: str = "linear"  # constant | linear (decay to 0 by the last step)
     eval_every: int = 2000
     ckpt_every: int = 2000  # about 20 s of training apart; a save takes milliseconds
@@ -101,8 +102,8 @@ def validate(cfg: GanConfig) -> None:
     require_choice(cfg, "data.layout", ["ring", "grid"])
     require_choice(cfg, "lr_schedule", SCHEDULES)
     require_non_negative(cfg, "r1_gamma")
-    require_positive(cfg, "pack", "batch_size", "z_dim", "hidden", "layers", "lr_g", "lr_d", "eval_samples",
-                     "data.modes", "data.radius", "data.std")
+    require_positive(cfg, "pack", "r1_every", "batch_size", "z_dim", "hidden", "layers", "lr_g", "lr_d",
+                     "eval_samples", "data.modes", "data.radius", "data.std")
     if cfg.batch_size % cfg.pack:
         raise ConfigError(f"batch_size={cfg.batch_size} must be a multiple of pack={cfg.pack}")
 
@@ -250,14 +251,12 @@ BY_MISTAKE = {"none": gan_step, "no_detach": gan_step_no_detach, "retain_graph":
          "reuse_d_output": gan_step_reuse_d_output}
 
 KNOWN_ERRORS = {
-    "no_detach": (
-        "backward through the graph a second time",
+    "no_detach": ("backward through the graph a second time",
         "mistake=no_detach: the D step backpropagated through G (D trained on `fake`, not `fake.detach()`), "
         "which freed G's graph, so the G step had nothing left to backpropagate through. "
         "Fix: train D on fake.detach(); keep the undetached fake for the G step.",
     ),
-    "reuse_d_output": (
-        "modified by an inplace operation",
+    "reuse_d_output": ("modified by an inplace operation",
         "mistake=reuse_d_output: the G loss reused D's output from the D step, but opt_d.step() then "
         "changed D's weights in place, and autograd refuses to backpropagate through stale saved weights. "
         "Fix: compute the G loss with a fresh D(fake) after the D step.",
@@ -340,7 +339,8 @@ def train(cfg) -> dict:
                 z = torch.randn(len(real), cfg.z_dim, device=device)
                 with probe.step(sampled=step == start + 1 or step % cfg.log_every == 0):
                     fake = g_ddp(z)  # one G forward: the D step detaches it, the G step reuses it
-                    d_loss, g_loss = gan_step_fn(d_ddp, opt_d, opt_g, real, fake, cfg.r1_gamma)
+                    r1 = cfg.r1_gamma * cfg.r1_every if step % cfg.r1_every == 0 else 0.0  # lazy R1
+                    d_loss, g_loss = gan_step_fn(d_ddp, opt_d, opt_g, real, fake, r1)
                 sched_g.step(), sched_d.step()
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps:

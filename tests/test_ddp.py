@@ -23,8 +23,8 @@ NPROC = int(os.environ.get("GALLERY_DDP_NPROC", "2"))
 DEVICE = os.environ.get("GALLERY_DDP_DEVICE", "cpu")
 
 
-def torchrun(module: str, out_dir, *overrides: str) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NPROC}",
+def torchrun(module: str, out_dir, *overrides: str, nproc: int = NPROC) -> dict:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", module, f"out_dir={out_dir}", f"device={DEVICE}", "threads=1", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -37,7 +37,7 @@ def torchrun(module: str, out_dir, *overrides: str) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("outputs:") == 1, "only rank 0 reports"
     summary = json.loads((out_dir / "summary.json").read_text())
-    assert summary["world_size"] == NPROC and summary["ranks_agree"], "every rank ends with the same weights"
+    assert summary["world_size"] == nproc and summary["ranks_agree"], "every rank ends with the same weights"
     rows = read_metrics(out_dir / "metrics.jsonl")
     steps = [r["step"] for r in rows]
     assert steps == sorted(steps) and len(rows) == len({json.dumps(r, sort_keys=True) for r in rows})
@@ -68,6 +68,15 @@ def test_tbptt_under_ddp_each_rank_carries_a_detached_state(tmp_path):
     s = torchrun("gallery.tbptt", tmp_path / "tb", "steps=8", "eval_every=8", "log_every=4", "hidden=16", "embed=8",
                  "batch_size=4", "bptt_len=8", "probe_every=1")
     assert [p["state_grad_fn"] for p in s["probe_by_rank"]] == [False] * NPROC  # detached at the chunk's start
+
+
+def test_one_process_under_torchrun_joins_a_group_of_one(tmp_path):
+    """torchrun --nproc_per_node=1 (the one-GPU nccl smoke's launch) runs DDP, not the alone path."""
+    steps = 4
+    s = torchrun("gallery.gan", tmp_path / "gan", f"steps={steps}", "log_every=2", "eval_every=4", "hidden=16",
+                 "batch_size=32", "eval_samples=64", nproc=1)
+    assert s["g_allreduce_buckets"] == [{"d_step": 0, "g_step": s["g_allreduce_buckets"][0]["g_step"]}]
+    assert s["g_allreduce_buckets"][0]["g_step"] >= steps  # G went through DDP's all-reduce, in the G step only
 
 
 @pytest.mark.parametrize("name", sorted(examples()))

@@ -229,3 +229,21 @@ def test_standardize_trains_on_unit_std_data_and_maps_samples_back_to_data_units
     with torch.no_grad():
         assert torch.equal(result["samples"], (g.eval()(z) * data.unit).float())  # figures, metrics: data units
     assert data.unit == pytest.approx(grid.unit) and grid.unit > 2.8  # grid25's spread: sqrt(8 + 0.05**2)
+
+
+def test_lazy_r1_puts_the_penalty_on_every_nth_d_step_at_n_times_gamma(tmp_path, monkeypatch):
+    seen = []
+
+    def recording_step(d, opt_d, opt_g, real, fake, r1_gamma=0.0):
+        seen.append(r1_gamma)
+        return gan.gan_step(d, opt_d, opt_g, real, fake, r1_gamma)
+
+    monkeypatch.setitem(gan.BY_MISTAKE, "none", recording_step)
+    gan.train(_tiny(tmp_path, "steps=8", "eval_every=8", "r1_gamma=0.1", "r1_every=4"))
+    assert seen == pytest.approx([0, 0, 0, 0.4, 0, 0, 0, 0.4])  # the same penalty per 4 steps as 0.1 on each
+
+
+def test_the_mixture_configs_use_lazy_r1_and_r1_every_must_be_positive(tmp_path):
+    assert compose("gan", ["data=grid25"]).r1_every == 4 and compose("gan", ["data=digits"]).r1_every == 1
+    with pytest.raises(GalleryError, match="r1_every"):
+        gan.train(_tiny(tmp_path, "r1_every=0"))

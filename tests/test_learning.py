@@ -20,7 +20,7 @@ def ring8_seed0(tmp_path_factory):
 def test_gan_one_config_covers_ring8_and_grid25_with_sharp_samples(ring8_seed0, tmp_path):
     grid = gan.train(compose("gan", ["device=cpu", "seed=0", "data=grid25", f"out_dir={tmp_path}"]))
     assert ring8_seed0["modes_covered"] == 8 and ring8_seed0["high_quality_frac"] >= 0.85
-    assert grid["modes_covered"] >= 24 and grid["high_quality_frac"] >= 0.8  # seed 0: the lowest of seeds 0-4
+    assert grid["modes_covered"] >= 24 and grid["high_quality_frac"] >= 0.8  # seed 0 gave 0.872; seeds 0-4: 0.804-0.882
     assert ring8_seed0["g_grad_norm_after_d_step"] == 0.0 and grid["g_grad_norm_after_d_step"] == 0.0
 
 

@@ -33,9 +33,15 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def launched() -> bool:
+    """A launcher started this process: more than one rank, or a rendezvous address (torchrun sets one
+    even for one process, which then joins a group of one: the one-GPU DDP smoke runs that way)."""
+    return world_size() > 1 or "MASTER_ADDR" in os.environ
+
+
 def setup(device: torch.device) -> torch.device:
     """Join the process group when torchrun started this process; return this rank's device."""
-    if world_size() == 1:
+    if not launched():
         return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
