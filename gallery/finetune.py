@@ -45,7 +45,7 @@ from gallery.backbones import (
 )
 from gallery.core import dist, plots
 from gallery.core.checkpoint import load_checkpoint
-from gallery.core.cli import check_overrides, print_help_if_asked, report, run_cli
+from gallery.core.cli import command_line, report, run_cli
 from gallery.core.config import (
     BaseConfig,
     config_dir,
@@ -421,6 +421,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    print_help_if_asked(EXAMPLE)
-    check_overrides("finetune")
-    main()
+    command_line(EXAMPLE, main)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from gallery.core import plots
-from gallery.core.cli import check_overrides, print_help_if_asked, report, run_cli
+from gallery.core.cli import command_line, report, run_cli
 from gallery.core.config import (
     BaseConfig,
     config_dir,
@@ -418,6 +418,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    print_help_if_asked(EXAMPLE)
-    check_overrides("ppo")
-    main()
+    command_line(EXAMPLE, main)

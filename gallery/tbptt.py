@@ -34,7 +34,7 @@ from omegaconf import MISSING
 from torch import nn
 
 from gallery.core import dist, plots
-from gallery.core.cli import check_overrides, print_help_if_asked, report, run_cli
+from gallery.core.cli import command_line, report, run_cli
 from gallery.core.config import (
     BaseConfig,
     config_dir,
@@ -425,6 +425,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    print_help_if_asked(EXAMPLE)
-    check_overrides("tbptt")
-    main()
+    command_line(EXAMPLE, main)

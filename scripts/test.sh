@@ -1,5 +1,23 @@
 #!/usr/bin/env bash
-# Run the test suite (bootstrapping .venv first). Extra arguments go to pytest: scripts/test.sh -m "not slow"
+# The tests, bootstrapping .venv first.
+#   scripts/test.sh              the fast tier: everything but the learning gates and the GPU tests
+#                                (about 3 minutes on 2 cores, two pytest workers)
+#   scripts/test.sh --gates      the learning gates (marker slow, fixed seeds; about 25 minutes on 2 cores)
+#   scripts/test.sh --gpu        the GPU tests (a missing GPU fails them instead of skipping)
+#   scripts/test.sh [pytest args]  the fast tier with these pytest arguments (a -m of yours replaces the tier's)
+# GALLERY_TEST_WORKERS sets the fast tier's pytest-xdist workers (default 2; 0 runs in this process).
 source "$(dirname "${BASH_SOURCE[0]}")/_bootstrap.sh"
 cd "$ROOT"
-exec "$VENV/bin/python" -m pytest "$@"
+case "${1:-}" in
+    --gates) shift; exec "$VENV/bin/python" -m pytest -m slow "$@" ;;
+    --gpu) shift; exec env GALLERY_GPU_ONLY=1 "$VENV/bin/python" -m pytest -m gpu "$@" ;;
+esac
+tier=(-m "not slow and not gpu")
+workers=(-n "${GALLERY_TEST_WORKERS:-2}")
+for arg in "$@"; do
+    case "$arg" in
+        -m|-m*) tier=() ;;
+        -n|-n*|--numprocesses*|no:xdist) workers=() ;;
+    esac
+done
+exec "$VENV/bin/python" -m pytest "${tier[@]}" "${workers[@]}" "$@"

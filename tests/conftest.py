@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,48 @@ def _clean_hydra():
     GlobalHydra.instance().clear()
     yield
     GlobalHydra.instance().clear()
+
+
+@dataclass
+class Ran:
+    """What `run_here` gives back: the fields of a finished subprocess.CompletedProcess that tests read."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_here(module: str, *args: str) -> Ran:
+    """`python -m <module> *args` inside this process: the same entry point, command line, exit status and
+    output as a real process, without its ~4 s start-up. Tests start a real process only where the process
+    is the point (a signal, torchrun, an installed wheel, Hydra's own argv handling in one case of each)."""
+    import contextlib
+    import gc
+    import importlib
+    import io
+
+    from gallery.core import seeding
+    from gallery.core.cli import command_line
+
+    target = importlib.import_module("gallery.__main__" if module == "gallery" else module)
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    argv, deterministic = sys.argv, torch.are_deterministic_algorithms_enabled()
+    sys.argv = [str(target.__file__), *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            if module == "gallery":
+                code = target.main(list(args))
+            else:
+                command_line(target.EXAMPLE, target.main, list(args))
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        if isinstance(stop.code, str):
+            err.write(stop.code + "\n")
+    finally:
+        sys.argv = argv
+        gc.unfreeze()  # run_cli freezes what is alive, for a process that ends with the run
+        torch.use_deterministic_algorithms(deterministic)
+        seeding._told.clear()  # the deterministic=true notice is once per process: this "process" is over
+    return Ran(code, out.getvalue(), err.getvalue())
 
 
 def run_module(module: str, *args: str, timeout: int = 300, cwd: Path = ROOT, env: dict | None = None,
@@ -49,3 +92,31 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache(tmp_path_factory):
+    """Downloads and pretrained backbones go to a folder of this session, never the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("gallery_cache")
+    saved = os.environ.get("GALLERY_CACHE")
+    os.environ["GALLERY_CACHE"] = str(cache)
+    yield cache
+    if saved is None:
+        os.environ.pop("GALLERY_CACHE", None)
+    else:
+        os.environ["GALLERY_CACHE"] = saved
+
+
+@pytest.fixture(scope="session")
+def pretrained_backbone(tmp_path_factory):
+    """One small digits backbone (30 pretraining steps on classes 0-4), built once through stage=pretrain
+    and shared by every finetune run in the session: pass backbone.checkpoint_dir=<it>."""
+    from gallery import finetune
+    from gallery.core.cli import compose
+
+    GlobalHydra.instance().clear()
+    folder = tmp_path_factory.mktemp("backbone")
+    summary = finetune.train(compose("finetune", ["stage=pretrain", f"backbone.checkpoint_dir={folder}",
+                                                  "backbone.pretrain_steps=30", "device=cpu"]))
+    assert summary["stage"] == "pretrain" and (folder / "last.pt").is_file()
+    return folder

@@ -14,7 +14,7 @@ import torch
 
 from gallery import gan, lessons, smoke, tbptt
 from gallery.core.registry import examples
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT, run_here, run_module
 
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 
@@ -81,7 +81,7 @@ def test_smoke_rejects_bad_arguments():
 
 
 def test_every_lesson_passes_and_the_command_lists_them_all():
-    proc = run_module("gallery", "lessons")
+    proc = run_here("gallery", "lessons")
     assert proc.returncode == 0, proc.stdout[-2000:]
     for name in lessons.LESSONS:
         assert f"PASS  {name}" in proc.stdout

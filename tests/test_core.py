@@ -1,4 +1,5 @@
 import json
+import os
 import random
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from gallery.core.checkpoint import LAST, PREVIOUS, load_checkpoint, save_checkp
 from gallery.core.cli import compose, run_cli
 from gallery.core.config import BaseConfig, register_schema, require_range, to_schema, validate_base
 from gallery.core.device import amp_forward, resolve_device, set_threads
+from gallery.core.errors import DataError
 from gallery.core.registry import Example, Mistake, examples
 from gallery.core.run import Run, progress, read_metrics
 from gallery.core.seeding import rng_state, seed_everything, set_rng_state
@@ -63,7 +65,9 @@ def test_amp_is_bf16_where_the_gpu_has_it_and_float32_otherwise_never_unscaled_f
         net = nn.Linear(2, 2)
         forward = net.forward
         assert (amp_forward(net, cuda).forward == forward) is (dtype is None)
-        assert amp_forward(nn.Linear(2, 2), cuda, enabled=False).forward is not None
+        untouched = nn.Linear(2, 2)
+        plain = untouched.forward
+        assert amp_forward(untouched, cuda, enabled=False).forward == plain  # amp=false: float32 as written
 
 
 def test_amp_forward_leaves_a_cpu_module_untouched():
@@ -79,6 +83,8 @@ def test_threads_auto_is_one_for_small_models_and_a_number_sets_it():
         assert set_threads("auto", torch.device("cpu"), small_model=True) == 1
         assert set_threads("2", torch.device("cpu"), small_model=True) == 2
         assert set_threads(1, torch.device("cpu"), small_model=False) == 1
+        cores = os.cpu_count() or 1  # a sweep's jobs share the cores: one thread each when there are as many jobs
+        assert set_threads("auto", torch.device("cpu"), small_model=False, jobs=cores) == 1
     finally:
         torch.set_num_threads(before)
 
@@ -284,9 +290,18 @@ def test_pickled_object_is_refused_by_weights_only(tmp_path):
         load_checkpoint(tmp_path / LAST)
 
 
-def test_all_user_errors_share_one_base_class():
-    for cls in (CheckpointError, ConfigError, DeviceError):
-        assert issubclass(cls, GalleryError)
+@pytest.mark.parametrize("cls", [CheckpointError, ConfigError, DeviceError, DataError])
+def test_every_user_error_is_one_line_and_exit_2_on_the_command_line(cls, capsys):
+    from omegaconf import OmegaConf
+
+
+    def train(cfg):
+        raise cls(f"{cls.__name__} says what to fix")
+
+    with pytest.raises(SystemExit) as stop:
+        run_cli(train, OmegaConf.create({}))
+    assert stop.value.code == 2 and issubclass(cls, GalleryError)
+    assert capsys.readouterr().err == f"error: {cls.__name__} says what to fix\n"
 
 
 # --- registry ---------------------------------------------------------------------------------

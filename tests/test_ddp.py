@@ -17,7 +17,7 @@ import torch
 from gallery.core import dist
 from gallery.core.registry import examples
 from gallery.core.run import read_metrics
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT, run_here
 
 NPROC = int(os.environ.get("GALLERY_DDP_NPROC", "2"))
 DEVICE = os.environ.get("GALLERY_DDP_DEVICE", "cpu")
@@ -77,17 +77,18 @@ def test_tbptt_under_ddp_each_rank_carries_a_detached_state(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(examples()))
-def test_a_non_zero_rank_writes_nothing(name, tmp_path):
-    """RANK=1 without a process group: the example trains as rank 1 would, and every write it makes
-    (metrics, checkpoints, figures, samples, summary) is rank 0's to make, so the folder stays empty."""
+def test_a_non_zero_rank_writes_nothing(name, tmp_path, monkeypatch, pretrained_backbone):
+    """RANK=1 without a process group (run in this process): the example trains as rank 1 would, and
+    every write it makes (metrics, checkpoints, figures, samples, summary) is rank 0's to make, so the
+    folder stays empty."""
     example = examples()[name]
     smoke = [o.replace("{tmp}", str(tmp_path)) for o in example.smoke]
     if name == "finetune":  # rank 0 pretrains the backbone into the cache; here it is there already
-        proc = run_module("gallery.finetune", "stage=pretrain", *[o for o in smoke if "backbone." in o],
-                          "device=cpu")
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = run_module(f"gallery.{name}", *smoke, f"out_dir={tmp_path / 'run'}", "device=cpu", "threads=1",
-                      env={"RANK": "1", "WORLD_SIZE": "1"})
+        smoke = [o for o in smoke if not o.startswith("backbone.checkpoint_dir=")]
+        smoke.append(f"backbone.checkpoint_dir={pretrained_backbone}")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    proc = run_here(f"gallery.{name}", *smoke, f"out_dir={tmp_path / 'run'}", "device=cpu", "threads=1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "run").rglob("*")) if (tmp_path / "run").exists() else []
     assert written == [], written

@@ -17,7 +17,7 @@ import torch
 
 from gallery import dqn
 from gallery.core.cli import compose
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_here
 
 TIMING = {"sec_per_step", "chars_per_sec", "env_steps_per_sec", "wall_seconds"}
 GAN = ["steps=600", "log_every=20", "eval_every=200", "hidden=16", "eval_samples=100", "device=cpu"]
@@ -41,34 +41,34 @@ def rows(path: Path) -> list[dict]:
 
 def test_a_second_run_into_the_same_out_dir_is_refused_and_changes_nothing(tmp_path):
     args = ["gallery.gan", *GAN, "steps=20", f"out_dir={tmp_path}"]
-    assert cli(*args).returncode == 0
+    assert run_here(*args).returncode == 0
     before = digest(tmp_path)
-    proc = cli(*args)
+    proc = run_here(*args)
     assert proc.returncode == 2 and "already holds a run" in proc.stderr and "overwrite=true" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and digest(tmp_path) == before
-    replaced = cli(*args, "seed=3", "overwrite=true")
+    replaced = run_here(*args, "seed=3", "overwrite=true")
     assert replaced.returncode == 0 and json.loads((tmp_path / "summary.json").read_text())["seed"] == 3
 
 
 def test_resume_without_a_checkpoint_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "fresh"
-    proc = cli("gallery.gan", *GAN, f"out_dir={out}", "resume=true")
+    proc = run_here("gallery.gan", *GAN, f"out_dir={out}", "resume=true")
     assert proc.returncode == 2 and f"no checkpoint at {out}/checkpoints/last.pt" in proc.stderr
     assert not out.exists()
 
 
 def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path):
-    assert cli("gallery.tbptt", *TBPTT, "steps=20", "eval_every=20", f"out_dir={tmp_path}").returncode == 0
+    assert run_here("gallery.tbptt", *TBPTT, "steps=20", "eval_every=20", f"out_dir={tmp_path}").returncode == 0
     before = digest(tmp_path)
-    proc = cli("gallery.tbptt", *TBPTT, "steps=20", "eval_every=20", f"out_dir={tmp_path}", "resume=true")
+    proc = run_here("gallery.tbptt", *TBPTT, "steps=20", "eval_every=20", f"out_dir={tmp_path}", "resume=true")
     assert proc.returncode == 0 and "is finished" in proc.stderr
     assert digest(tmp_path) == before
-    more = cli("gallery.tbptt", *TBPTT, "steps=30", "eval_every=30", f"out_dir={tmp_path}", "resume=true")  # steps=<more> goes on
+    more = run_here("gallery.tbptt", *TBPTT, "steps=30", "eval_every=30", f"out_dir={tmp_path}", "resume=true")  # steps=<more> goes on
     assert more.returncode == 0 and json.loads((tmp_path / "summary.json").read_text())["steps"] == 30
 
 
 def test_a_sweep_gives_every_job_its_own_folder_and_goes_on_past_a_raising_mistake(tmp_path):
-    proc = cli("gallery.gan", "-m", "seed=0,1", "mistake=none,no_detach", *GAN, "steps=10", "eval_every=10",
+    proc = run_here("gallery.gan", "-m", "seed=0,1", "mistake=none,no_detach", *GAN, "steps=10", "eval_every=10",
                f"out_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
@@ -122,29 +122,69 @@ module.main()
 # simsiam's first evaluate() is step 0's (the random encoder's baseline), so its first eval step is call 2
 EVAL_FUNCTION = {"gallery.gan": ("evaluate", 1), "gallery.tbptt": ("validation_bpc", 1),
                  "gallery.finetune": ("accuracy", 1), "gallery.simsiam": ("evaluate", 2)}
-FINETUNE = ["steps=600", "log_every=20", "eval_every=100", "backbone.pretrain_steps=20", "device=cpu"]
+FINETUNE = ["steps=600", "log_every=20", "eval_every=100", "device=cpu"]
 SIMSIAM = ["steps=300", "log_every=10", "eval_every=100", "batch_size=32", "device=cpu"]
+
+
+def stop_here(module: str, args: list[str], out: Path, eval_call: int, monkeypatch) -> list[str]:
+    """Run `python -m module *args` in this process with its eval function wrapped so that its
+    `eval_call`-th call sends the process a real SIGTERM (it lands mid-eval); check the stop (143, a
+    checkpoint, no traceback) and return the printed resume command's arguments."""
+    import importlib
+    import os
+
+    target = importlib.import_module(module)
+    name = EVAL_FUNCTION[module][0]
+    real, calls = getattr(target, name), []
+
+    def signal_then_evaluate(*a, **kw):
+        calls.append(1)
+        if len(calls) == eval_call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **kw)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(target, name, signal_then_evaluate)
+        proc = run_here(module, *args)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and (out / "checkpoints" / "last.pt").is_file()
+    resume = proc.stderr.split("Resume with: ")[1].strip().splitlines()[0]
+    assert resume.startswith(f"python -m {module} ") and resume.endswith(f"out_dir={out} resume=true")
+    return shlex.split(resume)[3:]
 
 
 @pytest.mark.parametrize("module, args", [("gallery.gan", GAN), ("gallery.tbptt", TBPTT),
                                           ("gallery.finetune", FINETUNE), ("gallery.simsiam", SIMSIAM)])
-def test_two_sigterms_then_resumes_match_the_uninterrupted_run_exactly(tmp_path, module, args):
-    """Stopped twice, once inside the first eval step and once at a random moment later, and resumed each
-    time with the printed command: the same rows, summary and weights as one straight run."""
-    if module == "gallery.finetune":  # one pretrained backbone for both runs
-        args = [*args, f"backbone.checkpoint_dir={tmp_path / 'backbone'}"]
+def test_two_sigterms_then_resumes_match_the_uninterrupted_run_exactly(tmp_path, module, args, monkeypatch,
+                                                                       pretrained_backbone):
+    """Stopped twice and resumed each time with the printed command: the same rows, summary and weights
+    as one straight run. The first stop lands inside the first eval step. gan runs as real processes,
+    the second signal at a random moment once a new row is logged; the others run in this process, the
+    second signal inside the resumed run's first eval step (a real SIGTERM each time)."""
+    if module == "gallery.finetune":  # one pretrained backbone for every run
+        args = [*args, f"backbone.checkpoint_dir={pretrained_backbone}"]
     straight, out = tmp_path / "straight", tmp_path / "resumed"
-    assert cli(module, *args, f"out_dir={straight}").returncode == 0
     function, nth = EVAL_FUNCTION[module]
-    first = [sys.executable, "-c", SIGTERM_IN_EVAL, module, function, str(nth), *args, f"out_dir={out}"]
-    resume = stop_with_sigterm(module, first, out, at_random=False)
     eval_every = int(next(a for a in args if a.startswith("eval_every=")).split("=")[1])
+    if module == "gallery.gan":
+        assert cli(module, *args, f"out_dir={straight}").returncode == 0
+        first = [sys.executable, "-c", SIGTERM_IN_EVAL, module, function, str(nth), *args, f"out_dir={out}"]
+        resume = stop_with_sigterm(module, first, out, at_random=False)
+    else:
+        assert run_here(module, *args, f"out_dir={straight}").returncode == 0
+        resume = shlex.join(["python", "-m", module, *stop_here(module, [*args, f"out_dir={out}"], out, nth,
+                                                                monkeypatch)])
     checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert checkpoint["step"] == eval_every  # it stopped after the eval step it was signalled in
     assert [r["step"] for r in rows(out / "metrics.jsonl")][-1] == eval_every
-    resume = stop_with_sigterm(module, [sys.executable, *shlex.split(resume)[1:]], out, at_random=True)
-    resumed = subprocess.run([sys.executable, *shlex.split(resume)[1:]], capture_output=True, text=True, cwd=ROOT,
-                             timeout=300)
+    if module == "gallery.gan":
+        resume = stop_with_sigterm(module, [sys.executable, *shlex.split(resume)[1:]], out, at_random=True)
+        resumed = subprocess.run([sys.executable, *shlex.split(resume)[1:]], capture_output=True, text=True,
+                                 cwd=ROOT, timeout=300)
+    else:
+        again = stop_here(module, shlex.split(resume)[3:], out, 1, monkeypatch)
+        assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 2 * eval_every
+        resumed = run_here(module, *again)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert rows(out / "metrics.jsonl") == rows(straight / "metrics.jsonl")
     a, b = (json.loads((d / "summary.json").read_text()) for d in (out, straight))
@@ -215,21 +255,49 @@ def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path)
     ("gallery.simsiam", "data=ring8", "data=ring8 is not a data option of simsiam; choose from: cifar10, digits, imag"),
     ("gallery.simsiam", "batch_size=1", "batch_size=1: BatchNorm needs at least 2 images per batch"),
     ("gallery.simsiam", "data.crop_scale=0", "data.crop_scale must be in [0.1, 1.0], got 0.0"),
+    ("gallery.simsiam", "knn_k=5000", "knn_k=5000: the kNN bank holds only 1258 images"),
     ("gallery.simsiam", "data=imagefolder data.root={images}", "Found no valid file for the classes cls"),
+    ("gallery.gan", "device=gpu", "device='gpu' is not a device"),
+    ("gallery.gan", "steps=0", "steps must be > 0, got 0"),
+    ("gallery.gan", "batch_size=-2", "batch_size must be > 0"),
+    ("gallery.gan", "lr_gen=0.1", "'lr_gen' is not a config key of gan"),
+    ("gallery.gan", "steps=ten", "steps=ten: Value 'ten' of type 'str' could not be converted to Integer"),
+    pytest.param("gallery.gan", "device=cuda", "CUDA is not available", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, module, override, expected):
+    """In this process, through the same entry point as `python -m`; one real process for each kind of
+    failure follows below."""
+    device = [] if override.startswith("device=") else ["device=cpu"]
+    proc = run_here(module, *bad_input(tmp_path, override), *device)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert expected in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("module, override, expected", [
+    ("gallery.gan", "setps=5", "'setps' is not a config key of gan; did you mean 'steps'?"),  # Hydra's override error
+    ("gallery.dqn", "gamma=1.5", "gamma must be in [0.0, 1.0], got 1.5"),  # the schema's value check
+    ("gallery.tbptt", "data=file data.path={binary}", "is not UTF-8 text"),  # a bad data file, found at run time
+])
+def test_bad_input_in_a_real_process_is_one_line_exit_2_and_leaves_nothing(tmp_path, module, override, expected):
+    proc = cli(module, *bad_input(tmp_path, override), "device=cpu")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert expected in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def bad_input(tmp_path: Path, override: str) -> list[str]:
+    """The override's words with its {files} filled in, and out_dir=<tmp_path>/run."""
     files = {"tiny": tmp_path / "tiny.txt", "empty": tmp_path / "empty.txt", "binary": tmp_path / "binary.txt"}
     files["tiny"].write_text("x" * 225 + "\n")
     files["empty"].write_text("")
     files["binary"].write_bytes(bytes(range(256)) * 8)
     files["images"] = tmp_path / "images"
     (files["images"] / "cls").mkdir(parents=True)  # an image folder with a class and no images
-    out = tmp_path / "run"
-    proc = cli(module, *override.format(**files).split(), f"out_dir={out}", "device=cpu")
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert expected in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
-    assert not out.exists()
+    return [*override.format(**files).split(), f"out_dir={tmp_path / 'run'}"]
 
 
 def test_a_nan_loss_stops_the_run_keeps_the_last_good_checkpoint_and_says_diverged(tmp_path, monkeypatch):
@@ -253,60 +321,96 @@ def test_a_nan_loss_stops_the_run_keeps_the_last_good_checkpoint_and_says_diverg
 
 
 def test_a_learning_rate_that_diverges_exits_3_with_one_line(tmp_path):
-    proc = cli("gallery.gan", *GAN, "steps=40", "log_every=10", "lr_g=1e30", "lr_d=1e30", f"out_dir={tmp_path}")
+    proc = run_here("gallery.gan", *GAN, "steps=40", "log_every=10", "lr_g=1e30", "lr_d=1e30", f"out_dir={tmp_path}")
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "diverged at step" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+
+
+# What each example's summary must hold, and the headline its command line prints.
+SUMMARY_KEYS = {
+    "gallery.gan": ("modes_covered", "high_quality_frac", "g_grad_norm_after_d_step", "sec_per_step", "steps"),
+    "gallery.dqn": ("eval_return_mean", "eval_return_std", "env_steps", "first_solved_step", "target_grad_seen",
+                    "env_steps_per_sec"),
+    "gallery.finetune": ("val_acc", "backbone_unchanged", "trainable_params", "frozen_params", "sec_per_step",
+                         "saved_bytes_per_step"),
+    "gallery.tbptt": ("val_bpc", "chars_per_sec", "saved_bytes_per_chunk", "steps"),
+    "gallery.simsiam": ("knn_acc", "output_std_sqrt_d", "target_branch_grad_share"),
+    "gallery.ppo": ("eval_return_mean", "rollout_saved_bytes", "env_steps"),
+    "gallery.sac": ("eval_return_mean", "target_grad_seen", "updates", "saved_bytes_per_update"),
+}
 
 
 @pytest.mark.parametrize("module, args", [
     ("gallery.gan", [*GAN, "steps=60", "log_every=10", "eval_every=60"]),
     ("gallery.dqn", ["steps=400", "learning_starts=100", "eval_every=200", "eval_episodes=2", "hidden=16",
                      "log_every=100", "device=cpu"]),
-    ("gallery.finetune", ["steps=20", "log_every=5", "eval_every=10", "backbone.pretrain_steps=20", "device=cpu"]),
+    ("gallery.finetune", ["steps=20", "log_every=5", "eval_every=10", "device=cpu"]),
     ("gallery.tbptt", [*TBPTT, "steps=60", "eval_every=60"]),
     ("gallery.simsiam", ["steps=20", "eval_every=10", "log_every=5", "batch_size=32", "device=cpu"]),
     ("gallery.ppo", ["steps=1024", "eval_every=512", "log_every=256", "eval_episodes=2", "value_check_episodes=1",
                      "stop_when_solved=false", "device=cpu"]),
     ("gallery.sac", ["steps=300", "learning_starts=100", "eval_every=150", "eval_episodes=1", "hidden=16",
-                     "batch_size=32", "log_every=100", "device=cpu"]),
+                     "batch_size=32", "log_every=100", "probe_every=10", "device=cpu"]),
 ])
-def test_the_same_seed_gives_the_same_metrics_in_two_processes(tmp_path, module, args):
+def test_the_same_seed_gives_the_same_metrics_in_two_processes(tmp_path, module, args, pretrained_backbone):
+    """One run in this process, the other in a fresh process (its own hash seed, its own import order):
+    the same rows. Each also writes its summary, the resolved config and the command line's headline."""
     if module == "gallery.finetune":
-        args = [*args, f"backbone.checkpoint_dir={tmp_path / 'backbone'}"]
-    for run in ("a", "b"):
-        proc = cli(module, *args, "seed=7", f"out_dir={tmp_path / run}")
+        args = [*args, f"backbone.checkpoint_dir={pretrained_backbone}"]
+    here = run_here(module, *args, "seed=7", f"out_dir={tmp_path / 'a'}")
+    there = cli(module, *args, "seed=7", f"out_dir={tmp_path / 'b'}")
+    for proc in (here, there):
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert rows(tmp_path / "a" / "metrics.jsonl") == rows(tmp_path / "b" / "metrics.jsonl")
     assert len(rows(tmp_path / "a" / "metrics.jsonl")) >= 2
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["example"] == module.split(".")[1] and summary["seed"] == 7
+    missing = [key for key in SUMMARY_KEYS[module] if key not in summary]
+    assert not missing, missing
+    assert f"{SUMMARY_KEYS[module][0]}=" in here.stdout and f"outputs: {tmp_path / 'a'}" in here.stdout
+    assert (tmp_path / "a" / ".hydra" / "config.yaml").is_file()
+    if module == "gallery.ppo":
+        assert summary["rollout_saved_bytes"] == 0 and (tmp_path / "a" / "learning_curve.png").is_file()
+    if module == "gallery.sac":
+        assert summary["target_grad_seen"] is False and summary["updates"] == 200
+        assert summary["saved_bytes_per_update"] > 0
 
 
 @pytest.mark.parametrize("module, args", [
     ("gallery.gan", [*GAN, "steps=20", "eval_every=20"]),
     ("gallery.dqn", ["steps=300", "learning_starts=100", "eval_every=300", "eval_episodes=1", "hidden=16", "device=cpu"]),
-    ("gallery.finetune", ["steps=10", "eval_every=10", "backbone.pretrain_steps=20", "device=cpu"]),
+    ("gallery.finetune", ["steps=10", "eval_every=10", "device=cpu"]),
     ("gallery.tbptt", [*TBPTT, "steps=10", "eval_every=10"]),
     ("gallery.simsiam", ["steps=4", "eval_every=4", "batch_size=32", "device=cpu"]),
     ("gallery.ppo", ["steps=256", "eval_every=256", "eval_episodes=1", "value_check_episodes=1", "device=cpu"]),
     ("gallery.sac", ["steps=200", "learning_starts=100", "eval_every=200", "eval_episodes=1", "hidden=16",
                      "batch_size=32", "device=cpu"]),
 ])
-def test_deterministic_true_runs_every_example_in_strict_mode_and_says_what_it_costs(tmp_path, module, args):
+def test_deterministic_true_runs_every_example_in_strict_mode_and_says_what_it_costs(tmp_path, module, args,
+                                                                                    pretrained_backbone):
     if module == "gallery.finetune":
-        args = [*args, f"backbone.checkpoint_dir={tmp_path / 'backbone'}"]
-    proc = cli(module, *args, "deterministic=true", f"out_dir={tmp_path / 'run'}")
+        args = [*args, f"backbone.checkpoint_dir={pretrained_backbone}"]
+    seen = []
+    real = torch.use_deterministic_algorithms
+
+    def spy(mode, **kwargs):  # strict mode is switched on for the run (then run_here switches it off)
+        seen.append(mode)
+        return real(mode, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "use_deterministic_algorithms", spy)
+        proc = run_here(module, *args, "deterministic=true", f"out_dir={tmp_path / 'run'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "deterministic=true: deterministic kernels only" in proc.stderr
+    assert "deterministic=true: deterministic kernels only" in proc.stderr and seen[0] is True
 
 
-def test_the_pretrained_backbone_is_cached_once_for_runs_from_any_folder(tmp_path):
-    import os
-
-    env = {**os.environ, "GALLERY_CACHE": str(tmp_path / "cache")}
+def test_the_pretrained_backbone_is_cached_once_for_runs_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("GALLERY_CACHE", str(tmp_path / "cache"))
     args = ["steps=5", "eval_every=5", "backbone.pretrain_steps=20", "device=cpu"]
-    first = cli("gallery.finetune", *args, f"out_dir={tmp_path / 'a'}", env=env)
-    elsewhere = subprocess.run([sys.executable, "-m", "gallery.finetune", *args, f"out_dir={tmp_path / 'b'}"],
-                               capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    first = run_here("gallery.finetune", *args, f"out_dir={tmp_path / 'a'}")
+    monkeypatch.chdir(tmp_path)
+    elsewhere = run_here("gallery.finetune", *args, f"out_dir={tmp_path / 'b'}")
     assert first.returncode == 0 and elsewhere.returncode == 0, elsewhere.stderr[-2000:]
     assert "pretraining digits_cnn" in first.stdout and "pretraining digits_cnn" not in elsewhere.stdout
     assert (tmp_path / "cache" / "digits_cnn-seed0-steps20" / "last.pt").is_file()
@@ -373,13 +477,13 @@ def test_an_image_download_that_hangs_fails_within_the_timeout(tmp_path, monkeyp
 
 def test_resume_from_a_path_starts_a_new_run_there_and_a_foreign_checkpoint_is_refused(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
-    assert cli("gallery.gan", *GAN, "steps=40", "ckpt_every=20", f"out_dir={first}").returncode == 0
-    proc = cli("gallery.gan", *GAN, "steps=60", f"out_dir={second}", f"resume={first}/checkpoints/last.pt")
+    assert run_here("gallery.gan", *GAN, "steps=40", "ckpt_every=20", f"out_dir={first}").returncode == 0
+    proc = run_here("gallery.gan", *GAN, "steps=60", f"out_dir={second}", f"resume={first}/checkpoints/last.pt")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [r["step"] for r in rows(second / "metrics.jsonl") if "d_loss" in r] == [60]  # log_every=20: 60 only
     assert json.loads((second / "summary.json").read_text())["steps"] == 60
     tbptt_run = tmp_path / "tbptt"
-    assert cli("gallery.tbptt", *TBPTT, "steps=4", "eval_every=4", f"out_dir={tbptt_run}").returncode == 0
-    foreign = cli("gallery.gan", *GAN, f"out_dir={tmp_path / 'third'}", f"resume={tbptt_run}/checkpoints/last.pt")
+    assert run_here("gallery.tbptt", *TBPTT, "steps=4", "eval_every=4", f"out_dir={tbptt_run}").returncode == 0
+    foreign = run_here("gallery.gan", *GAN, f"out_dir={tmp_path / 'third'}", f"resume={tbptt_run}/checkpoints/last.pt")
     assert foreign.returncode == 2 and "the checkpoint has no 'g'" in foreign.stderr
     assert len(foreign.stderr.strip().splitlines()) == 1 and not (tmp_path / "third").exists()

@@ -9,7 +9,6 @@ from gallery.core.cli import compose
 from gallery.core.errors import DataError
 from gallery.core.probes import SavedTensorMeter, reached_parameters, state_hash
 from gallery.nets import digits_cnn
-from tests.conftest import run_module
 
 
 def _model(mistake="none", unfreeze_last=0, seed=0):
@@ -178,15 +177,10 @@ def test_checkpoint_reentrant_gives_the_trained_blocks_no_grad_and_torch_only_wa
 
 # --- runs ----------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    """One small pretrained backbone shared by the runs below (built through stage=pretrain)."""
-    ckpt = tmp_path_factory.mktemp("backbone")
-    cfg = compose("finetune", ["stage=pretrain", f"backbone.checkpoint_dir={ckpt}",
-                                      "backbone.pretrain_steps=30", "device=cpu"])
-    summary = ft.train(cfg)
-    assert summary["stage"] == "pretrain" and (ckpt / "last.pt").is_file()
-    return ckpt
+@pytest.fixture
+def pretrained(pretrained_backbone):
+    """The session's small pretrained backbone (tests/conftest.py)."""
+    return pretrained_backbone
 
 
 def _tiny(tmp_path, ckpt, *overrides):
@@ -251,17 +245,6 @@ def test_offline_resnet18_weights_name_the_missing_file(tmp_path, monkeypatch):
     monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
     with pytest.raises(DataError, match=r"resnet18-f37072fd\.pth.*backbone.weights_path"):
         ft.train(_tiny(tmp_path, tmp_path, "backbone=resnet18"))
-
-
-def test_cli_writes_summary(tmp_path, pretrained):
-    out = tmp_path / "cli"
-    proc = run_module("gallery.finetune", "seed=0", f"out_dir={out}", f"backbone.checkpoint_dir={pretrained}",
-                      "steps=4", "eval_every=4", "device=cpu")
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads((out / "summary.json").read_text())
-    for key in ("val_acc", "backbone_unchanged", "trainable_params", "frozen_params", "sec_per_step",
-                "saved_bytes_per_step"):
-        assert key in summary
 
 
 @pytest.mark.gpu

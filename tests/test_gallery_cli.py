@@ -3,11 +3,11 @@ import json
 import pytest
 
 from gallery.core.registry import examples
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT, run_here
 
 
 def test_listing_comes_from_the_registry():
-    proc = run_module("gallery")
+    proc = run_here("gallery")
     assert proc.returncode == 0
     found = examples()
     assert set(found) == {"gan", "dqn", "finetune", "ppo", "sac", "simsiam", "tbptt"}
@@ -16,7 +16,7 @@ def test_listing_comes_from_the_registry():
 
 
 def test_list_prints_every_mistake_and_its_consequence():
-    proc = run_module("gallery", "list")
+    proc = run_here("gallery", "list")
     assert proc.returncode == 0
     for example in examples().values():
         for key, mistake in example.mistakes.items():
@@ -25,12 +25,12 @@ def test_list_prints_every_mistake_and_its_consequence():
 
 
 def test_unknown_command_exits_2():
-    proc = run_module("gallery", "frobnicate")
+    proc = run_here("gallery", "frobnicate")
     assert proc.returncode == 2 and "unknown command" in proc.stderr
 
 
 def test_help_exits_0_with_usage():
-    proc = run_module("gallery", "--help")
+    proc = run_here("gallery", "--help")
     assert proc.returncode == 0 and "show <example>" in proc.stdout
 
 
@@ -44,7 +44,7 @@ def test_every_example_mistake_is_a_config_choice_and_in_both_budgets():
 
 def test_show_prints_the_pattern_then_each_mistake_as_a_diff():
     for name, example in examples().items():
-        proc = run_module("gallery", "show", name)
+        proc = run_here("gallery", "show", name)
         assert proc.returncode == 0, proc.stderr
         for function in example.pattern_functions:
             assert f"def {function}(" in proc.stdout or f"class {function}(" in proc.stdout
@@ -56,12 +56,12 @@ def test_show_prints_the_pattern_then_each_mistake_as_a_diff():
 
 
 def test_show_an_unknown_example_exits_2():
-    proc = run_module("gallery", "show", "nosuch")
+    proc = run_here("gallery", "show", "nosuch")
     assert proc.returncode == 2 and "the examples: " in proc.stderr
 
 
 def test_quick_tour_runs_every_pattern_and_mistake(tmp_path):
-    proc = run_module("gallery", "tour", "budget=quick", f"out_dir={tmp_path}", "device=cpu", timeout=600)
+    proc = run_here("gallery", "tour", "budget=quick", f"out_dir={tmp_path}", "device=cpu")
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((tmp_path / "tour.json").read_text())
     report = (tmp_path / "report.md").read_text()
@@ -97,9 +97,10 @@ def test_run_sh_rejects_an_unknown_example():
     ("simsiam", {"data": "cifar10, digits, imagefolder"}),
     ("tbptt", {"data": "file, pydoc, tiny_shakespeare, wikitext2"}),
 ])
-def test_each_examples_help_lists_only_its_own_config_groups(name, groups):
-    proc = run_module(f"gallery.{name}", "--help")
+def test_each_examples_help_lists_its_mistakes_and_only_its_own_config_groups(name, groups):
+    proc = run_here(f"gallery.{name}", "--help")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(examples()[name].describe())  # the pattern and every mistake, before Hydra's help
     listed = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     lines = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in listed.splitlines() if ": " in line}
     assert lines == groups

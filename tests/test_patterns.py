@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gallery import dqn, finetune, gan, nets, ppo, sac, simsiam, tbptt
+from gallery import gan, nets, ppo, sac, simsiam, tbptt
 from gallery.core.cli import compose
 from gallery.core.probes import (
     CrossStepProbe,
@@ -265,6 +265,3 @@ def test_cross_step_probe_measures_the_gan_d_step_through_hooks_only():
     assert results["retain_graph"]["d_step_saved_bytes"] > results["none"]["d_step_saved_bytes"]
 
 
-def test_dqn_and_finetune_dispatch_through_one_dict():
-    assert dqn.BY_MISTAKE["none"] == (dqn.make_target, dqn.update)
-    assert finetune.BY_MISTAKE["none"] is finetune.FrozenBackboneClassifier

@@ -9,12 +9,10 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from gallery.core.cli import compose
-from gallery.core.device import set_threads
 from tests.conftest import ROOT, run_module
 
 REPORT = ROOT / "scripts" / "sweep_report.py"
@@ -79,14 +77,3 @@ def test_slurm_launcher_composes_with_the_usual_fields_and_checks_their_types():
         with pytest.raises((HydraException, OmegaConfBaseException)):
             hydra_compose("gan", ["hydra/launcher=slurm", "hydra.launcher.timeout_min=soon"], return_hydra_config=True)
     assert compose("gan", ["seed=3"]).seed == 3  # the launcher is Hydra's business, not the example's
-
-
-def test_threads_auto_shares_the_cores_among_parallel_jobs():
-    before, cores = torch.get_num_threads(), os.cpu_count() or 1
-    try:
-        cpu = torch.device("cpu")
-        assert set_threads("auto", cpu, small_model=False, jobs=cores) == 1
-        assert set_threads("auto", cpu, small_model=True, jobs=1) == 1
-        assert set_threads("2", cpu, small_model=True, jobs=1) == 2
-    finally:
-        torch.set_num_threads(before)

@@ -37,6 +37,15 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = (), config_dir: 
             Singleton._instances[GlobalHydra] = outer
 
 
+def command_line(example: Any, main: Callable[[], None], argv: list[str] | None = None) -> None:
+    """`python -m gallery.<name> [k=v ...]`: `--help` shows the pattern and its mistakes first, a bad
+    override fails in one line before Hydra starts, then Hydra runs `main` (the `@hydra.main` function)."""
+    argv = sys.argv[1:] if argv is None else argv
+    print_help_if_asked(example, argv)
+    check_overrides(example.name, argv)
+    main()
+
+
 def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
     """Run `train` for the command line.
 
