@@ -26,7 +26,6 @@ import contextlib
 import math
 from dataclasses import dataclass, field
 
-import gymnasium as gym
 import hydra
 import numpy as np
 import torch
@@ -260,6 +259,8 @@ def value_bias(agent, env_id: str, time_limit: int, episodes: int, gamma: float,
     acts (sampling) for up to `time_limit` + 400 steps, and every state of the first `time_limit`
     steps is scored against its discounted return to the end (the tail past 400 steps adds at
     most gamma**400 / (1 - gamma))."""
+    import gymnasium as gym
+
     env, errors = gym.make(env_id, max_episode_steps=time_limit + 400), []
     with contextlib.closing(env):
         for ep in range(episodes):

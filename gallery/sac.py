@@ -25,7 +25,6 @@ import copy
 import math
 from dataclasses import dataclass, field
 
-import gymnasium as gym
 import hydra
 import numpy as np
 import torch
@@ -251,7 +250,7 @@ BY_MISTAKE = {
 
 def train(cfg) -> dict:
     cfg, device = prepare(cfg, validate, small_model=lambda c: True)
-    envs, eval_env = make_envs(cfg.env, "SAC", gym.spaces.Box, "Pendulum-v1, MountainCarContinuous-v0; for "
+    envs, eval_env = make_envs(cfg.env, "SAC", "Box", "Pendulum-v1, MountainCarContinuous-v0; for "
                                "Discrete actions, dqn or ppo")
     space, n = envs.single_action_space, cfg.env.num_envs
     obs_dim, act_dim = int(np.prod(envs.single_observation_space.shape)), int(np.prod(space.shape))

@@ -1,12 +1,6 @@
-#!/usr/bin/env python
-"""Speed and memory of each pattern against its mistake, as ratios measured side by side.
-
-    scripts/bench.py [gan|dqn|dqn_envs|finetune|ppo|sac|tbptt|threads|smoke|compile|all] [--device cpu|cuda] [--json results.json]
-
-Times come from alternating blocks of the two variants in one process (median of the blocks), so a
-ratio holds on the machine it ran on even when the absolute times drift. Bytes come from the
-saved-tensor probe and are exact. Run it through the project's venv: .venv/bin/python scripts/bench.py
-"""
+#!/usr/bin/env bash
+# Runs on the project's venv, made on first use: bash runs the next line; to Python it is a string.
+''''. "$(dirname -- "$0")/_bootstrap.sh"; exec "$VENV/bin/python" "$0" "$@" # '''
 
 from __future__ import annotations
 
@@ -21,6 +15,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+USAGE = """Speed and memory of each pattern against its mistake, as ratios measured side by side.
+
+    scripts/bench.py [gan|dqn|dqn_envs|finetune|ppo|sac|tbptt|threads|smoke|compile|startup|all] [--device cpu|cuda] [--json results.json]
+
+Times come from alternating blocks of the two variants in one process (median of the blocks), so a
+ratio holds on the machine it ran on even when the absolute times drift. Bytes come from the
+saved-tensor probe and are exact. It runs on the project's venv (scripts/bench.py makes it on first use).
+"""
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -557,6 +560,35 @@ def bench_smoke(device: torch.device) -> list[dict]:
              "max_seconds": max(seconds)}]
 
 
+# --- start-up ------------------------------------------------------------------------------------
+
+def bench_startup(device: torch.device, rounds: int = 5) -> list[dict]:
+    """`python -m gallery.<example> --help` and a bad input (`steps=0`, refused in one line, exit 2) as whole
+    processes, each paired with `python -c "import torch"` run just before it: the median of the pair-by-pair
+    ratios. Target: at most 1.15 (the gallery adds little to importing torch before it answers)."""
+    import subprocess
+
+    def seconds(*args: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+    from gallery.core.registry import examples
+
+    rows = []
+    for name in examples():
+        ratios: dict[str, list[float]] = {"help": [], "bad_input": []}
+        seconds("-c", "import torch")  # warm the file cache
+        for _ in range(rounds):
+            for kind, args in (("help", ["--help"]), ("bad_input", ["steps=0"])):
+                torch_alone = seconds("-c", "import torch")
+                ratios[kind].append(seconds("-m", f"gallery.{name}", *args) / torch_alone)
+        rows.append({"command": f"python -m gallery.{name} --help | steps=0", "rounds": rounds,
+                     "help_over_import_torch": statistics.median(ratios["help"]),
+                     "bad_input_over_import_torch": statistics.median(ratios["bad_input"]), "target": 1.15})
+    return rows
+
+
 # --- compile ---------------------------------------------------------------------------------------
 
 def bench_compile(device: torch.device) -> list[dict]:
@@ -593,7 +625,7 @@ def bench_compile(device: torch.device) -> list[dict]:
 
 BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo": bench_ppo, "sac": bench_sac,
            "dqn_envs": bench_dqn_envs, "tbptt": bench_tbptt, "threads": bench_threads, "smoke": bench_smoke,
-           "compile": bench_compile}
+           "compile": bench_compile, "startup": bench_startup}
 
 
 def machine(device: torch.device) -> str:
@@ -614,7 +646,7 @@ def fmt(value) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="?", default="all", choices=[*BENCHES, "all"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, help="also write the results here")

@@ -1,13 +1,6 @@
-#!/usr/bin/env python
-"""The learning targets in full, at fixed seeds, with each run's wall time on this machine.
-
-    .venv/bin/python scripts/gates.py [gan|dqn|finetune|ppo|sac|simsiam|tbptt|all] [--json gates.json] [--figures DIR]
-
-tests/test_learning.py checks a subset of these within the test budget; this script runs all the
-seeds the targets name (GAN, DQN and PPO seeds 0-4, fine-tuning, SAC and SimSiam seeds 0-2) one after another,
-so the wall times are the ones a user would see. --json updates the named gates' entries in the file
-and keeps the others.
-"""
+#!/usr/bin/env bash
+# Runs on the project's venv, made on first use: bash runs the next line; to Python it is a string.
+''''. "$(dirname -- "$0")/_bootstrap.sh"; exec "$VENV/bin/python" "$0" "$@" # '''
 
 from __future__ import annotations
 
@@ -22,6 +15,16 @@ import time
 from pathlib import Path
 
 import torch
+
+USAGE = """The learning targets in full, at fixed seeds, with each run's wall time on this machine.
+
+    scripts/gates.py [gan|dqn|finetune|ppo|sac|simsiam|tbptt|all] [--json gates.json] [--figures DIR]
+
+tests/test_learning.py checks a subset of these within the test budget; this script runs all the
+seeds the targets name (GAN, DQN and PPO seeds 0-4, fine-tuning, SAC and SimSiam seeds 0-2) one after another,
+so the wall times are the ones a user would see. --json updates the named gates' entries in the file
+and keeps the others.
+"""
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -235,7 +238,7 @@ GATES = {"gan": gate_gan, "dqn": gate_dqn, "finetune": gate_finetune, "ppo": gat
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="?", default="all", choices=[*GATES, "all"])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--figures", type=Path, help="write figures (tbptt's BPC against time, simsiam's curves) here")

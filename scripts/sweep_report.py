@@ -1,16 +1,6 @@
-#!/usr/bin/env python
-"""Aggregate a Hydra sweep: a mean +/- std table per group of swept values, and one figure per metric.
-
-    .venv/bin/python scripts/sweep_report.py <multirun dir> [--metrics a,b,...] [--replicate seed] [--values]
-
-Every job folder under the sweep dir holds `.hydra/overrides.yaml` (written when the job starts) and,
-once it finishes, `summary.json`. Jobs are grouped by the overrides that differ between them, except
-the replicate key (`seed`), whose values are pooled. A metric is any number in summary.json (a
-swept key, the seed and the step count excepted), or those named with --metrics. Writes
-<dir>/report.md and <dir>/report/<metric>.png, and prints the table. Jobs without a summary (still
-running, interrupted, failed before the end) are counted, never silently dropped. --values also lists
-each job's value in a cell, in replicate order: `2 +/- 1.41 (1, 3)`.
-"""
+#!/usr/bin/env bash
+# Runs on the project's venv, made on first use: bash runs the next line; to Python it is a string.
+''''. "$(dirname -- "$0")/_bootstrap.sh"; exec "$VENV/bin/python" "$0" "$@" # '''
 
 from __future__ import annotations
 
@@ -22,6 +12,19 @@ import sys
 from pathlib import Path
 
 import yaml
+
+USAGE = """Aggregate a Hydra sweep: a mean +/- std table per group of swept values, and one figure per metric.
+
+    scripts/sweep_report.py <multirun dir> [--metrics a,b,...] [--replicate seed] [--values]
+
+Every job folder under the sweep dir holds `.hydra/overrides.yaml` (written when the job starts) and,
+once it finishes, `summary.json`. Jobs are grouped by the overrides that differ between them, except
+the replicate key (`seed`), whose values are pooled. A metric is any number in summary.json (a
+swept key, the seed and the step count excepted), or those named with --metrics. Writes
+<dir>/report.md and <dir>/report/<metric>.png, and prints the table. Jobs without a summary (still
+running, interrupted, failed before the end) are counted, never silently dropped. --values also lists
+each job's value in a cell, in replicate order: `2 +/- 1.41 (1, 3)`.
+"""
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -116,7 +119,7 @@ def report(sweep: Path, metrics: list[str] | None, replicate: str, listed: bool 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", type=Path, help="the -m output dir (out_dir=..., or multirun/<example>/<date>/<time>)")
     parser.add_argument("--metrics", help="comma-separated summary.json keys (default: every number in it)")
     parser.add_argument("--replicate", default="seed", help="the key whose values are pooled (default: seed)")

@@ -37,8 +37,13 @@ def test_the_workflows_are_valid_github_actions(tmp_path):
 
 
 def test_the_workflow_runs_what_the_readme_promises():
+    """A smoke job (smoke, lessons, JUnit), the fast tier once, the gates nightly, the GPU job."""
     text = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
-    for needed in ('"3.10"', '"3.12"', "cache: pip", 'pytest -m "not slow"', "tour budget=quick", "ruff check",
+    cpu_job = text.split("\n  cpu:\n")[1].split("\n  gpu:\n")[0]
+    assert "run: python -m gallery" not in cpu_job  # the fast tier runs smoke, lessons and the tour already
+    assert "run: python -m gallery smoke device=cpu junit=smoke.xml" in text.split("\n  cpu:\n")[0]
+    for needed in ('"3.10"', '"3.12"', "cache: pip", 'pytest -m "not slow and not gpu" -n 2', "smoke device=cpu junit=",
+                   "gallery lessons", "ruff check",
                    "--gpus all", "--shm-size", "nvidia-smi", "pytest -m gpu", "device=cuda", "GALLERY_GPU_ONLY",
                    "schedule", "pytest -m slow", "download.pytorch.org/whl/cpu", "vars.GPU_RUNNER_LABEL"):
         assert needed in text, needed

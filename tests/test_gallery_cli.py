@@ -104,3 +104,16 @@ def test_each_examples_help_lists_its_mistakes_and_only_its_own_config_groups(na
     listed = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     lines = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in listed.splitlines() if ": " in line}
     assert lines == groups
+
+
+def test_the_scripts_are_executable_and_run_on_the_project_venv_from_any_folder(tmp_path):
+    import os
+    import subprocess
+
+    scripts = sorted((ROOT / "scripts").glob("*.py"))
+    assert {s.name for s in scripts} >= {"bench.py", "gates.py", "sweep_report.py"}
+    for script in scripts:
+        assert os.access(script, os.X_OK), f"{script.name} is not executable"
+        proc = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                              env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"})
+        assert proc.returncode == 0 and proc.stdout.startswith("usage: "), (script.name, proc.stderr[-1000:])

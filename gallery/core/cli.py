@@ -143,12 +143,32 @@ def hydra_run_dir() -> Path | None:
 
 
 def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
-    """`--help` shows the pattern and its mistakes before Hydra's own config help."""
+    """`--help` (or `-h`): the pattern and its mistakes, this example's config groups and its config with the
+    command line's overrides, then exit 0. Written here rather than left to Hydra's `--help`, which lists
+    every group of every plugin to show a handful and takes half a second doing it; Hydra's own flags
+    stay one `--hydra-help` away."""
     argv = sys.argv[1:] if argv is None else argv
-    if "--help" in argv or "-h" in argv:
-        print(example.describe())
-        print()
-        sys.stdout.flush()
+    if "--help" not in argv and "-h" not in argv:
+        return
+    from omegaconf import OmegaConf
+
+    from gallery.core.config import config_dir
+
+    folder = Path(config_dir(example.name))
+    groups = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in sorted(folder.iterdir()) if d.is_dir()}
+    overrides = [arg for arg in argv if not arg.startswith("-") and not arg.startswith(("hydra.", "hydra/"))]
+    try:
+        config = OmegaConf.to_yaml(compose(example.name, overrides)).rstrip()
+    except Exception:  # a bad override: the one line every bad input gets, exit 2
+        check_overrides(example.name, overrides)
+        raise
+    print(example.describe(), "", "== Configuration groups ==", "Compose the config from these groups (group=option)",
+          "", *(f"{group}: {', '.join(options)}" for group, options in groups.items() if options), "",
+          "== Config ==", "Override anything in the config (key=value, nested.key=value)", "",
+          config, "",
+          f"Hydra's own flags (-m sweeps, --cfg job, ...): python -m gallery.{example.name} --hydra-help", sep="\n")
+    sys.stdout.flush()
+    sys.exit(0)
 
 
 def report(summary: dict, *keys: str) -> None:

@@ -4,12 +4,15 @@ true next observation of every transition, episode returns, and greedy evaluatio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from gallery.core.errors import ConfigError
+
+if TYPE_CHECKING:  # gymnasium is imported where an env is made: `--help` and a bad input never pay for it
+    import gymnasium as gym
 
 
 @dataclass
@@ -21,9 +24,12 @@ class EnvConfig:
     max_episode_steps: int | None = None  # None: the env spec's own time limit
 
 
-def make_envs(env: EnvConfig, example: str, space: type = gym.spaces.Discrete,
+def make_envs(env: EnvConfig, example: str, space: str = "Discrete",
               instead: str = "CartPole-v1, Acrobot-v1, MountainCar-v0") -> tuple[gym.vector.VectorEnv, gym.Env]:
-    """The training vector env and an evaluation env; an action space `example` cannot use is a clear error."""
+    """The training vector env and an evaluation env; an action space (a gymnasium.spaces class name)
+    `example` cannot use is a clear error."""
+    import gymnasium as gym
+
     try:
         limit = {"max_episode_steps": env.max_episode_steps} if env.max_episode_steps else {}
         envs = gym.make_vec(env.id, num_envs=env.num_envs, vectorization_mode=env.vectorization,
@@ -31,11 +37,11 @@ def make_envs(env: EnvConfig, example: str, space: type = gym.spaces.Discrete,
         eval_env = gym.make(env.id, **limit)
     except gym.error.Error as err:
         raise ConfigError(f"env.id={env.id!r}: {err}") from err
-    if not isinstance(envs.single_action_space, space):
+    if not isinstance(envs.single_action_space, getattr(gym.spaces, space)):
         envs.close()
         eval_env.close()
         raise ConfigError(f"env.id={env.id!r} has a {type(envs.single_action_space).__name__} action "
-                          f"space; {example} needs a {space.__name__} one (try {instead})")
+                          f"space; {example} needs a {space} one (try {instead})")
     # SAME_STEP autoreset: a finished sub-env is reset inside step(), and the true last observation
     # comes back in info["final_obs"], so every stored transition is a real one.
     return envs, eval_env
