@@ -73,6 +73,10 @@ def run_module(module: str, *args: str, timeout: int = 300, cwd: Path = ROOT, en
 def pytest_addoption(parser):
     parser.addoption("--require-gpu", action="store_true",
                      help="a missing CUDA device is an error, not a reason to skip (GALLERY_GPU_ONLY=1 implies it)")
+    parser.addoption("--fuzz-examples", type=int, default=200,
+                     help="cases per example in tests/test_fuzz.py (derandomized: the same cases every run)")
+    parser.addoption("--fuzz-long", action="store_const", const=5000, dest="fuzz_examples",
+                     help="the long fuzz profile: 5,000 cases per example")
 
 
 def pytest_collection_modifyitems(config, items):

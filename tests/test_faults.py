@@ -257,6 +257,13 @@ def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path)
     ("gallery.simsiam", "data.crop_scale=0", "data.crop_scale must be in [0.1, 1.0], got 0.0"),
     ("gallery.simsiam", "knn_k=5000", "knn_k=5000: the kNN bank holds only 1258 images"),
     ("gallery.simsiam", "data=imagefolder data.root={images}", "Found no valid file for the classes cls"),
+    ("gallery.dqn", "lr=nan", "lr must be a finite number, got nan"),  # NaN passed `> 0` checks before
+    ("gallery.gan", "lr_d=nan", "lr_d must be a finite number, got nan"),
+    ("gallery.ppo", "lr=inf", "lr must be a finite number, got inf"),
+    ("gallery.sac", "gamma=-inf", "gamma must be a finite number, got -inf"),
+    ("gallery.tbptt", "lr=nan", "lr must be a finite number, got nan"),
+    ("gallery.simsiam", "lr=nan", "lr must be a finite number, got nan"),
+    ("gallery.finetune", "lr=nan", "lr must be a finite number, got nan"),
     ("gallery.gan", "device=gpu", "device='gpu' is not a device"),
     ("gallery.gan", "steps=0", "steps must be > 0, got 0"),
     ("gallery.gan", "batch_size=-2", "batch_size must be > 0"),
@@ -487,3 +494,60 @@ def test_resume_from_a_path_starts_a_new_run_there_and_a_foreign_checkpoint_is_r
     foreign = run_here("gallery.gan", *GAN, f"out_dir={tmp_path / 'third'}", f"resume={tbptt_run}/checkpoints/last.pt")
     assert foreign.returncode == 2 and "the checkpoint has no 'g'" in foreign.stderr
     assert len(foreign.stderr.strip().splitlines()) == 1 and not (tmp_path / "third").exists()
+
+
+def test_the_exit_statuses_are_the_documented_table():
+    import re
+
+    from gallery.core.errors import EXIT_STATUS
+
+    table = re.findall(r"^\| (\d+) \| `(\w+)` \|", (ROOT / "docs" / "exit-status.md").read_text(), flags=re.M)
+    assert {name: int(code) for code, name in table} == EXIT_STATUS
+
+
+def test_an_out_dir_that_cannot_be_made_or_written_is_one_line_exit_2_before_anything_runs(tmp_path, monkeypatch):
+    import os
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    proc = run_here("gallery.gan", f"out_dir={afile}/run", "device=cpu")
+    assert proc.returncode == 2 and proc.stderr == f"error: out_dir={afile}/run: cannot be made, {afile} is a file\n"
+    real = os.access  # root may write anywhere, so a folder without write permission is stubbed
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(tmp_path) else real(path, mode))
+    proc = run_here("gallery.gan", f"out_dir={tmp_path}/new/run", "device=cpu")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert f"cannot be written, no write permission in {tmp_path}" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_out_of_memory_is_one_line_exit_4_naming_the_batch_size_and_leaves_nothing(tmp_path):
+    """A batch of 10^12 points asks the CPU allocator for terabytes: it refuses at once."""
+    from gallery.core.errors import EXIT_STATUS
+
+    out = tmp_path / "run"
+    proc = run_here("gallery.gan", *GAN, "batch_size=1000000000000", f"out_dir={out}")
+    assert proc.returncode == EXIT_STATUS["out_of_memory"] == 4, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "out of memory (the CPU allocator) at batch_size=1000000000000: lower batch_size" in proc.stderr
+    assert "nothing was kept" in proc.stderr and not out.exists()
+
+
+def test_out_of_memory_after_a_checkpoint_keeps_it_and_says_how_to_resume(tmp_path, monkeypatch):
+    from gallery import gan
+
+    calls = {"n": 0}
+    real = gan.g_loss_fn
+
+    def runs_out(fake_logits):  # CUDA's error, raised at step 30 (after the checkpoint at step 20)
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(fake_logits)
+
+    monkeypatch.setattr(gan, "g_loss_fn", runs_out)
+    out = tmp_path / "run"
+    proc = run_here("gallery.gan", *GAN, "steps=60", "ckpt_every=20", f"out_dir={out}")
+    assert proc.returncode == 4 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert "out of memory (CUDA) at batch_size=" in proc.stderr
+    assert f"{out} keeps its last checkpoint (resume=true continues it)" in proc.stderr
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 20

@@ -3,6 +3,7 @@ way every caller (tests, tour, scripts) composes a config."""
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import shlex
@@ -15,7 +16,14 @@ from typing import Any
 from omegaconf import DictConfig
 
 from gallery.core import dist
-from gallery.core.errors import Diverged, ExplainedMistake, GalleryError, Interrupted
+from gallery.core.errors import (
+    EXIT_STATUS,
+    ConfigError,
+    Diverged,
+    ExplainedMistake,
+    GalleryError,
+    Interrupted,
+)
 
 
 def compose(name: str, overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path | None = None) -> DictConfig:
@@ -76,21 +84,71 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
         sys.exit(130)
     except Diverged as err:  # summary.json says "status": "diverged"
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(EXIT_STATUS["diverged"])
     except ExplainedMistake as err:
         print(f"error: {err}", file=sys.stderr)
         if multirun():
             return {"status": "raised", "error": str(err)}
-        sys.exit(2)
+        sys.exit(EXIT_STATUS["bad_input"])
     except GalleryError as err:
         print(f"error: {err}", file=sys.stderr)
         if run_dir is not None and not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
-        sys.exit(2)
+        sys.exit(EXIT_STATUS["bad_input"])
+    except (MemoryError, RuntimeError) as err:  # after GalleryError: DataError and DeviceError are RuntimeErrors too
+        if not out_of_memory(err):
+            raise
+        print(f"error: {out_of_memory_line(cfg, err, run_dir, existed)}", file=sys.stderr)
+        sys.exit(EXIT_STATUS["out_of_memory"])
     finally:
         dist.teardown()  # under torchrun: leave the process group before the process exits
         if dist.rank() != 0 and run_dir is not None and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # the folder Hydra made for a non-zero rank that started a second later
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """The CPU allocator's failure ("can't allocate memory"), Python's MemoryError, or CUDA's OutOfMemoryError."""
+    import torch
+
+    text = str(err)
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text or (
+        "out of memory" in text.lower() and "CUDA" in text)
+
+
+def out_of_memory_line(cfg: Any, err: BaseException, run_dir: Path | None, existed: bool) -> str:
+    """One line: what ran out, the batch size, the advice, and what is left of the run (nothing, or a
+    checkpoint to resume from). A run dir this run made and that holds no checkpoint is removed."""
+    import shutil
+
+    batch = cfg.get("batch_size") if hasattr(cfg, "get") else getattr(cfg, "batch_size", None)
+    where = "CUDA" if "CUDA" in str(err) else "the CPU allocator"
+    line = (f"out of memory ({where}) at batch_size={batch}: lower batch_size (or the model's size), "
+            f"or free the memory other processes hold")
+    if run_dir is None or not run_dir.exists():
+        return f"{line}; nothing was written"
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return f"{line}; {run_dir} keeps its last checkpoint (resume=true continues it)"
+    if not existed:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return f"{line}; nothing was kept (the empty run in {run_dir} was removed)"
+    return f"{line}; {run_dir} is as it was before this run"
+
+
+def check_out_dir(out_dir: str | None) -> None:
+    """Before Hydra makes the run dir: out_dir (or the current folder, where outputs/ goes) can be created
+    and written. Otherwise one line naming it, exit status 2, instead of a traceback from inside Hydra."""
+    path = Path(out_dir).expanduser().absolute() if out_dir else Path.cwd()
+    shown = f"out_dir={out_dir}" if out_dir else f"the current folder {path} (where outputs/ goes; set out_dir=...)"
+    try:
+        existing = path
+        while not existing.exists():
+            existing = existing.parent
+    except OSError as err:  # a name too long, a loop of links, ...
+        raise ConfigError(f"{shown}: cannot be used, {err.strerror.lower()}") from err
+    if not existing.is_dir():
+        raise ConfigError(f"{shown}: cannot be made, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{shown}: cannot be written, no write permission in {existing}")
 
 
 def resume_command(train: Callable, out_dir: Path | str) -> str:
@@ -200,15 +258,15 @@ def check_overrides(name: str, argv: list[str] | None = None) -> None:
     try:
         from gallery.core.config import to_schema
 
-        to_schema(compose(name, overrides))
+        check_out_dir(to_schema(compose(name, overrides)).out_dir)
     except (HydraException, OmegaConfBaseException) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {explain_override_error(name, err)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_STATUS["bad_input"])
     except GalleryError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_STATUS["bad_input"])
 
 
 def explain_override_error(name: str, err: Exception) -> str:
@@ -216,12 +274,11 @@ def explain_override_error(name: str, err: Exception) -> str:
     import difflib
     import re
 
-    from omegaconf import OmegaConf
 
     text = str(err)
     if match := re.search(r"Could not override '([^']+)'", text):
         key = match.group(1)
-        known = _keys(OmegaConf.to_container(compose(name), resolve=False))
+        known = known_keys(name)
         near = difflib.get_close_matches(key, known, n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""
         return f"{key!r} is not a config key of {name}; {hint}known keys: {', '.join(k for k in known if '.' not in k)}"
@@ -235,7 +292,17 @@ def explain_override_error(name: str, err: Exception) -> str:
     if match := re.search(r"Error parsing override '([^']*)'", text):
         return f"cannot read the override {match.group(1)!r}: write key=value (for example steps=100)"
     cause = str(err.__cause__ or "").splitlines()
-    return text.splitlines()[0] + (f" {cause[0]}" if cause else "")
+    line = text.splitlines()[0] + (f" {cause[0]}" if cause else "")
+    key = getattr(err, "full_key", None) or getattr(err.__cause__, "full_key", None)
+    return f"{key}: {line}" if key and not line.startswith(str(key)) else line
+
+
+@functools.cache
+def known_keys(name: str) -> list[str]:
+    """Every key of an example's config, dotted, in the schema's order."""
+    from omegaconf import OmegaConf
+
+    return _keys(OmegaConf.to_container(compose(name), resolve=False))
 
 
 def _keys(node: Any, prefix: str = "") -> list[str]:

@@ -7,6 +7,7 @@ the checks here catch values a type cannot express (a step count of 0, an unknow
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 from collections.abc import Iterable
@@ -96,14 +97,14 @@ def register_schema(name: str, schema: type) -> None:
 def require_positive(cfg: Any, *keys: str) -> None:
     for key in keys:
         value = _get(cfg, key)
-        if value is None or value <= 0:
+        if value is None or not value > 0:  # written so that NaN fails too (it compares false both ways)
             raise ConfigError(f"{key} must be > 0, got {value}")
 
 
 def require_non_negative(cfg: Any, *keys: str) -> None:
     for key in keys:
         value = _get(cfg, key)
-        if value is None or value < 0:
+        if value is None or not value >= 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
 
 
@@ -146,7 +147,20 @@ def to_schema(cfg: DictConfig | Any) -> Any:
     if not isinstance(cfg, DictConfig):
         return cfg
     _refuse_unknown_keys(cfg, "")
-    return OmegaConf.to_object(cfg)
+    typed = OmegaConf.to_object(cfg)
+    require_finite_floats(typed)
+    return typed
+
+
+def require_finite_floats(config: Any, prefix: str = "") -> None:
+    """The one rule for floats: every float in every schema is a finite number (NaN and +-inf are refused
+    by name), unless its field says otherwise with `field(default=..., metadata={"finite": False})`."""
+    for f in fields(config):
+        value, key = getattr(config, f.name), f"{prefix}{f.name}"
+        if is_dataclass(value):
+            require_finite_floats(value, f"{key}.")
+        elif isinstance(value, float) and not math.isfinite(value) and f.metadata.get("finite", True):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
 
 
 def _refuse_unknown_keys(node: DictConfig, prefix: str) -> None:

@@ -2,6 +2,17 @@
 
 import contextlib
 
+# The command line's exit statuses: docs/exit-status.md is their table, and a test holds the two together.
+EXIT_STATUS = {
+    "finished": 0,  # the run ended (or --help, or a run that was finished already)
+    "bug": 1,  # anything else: a traceback, which is a bug to report
+    "bad_input": 2,  # a bad key, value, data file, device, checkpoint or out_dir; a mistake that raised its error
+    "diverged": 3,  # a loss became NaN or infinite; the last good checkpoint is kept
+    "out_of_memory": 4,  # the CPU allocator or CUDA ran out of memory; the line names batch_size
+    "interrupted_sigint": 130,  # Ctrl-C: stopped after the step, checkpoint saved (128 + SIGINT)
+    "interrupted_sigterm": 143,  # SIGTERM, as a scheduler sends it: the same (128 + SIGTERM)
+}
+
 
 class GalleryError(Exception):
     """A problem the user can fix: bad config, missing data, a bad checkpoint, no such device."""
