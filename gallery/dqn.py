@@ -54,6 +54,7 @@ from gallery.data.envs import (
     make_envs,
 )
 from gallery.data.replay import ReplayBuffer
+from gallery.nets import sync_target
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -125,18 +126,6 @@ def td_target(bootstrap_net, online, batch, gamma, double=True):
     else:
         next_q = bootstrap_net(next_obs).max(1).values
     return batch["rewards"] + gamma * (1.0 - batch["terminated"]) * next_q
-
-
-@torch.no_grad()
-def sync_target(target, online, tau=1.0):
-    """tau=1 is a hard copy; tau<1 is Polyak averaging. In place, and without a graph."""
-    target_params, online_params = list(target.parameters()), list(online.parameters())
-    if tau >= 1.0:
-        torch._foreach_copy_(target_params, online_params)  # PATTERN: under no_grad, never through .data
-    else:
-        torch._foreach_lerp_(target_params, online_params, tau)  # PATTERN: t <- t + tau * (o - t)
-    for tb, ob in zip(target.buffers(), online.buffers()):
-        tb.copy_(ob)
 
 
 def update(online, target, optimizer, batch, gamma=0.99, double=True, max_grad_norm=10.0):

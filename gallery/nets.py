@@ -1,8 +1,10 @@
 """Networks the examples share or load: the image GAN's (DCGAN-style, PacGAN packing), the fine-tuning
-backbones (digits_cnn, pretrained in-project; torchvision's ResNet-18). The 2-D mixtures' GAN is two `mlp`s."""
+backbones (digits_cnn, pretrained in-project; torchvision's ResNet-18). The 2-D mixtures' GAN is two `mlp`s.
+And the two patterns more than one example copies: `sync_target` (dqn, sac) and `frozen` (sac)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -10,6 +12,48 @@ from torch import nn
 
 from gallery.core.errors import DataError
 from gallery.core.io import download_timeout
+
+
+@torch.no_grad()
+def sync_target(target, online, tau=1.0):
+    """tau=1 is a hard copy; tau<1 is Polyak averaging, t <- t + tau * (o - t). In place and without a
+    graph. Buffers (BatchNorm's running statistics) are copied either way: an average of two running
+    means is not a running mean, and an integer counter cannot be averaged."""
+    for t, o in zip(target.parameters(), online.parameters()):
+        if tau >= 1.0:
+            t.copy_(o)  # PATTERN: under no_grad, never through .data
+        else:
+            t.lerp_(o, tau)  # PATTERN: t <- t + tau * (o - t)
+    for tb, ob in zip(target.buffers(), online.buffers()):
+        tb.copy_(ob)
+
+
+@contextlib.contextmanager
+def frozen(module):
+    """The module's parameters stop requiring grad inside the block: gradients flow through the module
+    to its inputs, never into its weights. Each parameter gets its own flag back afterwards, even when
+    the block raises."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)  # PATTERN: for this block only
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def evaluating(*modules):
+    """The modules in eval mode inside the block (BatchNorm reads its running statistics and leaves them
+    alone), each back in its own mode afterwards, even when the block raises."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
 
 
 def mlp(n_in: int, n_out: int, hidden: int, layers: int, sn: bool) -> nn.Sequential:

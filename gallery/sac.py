@@ -49,6 +49,7 @@ from gallery.core.registry import Example, Mistake
 from gallery.core.run import Run, prepare, progress, resolve_out_dir
 from gallery.data.envs import EnvConfig, draw_learning_curve, env_step, evaluate, make_envs
 from gallery.data.replay import ReplayBuffer
+from gallery.nets import frozen, sync_target
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -167,9 +168,8 @@ def actor_alpha_step(actor, critics, temperature, actor_opt, alpha_opt, obs, tar
     holds them could not move them."""
     alpha = temperature.log_alpha.exp().detach()
     action, logp = actor.sample(obs)
-    critics.requires_grad_(False)  # PATTERN: grads flow through the critics to the action, not into them
-    q = torch.min(*(c(obs, action) for c in critics))
-    critics.requires_grad_(True)
+    with frozen(critics):  # PATTERN: grads flow through the critics to the action, not into them
+        q = torch.min(*(c(obs, action) for c in critics))
     actor_loss = (alpha * logp - q).mean()
     alpha_loss = -(temperature.log_alpha * (logp.detach() + target_entropy)).mean()  # PATTERN: log_alpha only
     actor_opt.zero_grad(set_to_none=True)
@@ -178,12 +178,6 @@ def actor_alpha_step(actor, critics, temperature, actor_opt, alpha_opt, obs, tar
     actor_opt.step()
     alpha_opt.step()
     return actor_loss.detach(), -logp.detach().mean()
-
-
-@torch.no_grad()
-def polyak(target, online, tau):
-    """target <- target + tau * (online - target), in place, without a graph (never through .data)."""
-    torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)  # PATTERN: under no_grad
 
 
 # --- the mistakes -------------------------------------------------------------------------------
@@ -224,9 +218,8 @@ def actor_alpha_step_updates_critic(actor, critics, temperature, actor_opt, alph
 def actor_alpha_step_alpha_no_detach(actor, critics, temperature, actor_opt, alpha_opt, obs, target_entropy):
     alpha = temperature.log_alpha.exp().detach()
     action, logp = actor.sample(obs)
-    critics.requires_grad_(False)
-    q = torch.min(*(c(obs, action) for c in critics))
-    critics.requires_grad_(True)
+    with frozen(critics):
+        q = torch.min(*(c(obs, action) for c in critics))
     actor_loss = (alpha * logp - q).mean()
     alpha_loss = -(temperature.log_alpha * (logp + target_entropy)).mean()  # MISTAKE: it trains the actor too
     actor_opt.zero_grad(set_to_none=True)
@@ -297,7 +290,7 @@ def train(cfg) -> dict:
                         critic_loss = critic_step_fn(critics, target_critics, actor, critic_opt, batch, alpha, cfg.gamma)
                         actor_loss, entropy = actor_step_fn(actor, critics, temperature, actor_opt, alpha_opt,
                                                             batch["obs"], target_entropy)
-                        polyak(target_critics, critics, cfg.tau)
+                        sync_target(target_critics, critics, cfg.tau)
                         updates += 1
                 bar.update(n)
                 if env_steps >= next_log:
@@ -347,7 +340,7 @@ QUICK = ["steps=600", "learning_starts=200", "eval_every=300", "eval_episodes=1"
 EXAMPLE = Example(
     name="sac",
     pattern="soft TD target under no_grad; the actor's loss does not train the critics; log_prob.detach() for alpha",
-    pattern_functions=("make_targets", "make_optimizers", "soft_td_target", "critic_step", "actor_alpha_step", "polyak"),
+    pattern_functions=("make_targets", "make_optimizers", "soft_td_target", "critic_step", "actor_alpha_step", "frozen", "sync_target"),
     mistakes={
         "target_grad": Mistake(
             "the TD target computed with grad enabled, through target critics that require grad",

@@ -47,7 +47,7 @@ from gallery.core.probes import Probe, reached_parameters
 from gallery.core.registry import Example, Mistake
 from gallery.core.run import Run, prepare, progress, resolve_out_dir
 from gallery.data import images
-from gallery.nets import conv_block
+from gallery.nets import conv_block, evaluating
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -168,17 +168,15 @@ def target_branch_grad_share(loss_fn, encoder, predictor, x1, x2) -> float:
     """How much of the encoder's gradient flows back through the targets (the z in D(p, z)), as a
     share of its norm: 0 with the stop-gradient. The reference loss holds both targets constant
     explicitly. In eval mode, so BatchNorm's running statistics do not move."""
-    modes = encoder.training, predictor.training
-    encoder.eval(), predictor.eval()
     params = [p for p in encoder.parameters() if p.requires_grad]
-    loss = loss_fn(encoder, predictor, x1, x2)
-    online = predictor if reached_parameters(loss, predictor) else nn.Identity()  # no_predictor: p = z
-    full = torch.autograd.grad(loss, params)
-    with torch.no_grad():
-        t1, t2 = encoder(x1), encoder(x2)
-    reference = negative_cosine(online(encoder(x1)), t2) / 2 + negative_cosine(online(encoder(x2)), t1) / 2
-    held = torch.autograd.grad(reference, params)
-    encoder.train(modes[0]), predictor.train(modes[1])
+    with evaluating(encoder, predictor):
+        loss = loss_fn(encoder, predictor, x1, x2)
+        online = predictor if reached_parameters(loss, predictor) else nn.Identity()  # no_predictor: p = z
+        full = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            t1, t2 = encoder(x1), encoder(x2)
+        reference = negative_cosine(online(encoder(x1)), t2) / 2 + negative_cosine(online(encoder(x2)), t1) / 2
+        held = torch.autograd.grad(reference, params)
     difference = torch.cat([(a - b).flatten() for a, b in zip(full, held)]).norm()
     return float(difference / torch.cat([a.flatten() for a in full]).norm().clamp_min(1e-30))
 

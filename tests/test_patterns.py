@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gallery import gan, nets, ppo, sac, simsiam, tbptt
+from gallery import dqn, gan, nets, ppo, sac, simsiam, tbptt
 from gallery.core.cli import compose
 from gallery.core.probes import (
     CrossStepProbe,
@@ -155,8 +155,43 @@ def test_pasted_sac_functions_train_each_network_only_from_its_own_loss():
     before = state_hash(critics)
     ns["actor_alpha_step"](actor, critics, temperature, actor_opt, alpha_opt, batch["obs"], -1.0)
     assert state_hash(critics) == before and temperature.log_alpha.grad is not None
-    ns["polyak"](targets, critics, 0.5)
+    ns["sync_target"](targets, critics, 0.5)
     assert all(p.grad_fn is None and p.grad is None for p in targets.parameters())
+
+
+def test_pasted_sync_target_averages_parameters_and_copies_batchnorm_buffers_alike_for_dqn_and_sac():
+    """One function for both examples: a hard copy and a Polyak step handle BatchNorm's running statistics
+    alike (copied: an average of two running means is not a running mean, and the counter is an int)."""
+    assert dqn.sync_target is sac.sync_target is nets.sync_target
+    sync = pasted("sac")["sync_target"]
+    torch.manual_seed(0)
+    online = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    online(torch.randn(16, 3))  # the running statistics move
+    for tau in (1.0, 0.25):
+        target = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        before = [p.clone() for p in target.parameters()]
+        sync(target, online, tau)
+        for b, t, o in zip(before, target.parameters(), online.parameters()):
+            torch.testing.assert_close(t, b + tau * (o - b))
+        for name, buffer in target.named_buffers():
+            assert torch.equal(buffer, dict(online.named_buffers())[name]), (tau, name)
+        assert all(p.grad_fn is None for p in target.parameters())
+
+
+def test_frozen_and_evaluating_give_every_flag_and_mode_back_even_when_the_block_raises():
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    net[1].weight.requires_grad_(False)  # a mixed module: each parameter gets its own flag back
+    with pytest.raises(RuntimeError, match="inside"):
+        with nets.frozen(net):
+            assert not any(p.requires_grad for p in net.parameters())
+            raise RuntimeError("raised inside the block")
+    assert [p.requires_grad for p in net.parameters()] == [True, True, False, True]
+    head = nn.Linear(2, 2).eval()
+    with pytest.raises(RuntimeError, match="inside"):
+        with nets.evaluating(net, head):
+            assert not net.training and not head.training
+            raise RuntimeError("raised inside the block")
+    assert net.training and not head.training
 
 
 def test_pasted_simsiam_loss_trains_the_encoder_only_through_the_predictions():

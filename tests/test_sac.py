@@ -52,7 +52,7 @@ def test_polyak_moves_the_targets_by_tau_without_a_graph():
         for p in critics.parameters():
             p.add_(1.0)
     before = [p.clone() for p in targets.parameters()]
-    sac.polyak(targets, critics, 0.1)
+    sac.sync_target(targets, critics, 0.1)
     for b, t, o in zip(before, targets.parameters(), critics.parameters()):
         assert torch.allclose(t, b + 0.1 * (o - b)) and t.grad_fn is None and t.grad is None
 
