@@ -172,9 +172,11 @@ def ppo_loss(agent, obs, actions, old_logprobs, advantages, returns, clip):
 
 def ppo_update(agent, optimizer, batch, advantages, returns, epochs, minibatch_size, clip,
                vf_coef=0.5, ent_coef=0.0, max_grad_norm=0.5):
-    """`epochs` passes of shuffled minibatches over one rollout, flattened from (T, N)."""
+    """`epochs` passes of shuffled minibatches over one rollout, flattened from (T, N). Returns the policy
+    and value losses as means over every minibatch, so the log and the NaN check see all of them."""
     obs, actions, old_logprobs = batch["obs"].flatten(0, 1), batch["actions"].flatten(), batch["logprobs"].flatten()
     advantages, returns = advantages.flatten(), returns.flatten()
+    summed, minibatches = torch.zeros(2, device=returns.device), 0  # the policy and value losses of all
     for _ in range(epochs):
         for mb in torch.randperm(len(returns), device=returns.device).split(minibatch_size):
             mb_advantages = advantages[mb]
@@ -185,7 +187,10 @@ def ppo_update(agent, optimizer, batch, advantages, returns, epochs, minibatch_s
             loss.backward()
             nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
             optimizer.step()
-    return policy_loss.detach(), value_loss.detach()
+            summed += torch.stack([policy_loss.detach(), value_loss.detach()])
+            minibatches += 1
+    means = summed / minibatches  # a NaN in any minibatch stays a NaN in the mean
+    return means[0], means[1]
 
 
 # --- the mistakes -------------------------------------------------------------------------------
@@ -225,6 +230,7 @@ def ppo_update_advantage_grad(agent, optimizer, batch, advantages, returns, epoc
                               vf_coef=0.5, ent_coef=0.0, max_grad_norm=0.5):
     obs, actions, old_logprobs = batch["obs"].flatten(0, 1), batch["actions"].flatten(), batch["logprobs"].flatten()
     advantages, returns = advantages.flatten(), returns.flatten()
+    summed, minibatches = torch.zeros(2, device=returns.device), 0  # the policy and value losses of all
     for _ in range(epochs):
         for mb in torch.randperm(len(returns), device=returns.device).split(minibatch_size):
             mb_advantages = returns[mb] - agent.value(obs[mb])  # MISTAKE: "fresher" advantages, with grad
@@ -235,7 +241,10 @@ def ppo_update_advantage_grad(agent, optimizer, batch, advantages, returns, epoc
             loss.backward()
             nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
             optimizer.step()
-    return policy_loss.detach(), value_loss.detach()
+            summed += torch.stack([policy_loss.detach(), value_loss.detach()])
+            minibatches += 1
+    means = summed / minibatches  # a NaN in any minibatch stays a NaN in the mean
+    return means[0], means[1]
 
 
 BY_MISTAKE = {"none": (rollout, ppo_update), "rollout_grad": (rollout_grad, ppo_update),

@@ -11,8 +11,9 @@ mistakes (`mistake=`), and what they cost:
   "Trying to backward through the graph a second time".
 - retain_graph: the usual wrong fix: every backward walks the whole stream so far, so time and
   bytes held for backward grow with every chunk (full BPTT). Stepping the optimizer between chunks
-  would then fail with "modified by an inplace operation", so this mode accumulates gradients
-  and steps once per window of `retain_graph_max_chunks` chunks, after which it must detach anyway.
+  would then fail with "modified by an inplace operation", so this mode never steps: each chunk
+  clears the grads, runs its backward through the whole graph and measures what that holds. The run
+  is capped at `retain_graph_max_chunks` chunks, because the graph only ever grows.
 
 TBPTT(k1, k2) (`k2=`): update every k1 = bptt_len characters, backpropagate k2 >= k1 characters.
 
@@ -346,8 +347,9 @@ def train(cfg) -> dict:
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == steps:
                     run.check_finite(step, loss=float(loss))
-                    run.log(step, loss=float(loss), bpc=float(loss) / math.log(2), saved_bytes=held[-1][1],
-                            chars_per_sec=probe.units_per_sec)
+                    measured = {"saved_bytes": held[-1][1]} if sampled else {}  # this chunk's, or none
+                    run.log(step, loss=float(loss), bpc=float(loss) / math.log(2), chars_per_sec=probe.units_per_sec,
+                            **measured)
                 if step % cfg.eval_every == 0 or step == steps:
                     val_bpc = validation_bpc(model, val_ids, cfg.eval_streams, 256, device)
                     curve.append({"step": step, "val_bpc": val_bpc, "seconds": time.perf_counter() - t_start})

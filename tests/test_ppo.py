@@ -1,4 +1,6 @@
 
+import math
+
 import gymnasium as gym
 import pytest
 import torch
@@ -148,3 +150,31 @@ def test_gpu_smoke(tmp_path):
     s = ppo.train(compose("ppo", ["device=cuda", "steps=512", "eval_every=512", "eval_episodes=1",
                                   "value_check_episodes=1", "epochs=1", f"out_dir={tmp_path}"]))
     assert s["device"].startswith("cuda") and s["rollout_saved_bytes"] == 0
+
+
+def test_the_update_reports_means_over_every_minibatch_so_one_nan_minibatch_shows():
+    torch.manual_seed(0)
+    agent = ppo.Agent(4, 2, 16)
+    optimizer = torch.optim.SGD(agent.parameters(), lr=0.1)
+    optimizer.step = lambda: None  # every minibatch sees the same weights (a NaN grad never reaches them)
+    batch = {"obs": torch.randn(8, 2, 4), "actions": torch.randint(2, (8, 2)), "logprobs": torch.full((8, 2), -0.7)}
+    advantages, returns = torch.randn(8, 2), torch.randn(8, 2)
+    seen = []
+    real = ppo.ppo_loss
+
+    def recording(*args):
+        losses = real(*args)
+        seen.append([float(losses[0]), float(losses[1])])
+        return losses
+
+    ppo.ppo_loss = recording
+    try:
+        policy, value = ppo.ppo_update(agent, optimizer, batch, advantages, returns, epochs=2, minibatch_size=4, clip=0.2)
+        assert len(seen) == 2 * 4
+        assert float(policy) == pytest.approx(sum(p for p, _ in seen) / 8)
+        assert float(value) == pytest.approx(sum(v for _, v in seen) / 8)
+        returns[0, 0] = float("nan")  # one minibatch of the eight
+        policy, value = ppo.ppo_update(agent, optimizer, batch, advantages, returns, epochs=2, minibatch_size=4, clip=0.2)
+        assert math.isnan(float(value))
+    finally:
+        ppo.ppo_loss = real
