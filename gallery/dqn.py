@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import hydra
 import numpy as np
@@ -183,9 +185,14 @@ def update_no_target_target_grad(online, target, optimizer, batch, gamma=0.99, d
 
 
 # (make the target, one update) for each mistake
-BY_MISTAKE = {"none": (make_target, update), "no_target": (make_target, update_no_target),
-         "target_grad": (make_target_with_grad, update_target_grad),
-         "no_target+target_grad": (make_target_with_grad, update_no_target_target_grad)}
+class Variant(NamedTuple):  # what a mistake swaps in, by name
+    make_target: Callable
+    update: Callable
+
+
+BY_MISTAKE = {"none": Variant(make_target, update), "no_target": Variant(make_target, update_no_target),
+              "target_grad": Variant(make_target_with_grad, update_target_grad),
+              "no_target+target_grad": Variant(make_target_with_grad, update_no_target_target_grad)}
 
 
 def epsilon_greedy(online: nn.Module, obs: np.ndarray, eps: float, rng: np.random.Generator, n_actions: int,
@@ -213,9 +220,9 @@ def train(cfg) -> dict:
     envs, eval_env = make_envs(cfg.env, "DQN")
     threshold = cfg.env.reward_threshold or getattr(eval_env.spec, "reward_threshold", None)
     obs_dim, n_actions, n = int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n), cfg.env.num_envs
-    make_target_fn, update_fn = BY_MISTAKE[cfg.mistake]
+    variant = BY_MISTAKE[cfg.mistake]
     online = q_network(obs_dim, n_actions, cfg.hidden).to(device)
-    target = make_target_fn(online)
+    target = variant.make_target(online)
     compile_modules(cfg.compile, online, target)  # after the copy: each its own compiled call
     optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr)  # PATTERN: online params only
     buffer = ReplayBuffer(cfg.buffer_size, obs_dim, device)
@@ -250,7 +257,7 @@ def train(cfg) -> dict:
                     returns.add(rewards, info)
                     obs, env_steps = next_obs, env_steps + n
                     for _ in range(n_updates):
-                        loss = update_fn(online, target, optimizer, buffer.sample(cfg.batch_size, sample_rng),
+                        loss = variant.update(online, target, optimizer, buffer.sample(cfg.batch_size, sample_rng),
                                          cfg.gamma, cfg.double_dqn, cfg.max_grad_norm)
                         if cfg.tau < 1.0:
                             sync_target(target, online, cfg.tau)

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import hydra
 import numpy as np
@@ -172,11 +174,10 @@ def ppo_loss(agent, obs, actions, old_logprobs, advantages, returns, clip):
 
 def ppo_update(agent, optimizer, batch, advantages, returns, epochs, minibatch_size, clip,
                vf_coef=0.5, ent_coef=0.0, max_grad_norm=0.5):
-    """`epochs` passes of shuffled minibatches over one rollout, flattened from (T, N). Returns the policy
-    and value losses as means over every minibatch, so the log and the NaN check see all of them."""
+    """`epochs` passes of shuffled minibatches over one rollout, flattened from (T, N); the mean losses."""
     obs, actions, old_logprobs = batch["obs"].flatten(0, 1), batch["actions"].flatten(), batch["logprobs"].flatten()
     advantages, returns = advantages.flatten(), returns.flatten()
-    summed, minibatches = torch.zeros(2, device=returns.device), 0  # the policy and value losses of all
+    losses = []  # the policy and value losses of every minibatch
     for _ in range(epochs):
         for mb in torch.randperm(len(returns), device=returns.device).split(minibatch_size):
             mb_advantages = advantages[mb]
@@ -187,10 +188,8 @@ def ppo_update(agent, optimizer, batch, advantages, returns, epochs, minibatch_s
             loss.backward()
             nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
             optimizer.step()
-            summed += torch.stack([policy_loss.detach(), value_loss.detach()])
-            minibatches += 1
-    means = summed / minibatches  # a NaN in any minibatch stays a NaN in the mean
-    return means[0], means[1]
+            losses.append(torch.stack([policy_loss.detach(), value_loss.detach()]))
+    return tuple(torch.stack(losses).mean(0))  # means: a NaN in any minibatch stays a NaN
 
 
 # --- the mistakes -------------------------------------------------------------------------------
@@ -230,7 +229,7 @@ def ppo_update_advantage_grad(agent, optimizer, batch, advantages, returns, epoc
                               vf_coef=0.5, ent_coef=0.0, max_grad_norm=0.5):
     obs, actions, old_logprobs = batch["obs"].flatten(0, 1), batch["actions"].flatten(), batch["logprobs"].flatten()
     advantages, returns = advantages.flatten(), returns.flatten()
-    summed, minibatches = torch.zeros(2, device=returns.device), 0  # the policy and value losses of all
+    losses = []  # the policy and value losses of every minibatch
     for _ in range(epochs):
         for mb in torch.randperm(len(returns), device=returns.device).split(minibatch_size):
             mb_advantages = returns[mb] - agent.value(obs[mb])  # MISTAKE: "fresher" advantages, with grad
@@ -241,15 +240,18 @@ def ppo_update_advantage_grad(agent, optimizer, batch, advantages, returns, epoc
             loss.backward()
             nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
             optimizer.step()
-            summed += torch.stack([policy_loss.detach(), value_loss.detach()])
-            minibatches += 1
-    means = summed / minibatches  # a NaN in any minibatch stays a NaN in the mean
-    return means[0], means[1]
+            losses.append(torch.stack([policy_loss.detach(), value_loss.detach()]))
+    return tuple(torch.stack(losses).mean(0))  # means: a NaN in any minibatch stays a NaN
 
 
-BY_MISTAKE = {"none": (rollout, ppo_update), "rollout_grad": (rollout_grad, ppo_update),
-              "advantage_grad": (rollout, ppo_update_advantage_grad),
-              "truncation_as_terminal": (rollout_truncation_as_terminal, ppo_update)}
+class Variant(NamedTuple):  # what a mistake swaps in, by name
+    rollout: Callable
+    update: Callable
+
+
+BY_MISTAKE = {"none": Variant(rollout, ppo_update), "rollout_grad": Variant(rollout_grad, ppo_update),
+              "advantage_grad": Variant(rollout, ppo_update_advantage_grad),
+              "truncation_as_terminal": Variant(rollout_truncation_as_terminal, ppo_update)}
 KNOWN_ERRORS = {
     "rollout_grad": (
         "backward through the graph a second time",
@@ -264,12 +266,10 @@ KNOWN_ERRORS = {
 
 @torch.no_grad()
 def value_bias(agent, env_id: str, time_limit: int, episodes: int, gamma: float, seed: int, device) -> dict:
-    """The critic's values against Monte-Carlo returns of the task without its time limit: the policy
-    acts (sampling) for up to `time_limit` + 400 steps, and every state of the first `time_limit`
-    steps is scored against its discounted return to the end (the tail past 400 steps adds at
-    most gamma**400 / (1 - gamma))."""
+    """The critic's values against Monte-Carlo returns of the task without its time limit: the policy samples
+    for up to `time_limit` + 400 steps, and each state of the first `time_limit` is scored against its
+    discounted return to the end (the tail past 400 steps adds at most gamma**400 / (1 - gamma))."""
     import gymnasium as gym
-
     env, errors = gym.make(env_id, max_episode_steps=time_limit + 400), []
     with contextlib.closing(env):
         for ep in range(episodes):
@@ -299,7 +299,7 @@ def train(cfg) -> dict:
     threshold = cfg.env.reward_threshold or getattr(eval_env.spec, "reward_threshold", None)
     time_limit = cfg.env.max_episode_steps or eval_env.spec.max_episode_steps
     obs_dim, n_actions, n = int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n), cfg.env.num_envs
-    rollout_fn, update_fn = BY_MISTAKE[cfg.mistake]
+    variant = BY_MISTAKE[cfg.mistake]
     agent = Agent(obs_dim, n_actions, cfg.hidden).to(device)
     compile_modules(cfg.compile, agent.actor, agent.critic)  # the networks Agent's methods call
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
@@ -326,13 +326,13 @@ def train(cfg) -> dict:
             while env_steps < cfg.steps:
                 clip = cfg.clip * (1 - env_steps / (n_rollouts * per_rollout))
                 with probe.step(sampled=False, units=per_rollout):
-                    batch, obs = rollout_fn(agent, envs, obs, cfg.rollout_steps, cfg.gamma)
+                    batch, obs = variant.rollout(agent, envs, obs, cfg.rollout_steps, cfg.gamma)
                     if rollout_bytes is None:  # what the stored rollout holds for backward (0: it is data)
                         rollout_bytes = graph_saved_bytes(batch["logprobs"], batch["values"])
                     with torch.no_grad():
                         next_value = agent.value(obs)
                     advantages, returns = gae(batch, next_value, cfg.gamma, cfg.gae_lambda)
-                    policy_loss, value_loss = update_fn(agent, optimizer, batch, advantages, returns, cfg.epochs,
+                    policy_loss, value_loss = variant.update(agent, optimizer, batch, advantages, returns, cfg.epochs,
                                                         cfg.minibatch_size, clip, cfg.vf_coef, cfg.ent_coef,
                                                         cfg.max_grad_norm)
                     schedule.step()
@@ -411,8 +411,7 @@ EXAMPLE = Example(
             ("rollout_truncation_as_terminal",),
         ),
     },
-    budgets={"full": {"none": [], "rollout_grad": [], "advantage_grad": [],
-                      "truncation_as_terminal": TRUNCATED},
+    budgets={"full": {**{m: [] for m in BY_MISTAKE}, "truncation_as_terminal": TRUNCATED},
              "quick": {m: QUICK for m in BY_MISTAKE}},
     headline=headline,
     figure=tour_figure,

@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import hydra
 import numpy as np
@@ -230,12 +232,19 @@ def actor_alpha_step_alpha_no_detach(actor, critics, temperature, actor_opt, alp
     return actor_loss.detach(), -logp.detach().mean()
 
 
-# (targets, optimizers, critic step, actor-and-alpha step) for each mistake
+class Variant(NamedTuple):  # what a mistake swaps in, by name
+    make_targets: Callable
+    make_optimizers: Callable
+    critic_step: Callable
+    actor_step: Callable
+
+
 BY_MISTAKE = {
-    "none": (make_targets, make_optimizers, critic_step, actor_alpha_step),
-    "target_grad": (make_targets_with_grad, make_optimizers, critic_step_target_grad, actor_alpha_step),
-    "actor_updates_critic": (make_targets, make_optimizers_shared, critic_step, actor_alpha_step_updates_critic),
-    "alpha_no_detach": (make_targets, make_optimizers, critic_step, actor_alpha_step_alpha_no_detach),
+    "none": Variant(make_targets, make_optimizers, critic_step, actor_alpha_step),
+    "target_grad": Variant(make_targets_with_grad, make_optimizers, critic_step_target_grad, actor_alpha_step),
+    "actor_updates_critic": Variant(make_targets, make_optimizers_shared, critic_step,
+                                  actor_alpha_step_updates_critic),
+    "alpha_no_detach": Variant(make_targets, make_optimizers, critic_step, actor_alpha_step_alpha_no_detach),
 }
 
 
@@ -247,12 +256,12 @@ def train(cfg) -> dict:
                                "Discrete actions, dqn or ppo")
     space, n = envs.single_action_space, cfg.env.num_envs
     obs_dim, act_dim = int(np.prod(envs.single_observation_space.shape)), int(np.prod(space.shape))
-    make_targets_fn, make_optimizers_fn, critic_step_fn, actor_step_fn = BY_MISTAKE[cfg.mistake]
+    variant = BY_MISTAKE[cfg.mistake]
     actor = Actor(obs_dim, act_dim, cfg.hidden, space.low, space.high).to(device)
     critics = nn.ModuleList([Critic(obs_dim, act_dim, cfg.hidden) for _ in range(2)]).to(device)
-    target_critics, temperature = make_targets_fn(critics), Temperature().to(device)
+    target_critics, temperature = variant.make_targets(critics), Temperature().to(device)
     compile_modules(cfg.compile, actor.net, *critics, *target_critics)  # after the copy: each its own call
-    actor_opt, critic_opt, alpha_opt = make_optimizers_fn(actor, critics, temperature, cfg.lr)
+    actor_opt, critic_opt, alpha_opt = variant.make_optimizers(actor, critics, temperature, cfg.lr)
     buffer = ReplayBuffer(cfg.buffer_size, obs_dim, device, act_dim)
     sample_rng, act_rng = torch.Generator().manual_seed(cfg.seed), np.random.default_rng(cfg.seed)
     stateful = {"actor": actor, "critics": critics, "target_critics": target_critics, "temperature": temperature,
@@ -287,8 +296,8 @@ def train(cfg) -> dict:
                     for _ in range(n if learning else 0):
                         batch = buffer.sample(cfg.batch_size, sample_rng)
                         alpha = temperature.log_alpha.exp().detach()
-                        critic_loss = critic_step_fn(critics, target_critics, actor, critic_opt, batch, alpha, cfg.gamma)
-                        actor_loss, entropy = actor_step_fn(actor, critics, temperature, actor_opt, alpha_opt,
+                        critic_loss = variant.critic_step(critics, target_critics, actor, critic_opt, batch, alpha, cfg.gamma)
+                        actor_loss, entropy = variant.actor_step(actor, critics, temperature, actor_opt, alpha_opt,
                                                             batch["obs"], target_entropy)
                         sync_target(target_critics, critics, cfg.tau)
                         updates += 1

@@ -134,7 +134,7 @@ def test_residual_gradient_flows_through_both_sides():
     for mistake in ("no_target", "no_target+target_grad"):
         online, target, opt = _nets()
         opt.step = lambda: None  # keep the grads, skip the update
-        dqn.BY_MISTAKE[mistake][1](online, target, opt, _batch())
+        dqn.BY_MISTAKE[mistake].update(online, target, opt, _batch())
         grads[mistake] = torch.cat([p.grad.flatten() for p in online.parameters()])
     # with grad through the target side too, the online net's gradient is a different vector
     assert not torch.allclose(grads["no_target"], grads["no_target+target_grad"])

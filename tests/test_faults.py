@@ -210,11 +210,9 @@ def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path)
             restored.update(adam_steps=float(optimizer.state_dict()["state"][0]["step"]))  # a copy: Adam counts in place
         return real_update(online, target, optimizer, batch, *a)
 
-    dqn.BY_MISTAKE["none"] = (dqn.make_target, spy)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(dqn.BY_MISTAKE, "none", dqn.BY_MISTAKE["none"]._replace(update=spy))
         summary = dqn.train(compose("dqn", [*overrides, "steps=600", "resume=true"]))
-    finally:
-        dqn.BY_MISTAKE["none"] = (dqn.make_target, real_update)
     assert saved["step"] == 400 and saved["buffer"]["size"] == 400
     assert restored["adam_steps"] == saved["updates"]  # Adam's step count came back with the optimizer
     assert summary["env_steps"] == 600 and summary["updates"] == saved["updates"] + 100

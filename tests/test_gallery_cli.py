@@ -38,6 +38,8 @@ def test_every_example_mistake_is_a_config_choice_and_in_both_budgets():
     """The registry, each example's dispatch dict and its tour budgets agree on the mistake names."""
     for example in examples().values():
         assert set(example.module.BY_MISTAKE) == {"none", *example.mistakes}
+        for steps in example.module.BY_MISTAKE.values():  # a function, or a named structure: never a bare tuple
+            assert callable(steps) or (isinstance(steps, tuple) and hasattr(steps, "_fields")), example.name
         for budget in ("quick", "full"):
             assert set(example.budgets[budget]) == {"none", *example.mistakes}
 
