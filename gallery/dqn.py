@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+from collections import namedtuple
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import hydra
 import numpy as np
@@ -185,11 +184,7 @@ def update_no_target_target_grad(online, target, optimizer, batch, gamma=0.99, d
 
 
 # (make the target, one update) for each mistake
-class Variant(NamedTuple):  # what a mistake swaps in, by name
-    make_target: Callable
-    update: Callable
-
-
+Variant = namedtuple("Variant", ["make_target", "update"])  # what a mistake swaps in, by name
 BY_MISTAKE = {"none": Variant(make_target, update), "no_target": Variant(make_target, update_no_target),
               "target_grad": Variant(make_target_with_grad, update_target_grad),
               "no_target+target_grad": Variant(make_target_with_grad, update_no_target_target_grad)}

@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections import namedtuple
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import hydra
 import numpy as np
@@ -244,11 +243,7 @@ def ppo_update_advantage_grad(agent, optimizer, batch, advantages, returns, epoc
     return tuple(torch.stack(losses).mean(0))  # means: a NaN in any minibatch stays a NaN
 
 
-class Variant(NamedTuple):  # what a mistake swaps in, by name
-    rollout: Callable
-    update: Callable
-
-
+Variant = namedtuple("Variant", ["rollout", "update"])  # what a mistake swaps in, by name
 BY_MISTAKE = {"none": Variant(rollout, ppo_update), "rollout_grad": Variant(rollout_grad, ppo_update),
               "advantage_grad": Variant(rollout, ppo_update_advantage_grad),
               "truncation_as_terminal": Variant(rollout_truncation_as_terminal, ppo_update)}

@@ -23,9 +23,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Callable
+from collections import namedtuple
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import hydra
 import numpy as np
@@ -232,13 +231,8 @@ def actor_alpha_step_alpha_no_detach(actor, critics, temperature, actor_opt, alp
     return actor_loss.detach(), -logp.detach().mean()
 
 
-class Variant(NamedTuple):  # what a mistake swaps in, by name
-    make_targets: Callable
-    make_optimizers: Callable
-    critic_step: Callable
-    actor_step: Callable
-
-
+# what a mistake swaps in, by name
+Variant = namedtuple("Variant", ["make_targets", "make_optimizers", "critic_step", "actor_step"])
 BY_MISTAKE = {
     "none": Variant(make_targets, make_optimizers, critic_step, actor_alpha_step),
     "target_grad": Variant(make_targets_with_grad, make_optimizers, critic_step_target_grad, actor_alpha_step),
