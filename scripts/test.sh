@@ -4,7 +4,8 @@
 #                                (about 3 minutes on 2 cores, two pytest workers)
 #   scripts/test.sh --gates      the learning gates (marker slow, fixed seeds; about 25 minutes on 2 cores)
 #   scripts/test.sh --gpu        the GPU tests (a missing GPU fails them instead of skipping)
-#   scripts/test.sh [pytest args]  the fast tier with these pytest arguments (a -m of yours replaces the tier's)
+#   scripts/test.sh [pytest args]  the fast tier with these pytest arguments (a -m of yours replaces the
+#                                tier and its workers: scripts/test.sh -m slow is the gates, one process)
 # GALLERY_TEST_WORKERS sets the fast tier's pytest-xdist workers (default 2; 0 runs in this process).
 source "$(dirname "${BASH_SOURCE[0]}")/_bootstrap.sh"
 cd "$ROOT"
@@ -16,7 +17,7 @@ tier=(-m "not slow and not gpu")
 workers=(-n "${GALLERY_TEST_WORKERS:-2}")
 for arg in "$@"; do
     case "$arg" in
-        -m|-m*) tier=() ;;
+        -m|-m*) tier=(); workers=() ;;  # a tier of your own runs in one process unless you pass -n
         -n|-n*|--numprocesses*|no:xdist) workers=() ;;
     esac
 done
