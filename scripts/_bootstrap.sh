@@ -18,6 +18,6 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$want" ]; then
     echo "installing detach-gallery and its dev tools into $VENV (a few minutes the first time)" >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev,sweep]"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev,sweep,docs]"
     echo "$want" > "$STAMP"
 fi

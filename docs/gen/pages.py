@@ -1,0 +1,111 @@
+"""Build-time pages (mkdocs-gen-files): one page per example, the lessons and the performance tables,
+from the gallery's own registry and from docs/gates.json, docs/bench.json and docs/bench_cuda.json.
+Code is included from the source by line range (pymdownx.snippets), never pasted; every figure on these
+pages is read from a JSON file that a script writes."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import mkdocs_gen_files
+
+from gallery import lessons
+from gallery.core.registry import examples
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+
+
+def fmt(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if isinstance(value, bool) else "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def rows(node, label: str = "") -> list[tuple[str, str, str]]:
+    """(what, metric, value) rows of a JSON entry: numbers and flags, lists of seeds joined in order."""
+    out: list[tuple[str, str, str]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, (dict, list)) and any(isinstance(v, (dict, list)) for v in
+                                                       (value.values() if isinstance(value, dict) else value)):
+                out += rows(value, f"{label} {key}".strip())
+            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                out += rows(value, f"{label} {key}".strip())
+            elif isinstance(value, list):
+                out.append((label or "-", key, ", ".join(fmt(v) for v in value)))
+            elif not isinstance(value, dict):
+                out.append((label or "-", key, fmt(value)))
+    elif isinstance(node, list) and node and all(isinstance(v, dict) for v in node):
+        for metric in node[0]:
+            if not isinstance(node[0][metric], (dict, list)):
+                out.append((f"{label} (seeds in order)".strip(), metric, ", ".join(fmt(v.get(metric)) for v in node)))
+    return out
+
+
+def table(node) -> str:
+    lines = ["| what | metric | measured |", "|---|---|---|"]
+    lines += [f"| {a} | `{b}` | {c} |" for a, b, c in rows(node)]
+    return "\n".join(lines)
+
+
+def snippet(obj) -> str:
+    """A pymdownx.snippets include of the object's source lines, from the file that defines it."""
+    obj = inspect.unwrap(obj)  # a contextmanager's or no_grad's function: its own lines, decorators included
+    lines, start = inspect.getsourcelines(obj)
+    path = Path(inspect.getsourcefile(obj)).resolve().relative_to(ROOT)
+    return f'```python\n--8<-- "{path}:{start}:{start + len(lines) - 1}"\n```'
+
+
+gates = json.loads((DOCS / "gates.json").read_text())
+for name, example in examples().items():
+    module = example.module
+    doc = (module.__doc__ or "").strip()
+    page = [f"# {name}: {example.pattern}", "", "```text", doc, "```", "", "## The pattern", ""]
+    for function in example.pattern_functions:
+        page += [f"### `{function}`", "", snippet(getattr(module, function)), ""]
+    page += ["## The mistakes", ""]
+    for key, mistake in example.mistakes.items():
+        page += [f"### `mistake={key}`", "", f"{mistake.description}.", "", f"**What it costs:** {mistake.consequence}.",
+                 ""]
+        for variant in mistake.variants:
+            page += ["```diff", *example.diff(variant), "```", ""]
+    page += ["## Measured", ""]
+    if name in gates:
+        page += ["From `docs/gates.json`, written by `scripts/gates.py " + name + "` (fixed seeds, on the machine "
+                 "named in `docs/bench.json`).", "", table(gates[name]), ""]
+    else:
+        page += ["No gate entry yet: `scripts/gates.py " + name + " --json docs/gates.json` writes one.", ""]
+    figures = sorted(p.name for p in (DOCS / "img").glob(f"{name}*.png"))
+    if figures:
+        page += ["## Figures", ""] + [f"![{figure}](../img/{figure})" for figure in figures] + [""]
+    page += ["## What to copy", "", ", ".join(f"`{f}`" for f in example.pattern_functions)
+             + f" above; `python -m gallery show {name}` prints them with every mistake as a diff.", ""]
+    with mkdocs_gen_files.open(f"examples/{name}.md", "w") as out:
+        out.write("\n".join(page))
+
+with mkdocs_gen_files.open("lessons.md", "w") as out:
+    out.write("# Lessons\n\n`python -m gallery lessons` runs each claim as code that asserts it.\n\n"
+              "| lesson | the claim | status |\n|---|---|---|\n")
+    for key, lesson in lessons.LESSONS.items():
+        out.write(f"| `{key}` | {lessons.claim(lesson)} | {lessons.status(key)} |\n")
+
+with mkdocs_gen_files.open("performance.md", "w") as out:
+    out.write("# Performance\n\nEvery figure below is read from a JSON file that `scripts/bench.py` writes: "
+              "ratios measured side by side in one run, on the machine each file names.\n\n")
+    for source in ("bench.json", "bench_cuda.json"):
+        path = DOCS / source
+        if not path.is_file():
+            continue
+        bench = json.loads(path.read_text())
+        out.write(f"## `docs/{source}`: {bench.get('machine', '?')}, torch {bench.get('torch', '?')}\n\n")
+        for key, value in bench.items():
+            if key in ("machine", "torch"):
+                continue
+            out.write(f"### {key}\n\n{table(value if isinstance(value, dict) else {'runs': value})}\n\n")

@@ -1,0 +1,71 @@
+"""The documentation site: it builds with `mkdocs build --strict`, each example page's code is its
+source, and no hand-written page types a measured figure (those are rendered from the JSON files)."""
+
+from __future__ import annotations
+
+import html
+import inspect
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gallery.core.registry import examples
+from tests.conftest import ROOT
+
+# A number with a unit of time, size, share, ratio or rate: a measured figure.
+FIGURE = re.compile(r"\b\d[\d,]*(\.\d+)?\s?(s|ms|%|KB|MB|GB|x|steps/s|chars/s)(?![\w/])")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("site")
+    mkdocs = Path(sys.executable).parent / "mkdocs"
+    assert mkdocs.is_file(), "mkdocs comes with the docs extra: pip install -e '.[docs]' (scripts/test.sh does)"
+    proc = subprocess.run([str(mkdocs), "build", "--strict", "-d", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "DISABLE_MKDOCS_2_WARNING": "true", "NO_MKDOCS_2_WARNING": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not re.search(r"^WARNING", proc.stderr, flags=re.M), proc.stderr[-3000:]  # strict fails on these too
+    return out
+
+
+def code_blocks(page: Path) -> list[str]:
+    blocks = re.findall(r"<pre><span></span><code>(.*?)</code></pre>", page.read_text(), flags=re.S)
+    return [tidy(html.unescape(re.sub(r"<[^>]+>", "", block))) for block in blocks]
+
+
+def tidy(text: str) -> str:
+    """Markdown drops trailing spaces (a diff's blank context line is one space): compare without them."""
+    return "\n".join(line.rstrip() for line in text.strip().splitlines())
+
+
+@pytest.mark.parametrize("name", sorted(examples()))
+def test_each_example_page_shows_its_pattern_functions_exactly_as_the_source_has_them(site, name):
+    example = examples()[name]
+    shown = code_blocks(site / "examples" / name / "index.html")
+    for function in example.pattern_functions:
+        source = tidy(inspect.getsource(getattr(example.module, function)))
+        assert source in shown, f"the {name} page's {function} is not its source"
+    for key, mistake in example.mistakes.items():  # and each mistake as the diff `gallery show` prints
+        for variant in mistake.variants:
+            assert tidy("\n".join(example.diff(variant))) in shown, (key, variant)
+
+
+def test_every_page_is_built_and_the_home_page_links_nothing_broken(site):
+    for page in ("index.html", "lessons/index.html", "performance/index.html", "exit-status/index.html",
+                 *(f"examples/{name}/index.html" for name in examples())):
+        assert (site / page).is_file(), page
+
+
+def test_no_hand_written_page_types_a_measured_figure():
+    """Pages in docs/ are hand-written; generated pages come from docs/gen/pages.py and the JSON files.
+    The check can fail: it finds the figure in a line written the old way."""
+    assert FIGURE.search("the whole command takes 14.3 s") and FIGURE.search("1.26x on the H200")
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            found = FIGURE.search(line)
+            assert not found, f"{page.relative_to(ROOT)}:{number} types a measured figure: {found.group(0)!r}"
