@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# scripts/run.sh                      the tour: every pattern next to its mistakes, with a report
+# scripts/run.sh                      the quick tour: every pattern next to its mistakes, with a report
+# scripts/run.sh tour budget=full     the full tour (tens of minutes on a small CPU)
 # scripts/run.sh list                 the examples and their mistakes
 # scripts/run.sh show <example>       the pattern functions, and each mistake as a diff
 # scripts/run.sh lessons | smoke      the tutorial's claims as proofs; a CI smoke test of every pattern
@@ -10,7 +11,10 @@ case "${1:-}" in
     -*) echo "$USAGE" >&2; exit 2 ;;
 esac
 source "$(dirname "${BASH_SOURCE[0]}")/_bootstrap.sh"
-if [ $# -eq 0 ]; then set -- tour; fi
+if [ $# -eq 0 ]; then
+    echo "the quick tour; the full one is: scripts/run.sh tour budget=full" >&2
+    set -- tour budget=quick
+fi
 case "$1" in
     list|tour|show|lessons|smoke) exec "$VENV/bin/python" -m gallery "$@" ;;
     *)

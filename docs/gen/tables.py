@@ -1,0 +1,76 @@
+"""The gallery's headline numbers, pattern against mistake, read from docs/gates.json (scripts/gates.py)
+and docs/bench.json (scripts/bench.py). One place for the README's table (scripts/figures.py writes it
+between its markers), the site's home page and the hero figure; nothing here is typed by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from statistics import mean
+
+DOCS = Path(__file__).resolve().parents[1]
+START, END = "<!-- gallery-table:start (scripts/figures.py writes this block) -->", "<!-- gallery-table:end -->"
+
+
+def load(name: str) -> dict:
+    return json.loads((DOCS / name).read_text())
+
+
+def _span(values: list[float], fmt: str = "{:,.0f}") -> str:
+    low, high = min(values), max(values)
+    return fmt.format(low) if low == high else f"{fmt.format(low)}-{fmt.format(high)}"
+
+
+def _bench(bench: dict, name: str, key: str, value: str):
+    return next(row for row in bench[name] if row.get(key) == value)
+
+
+def headlines(gates: dict | None = None, bench: dict | None = None) -> dict[str, tuple[str, str]]:
+    """example -> (what the pattern measured, what its best-known mistake measured), in words and JSON numbers."""
+    gates, bench = gates or load("gates.json"), bench or load("bench.json")
+    gan, ss, ppo, sac = gates["gan"], gates["simsiam"]["runs"], gates["ppo"]["runs"], gates["sac"]["runs"]
+    solved = [r["first_solved_step"] for r in gates["dqn"]["runs"]]
+    ppo_solved = [r["first_solved_step"] for r in ppo["none"] if r["first_solved_step"] is not None]
+    digits = _bench(bench, "finetune", "setup", "digits_cnn 8px, batch 64")
+    tbptt = bench["tbptt"][0]
+    sac_bytes = next(row for row in bench["sac"] if "target_grad_over_pattern" in row)
+    return {
+        "gan": (f"ring8: {gan['ring8']['mean_modes']:g}/8 modes, {gan['ring8']['mean_high_quality']:.0%} high quality",
+                f"shared zero_grad: {gan['ring8 mistake']['mean_modes']:g}/8 modes, "
+                f"{gan['ring8 mistake']['mean_high_quality']:.0%} high quality"),
+        "dqn": (f"CartPole solved by {_span(solved)} env steps, {len(solved)} seeds",
+                "target_grad: the target gets .grad (a test asserts it)"),
+        "ppo": (f"CartPole solved by {_span(ppo_solved)} env steps, value bias "
+                f"{mean(r['value_bias'] for r in ppo['none time_limit=100']):+.1f}",
+                f"truncation_as_terminal: value bias "
+                f"{mean(r['value_bias'] for r in ppo['truncation_as_terminal time_limit=100']):+.1f}"),
+        "sac": (f"Pendulum eval return {mean(r['eval_return_mean'] for r in sac['none']):.0f} (mean of seeds)",
+                f"alpha_no_detach: {mean(r['eval_return_mean'] for r in sac['alpha_no_detach']):.0f}; target_grad: "
+                f"{sac_bytes['target_grad_over_pattern']:.2f}x the bytes per update"),
+        "finetune": (f"val acc {_span([r['val_acc'] for r in gates['finetune']['runs']], '{:.3f}')}, backbone "
+                     "hash unchanged",
+                     f"no_freeze: {1 / digits['time_ratio_frozen_over_full']:.1f}x the time, "
+                     f"{1 / digits['bytes_ratio_frozen_over_full']:.0f}x the bytes saved for backward"),
+        "tbptt": (f"val {gates['tbptt']['default']['val_bpc']:.2f} bits/char, bytes per chunk flat",
+                  f"untruncated: {tbptt['memory_ratio_untruncated_over_truncated']:.1f}x the memory, "
+                  f"{tbptt['time_ratio_untruncated_over_truncated']:.2f}x the time"),
+        "simsiam": (f"output std {mean(r['output_std_sqrt_d'] for r in ss['none']):.2f}/sqrt(d), kNN "
+                    f"{mean(r['knn_acc'] for r in ss['none']):.3f}",
+                    f"no_stop_grad: std {mean(r['output_std_sqrt_d'] for r in ss['no_stop_grad']):.2f}/sqrt(d), "
+                    f"kNN {mean(r['knn_acc'] for r in ss['no_stop_grad']):.3f}: collapsed"),
+    }
+
+
+ORDER = ("gan", "dqn", "ppo", "sac", "finetune", "tbptt", "simsiam")
+
+
+def gallery_table(link=lambda name: f"gallery/{name}.py") -> str:
+    """The README's gallery table: example, the cut, pattern against mistake, a link to the example."""
+    from gallery.core.registry import examples
+
+    found, numbers = examples(), headlines()
+    lines = [START, "| example | the cut | pattern | mistake |", "|---|---|---|---|"]
+    for name in ORDER:
+        pattern, mistake = numbers[name]
+        lines.append(f"| [`{name}`]({link(name)}) | {found[name].pattern} | {pattern} | {mistake} |")
+    return "\n".join([*lines, END])
