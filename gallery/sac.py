@@ -304,6 +304,7 @@ def train(cfg) -> dict:
                 if env_steps >= next_eval or env_steps >= cfg.steps:
                     next_eval += cfg.eval_every
                     evals.append({"env_steps": env_steps, "entropy": float(entropy),
+                                  "alpha": temperature.log_alpha.detach().exp().item(),
                                   **evaluate(lambda o: actor.greedy(o).cpu().numpy(), eval_env, cfg.eval_episodes,
                                              cfg.seed + 10_000, device)})
                     run.log(env_steps, **evals[-1])
@@ -332,10 +333,18 @@ def headline(s: dict) -> str:
 
 
 def tour_figure(runs: dict, fig) -> None:
-    ax = fig.add_subplot(1, 1, 1)
-    for mistake in BY_MISTAKE:
-        if runs.get(mistake, {}).get("evals"):
-            draw_learning_curve(ax, runs[mistake]["evals"], "pattern" if mistake == "none" else f"mistake={mistake}")
+    """Eval return and the temperature alpha; the pattern is drawn last, on top (target_grad trains the
+    same weights, so its curve would hide the pattern's)."""
+    returns, alphas = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for mistake in [m for m in BY_MISTAKE if m != "none"] + ["none"]:
+        evals = runs.get(mistake, {}).get("evals") or []
+        label = "pattern" if mistake == "none" else f"mistake={mistake}"
+        if evals:
+            draw_learning_curve(returns, evals, label)
+            alphas.plot([e["env_steps"] for e in evals], [e.get("alpha") for e in evals], marker="o", ms=3,
+                        label=label, lw=2.5 if mistake == "none" else 1.2)
+    alphas.set(xlabel="env steps", ylabel="alpha (temperature)", yscale="log")
+    alphas.legend(fontsize=8)
 
 
 QUICK = ["steps=600", "learning_starts=200", "eval_every=300", "eval_episodes=1", "hidden=32", "batch_size=32",

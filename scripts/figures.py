@@ -17,7 +17,12 @@ USAGE = """Every picture in docs/img and the README's gallery table, from today'
                                        docs/gates.json and docs/bench.json (seconds)
     scripts/figures.py --tour gan sac  also each named example's comparison figure, docs/img/<name>.png,
                                        from a full-budget tour of it (minutes to tens of minutes each)
+    scripts/figures.py --gates gan     also the figures of those gates (docs/img/gan_mixtures.png,
+                                       tbptt_bpc.png, simsiam_collapse.png), re-measuring docs/gates.json
     scripts/figures.py --check         exit 1 when the README's table is not what the JSON files say
+
+Every picture in docs/img comes from one of these: hero.png from the JSON files, <example>.png from
+the tour at its full budget, the rest from scripts/gates.py --figures docs/img.
 """
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +93,7 @@ def tour_figures(names: list[str]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tour", nargs="*", default=[], metavar="EXAMPLE")
+    parser.add_argument("--gates", nargs="*", default=[], metavar="EXAMPLE")
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
     text = readme_with_table()
@@ -100,6 +106,12 @@ def main() -> int:
     print("wrote README.md's gallery table and docs/img/hero.png")
     if args.tour:
         tour_figures(args.tour)
+    for name in args.gates:  # the gate's own figure, and its entry in docs/gates.json, measured again
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "gates.py"), name, "--json", str(ROOT / "docs" / "gates.json"),
+                        "--figures", str(ROOT / "docs" / "img")], cwd=ROOT, check=True)
+    if args.gates:  # the table and the hero read the gates just measured
+        (ROOT / "README.md").write_text(readme_with_table())
+        hero(ROOT / "docs" / "img" / "hero.png")
     return 0
 
 
