@@ -3,15 +3,17 @@
     with torch.no_grad():                                     # 1. the soft TD target is a constant
         a2, logp2 = actor.sample(s2)
         y = r + gamma * (1 - done) * (min(Q1'(s2, a2), Q2'(s2, a2)) - alpha * logp2)
-    critics.requires_grad_(False)                             # 2. the actor's loss flows through the
-    actor_loss = (alpha * logp - min(Q1, Q2)(s, a)).mean()    #    critics to the action, not into them
+    with frozen(critics):                                     # 2. the actor's loss flows through the
+        q = min(Q1, Q2)(s, a)                                 #    critics to the action, not into them
+    actor_loss = (alpha * logp - q).mean()
     alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()   # 3. only log_alpha learns here
 
-and the target critics follow by Polyak averaging under no_grad. The mistakes (`mistake=`):
+and the target critics follow by Polyak averaging under no_grad (`sync_target`, shared with dqn).
+The mistakes (`mistake=`):
 
 - target_grad: the TD target with grad enabled (and target critics that require grad): grads flow
   into the target critics and into the actor through the next-action sample; more bytes saved.
-- actor_updates_critic: one optimizer over actor and critics, and no requires_grad_(False): the
+- actor_updates_critic: one optimizer over actor and critics, and the critics not frozen: the
   actor's loss, which maximises Q, also moves the critics.
 - alpha_no_detach: the temperature loss without the detach: its gradient reaches the actor.
 

@@ -75,8 +75,8 @@ def pytest_addoption(parser):
                      help="a missing CUDA device is an error, not a reason to skip (GALLERY_GPU_ONLY=1 implies it)")
     parser.addoption("--fuzz-examples", type=int, default=200,
                      help="cases per example in tests/test_fuzz.py (derandomized: the same cases every run)")
-    parser.addoption("--fuzz-long", action="store_const", const=5000, dest="fuzz_examples",
-                     help="the long fuzz profile: 5,000 cases per example")
+    parser.addoption("--fuzz-long", action="store_const", const=2000, dest="fuzz_examples",
+                     help="the long fuzz profile: 2,000 cases per example")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -4,7 +4,7 @@ example's checks, the out_dir and device checks). Every input is either accepted
 line that names the key; no other exception escapes.
 
 The fast tier runs a derandomized profile (the same cases every time, --fuzz-examples of them per
-example, 200 by default); `pytest tests/test_fuzz.py --fuzz-long` runs 5,000 per example."""
+example, 200 by default); `pytest tests/test_fuzz.py --fuzz-long` runs 2,000 per example."""
 
 from __future__ import annotations
 

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 from pathlib import Path
 
 import mkdocs_gen_files
 
 from gallery import lessons
 from gallery.core.registry import examples
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tables  # noqa: E402  (docs/gen/tables.py: the headline numbers, from the JSON files)
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -62,6 +66,33 @@ def snippet(obj) -> str:
     path = Path(inspect.getsourcefile(obj)).resolve().relative_to(ROOT)
     return f'```python\n--8<-- "{path}:{start}:{start + len(lines) - 1}"\n```'
 
+
+HOME = """# Detach Gallery
+
+Runnable PyTorch training examples, each built around one way of cutting the autograd graph, each
+shown next to the mistake people make instead, with measurements and tests that prove both.
+
+![Each pattern next to its mistake, as measured](img/hero.png)
+
+Every page of this site is built from the code and from the JSON files the project's scripts write:
+each example's page includes its pattern functions from `gallery/<example>.py` itself, prints each
+mistake as the diff `python -m gallery show <example>` prints, and renders its measured results from
+`docs/gates.json` (`scripts/gates.py`); the performance page renders `docs/bench.json` and
+`docs/bench_cuda.json` (`scripts/bench.py`).
+
+## The gallery
+
+"""
+with mkdocs_gen_files.open("index.md", "w") as out:
+    out.write(HOME + tables.gallery_table(link=lambda name: f"examples/{name}.md") + """
+
+## Start
+
+```bash
+scripts/run.sh     # the quick tour: every pattern next to its mistakes, with a report
+scripts/test.sh    # the fast tests
+```
+""")
 
 gates = json.loads((DOCS / "gates.json").read_text())
 for name, example in examples().items():
