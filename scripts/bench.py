@@ -562,7 +562,7 @@ def bench_smoke(device: torch.device) -> list[dict]:
 
 # --- start-up ------------------------------------------------------------------------------------
 
-def bench_startup(device: torch.device, rounds: int = 3) -> list[dict]:
+def bench_startup(device: torch.device, rounds: int = 5) -> list[dict]:
     """`python -m gallery.<example> --help` and a bad input (`steps=0`, refused in one line, exit 2) as whole
     processes, each paired with `python -c "import torch"` run just before it: the median of the pair-by-pair
     ratios. Target: at most 1.15 (the gallery adds little to importing torch before it answers)."""

@@ -49,6 +49,7 @@ def command_line(example: Any, main: Callable[[], None], argv: list[str] | None 
     """`python -m gallery.<name> [k=v ...]`: `--help` shows the pattern and its mistakes first, a bad
     override fails in one line before Hydra starts, then Hydra runs `main` (the `@hydra.main` function)."""
     argv = sys.argv[1:] if argv is None else argv
+    gc.freeze()  # torch, Hydra and the example live as long as the process: the collector, and exit, skip them
     print_help_if_asked(example, argv)
     check_overrides(example.name, argv)
     main()
