@@ -164,7 +164,7 @@ def test_the_update_reports_means_over_every_minibatch_so_one_nan_minibatch_show
 
     def recording(*args):
         losses = real(*args)
-        seen.append([float(losses[0]), float(losses[1])])
+        seen.append([float(losses[0].detach()), float(losses[1].detach())])
         return losses
 
     ppo.ppo_loss = recording
