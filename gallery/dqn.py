@@ -183,7 +183,6 @@ def update_no_target_target_grad(online, target, optimizer, batch, gamma=0.99, d
     return loss.detach()
 
 
-# (make the target, one update) for each mistake
 Variant = namedtuple("Variant", ["make_target", "update"])  # what a mistake swaps in, by name
 BY_MISTAKE = {"none": Variant(make_target, update), "no_target": Variant(make_target, update_no_target),
               "target_grad": Variant(make_target_with_grad, update_target_grad),

@@ -172,8 +172,7 @@ def test_two_sigterms_then_resumes_match_the_uninterrupted_run_exactly(tmp_path,
         resume = stop_with_sigterm(module, first, out, at_random=False)
     else:
         assert run_here(module, *args, f"out_dir={straight}").returncode == 0
-        resume = shlex.join(["python", "-m", module, *stop_here(module, [*args, f"out_dir={out}"], out, nth,
-                                                                monkeypatch)])
+        resume_args = stop_here(module, [*args, f"out_dir={out}"], out, nth, monkeypatch)
     checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert checkpoint["step"] == eval_every  # it stopped after the eval step it was signalled in
     assert [r["step"] for r in rows(out / "metrics.jsonl")][-1] == eval_every
@@ -182,7 +181,7 @@ def test_two_sigterms_then_resumes_match_the_uninterrupted_run_exactly(tmp_path,
         resumed = subprocess.run([sys.executable, *shlex.split(resume)[1:]], capture_output=True, text=True,
                                  cwd=ROOT, timeout=300)
     else:
-        again = stop_here(module, shlex.split(resume)[3:], out, 1, monkeypatch)
+        again = stop_here(module, resume_args, out, 1, monkeypatch)
         assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 2 * eval_every
         resumed = run_here(module, *again)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

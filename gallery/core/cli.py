@@ -121,7 +121,7 @@ def out_of_memory_line(cfg: Any, err: BaseException, run_dir: Path | None, exist
     checkpoint to resume from). A run dir this run made and that holds no checkpoint is removed."""
     import shutil
 
-    batch = cfg.get("batch_size") if hasattr(cfg, "get") else getattr(cfg, "batch_size", None)
+    batch = cfg.get("batch_size")  # run_cli's cfg: the composed DictConfig
     where = "CUDA" if "CUDA" in str(err) else "the CPU allocator"
     line = (f"out of memory ({where}) at batch_size={batch}: lower batch_size (or the model's size), "
             f"or free the memory other processes hold")
@@ -274,7 +274,6 @@ def explain_override_error(name: str, err: Exception) -> str:
     """One line for one of Hydra's composition errors, naming the key and what is allowed."""
     import difflib
     import re
-
 
     text = str(err)
     if match := re.search(r"Could not override '([^']+)'", text):
