@@ -1,5 +1,6 @@
 """What the fine-tuning example starts from: its data (digits split by class, or a torchvision set),
-and its backbones (digits_cnn pretrained here on digits 0-4, built on first use; or ResNet-18)."""
+and its backbones (digits_cnn pretrained here on digits 0-4, built on first use; or ResNet-18).
+And what it measures at the end: that the frozen blocks did not change, and the pretraining task."""
 
 from __future__ import annotations
 
@@ -10,21 +11,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from gallery.core.checkpoint import load_checkpoint, save_checkpoint
+from gallery.core.probes import drift, float_state, state_hash
 from gallery.core.run import progress
 from gallery.core.seeding import seed_everything
 from gallery.data import images
-from gallery.nets import digits_cnn, resnet18_backbone
+from gallery.nets import digits_cnn, evaluating, resnet18_backbone
 
 PRETRAIN_CLASSES, FINETUNE_CLASSES = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 
 
+@torch.no_grad()
 def feature_dim(backbone: nn.Module, sample: torch.Tensor) -> int:
-    was_training = backbone.training
-    backbone.eval()
-    with torch.no_grad():
-        dim = backbone(sample[:1]).shape[1]
-    backbone.train(was_training)
-    return dim
+    with evaluating(backbone):
+        return backbone(sample[:1]).shape[1]
 
 
 def load_data(cfg, classes: list[int]):
@@ -88,3 +87,29 @@ def build_backbone(cfg, device: torch.device) -> tuple[nn.Sequential, nn.Module 
     old_head = nn.Linear(state["head"]["weight"].shape[1], len(PRETRAIN_CLASSES)).to(device)
     old_head.load_state_dict(state["head"])
     return backbone, old_head
+
+
+# --- what a fine-tuning run measures at its end ------------------------------------------------
+
+class Frozen:
+    """What the frozen blocks are before training, to show afterwards that they did not change."""
+
+    def __init__(self, model: nn.Module):
+        self.frozen_hash, self.frozen_start = state_hash(model.frozen), float_state(model.frozen)
+        self.unfrozen_hash = state_hash(model.trainable, buffers=False)
+
+    def changes(self, model: nn.Module, cfg) -> dict:
+        unfrozen = state_hash(model.trainable, buffers=False) != self.unfrozen_hash
+        return {"unfrozen_blocks_changed": unfrozen if cfg.unfreeze_last else None,
+                "frozen_state_drift": drift(self.frozen_start, float_state(model.frozen)),
+                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "frozen_params": sum(p.numel() for p in model.parameters() if not p.requires_grad)}
+
+
+def old_task_accuracy(cfg, model: nn.Module, old_head: nn.Module | None, device) -> float | None:
+    """Forgetting: the pretraining task (digits 0-4) through today's backbone and its own head."""
+    if old_head is None or cfg.data.name != "digits":
+        return None
+    *_, xo, yo = (t.to(device) for t in load_data(cfg, PRETRAIN_CLASSES))
+    model.eval()
+    return accuracy(nn.Sequential(model.backbone, old_head), xo, yo)

@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gallery.core import plots
 from gallery.core.cli import command_line, report, run_cli
 from gallery.core.config import (
     BaseConfig,
@@ -43,9 +42,10 @@ from gallery.core.config import (
 )
 from gallery.core.device import compile_modules
 from gallery.core.errors import ConfigError
-from gallery.core.probes import Probe
+from gallery.core.loop import Counters, Loop
+from gallery.core.probes import Probe, grads_absent
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import Run, prepare, progress, resolve_out_dir
+from gallery.core.run import prepare
 from gallery.data.envs import (
     EnvConfig,
     EpisodeReturns,
@@ -53,6 +53,9 @@ from gallery.data.envs import (
     env_step,
     evaluate,
     make_envs,
+    reward_threshold,
+    rl_results,
+    space_sizes,
 )
 from gallery.data.replay import ReplayBuffer
 from gallery.nets import sync_target
@@ -202,6 +205,21 @@ def epsilon_greedy(online: nn.Module, obs: np.ndarray, eps: float, rng: np.rando
     return actions
 
 
+def greedy(online: nn.Module):
+    """The evaluation policy: in each sub-env, the action with the highest Q-value."""
+    return lambda obs: online(obs).argmax(1)
+
+
+def updates_owed(cfg: DqnConfig, tally: Counters, env_steps: int) -> int:
+    """Gradient updates due after `env_steps`: `updates_per_step` each, once learning has started;
+    the fraction left over carries to the next step."""
+    if env_steps >= cfg.learning_starts:
+        tally.update_credit += cfg.updates_per_step * cfg.env.num_envs
+    n_updates = int(tally.update_credit)
+    tally.update_credit -= n_updates
+    return n_updates
+
+
 def epsilon(cfg: DqnConfig, env_step: int) -> float:
     frac = min(env_step / cfg.eps_decay_steps, 1.0)
     return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
@@ -211,85 +229,54 @@ def epsilon(cfg: DqnConfig, env_step: int) -> float:
 
 def train(cfg) -> dict:
     cfg, device = prepare(cfg, validate, small_model=lambda c: True)
-    envs, eval_env = make_envs(cfg.env, "DQN")
-    threshold = cfg.env.reward_threshold or getattr(eval_env.spec, "reward_threshold", None)
-    obs_dim, n_actions, n = int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n), cfg.env.num_envs
+    envs, eval_envs = make_envs(cfg.env, "DQN", cfg.eval_episodes)
+    threshold, (obs_dim, n_actions) = reward_threshold(cfg.env, envs), space_sizes(envs)
+    n = cfg.env.num_envs
     variant = BY_MISTAKE[cfg.mistake]
     online = q_network(obs_dim, n_actions, cfg.hidden).to(device)
     target = variant.make_target(online)
     compile_modules(cfg.compile, online, target)  # after the copy: each its own compiled call
     optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr)  # PATTERN: online params only
-    buffer = ReplayBuffer(cfg.buffer_size, obs_dim, device)
-    sample_rng, act_rng = torch.Generator().manual_seed(cfg.seed), np.random.default_rng(cfg.seed)
-    stateful = {"online": online, "target": target, "optimizer": optimizer, "buffer": buffer, "sample_rng": sample_rng}
-    env_steps, updates, update_credit, evals, first_solved = 0, 0, 0.0, [], None
-    probe, loss, returns = Probe(device, "saved_bytes_per_update"), float("nan"), EpisodeReturns(n)
-    greedy = lambda obs: int(online(obs).argmax())  # noqa: E731 - the evaluation policy
-    with contextlib.closing(envs), contextlib.closing(eval_env), \
-            Run(resolve_out_dir(cfg.out_dir, "dqn"), cfg, cfg.tensorboard, cfg.resume, cfg.overwrite) as run:
-        def checkpoint() -> None:  # the stateful objects, the counters, the RNGs
-            run.save(stateful, env_steps, **dict(zip(COUNTERS, (updates, update_credit, evals, first_solved))))
-        if cfg.resume:
-            state = run.restore(stateful, map_location=device)
-            env_steps, (updates, update_credit, evals, first_solved) = state["step"], (state[k] for k in COUNTERS)
-            act_rng = np.random.default_rng(cfg.seed + env_steps)  # the episodes in flight restart on resume
-            stopped_solved = first_solved is not None and cfg.stop_when_solved
-            if (done := run.finished(cfg.steps if stopped_solved else env_steps, cfg.steps)) is not None:
-                return done
-        obs, _ = envs.reset(seed=cfg.seed + env_steps)
-        next_eval, next_log, next_sync = ((env_steps // every + 1) * every
-                                          for every in (cfg.eval_every, cfg.log_every, cfg.target_sync_every))
-        with progress(cfg.steps, f"dqn {cfg.env.id} mistake={cfg.mistake}", cfg.progress, initial=env_steps) as bar:
-            while env_steps < cfg.steps:
-                update_credit += cfg.updates_per_step * n if env_steps + n >= cfg.learning_starts else 0.0
-                n_updates, update_credit = int(update_credit), update_credit - int(update_credit)
-                with probe.step(sampled=(-updates) % cfg.probe_every < n_updates, units=n, per=n_updates):
-                    eps = epsilon(cfg, env_steps)
-                    actions = epsilon_greedy(online, obs, eps, act_rng, n_actions, device)
-                    next_obs, real_next, rewards, terminated, info = env_step(envs, actions)
-                    buffer.add(obs, actions, rewards, real_next, terminated)  # truncation is not stored: it bootstraps
-                    returns.add(rewards, info)
-                    obs, env_steps = next_obs, env_steps + n
-                    for _ in range(n_updates):
-                        loss = variant.update(online, target, optimizer, buffer.sample(cfg.batch_size, sample_rng),
-                                         cfg.gamma, cfg.double_dqn, cfg.max_grad_norm)
-                        if cfg.tau < 1.0:
-                            sync_target(target, online, cfg.tau)
-                    updates += n_updates
-                    if cfg.tau >= 1.0 and env_steps >= next_sync:
-                        sync_target(target, online, 1.0)
-                        next_sync += cfg.target_sync_every
-                bar.update(n)
-                if env_steps >= next_log:
-                    next_log += cfg.log_every
-                    run.check_finite(env_steps, loss=float(loss) if updates else 0.0)
-                    run.log(env_steps, loss=float(loss), epsilon=eps, updates=updates, **probe.record,
-                            train_return_mean=returns.pop_mean())
-                if env_steps >= next_eval or env_steps >= cfg.steps:
-                    next_eval += cfg.eval_every
-                    evals.append({"env_steps": env_steps, **evaluate(greedy, eval_env, cfg.eval_episodes, cfg.seed + 10_000, device)})
-                    run.log(env_steps, **evals[-1])
-                    bar.set_postfix(ret=f"{evals[-1]['eval_return_mean']:.0f}")
-                    if first_solved is None and threshold is not None and evals[-1]["eval_return_mean"] >= threshold:
-                        first_solved = env_steps
-                        if cfg.stop_when_solved:
-                            break
-                if cfg.ckpt_every and env_steps % cfg.ckpt_every < n:
-                    checkpoint()
-                run.stop_if_asked(checkpoint, env_steps, cfg.steps)
-        checkpoint()
-        if evals:
-            plots.figure(run.path("learning_curve.png"), draw_learning_curve, evals, f"mistake={cfg.mistake}", threshold)
-        final = evals[-1] if evals else {}
-        return run.write_summary({
-            "example": "dqn", "env_id": cfg.env.id, "mistake": cfg.mistake, "seed": cfg.seed, "device": str(device),
-            "eval_return_mean": final.get("eval_return_mean"), "eval_return_std": final.get("eval_return_std"),
-            "env_steps": env_steps, "updates": updates, "first_solved_step": first_solved, "reward_threshold": threshold,
-            "target_grad_seen": any(p.grad is not None for p in target.parameters()), "env_steps_per_sec":
-            probe.units_per_sec, "saved_bytes_per_update": probe.record.get("saved_bytes_per_update"), "evals": evals})
-
-
-COUNTERS = ("updates", "update_credit", "evals", "first_solved_step")
+    buffer = ReplayBuffer(cfg.buffer_size, obs_dim, device, seed=cfg.seed)
+    tally = Counters(updates=0, update_credit=0.0)  # update_credit: updates owed, a fraction
+    stateful = {"online": online, "target": target, "optimizer": optimizer, "buffer": buffer,
+                "tally": tally}
+    probe, loss, returns = Probe(device, "saved_bytes_per_update"), torch.nan, EpisodeReturns(n)
+    with contextlib.closing(envs), contextlib.closing(eval_envs), \
+            Loop(cfg, "dqn", stateful, device, cfg.env.id, by=n, unit="env_steps") as loop:
+        if loop.finished:
+            return loop.finished
+        act_rng = np.random.default_rng(cfg.seed + loop.step)  # episodes in flight restart on resume
+        obs, _ = envs.reset(seed=cfg.seed + loop.step)
+        for step in loop:
+            n_updates = updates_owed(cfg, tally, step)
+            until_probe = -tally.updates % cfg.probe_every  # updates before the next measured one
+            with probe.step(sampled=until_probe < n_updates, units=n, per=n_updates):
+                eps = epsilon(cfg, step - n)
+                actions = epsilon_greedy(online, obs, eps, act_rng, n_actions, device)
+                next_obs, real_next, rewards, terminated, info = env_step(envs, actions)
+                buffer.add(obs, actions, rewards, real_next, terminated)  # truncation bootstraps
+                returns.add(rewards, info)
+                obs = next_obs
+                for _ in range(n_updates):
+                    loss = variant.update(online, target, optimizer, buffer.sample(cfg.batch_size),
+                                          cfg.gamma, cfg.double_dqn, cfg.max_grad_norm)
+                    if cfg.tau < 1.0:
+                        sync_target(target, online, cfg.tau)
+                tally.updates += n_updates
+                if cfg.tau >= 1.0 and loop.due(cfg.target_sync_every):
+                    sync_target(target, online, 1.0)
+            if loop.due(cfg.log_every):
+                loop.log({"loss": loss} if tally.updates else {}, epsilon=eps, updates=tally.updates,
+                         train_return_mean=returns.pop_mean(), **probe.record)
+            if loop.due(cfg.eval_every, final=True):
+                row = loop.evaluated(**evaluate(greedy(online), eval_envs, cfg.seed + 10_000, device))
+                if loop.solved(row["eval_return_mean"], threshold):
+                    break
+        return loop.summary(**rl_results(loop, threshold), updates=tally.updates,
+                            target_grad_seen=not grads_absent(target),
+                            env_steps_per_sec=probe.units_per_sec,
+                            saved_bytes_per_update=probe.record.get("saved_bytes_per_update"))
 
 
 # --- what the tour and `python -m gallery show dqn` read ------------------------------------

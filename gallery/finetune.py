@@ -36,11 +36,12 @@ from torch import nn
 
 from gallery.backbones import (
     FINETUNE_CLASSES,
-    PRETRAIN_CLASSES,
+    Frozen,
     accuracy,
     build_backbone,
     feature_dim,
     load_data,
+    old_task_accuracy,
     pretrain,
 )
 from gallery.core import dist, plots
@@ -58,9 +59,10 @@ from gallery.core.config import (
 )
 from gallery.core.device import amp_forward, compile_modules
 from gallery.core.errors import ConfigError
-from gallery.core.probes import Probe, drift, float_state, state_hash
+from gallery.core.loop import Loop
+from gallery.core.probes import Probe, state_hash
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import Run, prepare, progress, resolve_out_dir
+from gallery.core.run import prepare
 from gallery.core.seeding import seed_everything
 from gallery.data import images
 
@@ -120,6 +122,8 @@ def validate(cfg: FinetuneConfig) -> None:
         require_positive(cfg, "data.labels_per_class")
     if cfg.cache_features and (cfg.unfreeze_last or cfg.mistake != "none"):
         raise ConfigError("cache_features=true needs a fully frozen backbone (unfreeze_last=0, mistake=none)")
+    if cfg.stage == "pretrain" and (cfg.backbone.name != "digits_cnn" or cfg.data.name != "digits"):
+        raise ConfigError("stage=pretrain builds backbone=digits_cnn on data=digits")
     if cfg.mistake == "checkpoint_reentrant" and not (cfg.checkpoint and cfg.unfreeze_last):
         raise ConfigError("mistake=checkpoint_reentrant needs checkpoint=true and unfreeze_last >= 1")
 
@@ -267,86 +271,69 @@ def cache_features(model: FrozenBackboneClassifier, x: torch.Tensor, batch: int 
     return torch.cat([model.frozen(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
-def train(cfg) -> dict:
-    cfg, device = prepare(cfg, validate, small_model=lambda c: c.backbone.name == "digits_cnn")
-    if cfg.stage == "pretrain":
-        if cfg.backbone.name != "digits_cnn" or cfg.data.name != "digits":
-            raise ConfigError("stage=pretrain builds backbone=digits_cnn on data=digits")
-        path = pretrain(cfg, device)
-        return {"stage": "pretrain", "checkpoint": str(path), "out_dir": str(path.parent),
-                **{k: v for k, v in load_checkpoint(path).items() if k in ("val_acc", "seed")}}
-    with dist.main_first():  # torchrun: rank 0 pretrains (or downloads) into the cache, the others read it
+def build(cfg, device: torch.device) -> tuple[nn.Module, nn.Module | None, list[torch.Tensor]]:
+    """The classifier (the backbone, pretrained on first use, and a new head), the pretraining
+    task's head (digits) and this task's data: train x, y and validation x, y."""
+    with dist.main_first():  # torchrun: rank 0 pretrains (or downloads) into the cache
         backbone, old_head = build_backbone(cfg, device)
     seed_everything(cfg.seed, cfg.deterministic)
     x, y, xv, yv = (t.to(device) for t in load_data(cfg, FINETUNE_CLASSES))
     x, y = dist.shard(x), dist.shard(y)  # torchrun: this rank's shard of the training set
     if cfg.unfreeze_last > len(backbone) - 1:
-        raise ConfigError(f"unfreeze_last={cfg.unfreeze_last}: the backbone has {len(backbone)} blocks; "
-                          f"use at most {len(backbone) - 1} (or mistake=no_freeze to train them all)")
+        raise ConfigError(f"unfreeze_last={cfg.unfreeze_last}: the backbone has {len(backbone)} "
+                          f"blocks; use at most {len(backbone) - 1} (or mistake=no_freeze to train "
+                          "them all)")
     head = make_head(feature_dim(backbone, x), int(y.max()) + 1, cfg.head_hidden)
     model = BY_MISTAKE[cfg.mistake](backbone, head, cfg.unfreeze_last).to(device)
     if cfg.checkpoint:
         checkpoint_trainable(model, CHECKPOINTED.get(cfg.mistake, Checkpointed))
     model = amp_forward(model, device, cfg.amp)
     compile_modules(cfg.compile, model)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.layer_lr_decay), weight_decay=cfg.weight_decay)
-    frozen_hash, unfrozen_hash, frozen_start = state_hash(model.frozen), state_hash(model.trainable, buffers=False), float_state(model.frozen)
+    return model, old_head, [x, y, xv, yv]
+
+
+def train(cfg) -> dict:
+    cfg, device = prepare(cfg, validate, small_model=lambda c: c.backbone.name == "digits_cnn")
+    if cfg.stage == "pretrain":
+        path = pretrain(cfg, device)
+        return {"stage": "pretrain", "checkpoint": str(path), "out_dir": str(path.parent),
+                **{k: v for k, v in load_checkpoint(path).items() if k in ("val_acc", "seed")}}
+    model, old_head, (x, y, xv, yv) = build(cfg, device)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.layer_lr_decay),
+                                  weight_decay=cfg.weight_decay)
+    before = Frozen(model)  # the frozen blocks' hash and values, the unfrozen blocks' hash
     inputs = cache_features(model, x) if cfg.cache_features else x
-    # torchrun: DDP registers what requires grad *when built*: wrap after freezing (re-wrap to unfreeze more).
+    # torchrun: DDP registers what requires grad *when built*: wrap after freezing.
     step_fn = dist.wrap(model.head if cfg.cache_features else model, device)
     batches = images.IndexBatches(len(x), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
     stateful = {"model": model, "optimizer": optimizer, "batches": batches}
-    start, probe, val_acc, curve = 0, Probe(device, "saved_bytes_per_step"), 0.0, []
-    with Run(resolve_out_dir(cfg.out_dir, "finetune"), cfg, cfg.tensorboard, cfg.resume, cfg.overwrite) as run:
-        if cfg.resume:
-            state = run.restore(stateful, map_location=device)
-            start, val_acc, curve = state["step"], state["val_acc"], state["curve"]
-            if (done := run.finished(start, cfg.steps)) is not None:
-                return done
-        checkpoint = lambda step: run.save(stateful, step, val_acc=val_acc, curve=curve)  # noqa: E731
-        label = f"finetune {cfg.backbone.name} mistake={cfg.mistake}"
-        with progress(cfg.steps, label, cfg.progress, initial=start) as bar:
-            for step in range(start + 1, cfg.steps + 1):
-                model.train()  # what every training loop does; the pattern keeps the frozen blocks in eval
-                idx = next(batches).to(device)
-                with probe.step(sampled=step == 1 or step % cfg.log_every == 0):
-                    loss = F.cross_entropy(step_fn(inputs[idx]), y[idx])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                bar.update(1)
-                if step % cfg.log_every == 0:
-                    run.check_finite(step, loss=float(loss.detach()))
-                    run.log(step, loss=float(loss.detach()), **probe.record)
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    model.eval()
-                    val_acc = accuracy(model, xv, yv)
-                    curve.append({"step": step, "val_acc": val_acc})
-                    run.log(step, val_acc=val_acc)
-                    bar.set_postfix(val_acc=f"{val_acc:.3f}")
-                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
-                    checkpoint(step)
-                run.stop_if_asked(lambda: checkpoint(step), step, cfg.steps)  # noqa: B023 - called right here
-        plots.figure(run.path("val_acc.png"), draw_val_curve, curve, f"mistake={cfg.mistake}")
-        old_task_acc = None
-        if old_head is not None and cfg.data.name == "digits":
-            # Forgetting: the pretraining task (digits 0-4) through today's backbone and its own head.
-            *_, xo, yo = (t.to(device) for t in load_data(cfg, PRETRAIN_CLASSES))
-            model.eval()
-            old_task_acc = accuracy(nn.Sequential(model.backbone, old_head), xo, yo)
-        return run.write_summary({
-            "example": "finetune", "backbone": cfg.backbone.name, "data": cfg.data.name, "mistake": cfg.mistake,
-            "seed": cfg.seed, "device": str(device), "steps": cfg.steps, "val_acc": val_acc,
-            "backbone_unchanged": state_hash(model.frozen) == frozen_hash,  # the frozen blocks, params and buffers
-            "unfrozen_blocks_changed": state_hash(model.trainable, buffers=False) != unfrozen_hash if cfg.unfreeze_last else None,
-            "frozen_state_drift": drift(frozen_start, float_state(model.frozen)),
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "frozen_params": sum(p.numel() for p in model.parameters() if not p.requires_grad),
-            "sec_per_step": probe.sec_per_step, "saved_bytes_per_step": probe.record.get("saved_bytes_per_step"),
-            "old_task_acc": old_task_acc, "train_size": len(x), "val_size": len(xv), "curve": curve,
-            **dist.ddp_report({"model": model}, {**probe.record, "backbone_unchanged": state_hash(model.frozen) == frozen_hash},
-                              reducer=dist.reducer_size(step_fn)),
-        })
+    probe = Probe(device, "saved_bytes_per_step")
+    with Loop(cfg, "finetune", stateful, device, cfg.backbone.name) as loop:
+        if loop.finished:
+            return loop.finished
+        for step in loop:
+            model.train()  # what every training loop does; the pattern keeps the frozen blocks in eval
+            idx = next(batches).to(device)
+            with probe.step(sampled=step == 1 or step % cfg.log_every == 0):
+                loss = F.cross_entropy(step_fn(inputs[idx]), y[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            if loop.due(cfg.log_every):
+                loop.log({"loss": loss.detach()}, **probe.record)
+            if loop.due(cfg.eval_every, final=True):
+                model.eval()
+                loop.evaluated(val_acc=accuracy(model, xv, yv))
+        plots.figure(loop.run.path("val_acc.png"), draw_val_curve, loop.evals, f"mistake={cfg.mistake}")
+        unchanged = state_hash(model.frozen) == before.frozen_hash  # params and buffers
+        return loop.summary(
+            backbone=cfg.backbone.name, data=cfg.data.name, steps=cfg.steps,
+            val_acc=loop.evals[-1]["val_acc"] if loop.evals else 0.0, backbone_unchanged=unchanged,
+            **before.changes(model, cfg), old_task_acc=old_task_accuracy(cfg, model, old_head, device),
+            sec_per_step=probe.sec_per_step, saved_bytes_per_step=probe.record.get("saved_bytes_per_step"),
+            train_size=len(x), val_size=len(xv), curve=loop.evals,
+            **dist.ddp_report({"model": model}, {**probe.record, "backbone_unchanged": unchanged},
+                              reducer=dist.reducer_size(step_fn)))
 
 
 def draw_val_curve(ax, curve: list[dict], label: str) -> None:

@@ -41,10 +41,11 @@ from gallery.core.config import (
     validate_base,
 )
 from gallery.core.device import amp_forward, compile_modules
-from gallery.core.errors import ConfigError, explained
+from gallery.core.errors import ConfigError
+from gallery.core.loop import Loop
 from gallery.core.probes import CrossStepProbe
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import Run, prepare, progress, resolve_out_dir
+from gallery.core.run import Run, prepare
 from gallery.core.schedule import SCHEDULES, lr_schedule
 from gallery.data import images
 from gallery.data.mixtures import GaussianMixture, mixture, mode_metrics
@@ -156,12 +157,12 @@ def g_loss_fn(fake_logits):
 
 
 def discriminator_step(d, opt_d, real, fake, r1_gamma=0.0):
-    """One D update. Returns D's loss, still attached to its graph (which stops at `fake`)."""
+    """One D update on the fake, detached. Returns D's loss, detached: a value, no graph."""
     opt_d.zero_grad(set_to_none=True)
     d_loss, _ = d_loss_fn(d, real, fake.detach(), r1_gamma)  # PATTERN: D's graph stops at fake
     d_loss.backward()
     opt_d.step()
-    return d_loss
+    return d_loss.detach()
 
 
 def generator_step(d, opt_g, fake):
@@ -177,7 +178,7 @@ def gan_step(d, opt_d, opt_g, real, fake, r1_gamma=0.0):
     """One iteration on one generator forward (`fake = g(z)`): D learns from it detached, G through it."""
     d_loss = discriminator_step(d, opt_d, real, fake, r1_gamma)
     g_loss = generator_step(d, opt_g, fake)
-    return d_loss.detach(), g_loss
+    return d_loss, g_loss
 
 
 # --- the mistakes -------------------------------------------------------------------------------
@@ -187,7 +188,7 @@ def discriminator_step_no_detach(d, opt_d, real, fake, r1_gamma=0.0):
     d_loss, _ = d_loss_fn(d, real, fake, r1_gamma)  # MISTAKE: the graph runs on into G; its backward frees G's
     d_loss.backward()
     opt_d.step()
-    return d_loss
+    return d_loss.detach()
 
 
 def discriminator_step_retain_graph(d, opt_d, real, fake, r1_gamma=0.0):
@@ -195,7 +196,7 @@ def discriminator_step_retain_graph(d, opt_d, real, fake, r1_gamma=0.0):
     d_loss, _ = d_loss_fn(d, real, fake, r1_gamma)  # MISTAKE: the graph runs on into G
     d_loss.backward(retain_graph=True)  # MISTAKE: the "fix": keeps G's graph alive, writes grads into G
     opt_d.step()
-    return d_loss
+    return d_loss.detach()
 
 
 def generator_step_shared_zero_grad(d, opt_g, fake):
@@ -218,32 +219,32 @@ def discriminator_step_reuse_d_output(d, opt_d, real, fake, r1_gamma=0.0):
     d_loss, fake_logits = d_loss_fn(d, real, fake, r1_gamma)  # MISTAKE: D's output kept to reuse for G
     d_loss.backward(retain_graph=True)  # MISTAKE: ... so its graph must outlive this backward
     opt_d.step()
-    return d_loss, fake_logits
+    return d_loss.detach(), fake_logits
 
 
 def gan_step_no_detach(d, opt_d, opt_g, real, fake, r1_gamma=0.0):
     d_loss = discriminator_step_no_detach(d, opt_d, real, fake, r1_gamma)  # MISTAKE
     g_loss = generator_step(d, opt_g, fake)
-    return d_loss.detach(), g_loss
+    return d_loss, g_loss
 
 
 def gan_step_retain_graph(d, opt_d, opt_g, real, fake, r1_gamma=0.0):
     d_loss = discriminator_step_retain_graph(d, opt_d, real, fake, r1_gamma)  # MISTAKE
     g_loss = generator_step(d, opt_g, fake)
-    return d_loss.detach(), g_loss
+    return d_loss, g_loss
 
 
 def gan_step_retain_graph_shared_zero_grad(d, opt_d, opt_g, real, fake, r1_gamma=0.0):
     opt_g.zero_grad(set_to_none=True)  # MISTAKE: one zero_grad for G, at the top of the iteration
     d_loss = discriminator_step_retain_graph(d, opt_d, real, fake, r1_gamma)  # MISTAKE
     g_loss = generator_step_shared_zero_grad(d, opt_g, fake)  # MISTAKE
-    return d_loss.detach(), g_loss
+    return d_loss, g_loss
 
 
 def gan_step_reuse_d_output(d, opt_d, opt_g, real, fake, r1_gamma=0.0):
     d_loss, fake_logits = discriminator_step_reuse_d_output(d, opt_d, real, fake, r1_gamma)  # MISTAKE
     g_loss = generator_step_reuse_d_output(d, opt_g, fake_logits)  # MISTAKE
-    return d_loss.detach(), g_loss
+    return d_loss, g_loss
 
 
 BY_MISTAKE = {"none": gan_step, "no_detach": gan_step_no_detach, "retain_graph": gan_step_retain_graph,
@@ -314,54 +315,47 @@ def train(cfg) -> dict:
     data = build_data(cfg, device)
     g, d = build_models(cfg, data, device)
     g, d = amp_forward(g, device, cfg.amp), amp_forward(d, device, cfg.amp)
-    compile_modules(cfg.compile, g, *([d] if cfg.r1_gamma == 0 else []))  # R1's double backward: D stays eager
+    compile_modules(cfg.compile, g, *([d] if cfg.r1_gamma == 0 else []))  # R1: D stays eager
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
     sched_g, sched_d = (lr_schedule(opt, cfg.lr_schedule, cfg.steps) for opt in (opt_g, opt_d))
-    # torchrun: separate DDPs; D's graph stops at fake.detach(), so G is all-reduced in the G step only. No
-    # buffer sync per forward: it breaks D's two forwards (pytorch#175024); G's BatchNorm stays per rank.
+    # torchrun: separate DDPs; D's graph stops at fake.detach(), so G is all-reduced in the G step
+    # only. No buffer sync per forward: it breaks D's two forwards (pytorch#175024); G's BatchNorm
+    # stays per rank.
     g_ddp, d_ddp = (dist.wrap(m, device, sync_buffers=False) for m in (g, d))
     g_allreduce = dist.AllReduceCounter(g_ddp, d_step=opt_d, g_step=opt_g)
-    fixed_z = torch.randn(cfg.eval_samples, cfg.z_dim, generator=torch.Generator().manual_seed(10_000 + cfg.seed)).to(device)
-    stateful = {"g": g, "d": d, "opt_g": opt_g, "opt_d": opt_d, "sched_g": sched_g, "sched_d": sched_d,
-                "data_rng": data.generator}  # what a checkpoint saves and a resume restores
+    fixed_z = torch.randn(cfg.eval_samples, cfg.z_dim,
+                          generator=torch.Generator().manual_seed(10_000 + cfg.seed)).to(device)
+    stateful = {"g": g, "d": d, "opt_g": opt_g, "opt_d": opt_d, "sched_g": sched_g,
+                "sched_d": sched_d, "data_rng": data.generator}
     gan_step_fn = BY_MISTAKE[cfg.mistake]
-    probe, last, start = CrossStepProbe(device, opt_d, g, prefix="d_step", into="g"), {}, 0
-    with Run(resolve_out_dir(cfg.out_dir, "gan"), cfg, cfg.tensorboard, cfg.resume, cfg.overwrite) as run:
-        if cfg.resume:
-            start = run.restore(stateful, map_location=device)["step"]
-            if (done := run.finished(start, cfg.steps)) is not None:
-                return done
-        label = f"gan {cfg.data.name} mistake={cfg.mistake}"
-        with progress(cfg.steps, label, cfg.progress, initial=start) as bar, explained(cfg.mistake, KNOWN_ERRORS):
-            for step in range(start + 1, cfg.steps + 1):
-                real = data.sample(cfg.batch_size)
-                z = torch.randn(len(real), cfg.z_dim, device=device)
-                with probe.step(sampled=step == start + 1 or step % cfg.log_every == 0):
-                    fake = g_ddp(z)  # one G forward: the D step detaches it, the G step reuses it
-                    r1 = cfg.r1_gamma * cfg.r1_every if step % cfg.r1_every == 0 else 0.0  # lazy R1
-                    d_loss, g_loss = gan_step_fn(d_ddp, opt_d, opt_g, real, fake, r1)
-                sched_g.step(), sched_d.step()
-                bar.update(1)
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    run.check_finite(step, d_loss=float(d_loss), g_loss=float(g_loss))
-                    run.log(step, **probe.record, d_loss=float(d_loss), g_loss=float(g_loss),
-                            sec_per_step=probe.sec_per_step)
-                    bar.set_postfix(d=f"{float(d_loss):.3f}", g=f"{float(g_loss):.3f}")
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    result = evaluate(g, data, fixed_z, cfg)
-                    last = {k: v for k, v in result.items() if k != "samples"}
-                    run.log(step, **{k: v for k, v in last.items() if k != "samples_per_mode"})
-                    save_samples(result, data, run, step, f"mistake={cfg.mistake}")
-                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
-                    run.save(stateful, step)
-                run.stop_if_asked(lambda: run.save(stateful, step), step, cfg.steps)  # noqa: B023 - called right here
-        return run.write_summary({
-            "example": "gan", "data": cfg.data.name, "mistake": cfg.mistake, "seed": cfg.seed, "steps": cfg.steps,
-            "device": str(device), **last, **probe.record, "sec_per_step": probe.sec_per_step,
-            "d_loss": float(d_loss), "g_loss": float(g_loss),
-            **dist.ddp_report({"g": g, "d": d}, probe.record, g_allreduce_buckets=g_allreduce.by_step),
-        })
+    probe, last = CrossStepProbe(device, opt_d, g, prefix="d_step", into="g"), {}
+    with Loop(cfg, "gan", stateful, device, cfg.data.name, known_errors=KNOWN_ERRORS) as loop:
+        if loop.finished:
+            return loop.finished
+        first = loop.step + 1
+        for step in loop:
+            real = data.sample(cfg.batch_size)
+            z = torch.randn(len(real), cfg.z_dim, device=device)
+            with probe.step(sampled=step == first or step % cfg.log_every == 0):
+                fake = g_ddp(z)  # one G forward: the D step detaches it, the G step reuses it
+                r1 = cfg.r1_gamma * cfg.r1_every if step % cfg.r1_every == 0 else 0.0  # lazy R1
+                d_loss, g_loss = gan_step_fn(d_ddp, opt_d, opt_g, real, fake, r1)
+            sched_g.step()
+            sched_d.step()
+            if loop.due(cfg.log_every, final=True):
+                loop.log({"d_loss": d_loss, "g_loss": g_loss}, **probe.record,
+                         sec_per_step=probe.sec_per_step)
+            if loop.due(cfg.eval_every, final=True):
+                result = evaluate(g, data, fixed_z, cfg)
+                last = {k: v for k, v in result.items() if k != "samples"}
+                loop.log(**{k: v for k, v in last.items() if k != "samples_per_mode"})
+                save_samples(result, data, loop.run, step, f"mistake={cfg.mistake}")
+        return loop.summary(data=cfg.data.name, steps=cfg.steps, **last, **probe.record,
+                            sec_per_step=probe.sec_per_step, d_loss=float(d_loss),
+                            g_loss=float(g_loss), **dist.ddp_report(
+                                {"g": g, "d": d}, probe.record,
+                                g_allreduce_buckets=g_allreduce.by_step))
 
 
 # --- what the tour and `python -m gallery show gan` read ------------------------------------

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from gallery.core import plots
 from gallery.core.cli import command_line, report, run_cli
 from gallery.core.config import (
     BaseConfig,
@@ -45,11 +44,20 @@ from gallery.core.config import (
     validate_base,
 )
 from gallery.core.device import compile_modules
-from gallery.core.errors import ConfigError, explained
+from gallery.core.errors import ConfigError
+from gallery.core.loop import Loop
 from gallery.core.probes import Probe, graph_saved_bytes
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import Run, prepare, progress, resolve_out_dir
-from gallery.data.envs import EnvConfig, draw_learning_curve, evaluate, make_envs
+from gallery.core.run import prepare
+from gallery.data.envs import (
+    EnvConfig,
+    draw_learning_curve,
+    evaluate,
+    make_envs,
+    reward_threshold,
+    rl_results,
+    space_sizes,
+)
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -260,6 +268,12 @@ KNOWN_ERRORS = {
 # --- measurement (off the training path) ----------------------------------------------------------
 
 @torch.no_grad()
+def greedy(agent: Agent):
+    """The evaluation policy: in each sub-env, the action with the highest logit."""
+    return lambda obs: agent.actor(obs).argmax(1)
+
+
+@torch.no_grad()  # a measurement: no graph
 def value_bias(agent, env_id: str, time_limit: int, episodes: int, gamma: float, seed: int, device) -> dict:
     """The critic's values against Monte-Carlo returns of the task without its time limit: the policy samples
     for up to `time_limit` + 400 steps, and each state of the first `time_limit` is scored against its
@@ -290,79 +304,52 @@ def value_bias(agent, env_id: str, time_limit: int, episodes: int, gamma: float,
 
 def train(cfg) -> dict:
     cfg, device = prepare(cfg, validate, small_model=lambda c: True)
-    envs, eval_env = make_envs(cfg.env, "PPO", instead="CartPole-v1, Acrobot-v1; for Box actions, sac")
-    threshold = cfg.env.reward_threshold or getattr(eval_env.spec, "reward_threshold", None)
-    time_limit = cfg.env.max_episode_steps or eval_env.spec.max_episode_steps
-    obs_dim, n_actions, n = int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n), cfg.env.num_envs
+    envs, eval_envs = make_envs(cfg.env, "PPO", cfg.eval_episodes,
+                                instead="CartPole-v1, Acrobot-v1; for Box actions, sac")
+    threshold, (obs_dim, n_actions) = reward_threshold(cfg.env, envs), space_sizes(envs)
+    time_limit = cfg.env.max_episode_steps or envs.spec.max_episode_steps
     variant = BY_MISTAKE[cfg.mistake]
     agent = Agent(obs_dim, n_actions, cfg.hidden).to(device)
     compile_modules(cfg.compile, agent.actor, agent.critic)  # the networks Agent's methods call
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
-    per_rollout = cfg.rollout_steps * n
+    per_rollout = cfg.rollout_steps * cfg.env.num_envs
     n_rollouts = math.ceil(cfg.steps / per_rollout)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / n_rollouts)
+    anneal = lambda rollouts_done: 1 - rollouts_done / n_rollouts  # noqa: E731 - lr and clip to 0
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, anneal)
     stateful = {"agent": agent, "optimizer": optimizer, "schedule": schedule}
-    env_steps, evals, first_solved, rollout_bytes = 0, [], None, None
-    probe = Probe(device)
-    with contextlib.closing(envs), contextlib.closing(eval_env), \
-            Run(resolve_out_dir(cfg.out_dir, "ppo"), cfg, cfg.tensorboard, cfg.resume, cfg.overwrite) as run:
-        def checkpoint() -> None:  # a resumed run starts a fresh rollout: the one in flight is not saved
-            run.save(stateful, env_steps, evals=evals, first_solved_step=first_solved)
-        if cfg.resume:
-            state = run.restore(stateful, map_location=device)
-            env_steps, evals, first_solved = state["step"], state["evals"], state["first_solved_step"]
-            stopped_solved = first_solved is not None and cfg.stop_when_solved
-            if (done := run.finished(cfg.steps if stopped_solved else env_steps, cfg.steps)) is not None:
-                return done
-        obs = torch.as_tensor(envs.reset(seed=cfg.seed + env_steps)[0], dtype=torch.float32, device=device)
-        next_eval, next_log = ((env_steps // every + 1) * every for every in (cfg.eval_every, cfg.log_every))
-        label = f"ppo {cfg.env.id} mistake={cfg.mistake}"
-        with progress(cfg.steps, label, cfg.progress, initial=env_steps) as bar, explained(cfg.mistake, KNOWN_ERRORS):
-            while env_steps < cfg.steps:
-                clip = cfg.clip * (1 - env_steps / (n_rollouts * per_rollout))
-                with probe.step(sampled=False, units=per_rollout):
-                    batch, obs = variant.rollout(agent, envs, obs, cfg.rollout_steps, cfg.gamma)
-                    if rollout_bytes is None:  # what the stored rollout holds for backward (0: it is data)
-                        rollout_bytes = graph_saved_bytes(batch["logprobs"], batch["values"])
-                    with torch.no_grad():
-                        next_value = agent.value(obs)
-                    advantages, returns = gae(batch, next_value, cfg.gamma, cfg.gae_lambda)
-                    policy_loss, value_loss = variant.update(agent, optimizer, batch, advantages, returns, cfg.epochs,
-                                                        cfg.minibatch_size, clip, cfg.vf_coef, cfg.ent_coef,
-                                                        cfg.max_grad_norm)
-                    schedule.step()
-                env_steps += per_rollout
-                bar.update(per_rollout)
-                if env_steps >= next_log:
-                    next_log += cfg.log_every
-                    run.check_finite(env_steps, policy_loss=float(policy_loss), value_loss=float(value_loss))
-                    run.log(env_steps, policy_loss=float(policy_loss), value_loss=float(value_loss), clip=clip,
-                            lr=schedule.get_last_lr()[0])
-                if env_steps >= next_eval or env_steps >= cfg.steps:
-                    next_eval += cfg.eval_every
-                    evals.append({"env_steps": env_steps, **evaluate(lambda o: int(agent.actor(o).argmax()), eval_env, cfg.eval_episodes,
-                                                                       cfg.seed + 10_000, device)})
-                    run.log(env_steps, **evals[-1])
-                    bar.set_postfix(ret=f"{evals[-1]['eval_return_mean']:.0f}")
-                    if first_solved is None and threshold is not None and evals[-1]["eval_return_mean"] >= threshold:
-                        first_solved = env_steps
-                        if cfg.stop_when_solved:
-                            break
-                if cfg.ckpt_every and env_steps % cfg.ckpt_every < per_rollout:
-                    checkpoint()
-                run.stop_if_asked(checkpoint, env_steps, cfg.steps)
-        checkpoint()
-        if evals:
-            plots.figure(run.path("learning_curve.png"), draw_learning_curve, evals, f"mistake={cfg.mistake}", threshold)
-        final = evals[-1] if evals else {}
-        bias = value_bias(agent, cfg.env.id, time_limit, cfg.value_check_episodes, cfg.gamma, cfg.seed + 20_000, device) \
-            if cfg.value_check_episodes and time_limit else {}  # an env without a time limit has nothing to check
-        return run.write_summary({
-            "example": "ppo", "env_id": cfg.env.id, "mistake": cfg.mistake, "seed": cfg.seed, "device": str(device),
-            "eval_return_mean": final.get("eval_return_mean"), "eval_return_std": final.get("eval_return_std"),
-            "env_steps": env_steps, "first_solved_step": first_solved, "reward_threshold": threshold,
-            "time_limit": time_limit, **bias, "rollout_saved_bytes": rollout_bytes,
-            "env_steps_per_sec": probe.units_per_sec, "evals": evals})
+    probe, rollout_bytes = Probe(device), None
+    # a resumed run starts a fresh rollout: the one in flight is not saved
+    with contextlib.closing(envs), contextlib.closing(eval_envs), \
+            Loop(cfg, "ppo", stateful, device, cfg.env.id, by=per_rollout, unit="env_steps",
+                 known_errors=KNOWN_ERRORS) as loop:
+        if loop.finished:
+            return loop.finished
+        obs, _ = envs.reset(seed=cfg.seed + loop.step)
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        for step in loop:
+            clip = cfg.clip * anneal((step - per_rollout) // per_rollout)
+            with probe.step(sampled=False, units=per_rollout):
+                batch, obs = variant.rollout(agent, envs, obs, cfg.rollout_steps, cfg.gamma)
+                if rollout_bytes is None:  # what the stored rollout holds for backward (0: data)
+                    rollout_bytes = graph_saved_bytes(batch["logprobs"], batch["values"])
+                with torch.no_grad():
+                    next_value = agent.value(obs)
+                advantages, returns = gae(batch, next_value, cfg.gamma, cfg.gae_lambda)
+                policy_loss, value_loss = variant.update(
+                    agent, optimizer, batch, advantages, returns, cfg.epochs, cfg.minibatch_size,
+                    clip, cfg.vf_coef, cfg.ent_coef, cfg.max_grad_norm)
+                schedule.step()
+            if loop.due(cfg.log_every):
+                loop.log({"policy_loss": policy_loss, "value_loss": value_loss}, clip=clip,
+                         lr=schedule.get_last_lr()[0])
+            if loop.due(cfg.eval_every, final=True):
+                row = loop.evaluated(**evaluate(greedy(agent), eval_envs, cfg.seed + 10_000, device))
+                if loop.solved(row["eval_return_mean"], threshold):
+                    break
+        bias = value_bias(agent, cfg.env.id, time_limit, cfg.value_check_episodes, cfg.gamma,
+                          cfg.seed + 20_000, device) if cfg.value_check_episodes and time_limit else {}
+        return loop.summary(**rl_results(loop, threshold), time_limit=time_limit, **bias,
+                            rollout_saved_bytes=rollout_bytes, env_steps_per_sec=probe.units_per_sec)
 
 
 # --- what the tour and `python -m gallery show ppo` read ------------------------------------

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gallery.core import plots
 from gallery.core.cli import command_line, report, run_cli
 from gallery.core.config import (
     BaseConfig,
@@ -47,10 +46,19 @@ from gallery.core.config import (
 )
 from gallery.core.device import compile_modules
 from gallery.core.errors import ConfigError
-from gallery.core.probes import Probe
+from gallery.core.loop import Counters, Loop
+from gallery.core.probes import Probe, grads_absent
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import Run, prepare, progress, resolve_out_dir
-from gallery.data.envs import EnvConfig, draw_learning_curve, env_step, evaluate, make_envs
+from gallery.core.run import prepare
+from gallery.data.envs import (
+    EnvConfig,
+    draw_learning_curve,
+    env_step,
+    evaluate,
+    make_envs,
+    rl_results,
+    space_sizes,
+)
 from gallery.data.replay import ReplayBuffer
 from gallery.nets import frozen, sync_target
 
@@ -115,6 +123,11 @@ class Actor(nn.Module):
     def greedy(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(obs).chunk(2, dim=-1)[0]) * self.scale + self.center
 
+    @torch.no_grad()  # acting needs no graph
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """A sampled action for each sub-env's observation, as the env takes it."""
+        return self.sample(torch.as_tensor(obs, dtype=torch.float32, device=self.scale.device))[0].cpu().numpy()
+
 
 class Critic(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden: int):
@@ -131,6 +144,10 @@ class Temperature(nn.Module):
     def __init__(self):
         super().__init__()
         self.log_alpha = nn.Parameter(torch.zeros(()))
+
+    def alpha(self) -> torch.Tensor:
+        """Today's alpha, a constant: the critic and actor losses weight entropy by it."""
+        return self.log_alpha.detach().exp()
 
 
 # --- the pattern --------------------------------------------------------------------------------
@@ -248,83 +265,53 @@ BY_MISTAKE = {
 
 def train(cfg) -> dict:
     cfg, device = prepare(cfg, validate, small_model=lambda c: True)
-    envs, eval_env = make_envs(cfg.env, "SAC", "Box", "Pendulum-v1, MountainCarContinuous-v0; for "
-                               "Discrete actions, dqn or ppo")
-    space, n = envs.single_action_space, cfg.env.num_envs
-    obs_dim, act_dim = int(np.prod(envs.single_observation_space.shape)), int(np.prod(space.shape))
-    variant = BY_MISTAKE[cfg.mistake]
+    envs, eval_envs = make_envs(cfg.env, "SAC", cfg.eval_episodes, "Box", "Pendulum-v1, "
+                                "MountainCarContinuous-v0; for Discrete actions, dqn or ppo")
+    (obs_dim, act_dim), space, n = space_sizes(envs), envs.single_action_space, cfg.env.num_envs
+    variant, target_entropy = BY_MISTAKE[cfg.mistake], -float(act_dim)
     actor = Actor(obs_dim, act_dim, cfg.hidden, space.low, space.high).to(device)
     critics = nn.ModuleList([Critic(obs_dim, act_dim, cfg.hidden) for _ in range(2)]).to(device)
     target_critics, temperature = variant.make_targets(critics), Temperature().to(device)
-    compile_modules(cfg.compile, actor.net, *critics, *target_critics)  # after the copy: each its own call
+    compile_modules(cfg.compile, actor.net, *critics, *target_critics)  # each its own call
     actor_opt, critic_opt, alpha_opt = variant.make_optimizers(actor, critics, temperature, cfg.lr)
-    buffer = ReplayBuffer(cfg.buffer_size, obs_dim, device, act_dim)
-    sample_rng, act_rng = torch.Generator().manual_seed(cfg.seed), np.random.default_rng(cfg.seed)
-    stateful = {"actor": actor, "critics": critics, "target_critics": target_critics, "temperature": temperature,
-                "actor_opt": actor_opt, "critic_opt": critic_opt, "alpha_opt": alpha_opt, "buffer": buffer,
-                "sample_rng": sample_rng}
-    env_steps, updates, evals, target_entropy = 0, 0, [], -float(act_dim)
+    buffer = ReplayBuffer(cfg.buffer_size, obs_dim, device, act_dim, seed=cfg.seed)
+    tally = Counters(updates=0)
+    stateful = {"actor": actor, "critics": critics, "target_critics": target_critics,
+                "temperature": temperature, "actor_opt": actor_opt, "critic_opt": critic_opt,
+                "alpha_opt": alpha_opt, "buffer": buffer, "tally": tally}
     probe, critic_loss, actor_loss, entropy = Probe(device, "saved_bytes_per_update"), 0.0, 0.0, 0.0
-    with contextlib.closing(envs), contextlib.closing(eval_env), \
-            Run(resolve_out_dir(cfg.out_dir, "sac"), cfg, cfg.tensorboard, cfg.resume, cfg.overwrite) as run:
-        def checkpoint() -> None:  # the replay buffer included; the episodes in flight restart on resume
-            run.save(stateful, env_steps, updates=updates, evals=evals)
-        if cfg.resume:
-            state = run.restore(stateful, map_location=device)
-            env_steps, updates, evals = state["step"], state["updates"], state["evals"]
-            act_rng = np.random.default_rng(cfg.seed + env_steps)
-            if (done := run.finished(env_steps, cfg.steps)) is not None:
-                return done
-        obs, _ = envs.reset(seed=cfg.seed + env_steps)
-        next_eval, next_log = ((env_steps // every + 1) * every for every in (cfg.eval_every, cfg.log_every))
-        with progress(cfg.steps, f"sac {cfg.env.id} mistake={cfg.mistake}", cfg.progress, initial=env_steps) as bar:
-            while env_steps < cfg.steps:
-                learning = env_steps >= cfg.learning_starts
-                with probe.step(sampled=learning and updates % cfg.probe_every == 0, units=n, per=n):
-                    if learning:
-                        with torch.no_grad():  # acting needs no graph
-                            actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
-                    else:
-                        actions = act_rng.uniform(space.low, space.high, size=(n, act_dim)).astype(np.float32)
-                    next_obs, real_next, rewards, terminated, _ = env_step(envs, actions)
-                    buffer.add(obs, actions, rewards, real_next, terminated)  # truncation is not stored: it bootstraps
-                    obs, env_steps = next_obs, env_steps + n
-                    for _ in range(n if learning else 0):
-                        batch = buffer.sample(cfg.batch_size, sample_rng)
-                        alpha = temperature.log_alpha.exp().detach()
-                        critic_loss = variant.critic_step(critics, target_critics, actor, critic_opt, batch, alpha, cfg.gamma)
-                        actor_loss, entropy = variant.actor_step(actor, critics, temperature, actor_opt, alpha_opt,
-                                                            batch["obs"], target_entropy)
-                        sync_target(target_critics, critics, cfg.tau)
-                        updates += 1
-                bar.update(n)
-                if env_steps >= next_log:
-                    next_log += cfg.log_every
-                    run.check_finite(env_steps, critic_loss=float(critic_loss))
-                    run.log(env_steps, critic_loss=float(critic_loss), actor_loss=float(actor_loss),
-                            entropy=float(entropy), alpha=temperature.log_alpha.detach().exp().item(), **probe.record)
-                if env_steps >= next_eval or env_steps >= cfg.steps:
-                    next_eval += cfg.eval_every
-                    evals.append({"env_steps": env_steps, "entropy": float(entropy),
-                                  "alpha": temperature.log_alpha.detach().exp().item(),
-                                  **evaluate(lambda o: actor.greedy(o).cpu().numpy(), eval_env, cfg.eval_episodes,
-                                             cfg.seed + 10_000, device)})
-                    run.log(env_steps, **evals[-1])
-                    bar.set_postfix(ret=f"{evals[-1]['eval_return_mean']:.0f}")
-                if cfg.ckpt_every and env_steps % cfg.ckpt_every < n:
-                    checkpoint()
-                run.stop_if_asked(checkpoint, env_steps, cfg.steps)
-        checkpoint()
-        if evals:
-            plots.figure(run.path("learning_curve.png"), draw_learning_curve, evals, f"mistake={cfg.mistake}")
-        final = evals[-1] if evals else {}
-        return run.write_summary({
-            "example": "sac", "env_id": cfg.env.id, "mistake": cfg.mistake, "seed": cfg.seed, "device": str(device),
-            "eval_return_mean": final.get("eval_return_mean"), "eval_return_std": final.get("eval_return_std"),
-            "env_steps": env_steps, "updates": updates, "alpha": temperature.log_alpha.detach().exp().item(),
-            "target_grad_seen": any(p.grad is not None for p in target_critics.parameters()),
-            "env_steps_per_sec": probe.units_per_sec, "saved_bytes_per_update": probe.record.get("saved_bytes_per_update"),
-            "evals": evals})
+    with contextlib.closing(envs), contextlib.closing(eval_envs), \
+            Loop(cfg, "sac", stateful, device, cfg.env.id, by=n, unit="env_steps") as loop:
+        if loop.finished:
+            return loop.finished
+        act_rng = np.random.default_rng(cfg.seed + loop.step)  # episodes in flight restart on resume
+        obs, _ = envs.reset(seed=cfg.seed + loop.step)
+        for step in loop:
+            learning = step - n >= cfg.learning_starts
+            with probe.step(learning and tally.updates % cfg.probe_every == 0, units=n, per=n):
+                actions = actor.act(obs) if learning else \
+                    act_rng.uniform(space.low, space.high, size=(n, act_dim)).astype(np.float32)
+                next_obs, real_next, rewards, terminated, _ = env_step(envs, actions)
+                buffer.add(obs, actions, rewards, real_next, terminated)  # truncation bootstraps
+                obs = next_obs
+                for _ in range(n if learning else 0):
+                    batch, alpha = buffer.sample(cfg.batch_size), temperature.alpha()
+                    critic_loss = variant.critic_step(critics, target_critics, actor, critic_opt,
+                                                      batch, alpha, cfg.gamma)
+                    actor_loss, entropy = variant.actor_step(actor, critics, temperature, actor_opt,
+                                                             alpha_opt, batch["obs"], target_entropy)
+                    sync_target(target_critics, critics, cfg.tau)
+                    tally.updates += 1
+            if loop.due(cfg.log_every):
+                loop.log({"critic_loss": critic_loss}, actor_loss=float(actor_loss),
+                         entropy=float(entropy), alpha=float(temperature.alpha()), **probe.record)
+            if loop.due(cfg.eval_every, final=True):
+                loop.evaluated(**evaluate(actor.greedy, eval_envs, cfg.seed + 10_000, device),
+                               entropy=float(entropy), alpha=float(temperature.alpha()))
+        return loop.summary(**rl_results(loop, None), updates=tally.updates,
+                            alpha=float(temperature.alpha()), target_grad_seen=not grads_absent(target_critics),
+                            env_steps_per_sec=probe.units_per_sec,
+                            saved_bytes_per_update=probe.record.get("saved_bytes_per_update"))
 
 
 # --- what the tour and `python -m gallery show sac` read ------------------------------------

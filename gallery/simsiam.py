@@ -43,9 +43,10 @@ from gallery.core.config import (
 )
 from gallery.core.device import amp_forward, compile_modules
 from gallery.core.errors import ConfigError
+from gallery.core.loop import Loop
 from gallery.core.probes import Probe, reached_parameters
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import Run, prepare, progress, resolve_out_dir
+from gallery.core.run import prepare
 from gallery.data import images
 from gallery.nets import conv_block, evaluating
 
@@ -185,12 +186,10 @@ def target_branch_grad_share(loss_fn, encoder, predictor, x1, x2) -> float:
 def evaluate(encoder, xt, yt, xv, yv, k: int, batch: int = 512) -> dict:
     """kNN accuracy of the backbone's features (train split as the bank, held-out split as queries),
     and the collapse monitor on the held-out outputs."""
-    was_training = encoder.training
-    encoder.eval()
-    bank = torch.cat([encoder[0](xt[i : i + batch]) for i in range(0, len(xt), batch)])
-    queries = torch.cat([encoder[0](xv[i : i + batch]) for i in range(0, len(xv), batch)])
-    z = encoder[1](queries)
-    encoder.train(was_training)
+    with evaluating(encoder):
+        bank = torch.cat([encoder[0](xt[i : i + batch]) for i in range(0, len(xt), batch)])
+        queries = torch.cat([encoder[0](xv[i : i + batch]) for i in range(0, len(xv), batch)])
+        z = encoder[1](queries)
     return {"knn_acc": knn_accuracy(bank, yt, queries, yv, k), "output_std": float(output_std(z))}
 
 
@@ -213,8 +212,8 @@ def train(cfg) -> dict:
         raise ConfigError(f"knn_k={cfg.knn_k}: the kNN bank holds only {len(xt)} images")
     d = cfg.data
     views = lambda x: images.random_views(x, d.crop_scale, d.rotate, d.flip, d.jitter, d.noise)  # noqa: E731
-    encoder = amp_forward(make_encoder(xt.shape[1], cfg.width, cfg.proj_hidden, cfg.dim, cfg.projector_bn).to(device),
-                          device, cfg.amp)
+    encoder = make_encoder(xt.shape[1], cfg.width, cfg.proj_hidden, cfg.dim, cfg.projector_bn)
+    encoder = amp_forward(encoder.to(device), device, cfg.amp)
     predictor = make_predictor(cfg.dim, cfg.pred_hidden).to(device)
     compile_modules(cfg.compile, encoder, predictor)
     optimizer = torch.optim.SGD([{"params": encoder.parameters()}, {"params": predictor.parameters()}],
@@ -223,53 +222,38 @@ def train(cfg) -> dict:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, [cosine, lambda step: 1.0])
     batches = images.IndexBatches(len(xt), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
     loss_fn = BY_MISTAKE[cfg.mistake]
-    stateful = {"encoder": encoder, "predictor": predictor, "optimizer": optimizer, "schedule": schedule,
-                "batches": batches}
+    stateful = {"encoder": encoder, "predictor": predictor, "optimizer": optimizer,
+                "schedule": schedule, "batches": batches}
     raw_pixels = knn_accuracy(xt.flatten(1), yt, xv.flatten(1), yv, cfg.knn_k)
-    start, probe, loss = 0, Probe(device), torch.tensor(float("nan"))
-    with Run(resolve_out_dir(cfg.out_dir, "simsiam"), cfg, cfg.tensorboard, cfg.resume, cfg.overwrite) as run:
-        if cfg.resume:
-            state = run.restore(stateful, map_location=device)
-            start, curve = state["step"], state["curve"]
-            if (done := run.finished(start, cfg.steps)) is not None:
-                return done
-        else:  # step 0: the randomly initialised encoder, the baseline the training must beat
-            curve = [{"step": 0, "loss": None, **evaluate(encoder, xt, yt, xv, yv, cfg.knn_k)}]
-        checkpoint = lambda step: run.save(stateful, step, curve=curve)  # noqa: E731
-        with progress(cfg.steps, f"simsiam {d.name} mistake={cfg.mistake}", cfg.progress, initial=start) as bar:
-            for step in range(start + 1, cfg.steps + 1):
-                x = xt[next(batches).to(device)]
-                x1, x2 = views(x), views(x)
-                with probe.step(sampled=step == 1 or step % cfg.log_every == 0):
-                    loss = loss_fn(encoder, predictor, x1, x2)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                schedule.step()
-                bar.update(1)
-                if step % cfg.log_every == 0:
-                    run.check_finite(step, loss=float(loss.detach()))
-                    run.log(step, loss=float(loss.detach()))
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    curve.append({"step": step, "loss": float(loss.detach()), **evaluate(encoder, xt, yt, xv, yv, cfg.knn_k)})
-                    run.log(step, **{k: v for k, v in curve[-1].items() if k != "step"})
-                    bar.set_postfix(knn=f"{curve[-1]['knn_acc']:.3f}", std=f"{curve[-1]['output_std'] * cfg.dim**0.5:.2f}")
-                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
-                    checkpoint(step)
-                run.stop_if_asked(lambda: checkpoint(step), step, cfg.steps)  # noqa: B023 - called right here
+    probe, loss = Probe(device), torch.tensor(float("nan"))
+    with Loop(cfg, "simsiam", stateful, device, d.name) as loop:
+        if loop.finished:
+            return loop.finished
+        if not loop.evals:  # step 0: the random encoder, the baseline the training must beat
+            loop.evals.append({"step": 0, "loss": None, **evaluate(encoder, xt, yt, xv, yv, cfg.knn_k)})
+        for step in loop:
+            x = xt[next(batches).to(device)]
+            x1, x2 = views(x), views(x)
+            with probe.step(sampled=step == 1 or step % cfg.log_every == 0):
+                loss = loss_fn(encoder, predictor, x1, x2)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            schedule.step()
+            if loop.due(cfg.log_every):
+                loop.log({"loss": loss.detach()})
+            if loop.due(cfg.eval_every, final=True):
+                loop.evaluated(**evaluate(encoder, xt, yt, xv, yv, cfg.knn_k), loss=float(loss.detach()))
         fig, axes = plots.pyplot().subplots(1, 3, figsize=(12, 3.4))
-        draw_curves(axes, curve, f"mistake={cfg.mistake}", cfg.dim)
-        plots.save(fig, run.path("curves.png"))
-        x = xt[next(batches).to(device)]
-        last = curve[-1]
-        return run.write_summary({
-            "example": "simsiam", "data": d.name, "mistake": cfg.mistake, "seed": cfg.seed, "device": str(device),
-            "steps": cfg.steps, "dim": cfg.dim, "loss": last["loss"], "knn_acc": last["knn_acc"],
-            "output_std": last["output_std"], "output_std_sqrt_d": last["output_std"] * cfg.dim**0.5,
-            "knn_random_encoder": curve[0]["knn_acc"], "knn_raw_pixels": raw_pixels,
-            "target_branch_grad_share": target_branch_grad_share(loss_fn, encoder, predictor, views(x), views(x)),
-            "sec_per_step": probe.sec_per_step, "curve": curve,
-        })
+        draw_curves(axes, loop.evals, f"mistake={cfg.mistake}", cfg.dim)
+        plots.save(fig, loop.run.path("curves.png"))
+        x, last = xt[next(batches).to(device)], loop.evals[-1]
+        share = target_branch_grad_share(loss_fn, encoder, predictor, views(x), views(x))
+        return loop.summary(
+            data=d.name, steps=cfg.steps, dim=cfg.dim, loss=last["loss"], knn_acc=last["knn_acc"],
+            output_std=last["output_std"], output_std_sqrt_d=last["output_std"] * cfg.dim**0.5,
+            knn_random_encoder=loop.evals[0]["knn_acc"], knn_raw_pixels=raw_pixels,
+            target_branch_grad_share=share, sec_per_step=probe.sec_per_step, curve=loop.evals)
 
 
 def draw_curves(axes, curve: list[dict], label: str, dim: int) -> None:

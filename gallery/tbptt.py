@@ -46,10 +46,11 @@ from gallery.core.config import (
     validate_base,
 )
 from gallery.core.device import amp_forward, compile_modules
-from gallery.core.errors import ConfigError, explained
+from gallery.core.errors import ConfigError
+from gallery.core.loop import Counters, Loop
 from gallery.core.probes import Probe, graph_saved_bytes
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import Run, prepare, progress, resolve_out_dir
+from gallery.core.run import prepare
 from gallery.core.schedule import SCHEDULES, lr_schedule
 from gallery.data.text import CharVocab, load_text
 
@@ -290,85 +291,77 @@ def state_tensors(state) -> list[torch.Tensor]:
 
 # --- training loop ------------------------------------------------------------------------------
 
-def train(cfg) -> dict:
-    cfg, device = prepare(cfg, validate, small_model=lambda c: c.hidden * c.batch_size <= 4096)
+def build_model(cfg: TbpttConfig, n_chars: int, device: torch.device) -> nn.Module:
+    """The char-RNN on the device, with AMP and torch.compile as configured."""
+    model = CharRNN(n_chars, cfg.embed, cfg.hidden, cfg.layers, cfg.cell, cfg.dropout).to(device)
+    model = amp_forward(model, device, cfg.amp)
+    compile_modules(cfg.compile, model)
+    return model
+
+
+def text_data(cfg: TbpttConfig):
+    """The vocabulary (of the training split), this rank's training streams and their length, the
+    validation ids, and the sizes the summary reports."""
     text = load_text(cfg.data.name, cfg.data.path, cfg.data.root)
     split_at = int(len(text) * (1 - cfg.data.val_fraction))
     vocab = CharVocab.build(text[:split_at])
     train_ids, val_ids = vocab.encode(text[:split_at]), vocab.encode(text[split_at:])
     check_length(cfg, len(text), len(train_ids), len(val_ids))
-    train_ids = dist.shard(train_ids, contiguous=True)  # torchrun: each rank its own slice, its own streams
-    streams, n = stream_batches(train_ids, cfg.batch_size)
+    train_ids = dist.shard(train_ids, contiguous=True)  # torchrun: each rank its own streams
+    sizes = {"vocab_size": len(vocab), "train_chars": split_at, "val_chars": len(text) - split_at}
+    return vocab, stream_batches(train_ids, cfg.batch_size), val_ids, sizes
+
+
+def train(cfg) -> dict:
+    cfg, device = prepare(cfg, validate, small_model=lambda c: c.hidden * c.batch_size <= 4096)
+    vocab, (streams, n), val_ids, sizes = text_data(cfg)
     k1, k2 = cfg.bptt_len, cfg.k2 or cfg.bptt_len
-    chunks_per_window = k2 // k1
-    model = CharRNN(len(vocab), cfg.embed, cfg.hidden, cfg.layers, cfg.cell, cfg.dropout).to(device)
-    model = amp_forward(model, device, cfg.amp)
-    compile_modules(cfg.compile, model)
+    model = build_model(cfg, len(vocab), device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     schedule = lr_schedule(optimizer, cfg.lr_schedule, cfg.steps)
-    ddp_model = dist.wrap(model, device)  # torchrun: the state is returned, never a buffer DDP would overwrite
-    stateful = {"model": model, "optimizer": optimizer, "schedule": schedule}
+    ddp_model = dist.wrap(model, device)  # torchrun: the state is returned, never a DDP buffer
     update_fn = BY_MISTAKE[cfg.mistake]
-    steps = chunks_to_run(cfg)  # mistake=retain_graph is capped, and says so
-    start_step, position, state, window = 0, 0, None, []
-    probe, held, curve, val_bpc, t_start = Probe(device), [], [], None, time.perf_counter()
-    with Run(resolve_out_dir(cfg.out_dir, "tbptt"), cfg, cfg.tensorboard, cfg.resume, cfg.overwrite) as run:
-        if cfg.resume:
-            ckpt = run.restore(stateful, map_location=device)
-            if ckpt["vocab"] != vocab.chars:
-                raise ConfigError("resume=true: the checkpoint was trained on a different vocabulary (data changed?)")
-            start_step, position, state, window = ckpt["step"], ckpt["position"], ckpt["state"], ckpt["window"]
-            held, curve = ckpt["held"], ckpt["curve"]
-            if (done := run.finished(start_step, steps)) is not None:
-                return done
-
-        def checkpoint(step: int) -> None:  # the stream position, the carried state and window too
-            run.save(stateful, step, position=position, state=detach_state(state), vocab=vocab.chars, window=window,
-                     held=held, curve=curve)
-
-        label = f"tbptt {cfg.data.name} mistake={cfg.mistake}"
-        with progress(steps, label, cfg.progress, initial=start_step) as bar, explained(cfg.mistake, KNOWN_ERRORS), \
-                warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)  # retain_graph never steps
-            for step in range(start_step + 1, steps + 1):
-                if position + k1 + 1 > n:  # end of the streams: start over, from a fresh state
-                    position, state, window = 0, None, []
-                x, y = (t.to(device) for t in chunk_at(streams, n, cfg.batch_size, position, k1))
-                window = [*window[1 - chunks_per_window :], (x, y)] if chunks_per_window > 1 else [(x, y)]
-                sampled = step == 1 or step % cfg.probe_every == 0
-                with probe.step(sampled, units=k1 * cfg.batch_size) as meter:
-                    loss, after_first = update_fn(ddp_model, optimizer, window, state, cfg.max_grad_norm)
-                if sampled:  # held during this chunk: the graph the state carried in, plus this chunk's own
-                    held.append([step, graph_saved_bytes(*state_tensors(state)) + meter.peak])
-                if len(window) == chunks_per_window:
-                    state = after_first  # the next window starts one chunk later
-                schedule.step()
-                position += k1
-                bar.update(1)
-                if step % cfg.log_every == 0 or step == steps:
-                    run.check_finite(step, loss=float(loss))
-                    measured = {"saved_bytes": held[-1][1]} if sampled else {}  # this chunk's, or none
-                    run.log(step, loss=float(loss), bpc=float(loss) / math.log(2), chars_per_sec=probe.units_per_sec,
-                            **measured)
-                if step % cfg.eval_every == 0 or step == steps:
-                    val_bpc = validation_bpc(model, val_ids, cfg.eval_streams, 256, device)
-                    curve.append({"step": step, "val_bpc": val_bpc, "seconds": time.perf_counter() - t_start})
-                    run.log(step, val_bpc=val_bpc)
-                    bar.set_postfix(val_bpc=f"{val_bpc:.3f}")
-                    run.append_text("samples.txt", f"--- step {step}, val_bpc {val_bpc:.3f}\n"
-                                    + sample_text(model, vocab, cfg.sample_len, "The ", device, cfg.seed) + "\n")
-                if cfg.ckpt_every and step % cfg.ckpt_every == 0:
-                    checkpoint(step)
-                run.stop_if_asked(lambda: checkpoint(step), step, steps)  # noqa: B023 - called right here
-        checkpoint(steps)
-        plots.figure(run.path("saved_bytes_per_chunk.png"), draw_held_bytes, held, f"mistake={cfg.mistake}")
-        return run.write_summary({
-            "example": "tbptt", "data": cfg.data.name, "mistake": cfg.mistake, "seed": cfg.seed,
-            "device": str(device), "steps": steps, "k1": k1, "k2": k2, "val_bpc": val_bpc,
-            "chars_per_sec": probe.units_per_sec, "saved_bytes_per_chunk": held, "curve": curve,
-            "vocab_size": len(vocab), "train_chars": split_at, "val_chars": len(text) - split_at,
-            **dist.ddp_report({"model": model}, {"state_grad_fn": any(t.grad_fn is not None for t in state_tensors(state))}),
-        })
+    tally = Counters(position=0, state=None, window=[], held=[])  # a resume goes on mid-stream
+    stateful = {"model": model, "optimizer": optimizer, "schedule": schedule, "tally": tally,
+                "vocab": vocab}  # a resume checks it reads the same vocabulary
+    probe, t_start = Probe(device), time.perf_counter()
+    with Loop(cfg, "tbptt", stateful, device, cfg.data.name, total=chunks_to_run(cfg),
+              known_errors=KNOWN_ERRORS) as loop, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")  # retain_graph
+        if loop.finished:
+            return loop.finished
+        for step in loop:
+            if tally.position + k1 + 1 > n:  # end of the streams: start over, from a fresh state
+                tally.position, tally.state, tally.window = 0, None, []
+            x, y = (t.to(device) for t in chunk_at(streams, n, cfg.batch_size, tally.position, k1))
+            tally.window = [*tally.window, (x, y)][-(k2 // k1):]  # the chunks one backward spans
+            sampled = step == 1 or step % cfg.probe_every == 0
+            with probe.step(sampled, units=k1 * cfg.batch_size) as meter:
+                loss, after_first = update_fn(ddp_model, optimizer, tally.window, tally.state,
+                                              cfg.max_grad_norm)
+            if sampled:  # held during this chunk: the graph the state carried in, and its own
+                carried_in = graph_saved_bytes(*state_tensors(tally.state))
+                tally.held.append([step, carried_in + meter.peak])
+            if len(tally.window) == k2 // k1:
+                tally.state = after_first  # the next window starts one chunk later
+            schedule.step()
+            tally.position += k1
+            if loop.due(cfg.log_every, final=True):  # saved_bytes: this chunk's, if it was measured
+                loop.log({"loss": loss}, bpc=float(loss) / math.log(2),
+                         chars_per_sec=probe.units_per_sec,
+                         **({"saved_bytes": tally.held[-1][1]} if sampled else {}))
+            if loop.due(cfg.eval_every, final=True):
+                val_bpc = validation_bpc(model, val_ids, cfg.eval_streams, 256, device)
+                loop.evaluated(val_bpc=val_bpc, seconds=time.perf_counter() - t_start)
+                text = sample_text(model, vocab, cfg.sample_len, "The ", device, cfg.seed)
+                loop.run.append_text("samples.txt", f"--- step {step}, val_bpc {val_bpc:.3f}\n{text}\n")
+        plots.figure(loop.run.path("saved_bytes_per_chunk.png"), draw_held_bytes, tally.held,
+                     f"mistake={cfg.mistake}")
+        return loop.summary(
+            data=cfg.data.name, steps=loop.total, k1=k1, k2=k2, val_bpc=loop.evals[-1]["val_bpc"],
+            chars_per_sec=probe.units_per_sec, saved_bytes_per_chunk=tally.held, curve=loop.evals,
+            **sizes, **dist.ddp_report({"model": model}, {"state_grad_fn": any(
+                t.grad_fn is not None for t in state_tensors(tally.state))}))
 
 
 # --- what the tour and `python -m gallery show tbptt` read ----------------------------------

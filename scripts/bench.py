@@ -205,7 +205,7 @@ def bench_dqn(device: torch.device, baseline: str | None = None) -> list[dict]:
                          "gallery_probe_env_steps_per_sec": probed})
 
     cfg = to_schema(config("dqn", f"device={device}"))
-    envs, eval_env = dqn.make_envs(cfg.env, "DQN")
+    envs, eval_env = dqn.make_envs(cfg.env, "DQN", 1)
     rng = np.random.default_rng(0)
     envs.reset(seed=0)
     t0 = time.perf_counter()
@@ -408,7 +408,7 @@ def bench_ppo(device: torch.device) -> list[dict]:
 
     torch.set_num_threads(1)  # as threads=auto gives these small nets in gallery.ppo
     cfg = to_schema(config("ppo", f"device={device}"))
-    envs, eval_env = make_envs(cfg.env, "PPO")
+    envs, eval_env = make_envs(cfg.env, "PPO", 1)
     n, steps = cfg.env.num_envs, 20_480
     rng = np.random.default_rng(0)
     envs.reset(seed=0)
@@ -465,7 +465,7 @@ def bench_sac(device: torch.device) -> list[dict]:
 
     torch.set_num_threads(1)  # as threads=auto gives these small nets in gallery.sac
     cfg = to_schema(config("sac", f"device={device}"))
-    envs, eval_env = make_envs(cfg.env, "SAC", gym.spaces.Box, "Pendulum-v1")
+    envs, eval_env = make_envs(cfg.env, "SAC", 1, "Box", "Pendulum-v1")
     n, space = cfg.env.num_envs, envs.single_action_space
     obs_dim, act_dim = int(np.prod(envs.single_observation_space.shape)), int(np.prod(space.shape))
     rng, steps = np.random.default_rng(0), 20_000
@@ -492,8 +492,7 @@ def bench_sac(device: torch.device) -> list[dict]:
              "bare_env_steps_per_sec": bare, "gallery_train_env_steps_per_sec": whole,
              "train_fraction_of_bare": whole / bare}]
     saved = {}
-    sample_rng = torch.Generator().manual_seed(0)
-    batch = buffer.sample(cfg.batch_size, sample_rng)
+    batch = buffer.sample(cfg.batch_size)
     for mistake, (make_targets, make_optimizers, critic_step, actor_step) in sac.BY_MISTAKE.items():
         torch.manual_seed(0)
         actor = sac.Actor(obs_dim, act_dim, cfg.hidden, space.low, space.high).to(device)

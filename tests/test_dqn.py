@@ -93,7 +93,7 @@ def test_termination_stops_bootstrapping_and_truncation_does_not():
 
 def test_truncated_transition_stores_final_obs_and_is_not_terminal():
     cfg = dqn.DqnConfig(env=dqn.EnvConfig(num_envs=1, max_episode_steps=3))
-    envs, eval_env = dqn.make_envs(cfg.env, "DQN")
+    envs, eval_env = dqn.make_envs(cfg.env, "DQN", 1)
     obs, _ = envs.reset(seed=0)
     for _ in range(3):
         prev = obs

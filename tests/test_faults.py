@@ -19,7 +19,7 @@ from gallery import dqn
 from gallery.core.cli import compose
 from tests.conftest import ROOT, run_here
 
-TIMING = {"sec_per_step", "chars_per_sec", "env_steps_per_sec", "wall_seconds"}
+TIMING = {"sec_per_step", "chars_per_sec", "env_steps_per_sec", "wall_seconds", "seconds"}
 GAN = ["steps=600", "log_every=20", "eval_every=200", "hidden=16", "eval_samples=100", "device=cpu"]
 TBPTT = ["steps=1200", "log_every=40", "eval_every=400", "hidden=32", "embed=8", "batch_size=8", "bptt_len=16",
          "eval_streams=64", "sample_len=20", "device=cpu"]
@@ -213,8 +213,8 @@ def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path)
         patch.setitem(dqn.BY_MISTAKE, "none", dqn.BY_MISTAKE["none"]._replace(update=spy))
         summary = dqn.train(compose("dqn", [*overrides, "steps=600", "resume=true"]))
     assert saved["step"] == 400 and saved["buffer"]["size"] == 400
-    assert restored["adam_steps"] == saved["updates"]  # Adam's step count came back with the optimizer
-    assert summary["env_steps"] == 600 and summary["updates"] == saved["updates"] + 100
+    assert restored["adam_steps"] == saved["tally"]["updates"]  # Adam's step count came back with the optimizer
+    assert summary["env_steps"] == 600 and summary["updates"] == saved["tally"]["updates"] + 100
     assert [e["env_steps"] for e in summary["evals"]] == [200, 400, 600]
 
 

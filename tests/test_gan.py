@@ -6,7 +6,13 @@ import torch
 from gallery import gan, nets
 from gallery.core.cli import compose
 from gallery.core.errors import ExplainedMistake, GalleryError
-from gallery.core.probes import grad_snapshot, grad_written_norm, grads_absent, reached_parameters
+from gallery.core.probes import (
+    grad_snapshot,
+    grad_written_norm,
+    grads_absent,
+    reached_parameters,
+    recording,
+)
 
 
 def _setup(seed=0):
@@ -25,11 +31,14 @@ def _setup(seed=0):
 def test_d_step_writes_no_grad_into_g_and_its_graph_reaches_no_g_parameter():
     g, d, opt_g, opt_d, real, z = _setup()
     fake = g(z)
-    d_loss = gan.discriminator_step(d, opt_d, real, fake)
+    with recording(gan, "d_loss_fn") as built:  # the loss the step built; it returns it detached
+        d_loss = gan.discriminator_step(d, opt_d, real, fake)
     assert grads_absent(g)
     assert all(p.grad is None for p in g.parameters())
-    assert reached_parameters(d_loss, g) == set()
-    assert reached_parameters(d_loss, d) == {name for name, _ in d.named_parameters()}
+    assert d_loss.grad_fn is None and d_loss.requires_grad is False
+    graph = built[0][0]
+    assert reached_parameters(graph, g) == set()
+    assert reached_parameters(graph, d) == {name for name, _ in d.named_parameters()}
 
 
 def test_g_step_reuses_the_same_fake_and_gives_g_nonzero_grads():
@@ -44,8 +53,9 @@ def test_g_step_reuses_the_same_fake_and_gives_g_nonzero_grads():
 
 def test_r1_penalty_keeps_the_d_step_off_g():
     g, d, opt_g, opt_d, real, z = _setup()
-    d_loss = gan.discriminator_step(d, opt_d, real, g(z), r1_gamma=1.0)
-    assert reached_parameters(d_loss, g) == set() and grads_absent(g)
+    with recording(gan, "d_loss_fn") as built:
+        gan.discriminator_step(d, opt_d, real, g(z), r1_gamma=1.0)
+    assert reached_parameters(built[0][0], g) == set() and grads_absent(g)
 
 
 # --- the mistakes' consequences --------------------------------------------------------------
@@ -56,9 +66,10 @@ def _g_grads_after(mistake):
     fake = g(z)
     snap = grad_snapshot(g)
     d_step = {"none": gan.discriminator_step, "retain_graph": gan.discriminator_step_retain_graph}
-    d_loss = d_step[mistake.removesuffix("_shared_zero_grad")](d, opt_d, real, fake)
+    with recording(gan, "d_loss_fn") as built:
+        d_step[mistake.removesuffix("_shared_zero_grad")](d, opt_d, real, fake)
     written = grad_written_norm(g, snap)
-    reaches = reached_parameters(d_loss, g)
+    reaches = reached_parameters(built[0][0], g)
     opt_g.step = lambda: None  # keep the grads G's step would use, without applying them
     g_step = gan.generator_step_shared_zero_grad if mistake.endswith("shared_zero_grad") else gan.generator_step
     g_step(d, opt_g, fake)

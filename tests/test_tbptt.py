@@ -232,7 +232,9 @@ def test_smoke_train_through_compose(tmp_path):
 def test_resume_continues_the_stream(tmp_path):
     tbptt.train(_tiny(tmp_path, "steps=4", "eval_every=4"))
     ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["position"] == 4 * 8 and ckpt["state"] is not None
+    tally = ckpt["tally"]
+    assert tally["position"] == 4 * 8 and tally["state"] is not None
+    assert all(t.grad_fn is None for t in tbptt.state_tensors(tally["state"]))  # saved as data
     summary = tbptt.train(_tiny(tmp_path, "steps=6", "resume=true", "k2=null"))
     assert summary["steps"] == 6
 

@@ -8,6 +8,8 @@
   same on CPU and GPU and free of allocator noise; `graph_saved_bytes`: the same count, read
   from a live graph without hooks.
 - `Probe`: the one measurement object of a training loop, on sampled steps only.
+- `recording`: what a function returned inside a block, to walk the graph of a loss that a step
+  built and then returned detached.
 """
 
 from __future__ import annotations
@@ -57,6 +59,26 @@ def reached_parameters(output: torch.Tensor, params) -> set[str]:
 class GraphStats:
     nodes: int
     depth: int  # nodes on the longest path from the output to a leaf
+
+
+@contextlib.contextmanager
+def recording(namespace, name: str):
+    """Inside the block, each call of `namespace.name` (a module's function, or an entry of a dict of
+    pasted functions) also appends its result to the list the block gets."""
+    is_dict = isinstance(namespace, dict)
+    real = namespace[name] if is_dict else getattr(namespace, name)
+    results: list = []
+
+    def record(*args, **kwargs):
+        results.append(real(*args, **kwargs))
+        return results[-1]
+
+    put = namespace.__setitem__ if is_dict else lambda key, value: setattr(namespace, key, value)
+    put(name, record)
+    try:
+        yield results
+    finally:
+        put(name, real)
 
 
 def graph_stats(output: torch.Tensor) -> GraphStats:

@@ -9,10 +9,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from gallery.core import plots
 from gallery.core.errors import ConfigError
 
-if TYPE_CHECKING:  # gymnasium is imported where an env is made: `--help` and a bad input never pay for it
+if TYPE_CHECKING:  # gymnasium is imported where an env is made: `--help` and bad input skip it
     import gymnasium as gym
+
+    from gallery.core.loop import Loop
 
 
 @dataclass
@@ -24,27 +27,42 @@ class EnvConfig:
     max_episode_steps: int | None = None  # None: the env spec's own time limit
 
 
-def make_envs(env: EnvConfig, example: str, space: str = "Discrete",
-              instead: str = "CartPole-v1, Acrobot-v1, MountainCar-v0") -> tuple[gym.vector.VectorEnv, gym.Env]:
-    """The training vector env and an evaluation env; an action space (a gymnasium.spaces class name)
-    `example` cannot use is a clear error."""
+def make_envs(env: EnvConfig, example: str, eval_episodes: int, space: str = "Discrete",
+              instead: str = "CartPole-v1, Acrobot-v1, MountainCar-v0"
+              ) -> tuple[gym.vector.VectorEnv, gym.vector.VectorEnv]:
+    """The training vector env and the evaluation one (a sub-env per evaluation episode); an action
+    space (a gymnasium.spaces class name) `example` cannot use is a clear error."""
     import gymnasium as gym
 
     try:
         limit = {"max_episode_steps": env.max_episode_steps} if env.max_episode_steps else {}
+        # SAME_STEP autoreset: a finished sub-env is reset inside step(), and the true last
+        # observation comes back in info["final_obs"], so every stored transition is a real one.
+        same_step = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
         envs = gym.make_vec(env.id, num_envs=env.num_envs, vectorization_mode=env.vectorization,
-                            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, **limit)
-        eval_env = gym.make(env.id, **limit)
+                            vector_kwargs=same_step, **limit)
+        eval_envs = gym.make_vec(env.id, num_envs=eval_episodes, vectorization_mode="sync", **limit)
     except gym.error.Error as err:
         raise ConfigError(f"env.id={env.id!r}: {err}") from err
     if not isinstance(envs.single_action_space, getattr(gym.spaces, space)):
         envs.close()
-        eval_env.close()
-        raise ConfigError(f"env.id={env.id!r} has a {type(envs.single_action_space).__name__} action "
-                          f"space; {example} needs a {space} one (try {instead})")
-    # SAME_STEP autoreset: a finished sub-env is reset inside step(), and the true last observation
-    # comes back in info["final_obs"], so every stored transition is a real one.
-    return envs, eval_env
+        eval_envs.close()
+        kind = type(envs.single_action_space).__name__
+        raise ConfigError(f"env.id={env.id!r} has a {kind} action space; {example} needs a {space} "
+                          f"one (try {instead})")
+    return envs, eval_envs
+
+
+def reward_threshold(env: EnvConfig, envs: gym.vector.VectorEnv) -> float | None:
+    """The return that counts as solved: the config's, else the env spec's (None: never solved)."""
+    return env.reward_threshold or getattr(envs.spec, "reward_threshold", None)
+
+
+def space_sizes(envs: gym.vector.VectorEnv) -> tuple[int, int]:
+    """(observation size, number of actions or action size) of one sub-env."""
+    action = envs.single_action_space
+    n_actions = int(action.n) if hasattr(action, "n") else int(np.prod(action.shape))
+    return int(np.prod(envs.single_observation_space.shape)), n_actions
 
 
 def env_step(envs: gym.vector.VectorEnv, actions: np.ndarray):
@@ -78,20 +96,32 @@ class EpisodeReturns:
 
 
 @torch.no_grad()
-def evaluate(act, env: gym.Env, episodes: int, seed: int, device: torch.device) -> dict:
-    """Returns of a deterministic policy over `episodes` episodes, each reset with its own seed.
-    `act` maps an observation tensor to the action env.step takes (the argmax of Q-values or logits,
-    a squashed Gaussian mean)."""
-    returns = []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=seed + ep)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(act(torch.as_tensor(obs, dtype=torch.float32, device=device)))
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
+@torch.no_grad()
+def evaluate(act, envs: gym.vector.VectorEnv, seed: int, device: torch.device) -> dict:
+    """Returns of a deterministic policy, one episode per sub-env, all stepped at once: one batched
+    forward pass per step. Sub-env i is reset with seed + i, as the i-th episode of a sequential
+    evaluation would be. `act` maps a batch of observations to the actions envs.step takes (the
+    argmax of Q-values or logits, a squashed Gaussian mean)."""
+    obs, _ = envs.reset(seed=seed)
+    returns, done = np.zeros(envs.num_envs), np.zeros(envs.num_envs, dtype=bool)
+    while not done.all():
+        actions = act(torch.as_tensor(obs, dtype=torch.float32, device=device))
+        obs, rewards, terminated, truncated, _ = envs.step(actions.cpu().numpy())
+        returns += np.where(done, 0.0, rewards)  # a sub-env past its episode's end counts no more
+        done |= terminated | truncated
     return {"eval_return_mean": float(np.mean(returns)), "eval_return_std": float(np.std(returns))}
+
+
+def rl_results(loop: Loop, threshold: float | None) -> dict:
+    """What dqn's, ppo's and sac's summaries share; draws the run's learning_curve.png."""
+    if loop.evals:
+        plots.figure(loop.run.path("learning_curve.png"), draw_learning_curve, loop.evals,
+                     f"mistake={loop.cfg.mistake}", threshold)
+    final = loop.evals[-1] if loop.evals else {}
+    return {"env_id": loop.cfg.env.id, "eval_return_mean": final.get("eval_return_mean"),
+            "eval_return_std": final.get("eval_return_std"), "env_steps": loop.step,
+            "first_solved_step": loop.first_solved, "reward_threshold": threshold,
+            "evals": loop.evals}
 
 
 def draw_learning_curve(ax, evals: list[dict], label: str, threshold: float | None = None) -> None:

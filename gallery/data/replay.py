@@ -15,10 +15,13 @@ class ReplayBuffer:
     the host. `add` packs the env's NumPy arrays into one host row per transition and copies them into
     the table at once (a CPU table through its NumPy view; no index tensors per env step). A discrete action
     (`act_dim=None`) is one float column, exact below 2**24, and comes back as int64; a continuous one
-    is `act_dim` float columns. Checkpoints hold CPU tensors.
+    is `act_dim` float columns. `sample` draws from the buffer's own generator, seeded by `seed`.
+    Checkpoints hold CPU tensors and the generator's state.
     """
 
-    def __init__(self, capacity: int, obs_dim: int, device: torch.device, act_dim: int | None = None):
+    def __init__(self, capacity: int, obs_dim: int, device: torch.device, act_dim: int | None = None,
+                 seed: int = 0):
+        self.generator = torch.Generator().manual_seed(seed)
         self.capacity, self.size, self.pos, self.device = capacity, 0, 0, torch.device(device)
         self.discrete, d, a = act_dim is None, obs_dim, act_dim or 1
         self.rows = torch.zeros(capacity, 2 * d + a + 2, device=self.device)
@@ -39,8 +42,8 @@ class ReplayBuffer:
         self.pos = end % self.capacity
         self.size = min(self.size + n, self.capacity)
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        idx = torch.randint(self.size, (batch_size,), generator=generator)
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        idx = torch.randint(self.size, (batch_size,), generator=self.generator)
         rows = self.rows[idx.to(self.device)]
         batch = {name: rows[:, column] for name, column in self.columns.items()}
         if self.discrete:
@@ -52,9 +55,10 @@ class ReplayBuffer:
         state = {name: rows[:, column].clone() for name, column in self.columns.items()}
         if self.discrete:
             state["actions"] = state["actions"].long()
-        return {"pos": self.pos, "size": self.size, **state}
+        return {"pos": self.pos, "size": self.size, "generator": self.generator.get_state(), **state}
 
     def load_state_dict(self, state: dict) -> None:
         self.pos, self.size = state["pos"], state["size"]
+        self.generator.set_state(state["generator"])
         for name, column in self.columns.items():
             self.rows[: self.size, column] = state[name].to(self.rows.device, self.rows.dtype)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from gallery.core.errors import DataError
+from gallery.core.errors import ConfigError, DataError
 from gallery.core.io import download_timeout
 
 ONLINE = {
@@ -116,3 +116,11 @@ class CharVocab:
 
     def decode(self, ids) -> str:
         return "".join(self.chars[i - 1] if i > 0 else "\ufffd" for i in ids)
+
+    # a checkpoint holds the vocabulary, so that a resumed run can check it reads the same data
+    def state_dict(self) -> dict:
+        return {"chars": self.chars}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["chars"] != self.chars:
+            raise ConfigError("resume: the checkpoint was trained on another vocabulary (data changed?)")
