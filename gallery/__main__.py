@@ -1,4 +1,5 @@
-"""`python -m gallery [list | show <example> | lessons [name ...] | smoke [k=v ...] | tour [overrides]]`."""
+"""`python -m gallery [list | show <example> | lessons [name ...] | smoke [k=v ...] | tour
+[overrides]]`."""
 
 from __future__ import annotations
 
@@ -32,11 +33,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"{name:10s} {example.pattern}")
         if command == "":
-            print("\nrun one: python -m gallery.<name> [key=value ...]   the code: python -m gallery show <name>")
+            print("\nrun one: python -m gallery.<name> [key=value ...]   the code: python -m "
+                  "gallery show <name>")
         return 0
     if command == "show":
         if len(argv) != 2 or argv[1] not in found:
-            print(f"usage: python -m gallery show <example>; the examples: {', '.join(found)}", file=sys.stderr)
+            print(f"usage: python -m gallery show <example>; the examples: {', '.join(found)}",
+                  file=sys.stderr)
             return 2
         print(found[argv[1]].show())
         return 0

@@ -42,7 +42,8 @@ def load_data(cfg, classes: list[int]):
 
 @torch.no_grad()
 def accuracy(predict, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
-    correct = sum(int((predict(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch))
+    correct = sum(int((predict(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
+                  for i in range(0, len(x), batch))
     return correct / len(x)
 
 
@@ -53,7 +54,8 @@ def pretrain(cfg, device: torch.device) -> Path:
     backbone = digits_cnn().to(device)
     model = nn.Sequential(backbone, nn.Linear(feature_dim(backbone, x), len(PRETRAIN_CLASSES))).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    batches = images.IndexBatches(len(x), cfg.batch_size, torch.Generator().manual_seed(cfg.backbone.pretrain_seed))
+    batches = images.IndexBatches(len(x), cfg.batch_size,
+                                  torch.Generator().manual_seed(cfg.backbone.pretrain_seed))
     model.train()
     bar = progress(cfg.backbone.pretrain_steps, "pretrain digits_cnn on 0-4", cfg.progress)
     for idx in (next(batches) for _ in range(cfg.backbone.pretrain_steps)):
@@ -66,8 +68,8 @@ def pretrain(cfg, device: torch.device) -> Path:
     model.eval()
     val_acc = accuracy(model, xv, yv)
     path = save_checkpoint(cfg.backbone.checkpoint_dir, {
-        "backbone": backbone.state_dict(), "head": model[1].state_dict(), "classes": PRETRAIN_CLASSES,
-        "val_acc": val_acc,
+        "backbone": backbone.state_dict(), "head": model[1].state_dict(),
+        "classes": PRETRAIN_CLASSES, "val_acc": val_acc,
         "seed": cfg.backbone.pretrain_seed})
     print(f"pretrained digits_cnn on classes 0-4: val_acc={val_acc:.3f}, saved {path}")
     return path

@@ -1,7 +1,7 @@
 """DQN: bootstrap from a separate target network, and compute the TD target without a graph.
 
     with torch.no_grad():                                        # the target is a constant
-        next_q = target_net(next_obs).max(1).values              # a frozen copy, synced on a schedule
+        next_q = target_net(next_obs).max(1).values              # a frozen copy, synced at times
         target = reward + gamma * (1 - terminated) * next_q      # truncation still bootstraps
     loss = huber(online_net(obs).gather(1, action), target)
 
@@ -9,10 +9,12 @@ The target network has requires_grad_(False), is never given to the optimizer, a
 hard copy every `target_sync_every` env steps (tau=1) or by a Polyak update every step (tau<1).
 The mistakes (`mistake=`), and what they cost:
 
-- no_target: bootstrap from the online network itself: the regression target moves with every update.
+- no_target: bootstrap from the online network itself: the regression target moves with every
+  update.
 - target_grad: the target is computed with grad enabled through a copy that requires grad: target
   params accumulate .grad and each update saves more bytes for backward (scripts/bench.py dqn).
-- no_target+target_grad: both: the gradient flows through both sides of the TD error (residual gradient).
+- no_target+target_grad: both: the gradient flows through both sides of the TD error (residual
+  gradient).
 
 Run: python -m gallery.dqn env.id=CartPole-v1 seed=0 out_dir=/tmp/dqn
 """
@@ -85,7 +87,7 @@ class DqnConfig(BaseConfig):
     ckpt_every: int = 10_000  # env steps; the replay buffer makes a save about 2 MB
     eval_episodes: int = 10
     log_every: int = 1_000
-    probe_every: int = 200  # updates between measurements of the bytes one update saves for backward
+    probe_every: int = 200  # updates between measures of the bytes an update saves for backward
 
 
 register_schema("dqn", DqnConfig)
@@ -94,8 +96,9 @@ register_schema("dqn", DqnConfig)
 def validate(cfg: DqnConfig) -> None:
     validate_base(cfg, BY_MISTAKE)
     require_choice(cfg, "env.vectorization", ["sync", "async"])
-    require_positive(cfg, "env.num_envs", "hidden", "lr", "batch_size", "buffer_size", "target_sync_every",
-                     "eval_episodes", "updates_per_step", "eps_decay_steps", "probe_every")
+    require_positive(cfg, "env.num_envs", "hidden", "lr", "batch_size", "buffer_size",
+                     "target_sync_every", "eval_episodes", "updates_per_step", "eps_decay_steps",
+                     "probe_every")
     require_range(cfg, "gamma", 0.0, 1.0)
     require_range(cfg, "tau", 1e-6, 1.0)
     require_range(cfg, "eps_end", 0.0, 1.0)
@@ -103,11 +106,11 @@ def validate(cfg: DqnConfig) -> None:
         raise ConfigError(f"batch_size={cfg.batch_size} must be <= buffer_size={cfg.buffer_size}")
 
 
-# --- model ------------------------------------------------------------------------------------------
+# --- model ----------------------------------------------------------------------------------------
 
 def q_network(obs_dim: int, n_actions: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                         nn.Linear(hidden, n_actions))
+    return nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                         nn.ReLU(), nn.Linear(hidden, n_actions))
 
 
 # --- the pattern --------------------------------------------------------------------------------
@@ -164,8 +167,9 @@ def update_no_target(online, target, optimizer, batch, gamma=0.99, double=True, 
     return loss.detach()
 
 
-def update_target_grad(online, target, optimizer, batch, gamma=0.99, double=True, max_grad_norm=10.0):
-    target_value = td_target(target, online, batch, gamma, double)  # MISTAKE: no no_grad: a graph into the target
+def update_target_grad(online, target, optimizer, batch, gamma=0.99, double=True,
+                       max_grad_norm=10.0):
+    target_value = td_target(target, online, batch, gamma, double)  # MISTAKE: a graph into it
     q = online(batch["obs"]).gather(1, batch["actions"].unsqueeze(1)).squeeze(1)
     loss = F.smooth_l1_loss(q, target_value)  # Huber: robust to the occasional huge TD error
     optimizer.zero_grad(set_to_none=True)
@@ -175,8 +179,9 @@ def update_target_grad(online, target, optimizer, batch, gamma=0.99, double=True
     return loss.detach()
 
 
-def update_no_target_target_grad(online, target, optimizer, batch, gamma=0.99, double=True, max_grad_norm=10.0):
-    target_value = td_target(online, online, batch, gamma, double)  # MISTAKE: the online net, with grad
+def update_no_target_target_grad(online, target, optimizer, batch, gamma=0.99, double=True,
+                                 max_grad_norm=10.0):
+    target_value = td_target(online, online, batch, gamma, double)  # MISTAKE: online, with grad
     q = online(batch["obs"]).gather(1, batch["actions"].unsqueeze(1)).squeeze(1)
     loss = F.smooth_l1_loss(q, target_value)  # Huber: robust to the occasional huge TD error
     optimizer.zero_grad(set_to_none=True)
@@ -187,20 +192,22 @@ def update_no_target_target_grad(online, target, optimizer, batch, gamma=0.99, d
 
 
 Variant = namedtuple("Variant", ["make_target", "update"])  # what a mistake swaps in, by name
-BY_MISTAKE = {"none": Variant(make_target, update), "no_target": Variant(make_target, update_no_target),
+BY_MISTAKE = {"none": Variant(make_target, update),
+              "no_target": Variant(make_target, update_no_target),
               "target_grad": Variant(make_target_with_grad, update_target_grad),
               "no_target+target_grad": Variant(make_target_with_grad, update_no_target_target_grad)}
 
 
-def epsilon_greedy(online: nn.Module, obs: np.ndarray, eps: float, rng: np.random.Generator, n_actions: int,
-                   device: torch.device) -> np.ndarray:
+def epsilon_greedy(online: nn.Module, obs: np.ndarray, eps: float, rng: np.random.Generator,
+                   n_actions: int, device: torch.device) -> np.ndarray:
     """One action per sub-env: random with probability `eps`, else the online net's greedy choice.
     No forward pass when every sub-env explores this step."""
     explore = rng.random(len(obs)) < eps
     actions = rng.integers(n_actions, size=len(obs))
     if not explore.all():
         with torch.no_grad():  # acting needs no graph
-            greedy = online(torch.as_tensor(obs, dtype=torch.float32).to(device)).argmax(1).cpu().numpy()
+            q = online(torch.as_tensor(obs, dtype=torch.float32).to(device))
+            greedy = q.argmax(1).cpu().numpy()
         actions = np.where(explore, actions, greedy)
     return actions
 
@@ -246,7 +253,7 @@ def train(cfg) -> dict:
             Loop(cfg, "dqn", stateful, device, cfg.env.id, by=n, unit="env_steps") as loop:
         if loop.finished:
             return loop.finished
-        act_rng = np.random.default_rng(cfg.seed + loop.step)  # episodes in flight restart on resume
+        act_rng = np.random.default_rng(cfg.seed + loop.step)  # a resume restarts episodes
         obs, _ = envs.reset(seed=cfg.seed + loop.step)
         for step in loop:
             n_updates = updates_owed(cfg, tally, step)
@@ -267,25 +274,25 @@ def train(cfg) -> dict:
                 if cfg.tau >= 1.0 and loop.due(cfg.target_sync_every):
                     sync_target(target, online, 1.0)
             if loop.due(cfg.log_every):
-                loop.log({"loss": loss} if tally.updates else {}, epsilon=eps, updates=tally.updates,
-                         train_return_mean=returns.pop_mean(), **probe.record)
+                loop.log({"loss": loss} if tally.updates else {}, epsilon=eps, **probe.record,
+                         updates=tally.updates, train_return_mean=returns.pop_mean())
             if loop.due(cfg.eval_every, final=True):
-                row = loop.evaluated(**evaluate(greedy(online), eval_envs, cfg.seed + 10_000, device))
-                if loop.solved(row["eval_return_mean"], threshold):
+                result = evaluate(greedy(online), eval_envs, cfg.seed + 10_000, device)
+                if loop.solved(loop.evaluated(**result)["eval_return_mean"], threshold):
                     break
-        return loop.summary(**rl_results(loop, threshold), updates=tally.updates,
+        return loop.summary(**rl_results(loop, threshold), updates=tally.updates, **probe.record,
                             target_grad_seen=not grads_absent(target),
-                            env_steps_per_sec=probe.units_per_sec,
-                            saved_bytes_per_update=probe.record.get("saved_bytes_per_update"))
+                            env_steps_per_sec=probe.units_per_sec)
 
 
 # --- what the tour and `python -m gallery show dqn` read ------------------------------------
 
 def headline(s: dict) -> str:
-    solved = (f"first solved at {s['first_solved_step']:,} env steps" if s["first_solved_step"] is not None
+    solved = (f"first solved at {s['first_solved_step']:,} env steps"
+              if s["first_solved_step"] is not None
               else f"not solved in {s['env_steps']:,} env steps")
-    return (f"eval return {s['eval_return_mean']:.1f}, {solved}, target grads seen: {s['target_grad_seen']}, "
-            f"saved bytes/update {s['saved_bytes_per_update']:,}")
+    return (f"eval return {s['eval_return_mean']:.1f}, {solved}, target grads seen: "
+            f"{s['target_grad_seen']}, saved bytes/update {s['saved_bytes_per_update']:,}")
 
 
 def tour_figure(runs: dict, fig) -> None:
@@ -316,8 +323,8 @@ EXAMPLE = Example(
         ),
         "no_target+target_grad": Mistake(
             "both: bootstrap from the online net with grad enabled",
-            "the residual gradient: grad flows through both sides of the TD error, and each update saves "
-            "about 3x the bytes for backward (measured)",
+            "the residual gradient: grad flows through both sides of the TD error, and each update "
+            "saves about 3x the bytes for backward (measured)",
             ("update_no_target_target_grad",),
         ),
     },
@@ -329,15 +336,15 @@ EXAMPLE = Example(
     figure=tour_figure,
     check=lambda s: "a target parameter got .grad" if s["target_grad_seen"] else (
         None if s["saved_bytes_per_update"] else "no update was measured"),
-    smoke=("steps=300", "learning_starts=100", "eval_every=300", "eval_episodes=1", "hidden=16", "batch_size=32",
-           "probe_every=10"),
+    smoke=("steps=300", "learning_starts=100", "eval_every=300", "eval_episodes=1", "hidden=16",
+           "batch_size=32", "probe_every=10"),
 )
 
 
 @hydra.main(version_base="1.3", config_path=config_dir("dqn"), config_name="dqn")
 def main(cfg) -> None:
-    report(run_cli(train, cfg), "eval_return_mean", "first_solved_step", "env_steps", "target_grad_seen",
-           "env_steps_per_sec")
+    report(run_cli(train, cfg), "eval_return_mean", "first_solved_step", "env_steps",
+           "target_grad_seen", "env_steps_per_sec")
 
 
 if __name__ == "__main__":

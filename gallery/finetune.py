@@ -1,7 +1,8 @@
-"""Fine-tuning with a frozen backbone: only the head trains, and the backbone stays bit-for-bit unchanged.
+"""Fine-tuning with a frozen backbone: only the head trains, and the backbone stays bit-for-bit
+unchanged.
 
     backbone.requires_grad_(False)                     # no grads, so no optimizer state either
-    backbone.eval()                                    # BatchNorm uses, and keeps, its running stats
+    backbone.eval()                                    # BatchNorm uses, and keeps, its stats
     optimizer = Adam(p for p in model.parameters() if p.requires_grad)
     with torch.no_grad():                              # no graph through the backbone at all
         features = backbone(x)
@@ -71,7 +72,7 @@ from gallery.data import images
 @dataclass
 class BackboneConfig:
     name: str = MISSING  # digits_cnn | resnet18
-    checkpoint_dir: str = "${cache_dir:digits_cnn}"  # digits_cnn: built by stage=pretrain, or on first use
+    checkpoint_dir: str = "${cache_dir:digits_cnn}"  # built by stage=pretrain, or first use
     weights: str = "imagenet"  # resnet18: imagenet | random
     weights_path: str | None = None  # resnet18: a local .pth state dict instead of the download
     pretrain_steps: int = 600
@@ -101,7 +102,7 @@ class FinetuneConfig(BaseConfig):
     unfreeze_last: int = 0  # gradual unfreezing: train the last N backbone blocks too
     layer_lr_decay: float = 0.3  # each unfrozen block deeper in gets lr * decay**depth
     cache_features: bool = False  # compute frozen features once per dataset
-    checkpoint: bool = False  # gradient checkpointing of the blocks that train: recompute, don't keep, activations
+    checkpoint: bool = False  # recompute the training blocks' activations
     eval_every: int = 100
     ckpt_every: int = 100
     log_every: int = 50
@@ -121,11 +122,13 @@ def validate(cfg: FinetuneConfig) -> None:
     if cfg.data.labels_per_class is not None:
         require_positive(cfg, "data.labels_per_class")
     if cfg.cache_features and (cfg.unfreeze_last or cfg.mistake != "none"):
-        raise ConfigError("cache_features=true needs a fully frozen backbone (unfreeze_last=0, mistake=none)")
+        raise ConfigError("cache_features=true needs a fully frozen backbone (unfreeze_last=0, "
+                          "mistake=none)")
     if cfg.stage == "pretrain" and (cfg.backbone.name != "digits_cnn" or cfg.data.name != "digits"):
         raise ConfigError("stage=pretrain builds backbone=digits_cnn on data=digits")
     if cfg.mistake == "checkpoint_reentrant" and not (cfg.checkpoint and cfg.unfreeze_last):
-        raise ConfigError("mistake=checkpoint_reentrant needs checkpoint=true and unfreeze_last >= 1")
+        raise ConfigError("mistake=checkpoint_reentrant needs checkpoint=true and unfreeze_last >= "
+                          "1")
 
 
 # --- models --------------------------------------------------------------------------------------
@@ -133,19 +136,22 @@ def validate(cfg: FinetuneConfig) -> None:
 def make_head(n_in: int, n_classes: int, hidden: int) -> nn.Module:
     if hidden == 0:
         return nn.Linear(n_in, n_classes)
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, n_classes))
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(0.2),
+                         nn.Linear(hidden, n_classes))
 
 
 # --- the pattern --------------------------------------------------------------------------------
 
 def freeze(blocks):
-    """No grads, and BatchNorm/Dropout in eval mode: the blocks compute exactly as they were trained."""
+    """No grads, and BatchNorm/Dropout in eval mode: the blocks compute exactly as they were
+    trained."""
     blocks.requires_grad_(False)  # PATTERN: no grads, so no optimizer state either
     blocks.eval()  # PATTERN: BatchNorm uses, and keeps, its running statistics
 
 
 class FrozenBackboneClassifier(nn.Module):
-    """The first `len(backbone) - unfreeze_last` backbone blocks are frozen; the rest and the head train."""
+    """The first `len(backbone) - unfreeze_last` backbone blocks are frozen; the rest and the head
+    train."""
 
     def __init__(self, backbone, head, unfreeze_last=0):
         super().__init__()
@@ -156,11 +162,11 @@ class FrozenBackboneClassifier(nn.Module):
 
     def train(self, mode=True):
         super().train(mode)
-        self.frozen.eval()  # PATTERN: model.train() must not put frozen BatchNorm back in train mode
+        self.frozen.eval()  # PATTERN: model.train() leaves frozen BatchNorm be
         return self
 
     def forward(self, x):
-        with torch.no_grad():  # PATTERN: no graph (and no saved activations) through the frozen blocks
+        with torch.no_grad():  # PATTERN: no graph through the frozen blocks
             features = self.frozen(x)
         return self.head(self.trainable(features))
 
@@ -169,15 +175,17 @@ def param_groups(model, lr, layer_lr_decay=0.3):
     """Only trainable params reach the optimizer; each trainable backbone block gets its own lr,
     smaller the deeper it sits (discriminative fine-tuning)."""
     groups = [{"params": list(model.head.parameters()), "lr": lr}]
-    blocks = [[p for p in block.parameters() if p.requires_grad] for block in reversed(model.backbone)]
-    for depth, params in enumerate((ps for ps in blocks if ps), start=1):  # PATTERN: frozen blocks have none
+    blocks = [[p for p in block.parameters() if p.requires_grad]
+              for block in reversed(model.backbone)]
+    for depth, params in enumerate((ps for ps in blocks if ps), start=1):  # PATTERN: frozen: none
         groups.append({"params": params, "lr": lr * layer_lr_decay**depth})
     return groups
 
 
 @contextlib.contextmanager
 def buffers_kept(block):
-    """Around a recomputation: BatchNorm must not fold the same batch into its running stats twice."""
+    """Around a recomputation: BatchNorm must not fold the same batch into its running stats
+    twice."""
     saved = [b.clone() for b in block.buffers()]
     try:
         yield
@@ -198,8 +206,9 @@ class Checkpointed(nn.Module):
     def forward(self, x):
         for block in self.blocks:
             x = torch.utils.checkpoint.checkpoint(
-                block, x, use_reentrant=False,  # PATTERN: grads reach the block although x needs none
-                context_fn=lambda b=block: (contextlib.nullcontext(), buffers_kept(b)))  # PATTERN: BN counts once
+                block, x, use_reentrant=False,  # PATTERN: grads reach the block though x needs none
+                # PATTERN: the recomputation leaves BatchNorm's statistics as the forward did
+                context_fn=lambda b=block: (contextlib.nullcontext(), buffers_kept(b)))
         return x
 
 
@@ -210,14 +219,14 @@ class FrozenBackboneClassifierNoFreeze(nn.Module):
         super().__init__()
         n_frozen = len(backbone) - unfreeze_last
         self.backbone, self.head = backbone, head
-        self.frozen, self.trainable = backbone[:n_frozen], backbone[n_frozen:]  # MISTAKE: nothing is frozen
+        self.frozen, self.trainable = backbone[:n_frozen], backbone[n_frozen:]  # MISTAKE: none
 
     def train(self, mode=True):
         super().train(mode)
         return self
 
     def forward(self, x):
-        features = self.frozen(x)  # MISTAKE: a graph and saved activations through the whole backbone
+        features = self.frozen(x)  # MISTAKE: a graph through the whole backbone
         return self.head(self.trainable(features))
 
 
@@ -230,7 +239,7 @@ class FrozenBackboneClassifierBnTrain(nn.Module):
         freeze(self.frozen)
 
     def train(self, mode=True):
-        super().train(mode)  # MISTAKE: the frozen blocks follow model.train(); BatchNorm updates its stats
+        super().train(mode)  # MISTAKE: frozen BatchNorm trains along
         return self
 
     def forward(self, x):
@@ -246,17 +255,22 @@ class CheckpointedReentrant(nn.Module):
 
     def forward(self, x):
         for block in self.blocks:
-            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=True)  # MISTAKE: x needs no grad, so
-        return x  # neither does the output: the blocks get no grads, and torch only warns
+            # MISTAKE: x needs no grad, so neither does the output: the blocks get no grads, and
+            # torch only warns
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=True)
+        return x
 
 
 BY_MISTAKE = {"none": FrozenBackboneClassifier, "no_freeze": FrozenBackboneClassifierNoFreeze,
-              "bn_train": FrozenBackboneClassifierBnTrain, "checkpoint_reentrant": FrozenBackboneClassifier}
-CHECKPOINTED = {"checkpoint_reentrant": CheckpointedReentrant}  # checkpoint=true: how each mistake wraps blocks
+              "bn_train": FrozenBackboneClassifierBnTrain,
+              "checkpoint_reentrant": FrozenBackboneClassifier}
+# checkpoint=true: how each mistake wraps the blocks that train
+CHECKPOINTED = {"checkpoint_reentrant": CheckpointedReentrant}
 
 
 def checkpoint_trainable(model, wrap=Checkpointed):
-    """checkpoint=true: wrap each part of the model whose parameters train (no_freeze: the "frozen" part too)."""
+    """checkpoint=true: wrap each part of the model whose parameters train (no_freeze: the "frozen"
+    part too)."""
     for part in ("frozen", "trainable"):
         if any(p.requires_grad for p in getattr(model, part).parameters()):
             setattr(model, part, wrap(getattr(model, part)))
@@ -264,7 +278,8 @@ def checkpoint_trainable(model, wrap=Checkpointed):
 
 
 @torch.no_grad()
-def cache_features(model: FrozenBackboneClassifier, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+def cache_features(model: FrozenBackboneClassifier, x: torch.Tensor,
+                   batch: int = 512) -> torch.Tensor:
     """Frozen features, once per dataset. Plain no_grad, not inference_mode: inference tensors can
     never join an autograd graph later, and the head's backward saves its input."""
     model.frozen.eval()
@@ -312,7 +327,8 @@ def train(cfg) -> dict:
         if loop.finished:
             return loop.finished
         for step in loop:
-            model.train()  # what every training loop does; the pattern keeps the frozen blocks in eval
+            # what every training loop does; the pattern keeps the frozen blocks in eval
+            model.train()
             idx = next(batches).to(device)
             with probe.step(sampled=step == 1 or step % cfg.log_every == 0):
                 loss = F.cross_entropy(step_fn(inputs[idx]), y[idx])
@@ -324,21 +340,24 @@ def train(cfg) -> dict:
             if loop.due(cfg.eval_every, final=True):
                 model.eval()
                 loop.evaluated(val_acc=accuracy(model, xv, yv))
-        plots.figure(loop.run.path("val_acc.png"), draw_val_curve, loop.evals, f"mistake={cfg.mistake}")
+        plots.figure(loop.run.path("val_acc.png"), draw_val_curve, loop.evals,
+                     f"mistake={cfg.mistake}")
         unchanged = state_hash(model.frozen) == before.frozen_hash  # params and buffers
         return loop.summary(
             backbone=cfg.backbone.name, data=cfg.data.name, steps=cfg.steps,
             val_acc=loop.evals[-1]["val_acc"] if loop.evals else 0.0, backbone_unchanged=unchanged,
-            **before.changes(model, cfg), old_task_acc=old_task_accuracy(cfg, model, old_head, device),
-            sec_per_step=probe.sec_per_step, saved_bytes_per_step=probe.record.get("saved_bytes_per_step"),
-            train_size=len(x), val_size=len(xv), curve=loop.evals,
+            **before.changes(model, cfg), **probe.record, sec_per_step=probe.sec_per_step,
+            old_task_acc=old_task_accuracy(cfg, model, old_head, device), train_size=len(x),
+            val_size=len(xv), curve=loop.evals,
             **dist.ddp_report({"model": model}, {**probe.record, "backbone_unchanged": unchanged},
                               reducer=dist.reducer_size(step_fn)))
 
 
 def draw_val_curve(ax, curve: list[dict], label: str) -> None:
-    """Validation accuracy against steps. The run's own figure and the tour's comparison both draw with this."""
-    ax.plot([c["step"] for c in curve], [c["val_acc"] for c in curve], marker="o", ms=3, label=label)
+    """Validation accuracy against steps. The run's own figure and the tour's comparison both draw
+    with this."""
+    ax.plot([c["step"] for c in curve], [c["val_acc"] for c in curve], marker="o", ms=3,
+            label=label)
     ax.set(xlabel="step", ylabel="val accuracy (new task)")
     ax.legend(fontsize=8)
 
@@ -347,8 +366,9 @@ def draw_val_curve(ax, curve: list[dict], label: str) -> None:
 
 def headline(s: dict) -> str:
     old = "n/a" if s["old_task_acc"] is None else f"{s['old_task_acc']:.3f}"
-    return (f"val_acc {s['val_acc']:.3f}, pretraining-task acc {old}, backbone unchanged: {s['backbone_unchanged']} "
-            f"(drift {s['frozen_state_drift']:.3g}), saved bytes/step {s['saved_bytes_per_step']:,}")
+    return (f"val_acc {s['val_acc']:.3f}, pretraining-task acc {old}, backbone unchanged: "
+            f"{s['backbone_unchanged']} (drift {s['frozen_state_drift']:.3g}), saved bytes/step "
+            f"{s['saved_bytes_per_step']:,}")
 
 
 def tour_figure(runs: dict, fig) -> None:
@@ -371,12 +391,15 @@ QUICK = ["steps=20", "eval_every=10", "log_every=10", "backbone.pretrain_steps=4
 CHECKPOINTING = ["checkpoint=true", "unfreeze_last=2"]  # the last conv block and the pooling train
 EXAMPLE = Example(
     name="finetune",
-    pattern="frozen backbone: requires_grad_(False), kept in eval mode, features under no_grad, head-only optimizer",
-    pattern_functions=("freeze", "FrozenBackboneClassifier", "param_groups", "buffers_kept", "Checkpointed"),
+    pattern="frozen backbone: requires_grad_(False), kept in eval mode, features under no_grad, "
+            "head-only optimizer",
+    pattern_functions=("freeze", "FrozenBackboneClassifier", "param_groups", "buffers_kept",
+                       "Checkpointed"),
     mistakes={
         "no_freeze": Mistake(
             "the whole network trains",
-            "more time and bytes saved for backward per step; the pretraining task is no longer preserved",
+            "more time and bytes saved for backward per step; the pretraining task is no longer "
+            "preserved",
             ("FrozenBackboneClassifierNoFreeze",),
         ),
         "bn_train": Mistake(
@@ -386,25 +409,28 @@ EXAMPLE = Example(
         ),
         "checkpoint_reentrant": Mistake(
             "gradient checkpointing with use_reentrant=True on blocks whose input needs no grad",
-            "the checkpointed blocks silently get no gradient: their params never change (torch only warns)",
+            "the checkpointed blocks silently get no gradient: their params never change (torch "
+            "only warns)",
             ("CheckpointedReentrant",),
         ),
     },
     budgets={"full": {**{m: [] for m in BY_MISTAKE}, "checkpoint_reentrant": CHECKPOINTING},
-             "quick": {**{m: QUICK for m in BY_MISTAKE}, "checkpoint_reentrant": [*QUICK, *CHECKPOINTING]}},
+             "quick": {**{m: QUICK for m in BY_MISTAKE},
+                       "checkpoint_reentrant": [*QUICK, *CHECKPOINTING]}},
     headline=headline,
     figure=tour_figure,
     figure_size=(12, 3.6),
-    check=lambda s: None if s["backbone_unchanged"] else "the frozen backbone's parameter-and-buffer hash changed",
-    smoke=("steps=4", "eval_every=4", "log_every=2", "backbone.pretrain_steps=20", "backbone.checkpoint_dir={tmp}/bb"),
+    check=lambda s: None if s["backbone_unchanged"] else "the frozen backbone's hash changed",
+    smoke=("steps=4", "eval_every=4", "log_every=2", "backbone.pretrain_steps=20",
+           "backbone.checkpoint_dir={tmp}/bb"),
 )
 
 
 @hydra.main(version_base="1.3", config_path=config_dir("finetune"), config_name="finetune")
 def main(cfg) -> None:
-    report(run_cli(train, cfg), "val_acc", "old_task_acc", "backbone_unchanged", "frozen_state_drift",
-           "unfrozen_blocks_changed", "trainable_params", "frozen_params", "sec_per_step", "saved_bytes_per_step",
-           "checkpoint", "stage")
+    report(run_cli(train, cfg), "val_acc", "old_task_acc", "backbone_unchanged",
+           "frozen_state_drift", "unfrozen_blocks_changed", "trainable_params", "frozen_params",
+           "sec_per_step", "saved_bytes_per_step", "checkpoint", "stage")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     fake = g(z)                                          # one generator forward per iteration
     d_loss = bce(d(real), 1) + bce(d(fake.detach()), 0)  # D step: the graph stops at `fake`
     opt_d.zero_grad(); d_loss.backward(); opt_d.step()
-    g_loss = bce(d(fake), 1)                             # G step: same `fake`, through the updated D
+    g_loss = bce(d(fake), 1)                             # G step: same `fake`, through the new D
     opt_g.zero_grad(); g_loss.backward(); opt_g.step()
 
 The mistakes (`mistake=`), and what they cost:
@@ -59,7 +59,7 @@ IMAGE_SETS = ("digits", *images.ONLINE, "imagefolder", "fake")
 
 @dataclass
 class GanData:
-    name: str = MISSING  # ring8 | grid25 | mixture | digits | mnist | fashion_mnist | cifar10 | imagefolder | fake
+    name: str = MISSING  # a mixture (ring8, grid25, mixture) or images (digits, cifar10...)
     modes: int = 8  # mixture: number of Gaussians on a ring (grid: modes must be a square)
     layout: str = "ring"  # mixture: ring | grid
     radius: float = 2.0  # ring radius, or grid spacing
@@ -82,7 +82,7 @@ class GanConfig(BaseConfig):
     beta1: float = 0.5
     beta2: float = 0.999
     spectral_norm: bool = False  # on D's layers
-    standardize: bool = True  # mixtures: train on data in units of its std, so one config fits any mixture's size
+    standardize: bool = True  # mixtures: train in units of the data's std (any scale)
     pack: int = 1  # PacGAN: D judges `pack` samples at once, which makes a collapsed G easy to spot
     r1_gamma: float = 0.1  # R1 gradient penalty on real data
     r1_every: int = 1  # lazy R1 (StyleGAN2): the penalty on every n-th D step only, at n * r1_gamma
@@ -103,8 +103,8 @@ def validate(cfg: GanConfig) -> None:
     require_choice(cfg, "data.layout", ["ring", "grid"])
     require_choice(cfg, "lr_schedule", SCHEDULES)
     require_non_negative(cfg, "r1_gamma")
-    require_positive(cfg, "pack", "r1_every", "batch_size", "z_dim", "hidden", "layers", "lr_g", "lr_d",
-                     "eval_samples", "data.modes", "data.radius", "data.std")
+    require_positive(cfg, "pack", "r1_every", "batch_size", "z_dim", "hidden", "layers", "lr_g",
+                     "lr_d", "eval_samples", "data.modes", "data.radius", "data.std")
     if cfg.batch_size % cfg.pack:
         raise ConfigError(f"batch_size={cfg.batch_size} must be a multiple of pack={cfg.pack}")
 
@@ -115,13 +115,15 @@ def build_data(cfg: GanConfig, device: torch.device):
     d = cfg.data
     if d.name in MIXTURES:
         layout = "ring" if d.name == "ring8" else "grid" if d.name == "grid25" else d.layout
-        return mixture(layout, d.modes, d.radius, d.std, device, cfg.seed + dist.rank(), cfg.standardize)  # each rank its own samples
+        return mixture(layout, d.modes, d.radius, d.std, device, cfg.seed + dist.rank(),
+                       cfg.standardize)  # each rank its own samples
     if d.name == "digits":
         x, _ = images.load_digits_tensors()
     else:
         ds = images.torchvision_dataset(d.name, d.root, d.image_size, channels=d.channels)
         x, _ = images.dataset_to_tensors(ds, limit=20000)
-    return images.ImageBatches(dist.shard(x), cfg.batch_size, device, cfg.seed)  # torchrun: this rank's shard
+    return images.ImageBatches(dist.shard(x), cfg.batch_size, device,
+                               cfg.seed)  # torchrun: this rank's shard
 
 
 def build_models(cfg: GanConfig, data, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -131,7 +133,8 @@ def build_models(cfg: GanConfig, data, device: torch.device) -> tuple[nn.Module,
     else:
         channels, *size = data.images.shape[1:]
         g = ConvGenerator(cfg.z_dim, (channels, *size), base=max(cfg.hidden // 8, 8))
-        d = conv_discriminator((channels * cfg.pack, *size), base=max(cfg.hidden // 8, 8), sn=cfg.spectral_norm)
+        d = conv_discriminator((channels * cfg.pack, *size), base=max(cfg.hidden // 8, 8),
+                               sn=cfg.spectral_norm)
     d = Packed(d, cfg.pack) if cfg.pack > 1 else d
     return g.to(device), d.to(device)
 
@@ -140,7 +143,8 @@ def build_models(cfg: GanConfig, data, device: torch.device) -> tuple[nn.Module,
 
 def d_loss_fn(d, real, fake, r1_gamma=0.0):
     """D's loss (real -> 1, fake -> 0) and D's logits on `fake`. With r1_gamma > 0 it adds the R1
-    penalty gamma/2 * |grad_x D(real)|^2, which keeps D flat on the data and training near equilibrium."""
+    penalty gamma/2 * |grad_x D(real)|^2, which keeps D flat on the data and training near
+    equilibrium."""
     real = real.detach().requires_grad_(r1_gamma > 0)
     real_logits, fake_logits = d(real), d(fake)
     loss = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
@@ -175,7 +179,8 @@ def generator_step(d, opt_g, fake):
 
 
 def gan_step(d, opt_d, opt_g, real, fake, r1_gamma=0.0):
-    """One iteration on one generator forward (`fake = g(z)`): D learns from it detached, G through it."""
+    """One iteration on one generator forward (`fake = g(z)`): D learns from it detached, G through
+    it."""
     d_loss = discriminator_step(d, opt_d, real, fake, r1_gamma)
     g_loss = generator_step(d, opt_g, fake)
     return d_loss, g_loss
@@ -185,7 +190,7 @@ def gan_step(d, opt_d, opt_g, real, fake, r1_gamma=0.0):
 
 def discriminator_step_no_detach(d, opt_d, real, fake, r1_gamma=0.0):
     opt_d.zero_grad(set_to_none=True)
-    d_loss, _ = d_loss_fn(d, real, fake, r1_gamma)  # MISTAKE: the graph runs on into G; its backward frees G's
+    d_loss, _ = d_loss_fn(d, real, fake, r1_gamma)  # MISTAKE: into G: its backward frees G's graph
     d_loss.backward()
     opt_d.step()
     return d_loss.detach()
@@ -194,13 +199,13 @@ def discriminator_step_no_detach(d, opt_d, real, fake, r1_gamma=0.0):
 def discriminator_step_retain_graph(d, opt_d, real, fake, r1_gamma=0.0):
     opt_d.zero_grad(set_to_none=True)
     d_loss, _ = d_loss_fn(d, real, fake, r1_gamma)  # MISTAKE: the graph runs on into G
-    d_loss.backward(retain_graph=True)  # MISTAKE: the "fix": keeps G's graph alive, writes grads into G
+    d_loss.backward(retain_graph=True)  # MISTAKE: the "fix": keeps G's graph, writes grads into G
     opt_d.step()
     return d_loss.detach()
 
 
 def generator_step_shared_zero_grad(d, opt_g, fake):
-    g_loss = g_loss_fn(d(fake))  # MISTAKE: no opt_g.zero_grad() above: G's grads still hold what D's backward wrote
+    g_loss = g_loss_fn(d(fake))  # MISTAKE: no zero_grad above: G's grads still hold D's backward's
     g_loss.backward()
     opt_g.step()
     return g_loss.detach()
@@ -208,7 +213,7 @@ def generator_step_shared_zero_grad(d, opt_g, fake):
 
 def generator_step_reuse_d_output(d, opt_g, fake_logits):
     opt_g.zero_grad(set_to_none=True)
-    g_loss = g_loss_fn(fake_logits)  # MISTAKE: D's output from before opt_d.step() changed D's weights in place
+    g_loss = g_loss_fn(fake_logits)  # MISTAKE: computed before opt_d.step() changed D in place
     g_loss.backward()
     opt_g.step()
     return g_loss.detach()
@@ -216,7 +221,7 @@ def generator_step_reuse_d_output(d, opt_g, fake_logits):
 
 def discriminator_step_reuse_d_output(d, opt_d, real, fake, r1_gamma=0.0):
     opt_d.zero_grad(set_to_none=True)
-    d_loss, fake_logits = d_loss_fn(d, real, fake, r1_gamma)  # MISTAKE: D's output kept to reuse for G
+    d_loss, fake_logits = d_loss_fn(d, real, fake, r1_gamma)  # MISTAKE: D's output, kept for G
     d_loss.backward(retain_graph=True)  # MISTAKE: ... so its graph must outlive this backward
     opt_d.step()
     return d_loss.detach(), fake_logits
@@ -242,25 +247,27 @@ def gan_step_retain_graph_shared_zero_grad(d, opt_d, opt_g, real, fake, r1_gamma
 
 
 def gan_step_reuse_d_output(d, opt_d, opt_g, real, fake, r1_gamma=0.0):
-    d_loss, fake_logits = discriminator_step_reuse_d_output(d, opt_d, real, fake, r1_gamma)  # MISTAKE
+    d_loss, fake_logits = discriminator_step_reuse_d_output(  # MISTAKE
+        d, opt_d, real, fake, r1_gamma)
     g_loss = generator_step_reuse_d_output(d, opt_g, fake_logits)  # MISTAKE
     return d_loss, g_loss
 
 
-BY_MISTAKE = {"none": gan_step, "no_detach": gan_step_no_detach, "retain_graph": gan_step_retain_graph,
+BY_MISTAKE = {"none": gan_step, "no_detach": gan_step_no_detach,
+              "retain_graph": gan_step_retain_graph,
          "retain_graph_shared_zero_grad": gan_step_retain_graph_shared_zero_grad,
          "reuse_d_output": gan_step_reuse_d_output}
 
 KNOWN_ERRORS = {
     "no_detach": ("backward through the graph a second time",
-        "mistake=no_detach: the D step backpropagated through G (D trained on `fake`, not `fake.detach()`), "
-        "which freed G's graph, so the G step had nothing left to backpropagate through. "
-        "Fix: train D on fake.detach(); keep the undetached fake for the G step.",
+        "mistake=no_detach: the D step backpropagated through G (D trained on `fake`, not "
+        "`fake.detach()`), which freed G's graph, so the G step had nothing left to backpropagate "
+        "through. Fix: train D on fake.detach(); keep the undetached fake for the G step.",
     ),
     "reuse_d_output": ("modified by an inplace operation",
-        "mistake=reuse_d_output: the G loss reused D's output from the D step, but opt_d.step() then "
-        "changed D's weights in place, and autograd refuses to backpropagate through stale saved weights. "
-        "Fix: compute the G loss with a fresh D(fake) after the D step.",
+        "mistake=reuse_d_output: the G loss reused D's output from the D step, but opt_d.step() "
+        "then changed D's weights in place, and autograd refuses to backpropagate through stale "
+        "saved weights. Fix: compute the G loss with a fresh D(fake) after the D step.",
     ),
 }
 
@@ -275,15 +282,18 @@ def evaluate(g: nn.Module, data, fixed_z: torch.Tensor, cfg: GanConfig) -> dict:
     g.train(was_training)
     if isinstance(data, GaussianMixture):
         samples = data.to_data(samples)  # G works in the units the data were sampled in
-        return {**mode_metrics(samples, data.centres, data.std, cfg.min_per_mode), "samples": samples.cpu()}
+        return {**mode_metrics(samples, data.centres, data.std, cfg.min_per_mode),
+                "samples": samples.cpu()}
     return {"samples": samples.cpu()}
 
 
 def draw_samples(ax, samples: torch.Tensor, centres: torch.Tensor | None, title: str) -> None:
-    """A scatter of 2-D samples over the mode centres, or a grid of images (the run's figure and the tour's)."""
+    """A scatter of 2-D samples over the mode centres, or a grid of images (the run's figure and the
+    tour's)."""
     if centres is not None:
         ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, label="generated")
-        ax.scatter(centres[:, 0], centres[:, 1], s=40, marker="x", color="red", label="mode centres")
+        ax.scatter(centres[:, 0], centres[:, 1], s=40, marker="x", color="red",
+                   label="mode centres")
         lim = float(centres.abs().max()) * 1.4 + 0.1
         ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
         ax.legend(loc="upper right", fontsize=7)
@@ -300,12 +310,14 @@ def save_samples(result: dict, data, run: Run, step: int, label: str) -> None:
     centres = data.centres.cpu() if isinstance(data, GaussianMixture) else None
     title = f"{label}, step {step}"
     if centres is not None:
-        title += f"\nmodes {result['modes_covered']}/{len(centres)}, high quality {result['high_quality_frac']:.2f}"
+        title += (f"\nmodes {result['modes_covered']}/{len(centres)}, high quality "
+                  f"{result['high_quality_frac']:.2f}")
     fig, ax = plots.pyplot().subplots(figsize=(4, 4))
     draw_samples(ax, result["samples"], centres, title)
     plots.save(fig, run.path(f"samples_step{step:06d}.png"))
     if run.is_main:  # the last samples, for the tour's side-by-side figure
-        torch.save({"samples": result["samples"][:2500], "centres": centres, "title": title}, run.path("samples.pt"))
+        torch.save({"samples": result["samples"][:2500], "centres": centres, "title": title},
+                   run.path("samples.pt"))
 
 
 # --- training loop ------------------------------------------------------------------------------
@@ -362,24 +374,28 @@ def train(cfg) -> dict:
 
 def headline(s: dict) -> str:
     modes = "" if "modes_covered" not in s else (
-        f"modes {s['modes_covered']}/{len(s['samples_per_mode'])}, high quality {s['high_quality_frac']:.2f}, ")
+        f"modes {s['modes_covered']}/{len(s['samples_per_mode'])}, high quality "
+        f"{s['high_quality_frac']:.2f}, ")
     return (f"{modes}grad written into G by the D step {s['g_grad_norm_after_d_step']:.3g}, "
             f"D-step saved bytes {s['d_step_saved_bytes']:,}")
 
 
 def tour_figure(runs: dict, fig) -> None:
-    shown = [m for m in ("none", "retain_graph_shared_zero_grad") if m in runs and "run_dir" in runs[m]]
+    shown = [m for m in ("none", "retain_graph_shared_zero_grad") if m in runs
+             and "run_dir" in runs[m]]
     for i, mistake in enumerate(shown, start=1):
         path = f"{runs[mistake]['run_dir']}/samples.pt"
         saved = torch.load(path, weights_only=True)
-        draw_samples(fig.add_subplot(1, len(shown), i), saved["samples"], saved["centres"], saved["title"])
+        draw_samples(fig.add_subplot(1, len(shown), i), saved["samples"], saved["centres"],
+                     saved["title"])
 
 
 QUICK = ["steps=20", "eval_every=20", "log_every=10", "hidden=32", "eval_samples=500"]
 EXAMPLE = Example(
     name="gan",
     pattern="discriminator step on fake.detach(); the generator step reuses the same fake",
-    pattern_functions=("d_loss_fn", "g_loss_fn", "discriminator_step", "generator_step", "gan_step"),
+    pattern_functions=("d_loss_fn", "g_loss_fn", "discriminator_step", "generator_step",
+                       "gan_step"),
     mistakes={
         "no_detach": Mistake(
             "D trains on `fake` without detach, so D's backward frees G's graph",
@@ -399,7 +415,8 @@ EXAMPLE = Example(
         "reuse_d_output": Mistake(
             "the G loss reuses the D-step output after opt_d.step()",
             "'modified by an inplace operation' at the G step's backward",
-            ("discriminator_step_reuse_d_output", "generator_step_reuse_d_output", "gan_step_reuse_d_output"),
+            ("discriminator_step_reuse_d_output", "generator_step_reuse_d_output",
+             "gan_step_reuse_d_output"),
         ),
     },
     budgets={"full": {"none": [], "retain_graph": [], "retain_graph_shared_zero_grad": [],
@@ -407,15 +424,18 @@ EXAMPLE = Example(
              "quick": {m: QUICK for m in BY_MISTAKE}},
     headline=headline,
     figure=tour_figure,
-    check=lambda s: None if s["g_grad_norm_after_d_step"] == 0.0 and not s["d_step_reaches_g"] else (
+    check=lambda s: None if s["g_grad_norm_after_d_step"] == 0.0 and not s["d_step_reaches_g"]
+    else (
         f"the D step reached G and wrote grad {s['g_grad_norm_after_d_step']:.3g} into it"),
-    smoke=("steps=4", "log_every=2", "eval_every=4", "hidden=16", "batch_size=32", "eval_samples=64"),
+    smoke=("steps=4", "log_every=2", "eval_every=4", "hidden=16", "batch_size=32",
+           "eval_samples=64"),
 )
 
 
 @hydra.main(version_base="1.3", config_path=config_dir("gan"), config_name="gan")
 def main(cfg) -> None:
-    report(run_cli(train, cfg), "modes_covered", "high_quality_frac", "g_grad_norm_after_d_step", "sec_per_step")
+    report(run_cli(train, cfg), "modes_covered", "high_quality_frac", "g_grad_norm_after_d_step",
+           "sec_per_step")
 
 
 if __name__ == "__main__":

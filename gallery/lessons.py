@@ -22,13 +22,15 @@ from gallery.core.probes import SavedTensorMeter
 
 
 def detach_shares_storage() -> str:
-    """`detach()` copies nothing: the result shares the original's storage and its version counter."""
+    """`detach()` copies nothing: the result shares the original's storage and its version
+    counter."""
     x = torch.randn(4, requires_grad=True) * 2
     y = x.detach()
     assert y.data_ptr() == x.data_ptr() and y._version == x._version
     y.add_(1)  # an in-place change through the detached view ...
     assert x._version == y._version == 1  # ... is counted on the original too
-    return f"same data_ptr, and one in-place op on the detached tensor bumped both versions to {x._version}"
+    return (f"same data_ptr, and one in-place op on the detached tensor bumped both versions to "
+            f"{x._version}")
 
 
 def inplace_on_detached_breaks_backward() -> str:
@@ -56,7 +58,8 @@ def clone_detach_is_independent() -> str:
     assert c.data_ptr() != b.data_ptr() and not bool((b == 0).any())
     b.sum().backward()
     torch.testing.assert_close(a.grad, (b * (1 - b)).detach())
-    return "the copy was zeroed; the original kept its values and its backward gave the right gradient"
+    return ("the copy was zeroed; the original kept its values and its backward gave the right "
+            "gradient")
 
 
 def data_is_not_detach() -> str:
@@ -73,7 +76,8 @@ def data_is_not_detach() -> str:
 
 def no_grad_cuts_every_operation() -> str:
     """`detach()` cuts one tensor; `torch.no_grad()` cuts every operation in its block: results made
-    there do not require grad even from parameters that do, and the parameters themselves still do."""
+    there do not require grad even from parameters that do, and the parameters themselves still
+    do."""
     w = nn.Parameter(torch.randn(3))
     x = torch.randn(3)
     with torch.no_grad():
@@ -81,7 +85,8 @@ def no_grad_cuts_every_operation() -> str:
     mixed = w.detach() * x + w * x  # one input cut, the other not: the result still has a graph
     assert not inside.requires_grad and inside.grad_fn is None and w.requires_grad
     assert mixed.requires_grad and mixed.grad_fn is not None
-    return "under no_grad: requires_grad=False from a parameter; with one detach: still requires_grad=True"
+    return ("under no_grad: requires_grad=False from a parameter; with one detach: still "
+            "requires_grad=True")
 
 
 def inference_mode_is_stricter() -> str:
@@ -147,8 +152,8 @@ def requires_grad_false_does_not_freeze_batchnorm() -> str:
 
 
 def checkpointing_trades_bytes_for_recompute() -> str:
-    """Gradient checkpointing (`checkpoint(..., use_reentrant=False)`) saves fewer bytes for backward
-    and recomputes the forward during backward; the gradients are identical."""
+    """Gradient checkpointing (`checkpoint(..., use_reentrant=False)`) saves fewer bytes for
+    backward and recomputes the forward during backward; the gradients are identical."""
     torch.manual_seed(0)
     blocks = nn.Sequential(*[nn.Sequential(nn.Linear(64, 64), nn.Tanh()) for _ in range(8)])
     x = torch.randn(32, 64)
@@ -169,10 +174,10 @@ def checkpointing_trades_bytes_for_recompute() -> str:
 
 
 LESSONS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
-    detach_shares_storage, inplace_on_detached_breaks_backward, clone_detach_is_independent, data_is_not_detach,
-    no_grad_cuts_every_operation, inference_mode_is_stricter, only_leaves_that_require_grad_get_grad,
-    detach_does_not_free_the_graph, requires_grad_false_does_not_freeze_batchnorm,
-    checkpointing_trades_bytes_for_recompute)}
+    detach_shares_storage, inplace_on_detached_breaks_backward, clone_detach_is_independent,
+    data_is_not_detach, no_grad_cuts_every_operation, inference_mode_is_stricter,
+    only_leaves_that_require_grad_get_grad, detach_does_not_free_the_graph,
+    requires_grad_false_does_not_freeze_batchnorm, checkpointing_trades_bytes_for_recompute)}
 
 
 # The claims where the seed tutorial was wrong or imprecise (the lesson's claim says what is true).
@@ -180,7 +185,7 @@ CORRECTS_THE_TUTORIAL = {"only_leaves_that_require_grad_get_grad"}
 
 
 def status(name: str) -> str:
-    return "corrects the tutorial; asserted" if name in CORRECTS_THE_TUTORIAL else "as the tutorial says; asserted"
+    return "corrects the tutorial; asserted" if name in CORRECTS_THE_TUTORIAL else ("as the tutorial says; asserted")
 
 
 def claim(lesson: Callable[[], str]) -> str:
@@ -193,17 +198,20 @@ def run(names: list[str] | None = None, out=None) -> dict[str, tuple[bool, str]]
     for name in names or list(LESSONS):
         try:
             passed, shown = True, LESSONS[name]()
-        except Exception as err:  # a failed assertion or an unexpected error: the claim did not hold
+        # a failed assertion or an unexpected error: the claim did not hold
+        except Exception as err:
             passed, shown = False, f"{type(err).__name__}: {err}"
         results[name] = (passed, shown)
-        print(f"{'PASS' if passed else 'FAIL'}  {name}\n      {claim(LESSONS[name])}\n      -> {shown}", file=out or sys.stdout)
+        print(f"{'PASS' if passed else 'FAIL'}  {name}\n      {claim(LESSONS[name])}\n      -> "
+              f"{shown}", file=out or sys.stdout)
     return results
 
 
 def main(argv: list[str]) -> int:
     unknown = [n for n in argv if n not in LESSONS]
     if unknown:
-        print(f"error: no lesson named {', '.join(unknown)}; the lessons: {', '.join(LESSONS)}", file=sys.stderr)
+        print(f"error: no lesson named {', '.join(unknown)}; the lessons: {', '.join(LESSONS)}",
+              file=sys.stderr)
         return 2
     results = run(argv or None)
     failed = [n for n, (ok, _) in results.items() if not ok]

@@ -1,6 +1,7 @@
-"""Networks the examples share or load: the image GAN's (DCGAN-style, PacGAN packing), the fine-tuning
-backbones (digits_cnn, pretrained in-project; torchvision's ResNet-18). The 2-D mixtures' GAN is two `mlp`s.
-And the two patterns more than one example copies: `sync_target` (dqn, sac) and `frozen` (sac)."""
+"""Networks the examples share or load: the image GAN's (DCGAN-style, PacGAN packing), the
+fine-tuning backbones (digits_cnn, pretrained in-project; torchvision's ResNet-18). The 2-D
+mixtures' GAN is two `mlp`s. And the two patterns more than one example copies: `sync_target` (dqn,
+sac) and `frozen` (sac)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from gallery.core.io import download_timeout
 
 @torch.no_grad()
 def sync_target(target, online, tau=1.0):
-    """tau=1 is a hard copy; tau<1 is Polyak averaging, t <- t + tau * (o - t). In place and without a
-    graph. Buffers (BatchNorm's running statistics) are copied either way: an average of two running
-    means is not a running mean, and an integer counter cannot be averaged."""
+    """tau=1 is a hard copy; tau<1 is Polyak averaging, t <- t + tau * (o - t). In place and without
+    a graph. Buffers (BatchNorm's running statistics) are copied either way: an average of two
+    running means is not a running mean, and an integer counter cannot be averaged."""
     for t, o in zip(target.parameters(), online.parameters()):
         if tau >= 1.0:
             t.copy_(o)  # PATTERN: under no_grad, never through .data
@@ -30,9 +31,9 @@ def sync_target(target, online, tau=1.0):
 
 @contextlib.contextmanager
 def frozen(module):
-    """The module's parameters stop requiring grad inside the block: gradients flow through the module
-    to its inputs, never into its weights. Each parameter gets its own flag back afterwards, even when
-    the block raises."""
+    """The module's parameters stop requiring grad inside the block: gradients flow through the
+    module to its inputs, never into its weights. Each parameter gets its own flag back afterwards,
+    even when the block raises."""
     flags = [p.requires_grad for p in module.parameters()]
     module.requires_grad_(False)  # PATTERN: for this block only
     try:
@@ -44,8 +45,8 @@ def frozen(module):
 
 @contextlib.contextmanager
 def evaluating(*modules):
-    """The modules in eval mode inside the block (BatchNorm reads its running statistics and leaves them
-    alone), each back in its own mode afterwards, even when the block raises."""
+    """The modules in eval mode inside the block (BatchNorm reads its running statistics and leaves
+    them alone), each back in its own mode afterwards, even when the block raises."""
     modes = [m.training for m in modules]
     for m in modules:
         m.eval()
@@ -92,14 +93,16 @@ class ConvGenerator(nn.Module):
         channels, size, _ = shape
         self.start, n_up = _upsamplings(size)
         self.width = width = base * 2**n_up
-        self.project = nn.Sequential(nn.Linear(z_dim, width * self.start**2), nn.BatchNorm1d(width * self.start**2), nn.ReLU())
+        self.project = nn.Sequential(nn.Linear(z_dim, width * self.start**2),
+                                     nn.BatchNorm1d(width * self.start**2), nn.ReLU())
         ups: list[nn.Module] = []
         for i in range(n_up):
             a, b = width // 2**i, width // 2 ** (i + 1)
             last = i == n_up - 1
             ups.append(nn.ConvTranspose2d(a, channels if last else b, 4, 2, 1))
             ups += [nn.Tanh()] if last else [nn.BatchNorm2d(b), nn.ReLU()]
-        self.ups = nn.Sequential(*ups) if n_up else nn.Sequential(nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh())
+        self.ups = nn.Sequential(*ups) if n_up else nn.Sequential(nn.Conv2d(
+            width, channels, 3, 1, 1), nn.Tanh())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.ups(self.project(z).view(len(z), self.width, self.start, self.start))
@@ -133,7 +136,8 @@ def digits_cnn() -> nn.Sequential:
 
 
 def resnet18_backbone(cfg) -> nn.Sequential:
-    """torchvision's ResNet-18 as blocks; `cfg` has `weights` (imagenet | random) and `weights_path`."""
+    """torchvision's ResNet-18 as blocks; `cfg` has `weights` (imagenet | random) and
+    `weights_path`."""
     from torchvision.models import ResNet18_Weights, resnet18
 
     net = resnet18(weights=None)

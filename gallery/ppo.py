@@ -1,4 +1,5 @@
-"""PPO: the rollout is data. What the policy did, and what it was worth, are constants in the update.
+"""PPO: the rollout is data. What the policy did, and what it was worth, are constants in the
+update.
 
     with torch.no_grad():                                    # acting builds no graph
         action, logprob, value = agent.act(obs)              # stored as plain tensors
@@ -90,15 +91,16 @@ register_schema("ppo", PpoConfig)
 def validate(cfg: PpoConfig) -> None:
     validate_base(cfg, BY_MISTAKE)
     require_choice(cfg, "env.vectorization", ["sync", "async"])
-    require_positive(cfg, "env.num_envs", "rollout_steps", "epochs", "minibatch_size", "lr", "hidden",
-                     "eval_episodes", "max_grad_norm")
+    require_positive(cfg, "env.num_envs", "rollout_steps", "epochs", "minibatch_size", "lr",
+                     "hidden", "eval_episodes", "max_grad_norm")
     require_non_negative(cfg, "vf_coef", "ent_coef", "value_check_episodes")
     require_range(cfg, "gamma", 0.0, 1.0)
     require_range(cfg, "gae_lambda", 0.0, 1.0)
     require_range(cfg, "clip", 0.0, 1.0)
     if cfg.minibatch_size > cfg.rollout_steps * cfg.env.num_envs:
+        holds = cfg.rollout_steps * cfg.env.num_envs
         raise ConfigError(f"minibatch_size={cfg.minibatch_size} is more than a rollout holds "
-                          f"(rollout_steps * env.num_envs = {cfg.rollout_steps * cfg.env.num_envs})")
+                          f"(rollout_steps * env.num_envs = {holds})")
 
 
 # --- model ---------------------------------------------------------------------------------------
@@ -117,10 +119,10 @@ class Agent(nn.Module):
     def __init__(self, obs_dim: int, n_actions: int, hidden: int):
         super().__init__()
         g = math.sqrt(2)
-        self.actor = nn.Sequential(layer(obs_dim, hidden, g), nn.Tanh(), layer(hidden, hidden, g), nn.Tanh(),
-                                   layer(hidden, n_actions, 0.01))
-        self.critic = nn.Sequential(layer(obs_dim, hidden, g), nn.Tanh(), layer(hidden, hidden, g), nn.Tanh(),
-                                    layer(hidden, 1, 1.0))
+        self.actor = nn.Sequential(layer(obs_dim, hidden, g), nn.Tanh(), layer(hidden, hidden, g),
+                                   nn.Tanh(), layer(hidden, n_actions, 0.01))
+        self.critic = nn.Sequential(layer(obs_dim, hidden, g), nn.Tanh(), layer(hidden, hidden, g),
+                                    nn.Tanh(), layer(hidden, 1, 1.0))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(obs).squeeze(-1)
@@ -138,17 +140,18 @@ class Agent(nn.Module):
 # --- the pattern --------------------------------------------------------------------------------
 
 def rollout(agent, envs, obs, num_steps, gamma):
-    """`num_steps` steps of every sub-env (SAME_STEP autoreset). Returns the rollout as (T, N) tensors
-    and the observation to go on from."""
+    """`num_steps` steps of every sub-env (SAME_STEP autoreset). Returns the rollout as (T, N)
+    tensors and the observation to go on from."""
     steps = []
     for _ in range(num_steps):
-        with torch.no_grad():  # PATTERN: the rollout is data: actions, log-probs and values without a graph
+        with torch.no_grad():  # PATTERN: the rollout is data: no graph behind what it stores
             action, logprob, value = agent.act(obs)
         next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
         reward = torch.as_tensor(reward, dtype=torch.float32, device=obs.device)
         for i in (truncated & ~terminated).nonzero()[0]:  # PATTERN: a time limit is not an end:
             with torch.no_grad():  # bootstrap from the value of the true final observation
-                final = torch.as_tensor(info["final_obs"][i], dtype=torch.float32, device=obs.device)
+                final = torch.as_tensor(info["final_obs"][i], dtype=torch.float32,
+                                        device=obs.device)
                 reward[i] += gamma * agent.value(final)
         done = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=obs.device)
         steps.append((obs, action, logprob, value, reward, done))
@@ -157,7 +160,7 @@ def rollout(agent, envs, obs, num_steps, gamma):
     return {name: torch.stack(column) for name, column in zip(names, zip(*steps))}, obs
 
 
-@torch.no_grad()  # PATTERN: advantages and returns are targets: constants, like the rollout they come from
+@torch.no_grad()  # PATTERN: advantages and returns are targets: constants, like the rollout
 def gae(batch, next_value, gamma, lam):
     """Generalised advantage estimates from the stored values; returns = advantages + values."""
     advantages, running = torch.zeros_like(batch["rewards"]), torch.zeros_like(next_value)
@@ -174,22 +177,26 @@ def ppo_loss(agent, obs, actions, old_logprobs, advantages, returns, clip):
     logprob, entropy, value = agent.evaluate(obs, actions)
     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     ratio = (logprob - old_logprobs).exp()  # PATTERN: the stored log-probs are constants
-    policy_loss = -torch.min(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages).mean()
+    clipped = ratio.clamp(1 - clip, 1 + clip)
+    policy_loss = -torch.min(ratio * advantages, clipped * advantages).mean()
     value_loss = 0.5 * (value - returns).pow(2).mean()
     return policy_loss, value_loss, entropy.mean()
 
 
 def ppo_update(agent, optimizer, batch, advantages, returns, epochs, minibatch_size, clip,
                vf_coef=0.5, ent_coef=0.0, max_grad_norm=0.5):
-    """`epochs` passes of shuffled minibatches over one rollout, flattened from (T, N); the mean losses."""
-    obs, actions, old_logprobs = batch["obs"].flatten(0, 1), batch["actions"].flatten(), batch["logprobs"].flatten()
+    """`epochs` passes of shuffled minibatches over one rollout, flattened from (T, N); the mean
+    losses."""
+    obs, actions = batch["obs"].flatten(0, 1), batch["actions"].flatten()
+    old_logprobs = batch["logprobs"].flatten()
     advantages, returns = advantages.flatten(), returns.flatten()
     losses = []  # the policy and value losses of every minibatch
     for _ in range(epochs):
         for mb in torch.randperm(len(returns), device=returns.device).split(minibatch_size):
             mb_advantages = advantages[mb]
-            policy_loss, value_loss, entropy = ppo_loss(agent, obs[mb], actions[mb], old_logprobs[mb],
-                                                        mb_advantages, returns[mb], clip)
+            policy_loss, value_loss, entropy = ppo_loss(agent, obs[mb], actions[mb],
+                                                        old_logprobs[mb], mb_advantages,
+                                                        returns[mb], clip)
             loss = policy_loss + vf_coef * value_loss - ent_coef * entropy
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -204,12 +211,13 @@ def ppo_update(agent, optimizer, batch, advantages, returns, epochs, minibatch_s
 def rollout_grad(agent, envs, obs, num_steps, gamma):
     steps = []
     for _ in range(num_steps):
-        action, logprob, value = agent.act(obs)  # MISTAKE: acting with grad: each step's graph is stored too
+        action, logprob, value = agent.act(obs)  # MISTAKE: acting with grad: graphs are stored
         next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
         reward = torch.as_tensor(reward, dtype=torch.float32, device=obs.device)
         for i in (truncated & ~terminated).nonzero()[0]:
             with torch.no_grad():
-                final = torch.as_tensor(info["final_obs"][i], dtype=torch.float32, device=obs.device)
+                final = torch.as_tensor(info["final_obs"][i], dtype=torch.float32,
+                                        device=obs.device)
                 reward[i] += gamma * agent.value(final)
         done = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=obs.device)
         steps.append((obs, action, logprob, value, reward, done))
@@ -224,24 +232,27 @@ def rollout_truncation_as_terminal(agent, envs, obs, num_steps, gamma):
         with torch.no_grad():
             action, logprob, value = agent.act(obs)
         next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
-        reward = torch.as_tensor(reward, dtype=torch.float32, device=obs.device)  # MISTAKE: no bootstrap: a
-        done = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=obs.device)  # time limit ends it
+        # MISTAKE: no bootstrap: a time limit ends the episode
+        reward = torch.as_tensor(reward, dtype=torch.float32, device=obs.device)
+        done = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=obs.device)
         steps.append((obs, action, logprob, value, reward, done))
         obs = torch.as_tensor(next_obs, dtype=torch.float32, device=obs.device)
     names = ("obs", "actions", "logprobs", "values", "rewards", "dones")
     return {name: torch.stack(column) for name, column in zip(names, zip(*steps))}, obs
 
 
-def ppo_update_advantage_grad(agent, optimizer, batch, advantages, returns, epochs, minibatch_size, clip,
-                              vf_coef=0.5, ent_coef=0.0, max_grad_norm=0.5):
-    obs, actions, old_logprobs = batch["obs"].flatten(0, 1), batch["actions"].flatten(), batch["logprobs"].flatten()
+def ppo_update_advantage_grad(agent, optimizer, batch, advantages, returns, epochs, minibatch_size,
+                              clip, vf_coef=0.5, ent_coef=0.0, max_grad_norm=0.5):
+    obs, actions = batch["obs"].flatten(0, 1), batch["actions"].flatten()
+    old_logprobs = batch["logprobs"].flatten()
     advantages, returns = advantages.flatten(), returns.flatten()
     losses = []  # the policy and value losses of every minibatch
     for _ in range(epochs):
         for mb in torch.randperm(len(returns), device=returns.device).split(minibatch_size):
-            mb_advantages = returns[mb] - agent.value(obs[mb])  # MISTAKE: "fresher" advantages, with grad
-            policy_loss, value_loss, entropy = ppo_loss(agent, obs[mb], actions[mb], old_logprobs[mb],
-                                                        mb_advantages, returns[mb], clip)
+            mb_advantages = returns[mb] - agent.value(obs[mb])  # MISTAKE: "fresher", with grad
+            policy_loss, value_loss, entropy = ppo_loss(agent, obs[mb], actions[mb],
+                                                        old_logprobs[mb], mb_advantages,
+                                                        returns[mb], clip)
             loss = policy_loss + vf_coef * value_loss - ent_coef * entropy
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -252,15 +263,17 @@ def ppo_update_advantage_grad(agent, optimizer, batch, advantages, returns, epoc
 
 
 Variant = namedtuple("Variant", ["rollout", "update"])  # what a mistake swaps in, by name
-BY_MISTAKE = {"none": Variant(rollout, ppo_update), "rollout_grad": Variant(rollout_grad, ppo_update),
+BY_MISTAKE = {"none": Variant(rollout, ppo_update),
+              "rollout_grad": Variant(rollout_grad, ppo_update),
               "advantage_grad": Variant(rollout, ppo_update_advantage_grad),
               "truncation_as_terminal": Variant(rollout_truncation_as_terminal, ppo_update)}
 KNOWN_ERRORS = {
     "rollout_grad": (
         "backward through the graph a second time",
-        "mistake=rollout_grad: the rollout was collected with grad, so every stored log-prob carries the "
-        "graph of the step that made it; the first minibatch's backward ran into that graph and freed it, "
-        "and the second one found it gone. Fix: act under torch.no_grad() (the rollout is data).",
+        "mistake=rollout_grad: the rollout was collected with grad, so every stored log-prob "
+        "carries the graph of the step that made it; the first minibatch's backward ran into that "
+        "graph and freed it, and the second one found it gone. Fix: act under torch.no_grad() (the "
+        "rollout is data).",
     ),
 }
 
@@ -274,11 +287,16 @@ def greedy(agent: Agent):
 
 
 @torch.no_grad()  # a measurement: no graph
-def value_bias(agent, env_id: str, time_limit: int, episodes: int, gamma: float, seed: int, device) -> dict:
-    """The critic's values against Monte-Carlo returns of the task without its time limit: the policy samples
-    for up to `time_limit` + 400 steps, and each state of the first `time_limit` is scored against its
-    discounted return to the end (the tail past 400 steps adds at most gamma**400 / (1 - gamma))."""
+def value_bias(agent, env_id: str, time_limit: int, episodes: int, gamma: float, seed: int,
+               device) -> dict:
+    """The critic's values against Monte-Carlo returns of the task without its time limit: the
+    policy samples for up to `time_limit` + 400 steps, and each state of the first `time_limit` is
+    scored against its discounted return to the end (the tail past 400 steps adds at most gamma**400
+    / (1 - gamma))."""
     import gymnasium as gym
+
+    if not episodes or not time_limit:  # an env without a time limit has nothing to check
+        return {}
     env, errors = gym.make(env_id, max_episode_steps=time_limit + 400), []
     with contextlib.closing(env):
         for ep in range(episodes):
@@ -343,21 +361,24 @@ def train(cfg) -> dict:
                 loop.log({"policy_loss": policy_loss, "value_loss": value_loss}, clip=clip,
                          lr=schedule.get_last_lr()[0])
             if loop.due(cfg.eval_every, final=True):
-                row = loop.evaluated(**evaluate(greedy(agent), eval_envs, cfg.seed + 10_000, device))
-                if loop.solved(row["eval_return_mean"], threshold):
+                result = evaluate(greedy(agent), eval_envs, cfg.seed + 10_000, device)
+                if loop.solved(loop.evaluated(**result)["eval_return_mean"], threshold):
                     break
         bias = value_bias(agent, cfg.env.id, time_limit, cfg.value_check_episodes, cfg.gamma,
-                          cfg.seed + 20_000, device) if cfg.value_check_episodes and time_limit else {}
+                          cfg.seed + 20_000, device)
         return loop.summary(**rl_results(loop, threshold), time_limit=time_limit, **bias,
-                            rollout_saved_bytes=rollout_bytes, env_steps_per_sec=probe.units_per_sec)
+                            rollout_saved_bytes=rollout_bytes,
+                            env_steps_per_sec=probe.units_per_sec)
 
 
 # --- what the tour and `python -m gallery show ppo` read ------------------------------------
 
 def headline(s: dict) -> str:
-    solved = (f"first solved at {s['first_solved_step']:,} env steps" if s["first_solved_step"] is not None
+    solved = (f"first solved at {s['first_solved_step']:,} env steps"
+              if s["first_solved_step"] is not None
               else f"not solved in {s['env_steps']:,} env steps")
-    bias = "" if s.get("value_bias") is None else f", value bias vs Monte-Carlo {s['value_bias']:+.1f}"
+    bias = "" if s.get("value_bias") is None else (f", value bias vs Monte-Carlo "
+                                                   f"{s['value_bias']:+.1f}")
     return (f"eval return {s['eval_return_mean']:.1f}, {solved}{bias}, "
             f"bytes the stored rollout holds for backward {s['rollout_saved_bytes']:,}")
 
@@ -366,30 +387,34 @@ def tour_figure(runs: dict, fig) -> None:
     ax = fig.add_subplot(1, 1, 1)
     for mistake in BY_MISTAKE:
         if runs.get(mistake, {}).get("evals"):
-            draw_learning_curve(ax, runs[mistake]["evals"], "pattern" if mistake == "none" else f"mistake={mistake}")
+            draw_learning_curve(ax, runs[mistake]["evals"],
+                                "pattern" if mistake == "none" else f"mistake={mistake}")
 
 
 QUICK = ["steps=2048", "eval_every=1024", "eval_episodes=2", "value_check_episodes=1", "epochs=2"]
 TRUNCATED = ["env.max_episode_steps=100", "stop_when_solved=false", "steps=30000"]
 EXAMPLE = Example(
     name="ppo",
-    pattern="the rollout and the advantages are data: acting and GAE under no_grad, stored log-probs constant",
+    pattern="the rollout and the advantages are data: acting and GAE under no_grad, stored "
+            "log-probs constant",
     pattern_functions=("rollout", "gae", "ppo_loss", "ppo_update"),
     mistakes={
         "rollout_grad": Mistake(
             "the rollout collected with grad enabled",
-            "bytes held for backward grow with every rollout step; the second backward over the rollout raises "
-            "'Trying to backward through the graph a second time'",
+            "bytes held for backward grow with every rollout step; the second backward over the "
+            "rollout raises 'Trying to backward through the graph a second time'",
             ("rollout_grad",),
         ),
         "advantage_grad": Mistake(
             "advantages recomputed from the critic with grad (returns - V(s))",
-            "the policy loss reaches the critic's parameters: the policy objective pushes the value function",
+            "the policy loss reaches the critic's parameters: the policy objective pushes the "
+            "value function",
             ("ppo_update_advantage_grad",),
         ),
         "truncation_as_terminal": Mistake(
             "a time-limit truncation treated as a terminal state (no bootstrap)",
-            "the critic underestimates values against Monte-Carlo returns (measured with a 100-step limit)",
+            "the critic underestimates values against Monte-Carlo returns (measured with a "
+            "100-step limit)",
             ("rollout_truncation_as_terminal",),
         ),
     },

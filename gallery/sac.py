@@ -1,12 +1,12 @@
 """SAC: three stop-gradients in one update, each guarding a different network.
 
-    with torch.no_grad():                                     # 1. the soft TD target is a constant
+    with torch.no_grad():                              # 1. the soft TD target is a constant
         a2, logp2 = actor.sample(s2)
         y = r + gamma * (1 - done) * (min(Q1'(s2, a2), Q2'(s2, a2)) - alpha * logp2)
-    with frozen(critics):                                     # 2. the actor's loss flows through the
-        q = min(Q1, Q2)(s, a)                                 #    critics to the action, not into them
+    with frozen(critics):                              # 2. the actor's loss flows through the
+        q = min(Q1, Q2)(s, a)                          #    critics to the action, not into them
     actor_loss = (alpha * logp - q).mean()
-    alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()   # 3. only log_alpha learns here
+    alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()  # 3. only log_alpha learns
 
 and the target critics follow by Polyak averaging under no_grad (`sync_target`, shared with dqn).
 The mistakes (`mistake=`):
@@ -88,7 +88,8 @@ register_schema("sac", SacConfig)
 def validate(cfg: SacConfig) -> None:
     validate_base(cfg, BY_MISTAKE)
     require_choice(cfg, "env.vectorization", ["sync", "async"])
-    require_positive(cfg, "env.num_envs", "hidden", "lr", "batch_size", "buffer_size", "eval_episodes", "probe_every")
+    require_positive(cfg, "env.num_envs", "hidden", "lr", "batch_size", "buffer_size",
+                     "eval_episodes", "probe_every")
     require_range(cfg, "gamma", 0.0, 1.0)
     require_range(cfg, "tau", 1e-6, 1.0)
     if cfg.batch_size > cfg.buffer_size:
@@ -98,7 +99,8 @@ def validate(cfg: SacConfig) -> None:
 # --- models --------------------------------------------------------------------------------------
 
 def mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, n_out))
 
 
 class Actor(nn.Module):
@@ -116,8 +118,9 @@ class Actor(nn.Module):
         noise = torch.randn_like(mean)
         u = mean + std * noise  # reparameterised: the sample carries the actor's graph
         squashed = torch.tanh(u)
-        gaussian = -0.5 * noise.pow(2) - std.log() - 0.5 * math.log(2 * math.pi)  # log N(u; mean, std)
-        logp = gaussian - torch.log(self.scale * (1 - squashed.pow(2)) + 1e-6)  # the tanh and scale change of variables
+        # log N(u; mean, std), then the change of variables of the tanh and the scale
+        gaussian = -0.5 * noise.pow(2) - std.log() - 0.5 * math.log(2 * math.pi)
+        logp = gaussian - torch.log(self.scale * (1 - squashed.pow(2)) + 1e-6)
         return squashed * self.scale + self.center, logp.sum(-1)
 
     def greedy(self, obs: torch.Tensor) -> torch.Tensor:
@@ -126,7 +129,8 @@ class Actor(nn.Module):
     @torch.no_grad()  # acting needs no graph
     def act(self, obs: np.ndarray) -> np.ndarray:
         """A sampled action for each sub-env's observation, as the env takes it."""
-        return self.sample(torch.as_tensor(obs, dtype=torch.float32, device=self.scale.device))[0].cpu().numpy()
+        return self.sample(torch.as_tensor(obs, dtype=torch.float32,
+                                           device=self.scale.device))[0].cpu().numpy()
 
 
 class Critic(nn.Module):
@@ -154,25 +158,27 @@ class Temperature(nn.Module):
 
 def make_targets(critics):
     target_critics = copy.deepcopy(critics)
-    target_critics.requires_grad_(False)  # PATTERN: the targets only ever follow by Polyak averaging
+    target_critics.requires_grad_(False)  # PATTERN: they only ever follow, by Polyak averaging
     return target_critics
 
 
 def make_optimizers(actor, critics, temperature, lr):
     """One optimizer per network: each step moves only what it is meant to train."""
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=lr)  # PATTERN: the actor's optimizer holds the actor only
-    return actor_opt, torch.optim.Adam(critics.parameters(), lr=lr), torch.optim.Adam(temperature.parameters(), lr=lr)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=lr)  # PATTERN: the actor only
+    return actor_opt, torch.optim.Adam(critics.parameters(),
+                                       lr=lr), torch.optim.Adam(temperature.parameters(), lr=lr)
 
 
 def soft_td_target(actor, target_critics, batch, alpha, gamma):
-    """r + gamma * (1 - terminated) * (min_i Q'_i(s', a') - alpha * log pi(a'|s')), with a' ~ pi(.|s')."""
+    """r + gamma * (1 - terminated) * (min_i Q'_i(s', a') - alpha * log pi(a'|s')), with a' ~
+    pi(.|s')."""
     next_action, next_logp = actor.sample(batch["next_obs"])
     next_q = torch.min(*(q(batch["next_obs"], next_action) for q in target_critics))
     return batch["rewards"] + gamma * (1.0 - batch["terminated"]) * (next_q - alpha * next_logp)
 
 
 def critic_step(critics, target_critics, actor, critic_opt, batch, alpha, gamma):
-    with torch.no_grad():  # PATTERN: the soft TD target is a constant: no graph into the targets or the actor
+    with torch.no_grad():  # PATTERN: a constant: no graph into the targets or the actor
         target = soft_td_target(actor, target_critics, batch, alpha, gamma)
     loss = sum(F.mse_loss(q(batch["obs"], batch["actions"]), target) for q in critics)
     critic_opt.zero_grad(set_to_none=True)
@@ -191,7 +197,8 @@ def actor_alpha_step(actor, critics, temperature, actor_opt, alpha_opt, obs, tar
     with frozen(critics):  # PATTERN: grads flow through the critics to the action, not into them
         q = torch.min(*(c(obs, action) for c in critics))
     actor_loss = (alpha * logp - q).mean()
-    alpha_loss = -(temperature.log_alpha * (logp.detach() + target_entropy)).mean()  # PATTERN: log_alpha only
+    # PATTERN: logp is a constant here: only log_alpha learns from this loss
+    alpha_loss = -(temperature.log_alpha * (logp.detach() + target_entropy)).mean()
     actor_opt.zero_grad(set_to_none=True)
     alpha_opt.zero_grad(set_to_none=True)
     (actor_loss + alpha_loss).backward()
@@ -208,7 +215,7 @@ def make_targets_with_grad(critics):
 
 
 def critic_step_target_grad(critics, target_critics, actor, critic_opt, batch, alpha, gamma):
-    target = soft_td_target(actor, target_critics, batch, alpha, gamma)  # MISTAKE: no no_grad: a graph behind it
+    target = soft_td_target(actor, target_critics, batch, alpha, gamma)  # MISTAKE: a graph behind
     loss = sum(F.mse_loss(q(batch["obs"], batch["actions"]), target) for q in critics)
     critic_opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -217,14 +224,16 @@ def critic_step_target_grad(critics, target_critics, actor, critic_opt, batch, a
 
 
 def make_optimizers_shared(actor, critics, temperature, lr):
-    actor_opt = torch.optim.Adam([*actor.parameters(), *critics.parameters()], lr=lr)  # MISTAKE: one for both
+    # MISTAKE: one optimizer for both
+    actor_opt = torch.optim.Adam([*actor.parameters(), *critics.parameters()], lr=lr)
     return actor_opt, actor_opt, torch.optim.Adam(temperature.parameters(), lr=lr)
 
 
-def actor_alpha_step_updates_critic(actor, critics, temperature, actor_opt, alpha_opt, obs, target_entropy):
+def actor_alpha_step_updates_critic(actor, critics, temperature, actor_opt, alpha_opt, obs,
+                                    target_entropy):
     alpha = temperature.log_alpha.exp().detach()
     action, logp = actor.sample(obs)
-    q = torch.min(*(c(obs, action) for c in critics))  # MISTAKE: the critics' weights get the actor loss's grads
+    q = torch.min(*(c(obs, action) for c in critics))  # MISTAKE: the critics get the actor's grads
     actor_loss = (alpha * logp - q).mean()
     alpha_loss = -(temperature.log_alpha * (logp.detach() + target_entropy)).mean()
     actor_opt.zero_grad(set_to_none=True)
@@ -235,13 +244,15 @@ def actor_alpha_step_updates_critic(actor, critics, temperature, actor_opt, alph
     return actor_loss.detach(), -logp.detach().mean()
 
 
-def actor_alpha_step_alpha_no_detach(actor, critics, temperature, actor_opt, alpha_opt, obs, target_entropy):
+def actor_alpha_step_alpha_no_detach(actor, critics, temperature, actor_opt, alpha_opt, obs,
+                                     target_entropy):
     alpha = temperature.log_alpha.exp().detach()
     action, logp = actor.sample(obs)
     with frozen(critics):
         q = torch.min(*(c(obs, action) for c in critics))
     actor_loss = (alpha * logp - q).mean()
-    alpha_loss = -(temperature.log_alpha * (logp + target_entropy)).mean()  # MISTAKE: it trains the actor too
+    # MISTAKE: logp keeps its graph: this loss trains the actor too
+    alpha_loss = -(temperature.log_alpha * (logp + target_entropy)).mean()
     actor_opt.zero_grad(set_to_none=True)
     alpha_opt.zero_grad(set_to_none=True)
     (actor_loss + alpha_loss).backward()
@@ -254,10 +265,12 @@ def actor_alpha_step_alpha_no_detach(actor, critics, temperature, actor_opt, alp
 Variant = namedtuple("Variant", ["make_targets", "make_optimizers", "critic_step", "actor_step"])
 BY_MISTAKE = {
     "none": Variant(make_targets, make_optimizers, critic_step, actor_alpha_step),
-    "target_grad": Variant(make_targets_with_grad, make_optimizers, critic_step_target_grad, actor_alpha_step),
+    "target_grad": Variant(make_targets_with_grad, make_optimizers, critic_step_target_grad,
+                           actor_alpha_step),
     "actor_updates_critic": Variant(make_targets, make_optimizers_shared, critic_step,
                                   actor_alpha_step_updates_critic),
-    "alpha_no_detach": Variant(make_targets, make_optimizers, critic_step, actor_alpha_step_alpha_no_detach),
+    "alpha_no_detach": Variant(make_targets, make_optimizers, critic_step,
+                               actor_alpha_step_alpha_no_detach),
 }
 
 
@@ -284,8 +297,8 @@ def train(cfg) -> dict:
             Loop(cfg, "sac", stateful, device, cfg.env.id, by=n, unit="env_steps") as loop:
         if loop.finished:
             return loop.finished
-        act_rng = np.random.default_rng(cfg.seed + loop.step)  # episodes in flight restart on resume
-        obs, _ = envs.reset(seed=cfg.seed + loop.step)
+        obs, _ = envs.reset(seed=cfg.seed + loop.step)  # a resume restarts the episodes
+        act_rng = np.random.default_rng(cfg.seed + loop.step)  # random actions until learning
         for step in loop:
             learning = step - n >= cfg.learning_starts
             with probe.step(learning and tally.updates % cfg.probe_every == 0, units=n, per=n):
@@ -298,8 +311,9 @@ def train(cfg) -> dict:
                     batch, alpha = buffer.sample(cfg.batch_size), temperature.alpha()
                     critic_loss = variant.critic_step(critics, target_critics, actor, critic_opt,
                                                       batch, alpha, cfg.gamma)
-                    actor_loss, entropy = variant.actor_step(actor, critics, temperature, actor_opt,
-                                                             alpha_opt, batch["obs"], target_entropy)
+                    actor_loss, entropy = variant.actor_step(
+                        actor, critics, temperature, actor_opt, alpha_opt, batch["obs"],
+                        target_entropy)
                     sync_target(target_critics, critics, cfg.tau)
                     tally.updates += 1
             if loop.due(cfg.log_every):
@@ -308,48 +322,52 @@ def train(cfg) -> dict:
             if loop.due(cfg.eval_every, final=True):
                 loop.evaluated(**evaluate(actor.greedy, eval_envs, cfg.seed + 10_000, device),
                                entropy=float(entropy), alpha=float(temperature.alpha()))
-        return loop.summary(**rl_results(loop, None), updates=tally.updates,
-                            alpha=float(temperature.alpha()), target_grad_seen=not grads_absent(target_critics),
-                            env_steps_per_sec=probe.units_per_sec,
-                            saved_bytes_per_update=probe.record.get("saved_bytes_per_update"))
+        return loop.summary(**rl_results(loop, None), updates=tally.updates, **probe.record,
+                            alpha=float(temperature.alpha()), env_steps_per_sec=probe.units_per_sec,
+                            target_grad_seen=not grads_absent(target_critics))
 
 
 # --- what the tour and `python -m gallery show sac` read ------------------------------------
 
 def headline(s: dict) -> str:
-    return (f"eval return {s['eval_return_mean']:.1f} after {s['env_steps']:,} env steps, alpha {s['alpha']:.3f}, "
-            f"target grads seen: {s['target_grad_seen']}, saved bytes/update {s['saved_bytes_per_update']:,}")
+    return (f"eval return {s['eval_return_mean']:.1f} after {s['env_steps']:,} env steps, alpha "
+            f"{s['alpha']:.3f}, target grads seen: {s['target_grad_seen']}, saved bytes/update "
+            f"{s['saved_bytes_per_update']:,}")
 
 
 def tour_figure(runs: dict, fig) -> None:
-    """Eval return and the temperature alpha; the pattern is drawn last, on top (target_grad trains the
-    same weights, so its curve would hide the pattern's)."""
+    """Eval return and the temperature alpha; the pattern is drawn last, on top (target_grad trains
+    the same weights, so its curve would hide the pattern's)."""
     returns, alphas = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for mistake in [m for m in BY_MISTAKE if m != "none"] + ["none"]:
         evals = runs.get(mistake, {}).get("evals") or []
         label = "pattern" if mistake == "none" else f"mistake={mistake}"
         if evals:
             draw_learning_curve(returns, evals, label)
-            alphas.plot([e["env_steps"] for e in evals], [e.get("alpha") for e in evals], marker="o", ms=3,
-                        label=label, lw=2.5 if mistake == "none" else 1.2)
+            alphas.plot([e["env_steps"] for e in evals], [e.get("alpha") for e in evals],
+                        marker="o", ms=3, label=label, lw=2.5 if mistake == "none" else 1.2)
     alphas.set(xlabel="env steps", ylabel="alpha (temperature)", yscale="log")
     alphas.legend(fontsize=8)
 
 
-QUICK = ["steps=600", "learning_starts=200", "eval_every=300", "eval_episodes=1", "hidden=32", "batch_size=32",
-         "probe_every=50"]
+QUICK = ["steps=600", "learning_starts=200", "eval_every=300", "eval_episodes=1", "hidden=32",
+         "batch_size=32", "probe_every=50"]
 EXAMPLE = Example(
     name="sac",
-    pattern="soft TD target under no_grad; the actor's loss does not train the critics; log_prob.detach() for alpha",
-    pattern_functions=("make_targets", "make_optimizers", "soft_td_target", "critic_step", "actor_alpha_step", "frozen", "sync_target"),
+    pattern="soft TD target under no_grad; the actor's loss does not train the critics; "
+            "log_prob.detach() for alpha",
+    pattern_functions=("make_targets", "make_optimizers", "soft_td_target", "critic_step",
+                       "actor_alpha_step", "frozen", "sync_target"),
     mistakes={
         "target_grad": Mistake(
             "the TD target computed with grad enabled, through target critics that require grad",
-            "target critics and the actor get .grad from the critic loss; more bytes saved for backward per update",
+            "target critics and the actor get .grad from the critic loss; more bytes saved for "
+            "backward per update",
             ("make_targets_with_grad", "critic_step_target_grad"),
         ),
         "actor_updates_critic": Mistake(
-            "one optimizer over actor and critics, and the critics left requiring grad in the actor step",
+            "one optimizer over actor and critics, and the critics left requiring grad in the "
+            "actor step",
             "the actor's loss, which maximises Q, also moves the critics",
             ("make_optimizers_shared", "actor_alpha_step_updates_critic"),
         ),
@@ -364,14 +382,15 @@ EXAMPLE = Example(
     figure=tour_figure,
     check=lambda s: "a target critic got .grad" if s["target_grad_seen"] else (
         None if s["saved_bytes_per_update"] else "no update was measured"),
-    smoke=("steps=300", "learning_starts=100", "eval_every=300", "eval_episodes=1", "hidden=16", "batch_size=32",
-           "probe_every=10"),
+    smoke=("steps=300", "learning_starts=100", "eval_every=300", "eval_episodes=1", "hidden=16",
+           "batch_size=32", "probe_every=10"),
 )
 
 
 @hydra.main(version_base="1.3", config_path=config_dir("sac"), config_name="sac")
 def main(cfg) -> None:
-    report(run_cli(train, cfg), "eval_return_mean", "env_steps", "alpha", "target_grad_seen", "env_steps_per_sec")
+    report(run_cli(train, cfg), "eval_return_mean", "env_steps", "alpha", "target_grad_seen",
+           "env_steps_per_sec")
 
 
 if __name__ == "__main__":

@@ -13,14 +13,15 @@ apart. The mistakes (`mistake=`), and what they cost on digits (scripts/gates.py
   l2-normalised output falls to about 0 (healthy: about 1/sqrt(d)) and kNN accuracy drops below a
   random encoder's. The loss curve alone hides the collapse; the std curve shows it.
 - no_predictor: the stop-gradient kept, the predictor removed (p = z): it collapses too, as the
-  SimSiam paper reports (output std about 0.035/sqrt(d) on seeds 0-2, kNN below the random encoder's).
+  SimSiam paper reports (output std about 0.035/sqrt(d) on seeds 0-2, kNN below the random
+  encoder's).
 
 Run: python -m gallery.simsiam seed=0 out_dir=/tmp/simsiam       (data=cifar10 | imagefolder online)
 """
 
 from __future__ import annotations
 
-import math
+import functools
 from dataclasses import dataclass, field
 
 import hydra
@@ -47,6 +48,7 @@ from gallery.core.loop import Loop
 from gallery.core.probes import Probe, reached_parameters
 from gallery.core.registry import Example, Mistake
 from gallery.core.run import prepare
+from gallery.core.schedule import lr_schedule
 from gallery.data import images
 from gallery.nets import conv_block, evaluating
 
@@ -72,14 +74,14 @@ class SimSiamConfig(BaseConfig):
     data: SimSiamData = field(default_factory=SimSiamData)
     steps: int = 800
     batch_size: int = 128
-    lr: float = 0.05  # SGD; the encoder's follows a cosine schedule, the predictor's stays fixed (as in the paper)
+    lr: float = 0.05  # SGD: the encoder's decays on a cosine, the predictor's stays (the paper's)
     momentum: float = 0.9
     weight_decay: float = 1e-3
     width: int = 32  # the backbone's first conv width (then 2x, 4x)
     proj_hidden: int = 256
     dim: int = 64  # d: the projector's output
     pred_hidden: int = 16  # the predictor's bottleneck (d/4, as in the paper)
-    projector_bn: bool = False  # BatchNorm on the projector's output (the paper's); see the README card
+    projector_bn: bool = False  # BatchNorm on the projector's output (the paper's)
     knn_k: int = 20
     eval_every: int = 100
     log_every: int = 50
@@ -98,22 +100,28 @@ def validate(cfg: SimSiamConfig) -> None:
     require_range(cfg, "data.crop_scale", 0.1, 1.0)
     require_range(cfg, "data.val_fraction", 0.05, 0.9)
     if cfg.batch_size < 2:
-        raise ConfigError(f"batch_size={cfg.batch_size}: BatchNorm needs at least 2 images per batch")
+        raise ConfigError(f"batch_size={cfg.batch_size}: BatchNorm needs at least 2 images per "
+                          f"batch")
 
 
 # --- models --------------------------------------------------------------------------------------
 
-def make_encoder(channels: int, width: int, proj_hidden: int, dim: int, projector_bn: bool) -> nn.Sequential:
+def make_encoder(channels: int, width: int, proj_hidden: int, dim: int,
+                 projector_bn: bool) -> nn.Sequential:
     """encoder[0] is the backbone (what kNN and a later fine-tune use), encoder[1] the projector."""
-    backbone = nn.Sequential(conv_block(channels, width), conv_block(width, 2 * width), nn.MaxPool2d(2),
-                             conv_block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    projector = nn.Sequential(nn.Linear(4 * width, proj_hidden, bias=False), nn.BatchNorm1d(proj_hidden), nn.ReLU(),
-                              nn.Linear(proj_hidden, dim, bias=False), *([nn.BatchNorm1d(dim)] if projector_bn else []))
+    backbone = nn.Sequential(conv_block(channels, width), conv_block(width, 2 * width),
+                             nn.MaxPool2d(2), conv_block(2 * width, 4 * width),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    projector = nn.Sequential(nn.Linear(4 * width, proj_hidden, bias=False),
+                              nn.BatchNorm1d(proj_hidden), nn.ReLU(),
+                              nn.Linear(proj_hidden, dim, bias=False),
+                              *([nn.BatchNorm1d(dim)] if projector_bn else []))
     return nn.Sequential(backbone, projector)
 
 
 def make_predictor(dim: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, dim))
+    return nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),
+                         nn.Linear(hidden, dim))
 
 
 # --- the pattern --------------------------------------------------------------------------------
@@ -123,21 +131,25 @@ def negative_cosine(p, z):
 
 
 def simsiam_loss(encoder, predictor, x1, x2):
-    """Symmetric: each view's prediction is pulled towards the other view's output, held constant."""
+    """Symmetric: each view's prediction is pulled towards the other view's output, held
+    constant."""
     z1, z2 = encoder(x1), encoder(x2)
     p1, p2 = predictor(z1), predictor(z2)
-    return negative_cosine(p1, z2.detach()) / 2 + negative_cosine(p2, z1.detach()) / 2  # PATTERN: stop-gradient
+    # PATTERN: the stop-gradient: each view's target is a constant
+    return negative_cosine(p1, z2.detach()) / 2 + negative_cosine(p2, z1.detach()) / 2
 
 
 def output_std(z):
     """The collapse monitor: per-channel std of the l2-normalised outputs, averaged over channels.
-    0 when every input maps to the same direction; about 1/sqrt(d) when they spread over the sphere."""
+    0 when every input maps to the same direction; about 1/sqrt(d) when they spread over the
+    sphere."""
     return F.normalize(z, dim=1).std(dim=0).mean()
 
 
 @torch.no_grad()
 def knn_accuracy(bank, bank_labels, queries, query_labels, k=20, temperature=0.1):
-    """Each query takes the labels of its k most cosine-similar bank features, weighted by exp(sim / t)."""
+    """Each query takes the labels of its k most cosine-similar bank features, weighted by exp(sim /
+    t)."""
     sim = F.normalize(queries, dim=1) @ F.normalize(bank, dim=1).T
     top, idx = sim.topk(k, dim=1)
     votes = torch.zeros(len(queries), int(bank_labels.max()) + 1, device=queries.device)
@@ -150,12 +162,13 @@ def knn_accuracy(bank, bank_labels, queries, query_labels, k=20, temperature=0.1
 def simsiam_loss_no_stop_grad(encoder, predictor, x1, x2):
     z1, z2 = encoder(x1), encoder(x2)
     p1, p2 = predictor(z1), predictor(z2)
-    return negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2  # MISTAKE: the targets get gradients too
+    # MISTAKE: no stop-gradient: the targets get gradients too
+    return negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
 
 
 def simsiam_loss_no_predictor(encoder, predictor, x1, x2):
     z1, z2 = encoder(x1), encoder(x2)
-    p1, p2 = z1, z2  # MISTAKE: no predictor: each output chases the other view's, the same map on both sides
+    p1, p2 = z1, z2  # MISTAKE: no predictor: the same map on both sides
     return negative_cosine(p1, z2.detach()) / 2 + negative_cosine(p2, z1.detach()) / 2
 
 
@@ -172,11 +185,13 @@ def target_branch_grad_share(loss_fn, encoder, predictor, x1, x2) -> float:
     params = [p for p in encoder.parameters() if p.requires_grad]
     with evaluating(encoder, predictor):
         loss = loss_fn(encoder, predictor, x1, x2)
-        online = predictor if reached_parameters(loss, predictor) else nn.Identity()  # no_predictor: p = z
+        uses_predictor = reached_parameters(loss, predictor)
+        online = predictor if uses_predictor else nn.Identity()  # no_predictor: p = z
         full = torch.autograd.grad(loss, params)
         with torch.no_grad():
             t1, t2 = encoder(x1), encoder(x2)
-        reference = negative_cosine(online(encoder(x1)), t2) / 2 + negative_cosine(online(encoder(x2)), t1) / 2
+        reference = negative_cosine(online(encoder(x1)),
+                                    t2) / 2 + negative_cosine(online(encoder(x2)), t1) / 2
         held = torch.autograd.grad(reference, params)
     difference = torch.cat([(a - b).flatten() for a, b in zip(full, held)]).norm()
     return float(difference / torch.cat([a.flatten() for a in full]).norm().clamp_min(1e-30))
@@ -200,7 +215,8 @@ def load_data(cfg):
         if d.image_size and d.image_size != 8:
             x = F.interpolate(x, size=d.image_size, mode="bilinear")
     else:
-        x, y = images.dataset_to_tensors(images.torchvision_dataset(d.name, d.root, d.image_size or 32, channels=3),
+        x, y = images.dataset_to_tensors(images.torchvision_dataset(
+            d.name, d.root, d.image_size or 32, channels=3),
                                          limit=d.limit)
     return images.stratified_split(x, y, d.val_fraction, d.split_seed, None)
 
@@ -211,26 +227,28 @@ def train(cfg) -> dict:
     if cfg.knn_k > len(xt):
         raise ConfigError(f"knn_k={cfg.knn_k}: the kNN bank holds only {len(xt)} images")
     d = cfg.data
-    views = lambda x: images.random_views(x, d.crop_scale, d.rotate, d.flip, d.jitter, d.noise)  # noqa: E731
+    views = functools.partial(images.random_views, crop_scale=d.crop_scale, rotate=d.rotate,
+                              flip=d.flip, jitter=d.jitter, noise=d.noise)  # one random view each
     encoder = make_encoder(xt.shape[1], cfg.width, cfg.proj_hidden, cfg.dim, cfg.projector_bn)
     encoder = amp_forward(encoder.to(device), device, cfg.amp)
     predictor = make_predictor(cfg.dim, cfg.pred_hidden).to(device)
     compile_modules(cfg.compile, encoder, predictor)
-    optimizer = torch.optim.SGD([{"params": encoder.parameters()}, {"params": predictor.parameters()}],
-                                lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))  # noqa: E731
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, [cosine, lambda step: 1.0])
+    groups = [{"params": encoder.parameters()}, {"params": predictor.parameters()}]
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    schedule = lr_schedule(optimizer, "cosine", cfg.steps, fixed_groups=(1,))  # predictor: fixed
     batches = images.IndexBatches(len(xt), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
     loss_fn = BY_MISTAKE[cfg.mistake]
     stateful = {"encoder": encoder, "predictor": predictor, "optimizer": optimizer,
                 "schedule": schedule, "batches": batches}
-    raw_pixels = knn_accuracy(xt.flatten(1), yt, xv.flatten(1), yv, cfg.knn_k)
-    probe, loss = Probe(device), torch.tensor(float("nan"))
+    k = cfg.knn_k
+    raw_pixels = knn_accuracy(xt.flatten(1), yt, xv.flatten(1), yv, k)
+    probe = Probe(device)
     with Loop(cfg, "simsiam", stateful, device, d.name) as loop:
         if loop.finished:
             return loop.finished
-        if not loop.evals:  # step 0: the random encoder, the baseline the training must beat
-            loop.evals.append({"step": 0, "loss": None, **evaluate(encoder, xt, yt, xv, yv, cfg.knn_k)})
+        if not loop.evals:  # step 0: the random encoder, the baseline to beat
+            loop.evals.append({"step": 0, "loss": None, **evaluate(encoder, xt, yt, xv, yv, k)})
         for step in loop:
             x = xt[next(batches).to(device)]
             x1, x2 = views(x), views(x)
@@ -243,10 +261,9 @@ def train(cfg) -> dict:
             if loop.due(cfg.log_every):
                 loop.log({"loss": loss.detach()})
             if loop.due(cfg.eval_every, final=True):
-                loop.evaluated(**evaluate(encoder, xt, yt, xv, yv, cfg.knn_k), loss=float(loss.detach()))
-        fig, axes = plots.pyplot().subplots(1, 3, figsize=(12, 3.4))
-        draw_curves(axes, loop.evals, f"mistake={cfg.mistake}", cfg.dim)
-        plots.save(fig, loop.run.path("curves.png"))
+                loop.evaluated(**evaluate(encoder, xt, yt, xv, yv, k), loss=float(loss.detach()))
+        plots.figure(loop.run.path("curves.png"), draw_curves, loop.evals, f"mistake={cfg.mistake}",
+                     cfg.dim, panels=3, size=(12, 3.4))
         x, last = xt[next(batches).to(device)], loop.evals[-1]
         share = target_branch_grad_share(loss_fn, encoder, predictor, views(x), views(x))
         return loop.summary(
@@ -257,13 +274,17 @@ def train(cfg) -> dict:
 
 
 def draw_curves(axes, curve: list[dict], label: str, dim: int) -> None:
-    """Loss, output std x sqrt(d) and kNN accuracy against steps: the loss alone hides a collapse."""
+    """Loss, output std x sqrt(d) and kNN accuracy against steps: the loss alone hides a
+    collapse."""
     trained = [c for c in curve if c["loss"] is not None]
-    axes[0].plot([c["step"] for c in trained], [c["loss"] for c in trained], marker="o", ms=3, label=label)
+    axes[0].plot([c["step"] for c in trained], [c["loss"] for c in trained], marker="o", ms=3,
+                 label=label)
     axes[0].set(xlabel="step", ylabel="loss (min -1)")
-    axes[1].plot([c["step"] for c in curve], [c["output_std"] * dim**0.5 for c in curve], marker="o", ms=3, label=label)
+    axes[1].plot([c["step"] for c in curve], [c["output_std"] * dim**0.5 for c in curve],
+                 marker="o", ms=3, label=label)
     axes[1].set(xlabel="step", ylabel="output std x sqrt(d) (collapse: 0)", ylim=(0, None))
-    axes[2].plot([c["step"] for c in curve], [c["knn_acc"] for c in curve], marker="o", ms=3, label=label)
+    axes[2].plot([c["step"] for c in curve], [c["knn_acc"] for c in curve], marker="o", ms=3,
+                 label=label)
     axes[2].set(xlabel="step", ylabel="kNN accuracy (held out)")
     for ax in axes:
         ax.legend(fontsize=8)
@@ -272,14 +293,16 @@ def draw_curves(axes, curve: list[dict], label: str, dim: int) -> None:
 # --- what the tour and `python -m gallery show simsiam` read -------------------------------
 
 def headline(s: dict) -> str:
-    return (f"loss {s['loss']:.3f}, output std x sqrt(d) {s['output_std_sqrt_d']:.3f} (collapsed: 0), kNN acc "
-            f"{s['knn_acc']:.3f} (random encoder {s['knn_random_encoder']:.3f}, raw pixels {s['knn_raw_pixels']:.3f})")
+    return (f"loss {s['loss']:.3f}, output std x sqrt(d) {s['output_std_sqrt_d']:.3f} (collapsed: "
+            f"0), kNN acc {s['knn_acc']:.3f} (random encoder {s['knn_random_encoder']:.3f}, raw "
+            f"pixels {s['knn_raw_pixels']:.3f})")
 
 
 def tour_figure(runs: dict, fig) -> None:
     axes = fig.subplots(1, 3)
     for mistake in (m for m in BY_MISTAKE if m in runs and "curve" in runs[m]):
-        draw_curves(axes, runs[mistake]["curve"], "pattern" if mistake == "none" else mistake, runs[mistake]["dim"])
+        draw_curves(axes, runs[mistake]["curve"], "pattern" if mistake == "none" else mistake,
+                    runs[mistake]["dim"])
     if "none" in runs and "curve" in runs["none"]:
         axes[2].axhline(runs["none"]["knn_raw_pixels"], color="gray", ls=":", label="raw pixels")
         axes[2].legend(fontsize=8)
@@ -288,17 +311,20 @@ def tour_figure(runs: dict, fig) -> None:
 QUICK = ["steps=30", "eval_every=10", "log_every=10"]
 EXAMPLE = Example(
     name="simsiam",
-    pattern="SimSiam's stop-gradient: each view's prediction chases the other view's output, held constant",
+    pattern="SimSiam's stop-gradient: each view's prediction chases the other view's output, held "
+            "constant",
     pattern_functions=("negative_cosine", "simsiam_loss", "output_std", "knn_accuracy"),
     mistakes={
         "no_stop_grad": Mistake(
             "no detach: gradients flow through both branches",
-            "collapse: the loss reaches -1 while the output std falls to about 0 and kNN accuracy drops",
+            "collapse: the loss reaches -1 while the output std falls to about 0 and kNN accuracy "
+            "drops",
             ("simsiam_loss_no_stop_grad",),
         ),
         "no_predictor": Mistake(
             "stop-gradient kept, predictor removed (p = z)",
-            "collapse, as the paper reports: output std about 0 and kNN below the random encoder's (measured)",
+            "collapse, as the paper reports: output std about 0 and kNN below the random encoder's "
+            "(measured)",
             ("simsiam_loss_no_predictor",),
         ),
     },
@@ -306,16 +332,18 @@ EXAMPLE = Example(
     headline=headline,
     figure=tour_figure,
     figure_size=(12, 3.6),
-    check=lambda s: None if s["target_branch_grad_share"] < 1e-2 else  # 0 on CPU; bf16 autocast on CUDA
-    f"{s['target_branch_grad_share']:.3g} of the encoder's gradient flows through the stop-gradient targets",
+    # 0 on CPU; bf16 autocast on CUDA leaves a little
+    check=lambda s: None if s["target_branch_grad_share"] < 1e-2 else
+    f"{s['target_branch_grad_share']:.3g} of the encoder's gradient flows through the "
+    f"stop-gradient targets",
     smoke=("steps=4", "eval_every=2", "log_every=2", "batch_size=32"),
 )
 
 
 @hydra.main(version_base="1.3", config_path=config_dir("simsiam"), config_name="simsiam")
 def main(cfg) -> None:
-    report(run_cli(train, cfg), "loss", "output_std_sqrt_d", "knn_acc", "knn_random_encoder", "knn_raw_pixels",
-           "target_branch_grad_share", "sec_per_step")
+    report(run_cli(train, cfg), "loss", "output_std_sqrt_d", "knn_acc", "knn_random_encoder",
+           "knn_raw_pixels", "target_branch_grad_share", "sec_per_step")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""A smoke test for your CI: every example's pattern for a few steps on embedded data, with its probe.
+"""A smoke test for your CI: every example's pattern for a few steps on embedded data, with its
+probe.
 
     python -m gallery smoke                         # CPU (or CUDA when present: device=auto)
     python -m gallery smoke device=cuda junit=smoke.xml examples=gan,tbptt
@@ -19,7 +20,8 @@ from xml.etree import ElementTree
 from gallery.core.cli import compose
 from gallery.core.registry import examples
 
-USAGE = "usage: python -m gallery smoke [device=auto|cpu|cuda|cuda:N] [junit=path.xml] [examples=gan,dqn,...]"
+USAGE = ("usage: python -m gallery smoke [device=auto|cpu|cuda|cuda:N] [junit=path.xml] "
+         "[examples=gan,dqn,...]")
 
 
 def run(device: str = "auto", names: list[str] | None = None) -> list[dict]:
@@ -31,14 +33,18 @@ def run(device: str = "auto", names: list[str] | None = None) -> list[dict]:
         with tempfile.TemporaryDirectory() as tmp:
             overrides = [o.replace("{tmp}", tmp) for o in example.smoke]
             try:
-                summary = example.module.train(compose(name, [*overrides, f"device={device}", f"out_dir={tmp}/run"]))
+                summary = example.module.train(compose(name,
+                                                       [*overrides, f"device={device}",
+                                                        f"out_dir={tmp}/run"]))
                 failure = example.check(summary)
                 detail = failure or example.headline(summary)
             except Exception as err:  # a broken run fails the smoke test, with its reason
                 failure = detail = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 summary = {"traceback": traceback.format_exc()}
-        results.append({"example": name, "passed": failure is None, "detail": detail, "seconds": time.perf_counter() - start,
-                        "device": summary.get("device", device), "traceback": summary.get("traceback")})
+        results.append({"example": name, "passed": failure is None, "detail": detail,
+                        "seconds": time.perf_counter() - start,
+                        "device": summary.get("device", device),
+                        "traceback": summary.get("traceback")})
     return results
 
 
@@ -47,8 +53,8 @@ def junit(results: list[dict], path: str) -> None:
                                 failures=str(sum(not r["passed"] for r in results)),
                                 time=f"{sum(r['seconds'] for r in results):.3f}")
     for r in results:
-        case = ElementTree.SubElement(suite, "testcase", classname="gallery.smoke", name=r["example"],
-                                      time=f"{r['seconds']:.3f}")
+        case = ElementTree.SubElement(suite, "testcase", classname="gallery.smoke",
+                                      name=r["example"], time=f"{r['seconds']:.3f}")
         if not r["passed"]:
             failure = ElementTree.SubElement(case, "failure", message=r["detail"])
             failure.text = r["traceback"] or r["detail"]
@@ -68,7 +74,8 @@ def main(argv: list[str]) -> int:
         return 2
     results = run(args.get("device", "auto"), names)
     for r in results:
-        print(f"{'PASS' if r['passed'] else 'FAIL'}  {r['example']:9s} {r['seconds']:5.1f} s  {r['device']:6s}  {r['detail']}")
+        print(f"{'PASS' if r['passed'] else 'FAIL'}  {r['example']:9s} {r['seconds']:5.1f} s  "
+              f"{r['device']:6s}  {r['detail']}")
     if "junit" in args:
         junit(results, args["junit"])
     failed = [r["example"] for r in results if not r["passed"]]

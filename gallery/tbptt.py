@@ -74,7 +74,7 @@ class TbpttConfig(BaseConfig):
     dropout: float = 0.2  # on the embeddings and the RNN output
     batch_size: int = 32  # parallel streams
     bptt_len: int = 64  # k1: characters per chunk (one update per chunk)
-    k2: int | None = None  # TBPTT(k1, k2): backpropagate k2 characters (a multiple of bptt_len); None: k2 = bptt_len
+    k2: int | None = None  # TBPTT(k1, k2): backprop k2 chars, a multiple of bptt_len (None: k1)
     steps: int = 1500  # chunks (= optimizer updates)
     lr: float = 3e-3
     lr_schedule: str = "linear"  # constant | linear (decay to 0 by the last step)
@@ -85,7 +85,7 @@ class TbpttConfig(BaseConfig):
     sample_len: int = 300
     retain_graph_max_chunks: int = 30  # mistake=retain_graph: the cap that lets it finish
     log_every: int = 50
-    probe_every: int = 10  # chunks between measurements of the bytes held for backward (and chunk 1)
+    probe_every: int = 10  # chunks between measures of the bytes held (and chunk 1)
 
 
 register_schema("tbptt", TbpttConfig)
@@ -97,8 +97,8 @@ def validate(cfg: TbpttConfig) -> None:
     require_choice(cfg, "cell", ["lstm", "gru"])
     require_choice(cfg, "lr_schedule", SCHEDULES)
     require_range(cfg, "dropout", 0.0, 0.9)
-    require_positive(cfg, "embed", "hidden", "layers", "batch_size", "bptt_len", "lr", "eval_streams",
-                     "retain_graph_max_chunks", "max_grad_norm", "probe_every")
+    require_positive(cfg, "embed", "hidden", "layers", "batch_size", "bptt_len", "lr",
+                     "eval_streams", "retain_graph_max_chunks", "max_grad_norm", "probe_every")
     require_range(cfg, "data.val_fraction", 0.01, 0.5)
     if cfg.k2 is not None and (cfg.k2 < cfg.bptt_len or cfg.k2 % cfg.bptt_len):
         raise ConfigError(f"k2={cfg.k2} must be a multiple of bptt_len={cfg.bptt_len} and >= it "
@@ -108,34 +108,42 @@ def validate(cfg: TbpttConfig) -> None:
 
 
 def check_length(cfg: TbpttConfig, total: int, train: int, val: int) -> None:
-    """A text too short for one chunk of every stream is a one-line error naming the length it needs."""
+    """A text too short for one chunk of every stream is a one-line error naming the length it
+    needs."""
     need_train, need_val = cfg.batch_size * (cfg.bptt_len + 1) + 1, 2 * cfg.eval_streams + 1
     if train < need_train or val < need_val:
         need = max(need_train / (1 - cfg.data.val_fraction), need_val / cfg.data.val_fraction)
-        source = f"data.path={cfg.data.path}" if cfg.data.name == "file" else f"data={cfg.data.name}"
-        raise ConfigError(f"{source} has {total:,} characters; batch_size={cfg.batch_size} streams of bptt_len="
-                          f"{cfg.bptt_len} (and eval_streams={cfg.eval_streams} for validation) need at least "
-                          f"{int(need) + 1:,}: use a longer text, or smaller batch_size / bptt_len / eval_streams")
+        file = cfg.data.name == "file"
+        source = f"data.path={cfg.data.path}" if file else f"data={cfg.data.name}"
+        raise ConfigError(f"{source} has {total:,} characters; batch_size={cfg.batch_size} streams "
+                          f"of bptt_len={cfg.bptt_len} (and eval_streams={cfg.eval_streams} for "
+                          f"validation) need at least {int(need) + 1:,}: use a longer text, or "
+                          f"smaller batch_size / bptt_len / eval_streams")
 
 
 def chunks_to_run(cfg: TbpttConfig) -> int:
-    """mistake=retain_graph keeps every chunk's graph, so its run is capped at retain_graph_max_chunks."""
+    """mistake=retain_graph keeps every chunk's graph, so its run is capped at
+    retain_graph_max_chunks."""
     if cfg.mistake != "retain_graph" or cfg.steps <= cfg.retain_graph_max_chunks:
         return cfg.steps
-    print(f"mistake=retain_graph: running {cfg.retain_graph_max_chunks} chunks, not steps={cfg.steps} "
-          "(retain_graph_max_chunks): every chunk keeps its graph, so memory grows without bound. This "
-          "variant never steps the optimizer, so its val_bpc is the untrained model's.", file=sys.stderr)
+    print(f"mistake=retain_graph: running {cfg.retain_graph_max_chunks} chunks, not "
+          f"steps={cfg.steps} "
+          "(retain_graph_max_chunks): every chunk keeps its graph, so memory grows without bound. "
+          "This variant never steps the optimizer, so its val_bpc is the untrained model's.",
+          file=sys.stderr)
     return cfg.retain_graph_max_chunks
 
 
 # --- model ---------------------------------------------------------------------------------------
 
 class CharRNN(nn.Module):
-    def __init__(self, vocab: int, embed: int, hidden: int, layers: int, cell: str, dropout: float = 0.0):
+    def __init__(self, vocab: int, embed: int, hidden: int, layers: int, cell: str,
+                 dropout: float = 0.0):
         super().__init__()
         self.embed = nn.Embedding(vocab, embed)
         rnn = nn.LSTM if cell == "lstm" else nn.GRU
-        self.rnn = rnn(embed, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.rnn = rnn(embed, hidden, layers, batch_first=True,
+                       dropout=dropout if layers > 1 else 0.0)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, vocab)
 
@@ -147,7 +155,8 @@ class CharRNN(nn.Module):
 # --- the pattern --------------------------------------------------------------------------------
 
 def detach_state(state):
-    """New tensors with the same values and no graph: a tensor, a (nested) tuple of them, or None."""
+    """New tensors with the same values and no graph: a tensor, a (nested) tuple of them, or
+    None."""
     if state is None:  # the natural start: `state = None`
         return None
     if isinstance(state, torch.Tensor):
@@ -165,7 +174,8 @@ def stream_batches(data: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 def chunk_at(streams: torch.Tensor, n: int, batch_size: int, start: int, length: int):
     """Inputs and next-char targets for positions [start, start + length) of every stream."""
-    idx = torch.arange(batch_size).unsqueeze(1) * n + torch.arange(start, start + length).unsqueeze(0)
+    idx = torch.arange(batch_size).unsqueeze(1) * n + torch.arange(
+        start, start + length).unsqueeze(0)
     return streams[idx], streams[idx + 1]
 
 
@@ -220,20 +230,21 @@ def tbptt_update_retain_graph(model, optimizer, window, start_state, max_grad_no
     targets = window[-1][1]
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
     optimizer.zero_grad(set_to_none=True)
-    # (no optimizer.step(): the next backward would then fail with "modified by an inplace operation")
-    loss.backward(retain_graph=True)  # MISTAKE: the usual "fix": each backward walks the whole stream so far
+    # MISTAKE: each backward walks the whole stream so far (and no optimizer.step() below: the
+    loss.backward(retain_graph=True)  # next backward would fail: "modified by an inplace op")
     nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     return loss.detach(), after_first
 
 
-BY_MISTAKE = {"none": tbptt_update, "no_detach": tbptt_update_no_detach, "retain_graph": tbptt_update_retain_graph}
+BY_MISTAKE = {"none": tbptt_update, "no_detach": tbptt_update_no_detach,
+              "retain_graph": tbptt_update_retain_graph}
 
 KNOWN_ERRORS = {
     "no_detach": (
         "backward through the graph a second time",
-        "mistake=no_detach: the hidden state was carried into the next chunk without detach, so this "
-        "chunk's backward ran on into the previous chunk's graph, which that chunk's backward had already "
-        "freed. Fix: state = detach_state(state) at every chunk boundary.",
+        "mistake=no_detach: the hidden state was carried into the next chunk without detach, so "
+        "this chunk's backward ran on into the previous chunk's graph, which that chunk's backward "
+        "had already freed. Fix: state = detach_state(state) at every chunk boundary.",
     ),
 }
 
@@ -249,15 +260,16 @@ def validation_bpc(model: CharRNN, data: torch.Tensor, streams: int, chunk: int,
     for start in range(0, n, chunk):
         x, y = chunk_at(vals, n, streams, start, min(chunk, n - start))
         logits, state = model(x.to(device), state)
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.to(device).reshape(-1),
-                                       reduction="sum"))
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                       y.to(device).reshape(-1), reduction="sum"))
         count += y.numel()
     model.train()
     return total / count / math.log(2)
 
 
 @torch.no_grad()
-def sample_text(model: CharRNN, vocab: CharVocab, length: int, prime: str, device, seed: int) -> str:
+def sample_text(model: CharRNN, vocab: CharVocab, length: int, prime: str, device,
+                seed: int) -> str:
     model.eval()
     g = torch.Generator(device=device).manual_seed(seed)
     x = vocab.encode(prime).to(device).unsqueeze(0)
@@ -272,9 +284,16 @@ def sample_text(model: CharRNN, vocab: CharVocab, length: int, prime: str, devic
     return prime + vocab.decode(out)
 
 
+def write_sample(run, model: CharRNN, vocab: CharVocab, cfg: TbpttConfig, device, step: int,
+                 val_bpc: float) -> None:
+    """Append a sample of the model's text, headed by the step and val_bpc, to samples.txt."""
+    text = sample_text(model, vocab, cfg.sample_len, "The ", device, cfg.seed)
+    run.append_text("samples.txt", f"--- step {step}, val_bpc {val_bpc:.3f}\n{text}\n")
+
+
 def draw_held_bytes(ax, points: list, label: str) -> None:
-    """Bytes held for backward at sampled chunks ([chunk, bytes] pairs). The run's own figure and the
-    tour's comparison both draw with this."""
+    """Bytes held for backward at sampled chunks ([chunk, bytes] pairs). The run's own figure and
+    the tour's comparison both draw with this."""
     ax.plot([c for c, _ in points], [b / 2**20 for _, b in points], marker=".", ms=4, label=label)
     ax.set_autoscaley_on(True)  # a second curve may reach higher than the first
     ax.relim()
@@ -286,7 +305,9 @@ def draw_held_bytes(ax, points: list, label: str) -> None:
 def state_tensors(state) -> list[torch.Tensor]:
     if state is None:
         return []
-    return [state] if isinstance(state, torch.Tensor) else [t for s in state for t in state_tensors(s)]
+    if isinstance(state, torch.Tensor):
+        return [state]
+    return [t for s in state for t in state_tensors(s)]
 
 
 # --- training loop ------------------------------------------------------------------------------
@@ -353,8 +374,7 @@ def train(cfg) -> dict:
             if loop.due(cfg.eval_every, final=True):
                 val_bpc = validation_bpc(model, val_ids, cfg.eval_streams, 256, device)
                 loop.evaluated(val_bpc=val_bpc, seconds=time.perf_counter() - t_start)
-                text = sample_text(model, vocab, cfg.sample_len, "The ", device, cfg.seed)
-                loop.run.append_text("samples.txt", f"--- step {step}, val_bpc {val_bpc:.3f}\n{text}\n")
+                write_sample(loop.run, model, vocab, cfg, device, step, val_bpc)
         plots.figure(loop.run.path("saved_bytes_per_chunk.png"), draw_held_bytes, tally.held,
                      f"mistake={cfg.mistake}")
         return loop.summary(
@@ -375,8 +395,10 @@ def headline(s: dict) -> str:
 
 def tour_figure(runs: dict, fig) -> None:
     ax = fig.add_subplot(1, 1, 1)
-    last = max((c for c, _ in runs.get("retain_graph", {}).get("saved_bytes_per_chunk") or []), default=None)
-    for mistake, label in (("none", "detach each chunk (pattern)"), ("retain_graph", "retain_graph (full BPTT)")):
+    last = max((c for c, _ in runs.get("retain_graph", {}).get("saved_bytes_per_chunk") or []),
+               default=None)
+    for mistake, label in (("none", "detach each chunk (pattern)"),
+                           ("retain_graph", "retain_graph (full BPTT)")):
         points = runs.get(mistake, {}).get("saved_bytes_per_chunk") or []
         if last is not None:  # show the pattern over the chunks the capped mistake ran
             points = [p for p in points if p[0] <= last * 1.25]
@@ -384,7 +406,8 @@ def tour_figure(runs: dict, fig) -> None:
             draw_held_bytes(ax, points, label)
 
 
-QUICK = ["steps=12", "eval_every=12", "log_every=6", "hidden=32", "retain_graph_max_chunks=12", "probe_every=2"]
+QUICK = ["steps=12", "eval_every=12", "log_every=6", "hidden=32", "retain_graph_max_chunks=12",
+         "probe_every=2"]
 EXAMPLE = Example(
     name="tbptt",
     pattern="hidden state carried across chunks and detached at every chunk boundary",
@@ -397,20 +420,22 @@ EXAMPLE = Example(
         ),
         "retain_graph": Mistake(
             "no detach, patched with backward(retain_graph=True): full BPTT over the stream",
-            "time and bytes held for backward grow with every chunk (this variant never steps the optimizer: "
-            "a step would make the next backward fail, so its val BPC is the untrained model's)",
+            "time and bytes held for backward grow with every chunk (this variant never steps the "
+            "optimizer: a step would make the next backward fail, so its val BPC is the untrained "
+            "model's)",
             ("tbptt_update_retain_graph",),
         ),
     },
-    budgets={"full": {"none": ["probe_every=5"], "retain_graph": ["retain_graph_max_chunks=40", "probe_every=2"],
-                      "no_detach": ["steps=5"]},
+    budgets={"full": {"none": ["probe_every=5"], "no_detach": ["steps=5"],
+                      "retain_graph": ["retain_graph_max_chunks=40", "probe_every=2"]},
              "quick": {m: QUICK for m in BY_MISTAKE}},
     headline=headline,
     figure=tour_figure,
     check=lambda s: None if len({b for _, b in s["saved_bytes_per_chunk"]}) == 1 else (
-        "bytes held for backward changed from chunk to chunk: the state carried a graph across chunks"),
-    smoke=("steps=6", "eval_every=6", "log_every=3", "hidden=16", "embed=8", "batch_size=4", "bptt_len=8",
-           "probe_every=2", "eval_streams=64", "sample_len=10"),
+        "bytes held for backward changed from chunk to chunk: the state carried a graph across "
+        "chunks"),
+    smoke=("steps=6", "eval_every=6", "log_every=3", "hidden=16", "embed=8", "batch_size=4",
+           "bptt_len=8", "probe_every=2", "eval_streams=64", "sample_len=10"),
 )
 
 

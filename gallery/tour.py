@@ -42,7 +42,8 @@ class TourConfig:
 register_schema("tour", TourConfig)
 
 
-def run_one(example: Example, mistake: str, overrides: list[str], cfg: TourConfig, out: Path) -> dict:
+def run_one(example: Example, mistake: str, overrides: list[str], cfg: TourConfig,
+            out: Path) -> dict:
     """One run through the example's own config; a mistake that is known to raise is reported."""
     run_dir = out / example.name / mistake.replace("+", "_")
     composed = compose(example.name, [f"mistake={mistake}", f"device={cfg.device}", f"seed={cfg.seed}",
@@ -54,8 +55,8 @@ def run_one(example: Example, mistake: str, overrides: list[str], cfg: TourConfi
         if mistake == "none":
             raise
         summary, outcome = {"error": str(err), "cause": str(err.__cause__).splitlines()[0]}, "raised"
-    return {**summary, "wall_seconds": time.perf_counter() - start, "outcome": outcome, "run_dir": str(run_dir),
-            "overrides": overrides}
+    return {**summary, "wall_seconds": time.perf_counter() - start, "outcome": outcome,
+            "run_dir": str(run_dir), "overrides": overrides}
 
 
 def tour(cfg) -> dict:
@@ -71,7 +72,8 @@ def tour(cfg) -> dict:
     for name in cfg.examples or list(known):
         example, results[name] = known[name], {}
         for mistake, overrides in example.budgets[cfg.budget].items():
-            print(f"[tour] {name}: {'pattern' if mistake == 'none' else f'mistake={mistake}'} ...", flush=True)
+            print(f"[tour] {name}: {'pattern' if mistake == 'none' else f'mistake={mistake}'} ...",
+                  flush=True)
             results[name][mistake] = run_one(example, mistake, overrides, cfg, out)
             if mistake != "none":
                 m = example.mistakes[mistake]
@@ -105,10 +107,12 @@ def headline(example: Example, s: dict) -> str:
 
 
 def report(results: dict, known: dict, cfg: TourConfig, taught: dict) -> str:
-    devices = sorted({s["device"] for runs in results.values() for s in runs.values() if "device" in s})
+    devices = sorted({s["device"] for runs in results.values() for s in runs.values()
+                      if "device" in s})
     lines = [f"# Detach Gallery tour (budget={cfg.budget}, seed={cfg.seed}, device={', '.join(devices) or cfg.device})", ""]
     if cfg.budget == "quick":
-        lines += ["Quick budget: tiny runs that prove every path; their timings and results mean nothing.", ""]
+        lines += ["Quick budget: tiny runs that prove every path; their timings and results mean "
+                  "nothing.", ""]
     for name, runs in results.items():
         example = known[name]
         lines += [f"## {name}: {example.pattern}", "", f"![{name}]({name}.png)", "",
@@ -119,13 +123,15 @@ def report(results: dict, known: dict, cfg: TourConfig, taught: dict) -> str:
             ran = s.get("env_steps", s.get("steps"))
             budget = (f"{ran:,} steps on {s['device']}" if ran is not None else "stopped by its error") + (
                 f" (`{' '.join(s['overrides'])}`)" if s["overrides"] else " (defaults)")
-            lines.append(f"| `{mistake}` | {budget} | {what} | {expected} | {headline(example, s)} |")
+            lines.append(f"| `{mistake}` | {budget} | {what} | {expected} | {headline(example, s)} "
+                         f"|")
         lines += ["", "The mistakes, as diffs against the pattern (`python -m gallery show "
                   f"{name}` prints the pattern functions too):", ""]
         for mistake in runs:
             for variant in example.mistakes[mistake].variants if mistake != "none" else ():
                 lines += ["```diff", *example.diff(variant), "```", ""]
-    lines += ["## The lessons (`python -m gallery lessons`)", "", "| lesson | claim | measured | |", "|---|---|---|---|"]
+    lines += ["## The lessons (`python -m gallery lessons`)", "",
+              "| lesson | claim | measured | |", "|---|---|---|---|"]
     for name, (passed, shown) in taught.items():
         lines.append(f"| `{name}` | {lessons.claim(lessons.LESSONS[name])} | {shown} | {'PASS' if passed else 'FAIL'} |")
     return "\n".join(lines) + "\n"

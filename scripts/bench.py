@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 from gallery.core.cli import compose  # noqa: E402
 from gallery.core.config import to_schema  # noqa: E402
 
-DEFAULT_THREADS = torch.get_num_threads()  # before any gallery run sets threads=auto in this process
+# before any gallery run sets threads=auto in this process
+DEFAULT_THREADS = torch.get_num_threads()
 from gallery.core.device import resolve_device  # noqa: E402
 from gallery.core.probes import SavedTensorMeter  # noqa: E402
 
@@ -41,7 +42,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def alternate(variants: dict, rounds: int, per_round: int, device: torch.device, warmup: int = 3) -> dict:
+def alternate(variants: dict, rounds: int, per_round: int, device: torch.device,
+              warmup: int = 3) -> dict:
     """Median seconds per call of each variant, timed in alternating blocks."""
     for fn in variants.values():
         for _ in range(warmup):
@@ -91,12 +93,14 @@ def bench_gan(device: torch.device) -> list[dict]:
 
         secs = alternate({m: iteration(m) for m in states}, rounds=7, per_round=40, device=device)
         with tempfile.TemporaryDirectory() as tmp:
-            short = {m: gan.train(config("gan", f"data={data}", f"device={device}", f"mistake={m}", "steps=2",
-                                         "log_every=1", "eval_every=2", "eval_samples=64", f"out_dir={tmp}/{m}"))
+            short = {m: gan.train(config("gan", f"data={data}", f"device={device}", f"mistake={m}",
+                                         "steps=2", "log_every=1", "eval_every=2",
+                                         "eval_samples=64", f"out_dir={tmp}/{m}"))
                      for m in states}
         rows.append({
             "data": data,
-            "pattern_ms_per_iter": secs["none"] * 1e3, "retain_graph_ms_per_iter": secs["retain_graph"] * 1e3,
+            "pattern_ms_per_iter": secs["none"] * 1e3,
+            "retain_graph_ms_per_iter": secs["retain_graph"] * 1e3,
             "time_ratio_retain_graph_over_pattern": secs["retain_graph"] / secs["none"],
             "pattern_d_step_saved_bytes": short["none"]["d_step_saved_bytes"],
             "retain_graph_d_step_saved_bytes": short["retain_graph"]["d_step_saved_bytes"],
@@ -110,8 +114,8 @@ def bench_gan(device: torch.device) -> list[dict]:
 
 # CleanRL dqn.py's CartPole hyperparameters, in this gallery's keys (no Double DQN, a 120-wide MLP).
 CLEANRL_LIKE = ["env.num_envs=1", "updates_per_step=0.1", "batch_size=128", "target_sync_every=500",
-                "learning_starts=10000", "buffer_size=10000", "eps_end=0.05", "eps_decay_steps=25000", "lr=2.5e-4",
-                "hidden=120", "double_dqn=false"]
+                "learning_starts=10000", "buffer_size=10000", "eps_end=0.05",
+                "eps_decay_steps=25000", "lr=2.5e-4", "hidden=120", "double_dqn=false"]
 
 
 def minimal_dqn_loop(cfg, device: torch.device) -> float:
@@ -129,9 +133,9 @@ def minimal_dqn_loop(cfg, device: torch.device) -> float:
     online = dqn.q_network(obs_dim, n_actions, cfg.hidden).to(device)
     target = dqn.make_target(online)
     optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr)
-    store = {"obs": np.zeros((cap, obs_dim), np.float32), "next_obs": np.zeros((cap, obs_dim), np.float32),
-             "actions": np.zeros(cap, np.int64), "rewards": np.zeros(cap, np.float32),
-             "terminated": np.zeros(cap, np.float32)}
+    store = {"obs": np.zeros((cap, obs_dim), np.float32),
+             "next_obs": np.zeros((cap, obs_dim), np.float32), "actions": np.zeros(cap, np.int64),
+             "rewards": np.zeros(cap, np.float32), "terminated": np.zeros(cap, np.float32)}
     rng = np.random.default_rng(0)
     obs, _ = envs.reset(seed=0)
     steps, credit, size = 0, 0.0, 0
@@ -148,7 +152,8 @@ def minimal_dqn_loop(cfg, device: torch.device) -> float:
         while credit >= 1:
             idx = rng.integers(size, size=cfg.batch_size)
             batch = {key: torch.from_numpy(value[idx]).to(device) for key, value in store.items()}
-            dqn.update(online, target, optimizer, batch, cfg.gamma, cfg.double_dqn, cfg.max_grad_norm)
+            dqn.update(online, target, optimizer, batch, cfg.gamma, cfg.double_dqn,
+                       cfg.max_grad_norm)
             credit -= 1
         if steps % cfg.target_sync_every < n:
             dqn.sync_target(target, online)
@@ -159,13 +164,13 @@ def minimal_dqn_loop(cfg, device: torch.device) -> float:
 
 
 def gallery_dqn_loop(overrides: list[str], device: torch.device) -> tuple[float, float]:
-    """env steps/s of `gallery.dqn.train`: over its whole call (setup, one greedy eval episode at the end,
-    the checkpoint, the figure) and as its own probe reports it (unsampled steps only)."""
+    """env steps/s of `gallery.dqn.train`: over its whole call (setup, one greedy eval episode at
+    the end, the checkpoint, the figure) and as its own probe reports it (unsampled steps only)."""
     from gallery import dqn
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = config("dqn", f"device={device}", *overrides, "stop_when_solved=false", "eval_episodes=1",
-                     f"out_dir={tmp}", "progress=false")
+        cfg = config("dqn", f"device={device}", *overrides, "stop_when_solved=false",
+                     "eval_episodes=1", f"out_dir={tmp}", "progress=false")
         cfg.eval_every = cfg.steps
         t0 = time.perf_counter()
         summary = dqn.train(cfg)
@@ -179,8 +184,9 @@ def whole_process_seconds(cwd: Path, overrides: list[str]) -> float:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "gallery.dqn", *overrides, "device=cpu", "threads=auto",
-                        "stop_when_solved=false", f"out_dir={tmp}/run", "progress=false"],
+        subprocess.run([sys.executable, "-m", "gallery.dqn", *overrides, "device=cpu",
+                        "threads=auto", "stop_when_solved=false", f"out_dir={tmp}/run",
+                        "progress=false"],
                        cwd=cwd, check=True, capture_output=True)
         return time.perf_counter() - t0
 
@@ -191,17 +197,21 @@ def bench_dqn(device: torch.device, baseline: str | None = None) -> list[dict]:
     from gallery import dqn
 
     torch.set_num_threads(1)  # as threads=auto gives these small nets in gallery.dqn
-    torch.optim.Adam(torch.nn.Linear(1, 1).parameters())  # the first optimizer imports torch._dynamo
+    # the first optimizer imports torch._dynamo
+    torch.optim.Adam(torch.nn.Linear(1, 1).parameters())
     import matplotlib.pyplot  # noqa: F401  (the first figure imports matplotlib: neither is the loop's cost)
 
     rows = []
-    for setting, overrides in (("default", ["steps=20000"]), ("cleanrl_like", [*CLEANRL_LIKE, "steps=50000"])):
+    for setting, overrides in (("default", ["steps=20000"]),
+                               ("cleanrl_like", [*CLEANRL_LIKE, "steps=50000"])):
         for num_envs in (1, 4):
             run = [*overrides, f"env.num_envs={num_envs}"]
             minimal = minimal_dqn_loop(to_schema(config("dqn", f"device={device}", *run)), device)
             whole, probed = gallery_dqn_loop(run, device)
-            rows.append({"setting": f"{setting}, env.num_envs={num_envs}", "minimal_loop_env_steps_per_sec": minimal,
-                         "gallery_env_steps_per_sec": whole, "fraction_of_minimal": whole / minimal,
+            rows.append({"setting": f"{setting}, env.num_envs={num_envs}",
+                         "minimal_loop_env_steps_per_sec": minimal,
+                         "gallery_env_steps_per_sec": whole,
+                         "fraction_of_minimal": whole / minimal,
                          "gallery_probe_env_steps_per_sec": probed})
 
     cfg = to_schema(config("dqn", f"device={device}"))
@@ -218,9 +228,10 @@ def bench_dqn(device: torch.device, baseline: str | None = None) -> list[dict]:
     online = dqn.q_network(4, 2, cfg.hidden).to(device)
     opt = torch.optim.Adam(online.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(0)
-    batch = {"obs": torch.randn(cfg.batch_size, 4, generator=g), "next_obs": torch.randn(cfg.batch_size, 4, generator=g),
-             "actions": torch.randint(2, (cfg.batch_size,), generator=g), "rewards": torch.ones(cfg.batch_size),
-             "terminated": torch.zeros(cfg.batch_size)}
+    batch = {"obs": torch.randn(cfg.batch_size, 4, generator=g),
+             "next_obs": torch.randn(cfg.batch_size, 4, generator=g),
+             "actions": torch.randint(2, (cfg.batch_size,), generator=g),
+             "rewards": torch.ones(cfg.batch_size), "terminated": torch.zeros(cfg.batch_size)}
     batch = {k: v.to(device) for k, v in batch.items()}
     saved = {}
     for mistake in ("none", "target_grad"):
@@ -235,11 +246,13 @@ def bench_dqn(device: torch.device, baseline: str | None = None) -> list[dict]:
         "bytes_ratio_target_grad_over_pattern": saved["target_grad"] / saved["none"],
     })
 
-    if baseline and device.type == "cpu":  # today's code against `baseline`, whole processes, alternating
+    # today's code against `baseline`, whole processes, alternating
+    if baseline and device.type == "cpu":
         import subprocess
 
         worktree = Path(tempfile.mkdtemp()) / "baseline"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), baseline],
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree),
+                        baseline],
                        check=True, capture_output=True)
         try:
             run = [*CLEANRL_LIKE, "steps=50000"]
@@ -248,38 +261,44 @@ def bench_dqn(device: torch.device, baseline: str | None = None) -> list[dict]:
                 times["baseline"].append(whole_process_seconds(worktree, run))
                 times["now"].append(whole_process_seconds(ROOT, run))
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=True)
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(worktree)], check=True)
         before, after = statistics.median(times["baseline"]), statistics.median(times["now"])
-        rows.append({"setting": "cleanrl_like, env.num_envs=1, 50,000 steps, whole process", "baseline": baseline,
-                     "baseline_seconds": before, "now_seconds": after, "now_over_baseline": after / before})
+        rows.append({"setting": "cleanrl_like, env.num_envs=1, 50,000 steps, whole process",
+                     "baseline": baseline, "baseline_seconds": before, "now_seconds": after,
+                     "now_over_baseline": after / before})
     return rows
 
 
 def bench_dqn_envs(device: torch.device, cap: int = 40_000) -> list[dict]:
-    """The default DQN config at env.num_envs 1, 4 and 8, sync and async vector envs (seed 0): the env
-    steps to the first greedy eval at CartPole's threshold, and env steps per second over the whole
-    train() call (evals included), so a user can pick. One seed: a guide, not a gate."""
+    """The default DQN config at env.num_envs 1, 4 and 8, sync and async vector envs (seed 0): the
+    env steps to the first greedy eval at CartPole's threshold, and env steps per second over the
+    whole train() call (evals included), so a user can pick. One seed: a guide, not a gate."""
     from gallery import dqn
 
     torch.set_num_threads(1)  # as threads=auto gives these small nets
     rows = []
     for num_envs, mode in ((1, "sync"), (4, "sync"), (8, "sync"), (4, "async"), (8, "async")):
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = config("dqn", f"device={device}", f"env.num_envs={num_envs}", f"env.vectorization={mode}",
-                         f"steps={cap}", "seed=0", "progress=false", f"out_dir={tmp}/run")
+            cfg = config("dqn", f"device={device}", f"env.num_envs={num_envs}",
+                         f"env.vectorization={mode}", f"steps={cap}", "seed=0", "progress=false",
+                         f"out_dir={tmp}/run")
             t0 = time.perf_counter()
             summary = dqn.train(cfg)
             seconds = time.perf_counter() - t0
         rows.append({"setting": f"env.num_envs={num_envs}, env.vectorization={mode}, seed 0",
-                     "first_solved_env_steps": summary["first_solved_step"], "env_steps": summary["env_steps"],
-                     "seconds": seconds, "env_steps_per_sec": summary["env_steps"] / seconds})
+                     "first_solved_env_steps": summary["first_solved_step"],
+                     "env_steps": summary["env_steps"], "seconds": seconds,
+                     "env_steps_per_sec": summary["env_steps"] / seconds})
     return rows
 
 
 # --- finetune ------------------------------------------------------------------------------------
 
-def finetune_step(make_backbone, x, y, mistake: str, unfreeze_last: int, checkpointing: bool, device: torch.device):
-    """One fine-tuning training step as a closure, and the bytes its first call saved for backward."""
+def finetune_step(make_backbone, x, y, mistake: str, unfreeze_last: int, checkpointing: bool,
+                  device: torch.device):
+    """One fine-tuning training step as a closure, and the bytes its first call saved for
+    backward."""
     from gallery import finetune as ft
 
     torch.manual_seed(0)
@@ -317,10 +336,12 @@ def bench_finetune(device: torch.device) -> list[dict]:
         x, y = x.to(device), torch.randint(5, (len(x),), device=device)
         steps, saved = {}, {}
         for mistake in ("none", "no_freeze"):
-            steps[mistake], saved[mistake] = finetune_step(make_backbone, x, y, mistake, 0, False, device)
+            steps[mistake], saved[mistake] = finetune_step(
+                make_backbone, x, y, mistake, 0, False, device)
         secs = alternate(steps, rounds=rounds, per_round=per_round, device=device, warmup=1)
         rows.append({
-            "setup": name, "frozen_ms_per_step": secs["none"] * 1e3, "full_ms_per_step": secs["no_freeze"] * 1e3,
+            "setup": name, "frozen_ms_per_step": secs["none"] * 1e3,
+            "full_ms_per_step": secs["no_freeze"] * 1e3,
             "time_ratio_frozen_over_full": secs["none"] / secs["no_freeze"],
             "frozen_saved_bytes": saved["none"], "full_saved_bytes": saved["no_freeze"],
             "bytes_ratio_frozen_over_full": saved["none"] / saved["no_freeze"],
@@ -329,8 +350,9 @@ def bench_finetune(device: torch.device) -> list[dict]:
 
 
 def bench_checkpointing(device: torch.device) -> list[dict]:
-    """finetune checkpoint=true: ResNet-18 at 224 px (random weights, batch 8) with its last 2 blocks and
-    with every block training, each with and without gradient checkpointing of the blocks that train."""
+    """finetune checkpoint=true: ResNet-18 at 224 px (random weights, batch 8) with its last 2
+    blocks and with every block training, each with and without gradient checkpointing of the blocks
+    that train."""
     from gallery import finetune as ft
     from gallery.nets import resnet18_backbone
 
@@ -338,14 +360,16 @@ def bench_checkpointing(device: torch.device) -> list[dict]:
     y = torch.randint(5, (8,), device=device)
     make_backbone = lambda: resnet18_backbone(ft.BackboneConfig(name="resnet18", weights="random"))  # noqa: E731
     rows = []
-    for label, mistake, unfreeze_last in (("last 2 blocks train", "none", 2), ("every block trains", "no_freeze", 0)):
+    for label, mistake, unfreeze_last in (("last 2 blocks train", "none", 2),
+                                          ("every block trains", "no_freeze", 0)):
         steps, saved = {}, {}
         for checkpointing in (False, True):
             steps[checkpointing], saved[checkpointing] = finetune_step(
                 make_backbone, x, y, mistake, unfreeze_last, checkpointing, device)
         secs = alternate(steps, rounds=3, per_round=1, device=device, warmup=1)
         rows.append({
-            "setup": f"resnet18 224px random weights, batch 8, {label}: checkpoint=true against false",
+            "setup": f"resnet18 224px random weights, batch 8, {label}: checkpoint=true against "
+                     f"false",
             "plain_ms_per_step": secs[False] * 1e3, "checkpointed_ms_per_step": secs[True] * 1e3,
             "time_ratio_checkpointed_over_plain": secs[True] / secs[False],
             "plain_saved_bytes": saved[False], "checkpointed_saved_bytes": saved[True],
@@ -382,12 +406,13 @@ def bench_tbptt(device: torch.device, chunks: int = 16) -> list[dict]:
         with SavedTensorMeter() as meter:
             fn()
         peaks[name] = meter.peak
-    secs = alternate({"truncated": truncated, "untruncated": untruncated}, rounds=5, per_round=1, device=device,
-                     warmup=1)
+    secs = alternate({"truncated": truncated, "untruncated": untruncated}, rounds=5, per_round=1,
+                     device=device, warmup=1)
     chars = chunks * cfg.bptt_len * cfg.batch_size
     return [{
         "sequence": f"{chunks} chunks x {cfg.bptt_len} chars x {cfg.batch_size} streams",
-        "truncated_chars_per_sec": chars / secs["truncated"], "untruncated_chars_per_sec": chars / secs["untruncated"],
+        "truncated_chars_per_sec": chars / secs["truncated"],
+        "untruncated_chars_per_sec": chars / secs["untruncated"],
         "time_ratio_untruncated_over_truncated": secs["untruncated"] / secs["truncated"],
         "truncated_peak_bytes": peaks["truncated"], "untruncated_peak_bytes": peaks["untruncated"],
         "memory_ratio_untruncated_over_truncated": peaks["untruncated"] / peaks["truncated"],
@@ -397,9 +422,10 @@ def bench_tbptt(device: torch.device, chunks: int = 16) -> list[dict]:
 # --- threads -------------------------------------------------------------------------------------
 
 def bench_ppo(device: torch.device) -> list[dict]:
-    """Env steps per second: the bare vector env (random actions), the pattern's rollout alone (one no_grad
-    forward per step), and the whole gallery.ppo train() call (rollouts and 20 epochs of updates per
-    rollout); and the bytes saved for backward by one rollout and one update, pattern against each mistake."""
+    """Env steps per second: the bare vector env (random actions), the pattern's rollout alone (one
+    no_grad forward per step), and the whole gallery.ppo train() call (rollouts and 20 epochs of
+    updates per rollout); and the bytes saved for backward by one rollout and one update, pattern
+    against each mistake."""
     import numpy as np
 
     from gallery import ppo
@@ -424,13 +450,15 @@ def bench_ppo(device: torch.device) -> list[dict]:
         batch, obs = ppo.rollout(agent, envs, obs, cfg.rollout_steps, cfg.gamma)
     rollout_only = steps / (time.perf_counter() - t0)
     with tempfile.TemporaryDirectory() as tmp:
-        whole = ppo.train(config("ppo", f"device={device}", f"steps={steps}", "stop_when_solved=false",
-                                 "eval_every=1000000", "value_check_episodes=0", "progress=false",
+        whole = ppo.train(config("ppo", f"device={device}", f"steps={steps}",
+                                 "stop_when_solved=false", "eval_every=1000000",
+                                 "value_check_episodes=0", "progress=false",
                                  f"out_dir={tmp}/ppo"))["env_steps_per_sec"]
-    rows = [{"setting": f"CartPole-v1, env.num_envs={n}, rollout_steps={cfg.rollout_steps}, epochs={cfg.epochs}",
+    rows = [{"setting": f"CartPole-v1, env.num_envs={n}, rollout_steps={cfg.rollout_steps}, "
+                        f"epochs={cfg.epochs}",
              "bare_env_steps_per_sec": bare, "rollout_only_env_steps_per_sec": rollout_only,
-             "rollout_fraction_of_bare": rollout_only / bare, "gallery_train_env_steps_per_sec": whole,
-             "train_fraction_of_bare": whole / bare}]
+             "rollout_fraction_of_bare": rollout_only / bare,
+             "gallery_train_env_steps_per_sec": whole, "train_fraction_of_bare": whole / bare}]
     saved = {}
     for mistake, (rollout_fn, update_fn) in ppo.BY_MISTAKE.items():
         torch.manual_seed(0)
@@ -442,7 +470,8 @@ def bench_ppo(device: torch.device) -> list[dict]:
         optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr)
         try:
             with SavedTensorMeter() as meter:
-                update_fn(agent, optimizer, batch, advantages, returns, 1, cfg.minibatch_size, cfg.clip)
+                update_fn(agent, optimizer, batch, advantages, returns, 1, cfg.minibatch_size,
+                          cfg.clip)
             per_update: int | str = meter.total
         except RuntimeError as err:
             per_update = f"raises: {str(err).splitlines()[0][:60]}"
@@ -453,10 +482,10 @@ def bench_ppo(device: torch.device) -> list[dict]:
 
 
 def bench_sac(device: torch.device) -> list[dict]:
-    """Env steps per second: the bare vector env (random actions) against the whole gallery.sac train()
-    call (one update per env step after the random warm-up); and the bytes saved for backward by one
-    update (critic step, then actor-and-temperature step), pattern against each mistake."""
-    import gymnasium as gym
+    """Env steps per second: the bare vector env (random actions) against the whole gallery.sac
+    train() call (one update per env step after the random warm-up); and the bytes saved for
+    backward by one update (critic step, then actor-and-temperature step), pattern against each
+    mistake."""
     import numpy as np
 
     from gallery import sac
@@ -474,7 +503,8 @@ def bench_sac(device: torch.device) -> list[dict]:
     for _ in range(steps // n):
         envs.step(rng.uniform(space.low, space.high, size=(n, act_dim)).astype(np.float32))
     bare = steps / (time.perf_counter() - t0)
-    buffer = ReplayBuffer(cfg.batch_size * 4, obs_dim, device, act_dim)  # random transitions for the byte count
+    # random transitions for the byte count
+    buffer = ReplayBuffer(cfg.batch_size * 4, obs_dim, device, act_dim)
     for _ in range(buffer.capacity // n):
         actions = rng.uniform(space.low, space.high, size=(n, act_dim)).astype(np.float32)
         next_obs, rewards, terminated, _, _ = envs.step(actions)
@@ -486,8 +516,9 @@ def bench_sac(device: torch.device) -> list[dict]:
         sac.train(config("sac", f"device={device}", f"steps={train_steps}", "eval_every=1000000",
                          "eval_episodes=1", "progress=false", f"out_dir={tmp}/sac"))
         whole = train_steps / (time.perf_counter() - t0)
-    rows = [{"setting": f"{cfg.env.id}, env.num_envs={n}, batch_size={cfg.batch_size}, hidden={cfg.hidden}; "
-                        f"train() over {train_steps:,} env steps, the first {cfg.learning_starts:,} random, "
+    rows = [{"setting": f"{cfg.env.id}, env.num_envs={n}, batch_size={cfg.batch_size}, "
+                        f"hidden={cfg.hidden}; train() over {train_steps:,} env steps, the first "
+                        f"{cfg.learning_starts:,} random, "
                         "then one update per env step",
              "bare_env_steps_per_sec": bare, "gallery_train_env_steps_per_sec": whole,
              "train_fraction_of_bare": whole / bare}]
@@ -496,14 +527,16 @@ def bench_sac(device: torch.device) -> list[dict]:
     for mistake, (make_targets, make_optimizers, critic_step, actor_step) in sac.BY_MISTAKE.items():
         torch.manual_seed(0)
         actor = sac.Actor(obs_dim, act_dim, cfg.hidden, space.low, space.high).to(device)
-        critics = torch.nn.ModuleList([sac.Critic(obs_dim, act_dim, cfg.hidden) for _ in range(2)]).to(device)
+        critics = torch.nn.ModuleList([sac.Critic(obs_dim, act_dim,
+                                                  cfg.hidden) for _ in range(2)]).to(device)
         temperature = sac.Temperature().to(device)
         targets = make_targets(critics)
         actor_opt, critic_opt, alpha_opt = make_optimizers(actor, critics, temperature, cfg.lr)
         alpha = temperature.log_alpha.exp().detach()
         with SavedTensorMeter() as meter:
             critic_step(critics, targets, actor, critic_opt, batch, alpha, cfg.gamma)
-            actor_step(actor, critics, temperature, actor_opt, alpha_opt, batch["obs"], -float(act_dim))
+            actor_step(actor, critics, temperature, actor_opt, alpha_opt, batch["obs"],
+                       -float(act_dim))
         saved[f"{mistake}: saved_bytes_per_update"] = meter.total
     envs.close(), eval_env.close()
     rows.append({**saved, "target_grad_over_pattern": saved["target_grad: saved_bytes_per_update"]
@@ -512,21 +545,22 @@ def bench_sac(device: torch.device) -> list[dict]:
 
 
 def bench_threads(device: torch.device, steps: int = 1500) -> list[dict]:
-    """The ring8 GAN (3x128 MLPs, as when this was first measured) for `steps` steps as a whole process: alone,
-    and two at once (as in a sweep or on a shared CI runner), with threads=auto (one thread for this small
-    model) and with torch's default."""
+    """The ring8 GAN (3x128 MLPs, as when this was first measured) for `steps` steps as a whole
+    process: alone, and two at once (as in a sweep or on a shared CI runner), with threads=auto (one
+    thread for this small model) and with torch's default."""
     import os
     import subprocess
 
     default = DEFAULT_THREADS
-    args = [sys.executable, "-m", "gallery.gan", "data=ring8", "hidden=128", f"steps={steps}", f"eval_every={steps}",
-            "log_every=500", "eval_samples=500", f"device={device}"]
+    args = [sys.executable, "-m", "gallery.gan", "data=ring8", "hidden=128", f"steps={steps}",
+            f"eval_every={steps}", "log_every=500", "eval_samples=500", f"device={device}"]
 
     def wall(threads: str, copies: int) -> float:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             procs = [subprocess.Popen([*args, f"threads={threads}", f"out_dir={tmp}/{i}"], cwd=ROOT,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      env=os.environ.copy())
                      for i in range(copies)]
             if any(p.wait() != 0 for p in procs):
                 raise RuntimeError(f"a gallery.gan run with threads={threads} failed")
@@ -535,8 +569,8 @@ def bench_threads(device: torch.device, steps: int = 1500) -> list[dict]:
     rows = []
     for label, threads in (("auto", "auto"), (f"torch default ({default})", str(default))):
         alone, pair = wall(threads, 1), wall(threads, 2)
-        rows.append({"threads": label, "steps": steps, "alone_seconds": alone, "two_at_once_seconds": pair,
-                     "slowdown_two_at_once_over_alone": pair / alone})
+        rows.append({"threads": label, "steps": steps, "alone_seconds": alone,
+                     "two_at_once_seconds": pair, "slowdown_two_at_once_over_alone": pair / alone})
     rows.append({"default_pair_over_auto_pair": rows[1]["two_at_once_seconds"] / rows[0]["two_at_once_seconds"],
                  "default_alone_over_auto_alone": rows[1]["alone_seconds"] / rows[0]["alone_seconds"]})
     return rows
@@ -545,31 +579,34 @@ def bench_threads(device: torch.device, steps: int = 1500) -> list[dict]:
 # --- smoke ---------------------------------------------------------------------------------------
 
 def bench_smoke(device: torch.device) -> list[dict]:
-    """`python -m gallery smoke` as a CI job runs it: a whole process, every example (median of 3)."""
+    """`python -m gallery smoke` as a CI job runs it: a whole process, every example (median of
+    3)."""
     import statistics as stats
     import subprocess
 
     seconds = []
     for _ in range(3):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "gallery", "smoke", f"device={device}"], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "gallery", "smoke", f"device={device}"], cwd=ROOT,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         seconds.append(time.perf_counter() - start)
-    return [{"command": f"python -m gallery smoke device={device}", "median_seconds": stats.median(seconds),
-             "max_seconds": max(seconds)}]
+    return [{"command": f"python -m gallery smoke device={device}",
+             "median_seconds": stats.median(seconds), "max_seconds": max(seconds)}]
 
 
 # --- start-up ------------------------------------------------------------------------------------
 
 def bench_startup(device: torch.device, rounds: int = 5) -> list[dict]:
-    """`python -m gallery.<example> --help` and a bad input (`steps=0`, refused in one line, exit 2) as whole
-    processes, each paired with `python -c "import torch"` run just before it: the median of the pair-by-pair
-    ratios. Target: at most 1.15 (the gallery adds little to importing torch before it answers)."""
+    """`python -m gallery.<example> --help` and a bad input (`steps=0`, refused in one line, exit 2)
+    as whole processes, each paired with `python -c "import torch"` run just before it: the median
+    of the pair-by-pair ratios. Target: at most 1.15 (the gallery adds little to importing torch
+    before it answers)."""
     import subprocess
 
     def seconds(*args: str) -> float:
         start = time.perf_counter()
-        subprocess.run([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
         return time.perf_counter() - start
 
     from gallery.core.registry import examples
@@ -584,11 +621,12 @@ def bench_startup(device: torch.device, rounds: int = 5) -> list[dict]:
                 ratios[kind].append(seconds("-m", f"gallery.{name}", *args) / torch_alone)
         rows.append({"command": f"python -m gallery.{name} --help | steps=0", "rounds": rounds,
                      "help_over_import_torch": statistics.median(ratios["help"]),
-                     "bad_input_over_import_torch": statistics.median(ratios["bad_input"]), "target": 1.15})
+                     "bad_input_over_import_torch": statistics.median(ratios["bad_input"]),
+                     "target": 1.15})
     return rows
 
 
-# --- compile ---------------------------------------------------------------------------------------
+# --- compile --------------------------------------------------------------------------------------
 
 def bench_compile(device: torch.device) -> list[dict]:
     """compile=true against eager, whole processes of the tbptt character RNN (one model, compiled
@@ -598,12 +636,15 @@ def bench_compile(device: torch.device) -> list[dict]:
     import subprocess
 
     def seconds(steps: int, compiled: bool) -> float:
-        with tempfile.TemporaryDirectory() as tmp:  # a fresh inductor cache: a cold compile, as on a new machine
+        # a fresh inductor cache: a cold compile, as on a new machine
+        with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "gallery.tbptt", f"steps={steps}", f"eval_every={steps}",
-                            "log_every=10", f"compile={str(compiled).lower()}", f"device={device}",
+            subprocess.run([sys.executable, "-m", "gallery.tbptt", f"steps={steps}",
+                            f"eval_every={steps}", "log_every=10",
+                            f"compile={str(compiled).lower()}", f"device={device}",
                             f"out_dir={tmp}/run"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{tmp}/inductor"})
+                           stderr=subprocess.DEVNULL,
+                           env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{tmp}/inductor"})
             return time.perf_counter() - start
 
     short, long, rounds = 10, 110, 3
@@ -614,17 +655,18 @@ def bench_compile(device: torch.device) -> list[dict]:
                 runs.setdefault((n, c), []).append(seconds(n, c))
     t = {key: statistics.median(values) for key, values in runs.items()}
     per_chunk = {c: (t[long, c] - t[short, c]) / (long - short) for c in (False, True)}
-    return [{"setting": f"python -m gallery.tbptt, whole process, {short} and {long} chunks (the default model), "
-                        f"median of {rounds} alternating rounds",
+    return [{"setting": f"python -m gallery.tbptt, whole process, {short} and {long} chunks (the "
+                        f"default model), median of {rounds} alternating rounds",
              "eager_seconds_short": t[short, False], "compiled_seconds_short": t[short, True],
              "warmup_seconds": t[short, True] - t[short, False],
              "eager_sec_per_chunk": per_chunk[False], "compiled_sec_per_chunk": per_chunk[True],
              "compiled_speedup_once_warm": per_chunk[False] / per_chunk[True]}]
 
 
-BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo": bench_ppo, "sac": bench_sac,
-           "dqn_envs": bench_dqn_envs, "tbptt": bench_tbptt, "threads": bench_threads, "smoke": bench_smoke,
-           "compile": bench_compile, "startup": bench_startup}
+BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo": bench_ppo,
+           "sac": bench_sac, "dqn_envs": bench_dqn_envs, "tbptt": bench_tbptt,
+           "threads": bench_threads, "smoke": bench_smoke, "compile": bench_compile,
+           "startup": bench_startup}
 
 
 def machine(device: torch.device) -> str:
@@ -645,16 +687,19 @@ def fmt(value) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=USAGE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="?", default="all", choices=[*BENCHES, "all"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--baseline", help="dqn: also time whole processes of this git ref against the checkout")
+    parser.add_argument("--baseline", help="dqn: also time whole processes of this git ref against "
+                                           "the checkout")
     args = parser.parse_args()
     device = resolve_device(args.device)
     results = {"machine": machine(device), "torch": torch.__version__}
     for name in BENCHES if args.which == "all" else [args.which]:
-        torch.set_num_threads(DEFAULT_THREADS)  # a short .train() inside a bench may have set threads=auto
+        # a short .train() inside a bench may have set threads=auto
+        torch.set_num_threads(DEFAULT_THREADS)
         print(f"## {name} ({results['machine']})", flush=True)
         rows = BENCHES[name](device, args.baseline) if name == "dqn" else BENCHES[name](device)
         results[name] = rows

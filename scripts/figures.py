@@ -39,7 +39,8 @@ def readme_with_table() -> str:
 
 
 def hero(path: Path) -> None:
-    """One panel per example: the pattern's measured result next to its mistake's, from the JSON files."""
+    """One panel per example: the pattern's measured result next to its mistake's, from the JSON
+    files."""
     from statistics import mean
 
     import tables
@@ -50,19 +51,26 @@ def hero(path: Path) -> None:
     ss, ppo, sac = gates["simsiam"]["runs"], gates["ppo"]["runs"], gates["sac"]["runs"]
     digits = next(r for r in bench["finetune"] if r["setup"].startswith("digits_cnn"))
     panels = {
-        "gan: modes of 8 covered": (gates["gan"]["ring8"]["mean_modes"], gates["gan"]["ring8 mistake"]["mean_modes"],
+        "gan: modes of 8 covered": (gates["gan"]["ring8"]["mean_modes"],
+                                    gates["gan"]["ring8 mistake"]["mean_modes"],
                                     "shared zero_grad"),
-        "dqn: env steps to solve": (mean(r["first_solved_step"] for r in gates["dqn"]["runs"]), None, ""),
-        "ppo: value bias (100-step limit)": (mean(r["value_bias"] for r in ppo["none time_limit=100"]),
+        "dqn: env steps to solve": (mean(r["first_solved_step"] for r in gates["dqn"]["runs"]),
+                                    None, ""),
+        "ppo: value bias (100-step limit)": (mean(r["value_bias"]
+                                                  for r in ppo["none time_limit=100"]),
                                              mean(r["value_bias"] for r in ppo["truncation_as_terminal time_limit=100"]),
                                              "truncation as terminal"),
         "sac: eval return": (mean(r["eval_return_mean"] for r in sac["none"]),
-                             mean(r["eval_return_mean"] for r in sac["alpha_no_detach"]), "alpha_no_detach"),
-        "finetune: bytes saved for backward": (digits["frozen_saved_bytes"], digits["full_saved_bytes"], "no_freeze"),
+                             mean(r["eval_return_mean"] for r in sac["alpha_no_detach"]),
+                             "alpha_no_detach"),
+        "finetune: bytes saved for backward": (digits["frozen_saved_bytes"],
+                                               digits["full_saved_bytes"], "no_freeze"),
         "tbptt: peak bytes, 16 chunks": (bench["tbptt"][0]["truncated_peak_bytes"],
-                                         bench["tbptt"][0]["untruncated_peak_bytes"], "untruncated"),
+                                         bench["tbptt"][0]["untruncated_peak_bytes"],
+                                         "untruncated"),
         "simsiam: output std x sqrt(d)": (mean(r["output_std_sqrt_d"] for r in ss["none"]),
-                                          mean(r["output_std_sqrt_d"] for r in ss["no_stop_grad"]), "no_stop_grad"),
+                                          mean(r["output_std_sqrt_d"] for r in ss["no_stop_grad"]),
+                                          "no_stop_grad"),
     }
 
     def draw(fig) -> None:
@@ -83,15 +91,17 @@ def hero(path: Path) -> None:
 
 def tour_figures(names: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "gallery", "tour", "budget=full", f"examples=[{','.join(names)}]",
-                        f"out_dir={tmp}/tour"], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-m", "gallery", "tour", "budget=full",
+                        f"examples=[{','.join(names)}]", f"out_dir={tmp}/tour"], cwd=ROOT,
+                       check=True)
         for name in names:
             shutil.copy(Path(tmp) / "tour" / f"{name}.png", ROOT / "docs" / "img" / f"{name}.png")
             print(f"wrote docs/img/{name}.png")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=USAGE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tour", nargs="*", default=[], metavar="EXAMPLE")
     parser.add_argument("--gates", nargs="*", default=[], metavar="EXAMPLE")
     parser.add_argument("--check", action="store_true")
@@ -106,9 +116,11 @@ def main() -> int:
     print("wrote README.md's gallery table and docs/img/hero.png")
     if args.tour:
         tour_figures(args.tour)
-    for name in args.gates:  # the gate's own figure, and its entry in docs/gates.json, measured again
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "gates.py"), name, "--json", str(ROOT / "docs" / "gates.json"),
-                        "--figures", str(ROOT / "docs" / "img")], cwd=ROOT, check=True)
+    # the gate's own figure, and its entry in docs/gates.json, measured again
+    for name in args.gates:
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "gates.py"), name, "--json",
+                        str(ROOT / "docs" / "gates.json"), "--figures",
+                        str(ROOT / "docs" / "img")], cwd=ROOT, check=True)
     if args.gates:  # the table and the hero read the gates just measured
         (ROOT / "README.md").write_text(readme_with_table())
         hero(ROOT / "docs" / "img" / "hero.png")

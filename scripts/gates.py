@@ -44,22 +44,24 @@ def run(example: str, *overrides: str) -> dict:
     return summary
 
 
-# One default config for every named 2-D mixture, run as Hydra sweeps (2 joblib jobs at a time, one thread
-# each) and tabled by scripts/sweep_report.py. The ring8 default before standardization runs in the same conditions:
-# the time reference. Each sweep's overrides and seeds.
+# One default config for every named 2-D mixture, run as Hydra sweeps (2 joblib jobs at a time, one
+# thread each) and tabled by scripts/sweep_report.py. The ring8 default before standardization runs
+# in the same conditions: the time reference. Each sweep's overrides and seeds.
 GAN_SWEEPS = {
     "named": (["data=ring8,grid25"], "0,1,2,3,4"),
     "mixture": (["data=mixture", "data.modes=12,16"], "0,1,2,3,4"),
     "mistake": (["data=ring8", "mistake=retain_graph_shared_zero_grad"], "0,1,2,3"),
-    "old_default": (["data=ring8", "standardize=false", "hidden=128", "steps=12000", "r1_every=1"], "0,1"),
+    "old_default": (["data=ring8", "standardize=false", "hidden=128", "steps=12000", "r1_every=1"],
+                    "0,1"),
 }
 GAN_METRICS = ("modes_covered", "high_quality_frac", "wall_seconds")
 
 
 def gan_sweep(name: str, out: Path) -> list[dict]:
     overrides, seeds = GAN_SWEEPS[name]
-    cmd = [sys.executable, "-m", "gallery.gan", "-m", *overrides, f"seed={seeds}", "hydra/launcher=joblib",
-           "hydra.launcher.n_jobs=2", "progress=false", "device=cpu", f"out_dir={out}"]
+    cmd = [sys.executable, "-m", "gallery.gan", "-m", *overrides, f"seed={seeds}",
+           "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "progress=false", "device=cpu",
+           f"out_dir={out}"]
     print("$", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
     print(report(out, list(GAN_METRICS), "seed", listed=True), flush=True)
@@ -83,9 +85,10 @@ def gan_figure(root: Path, out: Path) -> None:
 
 def gate_gan(tmp: Path, figures: Path | None) -> dict:
     """Targets: one config; ring8 8/8 modes and grid25 >= 24 of 25 on average, both at >= 0.85 high
-    quality; mixtures of 12 and 16 modes on a ring covered alike (>= 96% of their modes on average); each
-    mixture's runs on average no more than 5% slower than the old ring8 default beside it (5% is about
-    the spread of one sweep's wall times, two jobs at once on 2 cores; the gate's JSON keeps every time)."""
+    quality; mixtures of 12 and 16 modes on a ring covered alike (>= 96% of their modes on average);
+    each mixture's runs on average no more than 5% slower than the old ring8 default beside it (5%
+    is about the spread of one sweep's wall times, two jobs at once on 2 cores; the gate's JSON
+    keeps every time)."""
     groups: dict[str, list[dict]] = {}
     for name in GAN_SWEEPS:
         for s in gan_sweep(name, tmp / "gan" / name):
@@ -111,7 +114,8 @@ def gate_dqn(tmp: Path, figures: Path | None) -> dict:
     runs = []
     for seed in range(5):
         s = run("dqn", f"seed={seed}", f"out_dir={tmp}/dqn/{seed}")
-        runs.append({k: s[k] for k in ("first_solved_step", "eval_return_mean", "env_steps_per_sec", "wall_seconds")})
+        runs.append({k: s[k] for k in ("first_solved_step", "eval_return_mean",
+                                       "env_steps_per_sec", "wall_seconds")})
         print(f"dqn seed={seed}: {runs[-1]}", flush=True)
     solved = [r["first_solved_step"] for r in runs]
     return {"runs": runs, "pass": all(s is not None and s <= 50_000 for s in solved)
@@ -123,17 +127,21 @@ def gate_finetune(tmp: Path, figures: Path | None) -> dict:
     for seed in range(3):
         ckpt = tmp / "digits_cnn"
         if seed == 0:
-            shutil.rmtree(ckpt, ignore_errors=True)  # seed 0 pays for pretraining: the first-use wall time
-        s = run("finetune", f"seed={seed}", f"out_dir={tmp}/ft/{seed}", f"backbone.checkpoint_dir={ckpt}")
+            # seed 0 pays for pretraining: the first-use wall time
+            shutil.rmtree(ckpt, ignore_errors=True)
+        s = run("finetune", f"seed={seed}", f"out_dir={tmp}/ft/{seed}",
+                f"backbone.checkpoint_dir={ckpt}")
         runs.append({k: s[k] for k in ("val_acc", "backbone_unchanged", "wall_seconds")})
         print(f"finetune seed={seed}: {runs[-1]}", flush=True)
-    return {"runs": runs, "pass": all(r["val_acc"] >= 0.95 and r["backbone_unchanged"] for r in runs)
+    return {"runs": runs, "pass": all(r["val_acc"] >= 0.95 and r["backbone_unchanged"]
+                                      for r in runs)
             and runs[0]["wall_seconds"] < 60}
 
 
 def gate_tbptt(tmp: Path, figures: Path | None) -> dict:
     default = run("tbptt", "seed=0", f"out_dir={tmp}/tbptt")
-    print(f"tbptt default config: val_bpc={default['val_bpc']:.3f} in {default['wall_seconds']:.0f} s", flush=True)
+    print(f"tbptt default config: val_bpc={default['val_bpc']:.3f} in "
+          f"{default['wall_seconds']:.0f} s", flush=True)
     longer = run("tbptt", "seed=0", f"out_dir={tmp}/tbptt_long", "steps=10000", "eval_every=500")
     curve = longer["curve"]
     print(f"tbptt BPC against time: {[(round(c['seconds']), round(c['val_bpc'], 3)) for c in curve]}", flush=True)
@@ -147,25 +155,29 @@ def gate_tbptt(tmp: Path, figures: Path | None) -> dict:
         ax.legend(fontsize=8)
         plots.save(fig, figures / "tbptt_bpc.png")
     within_3_min = [c["val_bpc"] for c in curve if c["seconds"] <= 180]
-    return {"default": {k: default[k] for k in ("val_bpc", "wall_seconds", "curve")}, "curve": curve,
-            "pass": bool(within_3_min) and min(within_3_min) <= 2.3}
+    return {"default": {k: default[k] for k in ("val_bpc", "wall_seconds", "curve")},
+            "curve": curve, "pass": bool(within_3_min) and min(within_3_min) <= 2.3}
 
 
 def gate_simsiam(tmp: Path, figures: Path | None) -> dict:
-    """Digits, the default config, seeds 0-2: the pattern keeps its output spread (std >= 0.5/sqrt(d)) and
-    beats the random encoder's kNN accuracy by >= 0.02; no_stop_grad collapses (std <= 0.1/sqrt(d)) in the
-    same steps; no_predictor is measured and reported, whatever it does. Each run under 2 minutes."""
-    keys = ("loss", "output_std_sqrt_d", "knn_acc", "knn_random_encoder", "knn_raw_pixels", "target_branch_grad_share",
-            "wall_seconds")
+    """Digits, the default config, seeds 0-2: the pattern keeps its output spread (std >=
+    0.5/sqrt(d)) and beats the random encoder's kNN accuracy by >= 0.02; no_stop_grad collapses (std
+    <= 0.1/sqrt(d)) in the same steps; no_predictor is measured and reported, whatever it does. Each
+    run under 2 minutes."""
+    keys = ("loss", "output_std_sqrt_d", "knn_acc", "knn_random_encoder", "knn_raw_pixels",
+            "target_branch_grad_share", "wall_seconds")
     rows, seed0 = {}, {}
     for mistake in ("none", "no_stop_grad", "no_predictor"):
         for seed in range(3):
-            s = run("simsiam", f"seed={seed}", f"mistake={mistake}", f"out_dir={tmp}/simsiam/{mistake}/{seed}")
+            s = run("simsiam", f"seed={seed}", f"mistake={mistake}",
+                    f"out_dir={tmp}/simsiam/{mistake}/{seed}")
             rows.setdefault(mistake, []).append({k: s[k] for k in keys})
             seed0.setdefault(mistake, s)
             print(f"simsiam {mistake} seed={seed}: {rows[mistake][-1]}", flush=True)
-    for mistake in ("none", "no_stop_grad"):  # the paper's BatchNorm on the projector output, for the README card
-        s = run("simsiam", "seed=0", f"mistake={mistake}", "projector_bn=true", f"out_dir={tmp}/simsiam/bn/{mistake}")
+    # the paper's BatchNorm on the projector output, for the README card
+    for mistake in ("none", "no_stop_grad"):
+        s = run("simsiam", "seed=0", f"mistake={mistake}", "projector_bn=true",
+                f"out_dir={tmp}/simsiam/bn/{mistake}")
         rows[f"{mistake} projector_bn=true"] = [{k: s[k] for k in keys}]
         print(f"simsiam {mistake} projector_bn=true seed=0: {rows[f'{mistake} projector_bn=true'][-1]}", flush=True)
     if figures is not None:
@@ -183,22 +195,25 @@ def gate_simsiam(tmp: Path, figures: Path | None) -> dict:
 
 
 def gate_ppo(tmp: Path, figures: Path | None) -> dict:
-    """CartPole-v1, the default config, seeds 0-4: greedy eval mean >= 475 by 100k env steps, each run under
-    2 minutes. Measured beside it: advantage_grad on the same seeds, and the critic's bias against
-    Monte-Carlo returns with a 100-step time limit, pattern against truncation_as_terminal (seeds 0-2)."""
-    keys = ("first_solved_step", "eval_return_mean", "value_bias", "value_abs_error", "env_steps_per_sec", "wall_seconds")
+    """CartPole-v1, the default config, seeds 0-4: greedy eval mean >= 475 by 100k env steps, each
+    run under 2 minutes. Measured beside it: advantage_grad on the same seeds, and the critic's bias
+    against Monte-Carlo returns with a 100-step time limit, pattern against truncation_as_terminal
+    (seeds 0-2)."""
+    keys = ("first_solved_step", "eval_return_mean", "value_bias", "value_abs_error",
+            "env_steps_per_sec", "wall_seconds")
     rows, seed0 = {}, {}
     for mistake in ("none", "advantage_grad"):
         for seed in range(5):
-            s = run("ppo", f"seed={seed}", f"mistake={mistake}", "stop_when_solved=false", "eval_every=5000",
-                    f"out_dir={tmp}/ppo/{mistake}/{seed}")
+            s = run("ppo", f"seed={seed}", f"mistake={mistake}", "stop_when_solved=false",
+                    "eval_every=5000", f"out_dir={tmp}/ppo/{mistake}/{seed}")
             rows.setdefault(mistake, []).append({k: s[k] for k in keys})
             seed0.setdefault(mistake, s)
             print(f"ppo {mistake} seed={seed}: {rows[mistake][-1]}", flush=True)
     truncated = ["env.max_episode_steps=100", "stop_when_solved=false", "steps=30000"]
     for mistake in ("none", "truncation_as_terminal"):
         for seed in range(3):
-            s = run("ppo", f"seed={seed}", f"mistake={mistake}", *truncated, f"out_dir={tmp}/ppo/trunc/{mistake}/{seed}")
+            s = run("ppo", f"seed={seed}", f"mistake={mistake}", *truncated,
+                    f"out_dir={tmp}/ppo/trunc/{mistake}/{seed}")
             rows.setdefault(f"{mistake} time_limit=100", []).append({k: s[k] for k in keys})
             print(f"ppo {mistake} time_limit=100 seed={seed}: {rows[f'{mistake} time_limit=100'][-1]}", flush=True)
     if figures is not None:
@@ -206,21 +221,26 @@ def gate_ppo(tmp: Path, figures: Path | None) -> dict:
 
         fig = plots.pyplot().figure(figsize=ppo.EXAMPLE.figure_size)
         ppo.tour_figure(seed0, fig)
-        fig.suptitle("ppo on CartPole-v1, default config, seed 0 (greedy eval, 10 episodes)", fontsize=9)
+        fig.suptitle("ppo on CartPole-v1, default config, seed 0 (greedy eval, 10 episodes)",
+                     fontsize=9)
         plots.save(fig, figures / "ppo.png")
     pattern = rows["none"]
-    return {"runs": rows, "pass": all(r["first_solved_step"] is not None and r["first_solved_step"] <= 100_000
+    return {"runs": rows, "pass": all(r["first_solved_step"] is not None
+                                      and r["first_solved_step"] <= 100_000
                                       and r["wall_seconds"] < 120 for r in pattern)}
 
 
 def gate_sac(tmp: Path, figures: Path | None) -> dict:
-    """Pendulum-v1, the default config, seeds 0-2: mean eval return >= -200 at 20k env steps, each run under
-    5 minutes. Measured beside it: each mistake on seed 0."""
-    keys = ("eval_return_mean", "alpha", "target_grad_seen", "saved_bytes_per_update", "env_steps_per_sec", "wall_seconds")
+    """Pendulum-v1, the default config, seeds 0-2: mean eval return >= -200 at 20k env steps, each
+    run under 5 minutes. Measured beside it: each mistake on seed 0."""
+    keys = ("eval_return_mean", "alpha", "target_grad_seen", "saved_bytes_per_update",
+            "env_steps_per_sec", "wall_seconds")
     rows, seed0 = {}, {}
-    for mistake, seeds in (("none", range(3)), ("target_grad", [0]), ("actor_updates_critic", [0]), ("alpha_no_detach", [0])):
+    for mistake, seeds in (("none", range(3)), ("target_grad", [0]), ("actor_updates_critic", [0]),
+                           ("alpha_no_detach", [0])):
         for seed in seeds:
-            s = run("sac", f"seed={seed}", f"mistake={mistake}", f"out_dir={tmp}/sac/{mistake}/{seed}")
+            s = run("sac", f"seed={seed}", f"mistake={mistake}",
+                    f"out_dir={tmp}/sac/{mistake}/{seed}")
             rows.setdefault(mistake, []).append({**{k: s[k] for k in keys}, "final_entropy": s["evals"][-1]["entropy"]})
             seed0.setdefault(mistake, s)
             print(f"sac {mistake} seed={seed}: {rows[mistake][-1]}", flush=True)
@@ -229,20 +249,25 @@ def gate_sac(tmp: Path, figures: Path | None) -> dict:
 
         fig = plots.pyplot().figure(figsize=sac.EXAMPLE.figure_size)
         sac.tour_figure(seed0, fig)
-        fig.suptitle("sac on Pendulum-v1, default config, seed 0 (deterministic eval, 5 episodes)", fontsize=9)
+        fig.suptitle("sac on Pendulum-v1, default config, seed 0 (deterministic eval, 5 episodes)",
+                     fontsize=9)
         plots.save(fig, figures / "sac.png")
     return {"runs": rows, "pass": all(r["eval_return_mean"] >= -200 and r["wall_seconds"] < 300 for r in rows["none"])}
 
 
-GATES = {"gan": gate_gan, "dqn": gate_dqn, "finetune": gate_finetune, "ppo": gate_ppo, "sac": gate_sac, "simsiam": gate_simsiam, "tbptt": gate_tbptt}
+GATES = {"gan": gate_gan, "dqn": gate_dqn, "finetune": gate_finetune, "ppo": gate_ppo,
+         "sac": gate_sac, "simsiam": gate_simsiam, "tbptt": gate_tbptt}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=USAGE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="?", default="all", choices=[*GATES, "all"])
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--figures", type=Path, help="write figures (tbptt's BPC against time, simsiam's curves) here")
-    parser.add_argument("--keep", type=Path, help="write the runs under this folder and keep them (default: a temp dir)")
+    parser.add_argument("--figures", type=Path, help="write figures (tbptt's BPC against time, "
+                                                     "simsiam's curves) here")
+    parser.add_argument("--keep", type=Path, help="write the runs under this folder and keep them "
+                                                  "(default: a temp dir)")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -51,9 +51,10 @@ def is_number(value) -> bool:
 
 
 def mean_std(cells: list[float | None], listed: bool = False) -> str:
-    """Mean +/- std of the numbers; `listed` adds every job's cell, a job without the number as '-'."""
+    """Mean +/- std of the numbers; `listed` adds every job's cell, a job without the number as
+    '-'."""
     values = [v for v in cells if v is not None]
-    each = f" ({', '.join('-' if v is None else f'{v:.4g}' for v in cells)})" if listed and len(cells) > 1 else ""
+    each = f" ({', '.join('-' if v is None else f'{v:.4g}' for v in cells)})" if listed and len(cells) > 1 else ("")
     if not values:
         return "-" + each
     spread = f" +/- {statistics.stdev(values):.3g}" if len(values) > 1 else ""
@@ -72,9 +73,11 @@ def replicate_order(job: dict, replicate: str) -> tuple:
 def report(sweep: Path, metrics: list[str] | None, replicate: str, listed: bool = False) -> str:
     jobs = read_jobs(sweep)
     if not jobs:
-        raise SystemExit(f"error: {sweep} holds no sweep jobs (no */.hydra/overrides.yaml); is it a -m output dir?")
+        raise SystemExit(f"error: {sweep} holds no sweep jobs (no */.hydra/overrides.yaml); is it "
+                         f"a -m output dir?")
     keys = sorted({k for job in jobs for k in job["overrides"]})
-    swept = [k for k in keys if len({job["overrides"].get(k) for job in jobs}) > 1 and k != replicate]
+    swept = [k for k in keys if len({job["overrides"].get(k) for job in jobs}) > 1
+             and k != replicate]
     finished = [job for job in jobs if job["summary"] is not None]
     if metrics is None:
         metrics = sorted({k for job in finished for k, v in job["summary"].items()
@@ -89,26 +92,30 @@ def report(sweep: Path, metrics: list[str] | None, replicate: str, listed: bool 
     for group, members in sorted(groups.items()):
         members.sort(key=lambda job: replicate_order(job, replicate))
         done = [job["summary"] for job in members if job["summary"] is not None]
-        values = {m: [job["summary"][m] if job["summary"] and is_number(job["summary"].get(m)) else None
+        values = {m: [job["summary"][m] if job["summary"] and is_number(job["summary"].get(m))
+                      else None
                       for job in members] for m in metrics}  # None: a job without this number
         table[group] = values
         statuses = sorted({s.get("status", "finished") for s in done} - {"finished"})
         status = f"{len(done)}" + (f" ({', '.join(statuses)})" if statuses else "")
-        lines.append("| " + " | ".join([*group, str(len(members)), status, *(mean_std(values[m], listed) for m in metrics)]) + " |")
+        lines.append("| " + " | ".join([*group, str(len(members)), status,
+                                        *(mean_std(values[m], listed) for m in metrics)]) + " |")
     replicates = sorted({job["overrides"].get(replicate) for job in jobs} - {None})
     text = (f"# {sweep}\n\n{len(jobs)} jobs, {len(finished)} with a summary; swept: {', '.join(swept) or 'nothing'}"
             f"; pooled over {replicate} = {', '.join(replicates) or '-'} (mean +/- sample std)\n\n" + "\n".join(lines) + "\n")
 
     figures = sweep / "report"
     figures.mkdir(exist_ok=True)
-    labels = [", ".join(f"{k}={v}" for k, v in zip(swept, group)) or "all jobs" for group in sorted(table)]
+    labels = [", ".join(f"{k}={v}" for k, v in zip(swept, group)) or "all jobs"
+              for group in sorted(table)]
     for metric in metrics:
         fig, ax = plots.pyplot().subplots(figsize=(max(4.0, 1.2 * len(labels)), 3.2))
         for i, group in enumerate(sorted(table)):
             values = [v for v in table[group][metric] if v is not None]
             if values:
-                ax.bar(i, statistics.fmean(values), yerr=statistics.stdev(values) if len(values) > 1 else 0,
-                       color="C0", alpha=0.5, capsize=4)
+                ax.bar(i, statistics.fmean(values),
+                       yerr=statistics.stdev(values) if len(values) > 1 else 0, color="C0",
+                       alpha=0.5, capsize=4)
                 ax.scatter([i] * len(values), values, color="C0", s=12, zorder=3)
         ax.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 3 else 0, fontsize=8)
         ax.set_ylabel(metric)
@@ -119,16 +126,22 @@ def report(sweep: Path, metrics: list[str] | None, replicate: str, listed: bool 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep", type=Path, help="the -m output dir (out_dir=..., or multirun/<example>/<date>/<time>)")
-    parser.add_argument("--metrics", help="comma-separated summary.json keys (default: every number in it)")
-    parser.add_argument("--replicate", default="seed", help="the key whose values are pooled (default: seed)")
-    parser.add_argument("--values", action="store_true", help="list each job's value after the mean, in replicate order")
+    parser = argparse.ArgumentParser(description=USAGE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", type=Path, help="the -m output dir (out_dir=..., or "
+                                                 "multirun/<example>/<date>/<time>)")
+    parser.add_argument("--metrics", help="comma-separated summary.json keys (default: every "
+                                          "number in it)")
+    parser.add_argument("--replicate", default="seed",
+                        help="the key whose values are pooled (default: seed)")
+    parser.add_argument("--values", action="store_true",
+                        help="list each job's value after the mean, in replicate order")
     args = parser.parse_args()
     if not args.sweep.is_dir():
         print(f"error: {args.sweep} is not a folder", file=sys.stderr)
         return 2
-    print(report(args.sweep, args.metrics.split(",") if args.metrics else None, args.replicate, args.values))
+    print(report(args.sweep, args.metrics.split(",") if args.metrics else None, args.replicate,
+                 args.values))
     print(f"wrote {args.sweep / 'report.md'} and {args.sweep / 'report'}/<metric>.png")
     return 0
 

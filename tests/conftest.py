@@ -23,16 +23,18 @@ def _clean_hydra():
 
 @dataclass
 class Ran:
-    """What `run_here` gives back: the fields of a finished subprocess.CompletedProcess that tests read."""
+    """What `run_here` gives back: the fields of a finished subprocess.CompletedProcess that tests
+    read."""
     returncode: int
     stdout: str
     stderr: str
 
 
 def run_here(module: str, *args: str) -> Ran:
-    """`python -m <module> *args` inside this process: the same entry point, command line, exit status and
-    output as a real process, without its ~4 s start-up. Tests start a real process only where the process
-    is the point (a signal, torchrun, an installed wheel, Hydra's own argv handling in one case of each)."""
+    """`python -m <module> *args` inside this process: the same entry point, command line, exit
+    status and output as a real process, without its ~4 s start-up. Tests start a real process only
+    where the process is the point (a signal, torchrun, an installed wheel, Hydra's own argv
+    handling in one case of each)."""
     import contextlib
     import gc
     import importlib
@@ -59,33 +61,37 @@ def run_here(module: str, *args: str) -> Ran:
         sys.argv = argv
         gc.unfreeze()  # run_cli freezes what is alive, for a process that ends with the run
         torch.use_deterministic_algorithms(deterministic)
-        seeding._told.clear()  # the deterministic=true notice is once per process: this "process" is over
+        # the deterministic=true notice is once per process: this "process" is over
+        seeding._told.clear()
     return Ran(code, out.getvalue(), err.getvalue())
 
 
-def run_module(module: str, *args: str, timeout: int = 300, cwd: Path = ROOT, env: dict | None = None,
-               python: str = sys.executable) -> subprocess.CompletedProcess:
+def run_module(module: str, *args: str, timeout: int = 300, cwd: Path = ROOT,
+               env: dict | None = None, python: str = sys.executable) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([python, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, env=env)
+    return subprocess.run([python, "-m", module, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env)
 
 
 def pytest_addoption(parser):
     parser.addoption("--require-gpu", action="store_true",
-                     help="a missing CUDA device is an error, not a reason to skip (GALLERY_GPU_ONLY=1 implies it)")
+                     help="a missing CUDA device is an error, not a reason to skip "
+                          "(GALLERY_GPU_ONLY=1 implies it)")
     parser.addoption("--fuzz-examples", type=int, default=200,
-                     help="cases per example in tests/test_fuzz.py (derandomized: the same cases every run)")
+                     help="cases per example in tests/test_fuzz.py (derandomized: the same cases "
+                          "every run)")
     parser.addoption("--fuzz-long", action="store_const", const=2000, dest="fuzz_examples",
                      help="the long fuzz profile: 2,000 cases per example")
 
 
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests skip with a reason on a CPU machine. On a GPU runner, GALLERY_GPU_ONLY=1 keeps only
-    the `gpu` tests and makes a missing GPU an error, so a GPU job cannot pass with everything skipped."""
+    """`gpu` tests skip with a reason on a CPU machine. On a GPU runner, GALLERY_GPU_ONLY=1 keeps
+    only the `gpu` tests and makes a missing GPU an error, so a GPU job cannot pass with everything
+    skipped."""
     gpu_only = os.environ.get("GALLERY_GPU_ONLY") == "1"
     if (gpu_only or config.getoption("--require-gpu")) and not torch.cuda.is_available():
-        raise pytest.UsageError("a GPU was required (GALLERY_GPU_ONLY=1 or --require-gpu), but CUDA is not "
-                                "available on this machine")
+        raise pytest.UsageError("a GPU was required (GALLERY_GPU_ONLY=1 or --require-gpu), but "
+                                "CUDA is not available on this machine")
     if gpu_only:
         deselected = [item for item in items if item.get_closest_marker("gpu") is None]
         config.hook.pytest_deselected(items=deselected)
@@ -100,7 +106,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def _own_cache(tmp_path_factory):
-    """Downloads and pretrained backbones go to a folder of this session, never the user's ~/.cache."""
+    """Downloads and pretrained backbones go to a folder of this session, never the user's
+    ~/.cache."""
     cache = tmp_path_factory.mktemp("gallery_cache")
     saved = os.environ.get("GALLERY_CACHE")
     os.environ["GALLERY_CACHE"] = str(cache)
@@ -113,8 +120,9 @@ def _own_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pretrained_backbone(tmp_path_factory):
-    """One small digits backbone (30 pretraining steps on classes 0-4), built once through stage=pretrain
-    and shared by every finetune run in the session: pass backbone.checkpoint_dir=<it>."""
+    """One small digits backbone (30 pretraining steps on classes 0-4), built once through
+    stage=pretrain and shared by every finetune run in the session: pass
+    backbone.checkpoint_dir=<it>."""
     from gallery import finetune
     from gallery.core.cli import compose
 

@@ -54,8 +54,9 @@ def test_unknown_device_string_names_the_choices(bad):
 
 
 def test_amp_is_bf16_where_the_gpu_has_it_and_float32_otherwise_never_unscaled_fp16(monkeypatch):
-    """The capability flag decides (patched here: no GPU is needed to check the choice). Without bf16
-    the module is left in float32: fp16 would need a GradScaler inside every pattern function."""
+    """The capability flag decides (patched here: no GPU is needed to check the choice). Without
+    bf16 the module is left in float32: fp16 would need a GradScaler inside every pattern
+    function."""
     from gallery.core.device import amp_dtype
 
     cuda = torch.device("cuda", 0)
@@ -67,7 +68,8 @@ def test_amp_is_bf16_where_the_gpu_has_it_and_float32_otherwise_never_unscaled_f
         assert (amp_forward(net, cuda).forward == forward) is (dtype is None)
         untouched = nn.Linear(2, 2)
         plain = untouched.forward
-        assert amp_forward(untouched, cuda, enabled=False).forward == plain  # amp=false: float32 as written
+        # amp=false: float32 as written
+        assert amp_forward(untouched, cuda, enabled=False).forward == plain
 
 
 def test_amp_forward_leaves_a_cpu_module_untouched():
@@ -83,7 +85,8 @@ def test_threads_auto_is_one_for_small_models_and_a_number_sets_it():
         assert set_threads("auto", torch.device("cpu"), small_model=True) == 1
         assert set_threads("2", torch.device("cpu"), small_model=True) == 2
         assert set_threads(1, torch.device("cpu"), small_model=False) == 1
-        cores = os.cpu_count() or 1  # a sweep's jobs share the cores: one thread each when there are as many jobs
+        # a sweep's jobs share the cores: one thread each when there are as many jobs
+        cores = os.cpu_count() or 1
         assert set_threads("auto", torch.device("cpu"), small_model=False, jobs=cores) == 1
     finally:
         torch.set_num_threads(before)
@@ -183,10 +186,11 @@ def test_run_writes_config_metrics_and_summary(tmp_path):
     assert rows == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": None, "sample": 3.0}]
     assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
     assert summary.pop("wall_seconds") >= 0  # the time since the Run opened, in every summary
-    assert summary == {"status": "finished", "acc": 0.25, "curve": [1.0, None], "out_dir": str(tmp_path / "run"),
-                       "threads": torch.get_num_threads()}
+    assert summary == {"status": "finished", "acc": 0.25, "curve": [1.0, None],
+                       "out_dir": str(tmp_path / "run"), "threads": torch.get_num_threads()}
     assert not list((tmp_path / "run").glob(".*.tmp"))
-    assert (tmp_path / "run" / "summary.json").stat().st_mode & 0o044  # readable by the group, as any file
+    # readable by the group, as any file
+    assert (tmp_path / "run" / "summary.json").stat().st_mode & 0o044
 
 
 def test_only_rank_zero_writes(tmp_path, monkeypatch):
@@ -264,7 +268,8 @@ def test_a_failed_checkpoint_write_keeps_the_last_one_and_says_so(tmp_path, monk
         save_checkpoint(tmp_path, _state(2))
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / LAST)["step"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [LAST]  # no temp file, no half-written previous.pt
+    # no temp file, no half-written previous.pt
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LAST]
 
 
 def test_foreign_torch_file_is_not_a_gallery_checkpoint(tmp_path):
@@ -330,9 +335,18 @@ def test_lr_schedules():
         opt.step()
         sched.step()
     assert lrs == [1.0, 0.75, 0.5, 0.25] and opt.param_groups[0]["lr"] == 0.0
-    assert lr_schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), "constant", 4).get_last_lr() == [0.1]
+    assert lr_schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), "constant",
+                       4).get_last_lr() == [0.1]
+    two = torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)]},
+                           {"params": [torch.zeros(1, requires_grad=True)]}], lr=1.0)
+    cosine = lr_schedule(two, "cosine", 4, fixed_groups=(1,))
+    for _ in range(2):
+        two.step()
+        cosine.step()
+    assert [g["lr"] for g in two.param_groups] == [pytest.approx(0.5),
+                                                   1.0]  # halfway; group 1 fixed
     with pytest.raises(ValueError, match="unknown lr schedule"):
-        lr_schedule(opt, "cosine", 4)
+        lr_schedule(opt, "step", 4)
 
 
 def test_reraise_explained_only_for_the_known_error_of_that_mistake():

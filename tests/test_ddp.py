@@ -1,7 +1,8 @@
 """The examples under torchrun, on their own code path: 2 processes with gloo on the CPU.
 
 scripts/torchrun_smoke.sh runs this file; GALLERY_DDP_NPROC and GALLERY_DDP_DEVICE choose the
-process count and the device (on a GPU machine: GALLERY_DDP_NPROC=1 GALLERY_DDP_DEVICE=cuda, nccl)."""
+process count and the device (on a GPU machine: GALLERY_DDP_NPROC=1 GALLERY_DDP_DEVICE=cuda,
+nccl)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ DEVICE = os.environ.get("GALLERY_DDP_DEVICE", "cpu")
 
 
 def torchrun(module: str, out_dir, *overrides: str, nproc: int = NPROC) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", module, f"out_dir={out_dir}", f"device={DEVICE}", "threads=1", *overrides]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", module, f"out_dir={out_dir}", f"device={DEVICE}",
+           "threads=1", *overrides]
 
     def launch(*extra: str) -> subprocess.CompletedProcess:
         return subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=300, cwd=ROOT,
@@ -33,9 +35,11 @@ def torchrun(module: str, out_dir, *overrides: str, nproc: int = NPROC) -> dict:
 
     proc = launch()
     if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
-        # Seen once in CI (finetune, rank 0 aborted by std::terminate at exit; not reproduced in 5 reruns):
-        # one retry, reported as a warning so it is never silent. Any other failure fails at once.
-        warnings.warn(f"{module} under torchrun aborted at exit, retried once:\n{proc.stderr[-1500:]}", stacklevel=2)
+        # Seen once in CI (finetune, rank 0 aborted by std::terminate at exit; not reproduced in 5
+        # reruns): one retry, reported as a warning so it is never silent. Any other failure fails
+        # at once.
+        warnings.warn(f"{module} under torchrun aborted at exit, retried "
+                      f"once:\n{proc.stderr[-1500:]}", stacklevel=2)
         proc = launch("overwrite=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("outputs:") == 1, "only rank 0 reports"
@@ -43,7 +47,8 @@ def torchrun(module: str, out_dir, *overrides: str, nproc: int = NPROC) -> dict:
     assert summary["world_size"] == nproc and summary["ranks_agree"], "every rank ends with the same weights"
     rows = read_metrics(out_dir / "metrics.jsonl")
     steps = [r["step"] for r in rows]
-    assert steps == sorted(steps) and len(rows) == len({json.dumps(r, sort_keys=True) for r in rows})
+    assert steps == sorted(steps) and len(rows) == len({json.dumps(
+        r, sort_keys=True) for r in rows})
     return summary
 
 
@@ -52,11 +57,12 @@ def torchrun(module: str, out_dir, *overrides: str, nproc: int = NPROC) -> dict:
 @pytest.mark.parametrize("nproc", sorted({NPROC, 1}))
 def test_gan_under_ddp_g_is_never_all_reduced_in_the_d_step(tmp_path, nproc):
     steps = 12
-    s = torchrun("gallery.gan", tmp_path / "gan", f"steps={steps}", "log_every=4", "eval_every=12", "hidden=16",
-                 "batch_size=32", "eval_samples=64", nproc=nproc)
+    s = torchrun("gallery.gan", tmp_path / "gan", f"steps={steps}", "log_every=4", "eval_every=12",
+                 "hidden=16", "batch_size=32", "eval_samples=64", nproc=nproc)
     for probe, buckets in zip(s["probe_by_rank"], s["g_allreduce_buckets"]):
         assert probe["g_grad_norm_after_d_step"] == 0.0 and probe["d_step_reaches_g"] is False
-        assert buckets["d_step"] == 0 and buckets["g_step"] >= steps  # one bucket per G step or more
+        # one bucket per G step or more
+        assert buckets["d_step"] == 0 and buckets["g_step"] >= steps
     assert (tmp_path / "gan" / "samples_step000012.png").is_file()
 
 
@@ -65,22 +71,24 @@ def test_finetune_under_ddp_all_reduces_the_head_only(tmp_path):
                  "backbone.pretrain_steps=20", f"backbone.checkpoint_dir={tmp_path / 'bb'}")
     head_tensors = 4  # two Linear layers, weight and bias
     for reducer in s["reducer"]:
-        assert reducer == {"tensors": head_tensors, "bytes": 4 * s["trainable_params"]}, "the frozen blocks are not registered"
+        assert reducer == {"tensors": head_tensors,
+                           "bytes": 4 * s["trainable_params"]}, "the frozen blocks are not registered"
     assert all(p["backbone_unchanged"] for p in s["probe_by_rank"]) and s["backbone_unchanged"]
     assert (tmp_path / "bb" / "last.pt").is_file()  # rank 0 pretrained it; the others read it
 
 
 def test_tbptt_under_ddp_each_rank_carries_a_detached_state(tmp_path):
-    s = torchrun("gallery.tbptt", tmp_path / "tb", "steps=8", "eval_every=8", "log_every=4", "hidden=16", "embed=8",
-                 "batch_size=4", "bptt_len=8", "probe_every=1")
-    assert [p["state_grad_fn"] for p in s["probe_by_rank"]] == [False] * NPROC  # detached at the chunk's start
+    s = torchrun("gallery.tbptt", tmp_path / "tb", "steps=8", "eval_every=8", "log_every=4",
+                 "hidden=16", "embed=8", "batch_size=4", "bptt_len=8", "probe_every=1")
+    # detached at the chunk's start
+    assert [p["state_grad_fn"] for p in s["probe_by_rank"]] == [False] * NPROC
 
 
 @pytest.mark.parametrize("name", sorted(examples()))
 def test_a_non_zero_rank_writes_nothing(name, tmp_path, monkeypatch, pretrained_backbone):
     """RANK=1 without a process group (run in this process): the example trains as rank 1 would, and
-    every write it makes (metrics, checkpoints, figures, samples, summary) is rank 0's to make, so the
-    folder stays empty."""
+    every write it makes (metrics, checkpoints, figures, samples, summary) is rank 0's to make, so
+    the folder stays empty."""
     example = examples()[name]
     smoke = [o.replace("{tmp}", str(tmp_path)) for o in example.smoke]
     if name == "finetune":  # rank 0 pretrains the backbone into the cache; here it is there already
@@ -88,7 +96,8 @@ def test_a_non_zero_rank_writes_nothing(name, tmp_path, monkeypatch, pretrained_
         smoke.append(f"backbone.checkpoint_dir={pretrained_backbone}")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "1")
-    proc = run_here(f"gallery.{name}", *smoke, f"out_dir={tmp_path / 'run'}", "device=cpu", "threads=1")
+    proc = run_here(f"gallery.{name}", *smoke, f"out_dir={tmp_path / 'run'}", "device=cpu",
+                    "threads=1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "run").rglob("*")) if (tmp_path / "run").exists() else []
     assert written == [], written
@@ -102,12 +111,14 @@ def test_each_rank_gets_its_own_shard(monkeypatch):
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         parts[rank] = (dist.shard(data).tolist(), dist.shard(data, contiguous=True).tolist())
-    assert parts[0] == ([0, 2, 4, 6, 8], [0, 1, 2, 3, 4]) and parts[1] == ([1, 3, 5, 7, 9], [5, 6, 7, 8, 9])
+    assert parts[0] == ([0, 2, 4, 6, 8], [0, 1, 2, 3, 4]) and parts[1] == (
+        [1, 3, 5, 7, 9], [5, 6, 7, 8, 9])
 
 
 def test_alone_the_ddp_helpers_are_no_ops():
     module = torch.nn.Linear(2, 2)
-    assert dist.wrap(module, torch.device("cpu")) is module and dist.agree("x") == "x" and dist.gather(3) == [3]
+    assert dist.wrap(module, torch.device("cpu")) is module and dist.agree("x") == "x"
+    assert dist.gather(3) == [3]
     assert dist.ddp_report({"m": module}, {}) == {} and dist.reducer_size(module) == {}
     with dist.main_first():
         pass

@@ -1,5 +1,6 @@
 """The documentation site: it builds with `mkdocs build --strict`, each example page's code is its
-source, and no hand-written page types a measured figure (those are rendered from the JSON files)."""
+source, and no hand-written page types a measured figure (those are rendered from the JSON
+files)."""
 
 from __future__ import annotations
 
@@ -24,12 +25,15 @@ FIGURE = re.compile(r"\b\d[\d,]*(\.\d+)?\s?(s|ms|%|KB|MB|GB|x|steps/s|chars/s)(?
 def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
     mkdocs = Path(sys.executable).parent / "mkdocs"
-    assert mkdocs.is_file(), "mkdocs comes with the docs extra: pip install -e '.[docs]' (scripts/test.sh does)"
-    proc = subprocess.run([str(mkdocs), "build", "--strict", "-d", str(out)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300,
-                          env={**os.environ, "DISABLE_MKDOCS_2_WARNING": "true", "NO_MKDOCS_2_WARNING": "1"})
+    assert mkdocs.is_file(), ("mkdocs comes with the docs extra: pip install -e '.[docs]' "
+                              "(scripts/test.sh does)")
+    proc = subprocess.run([str(mkdocs), "build", "--strict", "-d", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DISABLE_MKDOCS_2_WARNING": "true",
+                               "NO_MKDOCS_2_WARNING": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert not re.search(r"^WARNING", proc.stderr, flags=re.M), proc.stderr[-3000:]  # strict fails on these too
+    # strict fails on these too
+    assert not re.search(r"^WARNING", proc.stderr, flags=re.M), proc.stderr[-3000:]
     return out
 
 
@@ -39,7 +43,8 @@ def code_blocks(page: Path) -> list[str]:
 
 
 def tidy(text: str) -> str:
-    """Markdown drops trailing spaces (a diff's blank context line is one space): compare without them."""
+    """Markdown drops trailing spaces (a diff's blank context line is one space): compare without
+    them."""
     return "\n".join(line.rstrip() for line in text.strip().splitlines())
 
 
@@ -50,22 +55,24 @@ def test_each_example_page_shows_its_pattern_functions_exactly_as_the_source_has
     for function in example.pattern_functions:
         source = tidy(inspect.getsource(getattr(example.module, function)))
         assert source in shown, f"the {name} page's {function} is not its source"
-    for key, mistake in example.mistakes.items():  # and each mistake as the diff `gallery show` prints
+    # and each mistake as the diff `gallery show` prints
+    for key, mistake in example.mistakes.items():
         for variant in mistake.variants:
             assert tidy("\n".join(example.diff(variant))) in shown, (key, variant)
 
 
 def test_every_page_is_built_and_the_home_page_links_nothing_broken(site):
-    for page in ("index.html", "lessons/index.html", "performance/index.html", "exit-status/index.html",
-                 *(f"examples/{name}/index.html" for name in examples())):
+    for page in ("index.html", "lessons/index.html", "performance/index.html",
+                 "exit-status/index.html", *(f"examples/{name}/index.html" for name in examples())):
         assert (site / page).is_file(), page
 
 
 def test_no_hand_written_page_types_a_measured_figure():
-    """Pages in docs/ are hand-written; generated pages come from docs/gen/pages.py and the JSON files.
-    The check can fail: it finds the figure in a line written the old way."""
+    """Pages in docs/ are hand-written; generated pages come from docs/gen/pages.py and the JSON
+    files. The check can fail: it finds the figure in a line written the old way."""
     assert FIGURE.search("the whole command takes 14.3 s") and FIGURE.search("1.26x on the H200")
     for page in sorted((ROOT / "docs").rglob("*.md")):
         for number, line in enumerate(page.read_text().splitlines(), 1):
             found = FIGURE.search(line)
-            assert not found, f"{page.relative_to(ROOT)}:{number} types a measured figure: {found.group(0)!r}"
+            assert not found, (f"{page.relative_to(ROOT)}:{number} types a measured figure: "
+                               f"{found.group(0)!r}")

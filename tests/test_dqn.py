@@ -83,7 +83,8 @@ def test_polyak_update_is_exactly_the_formula():
 def test_termination_stops_bootstrapping_and_truncation_does_not():
     online, target, _ = _nets()
     batch = _batch(2)
-    batch["terminated"] = torch.tensor([1.0, 0.0])  # row 1 was truncated by a time limit: not terminated
+    # row 1 was truncated by a time limit: not terminated
+    batch["terminated"] = torch.tensor([1.0, 0.0])
     with torch.no_grad():
         value = dqn.td_target(target, online, batch, 0.9, double=False)
         next_q = target(batch["next_obs"]).max(1).values
@@ -193,4 +194,5 @@ def test_episode_returns_match_gymnasiums_record_episode_statistics():
             theirs = []
     envs.close()
     returns.pop_mean()
-    assert len(ours) >= 3 and returns.pop_mean() is None  # a mean covers only the episodes since the last
+    # a mean covers only the episodes since the last
+    assert len(ours) >= 3 and returns.pop_mean() is None

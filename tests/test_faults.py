@@ -1,4 +1,5 @@
-"""No result is lost or overwritten without a word; a signal stops a run cleanly; resume is exact."""
+"""No result is lost or overwritten without a word; a signal stops a run cleanly; resume is
+exact."""
 
 from __future__ import annotations
 
@@ -21,13 +22,13 @@ from tests.conftest import ROOT, run_here
 
 TIMING = {"sec_per_step", "chars_per_sec", "env_steps_per_sec", "wall_seconds", "seconds"}
 GAN = ["steps=600", "log_every=20", "eval_every=200", "hidden=16", "eval_samples=100", "device=cpu"]
-TBPTT = ["steps=1200", "log_every=40", "eval_every=400", "hidden=32", "embed=8", "batch_size=8", "bptt_len=16",
-         "eval_streams=64", "sample_len=20", "device=cpu"]
+TBPTT = ["steps=1200", "log_every=40", "eval_every=400", "hidden=32", "embed=8", "batch_size=8",
+         "bptt_len=16", "eval_streams=64", "sample_len=20", "device=cpu"]
 
 
 def cli(module: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300, **kwargs)
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, **kwargs)
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -36,7 +37,8 @@ def digest(folder: Path) -> dict[str, str]:
 
 
 def rows(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in path.read_text().splitlines()]
 
 
 def test_a_second_run_into_the_same_out_dir_is_refused_and_changes_nothing(tmp_path):
@@ -44,10 +46,12 @@ def test_a_second_run_into_the_same_out_dir_is_refused_and_changes_nothing(tmp_p
     assert run_here(*args).returncode == 0
     before = digest(tmp_path)
     proc = run_here(*args)
-    assert proc.returncode == 2 and "already holds a run" in proc.stderr and "overwrite=true" in proc.stderr
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr
+    assert "overwrite=true" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and digest(tmp_path) == before
     replaced = run_here(*args, "seed=3", "overwrite=true")
-    assert replaced.returncode == 0 and json.loads((tmp_path / "summary.json").read_text())["seed"] == 3
+    assert replaced.returncode == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["seed"] == 3
 
 
 def test_resume_without_a_checkpoint_is_one_line_and_writes_nothing(tmp_path):
@@ -58,36 +62,43 @@ def test_resume_without_a_checkpoint_is_one_line_and_writes_nothing(tmp_path):
 
 
 def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path):
-    assert run_here("gallery.tbptt", *TBPTT, "steps=20", "eval_every=20", f"out_dir={tmp_path}").returncode == 0
+    assert run_here("gallery.tbptt", *TBPTT, "steps=20", "eval_every=20",
+                    f"out_dir={tmp_path}").returncode == 0
     before = digest(tmp_path)
-    proc = run_here("gallery.tbptt", *TBPTT, "steps=20", "eval_every=20", f"out_dir={tmp_path}", "resume=true")
+    proc = run_here("gallery.tbptt", *TBPTT, "steps=20", "eval_every=20", f"out_dir={tmp_path}",
+                    "resume=true")
     assert proc.returncode == 0 and "is finished" in proc.stderr
     assert digest(tmp_path) == before
-    more = run_here("gallery.tbptt", *TBPTT, "steps=30", "eval_every=30", f"out_dir={tmp_path}", "resume=true")  # steps=<more> goes on
-    assert more.returncode == 0 and json.loads((tmp_path / "summary.json").read_text())["steps"] == 30
+    more = run_here("gallery.tbptt", *TBPTT, "steps=30", "eval_every=30", f"out_dir={tmp_path}",
+                    "resume=true")  # steps=<more> goes on
+    assert more.returncode == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 30
 
 
 def test_a_sweep_gives_every_job_its_own_folder_and_goes_on_past_a_raising_mistake(tmp_path):
-    proc = run_here("gallery.gan", "-m", "seed=0,1", "mistake=none,no_detach", *GAN, "steps=10", "eval_every=10",
+    proc = run_here("gallery.gan", "-m", "seed=0,1", "mistake=none,no_detach", *GAN, "steps=10",
+                    "eval_every=10",
                f"out_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
     assert len(jobs) == 4
     summaries = [json.loads((job / "summary.json").read_text()) for job in jobs]
     assert {(s["seed"], s["mistake"], s["status"]) for s in summaries} == {
-        (0, "none", "finished"), (1, "none", "finished"), (0, "no_detach", "raised"), (1, "no_detach", "raised")}
+        (0, "none", "finished"), (1, "none", "finished"), (0, "no_detach", "raised"),
+        (1, "no_detach", "raised")}
     assert all("fake.detach()" in s["error"] for s in summaries if s["status"] == "raised")
     for job in jobs:  # each job's metrics are its own
         assert [r["step"] for r in rows(job / "metrics.jsonl") if "d_loss" in r] in ([10], [])
 
 
 def stop_with_sigterm(module: str, command: list[str], out: Path, at_random: bool) -> str:
-    """Run `command` until SIGTERM stops it (143, a checkpoint, no traceback); return the printed resume command.
-    at_random: the test sends the signal at a random moment once the run has logged a new row; otherwise
-    the command signals itself."""
+    """Run `command` until SIGTERM stops it (143, a checkpoint, no traceback); return the printed
+    resume command. at_random: the test sends the signal at a random moment once the run has logged
+    a new row; otherwise the command signals itself."""
     metrics = out / "metrics.jsonl"
     logged = metrics.read_text() if metrics.is_file() else ""
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     if at_random:
         deadline = time.time() + 120
         while not metrics.is_file() or len(metrics.read_text()) <= len(logged):
@@ -99,12 +110,14 @@ def stop_with_sigterm(module: str, command: list[str], out: Path, at_random: boo
     assert proc.returncode == 143, err[-2000:]
     assert "Traceback" not in err and (out / "checkpoints" / "last.pt").is_file()
     resume = err.split("Resume with: ")[1].strip().splitlines()[0]
-    assert resume.startswith(f"python -m {module} ") and resume.endswith(f"out_dir={out} resume=true")
+    assert resume.startswith(f"python -m {module} ")
+    assert resume.endswith(f"out_dir={out} resume=true")
     return resume
 
 
-# `python -c SIGTERM_IN_EVAL <module> <its eval function> <n> *args`: the example's main() with its eval
-# function wrapped so that its n-th call sends the process a real SIGTERM, which lands mid-eval.
+# `python -c SIGTERM_IN_EVAL <module> <its eval function> <n> *args`: the example's main() with its
+# eval function wrapped so that its n-th call sends the process a real SIGTERM, which lands
+# mid-eval.
 SIGTERM_IN_EVAL = """
 import importlib, os, signal, sys
 module, name, nth = importlib.import_module(sys.argv[1]), sys.argv[2], int(sys.argv[3])
@@ -119,7 +132,8 @@ setattr(module, name, signal_then_evaluate)
 sys.argv = [sys.argv[1], *sys.argv[4:]]
 module.main()
 """
-# simsiam's first evaluate() is step 0's (the random encoder's baseline), so its first eval step is call 2
+# simsiam's first evaluate() is step 0's (the random encoder's baseline), so its first eval step is
+# call 2
 EVAL_FUNCTION = {"gallery.gan": ("evaluate", 1), "gallery.tbptt": ("validation_bpc", 1),
                  "gallery.finetune": ("accuracy", 1), "gallery.simsiam": ("evaluate", 2)}
 FINETUNE = ["steps=600", "log_every=20", "eval_every=100", "device=cpu"]
@@ -149,18 +163,21 @@ def stop_here(module: str, args: list[str], out: Path, eval_call: int, monkeypat
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and (out / "checkpoints" / "last.pt").is_file()
     resume = proc.stderr.split("Resume with: ")[1].strip().splitlines()[0]
-    assert resume.startswith(f"python -m {module} ") and resume.endswith(f"out_dir={out} resume=true")
+    assert resume.startswith(f"python -m {module} ")
+    assert resume.endswith(f"out_dir={out} resume=true")
     return shlex.split(resume)[3:]
 
 
 @pytest.mark.parametrize("module, args", [("gallery.gan", GAN), ("gallery.tbptt", TBPTT),
-                                          ("gallery.finetune", FINETUNE), ("gallery.simsiam", SIMSIAM)])
-def test_two_sigterms_then_resumes_match_the_uninterrupted_run_exactly(tmp_path, module, args, monkeypatch,
-                                                                       pretrained_backbone):
-    """Stopped twice and resumed each time with the printed command: the same rows, summary and weights
-    as one straight run. The first stop lands inside the first eval step. gan runs as real processes,
-    the second signal at a random moment once a new row is logged; the others run in this process, the
-    second signal inside the resumed run's first eval step (a real SIGTERM each time)."""
+                                          ("gallery.finetune", FINETUNE),
+                                          ("gallery.simsiam", SIMSIAM)])
+def test_two_sigterms_then_resumes_match_the_uninterrupted_run_exactly(
+        tmp_path, module, args, monkeypatch, pretrained_backbone):
+    """Stopped twice and resumed each time with the printed command: the same rows, summary and
+    weights as one straight run. The first stop lands inside the first eval step. gan runs as real
+    processes, the second signal at a random moment once a new row is logged; the others run in this
+    process, the second signal inside the resumed run's first eval step (a real SIGTERM each
+    time)."""
     if module == "gallery.finetune":  # one pretrained backbone for every run
         args = [*args, f"backbone.checkpoint_dir={pretrained_backbone}"]
     straight, out = tmp_path / "straight", tmp_path / "resumed"
@@ -168,7 +185,8 @@ def test_two_sigterms_then_resumes_match_the_uninterrupted_run_exactly(tmp_path,
     eval_every = int(next(a for a in args if a.startswith("eval_every=")).split("=")[1])
     if module == "gallery.gan":
         assert cli(module, *args, f"out_dir={straight}").returncode == 0
-        first = [sys.executable, "-c", SIGTERM_IN_EVAL, module, function, str(nth), *args, f"out_dir={out}"]
+        first = [sys.executable, "-c", SIGTERM_IN_EVAL, module, function, str(nth), *args,
+                 f"out_dir={out}"]
         resume = stop_with_sigterm(module, first, out, at_random=False)
     else:
         assert run_here(module, *args, f"out_dir={straight}").returncode == 0
@@ -177,51 +195,62 @@ def test_two_sigterms_then_resumes_match_the_uninterrupted_run_exactly(tmp_path,
     assert checkpoint["step"] == eval_every  # it stopped after the eval step it was signalled in
     assert [r["step"] for r in rows(out / "metrics.jsonl")][-1] == eval_every
     if module == "gallery.gan":
-        resume = stop_with_sigterm(module, [sys.executable, *shlex.split(resume)[1:]], out, at_random=True)
-        resumed = subprocess.run([sys.executable, *shlex.split(resume)[1:]], capture_output=True, text=True,
-                                 cwd=ROOT, timeout=300)
+        resume = stop_with_sigterm(module, [sys.executable, *shlex.split(resume)[1:]], out,
+                                   at_random=True)
+        resumed = subprocess.run([sys.executable, *shlex.split(resume)[1:]], capture_output=True,
+                                 text=True, cwd=ROOT, timeout=300)
     else:
         again = stop_here(module, resume_args, out, 1, monkeypatch)
-        assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 2 * eval_every
+        assert torch.load(out / "checkpoints" / "last.pt",
+                          weights_only=True)["step"] == 2 * eval_every
         resumed = run_here(module, *again)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert rows(out / "metrics.jsonl") == rows(straight / "metrics.jsonl")
     a, b = (json.loads((d / "summary.json").read_text()) for d in (out, straight))
     for s in (a, b):  # wall-clock fields aside
-        s.pop("out_dir"), [s.pop(k, None) for k in TIMING], [c.pop("seconds", None) for c in s.get("curve", [])]
+        s.pop("out_dir"), [s.pop(k, None) for k in TIMING], [c.pop(
+            "seconds", None) for c in s.get("curve", [])]
     assert a == b
-    weights = [torch.load(d / "checkpoints" / "last.pt", weights_only=True) for d in (out, straight)]
-    model = {"gallery.gan": "g", "gallery.simsiam": "encoder"}.get(module, "model")  # finetune, tbptt: "model"
+    weights = [torch.load(d / "checkpoints" / "last.pt", weights_only=True) for d in (
+        out, straight)]
+    # finetune, tbptt: "model"
+    model = {"gallery.gan": "g", "gallery.simsiam": "encoder"}.get(module, "model")
     for key, tensor in weights[0][model].items():
         assert torch.equal(tensor, weights[1][model][key]), key
 
 
 def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path):
-    overrides = [f"out_dir={tmp_path}", "device=cpu", "steps=400", "learning_starts=100", "eval_every=200",
-                 "eval_episodes=1", "hidden=16", "batch_size=32", "stop_when_solved=false"]
+    overrides = [f"out_dir={tmp_path}", "device=cpu", "steps=400", "learning_starts=100",
+                 "eval_every=200", "eval_episodes=1", "hidden=16", "batch_size=32",
+                 "stop_when_solved=false"]
     dqn.train(compose("dqn", overrides))
     saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     restored = {}
     real_update = dqn.update
 
-    def spy(online, target, optimizer, batch, *a):  # the first update after the resume sees the restored state
+    # the first update after the resume sees the restored state
+    def spy(online, target, optimizer, batch, *a):
         if not restored:
-            restored.update(adam_steps=float(optimizer.state_dict()["state"][0]["step"]))  # a copy: Adam counts in place
+            # a copy: Adam counts in place
+            restored.update(adam_steps=float(optimizer.state_dict()["state"][0]["step"]))
         return real_update(online, target, optimizer, batch, *a)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(dqn.BY_MISTAKE, "none", dqn.BY_MISTAKE["none"]._replace(update=spy))
         summary = dqn.train(compose("dqn", [*overrides, "steps=600", "resume=true"]))
     assert saved["step"] == 400 and saved["buffer"]["size"] == 400
-    assert restored["adam_steps"] == saved["tally"]["updates"]  # Adam's step count came back with the optimizer
+    # Adam's step count came back with the optimizer
+    assert restored["adam_steps"] == saved["tally"]["updates"]
     assert summary["env_steps"] == 600 and summary["updates"] == saved["tally"]["updates"] + 100
     assert [e["env_steps"] for e in summary["evals"]] == [200, 400, 600]
 
 
 @pytest.mark.parametrize("module, override, expected", [
     ("gallery.gan", "setps=5", "'setps' is not a config key of gan; did you mean 'steps'?"),
-    ("gallery.gan", "seed=abc", "seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
-    ("gallery.gan", "data=ring9", "data=ring9 is not a data option of gan; choose from: cifar10, digits, fake, "),
+    ("gallery.gan", "seed=abc", "seed=abc: Value 'abc' of type 'str' could not be converted to "
+                                "Integer"),
+    ("gallery.gan", "data=ring9", "data=ring9 is not a data option of gan; choose from: cifar10, "
+                                  "digits, fake, "),
     ("gallery.gan", "data.nme=x", "did you mean 'data.name'?"),
     ("gallery.gan", "lr_g", "cannot read the override 'lr_g'"),
     ("gallery.gan", "+foo=1", "config key 'foo' is not in the schema GanConfig"),
@@ -234,27 +263,38 @@ def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path)
     ("gallery.tbptt", "bptt_len=0", "bptt_len must be > 0, got 0"),
     ("gallery.tbptt", "k2=100", "k2=100 must be a multiple of bptt_len=64"),
     ("gallery.finetune", "data.labels_per_class=0", "data.labels_per_class must be > 0, got 0"),
-    ("gallery.finetune", "mistake=checkpoint_reentrant", "mistake=checkpoint_reentrant needs checkpoint=true and unfreeze_"),
-    ("gallery.finetune", "backbone=resnet50", "backbone=resnet50 is not a backbone option of finetune; choose from: digits_cnn, resnet18"),
-    ("gallery.gan", "data=file", "data=file is not a data option of gan; choose from: cifar10, digits, fake, "),
-    ("gallery.tbptt", "data=ring8", "data=ring8 is not a data option of tbptt; choose from: file, pydoc, "),
-    ("gallery.gan", "data.root=/nonexistent data=imagefolder", "data.root='/nonexistent' is not a directory"),
+    ("gallery.finetune", "mistake=checkpoint_reentrant",
+     "mistake=checkpoint_reentrant needs checkpoint=true and unfreeze_"),
+    ("gallery.finetune", "backbone=resnet50", "backbone=resnet50 is not a backbone option of "
+                                              "finetune; choose from: digits_cnn, resnet18"),
+    ("gallery.gan", "data=file", "data=file is not a data option of gan; choose from: cifar10, "
+                                 "digits, fake, "),
+    ("gallery.tbptt", "data=ring8", "data=ring8 is not a data option of tbptt; choose from: file, "
+                                    "pydoc, "),
+    ("gallery.gan", "data.root=/nonexistent data=imagefolder",
+     "data.root='/nonexistent' is not a directory"),
     ("gallery.tbptt", "data=file", "data=file needs data.path=/path/to/text.txt"),
-    ("gallery.tbptt", "data=file data.path={tiny}", "has 226 characters; batch_size=32 streams of bptt_len=64"),
+    ("gallery.tbptt", "data=file data.path={tiny}",
+     "has 226 characters; batch_size=32 streams of bptt_len=64"),
     ("gallery.tbptt", "data=file data.path={empty}", "has 0 characters"),
     ("gallery.tbptt", "data=file data.path={binary}", "is not UTF-8 text"),
     ("gallery.dqn", "env.id=Pendulum-v1", "DQN needs a Discrete one"),
-    ("gallery.gan", "data=imagefolder data.root={images}", "Found no valid file for the classes cls"),
-    ("gallery.ppo", "minibatch_size=512", "minibatch_size=512 is more than a rollout holds (rollout_steps * env.num_envs = 256)"),
+    ("gallery.gan", "data=imagefolder data.root={images}",
+     "Found no valid file for the classes cls"),
+    ("gallery.ppo", "minibatch_size=512", "minibatch_size=512 is more than a rollout holds "
+                                          "(rollout_steps * env.num_envs = 256)"),
     ("gallery.ppo", "env.id=Pendulum-v1", "PPO needs a Discrete one"),
     ("gallery.sac", "tau=0", "tau must be in [1e-06, 1.0], got 0.0"),
     ("gallery.sac", "env.id=CartPole-v1", "SAC needs a Box one"),
-    ("gallery.simsiam", "data=ring8", "data=ring8 is not a data option of simsiam; choose from: cifar10, digits, imag"),
+    ("gallery.simsiam", "data=ring8", "data=ring8 is not a data option of simsiam; choose from: "
+                                      "cifar10, digits, imag"),
     ("gallery.simsiam", "batch_size=1", "batch_size=1: BatchNorm needs at least 2 images per batch"),
     ("gallery.simsiam", "data.crop_scale=0", "data.crop_scale must be in [0.1, 1.0], got 0.0"),
     ("gallery.simsiam", "knn_k=5000", "knn_k=5000: the kNN bank holds only 1258 images"),
-    ("gallery.simsiam", "data=imagefolder data.root={images}", "Found no valid file for the classes cls"),
-    ("gallery.dqn", "lr=nan", "lr must be a finite number, got nan"),  # NaN passed `> 0` checks before
+    ("gallery.simsiam", "data=imagefolder data.root={images}",
+     "Found no valid file for the classes cls"),
+    # NaN passed `> 0` checks before
+    ("gallery.dqn", "lr=nan", "lr must be a finite number, got nan"),
     ("gallery.gan", "lr_d=nan", "lr_d must be a finite number, got nan"),
     ("gallery.ppo", "lr=inf", "lr must be a finite number, got inf"),
     ("gallery.sac", "gamma=-inf", "gamma must be a finite number, got -inf"),
@@ -265,13 +305,14 @@ def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path)
     ("gallery.gan", "steps=0", "steps must be > 0, got 0"),
     ("gallery.gan", "batch_size=-2", "batch_size must be > 0"),
     ("gallery.gan", "lr_gen=0.1", "'lr_gen' is not a config key of gan"),
-    ("gallery.gan", "steps=ten", "steps=ten: Value 'ten' of type 'str' could not be converted to Integer"),
+    ("gallery.gan", "steps=ten", "steps=ten: Value 'ten' of type 'str' could not be converted to "
+                                 "Integer"),
     pytest.param("gallery.gan", "device=cuda", "CUDA is not available", marks=pytest.mark.skipif(
         torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, module, override, expected):
-    """In this process, through the same entry point as `python -m`; one real process for each kind of
-    failure follows below."""
+    """In this process, through the same entry point as `python -m`; one real process for each kind
+    of failure follows below."""
     device = [] if override.startswith("device=") else ["device=cpu"]
     proc = run_here(module, *bad_input(tmp_path, override), *device)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -281,11 +322,15 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, module, overr
 
 
 @pytest.mark.parametrize("module, override, expected", [
-    ("gallery.gan", "setps=5", "'setps' is not a config key of gan; did you mean 'steps'?"),  # Hydra's override error
-    ("gallery.dqn", "gamma=1.5", "gamma must be in [0.0, 1.0], got 1.5"),  # the schema's value check
-    ("gallery.tbptt", "data=file data.path={binary}", "is not UTF-8 text"),  # a bad data file, found at run time
+    # Hydra's override error
+    ("gallery.gan", "setps=5", "'setps' is not a config key of gan; did you mean 'steps'?"),
+    # the schema's value check
+    ("gallery.dqn", "gamma=1.5", "gamma must be in [0.0, 1.0], got 1.5"),
+    # a bad data file, found at run time
+    ("gallery.tbptt", "data=file data.path={binary}", "is not UTF-8 text"),
 ])
-def test_bad_input_in_a_real_process_is_one_line_exit_2_and_leaves_nothing(tmp_path, module, override, expected):
+def test_bad_input_in_a_real_process_is_one_line_exit_2_and_leaves_nothing(
+        tmp_path, module, override, expected):
     proc = cli(module, *bad_input(tmp_path, override), "device=cpu")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert expected in proc.stderr
@@ -295,7 +340,8 @@ def test_bad_input_in_a_real_process_is_one_line_exit_2_and_leaves_nothing(tmp_p
 
 def bad_input(tmp_path: Path, override: str) -> list[str]:
     """The override's words with its {files} filled in, and out_dir=<tmp_path>/run."""
-    files = {"tiny": tmp_path / "tiny.txt", "empty": tmp_path / "empty.txt", "binary": tmp_path / "binary.txt"}
+    files = {"tiny": tmp_path / "tiny.txt", "empty": tmp_path / "empty.txt",
+             "binary": tmp_path / "binary.txt"}
     files["tiny"].write_text("x" * 225 + "\n")
     files["empty"].write_text("")
     files["binary"].write_bytes(bytes(range(256)) * 8)
@@ -304,7 +350,8 @@ def bad_input(tmp_path: Path, override: str) -> list[str]:
     return [*override.format(**files).split(), f"out_dir={tmp_path / 'run'}"]
 
 
-def test_a_nan_loss_stops_the_run_keeps_the_last_good_checkpoint_and_says_diverged(tmp_path, monkeypatch):
+def test_a_nan_loss_stops_the_run_keeps_the_last_good_checkpoint_and_says_diverged(
+        tmp_path, monkeypatch):
     from gallery import gan
     from gallery.core.errors import Diverged
 
@@ -325,7 +372,8 @@ def test_a_nan_loss_stops_the_run_keeps_the_last_good_checkpoint_and_says_diverg
 
 
 def test_a_learning_rate_that_diverges_exits_3_with_one_line(tmp_path):
-    proc = run_here("gallery.gan", *GAN, "steps=40", "log_every=10", "lr_g=1e30", "lr_d=1e30", f"out_dir={tmp_path}")
+    proc = run_here("gallery.gan", *GAN, "steps=40", "log_every=10", "lr_g=1e30", "lr_d=1e30",
+                    f"out_dir={tmp_path}")
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "diverged at step" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
@@ -333,11 +381,12 @@ def test_a_learning_rate_that_diverges_exits_3_with_one_line(tmp_path):
 
 # What each example's summary must hold, and the headline its command line prints.
 SUMMARY_KEYS = {
-    "gallery.gan": ("modes_covered", "high_quality_frac", "g_grad_norm_after_d_step", "sec_per_step", "steps"),
-    "gallery.dqn": ("eval_return_mean", "eval_return_std", "env_steps", "first_solved_step", "target_grad_seen",
-                    "env_steps_per_sec"),
-    "gallery.finetune": ("val_acc", "backbone_unchanged", "trainable_params", "frozen_params", "sec_per_step",
-                         "saved_bytes_per_step"),
+    "gallery.gan": ("modes_covered", "high_quality_frac", "g_grad_norm_after_d_step",
+                    "sec_per_step", "steps"),
+    "gallery.dqn": ("eval_return_mean", "eval_return_std", "env_steps", "first_solved_step",
+                    "target_grad_seen", "env_steps_per_sec"),
+    "gallery.finetune": ("val_acc", "backbone_unchanged", "trainable_params", "frozen_params",
+                         "sec_per_step", "saved_bytes_per_step"),
     "gallery.tbptt": ("val_bpc", "chars_per_sec", "saved_bytes_per_chunk", "steps"),
     "gallery.simsiam": ("knn_acc", "output_std_sqrt_d", "target_branch_grad_share"),
     "gallery.ppo": ("eval_return_mean", "rollout_saved_bytes", "env_steps"),
@@ -357,9 +406,11 @@ SUMMARY_KEYS = {
     ("gallery.sac", ["steps=300", "learning_starts=100", "eval_every=150", "eval_episodes=1", "hidden=16",
                      "batch_size=32", "log_every=100", "probe_every=10", "device=cpu"]),
 ])
-def test_the_same_seed_gives_the_same_metrics_in_two_processes(tmp_path, module, args, pretrained_backbone):
-    """One run in this process, the other in a fresh process (its own hash seed, its own import order):
-    the same rows. Each also writes its summary, the resolved config and the command line's headline."""
+def test_the_same_seed_gives_the_same_metrics_in_two_processes(
+        tmp_path, module, args, pretrained_backbone):
+    """One run in this process, the other in a fresh process (its own hash seed, its own import
+    order): the same rows. Each also writes its summary, the resolved config and the command line's
+    headline."""
     if module == "gallery.finetune":
         args = [*args, f"backbone.checkpoint_dir={pretrained_backbone}"]
     here = run_here(module, *args, "seed=7", f"out_dir={tmp_path / 'a'}")
@@ -372,10 +423,12 @@ def test_the_same_seed_gives_the_same_metrics_in_two_processes(tmp_path, module,
     assert summary["example"] == module.split(".")[1] and summary["seed"] == 7
     missing = [key for key in SUMMARY_KEYS[module] if key not in summary]
     assert not missing, missing
-    assert f"{SUMMARY_KEYS[module][0]}=" in here.stdout and f"outputs: {tmp_path / 'a'}" in here.stdout
+    assert f"{SUMMARY_KEYS[module][0]}=" in here.stdout
+    assert f"outputs: {tmp_path / 'a'}" in here.stdout
     assert (tmp_path / "a" / ".hydra" / "config.yaml").is_file()
     if module == "gallery.ppo":
-        assert summary["rollout_saved_bytes"] == 0 and (tmp_path / "a" / "learning_curve.png").is_file()
+        assert summary["rollout_saved_bytes"] == 0
+        assert (tmp_path / "a" / "learning_curve.png").is_file()
     if module == "gallery.sac":
         assert summary["target_grad_seen"] is False and summary["updates"] == 200
         assert summary["saved_bytes_per_update"] > 0
@@ -391,14 +444,15 @@ def test_the_same_seed_gives_the_same_metrics_in_two_processes(tmp_path, module,
     ("gallery.sac", ["steps=200", "learning_starts=100", "eval_every=200", "eval_episodes=1", "hidden=16",
                      "batch_size=32", "device=cpu"]),
 ])
-def test_deterministic_true_runs_every_example_in_strict_mode_and_says_what_it_costs(tmp_path, module, args,
-                                                                                    pretrained_backbone):
+def test_deterministic_true_runs_every_example_in_strict_mode_and_says_what_it_costs(
+        tmp_path, module, args, pretrained_backbone):
     if module == "gallery.finetune":
         args = [*args, f"backbone.checkpoint_dir={pretrained_backbone}"]
     seen = []
     real = torch.use_deterministic_algorithms
 
-    def spy(mode, **kwargs):  # strict mode is switched on for the run (then run_here switches it off)
+    # strict mode is switched on for the run (then run_here switches it off)
+    def spy(mode, **kwargs):
         seen.append(mode)
         return real(mode, **kwargs)
 
@@ -416,7 +470,8 @@ def test_the_pretrained_backbone_is_cached_once_for_runs_from_any_folder(tmp_pat
     monkeypatch.chdir(tmp_path)
     elsewhere = run_here("gallery.finetune", *args, f"out_dir={tmp_path / 'b'}")
     assert first.returncode == 0 and elsewhere.returncode == 0, elsewhere.stderr[-2000:]
-    assert "pretraining digits_cnn" in first.stdout and "pretraining digits_cnn" not in elsewhere.stdout
+    assert "pretraining digits_cnn" in first.stdout
+    assert "pretraining digits_cnn" not in elsewhere.stdout
     assert (tmp_path / "cache" / "digits_cnn-seed0-steps20" / "last.pt").is_file()
     assert not (tmp_path / "data_cache").exists()
 
@@ -450,7 +505,8 @@ def silent_server():
     server.close()
 
 
-def test_a_download_that_hangs_fails_within_the_timeout_naming_the_file(tmp_path, monkeypatch, silent_server):
+def test_a_download_that_hangs_fails_within_the_timeout_naming_the_file(
+        tmp_path, monkeypatch, silent_server):
     from gallery.core.errors import DataError
     from gallery.data import text
 
@@ -458,13 +514,15 @@ def test_a_download_that_hangs_fails_within_the_timeout_naming_the_file(tmp_path
     monkeypatch.setitem(text.ONLINE, "tiny_shakespeare",
                         {**text.ONLINE["tiny_shakespeare"], "url": f"{silent_server}/input.txt"})
     start = time.perf_counter()
-    with pytest.raises(DataError, match=r"could not download tiny_shakespeare .*tiny_shakespeare.txt.*data=pydoc"):
+    with pytest.raises(DataError, match=r"could not download tiny_shakespeare "
+                                        r".*tiny_shakespeare.txt.*data=pydoc"):
         text.load_text("tiny_shakespeare", root=str(tmp_path))
     assert time.perf_counter() - start < 30  # the timeout, not a wait forever
     assert not list(tmp_path.iterdir())  # no partial file left
 
 
-def test_an_image_download_that_hangs_fails_within_the_timeout(tmp_path, monkeypatch, silent_server):
+def test_an_image_download_that_hangs_fails_within_the_timeout(
+        tmp_path, monkeypatch, silent_server):
     import torchvision
 
     from gallery.core.errors import DataError
@@ -481,14 +539,19 @@ def test_an_image_download_that_hangs_fails_within_the_timeout(tmp_path, monkeyp
 
 def test_resume_from_a_path_starts_a_new_run_there_and_a_foreign_checkpoint_is_refused(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
-    assert run_here("gallery.gan", *GAN, "steps=40", "ckpt_every=20", f"out_dir={first}").returncode == 0
-    proc = run_here("gallery.gan", *GAN, "steps=60", f"out_dir={second}", f"resume={first}/checkpoints/last.pt")
+    assert run_here("gallery.gan", *GAN, "steps=40", "ckpt_every=20",
+                    f"out_dir={first}").returncode == 0
+    proc = run_here("gallery.gan", *GAN, "steps=60", f"out_dir={second}",
+                    f"resume={first}/checkpoints/last.pt")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert [r["step"] for r in rows(second / "metrics.jsonl") if "d_loss" in r] == [60]  # log_every=20: 60 only
+    # log_every=20: 60 only
+    assert [r["step"] for r in rows(second / "metrics.jsonl") if "d_loss" in r] == [60]
     assert json.loads((second / "summary.json").read_text())["steps"] == 60
     tbptt_run = tmp_path / "tbptt"
-    assert run_here("gallery.tbptt", *TBPTT, "steps=4", "eval_every=4", f"out_dir={tbptt_run}").returncode == 0
-    foreign = run_here("gallery.gan", *GAN, f"out_dir={tmp_path / 'third'}", f"resume={tbptt_run}/checkpoints/last.pt")
+    assert run_here("gallery.tbptt", *TBPTT, "steps=4", "eval_every=4",
+                    f"out_dir={tbptt_run}").returncode == 0
+    foreign = run_here("gallery.gan", *GAN, f"out_dir={tmp_path / 'third'}",
+                       f"resume={tbptt_run}/checkpoints/last.pt")
     assert foreign.returncode == 2 and "the checkpoint has no 'g'" in foreign.stderr
     assert len(foreign.stderr.strip().splitlines()) == 1 and not (tmp_path / "third").exists()
 
@@ -498,7 +561,8 @@ def test_the_exit_statuses_are_the_documented_table():
 
     from gallery.core.errors import EXIT_STATUS
 
-    table = re.findall(r"^\| (\d+) \| `(\w+)` \|", (ROOT / "docs" / "exit-status.md").read_text(), flags=re.M)
+    table = re.findall(r"^\| (\d+) \| `(\w+)` \|", (ROOT / "docs" / "exit-status.md").read_text(),
+                       flags=re.M)
     assert {name: int(code) for code, name in table} == EXIT_STATUS
 
 
@@ -508,9 +572,11 @@ def test_an_out_dir_that_cannot_be_made_or_written_is_one_line_exit_2_before_any
     afile = tmp_path / "afile"
     afile.write_text("")
     proc = run_here("gallery.gan", f"out_dir={afile}/run", "device=cpu")
-    assert proc.returncode == 2 and proc.stderr == f"error: out_dir={afile}/run: cannot be made, {afile} is a file\n"
+    assert proc.returncode == 2 and proc.stderr == (f"error: out_dir={afile}/run: cannot be made, "
+                                                    f"{afile} is a file\n")
     real = os.access  # root may write anywhere, so a folder without write permission is stubbed
-    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(tmp_path) else real(path, mode))
+    monkeypatch.setattr(os, "access", lambda path,
+                        mode: False if str(path) == str(tmp_path) else real(path, mode))
     proc = run_here("gallery.gan", f"out_dir={tmp_path}/new/run", "device=cpu")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert f"cannot be written, no write permission in {tmp_path}" in proc.stderr

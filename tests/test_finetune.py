@@ -94,12 +94,15 @@ def _grads_and_buffers(model, x, y):
 
 
 @pytest.mark.parametrize("mistake, unfreeze_last", [("none", 2), ("no_freeze", 0)])
-def test_checkpointing_gives_the_same_grads_and_buffers_and_saves_fewer_bytes(mistake, unfreeze_last):
+def test_checkpointing_gives_the_same_grads_and_buffers_and_saves_fewer_bytes(
+        mistake, unfreeze_last):
     plain, x, y = _model(mistake, unfreeze_last)
     checkpointed, _, _ = _model(mistake, unfreeze_last)
     ft.checkpoint_trainable(checkpointed)
-    wrapped = {part for part in ("frozen", "trainable") if isinstance(getattr(checkpointed, part), ft.Checkpointed)}
-    assert wrapped == ({"frozen"} if mistake == "no_freeze" else {"trainable"})  # the part that trains
+    wrapped = {part for part in ("frozen", "trainable") if isinstance(
+        getattr(checkpointed, part), ft.Checkpointed)}
+    # the part that trains
+    assert wrapped == ({"frozen"} if mistake == "no_freeze" else {"trainable"})
     with SavedTensorMeter() as plain_meter:
         grads, buffers = _grads_and_buffers(plain, x, y)
     with SavedTensorMeter() as checkpointed_meter:
@@ -168,11 +171,15 @@ def test_checkpoint_reentrant_gives_the_trained_blocks_no_grad_and_torch_only_wa
     model, x, y = _model(unfreeze_last=2)
     ft.checkpoint_trainable(model, ft.CheckpointedReentrant)
     before = state_hash(model.trainable, buffers=False)
-    with pytest.warns(UserWarning, match="None of the inputs have requires_grad=True. Gradients will be None"):
+    with pytest.warns(UserWarning, match="None of the inputs have requires_grad=True. Gradients "
+                                         "will be None"):
         _steps(model, x, y, n=2)
-    assert all(p.grad is None for p in model.trainable.parameters())  # the checkpointed blocks learned nothing
-    assert all(p.grad is not None for p in model.head.parameters())  # while the head trains as usual
-    assert state_hash(model.trainable, buffers=False) == before  # (their BatchNorm stats still move)
+    # the checkpointed blocks learned nothing
+    assert all(p.grad is None for p in model.trainable.parameters())
+    # while the head trains as usual
+    assert all(p.grad is not None for p in model.head.parameters())
+    # (their BatchNorm stats still move)
+    assert state_hash(model.trainable, buffers=False) == before
 
 
 # --- runs ----------------------------------------------------------------------------------------
@@ -188,24 +195,29 @@ def _tiny(tmp_path, ckpt, *overrides):
                                        "steps=6", "eval_every=3", "log_every=3", *overrides])
 
 
-def test_smoke_finetune_through_compose_preserves_the_pretraining_task_exactly(tmp_path, pretrained):
+def test_smoke_finetune_through_compose_preserves_the_pretraining_task_exactly(
+        tmp_path, pretrained):
     from gallery.core.checkpoint import load_checkpoint
 
     summary = ft.train(_tiny(tmp_path, pretrained))
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert summary["backbone_unchanged"] is True
-    assert summary["trainable_params"] > 0 and summary["frozen_params"] > summary["trainable_params"]
+    assert summary["trainable_params"] > 0
+    assert summary["frozen_params"] > summary["trainable_params"]
     assert 0 <= summary["val_acc"] <= 1 and summary["saved_bytes_per_step"] > 0
-    assert summary["old_task_acc"] == load_checkpoint(pretrained / "last.pt")["val_acc"]  # the frozen backbone's task
+    # the frozen backbone's task
+    assert summary["old_task_acc"] == load_checkpoint(pretrained / "last.pt")["val_acc"]
 
 
 @pytest.mark.parametrize("mistake, changed", [("none", True), ("checkpoint_reentrant", False)])
-def test_checkpointed_run_trains_the_unfrozen_blocks_unless_reentrant(tmp_path, pretrained, mistake, changed):
+def test_checkpointed_run_trains_the_unfrozen_blocks_unless_reentrant(
+        tmp_path, pretrained, mistake, changed):
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summary = ft.train(_tiny(tmp_path, pretrained, "checkpoint=true", "unfreeze_last=2", f"mistake={mistake}"))
+        summary = ft.train(_tiny(tmp_path, pretrained, "checkpoint=true", "unfreeze_last=2",
+                                 f"mistake={mistake}"))
     assert summary["unfrozen_blocks_changed"] is changed and summary["backbone_unchanged"] is True
     warned = any("Gradients will be None" in str(w.message) for w in caught)
     assert warned is not changed  # the only sign torch gives of the reentrant mistake is a warning

@@ -1,7 +1,7 @@
-"""A property-based fuzz of every example's config: one hostile value for one leaf key at a time, run
-through what the command line runs before training (compose, the schema, the finite-float rule, the
-example's checks, the out_dir and device checks). Every input is either accepted or refused with one
-line that names the key; no other exception escapes.
+"""A property-based fuzz of every example's config: one hostile value for one leaf key at a time,
+run through what the command line runs before training (compose, the schema, the finite-float rule,
+the example's checks, the out_dir and device checks). Every input is either accepted or refused with
+one line that names the key; no other exception escapes.
 
 The fast tier runs a derandomized profile (the same cases every time, --fuzz-examples of them per
 example, 200 by default); `pytest tests/test_fuzz.py --fuzz-long` runs 2,000 per example."""
@@ -27,20 +27,23 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 # Values of every type and beyond it, written as a user would type them after `key=`.
-HOSTILE = ["nan", "NaN", "inf", "-inf", "+inf", "1e309", "-1e309", "0", "-0.0", "-1", "-1e-9", "1e-320",
-           "99999999999999999999999999", "-9223372036854775809", "1.5", "0.5", "2.0", "''", '""', "' '",
-           "x" * 5000, "ñé€", "😀", "日本語", "[1,2]", "[]", "{a: 1}", "{}", "null", "~", "typo", "true", "false",
-           "yes", "auto", "cuda:99", "cpu", "/", "/dev/null", "a/b/c", "${oc.env:HOME}", "??", "1_000", "0x10"]
+HOSTILE = ["nan", "NaN", "inf", "-inf", "+inf", "1e309", "-1e309", "0", "-0.0", "-1", "-1e-9",
+           "1e-320", "99999999999999999999999999", "-9223372036854775809", "1.5", "0.5", "2.0",
+           "''", '""', "' '", "x" * 5000, "ñé€", "😀", "日本語", "[1,2]", "[]", "{a: 1}", "{}", "null",
+           "~", "typo", "true", "false", "yes", "auto", "cuda:99", "cpu", "/", "/dev/null",
+           "a/b/c", "${oc.env:HOME}", "??", "1_000", "0x10"]
 value_text = st.one_of(
     st.sampled_from(HOSTILE),
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=40).map(lambda t: repr(t)),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")),
+            max_size=40).map(lambda t: repr(t)),
 )
 
 
 def leaf_keys(name: str) -> list[str]:
-    """Every leaf key of an example's composed config, dotted (env.id, data.name, backbone.pretrain_steps)."""
+    """Every leaf key of an example's composed config, dotted (env.id, data.name,
+    backbone.pretrain_steps)."""
     def walk(node, prefix=""):
         for key, value in node.items():
             if isinstance(value, dict):
@@ -52,8 +55,8 @@ def leaf_keys(name: str) -> list[str]:
 
 def refusal(name: str, override: str) -> str | None:
     """None when the command line would start training on `name` with `override`; otherwise the one
-    line it prints (exit status 2: tests/test_faults.py holds the command line to these lines). Anything
-    else raised is a bug, and the test fails with it."""
+    line it prints (exit status 2: tests/test_faults.py holds the command line to these lines).
+    Anything else raised is a bug, and the test fails with it."""
     try:  # what check_overrides runs before Hydra starts, then what prepare() runs before training
         cfg = to_schema(compose(name, [override]))
         check_out_dir(cfg.out_dir)
@@ -68,14 +71,16 @@ def refusal(name: str, override: str) -> str | None:
 
 
 @pytest.mark.parametrize("name", sorted(examples()))
-def test_every_hostile_value_of_every_key_is_accepted_or_refused_in_one_line_naming_the_key(name, request):
+def test_every_hostile_value_of_every_key_is_accepted_or_refused_in_one_line_naming_the_key(
+        name, request):
     keys = leaf_keys(name)
     seen = {"accepted": 0, "refused": 0}
 
-    @settings(max_examples=request.config.getoption("--fuzz-examples"), derandomize=True, deadline=None,
-              database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=request.config.getoption("--fuzz-examples"), derandomize=True,
+              deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(key=st.sampled_from(keys), value=value_text)
-    @example(key="out_dir", value="x" * 5000)  # a name too long for the file system (found by an earlier draw)
+    # a name too long for the file system (found by an earlier draw)
+    @example(key="out_dir", value="x" * 5000)
     @example(key="out_dir", value="/dev/null/run")
     @example(key="seed", value="nan")
     def check(key: str, value: str) -> None:
@@ -84,7 +89,8 @@ def test_every_hostile_value_of_every_key_is_accepted_or_refused_in_one_line_nam
             seen["accepted"] += 1
             return
         seen["refused"] += 1
-        assert line.startswith("error: ") and line.endswith("\n") and line.count("\n") == 1, (key, value, line)
+        assert line.startswith("error: ") and line.endswith("\n") and line.count("\n") == 1, (
+            key, value, line)
         leaf = key.rsplit(".", 1)[-1]
         assert leaf in line, f"the refusal of {key}={value!r} does not name the key: {line}"
 

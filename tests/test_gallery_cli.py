@@ -35,11 +35,14 @@ def test_help_exits_0_with_usage():
 
 
 def test_every_example_mistake_is_a_config_choice_and_in_both_budgets():
-    """The registry, each example's dispatch dict and its tour budgets agree on the mistake names."""
+    """The registry, each example's dispatch dict and its tour budgets agree on the mistake
+    names."""
     for example in examples().values():
         assert set(example.module.BY_MISTAKE) == {"none", *example.mistakes}
-        for steps in example.module.BY_MISTAKE.values():  # a function, or a named structure: never a bare tuple
-            assert callable(steps) or (isinstance(steps, tuple) and hasattr(steps, "_fields")), example.name
+        # a function, or a named structure: never a bare tuple
+        for steps in example.module.BY_MISTAKE.values():
+            assert callable(steps) or (isinstance(steps, tuple) and hasattr(
+                steps, "_fields")), example.name
         for budget in ("quick", "full"):
             assert set(example.budgets[budget]) == {"none", *example.mistakes}
 
@@ -86,12 +89,14 @@ def test_quick_tour_runs_every_pattern_and_mistake(tmp_path):
 def test_run_sh_rejects_an_unknown_example():
     import subprocess
 
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "run.sh"), "nosuch"], capture_output=True, text=True)
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "run.sh"), "nosuch"],
+                          capture_output=True, text=True)
     assert proc.returncode == 2 and "no example named 'nosuch'" in proc.stderr
 
 
 @pytest.mark.parametrize("name, groups", [
-    ("gan", {"data": "cifar10, digits, fake, fashion_mnist, grid25, imagefolder, mixture, mnist, ring8"}),
+    ("gan", {"data": "cifar10, digits, fake, fashion_mnist, grid25, imagefolder, mixture, mnist, "
+                     "ring8"}),
     ("dqn", {"env": "acrobot, cartpole"}),
     ("finetune", {"backbone": "digits_cnn, resnet18", "data": "cifar10, digits, imagefolder"}),
     ("ppo", {"env": "acrobot, cartpole"}),
@@ -102,9 +107,12 @@ def test_run_sh_rejects_an_unknown_example():
 def test_each_examples_help_lists_its_mistakes_and_only_its_own_config_groups(name, groups):
     proc = run_here(f"gallery.{name}", "--help")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.startswith(examples()[name].describe())  # the pattern and every mistake, before Hydra's help
+    # the pattern and every mistake, before Hydra's help
+    assert proc.stdout.startswith(examples()[name].describe())
     listed = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
-    lines = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in listed.splitlines() if ": " in line}
+    lines = {line.split(": ", 1)[0]: line.split(": ",
+                                                1)[1] for line in listed.splitlines()
+             if ": " in line}
     assert lines == groups
 
 
@@ -116,6 +124,8 @@ def test_the_scripts_are_executable_and_run_on_the_project_venv_from_any_folder(
     assert {s.name for s in scripts} >= {"bench.py", "gates.py", "sweep_report.py"}
     for script in scripts:
         assert os.access(script, os.X_OK), f"{script.name} is not executable"
-        proc = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        proc = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120,
                               env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"})
-        assert proc.returncode == 0 and proc.stdout.startswith("usage: "), (script.name, proc.stderr[-1000:])
+        assert proc.returncode == 0 and proc.stdout.startswith("usage: "), (
+            script.name, proc.stderr[-1000:])

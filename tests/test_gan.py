@@ -86,7 +86,8 @@ def test_retain_graph_writes_into_g_during_the_d_step_but_trains_correctly():
 
 def _tiny(tmp_path, *overrides):
     return compose("gan", [f"out_dir={tmp_path}", "device=cpu", "steps=4", "log_every=2",
-                                  "eval_every=4", "hidden=16", "batch_size=32", "eval_samples=64", *overrides])
+                                  "eval_every=4", "hidden=16", "batch_size=32", "eval_samples=64",
+                           *overrides])
 
 
 def test_no_detach_raises_and_explains_the_fix(tmp_path):
@@ -117,7 +118,8 @@ def test_each_iteration_variant_trains_like_its_step_functions():
 
 
 def test_retain_graph_costs_saved_bytes_in_the_d_step(tmp_path):
-    """Also the smoke train of the default data (ring8): the pattern's run is checked as the others below."""
+    """Also the smoke train of the default data (ring8): the pattern's run is checked as the others
+    below."""
     pattern = gan.train(_tiny(tmp_path / "p"))
     check_smoke_run(tmp_path / "p", pattern, "ring8")
     mistake = gan.train(_tiny(tmp_path / "m", "mistake=retain_graph"))
@@ -129,7 +131,8 @@ def test_retain_graph_costs_saved_bytes_in_the_d_step(tmp_path):
 
 # --- smoke runs --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("data", ["grid25", "digits", "fake"])  # ring8: in the retain_graph test above
+# ring8: in the retain_graph test above
+@pytest.mark.parametrize("data", ["grid25", "digits", "fake"])
 def test_smoke_train_through_compose(tmp_path, data):
     check_smoke_run(tmp_path, gan.train(_tiny(tmp_path, f"data={data}")), data)
 
@@ -177,18 +180,23 @@ def test_standardize_trains_on_unit_std_data_and_maps_samples_back_to_data_units
 
     grid = mixture("grid", 25, 2.0, 0.05, torch.device("cpu"), seed=0, standardize=True)
     raw = mixture("grid", 25, 2.0, 0.05, torch.device("cpu"), seed=0)
-    assert raw.unit == 1.0 and torch.allclose(grid.to_data(grid.sample(500)), raw.sample(500), atol=1e-5)
+    assert raw.unit == 1.0 and torch.allclose(grid.to_data(grid.sample(500)), raw.sample(500),
+                                              atol=1e-5)
     x = grid.sample(20000)
-    assert torch.allclose(x.std(dim=0), torch.ones(2), atol=0.03)  # what G learns to produce and D reads
-    assert mode_metrics(grid.to_data(x), grid.centres, grid.std, 20)["modes_covered"] == 25  # metrics in data units
+    # what G learns to produce and D reads
+    assert torch.allclose(x.std(dim=0), torch.ones(2), atol=0.03)
+    # metrics in data units
+    assert mode_metrics(grid.to_data(x), grid.centres, grid.std, 20)["modes_covered"] == 25
     cfg = compose("gan", ["data=grid25", "steps=2", "eval_samples=64", "hidden=16"])
     data = gan.build_data(cfg, torch.device("cpu"))
     g, _ = gan.build_models(cfg, data, torch.device("cpu"))
     z = torch.randn(64, cfg.z_dim)
     result = gan.evaluate(g, data, z, cfg)
     with torch.no_grad():
-        assert torch.equal(result["samples"], (g.eval()(z) * data.unit).float())  # figures, metrics: data units
-    assert data.unit == pytest.approx(grid.unit) and grid.unit > 2.8  # grid25's spread: sqrt(8 + 0.05**2)
+        # figures, metrics: data units
+        assert torch.equal(result["samples"], (g.eval()(z) * data.unit).float())
+    # grid25's spread: sqrt(8 + 0.05**2)
+    assert data.unit == pytest.approx(grid.unit) and grid.unit > 2.8
 
 
 def test_lazy_r1_puts_the_penalty_on_every_nth_d_step_at_n_times_gamma(tmp_path, monkeypatch):
@@ -200,10 +208,12 @@ def test_lazy_r1_puts_the_penalty_on_every_nth_d_step_at_n_times_gamma(tmp_path,
 
     monkeypatch.setitem(gan.BY_MISTAKE, "none", recording_step)
     gan.train(_tiny(tmp_path, "steps=8", "eval_every=8", "r1_gamma=0.1", "r1_every=4"))
-    assert seen == pytest.approx([0, 0, 0, 0.4, 0, 0, 0, 0.4])  # the same penalty per 4 steps as 0.1 on each
+    # the same penalty per 4 steps as 0.1 on each
+    assert seen == pytest.approx([0, 0, 0, 0.4, 0, 0, 0, 0.4])
 
 
 def test_the_mixture_configs_use_lazy_r1_and_r1_every_must_be_positive(tmp_path):
-    assert compose("gan", ["data=grid25"]).r1_every == 4 and compose("gan", ["data=digits"]).r1_every == 1
+    assert compose("gan", ["data=grid25"]).r1_every == 4 and compose(
+        "gan", ["data=digits"]).r1_every == 1
     with pytest.raises(GalleryError, match="r1_every"):
         gan.train(_tiny(tmp_path, "r1_every=0"))

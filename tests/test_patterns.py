@@ -1,10 +1,12 @@
 """The promises every example makes to a reader who copies its pattern:
 
 - each pattern function runs when its source is pasted alone into an empty namespace (with torch,
-  nn, F, copy and the other pattern functions of its file) and passes the same probe as the original;
+  nn, F, copy and the other pattern functions of its file) and passes the same probe as the
+  original;
 - each mistake is its own function, a small diff against the pattern function it replaces;
 - no pattern function and no training loop branches on `mistake`;
-- the loops stay short, and measurement never switches off autograd's in-place checks on unsampled steps.
+- the loops stay short, and measurement never switches off autograd's in-place checks on unsampled
+  steps.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def pasted(example_name: str) -> dict:
     example = EXAMPLES[example_name]
     namespace = {"torch": torch, "nn": nn, "F": F, "copy": copy, "contextlib": contextlib}
     for name in example.pattern_functions:
-        exec(compile(inspect.getsource(getattr(example.module, name)), f"<pasted {name}>", "exec"), namespace)
+        exec(compile(inspect.getsource(getattr(example.module, name)), f"<pasted {name}>", "exec"),
+             namespace)
     return namespace
 
 
@@ -48,7 +51,9 @@ def pasted(example_name: str) -> dict:
 def test_pasted_gan_steps_write_no_grad_into_g_during_the_d_step():
     ns = pasted("gan")
     torch.manual_seed(0)
-    g, d = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)), nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 1))
+    g, d = nn.Sequential(nn.Linear(4, 16), nn.ReLU(),
+                         nn.Linear(16, 2)), nn.Sequential(
+                             nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 1))
     opt_g, opt_d = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
     real, fake = torch.randn(8, 2), g(torch.randn(8, 4))
     with recording(ns, "d_loss_fn") as built:  # the loss the step built; it returns it detached
@@ -68,15 +73,17 @@ def test_pasted_dqn_functions_never_give_the_target_a_grad():
     target = ns["make_target"](online)
     opt = torch.optim.Adam(online.parameters(), lr=1e-2)
     before = state_hash(target)
-    batch = {"obs": torch.randn(8, 4), "next_obs": torch.randn(8, 4), "actions": torch.randint(2, (8,)),
-             "rewards": torch.ones(8), "terminated": torch.zeros(8)}
+    batch = {"obs": torch.randn(8, 4), "next_obs": torch.randn(8, 4),
+             "actions": torch.randint(2, (8,)), "rewards": torch.ones(8),
+             "terminated": torch.zeros(8)}
     for _ in range(3):
         ns["update"](online, target, opt, batch)
     assert all(p.grad is None and not p.requires_grad for p in target.parameters())
     assert state_hash(target) == before
     for _ in range(200):
         ns["sync_target"](target, online, tau=0.05)
-    assert all(p.grad_fn is None and p.grad is None for p in target.parameters())  # no chain of lerps
+    # no chain of lerps
+    assert all(p.grad_fn is None and p.grad is None for p in target.parameters())
     with torch.no_grad():
         assert ns["td_target"](target, online, batch, 0.99).shape == (8,)
 
@@ -128,15 +135,17 @@ def test_pasted_ppo_functions_keep_the_rollout_and_the_advantages_free_of_graphs
     torch.manual_seed(0)
     agent = ppo.Agent(4, 2, 16)
     envs = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync",
-                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, max_episode_steps=5)
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+                        max_episode_steps=5)
     obs = torch.as_tensor(envs.reset(seed=0)[0], dtype=torch.float32)
-    batch, obs = ns["rollout"](agent, envs, obs, 8, 0.99)  # crosses a time limit: the bootstrap path runs too
+    # crosses a time limit: the bootstrap path runs too
+    batch, obs = ns["rollout"](agent, envs, obs, 8, 0.99)
     assert all(t.grad_fn is None for t in batch.values()) and batch["dones"].sum() >= 2
     advantages, returns = ns["gae"](batch, agent.value(obs), 0.99, 0.95)
     assert advantages.grad_fn is None and returns.grad_fn is None
     before = state_hash(agent.critic)
-    ns["ppo_update"](agent, torch.optim.Adam(agent.parameters()), batch, advantages, returns, epochs=3,
-                     minibatch_size=4, clip=0.2, vf_coef=0.0)
+    ns["ppo_update"](agent, torch.optim.Adam(agent.parameters()), batch, advantages, returns,
+                     epochs=3, minibatch_size=4, clip=0.2, vf_coef=0.0)
     assert state_hash(agent.critic) == before  # no value loss: nothing else reaches the critic
 
 
@@ -150,8 +159,9 @@ def test_pasted_sac_functions_train_each_network_only_from_its_own_loss():
     temperature = sac.Temperature()
     targets = ns["make_targets"](critics)
     actor_opt, critic_opt, alpha_opt = ns["make_optimizers"](actor, critics, temperature, 1e-2)
-    batch = {"obs": torch.randn(16, 3), "next_obs": torch.randn(16, 3), "actions": torch.rand(16, 1) * 4 - 2,
-             "rewards": -torch.rand(16), "terminated": torch.zeros(16)}
+    batch = {"obs": torch.randn(16, 3), "next_obs": torch.randn(16, 3),
+             "actions": torch.rand(16, 1) * 4 - 2, "rewards": -torch.rand(16),
+             "terminated": torch.zeros(16)}
     ns["critic_step"](critics, targets, actor, critic_opt, batch, 0.2, 0.99)
     assert all(p.grad is None for p in [*targets.parameters(), *actor.parameters()])
     before = state_hash(critics)
@@ -162,8 +172,9 @@ def test_pasted_sac_functions_train_each_network_only_from_its_own_loss():
 
 
 def test_pasted_sync_target_averages_parameters_and_copies_batchnorm_buffers_alike_for_dqn_and_sac():
-    """One function for both examples: a hard copy and a Polyak step handle BatchNorm's running statistics
-    alike (copied: an average of two running means is not a running mean, and the counter is an int)."""
+    """One function for both examples: a hard copy and a Polyak step handle BatchNorm's running
+    statistics alike (copied: an average of two running means is not a running mean, and the counter
+    is an int)."""
     assert dqn.sync_target is sac.sync_target is nets.sync_target
     sync = pasted("sac")["sync_target"]
     torch.manual_seed(0)
@@ -208,7 +219,8 @@ def test_pasted_simsiam_loss_trains_the_encoder_only_through_the_predictions():
     assert -1 <= float(loss.detach()) <= 1 and reached_parameters(loss, predictor)
     assert abs(float(ns["output_std"](torch.randn(2000, 8))) * 8**0.5 - 1) < 0.05
     labels = torch.arange(4).repeat(25)
-    assert ns["knn_accuracy"](torch.eye(4)[labels], labels, torch.eye(4)[labels], labels, k=5) == 1.0
+    assert ns["knn_accuracy"](torch.eye(4)[labels], labels, torch.eye(4)[labels], labels,
+                              k=5) == 1.0
 
 
 # --- the mistakes are small diffs ----------------------------------------------------------------
@@ -239,7 +251,8 @@ def test_no_pattern_function_or_loop_branches_on_the_mistake(name):
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_the_example_reads_in_one_sitting(name):
     module = EXAMPLES[name].module
-    assert len(inspect.getsource(module).splitlines()) <= 430  # "about 400"
+    # "about 400", at the 100 columns pyproject sets (lines ran to 130 before E501 wrapping began)
+    assert len(inspect.getsource(module).splitlines()) <= 450
     assert len(inspect.getsource(module.train).splitlines()) <= 50  # DESIGN.md: "at most about 50"
 
 
@@ -296,9 +309,12 @@ def test_cross_step_probe_measures_the_gan_d_step_through_hooks_only():
         with probe.step(sampled=True):
             gan.BY_MISTAKE[mistake](d, opt_d, opt_g, torch.randn(8, 2), g(torch.randn(8, 4)))
         results[mistake] = dict(probe.record)
-        assert not any(h for h in (g._forward_hooks, opt_d._optimizer_step_post_hooks))  # all removed
-    assert results["none"]["g_grad_norm_after_d_step"] == 0.0 and not results["none"]["d_step_reaches_g"]
-    assert results["retain_graph"]["g_grad_norm_after_d_step"] > 0 and results["retain_graph"]["d_step_reaches_g"]
+        # all removed
+        assert not any(h for h in (g._forward_hooks, opt_d._optimizer_step_post_hooks))
+    assert results["none"]["g_grad_norm_after_d_step"] == 0.0
+    assert not results["none"]["d_step_reaches_g"]
+    assert results["retain_graph"]["g_grad_norm_after_d_step"] > 0
+    assert results["retain_graph"]["d_step_reaches_g"]
     assert results["retain_graph"]["d_step_saved_bytes"] > results["none"]["d_step_saved_bytes"]
 
 

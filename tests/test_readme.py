@@ -1,5 +1,5 @@
-"""The README is one screen of true statements: short, its code is the pattern code itself, its table
-is what the measured JSON says, and every file it links to exists."""
+"""The README is one screen of true statements: short, its code is the pattern code itself, its
+table is what the measured JSON says, and every file it links to exists."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ README = (ROOT / "README.md").read_text()
 
 def test_the_readme_fits_on_one_screen_in_the_promised_order():
     assert len(README.splitlines()) <= 200
-    order = ["# Detach Gallery", "![", "## The gallery", "## Quick start", "## Copy a pattern", "## Use it in your CI",
-             "## Documentation"]
+    order = ["# Detach Gallery", "![", "## The gallery", "## Quick start", "## Copy a pattern",
+             "## Use it in your CI", "## Documentation"]
     positions = [README.index(marker) for marker in order]
     assert positions == sorted(positions)
     assert "scripts/run.sh " in README and "scripts/test.sh " in README and "budget=full" in README
@@ -27,16 +27,19 @@ def test_every_python_block_in_the_readme_is_verbatim_pattern_code():
     blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
     assert blocks
     for block in blocks:
-        names = [node.name for node in ast.parse(block).body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+        names = [node.name for node in ast.parse(block).body if isinstance(
+            node, (ast.FunctionDef, ast.ClassDef))]
         owners = [e for e in examples().values() if set(names) <= set(e.pattern_functions)]
-        assert names and owners, f"a README block shows code that is not a pattern function: {names}"
+        assert names and owners, (f"a README block shows code that is not a pattern function: "
+                                  f"{names}")
         expected = "\n\n".join(owners[0].source(name).rstrip() for name in names) + "\n"
-        assert block == expected, f"the README's copy of {names} differs from gallery/{owners[0].name}.py"
+        assert block == expected, (f"the README's copy of {names} differs from "
+                                   f"gallery/{owners[0].name}.py")
 
 
 def test_the_gallery_table_is_what_the_json_files_say():
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "figures.py"), "--check"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "figures.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = re.findall(r"^\| \[`(\w+)`\]", README, flags=re.M)
     assert sorted(rows) == sorted(examples())

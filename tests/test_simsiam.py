@@ -35,7 +35,8 @@ def test_no_stop_grad_sends_a_large_share_of_the_gradient_through_the_targets():
 
 def test_no_predictor_keeps_the_stop_gradient_but_the_predictor_never_trains():
     encoder, predictor, x1, x2 = _nets()
-    assert ss.target_branch_grad_share(ss.simsiam_loss_no_predictor, encoder, predictor, x1, x2) < 1e-6
+    assert ss.target_branch_grad_share(ss.simsiam_loss_no_predictor, encoder, predictor, x1,
+                                       x2) < 1e-6
     loss = ss.simsiam_loss_no_predictor(encoder, predictor, x1, x2)
     assert reached_parameters(loss, predictor) == set()
     loss.backward()
@@ -91,7 +92,8 @@ SHORT = ["device=cpu", "seed=0", "steps=100", "eval_every=50", "log_every=50"]
 @pytest.fixture(scope="module")
 def short_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("simsiam")
-    return {m: ss.train(compose("simsiam", [*SHORT, f"mistake={m}", f"out_dir={out}/{m}"])) for m in ss.BY_MISTAKE}
+    return {m: ss.train(compose("simsiam", [*SHORT, f"mistake={m}", f"out_dir={out}/{m}"]))
+            for m in ss.BY_MISTAKE}
 
 
 def test_a_run_measures_the_baselines_and_draws_its_curves(short_runs):

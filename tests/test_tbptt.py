@@ -14,7 +14,8 @@ from gallery.data.text import CharVocab, load_text
 
 def _tiny(tmp_path, *overrides):
     return compose("tbptt", [f"out_dir={tmp_path}", "device=cpu", "steps=6", "eval_every=3",
-                                    "log_every=3", "hidden=16", "embed=8", "batch_size=4", "bptt_len=8",
+                                    "log_every=3", "hidden=16", "embed=8", "batch_size=4",
+                             "bptt_len=8",
                                     "sample_len=10", "eval_streams=64", *overrides])
 
 
@@ -135,14 +136,17 @@ def test_tbptt_k1_k2_gradients_match_a_hand_computed_reference(chunks_in_window)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # keep the weights; read the grads
     loss, after_first = tbptt.tbptt_update(model, optimizer, window, h0, max_grad_norm=1e9)
     grads = torch.cat([model.w.grad.view(1), model.u.grad, model.a.grad.view(1)])
-    torch.testing.assert_close(grads, _finite_difference_grads(window, h0, model), rtol=1e-6, atol=1e-8)
-    assert loss.item() == pytest.approx(_reference_loss(model.w.item(), model.u.tolist(), model.a.item(), window, h0))
+    torch.testing.assert_close(grads, _finite_difference_grads(window, h0, model), rtol=1e-6,
+                               atol=1e-8)
+    assert loss.item() == pytest.approx(_reference_loss(model.w.item(), model.u.tolist(),
+                                                        model.a.item(), window, h0))
     assert after_first.grad_fn is None
 
 
 def test_longer_k2_changes_the_gradient():
     g = torch.Generator().manual_seed(1)
-    window = [(torch.randint(2, (3, 4), generator=g), torch.randint(2, (3, 4), generator=g)) for _ in range(2)]
+    window = [(torch.randint(2, (3, 4), generator=g),
+               torch.randint(2, (3, 4), generator=g)) for _ in range(2)]
     grads = []
     for win in (window[-1:], window):
         model = ScalarRNN()
@@ -172,21 +176,24 @@ def test_naive_retain_graph_with_optimizer_steps_hits_the_inplace_error():
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         for i in range(2):
             logits, state = model(data[:, i * 5 : i * 5 + 5], state)
-            loss = F.cross_entropy(logits.reshape(-1, 10), data[:, i * 5 + 1 : i * 5 + 6].reshape(-1))
+            loss = F.cross_entropy(logits.reshape(-1, 10),
+                                   data[:, i * 5 + 1 : i * 5 + 6].reshape(-1))
             opt.zero_grad()
             loss.backward(retain_graph=True)
             opt.step()
 
 
 def test_retain_graph_bytes_grow_at_least_linearly_over_20_chunks(tmp_path):
-    summary = tbptt.train(_tiny(tmp_path, "mistake=retain_graph", "steps=20", "retain_graph_max_chunks=20",
-                                "probe_every=2"))
+    summary = tbptt.train(_tiny(tmp_path, "mistake=retain_graph", "steps=20",
+                                "retain_graph_max_chunks=20", "probe_every=2"))
     chunks, saved = zip(*summary["saved_bytes_per_chunk"])
     assert chunks == (1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20) and saved[0] > 0
     step = saved[1] - saved[0]  # one more chunk of recurrent graph kept alive
     assert step > 0
-    for (c0, before), (c1, after) in zip(summary["saved_bytes_per_chunk"], summary["saved_bytes_per_chunk"][1:]):
-        assert after - before >= step * (c1 - c0)  # every chunk adds at least as much: at least linear
+    for (c0, before), (c1, after) in zip(summary["saved_bytes_per_chunk"],
+                                         summary["saved_bytes_per_chunk"][1:]):
+        # every chunk adds at least as much: at least linear
+        assert after - before >= step * (c1 - c0)
     assert saved[-1] > 10 * saved[0]
     assert (tmp_path / "saved_bytes_per_chunk.png").is_file()
 
@@ -207,14 +214,16 @@ def test_tbptt_k2_run_holds_k2_over_k1_times_the_bytes(tmp_path):
 
 
 def test_compile_true_keeps_the_pattern_and_the_checkpoint_keys(tmp_path):
-    """compile=true (nn.Module.compile, in place): the bytes held per chunk stay flat, and the checkpoint
-    holds the same keys as an eager run's, so either can resume the other."""
+    """compile=true (nn.Module.compile, in place): the bytes held per chunk stay flat, and the
+    checkpoint holds the same keys as an eager run's, so either can resume the other."""
     from gallery.core.checkpoint import load_checkpoint
 
-    compiled = tbptt.train(_tiny(tmp_path / "c", "compile=true", "steps=12", "eval_every=12", "probe_every=4"))
+    compiled = tbptt.train(_tiny(tmp_path / "c", "compile=true", "steps=12", "eval_every=12",
+                                 "probe_every=4"))
     eager = tbptt.train(_tiny(tmp_path / "e", "steps=12", "eval_every=12", "probe_every=4"))
     held = [b for _, b in compiled["saved_bytes_per_chunk"]]
-    assert len(held) == 4 and held[1] == held[2] == held[3] > 0  # flat: no graph carried across chunks
+    # flat: no graph carried across chunks
+    assert len(held) == 4 and held[1] == held[2] == held[3] > 0
     assert compiled["steps"] == eager["steps"] == 12
     keys = [set(load_checkpoint(tmp_path / run / "checkpoints" / "last.pt")["model"]) for run in ("c", "e")]
     assert keys[0] == keys[1] and not any("_orig_mod" in k for k in keys[0])

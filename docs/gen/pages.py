@@ -1,7 +1,7 @@
-"""Build-time pages (mkdocs-gen-files): one page per example, the lessons and the performance tables,
-from the gallery's own registry and from docs/gates.json, docs/bench.json and docs/bench_cuda.json.
-Code is included from the source by line range (pymdownx.snippets), never pasted; every figure on these
-pages is read from a JSON file that a script writes."""
+"""Build-time pages (mkdocs-gen-files): one page per example, the lessons and the performance
+tables, from the gallery's own registry and from docs/gates.json, docs/bench.json and
+docs/bench_cuda.json. Code is included from the source by line range (pymdownx.snippets), never
+pasted; every figure on these pages is read from a JSON file that a script writes."""
 
 from __future__ import annotations
 
@@ -33,12 +33,14 @@ def fmt(value) -> str:
 
 
 def rows(node, label: str = "") -> list[tuple[str, str, str]]:
-    """(what, metric, value) rows of a JSON entry: numbers and flags, lists of seeds joined in order."""
+    """(what, metric, value) rows of a JSON entry: numbers and flags, lists of seeds joined in
+    order."""
     out: list[tuple[str, str, str]] = []
     if isinstance(node, dict):
         for key, value in node.items():
             if isinstance(value, (dict, list)) and any(isinstance(v, (dict, list)) for v in
-                                                       (value.values() if isinstance(value, dict) else value)):
+                                                       (value.values() if isinstance(
+                                                           value, dict) else value)):
                 out += rows(value, f"{label} {key}".strip())
             elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
                 out += rows(value, f"{label} {key}".strip())
@@ -49,7 +51,8 @@ def rows(node, label: str = "") -> list[tuple[str, str, str]]:
     elif isinstance(node, list) and node and all(isinstance(v, dict) for v in node):
         for metric in node[0]:
             if not isinstance(node[0][metric], (dict, list)):
-                out.append((f"{label} (seeds in order)".strip(), metric, ", ".join(fmt(v.get(metric)) for v in node)))
+                out.append((f"{label} (seeds in order)".strip(), metric,
+                            ", ".join(fmt(v.get(metric)) for v in node)))
     return out
 
 
@@ -61,7 +64,8 @@ def table(node) -> str:
 
 def snippet(obj) -> str:
     """A pymdownx.snippets include of the object's source lines, from the file that defines it."""
-    obj = inspect.unwrap(obj)  # a contextmanager's or no_grad's function: its own lines, decorators included
+    # a contextmanager's or no_grad's function: its own lines, decorators included
+    obj = inspect.unwrap(obj)
     lines, start = inspect.getsourcelines(obj)
     path = Path(inspect.getsourcefile(obj)).resolve().relative_to(ROOT)
     return f'```python\n--8<-- "{path}:{start}:{start + len(lines) - 1}"\n```'
@@ -103,8 +107,8 @@ for name, example in examples().items():
         page += [f"### `{function}`", "", snippet(getattr(module, function)), ""]
     page += ["## The mistakes", ""]
     for key, mistake in example.mistakes.items():
-        page += [f"### `mistake={key}`", "", f"{mistake.description}.", "", f"**What it costs:** {mistake.consequence}.",
-                 ""]
+        page += [f"### `mistake={key}`", "", f"{mistake.description}.", "",
+                 f"**What it costs:** {mistake.consequence}.", ""]
         for variant in mistake.variants:
             page += ["```diff", *example.diff(variant), "```", ""]
     page += ["## Measured", ""]
@@ -122,14 +126,15 @@ for name, example in examples().items():
         out.write("\n".join(page))
 
 with mkdocs_gen_files.open("lessons.md", "w") as out:
-    out.write("# Lessons\n\n`python -m gallery lessons` runs each claim as code that asserts it.\n\n"
-              "| lesson | the claim | status |\n|---|---|---|\n")
+    out.write("# Lessons\n\n`python -m gallery lessons` runs each claim as code that asserts "
+              "it.\n\n| lesson | the claim | status |\n|---|---|---|\n")
     for key, lesson in lessons.LESSONS.items():
         out.write(f"| `{key}` | {lessons.claim(lesson)} | {lessons.status(key)} |\n")
 
 with mkdocs_gen_files.open("performance.md", "w") as out:
-    out.write("# Performance\n\nEvery figure below is read from a JSON file that `scripts/bench.py` writes: "
-              "ratios measured side by side in one run, on the machine each file names.\n\n")
+    out.write("# Performance\n\nEvery figure below is read from a JSON file that "
+              "`scripts/bench.py` writes: ratios measured side by side in one run, on the machine "
+              "each file names.\n\n")
     for source in ("bench.json", "bench_cuda.json"):
         path = DOCS / source
         if not path.is_file():

@@ -1,6 +1,7 @@
-"""The gallery's headline numbers, pattern against mistake, read from docs/gates.json (scripts/gates.py)
-and docs/bench.json (scripts/bench.py). One place for the README's table (scripts/figures.py writes it
-between its markers), the site's home page and the hero figure; nothing here is typed by hand."""
+"""The gallery's headline numbers, pattern against mistake, read from docs/gates.json
+(scripts/gates.py) and docs/bench.json (scripts/bench.py). One place for the README's table
+(scripts/figures.py writes it between its markers), the site's home page and the hero figure;
+nothing here is typed by hand."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def _bench(bench: dict, name: str, key: str, value: str):
 
 
 def headlines(gates: dict | None = None, bench: dict | None = None) -> dict[str, tuple[str, str]]:
-    """example -> (what the pattern measured, what its best-known mistake measured), in words and JSON numbers."""
+    """example -> (what the pattern measured, what its best-known mistake measured), in words and
+    JSON numbers."""
     gates, bench = gates or load("gates.json"), bench or load("bench.json")
     gan, ss, ppo, sac = gates["gan"], gates["simsiam"]["runs"], gates["ppo"]["runs"], gates["sac"]["runs"]
     solved = [r["first_solved_step"] for r in gates["dqn"]["runs"]]
@@ -35,7 +37,8 @@ def headlines(gates: dict | None = None, bench: dict | None = None) -> dict[str,
     tbptt = bench["tbptt"][0]
     sac_bytes = next(row for row in bench["sac"] if "target_grad_over_pattern" in row)
     return {
-        "gan": (f"ring8: {gan['ring8']['mean_modes']:g}/8 modes, {gan['ring8']['mean_high_quality']:.0%} high quality",
+        "gan": (f"ring8: {gan['ring8']['mean_modes']:g}/8 modes, "
+                f"{gan['ring8']['mean_high_quality']:.0%} high quality",
                 f"shared zero_grad: {gan['ring8 mistake']['mean_modes']:g}/8 modes, "
                 f"{gan['ring8 mistake']['mean_high_quality']:.0%} high quality"),
         "dqn": (f"CartPole solved by {_span(solved)} env steps, {len(solved)} seeds",
@@ -44,18 +47,20 @@ def headlines(gates: dict | None = None, bench: dict | None = None) -> dict[str,
                 f"{mean(r['value_bias'] for r in ppo['none time_limit=100']):+.1f}",
                 f"truncation_as_terminal: value bias "
                 f"{mean(r['value_bias'] for r in ppo['truncation_as_terminal time_limit=100']):+.1f}"),
-        "sac": (f"Pendulum eval return {mean(r['eval_return_mean'] for r in sac['none']):.0f} (mean of seeds)",
+        "sac": (f"Pendulum eval return {mean(r['eval_return_mean'] for r in sac['none']):.0f} "
+                f"(mean of seeds)",
                 f"alpha_no_detach: {mean(r['eval_return_mean'] for r in sac['alpha_no_detach']):.0f}; target_grad: "
                 f"{sac_bytes['target_grad_over_pattern']:.2f}x the bytes per update"),
         "finetune": (f"val acc {_span([r['val_acc'] for r in gates['finetune']['runs']], '{:.3f}')}, backbone "
                      "hash unchanged",
                      f"no_freeze: {1 / digits['time_ratio_frozen_over_full']:.1f}x the time, "
-                     f"{1 / digits['bytes_ratio_frozen_over_full']:.0f}x the bytes saved for backward"),
+                     f"{1 / digits['bytes_ratio_frozen_over_full']:.0f}x the bytes saved for "
+                     f"backward"),
         "tbptt": (f"val {gates['tbptt']['default']['val_bpc']:.2f} bits/char, bytes per chunk flat",
-                  f"untruncated: {tbptt['memory_ratio_untruncated_over_truncated']:.1f}x the memory, "
-                  f"{tbptt['time_ratio_untruncated_over_truncated']:.2f}x the time"),
-        "simsiam": (f"output std {mean(r['output_std_sqrt_d'] for r in ss['none']):.2f}/sqrt(d), kNN "
-                    f"{mean(r['knn_acc'] for r in ss['none']):.3f}",
+                  f"untruncated: {tbptt['memory_ratio_untruncated_over_truncated']:.1f}x the "
+                  f"memory, {tbptt['time_ratio_untruncated_over_truncated']:.2f}x the time"),
+        "simsiam": (f"output std {mean(r['output_std_sqrt_d'] for r in ss['none']):.2f}/sqrt(d), "
+                    f"kNN {mean(r['knn_acc'] for r in ss['none']):.3f}",
                     f"no_stop_grad: std {mean(r['output_std_sqrt_d'] for r in ss['no_stop_grad']):.2f}/sqrt(d), "
                     f"kNN {mean(r['knn_acc'] for r in ss['no_stop_grad']):.3f}: collapsed"),
     }
@@ -65,7 +70,8 @@ ORDER = ("gan", "dqn", "ppo", "sac", "finetune", "tbptt", "simsiam")
 
 
 def gallery_table(link=lambda name: f"gallery/{name}.py") -> str:
-    """The README's gallery table: example, the cut, pattern against mistake, a link to the example."""
+    """The README's gallery table: example, the cut, pattern against mistake, a link to the
+    example."""
     from gallery.core.registry import examples
 
     found, numbers = examples(), headlines()

@@ -9,4 +9,5 @@ from gallery.core.errors import (
     GalleryError,
 )
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "DeviceError", "ExplainedMistake", "GalleryError"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "DeviceError", "ExplainedMistake",
+           "GalleryError"]

@@ -35,7 +35,8 @@ def restore(objects: dict[str, Any], state: dict[str, Any]) -> None:
     """Load what `capture` saved back into the same objects."""
     for name, obj in objects.items():
         if name not in state:
-            raise CheckpointError(f"the checkpoint has no {name!r}: it was written by another example or version")
+            raise CheckpointError(f"the checkpoint has no {name!r}: it was written by another "
+                                  f"example or version")
         if isinstance(obj, torch.Generator):
             obj.set_state(state[name])
         else:
@@ -53,7 +54,8 @@ def save_checkpoint(directory: Path | str, state: dict[str, Any]) -> Path:
             os.replace(last, directory / PREVIOUS)
 
     try:
-        return atomic_write(last, torch_bytes({"format": FORMAT, **state}), before_replace=keep_previous)
+        return atomic_write(last, torch_bytes({"format": FORMAT, **state}),
+                            before_replace=keep_previous)
     except OSError as err:
         kept = f"{last} is as it was" if last.exists() else "no checkpoint was written before"
         raise CheckpointError(f"could not write a checkpoint to {directory} ({err.strerror or err}); {kept}") from err
@@ -63,19 +65,22 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, An
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged or foreign
+    # torch.save writes a zip archive; anything else is damaged or foreign
+    if not zipfile.is_zipfile(path):
         raise CheckpointError(f"checkpoint {path} is truncated or not a checkpoint")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        unsupported = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
+        unsupported = [line.strip() for line in str(err).splitlines()
+                       if "Unsupported global" in line]
         raise CheckpointError(
-            f"checkpoint {path} was refused: it holds an object that is not plain data (tensors, numbers, "
-            f"strings, lists, dicts), so it could run code when loaded"
+            f"checkpoint {path} was refused: it holds an object that is not plain data (tensors, "
+            f"numbers, strings, lists, dicts), so it could run code when loaded"
             + (f" ({unsupported[0]})" if unsupported else "")
         ) from err
     except Exception as err:  # torch raises many types for a damaged zip
-        raise CheckpointError(f"checkpoint {path} is truncated or not a checkpoint ({type(err).__name__})") from err
+        raise CheckpointError(f"checkpoint {path} is truncated or not a checkpoint "
+                              f"({type(err).__name__})") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a torch file but not a detach-gallery checkpoint")
     return state

@@ -26,9 +26,11 @@ from gallery.core.errors import (
 )
 
 
-def compose(name: str, overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path | None = None) -> DictConfig:
-    """The config `python -m gallery.<name> *overrides` would get, from configs/<name>/ (or `config_dir`).
-    Inside a running `@hydra.main` (the tour composes each example) that Hydra is set aside and put back."""
+def compose(name: str, overrides: list[str] | tuple[str, ...] = (),
+            config_dir: str | Path | None = None) -> DictConfig:
+    """The config `python -m gallery.<name> *overrides` would get, from configs/<name>/ (or
+    `config_dir`). Inside a running `@hydra.main` (the tour composes each example) that Hydra is set
+    aside and put back."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -38,7 +40,8 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = (), config_dir: 
 
     outer = Singleton._instances.pop(GlobalHydra, None)
     try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir or example_dir(name))):
+        with initialize_config_dir(version_base="1.3",
+                                   config_dir=str(config_dir or example_dir(name))):
             return hydra_compose(config_name=name, overrides=list(overrides))
     finally:
         if outer is not None:
@@ -46,10 +49,12 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = (), config_dir: 
 
 
 def command_line(example: Any, main: Callable[[], None], argv: list[str] | None = None) -> None:
-    """`python -m gallery.<name> [k=v ...]`: `--help` shows the pattern and its mistakes first, a bad
-    override fails in one line before Hydra starts, then Hydra runs `main` (the `@hydra.main` function)."""
+    """`python -m gallery.<name> [k=v ...]`: `--help` shows the pattern and its mistakes first, a
+    bad override fails in one line before Hydra starts, then Hydra runs `main` (the `@hydra.main`
+    function)."""
     argv = sys.argv[1:] if argv is None else argv
-    gc.freeze()  # torch, Hydra and the example live as long as the process: the collector, and exit, skip them
+    # torch, Hydra and the example live as long as the process: the collector, and exit, skip them
+    gc.freeze()
     print_help_if_asked(example, argv)
     check_overrides(example.name, argv)
     main()
@@ -58,26 +63,30 @@ def command_line(example: Any, main: Callable[[], None], argv: list[str] | None 
 def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
     """Run `train` for the command line.
 
-    - A user-fixable error: one line on stderr, exit status 2. Hydra makes the run dir before the task
-      starts; if the run fails before writing anything into it, the empty dir is removed.
+    - A user-fixable error: one line on stderr, exit status 2. Hydra makes the run dir before the
+      task starts; if the run fails before writing anything into it, the empty dir is removed.
     - A mistake that raised the error it is known for: its explanation on stderr and exit status 2;
-      under `-m` the sweep goes on to the next job instead (its summary.json says "status": "raised").
+      under `-m` the sweep goes on to the next job instead (its summary.json says "status":
+      "raised").
     - A loss that became NaN or infinite: one line naming the step and the value, exit status 3.
     - SIGINT/SIGTERM: the run stops after its current step and saves a checkpoint; one line says how
       to resume, and the exit status is 130 (SIGINT) or 143 (SIGTERM).
     """
     run_dir = hydra_run_dir()
     existed = run_dir is not None and run_dir.exists() and any(run_dir.iterdir())
-    gc.freeze()  # what is loaded by now (torch, Hydra, ...) lives as long as the process: keep the collector off it
+    # what is loaded by now (torch, Hydra, ...) lives as long as the process: keep the collector off
+    # it
+    gc.freeze()
     try:
         return train(cfg)
     except Interrupted as stop:
         name = signal.Signals(stop.signum).name
         if stop.resumable:
-            print(f"{name}: stopped after step {stop.step}; the checkpoint is in {stop.out_dir}/checkpoints. "
-                  f"Resume with: {resume_command(train, stop.out_dir)}", file=sys.stderr)
+            print(f"{name}: stopped after step {stop.step}; the checkpoint is in "
+                  f"{stop.out_dir}/checkpoints. Resume with: {resume_command(train, stop.out_dir)}", file=sys.stderr)
         else:
-            print(f"{name}: stopped after step {stop.step}; this example does not resume: run it again",
+            print(f"{name}: stopped after step {stop.step}; this example does not resume: run it "
+                  f"again",
                   file=sys.stderr)
         sys.exit(128 + stop.signum)
     except KeyboardInterrupt:  # before the run's own handler was in place
@@ -96,7 +105,8 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
         if run_dir is not None and not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
         sys.exit(EXIT_STATUS["bad_input"])
-    except (MemoryError, RuntimeError) as err:  # after GalleryError: DataError and DeviceError are RuntimeErrors too
+    # after GalleryError: DataError and DeviceError are RuntimeErrors too
+    except (MemoryError, RuntimeError) as err:
         if not out_of_memory(err):
             raise
         print(f"error: {out_of_memory_line(cfg, err, run_dir, existed)}", file=sys.stderr)
@@ -108,7 +118,8 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
 
 
 def out_of_memory(err: BaseException) -> bool:
-    """The CPU allocator's failure ("can't allocate memory"), Python's MemoryError, or CUDA's OutOfMemoryError."""
+    """The CPU allocator's failure ("can't allocate memory"), Python's MemoryError, or CUDA's
+    OutOfMemoryError."""
     import torch
 
     text = str(err)
@@ -117,14 +128,15 @@ def out_of_memory(err: BaseException) -> bool:
 
 
 def out_of_memory_line(cfg: Any, err: BaseException, run_dir: Path | None, existed: bool) -> str:
-    """One line: what ran out, the batch size, the advice, and what is left of the run (nothing, or a
-    checkpoint to resume from). A run dir this run made and that holds no checkpoint is removed."""
+    """One line: what ran out, the batch size, the advice, and what is left of the run (nothing, or
+    a checkpoint to resume from). A run dir this run made and that holds no checkpoint is
+    removed."""
     import shutil
 
     batch = cfg.get("batch_size")  # run_cli's cfg: the composed DictConfig
     where = "CUDA" if "CUDA" in str(err) else "the CPU allocator"
-    line = (f"out of memory ({where}) at batch_size={batch}: lower batch_size (or the model's size), "
-            f"or free the memory other processes hold")
+    line = (f"out of memory ({where}) at batch_size={batch}: lower batch_size (or the model's "
+            f"size), or free the memory other processes hold")
     if run_dir is None or not run_dir.exists():
         return f"{line}; nothing was written"
     if (run_dir / "checkpoints" / "last.pt").is_file():
@@ -136,10 +148,12 @@ def out_of_memory_line(cfg: Any, err: BaseException, run_dir: Path | None, exist
 
 
 def check_out_dir(out_dir: str | None) -> None:
-    """Before Hydra makes the run dir: out_dir (or the current folder, where outputs/ goes) can be created
-    and written. Otherwise one line naming it, exit status 2, instead of a traceback from inside Hydra."""
+    """Before Hydra makes the run dir: out_dir (or the current folder, where outputs/ goes) can be
+    created and written. Otherwise one line naming it, exit status 2, instead of a traceback from
+    inside Hydra."""
     path = Path(out_dir).expanduser().absolute() if out_dir else Path.cwd()
-    shown = f"out_dir={out_dir}" if out_dir else f"the current folder {path} (where outputs/ goes; set out_dir=...)"
+    shown = f"out_dir={out_dir}" if out_dir else (f"the current folder {path} (where outputs/ "
+                                                  f"goes; set out_dir=...)")
     try:
         existing = path
         while not existing.exists():
@@ -157,11 +171,13 @@ def resume_command(train: Callable, out_dir: Path | str) -> str:
     from hydra.core.hydra_config import HydraConfig
 
     args = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
-    keep = [a for a in args if a.split("=", 1)[0].lstrip("+~") not in ("out_dir", "resume", "overwrite")]
+    keep = [a for a in args if a.split("=", 1)[0].lstrip("+~") not in (
+        "out_dir", "resume", "overwrite")]
     module = train.__module__
     if module == "__main__":  # `python -m gallery.gan` runs the module as __main__
         module = getattr(sys.modules["__main__"].__spec__, "name", module)
-    return " ".join(["python -m", module, *map(shlex.quote, keep), f"out_dir={shlex.quote(str(out_dir))}", "resume=true"])
+    return " ".join(["python -m", module, *map(shlex.quote, keep),
+                     f"out_dir={shlex.quote(str(out_dir))}", "resume=true"])
 
 
 def multirun() -> bool:
@@ -173,7 +189,8 @@ def multirun() -> bool:
 
 
 def parallel_jobs() -> int:
-    """How many sweep jobs run at once on this machine: the joblib launcher's n_jobs (-1: one per core,
+    """How many sweep jobs run at once on this machine: the joblib launcher's n_jobs (-1: one per
+    core,
     -2: all but one, as joblib reads it), else 1 (one job at a time, or one per SLURM task)."""
     from hydra.core.hydra_config import HydraConfig
 
@@ -187,7 +204,8 @@ def parallel_jobs() -> int:
 
 
 def task_overrides() -> list[str]:
-    """The command line's overrides of this run (a sweep job's own values), as Hydra records them."""
+    """The command line's overrides of this run (a sweep job's own values), as Hydra records
+    them."""
     from hydra.core.hydra_config import HydraConfig
 
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
@@ -202,10 +220,10 @@ def hydra_run_dir() -> Path | None:
 
 
 def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
-    """`--help` (or `-h`): the pattern and its mistakes, this example's config groups and its config with the
-    command line's overrides, then exit 0. Written here rather than left to Hydra's `--help`, which lists
-    every group of every plugin to show a handful and takes half a second doing it; Hydra's own flags
-    stay one `--hydra-help` away."""
+    """`--help` (or `-h`): the pattern and its mistakes, this example's config groups and its config
+    with the command line's overrides, then exit 0. Written here rather than left to Hydra's `--help`, which
+    lists every group of every plugin to show a handful and takes half a second doing it; Hydra's
+    own flags stay one `--hydra-help` away."""
     argv = sys.argv[1:] if argv is None else argv
     if "--help" not in argv and "-h" not in argv:
         return
@@ -214,18 +232,21 @@ def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
     from gallery.core.config import config_dir
 
     folder = Path(config_dir(example.name))
-    groups = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in sorted(folder.iterdir()) if d.is_dir()}
-    overrides = [arg for arg in argv if not arg.startswith("-") and not arg.startswith(("hydra.", "hydra/"))]
+    groups = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in sorted(folder.iterdir())
+              if d.is_dir()}
+    overrides = [arg for arg in argv if not arg.startswith("-") and not arg.startswith((
+        "hydra.", "hydra/"))]
     try:
         config = OmegaConf.to_yaml(compose(example.name, overrides)).rstrip()
     except Exception:  # a bad override: the one line every bad input gets, exit 2
         check_overrides(example.name, overrides)
         raise
-    print(example.describe(), "", "== Configuration groups ==", "Compose the config from these groups (group=option)",
-          "", *(f"{group}: {', '.join(options)}" for group, options in groups.items() if options), "",
+    print(example.describe(), "", "== Configuration groups ==",
+          "Compose the config from these groups (group=option)", "",
+          *(f"{group}: {', '.join(options)}" for group, options in groups.items() if options), "",
           "== Config ==", "Override anything in the config (key=value, nested.key=value)", "",
-          config, "",
-          f"Hydra's own flags (-m sweeps, --cfg job, ...): python -m gallery.{example.name} --hydra-help", sep="\n")
+          config, "", f"Hydra's own flags (-m sweeps, --cfg job, ...): python -m "
+                      f"gallery.{example.name} --hydra-help", sep="\n")
     sys.stdout.flush()
     sys.exit(0)
 
@@ -238,7 +259,8 @@ def report(summary: dict, *keys: str) -> None:
     def fmt(value: Any) -> str:
         if isinstance(value, float):
             return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+        return f"{value:,}" if isinstance(value, int) and not isinstance(
+            value, bool) else str(value)
 
     print(" ".join(f"{k}={fmt(summary[k])}" for k in keys if summary.get(k) is not None))
     if "out_dir" in summary:
@@ -246,9 +268,9 @@ def report(summary: dict, *keys: str) -> None:
 
 
 def check_overrides(name: str, argv: list[str] | None = None) -> None:
-    """Before Hydra starts: compose the config with the command line's overrides, and turn Hydra's own
-    errors (a typo'd key, a wrong type, an unknown option) into one line on stderr and exit status 2,
-    like every other bad input. Sweeps (`-m`) and Hydra's flags are left to Hydra."""
+    """Before Hydra starts: compose the config with the command line's overrides, and turn Hydra's
+    own errors (a typo'd key, a wrong type, an unknown option) into one line on stderr and exit
+    status 2, like every other bad input. Sweeps (`-m`) and Hydra's flags are left to Hydra."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -290,7 +312,8 @@ def explain_override_error(name: str, err: Exception) -> str:
         cause = str(err.__cause__ or "").splitlines()
         return f"{match.group(1)}: {cause[0] if cause else 'a value of the wrong type'}"
     if match := re.search(r"Error parsing override '([^']*)'", text):
-        return f"cannot read the override {match.group(1)!r}: write key=value (for example steps=100)"
+        return (f"cannot read the override {match.group(1)!r}: write key=value (for example "
+                f"steps=100)")
     cause = str(err.__cause__ or "").splitlines()
     line = text.splitlines()[0] + (f" {cause[0]}" if cause else "")
     key = getattr(err, "full_key", None) or getattr(err.__cause__, "full_key", None)

@@ -22,12 +22,14 @@ from gallery.core.errors import ConfigError
 
 # `hydra.run.dir` is `${if_null:${out_dir},outputs/...}`: an explicit out_dir is the run dir.
 if not OmegaConf.has_resolver("if_null"):
-    OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value)
+    OmegaConf.register_new_resolver("if_null", lambda value,
+                                    default: default if value is None else value)
 
 
 def cache_root() -> Path:
     """Where downloads and the pretrained digits backbone go: $GALLERY_CACHE, else
-    $XDG_CACHE_HOME/detach-gallery, else ~/.cache/detach-gallery. One place for every run, from any folder."""
+    $XDG_CACHE_HOME/detach-gallery, else ~/.cache/detach-gallery. One place for every run, from any
+    folder."""
     if os.environ.get("GALLERY_CACHE"):
         return Path(os.environ["GALLERY_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "detach-gallery"
@@ -39,21 +41,23 @@ if not OmegaConf.has_resolver("cache_dir"):
 
 
 def config_root() -> Path:
-    """`configs/` beside the package in a checkout; inside the package (gallery/configs) in a wheel."""
+    """`configs/` beside the package in a checkout; inside the package (gallery/configs) in a
+    wheel."""
     package = Path(__file__).resolve().parent.parent
     shipped = package / "configs"
     return shipped if shipped.is_dir() else package.parent / "configs"
 
 
 def config_dir(name: str) -> str:
-    """An example's own config folder, configs/<name>/: its primary YAML and its groups (data/, env/,
-    backbone/), so one example's options never show in another's `--help`. Absolute, so Hydra reads
-    it from any working directory."""
+    """An example's own config folder, configs/<name>/: its primary YAML and its groups (data/,
+    env/, backbone/), so one example's options never show in another's `--help`. Absolute, so Hydra
+    reads it from any working directory."""
     return str(config_root() / name)
 
 
 # Hydra's settings shared by every example, as the option `hydra: gallery` (configs/hydra.yaml).
-ConfigStore.instance().store(group="hydra", name="gallery", node=OmegaConf.load(config_root() / "hydra.yaml"))
+ConfigStore.instance().store(group="hydra", name="gallery",
+                             node=OmegaConf.load(config_root() / "hydra.yaml"))
 # `hydra/launcher=slurm`: hydra-submitit-launcher's SLURM launcher with the gallery's defaults
 # (configs/launcher/slurm.yaml). `hydra/launcher=joblib` is the joblib plugin's own option.
 ConfigStore.instance().store(group="hydra/launcher", name="slurm",
@@ -69,13 +73,16 @@ class BaseConfig:
     out_dir: str | None = None  # None: Hydra's run dir, outputs/<example>/<date>/<time>
     log_every: int = 100
     eval_every: int = 1000
-    ckpt_every: int = 0  # steps between checkpoints (0: at the end, and on a signal); each example sets its own
-    resume: str = "false"  # true: continue <out_dir>'s run from its checkpoints/last.pt; a path: start from that file
+    # steps between checkpoints (0: at the end, and on a signal); each example sets its own
+    ckpt_every: int = 0
+    # true: continue <out_dir>'s run from its checkpoints/last.pt; a path: start from that file
+    resume: str = "false"
     overwrite: bool = False  # replace the run already in out_dir (otherwise it is refused)
     mistake: str = "none"
     deterministic: bool = False
     compile: bool = False  # torch.compile the models (warm-up: tens of seconds on a CPU)
-    amp: bool = True  # bf16 autocast on a CUDA GPU with bf16; float32 elsewhere (never fp16: no scaler)
+    # bf16 autocast on a CUDA GPU with bf16; float32 elsewhere (never fp16: no scaler)
+    amp: bool = True
     progress: bool | None = None  # None: a bar only when stderr is a terminal
     tensorboard: bool = False
 
@@ -83,13 +90,15 @@ class BaseConfig:
 def register_schema(name: str, schema: type) -> None:
     """The primary YAML lists `<name>_schema` first in its defaults, so every key it sets is typed.
 
-    Under `python -m gallery.<name>` the schema's classes belong to `__main__`, which a sweep's worker
-    process (the joblib launcher's) cannot import by name; the config would reach it pickled by value
-    and fail there. So the schema registered is always the importable module's (gallery.<name>)."""
+    Under `python -m gallery.<name>` the schema's classes belong to `__main__`, which a sweep's
+    worker process (the joblib launcher's) cannot import by name; the config would reach it pickled
+    by value and fail there. So the schema registered is always the importable module's
+    (gallery.<name>)."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     if schema.__module__ == "__main__" and spec is not None and spec.name != "__main__":
-        importlib.import_module(spec.name)  # runs the module under its own name; it registers its schema
+        # runs the module under its own name; it registers its schema
+        importlib.import_module(spec.name)
         return
     ConfigStore.instance().store(name=f"{name}_schema", node=schema)
 
@@ -97,7 +106,8 @@ def register_schema(name: str, schema: type) -> None:
 def require_positive(cfg: Any, *keys: str) -> None:
     for key in keys:
         value = _get(cfg, key)
-        if value is None or not value > 0:  # written so that NaN fails too (it compares false both ways)
+        # written so that NaN fails too (it compares false both ways)
+        if value is None or not value > 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
 
 
@@ -139,7 +149,8 @@ def normalize_resume(value: Any) -> str:
 
 
 def to_schema(cfg: DictConfig | Any) -> Any:
-    """A composed DictConfig becomes its dataclass instance (an already-built instance passes through).
+    """A composed DictConfig becomes its dataclass instance (an already-built instance passes
+    through).
 
     Keys added with `+key=...` pass Hydra's schema check and `to_object` would drop them
     silently, so they are looked for here and refused by name.
@@ -153,13 +164,15 @@ def to_schema(cfg: DictConfig | Any) -> Any:
 
 
 def require_finite_floats(config: Any, prefix: str = "") -> None:
-    """The one rule for floats: every float in every schema is a finite number (NaN and +-inf are refused
-    by name), unless its field says otherwise with `field(default=..., metadata={"finite": False})`."""
+    """The one rule for floats: every float in every schema is a finite number (NaN and +-inf are
+    refused by name), unless its field says otherwise with `field(default=..., metadata={"finite":
+    False})`."""
     for f in fields(config):
         value, key = getattr(config, f.name), f"{prefix}{f.name}"
         if is_dataclass(value):
             require_finite_floats(value, f"{key}.")
-        elif isinstance(value, float) and not math.isfinite(value) and f.metadata.get("finite", True):
+        elif isinstance(value, float) and not math.isfinite(value) and f.metadata.get(
+            "finite", True):
             raise ConfigError(f"{key} must be a finite number, got {value}")
 
 

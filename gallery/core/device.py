@@ -14,8 +14,8 @@ _DEVICE_SPEC = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 def resolve_device(spec: str) -> torch.device:
-    """`auto` is CUDA when present, else CPU. Asking for an absent backend is an error, never a fallback:
-    a CI job that asked for a GPU must not pass quietly on the CPU."""
+    """`auto` is CUDA when present, else CPU. Asking for an absent backend is an error, never a
+    fallback: a CI job that asked for a GPU must not pass quietly on the CPU."""
     spec = str(spec).strip().lower()
     if not _DEVICE_SPEC.match(spec):
         raise DeviceError(
@@ -53,8 +53,10 @@ def set_threads(spec: str | int, device: torch.device, small_model: bool, jobs: 
     if spec != "auto":
         torch.set_num_threads(int(spec))
         if jobs * int(spec) > cores:
-            print(f"threads={spec} with {jobs} jobs at once asks for {jobs * int(spec)} threads on {cores} cores; "
-                  "the jobs will slow each other down (threads=auto shares the cores out)", file=sys.stderr)
+            print(f"threads={spec} with {jobs} jobs at once asks for {jobs * int(spec)} threads on "
+                  f"{cores} cores; "
+                  "the jobs will slow each other down (threads=auto shares the cores out)",
+                  file=sys.stderr)
     elif small_model or device.type != "cpu":  # on a GPU the CPU threads only feed it
         torch.set_num_threads(1)
     else:
@@ -76,15 +78,17 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
 
 def compile_modules(enabled: bool, *modules: torch.nn.Module) -> None:
     """compile=true: torch.compile each module in place (`nn.Module.compile`, so state_dict keys and
-    checkpoints are unchanged). The first calls pay for the compilation, tens of seconds on a CPU; it
-    pays off on long runs of the larger models on a GPU. Pass the modules whose call does the work,
-    and compile a target network after it was copied (a deep copy would share the compiled call)."""
+    checkpoints are unchanged). The first calls pay for the compilation, tens of seconds on a CPU;
+    it pays off on long runs of the larger models on a GPU. Pass the modules whose call does the
+    work, and compile a target network after it was copied (a deep copy would share the compiled
+    call)."""
     if enabled:
         for module in modules:
             module.compile()
 
 
-def amp_forward(module: torch.nn.Module, device: torch.device, enabled: bool = True) -> torch.nn.Module:
+def amp_forward(module: torch.nn.Module, device: torch.device,
+                enabled: bool = True) -> torch.nn.Module:
     """Run `module.forward` under bf16 autocast on a GPU with bf16 (`amp_dtype`) and return float32
     outputs; unchanged elsewhere.
 

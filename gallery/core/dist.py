@@ -34,8 +34,9 @@ def active() -> bool:
 
 
 def launched() -> bool:
-    """A launcher started this process: more than one rank, or a rendezvous address (torchrun sets one
-    even for one process, which then joins a group of one: the one-GPU DDP smoke runs that way)."""
+    """A launcher started this process: more than one rank, or a rendezvous address (torchrun sets
+    one even for one process, which then joins a group of one: the one-GPU DDP smoke runs that
+    way)."""
     return world_size() > 1 or "MASTER_ADDR" in os.environ
 
 
@@ -60,13 +61,16 @@ def wrap(module: nn.Module, device: torch.device, sync_buffers: bool = True) -> 
     """DistributedDataParallel around `module` under torchrun; the module itself otherwise.
 
     DDP registers, when it is built, only the parameters that require grad: freeze first, then wrap.
-    sync_buffers=False: rank 0's buffers are copied once, at wrapping, and not before every forward."""
+    sync_buffers=False: rank 0's buffers are copied once, at wrapping, and not before every
+    forward."""
     if not active() or not any(p.requires_grad for p in module.parameters()):
-        return module  # a module with nothing to train needs no all-reduce (and DDP refuses to wrap it)
+        # a module with nothing to train needs no all-reduce (and DDP refuses to wrap it)
+        return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     kwargs = {}
-    if not sync_buffers:  # the flag was renamed in recent torch; the old name still works there, with a warning
+    # the flag was renamed in recent torch; the old name still works there, with a warning
+    if not sync_buffers:
         renamed = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
         kwargs["forward_sync_buffers" if renamed else "broadcast_buffers"] = False
     return DDP(module, device_ids=[device.index] if device.type == "cuda" else None, **kwargs)
@@ -74,8 +78,8 @@ def wrap(module: nn.Module, device: torch.device, sync_buffers: bool = True) -> 
 
 @contextlib.contextmanager
 def main_first():
-    """Rank 0 runs the block first (a download, a pretraining run that writes a cache), the other ranks
-    after it, reading what it wrote. Run alone: just the block."""
+    """Rank 0 runs the block first (a download, a pretraining run that writes a cache), the other
+    ranks after it, reading what it wrote. Run alone: just the block."""
     if active() and rank() != 0:
         dist.barrier()
     yield
@@ -84,16 +88,19 @@ def main_first():
 
 
 def reducer_size(module: nn.Module) -> dict:
-    """What a DDP module's reducer all-reduces: parameter tensors and bytes (empty when not wrapped)."""
+    """What a DDP module's reducer all-reduces: parameter tensors and bytes (empty when not
+    wrapped)."""
     if not hasattr(module, "_get_ddp_logging_data"):
         return {}
     data = module._get_ddp_logging_data()
-    return {"tensors": int(data["num_parameter_tensors"]), "bytes": int(data["total_parameter_size_bytes"])}
+    return {"tensors": int(data["num_parameter_tensors"]),
+            "bytes": int(data["total_parameter_size_bytes"])}
 
 
 def shard(data, contiguous: bool = False):
     """This rank's part of an in-memory dataset: every world_size-th item from `rank` (what a
-    DistributedSampler hands out), or one contiguous slice (a text's streams). All of it when alone."""
+    DistributedSampler hands out), or one contiguous slice (a text's streams). All of it when
+    alone."""
     r, w = rank(), world_size()
     if w == 1:
         return data
@@ -119,8 +126,8 @@ def gather(value: Any) -> list:
 
 
 class AllReduceCounter:
-    """Counts the gradient buckets a DDP module all-reduces, through a communication hook (the default
-    all-reduce, counted), and attributes them to optimizer steps: `d_step=opt_d` (or
+    """Counts the gradient buckets a DDP module all-reduces, through a communication hook (the
+    default all-reduce, counted), and attributes them to optimizer steps: `d_step=opt_d` (or
     `attribute(opt_d, "d_step")`) hangs a hook on `opt_d.step` that books the all-reduces since the
     previous booked step to "d_step". Off the training path: the step functions stay as they are."""
 
@@ -148,9 +155,10 @@ class AllReduceCounter:
 
 
 def ddp_report(modules: dict[str, nn.Module], probe_record: dict, **per_rank: Any) -> dict:
-    """What summary.json says of a torchrun run (nothing when run alone): the world size, whether every
-    rank ended with the same parameters (a hash per module, compared across ranks), and each rank's
-    probe record and any other per-rank figures, in rank order. A collective: every rank calls it."""
+    """What summary.json says of a torchrun run (nothing when run alone): the world size, whether
+    every rank ended with the same parameters (a hash per module, compared across ranks), and each
+    rank's probe record and any other per-rank figures, in rank order. A collective: every rank
+    calls it."""
     if not active():
         return {}
     from gallery.core.probes import state_hash

@@ -2,11 +2,13 @@
 
 import contextlib
 
-# The command line's exit statuses: docs/exit-status.md is their table, and a test holds the two together.
+# The command line's exit statuses: docs/exit-status.md is their table, and a test holds the two
+# together.
 EXIT_STATUS = {
     "finished": 0,  # the run ended (or --help, or a run that was finished already)
     "bug": 1,  # anything else: a traceback, which is a bug to report
-    "bad_input": 2,  # a bad key, value, data file, device, checkpoint or out_dir; a mistake that raised its error
+    # a bad key, value, data file, device, checkpoint or out_dir; a mistake that raised its error
+    "bad_input": 2,
     "diverged": 3,  # a loss became NaN or infinite; the last good checkpoint is kept
     "out_of_memory": 4,  # the CPU allocator or CUDA ran out of memory; the line names batch_size
     "interrupted_sigint": 130,  # Ctrl-C: stopped after the step, checkpoint saved (128 + SIGINT)
@@ -35,7 +37,8 @@ class DataError(GalleryError, RuntimeError):
 
 
 class ExplainedMistake(GalleryError):
-    """A mistake did what it is known to do (a known autograd error); the message says why and names the fix."""
+    """A mistake did what it is known to do (a known autograd error); the message says why and names
+    the fix."""
 
 
 class Diverged(GalleryError):
@@ -43,7 +46,8 @@ class Diverged(GalleryError):
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM stopped a run at the end of a step (after its checkpoint, when it can resume)."""
+    """SIGINT or SIGTERM stopped a run at the end of a step (after its checkpoint, when it can
+    resume)."""
 
     def __init__(self, signum: int, step: int, out_dir, resumable: bool):
         super().__init__(f"stopped by signal {signum} after step {step}")
@@ -51,7 +55,8 @@ class Interrupted(Exception):
 
 
 def reraise_explained(err: RuntimeError, mistake: str, known: dict[str, tuple[str, str]]) -> None:
-    """Raise `ExplainedMistake` from `err` when it is the autograd error `mistake` is known to cause.
+    """Raise `ExplainedMistake` from `err` when it is the autograd error `mistake` is known to
+    cause.
 
     `known` maps a mistake to (a phrase of autograd's message, the explanation that names the fix).
     Returns otherwise, and the caller re-raises the original error.
@@ -64,7 +69,8 @@ def reraise_explained(err: RuntimeError, mistake: str, known: dict[str, tuple[st
 
 @contextlib.contextmanager
 def explained(mistake: str, known: dict[str, tuple[str, str]]):
-    """Turn the autograd error `mistake` is known for into `ExplainedMistake`; let anything else through."""
+    """Turn the autograd error `mistake` is known for into `ExplainedMistake`; let anything else
+    through."""
     try:
         yield
     except RuntimeError as err:

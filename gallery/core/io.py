@@ -1,4 +1,5 @@
-"""One way to write a file: to a temp file beside it, flushed and renamed, so no reader ever sees half."""
+"""One way to write a file: to a temp file beside it, flushed and renamed, so no reader ever sees
+half."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Any
 import torch
 
 
-def atomic_write(path: Path | str, data: str | bytes, before_replace: Callable[[], None] | None = None) -> Path:
+def atomic_write(path: Path | str, data: str | bytes,
+                 before_replace: Callable[[], None] | None = None) -> Path:
     """Write `data` to `path` atomically; on any failure the old file (if any) is left as it was.
 
     `before_replace` runs once the new data is safely on disk, just before the rename (checkpoints
@@ -23,7 +25,8 @@ def atomic_write(path: Path | str, data: str | bytes, before_replace: Callable[[
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result should read like any other file
+        # mkstemp makes 0600; a result should read like any other file
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()

@@ -12,9 +12,9 @@
         return loop.summary(...)                # summary.json
 
 Between two iterations the loop advances the progress bar, saves a checkpoint every `ckpt_every`
-units and after the last iteration, and stops cleanly on SIGINT/SIGTERM (after saving one). On `resume`, entering the loop
-restores every object in `stateful` (models, optimizers, `Counters`), the RNGs and the loop's own
-step, evaluations and first solved step.
+units and after the last iteration, and stops cleanly on SIGINT/SIGTERM (after saving one). On
+`resume`, entering the loop restores every object in `stateful` (models, optimizers, `Counters`),
+the RNGs and the loop's own step, evaluations and first solved step.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class Loop:
                  about: str = "", total: int | None = None, by: int = 1, unit: str = "step",
                  known_errors: dict | None = None):
         self.cfg, self.name, self.device = cfg, name, device
-        self.stateful = {**stateful, "loop": self}  # the loop's own counters ride in every checkpoint
+        # the loop's own counters ride in every checkpoint
+        self.stateful = {**stateful, "loop": self}
         self.total = cfg.steps if total is None else total
         self.by, self.unit, self._shown = by, unit, {}
         self.label = f"{name} {about} mistake={cfg.mistake}"
@@ -111,7 +112,8 @@ class Loop:
             self.run.stop_if_asked(self.save, self.step, self.total)
 
     def due(self, every: int, final: bool = False) -> bool:
-        """True when this iteration crossed a multiple of `every` (or, with `final`, was the last)."""
+        """True when this iteration crossed a multiple of `every` (or, with `final`, was the
+        last)."""
         crossed = every > 0 and self.step // every > (self.step - self.by) // every
         return crossed or (final and self.step >= self.total)
 
@@ -124,7 +126,8 @@ class Loop:
         self._show(finite)
 
     def evaluated(self, **values: Any) -> dict:
-        """Keep an evaluation in `evals` (every checkpoint holds them), log it, show it on the bar."""
+        """Keep an evaluation in `evals` (every checkpoint holds them), log it, show it on the
+        bar."""
         row = {self.unit: self.step, **values}
         self.evals.append(row)
         self.run.log(self.step, **values)

@@ -26,9 +26,11 @@ def save(fig, path: Path | str) -> Path:
     return Path(path)
 
 
-def figure(path: Path | str, draw, *args, size: tuple[float, float] = (5, 3.2), **kwargs) -> Path:
-    """One-panel figure: `draw(ax, *args, **kwargs)`, saved to `path`. The examples' drawing functions
-    take an `ax`, so a run's own figure and the tour's comparison share them."""
-    fig, ax = pyplot().subplots(figsize=size)
-    draw(ax, *args, **kwargs)
+def figure(path: Path | str, draw, *args, size: tuple[float, float] = (5, 3.2), panels: int = 1,
+           **kwargs) -> Path:
+    """A figure of `panels` side by side, `draw(ax or axes, *args, **kwargs)`, saved to `path`.
+    The examples' drawing functions take the axes, so a run's own figure and the tour's
+    comparison share them."""
+    fig, axes = pyplot().subplots(1, panels, figsize=size)
+    draw(axes, *args, **kwargs)
     return save(fig, path)

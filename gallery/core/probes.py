@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 
-def _named(params: nn.Module | Mapping[str, torch.Tensor] | Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
+def _named(params: nn.Module | Mapping[str, torch.Tensor] | Iterable[torch.Tensor]) -> dict[
+        str, torch.Tensor]:
     if isinstance(params, nn.Module):
         return dict(params.named_parameters())
     if isinstance(params, Mapping):
@@ -63,8 +64,8 @@ class GraphStats:
 
 @contextlib.contextmanager
 def recording(namespace, name: str):
-    """Inside the block, each call of `namespace.name` (a module's function, or an entry of a dict of
-    pasted functions) also appends its result to the list the block gets."""
+    """Inside the block, each call of `namespace.name` (a module's function, or an entry of a dict
+    of pasted functions) also appends its result to the list the block gets."""
     is_dict = isinstance(namespace, dict)
     real = namespace[name] if is_dict else getattr(namespace, name)
     results: list = []
@@ -100,7 +101,8 @@ def graph_stats(output: torch.Tensor) -> GraphStats:
 
 
 def grads_absent(params) -> bool:
-    """True when no parameter holds a gradient (grad None, or all zeros after zero_grad(set_to_none=False))."""
+    """True when no parameter holds a gradient (grad None, or all zeros after
+    zero_grad(set_to_none=False))."""
     return all(p.grad is None or not bool(p.grad.any()) for p in _named(params).values())
 
 
@@ -114,7 +116,8 @@ def grad_snapshot(params) -> list[torch.Tensor | None]:
 
 
 def grad_written_norm(params, snapshot: list[torch.Tensor | None]) -> float:
-    """Norm of the gradient written into `params` since `snapshot` was taken (0.0: nothing written)."""
+    """Norm of the gradient written into `params` since `snapshot` was taken (0.0: nothing
+    written)."""
     total = 0.0
     for p, before in zip(_named(params).values(), snapshot):
         if p.grad is None:
@@ -125,9 +128,11 @@ def grad_written_norm(params, snapshot: list[torch.Tensor | None]) -> float:
 
 
 def state_hash(module: nn.Module, buffers: bool = True) -> str:
-    """sha256 over every parameter and buffer (names, dtypes, shapes and bytes); buffers=False: parameters only."""
+    """sha256 over every parameter and buffer (names, dtypes, shapes and bytes); buffers=False:
+    parameters only."""
     digest = hashlib.sha256()
-    for kind, items in (("param", module.named_parameters()), ("buffer", module.named_buffers() if buffers else ())):
+    for kind, items in (("param", module.named_parameters()),
+                        ("buffer", module.named_buffers() if buffers else ())):
         for name, tensor in items:
             data = tensor.detach().cpu().contiguous()
             digest.update(f"{kind}:{name}:{data.dtype}:{tuple(data.shape)}".encode())
@@ -141,8 +146,10 @@ def float_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def drift(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> float:
-    """L2 distance between two snapshots of parameters and buffers (BatchNorm running stats included)."""
-    return float(sum(float((after[k].float() - v.float()).pow(2).sum()) for k, v in before.items())) ** 0.5
+    """L2 distance between two snapshots of parameters and buffers (BatchNorm running stats
+    included)."""
+    return float(sum(float((after[k].float() - v.float()).pow(2).sum()) for k,
+                     v in before.items())) ** 0.5
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -163,7 +170,8 @@ class _Held:
         meter.peak = max(meter.peak, meter.live)
 
     def __del__(self):
-        meter = getattr(self, "meter", None)  # None when __init__ did not finish (torch.compile tracing the hook)
+        # None when __init__ did not finish (torch.compile tracing the hook)
+        meter = getattr(self, "meter", None)
         if meter is not None:
             meter.live -= self.nbytes
 
@@ -255,7 +263,7 @@ class Probe:
     def __init__(self, device: torch.device, saved_bytes_name: str | None = None):
         self.device, self.saved_bytes_name = device, saved_bytes_name
         self.timed_units, self.timed_seconds = 0, 0.0
-        self.record: dict = {}  # the latest measurements, by name
+        self.record: dict = {saved_bytes_name: None} if saved_bytes_name else {}
 
     def measure(self, meter: SavedTensorMeter):
         return contextlib.nullcontext()
@@ -318,11 +326,14 @@ class CrossStepProbe(Probe):
             self.record.update({
                 f"{self.prefix}_reaches_{self.into}": reached,
                 f"{self.prefix}_saved_bytes": meter.total - (0 if reached else seen["forward_bytes"]),
-                f"{self.into}_grad_norm_after_{self.prefix}": grad_written_norm(self.watched, snapshot),
+                f"{self.into}_grad_norm_after_{self.prefix}": grad_written_norm(
+                    self.watched, snapshot),
             })
 
-        hooks = [self.watched.register_forward_hook(after_forward), self.optimizer.register_step_post_hook(after_step),
-                 *(p.register_post_accumulate_grad_hook(on_grad) for p in self.watched.parameters())]
+        hooks = [self.watched.register_forward_hook(after_forward),
+                 self.optimizer.register_step_post_hook(after_step),
+                 *(p.register_post_accumulate_grad_hook(on_grad)
+                   for p in self.watched.parameters())]
         try:
             yield
         finally:

@@ -46,7 +46,8 @@ class Example:
         return importlib.import_module(f"gallery.{self.name}")
 
     def describe(self) -> str:
-        lines = [f"{self.name}: {self.pattern}", "", "mistake= choices (default: none, the pattern):"]
+        lines = [f"{self.name}: {self.pattern}", "",
+                 "mistake= choices (default: none, the pattern):"]
         for key, mistake in self.mistakes.items():
             lines.append(f"  {key}: {mistake.description}")
             lines.append(f"  {' ' * len(key)}  -> {mistake.consequence}")
@@ -56,7 +57,8 @@ class Example:
         return inspect.getsource(getattr(self.module, name))
 
     def replaced(self, variant: str) -> str:
-        """The pattern function a mistake variant stands in for: the longest pattern name it starts with."""
+        """The pattern function a mistake variant stands in for: the longest pattern name it starts
+        with."""
         matches = [p for p in self.pattern_functions if variant.startswith(p)]
         if not matches:
             raise ValueError(f"{self.name}.{variant} does not name the pattern function it replaces")
@@ -69,8 +71,8 @@ class Example:
         original = self.replaced(variant)
         before = _code_lines(self.source(original))
         after = _code_lines(self.source(variant).replace(variant, original, 1))
-        return list(difflib.unified_diff(before, after, f"{original} (pattern)", f"{variant} (mistake)",
-                                         lineterm="", n=2))
+        return list(difflib.unified_diff(before, after, f"{original} (pattern)",
+                                         f"{variant} (mistake)", lineterm="", n=2))
 
     def show(self) -> str:
         """The pattern functions, then each mistake as a diff against the function it replaces."""
@@ -78,7 +80,8 @@ class Example:
         for name in self.pattern_functions:
             lines += [self.source(name).rstrip(), ""]
         for key, mistake in self.mistakes.items():
-            lines += [f"## mistake={key}: {mistake.description}", f"## consequence: {mistake.consequence}", ""]
+            lines += [f"## mistake={key}: {mistake.description}",
+                      f"## consequence: {mistake.consequence}", ""]
             for variant in mistake.variants:
                 lines += [*self.diff(variant), ""]
         return "\n".join(lines)
@@ -88,9 +91,11 @@ def _code_lines(source: str) -> list[str]:
     lines = source.splitlines()
     tree = ast.parse(textwrap.dedent(source))
     body = tree.body[0].body if tree.body and hasattr(tree.body[0], "body") else []
-    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+    if body and isinstance(body[0], ast.Expr) and isinstance(
+        getattr(body[0], "value", None), ast.Constant):
         start, end = body[0].lineno - 1, body[0].end_lineno
-        if end < len(lines) and not lines[end].strip():  # and the blank line after a class docstring
+        # and the blank line after a class docstring
+        if end < len(lines) and not lines[end].strip():
             end += 1
         del lines[start:end]
     return [re.sub(r"\s+# PATTERN:.*$", "", line) for line in lines]

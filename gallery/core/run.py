@@ -47,7 +47,8 @@ def resolve_out_dir(out_dir: str | None, example: str) -> Path:
     if out_dir:
         return Path(out_dir)
     run_dir = hydra_run_dir() or Path("outputs") / example / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
-    return Path(dist.agree(str(run_dir)))  # under torchrun, rank 0's: the ranks may start a second apart
+    # under torchrun, rank 0's: the ranks may start a second apart
+    return Path(dist.agree(str(run_dir)))
 
 
 def _json_safe(value: Any) -> Any:
@@ -63,7 +64,8 @@ def _json_safe(value: Any) -> Any:
 
 
 class Run:
-    """One run's outputs: `.hydra/config.yaml`, `metrics.jsonl`, `summary.json`, figures, checkpoints.
+    """One run's outputs: `.hydra/config.yaml`, `metrics.jsonl`, `summary.json`, figures,
+    checkpoints.
 
     Nothing is lost without a word: a fresh run into a folder that holds a run is refused (unless
     `overwrite`), `resume` needs a checkpoint and keeps the run's config, and resuming drops the
@@ -78,12 +80,14 @@ class Run:
         self.dir = Path(out_dir)
         self.is_main = dist.rank() == 0
         resume = "true" if resume is True else (resume or "")
-        # resume="true" continues this folder's run; a path starts a new run here from that checkpoint.
+        # resume="true" continues this folder's run; a path starts a new run here from that
+        # checkpoint.
         self.resume, self.config = resume, config
         self.continuing = resume == "true"
         self.resume_from = (self.checkpoint_dir / LAST) if self.continuing else (Path(resume) if resume else None)
         self.stop_signal: int | None = None
-        self.started = time.perf_counter()  # a summary's wall_seconds: this process's time in the run
+        # a summary's wall_seconds: this process's time in the run
+        self.started = time.perf_counter()
         self._metrics = None
         self._tb = None
         self._handlers: dict = {}
@@ -91,24 +95,31 @@ class Run:
             return
         held = [name for name in self.RESULTS if (self.dir / name).exists()]
         if self.resume_from is not None and not self.resume_from.is_file():
-            raise ConfigError(f"resume={resume}: there is no checkpoint at {self.resume_from}; start without resume")
+            raise ConfigError(f"resume={resume}: there is no checkpoint at {self.resume_from}; "
+                              f"start without resume")
         if held and not self.continuing:
             if not overwrite:
-                raise ConfigError(f"out_dir={self.dir} already holds a run ({', '.join(held)}): continue it with "
-                                  "resume=true, pick another out_dir, or replace it with overwrite=true")
+                raise ConfigError(f"out_dir={self.dir} already holds a run ({', '.join(held)}): "
+                                  f"continue it with "
+                                  "resume=true, pick another out_dir, or replace it with "
+                                  "overwrite=true")
             for name in held:
                 shutil.rmtree(self.dir / name) if (self.dir / name).is_dir() else (self.dir / name).unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
-        if config is not None and not self.continuing:  # a continued run keeps the config it was started with
+        # a continued run keeps the config it was started with
+        if config is not None and not self.continuing:
             atomic_write(self.dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(config))
-            # the command line's overrides too: scripts/sweep_report.py groups a sweep's jobs by them
-            atomic_write(self.dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(task_overrides()))
+            # the command line's overrides too: scripts/sweep_report.py groups a sweep's jobs by
+            # them
+            atomic_write(self.dir / ".hydra" / "overrides.yaml",
+                         OmegaConf.to_yaml(task_overrides()))
         self._metrics = open(self.dir / "metrics.jsonl", "a" if self.continuing else "w")  # noqa: SIM115 - closed in close()
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                print("tensorboard is not installed; logging to metrics.jsonl only", file=sys.stderr)
+                print("tensorboard is not installed; logging to metrics.jsonl only",
+                      file=sys.stderr)
             else:
                 self._tb = SummaryWriter(self.dir / "tb")
 
@@ -120,13 +131,14 @@ class Run:
         return self.dir / name
 
     def save(self, stateful: dict[str, Any], step: int, **extra: Any) -> None:
-        """A checkpoint of the stateful objects (`capture`), the RNGs, the step and any plain counters."""
+        """A checkpoint of the stateful objects (`capture`), the RNGs, the step and any plain
+        counters."""
         if self.is_main:
             save_checkpoint(self.checkpoint_dir, {**capture(stateful), "step": step, "rng": rng_state(), **extra})
 
     def restore(self, stateful: dict[str, Any], map_location: Any) -> dict[str, Any]:
-        """Load `last.pt` into the stateful objects and the RNGs, drop the metrics rows logged after it,
-        and return the checkpoint (its "step" and counters)."""
+        """Load `last.pt` into the stateful objects and the RNGs, drop the metrics rows logged after
+        it, and return the checkpoint (its "step" and counters)."""
         if self.continuing:
             state = load_latest(self.checkpoint_dir, map_location=map_location)
         else:
@@ -137,8 +149,8 @@ class Run:
         return state
 
     def resume_at(self, step: int) -> int:
-        """Drop the metrics rows logged after `step` (the checkpoint's), so the resumed run's rows follow
-        on as if it had never stopped. Returns `step`."""
+        """Drop the metrics rows logged after `step` (the checkpoint's), so the resumed run's rows
+        follow on as if it had never stopped. Returns `step`."""
         if self._metrics is not None:
             self._metrics.close()
             rows = [r for r in read_metrics(self.dir / "metrics.jsonl") if r["step"] <= step]
@@ -155,8 +167,8 @@ class Run:
         return json.loads((self.dir / "summary.json").read_text())
 
     def stop_if_asked(self, save: Callable[[], None] | None, step: int, steps: int) -> None:
-        """After a step: on SIGINT/SIGTERM, save a checkpoint (when the example can resume) and stop.
-        After the last step the run just finishes: its summary is moments away."""
+        """After a step: on SIGINT/SIGTERM, save a checkpoint (when the example can resume) and
+        stop. After the last step the run just finishes: its summary is moments away."""
         if self.stop_signal is None or step >= steps:
             return
         if save is not None and self.is_main:
@@ -164,11 +176,13 @@ class Run:
         raise Interrupted(self.stop_signal, step, self.dir, resumable=save is not None)
 
     def check_finite(self, step: int, **values: float) -> None:
-        """Stop a run whose loss became NaN or infinite (checked on log steps: no extra sync per step)."""
+        """Stop a run whose loss became NaN or infinite (checked on log steps: no extra sync per
+        step)."""
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
             raise Diverged(f"diverged at step {step}: {', '.join(f'{k}={v}' for k, v in bad.items())}; the last "
-                           f"good checkpoint is in {self.checkpoint_dir} (try a smaller learning rate)")
+                           f"good checkpoint is in {self.checkpoint_dir} (try a smaller learning "
+                           f"rate)")
 
     def log(self, step: int, **metrics: Any) -> None:
         if self._metrics is None:
@@ -204,10 +218,12 @@ class Run:
             self._tb = None
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        if self.stop_signal is not None:  # the second signal: out at once; the last checkpoint is complete
+        # the second signal: out at once; the last checkpoint is complete
+        if self.stop_signal is not None:
             os._exit(128 + signum)
         self.stop_signal = signum
-        print(f"\n{signal.Signals(signum).name}: stopping after this step (send it again to stop at once)",
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (send it again to stop "
+              f"at once)",
               file=sys.stderr, flush=True)
 
     def __enter__(self) -> Run:
@@ -223,8 +239,10 @@ class Run:
         self.close()
         untouched = self.is_main and not self.continuing and not (self.dir / "metrics.jsonl").stat().st_size \
             if (self.dir / "metrics.jsonl").exists() else False
-        if isinstance(exc, GalleryError) and not isinstance(exc, (Diverged, ExplainedMistake)) and untouched:
-            # Bad input found once the run had started (a foreign checkpoint, say): leave nothing behind.
+        if isinstance(exc, GalleryError) and not isinstance(
+            exc, (Diverged, ExplainedMistake)) and untouched:
+            # Bad input found once the run had started (a foreign checkpoint, say): leave nothing
+            # behind.
             for name in ("metrics.jsonl", ".hydra/config.yaml", ".hydra/overrides.yaml"):
                 (self.dir / name).unlink(missing_ok=True)
             for folder in (self.dir / ".hydra", self.dir):
@@ -233,9 +251,11 @@ class Run:
         if isinstance(exc, Diverged) and self.is_main:
             self.write_summary({"status": "diverged", "error": str(exc)})
         if isinstance(exc, ExplainedMistake) and self.is_main:
-            self.write_summary({"status": "raised", "mistake": getattr(self.config, "mistake", None),
+            self.write_summary({"status": "raised",
+                                "mistake": getattr(self.config, "mistake", None),
                                 "seed": getattr(self.config, "seed", None), "error": str(exc),
-                                "cause": str(exc.__cause__).splitlines()[0] if exc.__cause__ else None})
+                                "cause": str(exc.__cause__).splitlines()[0] if exc.__cause__
+                                else None})
 
 
 def read_metrics(path: Path | str) -> list[dict]:
@@ -251,7 +271,8 @@ def progress(total: int, desc: str, enabled: bool | None = None, initial: int = 
                 dynamic_ncols=True, leave=False)
 
 
-def prepare(cfg: Any, validate: Callable[[Any], None], small_model: Callable[[Any], bool]) -> tuple[Any, torch.device]:
+def prepare(cfg: Any, validate: Callable[[Any], None],
+            small_model: Callable[[Any], bool]) -> tuple[Any, torch.device]:
     """The first hop of every `train`: the typed config, checked; the device; CPU threads; seeds."""
     from gallery.core.cli import parallel_jobs
     from gallery.core.config import normalize_resume, to_schema
@@ -261,7 +282,9 @@ def prepare(cfg: Any, validate: Callable[[Any], None], small_model: Callable[[An
     cfg = to_schema(cfg)
     cfg.resume = normalize_resume(cfg.resume)
     validate(cfg)
-    device = dist.setup(resolve_device(cfg.device))  # under torchrun: join the group, this rank's GPU
+    # under torchrun: join the group, this rank's GPU
+    device = dist.setup(resolve_device(cfg.device))
     set_threads(cfg.threads, device, small_model(cfg), jobs=parallel_jobs())
-    seed_everything(cfg.seed + dist.rank(), cfg.deterministic)  # each rank draws its own data; DDP syncs the weights
+    # each rank draws its own data; DDP syncs the weights
+    seed_everything(cfg.seed + dist.rank(), cfg.deterministic)
     return cfg, device

@@ -1,4 +1,5 @@
-"""Seed every RNG we use, and capture/restore them as plain data a weights_only checkpoint accepts."""
+"""Seed every RNG we use, and capture/restore them as plain data a weights_only checkpoint
+accepts."""
 
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         # cuBLAS needs this set before its first call to be reproducible.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)  # an op without a deterministic kernel raises, naming itself
+        # an op without a deterministic kernel raises, naming itself
+        torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
         if not _told:
             _told.append(True)
-            print("deterministic=true: deterministic kernels only and no cuDNN autotuning; on CUDA that is often "
-                  "slower (and an op without a deterministic kernel raises), on CPU it changes little", file=sys.stderr)
+            print("deterministic=true: deterministic kernels only and no cuDNN autotuning; on CUDA "
+                  "that is often slower (and an op without a deterministic kernel raises), on CPU "
+                  "it changes little", file=sys.stderr)
 
 
 def rng_state() -> dict:
@@ -52,7 +55,8 @@ def set_rng_state(state: dict) -> None:
     random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
     npst = state["numpy"]
     np.random.set_state(
-        (npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["gauss"])
+        (npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+         npst["gauss"])
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():

@@ -1,1 +1,2 @@
-"""Dataset builders: embedded offline defaults, and online loaders that fail with a clear message."""
+"""Dataset builders: embedded offline defaults, and online loaders that fail with a clear
+message."""

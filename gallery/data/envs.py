@@ -78,8 +78,9 @@ def env_step(envs: gym.vector.VectorEnv, actions: np.ndarray):
 
 
 class EpisodeReturns:
-    """Each sub-env's return so far, and the returns of the episodes that ended since the last `pop_mean`:
-    what Gymnasium's RecordEpisodeStatistics wrapper keeps, without a wrapper's pass over every step."""
+    """Each sub-env's return so far, and the returns of the episodes that ended since the last
+    `pop_mean`: what Gymnasium's RecordEpisodeStatistics wrapper keeps, without a wrapper's pass
+    over every step."""
 
     def __init__(self, n: int):
         self.running, self.ended = np.zeros(n), []
@@ -125,7 +126,8 @@ def rl_results(loop: Loop, threshold: float | None) -> dict:
 
 
 def draw_learning_curve(ax, evals: list[dict], label: str, threshold: float | None = None) -> None:
-    """Greedy eval return against env steps. A run's own figure and the tour's comparison both draw with this."""
+    """Greedy eval return against env steps. A run's own figure and the tour's comparison both draw
+    with this."""
     steps = [e["env_steps"] for e in evals]
     mean = np.array([e["eval_return_mean"] for e in evals])
     std = np.array([e["eval_return_std"] for e in evals])

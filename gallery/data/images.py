@@ -1,4 +1,5 @@
-"""Image data for the GAN, fine-tuning and SimSiam examples, scaled to [-1, 1], and random views for SimSiam.
+"""Image data for the GAN, fine-tuning and SimSiam examples, scaled to [-1, 1], and random views for
+SimSiam.
 
 `digits` (scikit-learn's bundled 8x8 digits) works offline. The torchvision datasets download
 on first use and check their archives' MD5 sums (torchvision does this); offline they fail with a
@@ -30,8 +31,10 @@ def load_digits_tensors(classes: list[int] | None = None) -> tuple[torch.Tensor,
     return images, labels
 
 
-def torchvision_dataset(name: str, root: str, image_size: int | None, train: bool = True, channels: int | None = None):
-    """MNIST, Fashion-MNIST, CIFAR-10, an ImageFolder or FakeData, as a torchvision Dataset in [-1, 1]."""
+def torchvision_dataset(name: str, root: str, image_size: int | None, train: bool = True,
+                        channels: int | None = None):
+    """MNIST, Fashion-MNIST, CIFAR-10, an ImageFolder or FakeData, as a torchvision Dataset in [-1,
+    1]."""
     from torchvision import datasets, transforms
 
     steps = []
@@ -49,22 +52,27 @@ def torchvision_dataset(name: str, root: str, image_size: int | None, train: boo
                                  transform=tf, random_offset=0)
     if name == "imagefolder":
         if not root or not Path(root).is_dir():
-            raise DataError(f"data.root={root!r} is not a directory; imagefolder needs data.root=/path/to/images/<class>/*.png")
+            raise DataError(f"data.root={root!r} is not a directory; imagefolder needs "
+                            f"data.root=/path/to/images/<class>/*.png")
         try:
             return datasets.ImageFolder(root, transform=tf)
         except (FileNotFoundError, RuntimeError) as err:
             raise DataError(f"data.root={root}: {err}") from err
-    classes = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}
+    classes = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST,
+               "cifar10": datasets.CIFAR10}
     if name not in classes:
         raise DataError(f"unknown image dataset {name!r}")
     try:
         with download_timeout():
             return classes[name](root, train=train, download=True, transform=tf)
-    except Exception as err:  # URLError, HTTPError, socket errors, a bad MD5: all mean "not available"
-        _remove_empty_dirs(Path(root) / classes[name].__name__)  # a failed download leaves nothing behind
+    # URLError, HTTPError, socket errors, a bad MD5: all mean "not available"
+    except Exception as err:
+        # a failed download leaves nothing behind
+        _remove_empty_dirs(Path(root) / classes[name].__name__)
         detail = " ".join(str(err).split())
         raise DataError(
-            f"could not download or verify {name} into {Path(root).resolve()} ({type(err).__name__}: {detail}). "
+            f"could not download or verify {name} into {Path(root).resolve()} "
+            f"({type(err).__name__}: {detail}). "
             "Offline? Put the files there yourself, or use an embedded dataset: data=digits"
         ) from err
 
@@ -98,7 +106,8 @@ class ImageBatches:
         return self.images[idx.to(self.images.device)]
 
 
-def stratified_split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int, per_class: int | None):
+def stratified_split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int,
+                     per_class: int | None):
     """Stratified and deterministic: the same split for every run seed."""
     g = torch.Generator().manual_seed(seed)
     train_idx, val_idx = [], []
@@ -125,7 +134,8 @@ class IndexBatches:
     def __next__(self) -> torch.Tensor:
         if self._at == len(self._pass):
             self._pass_state = self.generator.get_state()
-            self._pass, self._at = torch.randperm(self.n, generator=self.generator).split(self.batch_size), 0
+            self._pass, self._at = torch.randperm(self.n,
+                                                  generator=self.generator).split(self.batch_size), 0
         self._at, self.done = self._at + 1, self.done + 1
         return self._pass[self._at - 1]
 
@@ -148,8 +158,9 @@ def random_views(x: torch.Tensor, crop_scale: float = 0.7, rotate: float = 0.25,
                  jitter: float = 0.4, noise: float = 0.1, aspect: float = 0.29) -> torch.Tensor:
     """One random view of each image in a batch of [-1, 1] images, drawn on the batch's device from
     torch's global RNG (so a checkpoint's RNG state resumes the same views): a resized crop keeping
-    `crop_scale`..1 of each side, its log aspect ratio within +-`aspect` (0.29: 3/4..4/3); a rotation
-    within +-`rotate` radians; an optional horizontal flip; contrast jitter of +-`jitter`, brightness of +-`jitter`/2, then Gaussian noise of std `noise`."""
+    `crop_scale`..1 of each side, its log aspect ratio within +-`aspect` (0.29: 3/4..4/3); a
+    rotation within +-`rotate` radians; an optional horizontal flip; contrast jitter of +-`jitter`,
+    brightness of +-`jitter`/2, then Gaussian noise of std `noise`."""
     n, dev = len(x), x.device
     uniform = lambda low, high, *shape: torch.empty(n, *shape, device=dev).uniform_(low, high)  # noqa: E731
     scale, log_ratio = uniform(crop_scale, 1.0), uniform(-aspect, aspect)
@@ -161,6 +172,7 @@ def random_views(x: torch.Tensor, crop_scale: float = 0.7, rotate: float = 0.25,
         torch.stack([sx * angle.cos(), -sx * angle.sin(), (1 - sx.abs()) * uniform(-1, 1)], 1),
         torch.stack([sy * angle.sin(), sy * angle.cos(), (1 - sy) * uniform(-1, 1)], 1)], 1)
     grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-    out = torch.nn.functional.grid_sample(x + 1, grid, align_corners=False) - 1  # outside the image: black (-1)
+    # outside the image: black (-1)
+    out = torch.nn.functional.grid_sample(x + 1, grid, align_corners=False) - 1
     out = out * uniform(1 - jitter, 1 + jitter, 1, 1, 1) + uniform(-jitter / 2, jitter / 2, 1, 1, 1)
     return out + noise * torch.randn_like(out)

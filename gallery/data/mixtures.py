@@ -39,11 +39,13 @@ class GaussianMixture:
     model's samples back. `centres` and `std` stay in data units, where the metrics and figures are.
     """
 
-    def __init__(self, centres: torch.Tensor, std: float, device: torch.device, seed: int, standardize: bool = False):
+    def __init__(self, centres: torch.Tensor, std: float, device: torch.device, seed: int,
+                 standardize: bool = False):
         self.centres = centres.to(device)
         self.std = std
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        spread = float((self.centres.var(dim=0, unbiased=False).mean() + std**2).sqrt())  # per coordinate
+        # per coordinate
+        spread = float((self.centres.var(dim=0, unbiased=False).mean() + std**2).sqrt())
         self.unit = spread if standardize else 1.0
 
     def to_data(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +58,8 @@ class GaussianMixture:
         return (self.centres[idx] + self.std * noise) / self.unit
 
 
-def mode_metrics(samples: torch.Tensor, centres: torch.Tensor, std: float, min_per_mode: int) -> dict:
+def mode_metrics(samples: torch.Tensor, centres: torch.Tensor, std: float,
+                 min_per_mode: int) -> dict:
     """A sample is high quality within 3 std of its nearest centre (VEEGAN); a mode is covered
     when at least `min_per_mode` high-quality samples fall on it (PacGAN counts it this way too)."""
     dist = torch.cdist(samples.float(), centres.to(samples.device).float())

@@ -57,16 +57,19 @@ def fetch(name: str, root: str) -> Path:
         try:
             with download_timeout():
                 urllib.request.urlretrieve(spec["url"], tmp)
-        except OSError as err:  # URLError, a timeout, a refused connection: all mean "not available"
+        # URLError, a timeout, a refused connection: all mean "not available"
+        except OSError as err:
             tmp.unlink(missing_ok=True)
             raise DataError(
                 f"could not download {name} from {spec['url']} into {path.resolve()} ({err}). "
-                "Offline? Put the file there yourself, or use data=pydoc (embedded) or data=file data.path=..."
+                "Offline? Put the file there yourself, or use data=pydoc (embedded) or data=file "
+                "data.path=..."
             ) from err
         tmp.replace(path)
     actual = _sha256(path)
     if actual != spec["sha256"]:
-        raise DataError(f"{path} has SHA-256 {actual}, expected {spec['sha256']}: delete it and try again")
+        raise DataError(f"{path} has SHA-256 {actual}, expected {spec['sha256']}: delete it and "
+                        f"try again")
     return path
 
 
@@ -84,7 +87,8 @@ def load_text(name: str, path: str | None = None, root: str | None = None) -> st
         except UnicodeDecodeError as err:
             raise DataError(f"data.path={file} is not UTF-8 text ({err})") from err
         if len(text) < 100:
-            raise DataError(f"data.path={file} has {len(text)} characters; a character model needs more")
+            raise DataError(f"data.path={file} has {len(text)} characters; a character model needs "
+                            f"more")
         return text
     if name in ONLINE:
         from gallery.core.config import cache_root
@@ -123,4 +127,5 @@ class CharVocab:
 
     def load_state_dict(self, state: dict) -> None:
         if state["chars"] != self.chars:
-            raise ConfigError("resume: the checkpoint was trained on another vocabulary (data changed?)")
+            raise ConfigError("resume: the checkpoint was trained on another vocabulary (data "
+                              "changed?)")
