@@ -8,14 +8,16 @@ import sys
 
 from gallery.core.registry import examples
 
-USAGE = """usage: python -m gallery [list | show <example> | lessons [name ...] | smoke [k=v ...] | tour [overrides]]
+USAGE = """usage: python -m gallery [list | show <example> | lessons [name ...] | smoke [k=v ...]
+                         | tour [overrides]]
 
   (no command)     the examples, one line each
   list             every example with its mistake= choices and what each costs
   show <example>   the pattern functions to copy, then each mistake as a diff against them
-  lessons          the tutorial's claims about detaching, each run and asserted (exit 1 on a failure)
-  smoke            every pattern for a few steps with its probe: a CI smoke test (device=cuda junit=x.xml)
-  tour             every pattern next to its mistakes, with a report (budget=quick for a fast pass)"""
+  lessons          the tutorial's claims about detaching, each run and asserted (exit 1: one failed)
+  smoke            every pattern for a few steps with its probe: a CI smoke test
+                   (device=cuda junit=x.xml)
+  tour             every pattern next to its mistakes, with a report (budget=quick: a fast pass)"""
 
 
 def main(argv: list[str] | None = None) -> int:

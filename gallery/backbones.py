@@ -52,7 +52,8 @@ def pretrain(cfg, device: torch.device) -> Path:
     seed_everything(cfg.backbone.pretrain_seed)
     x, y, xv, yv = (t.to(device) for t in load_data(cfg, PRETRAIN_CLASSES))
     backbone = digits_cnn().to(device)
-    model = nn.Sequential(backbone, nn.Linear(feature_dim(backbone, x), len(PRETRAIN_CLASSES))).to(device)
+    head = nn.Linear(feature_dim(backbone, x), len(PRETRAIN_CLASSES))
+    model = nn.Sequential(backbone, head).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     batches = images.IndexBatches(len(x), cfg.batch_size,
                                   torch.Generator().manual_seed(cfg.backbone.pretrain_seed))

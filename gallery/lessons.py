@@ -71,7 +71,8 @@ def data_is_not_detach() -> str:
     b.data.zero_()  # with b.detach().zero_() the backward below would raise instead
     b.sum().backward()
     assert not torch.allclose(a.grad, right)
-    return f"no error, gradient {a.grad.tolist()} instead of {[round(v, 4) for v in right.tolist()]}"
+    expected = [round(v, 4) for v in right.tolist()]
+    return f"no error, gradient {a.grad.tolist()} instead of {expected}"
 
 
 def no_grad_cuts_every_operation() -> str:
@@ -170,7 +171,9 @@ def checkpointing_trades_bytes_for_recompute() -> str:
     loss.backward()
     assert saved.total < plain.total
     assert all(torch.equal(a, p.grad) for a, p in zip(grads, blocks.parameters()))
-    return f"{plain.total:,} bytes saved without, {saved.total:,} with ({plain.total / saved.total:.1f}x); gradients equal"
+    ratio = plain.total / saved.total
+    return (f"{plain.total:,} bytes saved without, {saved.total:,} with ({ratio:.1f}x); "
+            "gradients equal")
 
 
 LESSONS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
@@ -185,7 +188,9 @@ CORRECTS_THE_TUTORIAL = {"only_leaves_that_require_grad_get_grad"}
 
 
 def status(name: str) -> str:
-    return "corrects the tutorial; asserted" if name in CORRECTS_THE_TUTORIAL else ("as the tutorial says; asserted")
+    if name in CORRECTS_THE_TUTORIAL:
+        return "corrects the tutorial; asserted"
+    return "as the tutorial says; asserted"
 
 
 def claim(lesson: Callable[[], str]) -> str:

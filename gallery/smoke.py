@@ -39,7 +39,8 @@ def run(device: str = "auto", names: list[str] | None = None) -> list[dict]:
                 failure = example.check(summary)
                 detail = failure or example.headline(summary)
             except Exception as err:  # a broken run fails the smoke test, with its reason
-                failure = detail = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                first_line = str(err).splitlines()[0] if str(err) else ""
+                failure = detail = f"{type(err).__name__}: {first_line}"
                 summary = {"traceback": traceback.format_exc()}
         results.append({"example": name, "passed": failure is None, "detail": detail,
                         "seconds": time.perf_counter() - start,
@@ -79,7 +80,8 @@ def main(argv: list[str]) -> int:
     if "junit" in args:
         junit(results, args["junit"])
     failed = [r["example"] for r in results if not r["passed"]]
-    print(f"{len(results) - len(failed)} passed, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
+    names = f": {', '.join(failed)}" if failed else ""
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed{names}")
     return 1 if failed else 0
 
 

@@ -46,15 +46,16 @@ def run_one(example: Example, mistake: str, overrides: list[str], cfg: TourConfi
             out: Path) -> dict:
     """One run through the example's own config; a mistake that is known to raise is reported."""
     run_dir = out / example.name / mistake.replace("+", "_")
-    composed = compose(example.name, [f"mistake={mistake}", f"device={cfg.device}", f"seed={cfg.seed}",
-                                      f"out_dir={run_dir}", *overrides])
+    composed = compose(example.name, [f"mistake={mistake}", f"device={cfg.device}",
+                                      f"seed={cfg.seed}", f"out_dir={run_dir}", *overrides])
     start = time.perf_counter()
     try:
         summary, outcome = example.module.train(composed), "ran"
     except ExplainedMistake as err:
         if mistake == "none":
             raise
-        summary, outcome = {"error": str(err), "cause": str(err.__cause__).splitlines()[0]}, "raised"
+        cause = str(err.__cause__).splitlines()[0]
+        summary, outcome = {"error": str(err), "cause": cause}, "raised"
     return {**summary, "wall_seconds": time.perf_counter() - start, "outcome": outcome,
             "run_dir": str(run_dir), "overrides": overrides}
 
@@ -65,7 +66,8 @@ def tour(cfg) -> dict:
     known = examples()
     for name in cfg.examples:
         if name not in known:
-            raise ConfigError(f"examples: {name!r} is not an example; choose from {', '.join(known)}")
+            raise ConfigError(f"examples: {name!r} is not an example; choose from "
+                              f"{', '.join(known)}")
     out = resolve_out_dir(cfg.out_dir, "tour")
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
@@ -85,7 +87,8 @@ def tour(cfg) -> dict:
         plots.save(fig, out / f"{name}.png")
     print("[tour] lessons ...", flush=True)
     taught = lessons.run(out=io.StringIO())
-    atomic_write(out / "tour.json", json.dumps({**results, "lessons": taught}, indent=2, default=str) + "\n")
+    record = json.dumps({**results, "lessons": taught}, indent=2, default=str)
+    atomic_write(out / "tour.json", record + "\n")
     atomic_write(out / "report.md", report(results, known, cfg, taught))
     print(f"[tour] report: {out / 'report.md'}")
     broken = [f"{name}: {problem}" for name, runs in results.items()
@@ -109,7 +112,8 @@ def headline(example: Example, s: dict) -> str:
 def report(results: dict, known: dict, cfg: TourConfig, taught: dict) -> str:
     devices = sorted({s["device"] for runs in results.values() for s in runs.values()
                       if "device" in s})
-    lines = [f"# Detach Gallery tour (budget={cfg.budget}, seed={cfg.seed}, device={', '.join(devices) or cfg.device})", ""]
+    device = ", ".join(devices) or cfg.device
+    lines = [f"# Detach Gallery tour (budget={cfg.budget}, seed={cfg.seed}, device={device})", ""]
     if cfg.budget == "quick":
         lines += ["Quick budget: tiny runs that prove every path; their timings and results mean "
                   "nothing.", ""]
@@ -121,8 +125,8 @@ def report(results: dict, known: dict, cfg: TourConfig, taught: dict) -> str:
             what = "the pattern" if mistake == "none" else example.mistakes[mistake].description
             expected = "" if mistake == "none" else example.mistakes[mistake].consequence
             ran = s.get("env_steps", s.get("steps"))
-            budget = (f"{ran:,} steps on {s['device']}" if ran is not None else "stopped by its error") + (
-                f" (`{' '.join(s['overrides'])}`)" if s["overrides"] else " (defaults)")
+            budget = "stopped by its error" if ran is None else f"{ran:,} steps on {s['device']}"
+            budget += f" (`{' '.join(s['overrides'])}`)" if s["overrides"] else " (defaults)"
             lines.append(f"| `{mistake}` | {budget} | {what} | {expected} | {headline(example, s)} "
                          f"|")
         lines += ["", "The mistakes, as diffs against the pattern (`python -m gallery show "
@@ -133,7 +137,8 @@ def report(results: dict, known: dict, cfg: TourConfig, taught: dict) -> str:
     lines += ["## The lessons (`python -m gallery lessons`)", "",
               "| lesson | claim | measured | |", "|---|---|---|---|"]
     for name, (passed, shown) in taught.items():
-        lines.append(f"| `{name}` | {lessons.claim(lessons.LESSONS[name])} | {shown} | {'PASS' if passed else 'FAIL'} |")
+        claim, verdict = lessons.claim(lessons.LESSONS[name]), "PASS" if passed else "FAIL"
+        lines.append(f"| `{name}` | {claim} | {shown} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 

@@ -18,11 +18,13 @@ import torch.nn.functional as F
 
 USAGE = """Speed and memory of each pattern against its mistake, as ratios measured side by side.
 
-    scripts/bench.py [gan|dqn|dqn_envs|finetune|ppo|sac|tbptt|threads|smoke|compile|startup|all] [--device cpu|cuda] [--json results.json]
+    scripts/bench.py [gan|dqn|dqn_envs|finetune|ppo|sac|tbptt|threads|smoke|compile|startup|all]
+                     [--device cpu|cuda] [--json results.json]
 
 Times come from alternating blocks of the two variants in one process (median of the blocks), so a
 ratio holds on the machine it ran on even when the absolute times drift. Bytes come from the
-saved-tensor probe and are exact. It runs on the project's venv (scripts/bench.py makes it on first use).
+saved-tensor probe and are exact. It runs on the project's venv (scripts/bench.py makes it on
+first use).
 """
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,7 +201,8 @@ def bench_dqn(device: torch.device, baseline: str | None = None) -> list[dict]:
     torch.set_num_threads(1)  # as threads=auto gives these small nets in gallery.dqn
     # the first optimizer imports torch._dynamo
     torch.optim.Adam(torch.nn.Linear(1, 1).parameters())
-    import matplotlib.pyplot  # noqa: F401  (the first figure imports matplotlib: neither is the loop's cost)
+    # the first figure imports matplotlib: neither that nor dynamo is the loop's cost
+    import matplotlib.pyplot  # noqa: F401
 
     rows = []
     for setting, overrides in (("default", ["steps=20000"]),
@@ -358,7 +361,9 @@ def bench_checkpointing(device: torch.device) -> list[dict]:
 
     x = torch.randn(8, 3, 224, 224, device=device)
     y = torch.randint(5, (8,), device=device)
-    make_backbone = lambda: resnet18_backbone(ft.BackboneConfig(name="resnet18", weights="random"))  # noqa: E731
+    def make_backbone():
+        return resnet18_backbone(ft.BackboneConfig(name="resnet18", weights="random"))
+
     rows = []
     for label, mistake, unfreeze_last in (("last 2 blocks train", "none", 2),
                                           ("every block trains", "no_freeze", 0)):
@@ -571,8 +576,11 @@ def bench_threads(device: torch.device, steps: int = 1500) -> list[dict]:
         alone, pair = wall(threads, 1), wall(threads, 2)
         rows.append({"threads": label, "steps": steps, "alone_seconds": alone,
                      "two_at_once_seconds": pair, "slowdown_two_at_once_over_alone": pair / alone})
-    rows.append({"default_pair_over_auto_pair": rows[1]["two_at_once_seconds"] / rows[0]["two_at_once_seconds"],
-                 "default_alone_over_auto_alone": rows[1]["alone_seconds"] / rows[0]["alone_seconds"]})
+    auto_row, default_row = rows
+    pair_ratio = default_row["two_at_once_seconds"] / auto_row["two_at_once_seconds"]
+    alone_ratio = default_row["alone_seconds"] / auto_row["alone_seconds"]
+    rows.append({"default_pair_over_auto_pair": pair_ratio,
+                 "default_alone_over_auto_alone": alone_ratio})
     return rows
 
 

@@ -11,15 +11,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-USAGE = """Every picture in docs/img and the README's gallery table, from today's defaults and measured JSON.
+USAGE = """Every picture in docs/img and the README's gallery table, from today's defaults and
+measured JSON.
 
-    scripts/figures.py                 the hero figure (docs/img/hero.png) and the README table, from
-                                       docs/gates.json and docs/bench.json (seconds)
-    scripts/figures.py --tour gan sac  also each named example's comparison figure, docs/img/<name>.png,
-                                       from a full-budget tour of it (minutes to tens of minutes each)
+    scripts/figures.py                 the hero figure (docs/img/hero.png) and the README table,
+                                       from docs/gates.json and docs/bench.json (seconds)
+    scripts/figures.py --tour gan sac  also each named example's comparison figure,
+                                       docs/img/<name>.png, from a full-budget tour of it
+                                       (minutes to tens of minutes each)
     scripts/figures.py --gates gan     also the figures of those gates (docs/img/gan_mixtures.png,
-                                       tbptt_bpc.png, simsiam_collapse.png), re-measuring docs/gates.json
-    scripts/figures.py --check         exit 1 when the README's table is not what the JSON files say
+                                       tbptt_bpc.png, simsiam_collapse.png), re-measuring
+                                       docs/gates.json
+    scripts/figures.py --check         exit 1 when the README's table is not what the JSON files
+                                       say
 
 Every picture in docs/img comes from one of these: hero.png from the JSON files, <example>.png from
 the tour at its full budget, the rest from scripts/gates.py --figures docs/img.
@@ -56,10 +60,10 @@ def hero(path: Path) -> None:
                                     "shared zero_grad"),
         "dqn: env steps to solve": (mean(r["first_solved_step"] for r in gates["dqn"]["runs"]),
                                     None, ""),
-        "ppo: value bias (100-step limit)": (mean(r["value_bias"]
-                                                  for r in ppo["none time_limit=100"]),
-                                             mean(r["value_bias"] for r in ppo["truncation_as_terminal time_limit=100"]),
-                                             "truncation as terminal"),
+        "ppo: value bias (100-step limit)": (
+            mean(r["value_bias"] for r in ppo["none time_limit=100"]),
+            mean(r["value_bias"] for r in ppo["truncation_as_terminal time_limit=100"]),
+            "truncation as terminal"),
         "sac: eval return": (mean(r["eval_return_mean"] for r in sac["none"]),
                              mean(r["eval_return_mean"] for r in sac["alpha_no_detach"]),
                              "alpha_no_detach"),
@@ -109,7 +113,8 @@ def main() -> int:
     text = readme_with_table()
     if args.check:
         same = text == (ROOT / "README.md").read_text()
-        print("the README's table is up to date" if same else "the README's table is stale: run scripts/figures.py")
+        print("the README's table is up to date" if same
+              else "the README's table is stale: run scripts/figures.py")
         return 0 if same else 1
     (ROOT / "README.md").write_text(text)
     hero(ROOT / "docs" / "img" / "hero.png")

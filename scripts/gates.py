@@ -18,12 +18,13 @@ import torch
 
 USAGE = """The learning targets in full, at fixed seeds, with each run's wall time on this machine.
 
-    scripts/gates.py [gan|dqn|finetune|ppo|sac|simsiam|tbptt|all] [--json gates.json] [--figures DIR]
+    scripts/gates.py [gan|dqn|finetune|ppo|sac|simsiam|tbptt|all] [--json gates.json]
+                     [--figures DIR]
 
 tests/test_learning.py checks a subset of these within the test budget; this script runs all the
-seeds the targets name (GAN, DQN and PPO seeds 0-4, fine-tuning, SAC and SimSiam seeds 0-2) one after another,
-so the wall times are the ones a user would see. --json updates the named gates' entries in the file
-and keeps the others.
+seeds the targets name (GAN, DQN and PPO seeds 0-4, fine-tuning, SAC and SimSiam seeds 0-2) one
+after another, so the wall times are the ones a user would see. --json updates the named gates'
+entries in the file and keeps the others.
 """
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +78,8 @@ def gan_figure(root: Path, out: Path) -> None:
     for i, job in enumerate(jobs, start=1):
         saved = torch.load(job / "samples.pt", weights_only=True)
         overrides = dict(kv.split("=") for kv in job.name.split("_", 1)[1].split(","))
-        name = f"{len(saved['centres'])} on a ring" if overrides["data"] == "mixture" else overrides["data"]
+        ring = overrides["data"] == "mixture"
+        name = f"{len(saved['centres'])} on a ring" if ring else overrides["data"]
         gan.draw_samples(fig.add_subplot(1, len(jobs), i), saved["samples"], saved["centres"],
                          f"{name}, seed 0\n" + saved["title"].split("\n")[-1])
     plots.save(fig, out / "gan_mixtures.png")
@@ -144,7 +146,8 @@ def gate_tbptt(tmp: Path, figures: Path | None) -> dict:
           f"{default['wall_seconds']:.0f} s", flush=True)
     longer = run("tbptt", "seed=0", f"out_dir={tmp}/tbptt_long", "steps=10000", "eval_every=500")
     curve = longer["curve"]
-    print(f"tbptt BPC against time: {[(round(c['seconds']), round(c['val_bpc'], 3)) for c in curve]}", flush=True)
+    points = [(round(c["seconds"]), round(c["val_bpc"], 3)) for c in curve]
+    print(f"tbptt BPC against time: {points}", flush=True)
     if figures is not None:
         plt = plots.pyplot()
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -179,7 +182,8 @@ def gate_simsiam(tmp: Path, figures: Path | None) -> dict:
         s = run("simsiam", "seed=0", f"mistake={mistake}", "projector_bn=true",
                 f"out_dir={tmp}/simsiam/bn/{mistake}")
         rows[f"{mistake} projector_bn=true"] = [{k: s[k] for k in keys}]
-        print(f"simsiam {mistake} projector_bn=true seed=0: {rows[f'{mistake} projector_bn=true'][-1]}", flush=True)
+        row = rows[f"{mistake} projector_bn=true"][-1]
+        print(f"simsiam {mistake} projector_bn=true seed=0: {row}", flush=True)
     if figures is not None:
         from gallery import simsiam
 
@@ -188,7 +192,8 @@ def gate_simsiam(tmp: Path, figures: Path | None) -> dict:
         fig.suptitle("simsiam on digits, default config, seed 0", fontsize=9)
         plots.save(fig, figures / "simsiam_collapse.png")
     pattern, collapsed = rows["none"], rows["no_stop_grad"]
-    return {"runs": rows, "pass": all(r["output_std_sqrt_d"] >= 0.5 and r["knn_acc"] >= r["knn_random_encoder"] + 0.02
+    return {"runs": rows, "pass": all(r["output_std_sqrt_d"] >= 0.5
+                                      and r["knn_acc"] >= r["knn_random_encoder"] + 0.02
                                       for r in pattern)
             and all(r["output_std_sqrt_d"] <= 0.1 for r in collapsed)
             and max(r["wall_seconds"] for runs in rows.values() for r in runs) < 120}
@@ -215,7 +220,8 @@ def gate_ppo(tmp: Path, figures: Path | None) -> dict:
             s = run("ppo", f"seed={seed}", f"mistake={mistake}", *truncated,
                     f"out_dir={tmp}/ppo/trunc/{mistake}/{seed}")
             rows.setdefault(f"{mistake} time_limit=100", []).append({k: s[k] for k in keys})
-            print(f"ppo {mistake} time_limit=100 seed={seed}: {rows[f'{mistake} time_limit=100'][-1]}", flush=True)
+            row = rows[f"{mistake} time_limit=100"][-1]
+            print(f"ppo {mistake} time_limit=100 seed={seed}: {row}", flush=True)
     if figures is not None:
         from gallery import ppo
 
@@ -241,7 +247,8 @@ def gate_sac(tmp: Path, figures: Path | None) -> dict:
         for seed in seeds:
             s = run("sac", f"seed={seed}", f"mistake={mistake}",
                     f"out_dir={tmp}/sac/{mistake}/{seed}")
-            rows.setdefault(mistake, []).append({**{k: s[k] for k in keys}, "final_entropy": s["evals"][-1]["entropy"]})
+            row = {**{k: s[k] for k in keys}, "final_entropy": s["evals"][-1]["entropy"]}
+            rows.setdefault(mistake, []).append(row)
             seed0.setdefault(mistake, s)
             print(f"sac {mistake} seed={seed}: {rows[mistake][-1]}", flush=True)
     if figures is not None:
@@ -252,7 +259,8 @@ def gate_sac(tmp: Path, figures: Path | None) -> dict:
         fig.suptitle("sac on Pendulum-v1, default config, seed 0 (deterministic eval, 5 episodes)",
                      fontsize=9)
         plots.save(fig, figures / "sac.png")
-    return {"runs": rows, "pass": all(r["eval_return_mean"] >= -200 and r["wall_seconds"] < 300 for r in rows["none"])}
+    passed = all(r["eval_return_mean"] >= -200 and r["wall_seconds"] < 300 for r in rows["none"])
+    return {"runs": rows, "pass": passed}
 
 
 GATES = {"gan": gate_gan, "dqn": gate_dqn, "finetune": gate_finetune, "ppo": gate_ppo,
@@ -277,7 +285,8 @@ def main() -> int:
     if args.json:  # the gates run now replace their own entries; the others stay as they were
         kept = json.loads(args.json.read_text()) if args.json.is_file() else {}
         args.json.write_text(json.dumps({**kept, **results}, indent=2) + "\n")
-        print(f"{args.json}: wrote {', '.join(results)}; kept {', '.join(k for k in kept if k not in results) or 'nothing'}")
+        others = ", ".join(k for k in kept if k not in results) or "nothing"
+        print(f"{args.json}: wrote {', '.join(results)}; kept {others}")
     return 0 if all(r["pass"] for r in results.values()) else 1
 
 

@@ -13,17 +13,18 @@ from pathlib import Path
 
 import yaml
 
-USAGE = """Aggregate a Hydra sweep: a mean +/- std table per group of swept values, and one figure per metric.
+USAGE = """Aggregate a Hydra sweep: a mean +/- std table per group of swept values, and one figure
+per metric.
 
     scripts/sweep_report.py <multirun dir> [--metrics a,b,...] [--replicate seed] [--values]
 
-Every job folder under the sweep dir holds `.hydra/overrides.yaml` (written when the job starts) and,
-once it finishes, `summary.json`. Jobs are grouped by the overrides that differ between them, except
-the replicate key (`seed`), whose values are pooled. A metric is any number in summary.json (a
-swept key, the seed and the step count excepted), or those named with --metrics. Writes
+Every job folder under the sweep dir holds `.hydra/overrides.yaml` (written when the job starts)
+and, once it finishes, `summary.json`. Jobs are grouped by the overrides that differ between them,
+except the replicate key (`seed`), whose values are pooled. A metric is any number in summary.json
+(a swept key, the seed and the step count excepted), or those named with --metrics. Writes
 <dir>/report.md and <dir>/report/<metric>.png, and prints the table. Jobs without a summary (still
-running, interrupted, failed before the end) are counted, never silently dropped. --values also lists
-each job's value in a cell, in replicate order: `2 +/- 1.41 (1, 3)`.
+running, interrupted, failed before the end) are counted, never silently dropped. --values also
+lists each job's value in a cell, in replicate order: `2 +/- 1.41 (1, 3)`.
 """
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,8 @@ def read_jobs(sweep: Path) -> list[dict]:
     jobs = []
     for overrides_file in sorted(sweep.glob("*/.hydra/overrides.yaml")):
         folder = overrides_file.parent.parent
-        overrides = dict(o.split("=", 1) for o in yaml.safe_load(overrides_file.read_text()) or [] if "=" in o)
+        listed = yaml.safe_load(overrides_file.read_text()) or []
+        overrides = dict(o.split("=", 1) for o in listed if "=" in o)
         summary_file = folder / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
         jobs.append({"folder": folder.name, "overrides": overrides, "summary": summary})
@@ -54,7 +56,8 @@ def mean_std(cells: list[float | None], listed: bool = False) -> str:
     """Mean +/- std of the numbers; `listed` adds every job's cell, a job without the number as
     '-'."""
     values = [v for v in cells if v is not None]
-    each = f" ({', '.join('-' if v is None else f'{v:.4g}' for v in cells)})" if listed and len(cells) > 1 else ("")
+    shown = ", ".join("-" if v is None else f"{v:.4g}" for v in cells)
+    each = f" ({shown})" if listed and len(cells) > 1 else ""
     if not values:
         return "-" + each
     spread = f" +/- {statistics.stdev(values):.3g}" if len(values) > 1 else ""
@@ -101,8 +104,10 @@ def report(sweep: Path, metrics: list[str] | None, replicate: str, listed: bool 
         lines.append("| " + " | ".join([*group, str(len(members)), status,
                                         *(mean_std(values[m], listed) for m in metrics)]) + " |")
     replicates = sorted({job["overrides"].get(replicate) for job in jobs} - {None})
-    text = (f"# {sweep}\n\n{len(jobs)} jobs, {len(finished)} with a summary; swept: {', '.join(swept) or 'nothing'}"
-            f"; pooled over {replicate} = {', '.join(replicates) or '-'} (mean +/- sample std)\n\n" + "\n".join(lines) + "\n")
+    swept_text, pooled = ", ".join(swept) or "nothing", ", ".join(replicates) or "-"
+    text = (f"# {sweep}\n\n{len(jobs)} jobs, {len(finished)} with a summary; swept: {swept_text}"
+            f"; pooled over {replicate} = {pooled} (mean +/- sample std)\n\n" + "\n".join(lines)
+            + "\n")
 
     figures = sweep / "report"
     figures.mkdir(exist_ok=True)

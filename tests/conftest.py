@@ -67,7 +67,8 @@ def run_here(module: str, *args: str) -> Ran:
 
 
 def run_module(module: str, *args: str, timeout: int = 300, cwd: Path = ROOT,
-               env: dict | None = None, python: str = sys.executable) -> subprocess.CompletedProcess:
+               env: dict | None = None,
+               python: str = sys.executable) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([python, "-m", module, *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=env)
@@ -128,7 +129,8 @@ def pretrained_backbone(tmp_path_factory):
 
     GlobalHydra.instance().clear()
     folder = tmp_path_factory.mktemp("backbone")
-    summary = finetune.train(compose("finetune", ["stage=pretrain", f"backbone.checkpoint_dir={folder}",
-                                                  "backbone.pretrain_steps=30", "device=cpu"]))
+    overrides = ["stage=pretrain", f"backbone.checkpoint_dir={folder}",
+                 "backbone.pretrain_steps=30", "device=cpu"]
+    summary = finetune.train(compose("finetune", overrides))
     assert summary["stage"] == "pretrain" and (folder / "last.pt").is_file()
     return folder

@@ -171,7 +171,7 @@ def test_the_action_refuses_cuda_on_a_runner_without_a_gpu(tmp_path):
     assert not (tmp_path / "detach-gallery-smoke.xml").exists()
 
 
-def test_the_action_installs_the_gallery_from_its_own_checkout_and_writes_junit_from_another_folder(tmp_path):
+def test_the_action_installs_the_gallery_from_its_checkout_and_writes_junit_elsewhere(tmp_path):
     """The action's shell steps, run from a folder that is not the project (as in the calling
     repository's CI) into a fresh venv. Offline here, that venv sees the project venv's packages
     (torch, hydra, ...) through a .pth file, as test_install does; pip still builds and installs the

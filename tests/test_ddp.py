@@ -44,7 +44,8 @@ def torchrun(module: str, out_dir, *overrides: str, nproc: int = NPROC) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("outputs:") == 1, "only rank 0 reports"
     summary = json.loads((out_dir / "summary.json").read_text())
-    assert summary["world_size"] == nproc and summary["ranks_agree"], "every rank ends with the same weights"
+    assert summary["world_size"] == nproc
+    assert summary["ranks_agree"], "every rank ends with the same weights"
     rows = read_metrics(out_dir / "metrics.jsonl")
     steps = [r["step"] for r in rows]
     assert steps == sorted(steps) and len(rows) == len({json.dumps(
@@ -71,8 +72,8 @@ def test_finetune_under_ddp_all_reduces_the_head_only(tmp_path):
                  "backbone.pretrain_steps=20", f"backbone.checkpoint_dir={tmp_path / 'bb'}")
     head_tensors = 4  # two Linear layers, weight and bias
     for reducer in s["reducer"]:
-        assert reducer == {"tensors": head_tensors,
-                           "bytes": 4 * s["trainable_params"]}, "the frozen blocks are not registered"
+        expected = {"tensors": head_tensors, "bytes": 4 * s["trainable_params"]}
+        assert reducer == expected, "the frozen blocks are not registered"
     assert all(p["backbone_unchanged"] for p in s["probe_by_rank"]) and s["backbone_unchanged"]
     assert (tmp_path / "bb" / "last.pt").is_file()  # rank 0 pretrained it; the others read it
 
@@ -99,7 +100,8 @@ def test_a_non_zero_rank_writes_nothing(name, tmp_path, monkeypatch, pretrained_
     proc = run_here(f"gallery.{name}", *smoke, f"out_dir={tmp_path / 'run'}", "device=cpu",
                     "threads=1")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    written = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "run").rglob("*")) if (tmp_path / "run").exists() else []
+    run = tmp_path / "run"
+    written = sorted(str(p.relative_to(tmp_path)) for p in run.rglob("*")) if run.exists() else []
     assert written == [], written
     assert "outputs:" not in proc.stdout
 

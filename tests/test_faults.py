@@ -102,7 +102,8 @@ def stop_with_sigterm(module: str, command: list[str], out: Path, at_random: boo
     if at_random:
         deadline = time.time() + 120
         while not metrics.is_file() or len(metrics.read_text()) <= len(logged):
-            assert proc.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
+            assert proc.poll() is None and time.time() < deadline, \
+                "the run ended before it could be interrupted"
             time.sleep(0.05)
         time.sleep(random.Random(module).uniform(0.2, 1.0))
         proc.send_signal(signal.SIGTERM)
@@ -288,7 +289,8 @@ def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path)
     ("gallery.sac", "env.id=CartPole-v1", "SAC needs a Box one"),
     ("gallery.simsiam", "data=ring8", "data=ring8 is not a data option of simsiam; choose from: "
                                       "cifar10, digits, imag"),
-    ("gallery.simsiam", "batch_size=1", "batch_size=1: BatchNorm needs at least 2 images per batch"),
+    ("gallery.simsiam", "batch_size=1",
+     "batch_size=1: BatchNorm needs at least 2 images per batch"),
     ("gallery.simsiam", "data.crop_scale=0", "data.crop_scale must be in [0.1, 1.0], got 0.0"),
     ("gallery.simsiam", "knn_k=5000", "knn_k=5000: the kNN bank holds only 1258 images"),
     ("gallery.simsiam", "data=imagefolder data.root={images}",
@@ -396,15 +398,17 @@ SUMMARY_KEYS = {
 
 @pytest.mark.parametrize("module, args", [
     ("gallery.gan", [*GAN, "steps=60", "log_every=10", "eval_every=60"]),
-    ("gallery.dqn", ["steps=400", "learning_starts=100", "eval_every=200", "eval_episodes=2", "hidden=16",
-                     "log_every=100", "device=cpu"]),
+    ("gallery.dqn", ["steps=400", "learning_starts=100", "eval_every=200", "eval_episodes=2",
+                     "hidden=16", "log_every=100", "device=cpu"]),
     ("gallery.finetune", ["steps=20", "log_every=5", "eval_every=10", "device=cpu"]),
     ("gallery.tbptt", [*TBPTT, "steps=60", "eval_every=60"]),
-    ("gallery.simsiam", ["steps=20", "eval_every=10", "log_every=5", "batch_size=32", "device=cpu"]),
-    ("gallery.ppo", ["steps=1024", "eval_every=512", "log_every=256", "eval_episodes=2", "value_check_episodes=1",
-                     "stop_when_solved=false", "device=cpu"]),
-    ("gallery.sac", ["steps=300", "learning_starts=100", "eval_every=150", "eval_episodes=1", "hidden=16",
-                     "batch_size=32", "log_every=100", "probe_every=10", "device=cpu"]),
+    ("gallery.simsiam", ["steps=20", "eval_every=10", "log_every=5", "batch_size=32",
+                         "device=cpu"]),
+    ("gallery.ppo", ["steps=1024", "eval_every=512", "log_every=256", "eval_episodes=2",
+                     "value_check_episodes=1", "stop_when_solved=false", "device=cpu"]),
+    ("gallery.sac", ["steps=300", "learning_starts=100", "eval_every=150", "eval_episodes=1",
+                     "hidden=16", "batch_size=32", "log_every=100", "probe_every=10",
+                     "device=cpu"]),
 ])
 def test_the_same_seed_gives_the_same_metrics_in_two_processes(
         tmp_path, module, args, pretrained_backbone):
@@ -436,13 +440,15 @@ def test_the_same_seed_gives_the_same_metrics_in_two_processes(
 
 @pytest.mark.parametrize("module, args", [
     ("gallery.gan", [*GAN, "steps=20", "eval_every=20"]),
-    ("gallery.dqn", ["steps=300", "learning_starts=100", "eval_every=300", "eval_episodes=1", "hidden=16", "device=cpu"]),
+    ("gallery.dqn", ["steps=300", "learning_starts=100", "eval_every=300", "eval_episodes=1",
+                     "hidden=16", "device=cpu"]),
     ("gallery.finetune", ["steps=10", "eval_every=10", "device=cpu"]),
     ("gallery.tbptt", [*TBPTT, "steps=10", "eval_every=10"]),
     ("gallery.simsiam", ["steps=4", "eval_every=4", "batch_size=32", "device=cpu"]),
-    ("gallery.ppo", ["steps=256", "eval_every=256", "eval_episodes=1", "value_check_episodes=1", "device=cpu"]),
-    ("gallery.sac", ["steps=200", "learning_starts=100", "eval_every=200", "eval_episodes=1", "hidden=16",
-                     "batch_size=32", "device=cpu"]),
+    ("gallery.ppo", ["steps=256", "eval_every=256", "eval_episodes=1", "value_check_episodes=1",
+                     "device=cpu"]),
+    ("gallery.sac", ["steps=200", "learning_starts=100", "eval_every=200", "eval_episodes=1",
+                     "hidden=16", "batch_size=32", "device=cpu"]),
 ])
 def test_deterministic_true_runs_every_example_in_strict_mode_and_says_what_it_costs(
         tmp_path, module, args, pretrained_backbone):
@@ -566,7 +572,8 @@ def test_the_exit_statuses_are_the_documented_table():
     assert {name: int(code) for code, name in table} == EXIT_STATUS
 
 
-def test_an_out_dir_that_cannot_be_made_or_written_is_one_line_exit_2_before_anything_runs(tmp_path, monkeypatch):
+def test_an_out_dir_that_cannot_be_made_or_written_is_one_line_exit_2_before_anything_runs(
+        tmp_path, monkeypatch):
     import os
 
     afile = tmp_path / "afile"
@@ -591,7 +598,8 @@ def test_out_of_memory_is_one_line_exit_4_naming_the_batch_size_and_leaves_nothi
     proc = run_here("gallery.gan", *GAN, "batch_size=1000000000000", f"out_dir={out}")
     assert proc.returncode == EXIT_STATUS["out_of_memory"] == 4, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    assert "out of memory (the CPU allocator) at batch_size=1000000000000: lower batch_size" in proc.stderr
+    expected = "out of memory (the CPU allocator) at batch_size=1000000000000: lower batch_size"
+    assert expected in proc.stderr
     assert "nothing was kept" in proc.stderr and not out.exists()
 
 

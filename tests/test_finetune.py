@@ -90,7 +90,8 @@ def _grads_and_buffers(model, x, y):
     model.train()
     loss = F.cross_entropy(model(x), y)
     loss.backward()
-    return [p.grad.clone() for p in model.parameters() if p.requires_grad], [b.clone() for b in model.buffers()]
+    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    return grads, [b.clone() for b in model.buffers()]
 
 
 @pytest.mark.parametrize("mistake, unfreeze_last", [("none", 2), ("no_freeze", 0)])
@@ -191,8 +192,8 @@ def pretrained(pretrained_backbone):
 
 
 def _tiny(tmp_path, ckpt, *overrides):
-    return compose("finetune", [f"out_dir={tmp_path}", f"backbone.checkpoint_dir={ckpt}", "device=cpu",
-                                       "steps=6", "eval_every=3", "log_every=3", *overrides])
+    return compose("finetune", [f"out_dir={tmp_path}", f"backbone.checkpoint_dir={ckpt}",
+                                "device=cpu", "steps=6", "eval_every=3", "log_every=3", *overrides])
 
 
 def test_smoke_finetune_through_compose_preserves_the_pretraining_task_exactly(

@@ -29,8 +29,8 @@ from hypothesis import strategies as st  # noqa: E402
 # Values of every type and beyond it, written as a user would type them after `key=`.
 HOSTILE = ["nan", "NaN", "inf", "-inf", "+inf", "1e309", "-1e309", "0", "-0.0", "-1", "-1e-9",
            "1e-320", "99999999999999999999999999", "-9223372036854775809", "1.5", "0.5", "2.0",
-           "''", '""', "' '", "x" * 5000, "ñé€", "😀", "日本語", "[1,2]", "[]", "{a: 1}", "{}", "null",
-           "~", "typo", "true", "false", "yes", "auto", "cuda:99", "cpu", "/", "/dev/null",
+           "''", '""', "' '", "x" * 5000, "ñé€", "😀", "日本語", "[1,2]", "[]", "{a: 1}", "{}",
+           "null", "~", "typo", "true", "false", "yes", "auto", "cuda:99", "cpu", "/", "/dev/null",
            "a/b/c", "${oc.env:HOME}", "??", "1_000", "0x10"]
 value_text = st.one_of(
     st.sampled_from(HOSTILE),

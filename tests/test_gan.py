@@ -71,7 +71,8 @@ def _g_grads_after(mistake):
     written = grad_written_norm(g, snap)
     reaches = reached_parameters(built[0][0], g)
     opt_g.step = lambda: None  # keep the grads G's step would use, without applying them
-    g_step = gan.generator_step_shared_zero_grad if mistake.endswith("shared_zero_grad") else gan.generator_step
+    shared = mistake.endswith("shared_zero_grad")
+    g_step = gan.generator_step_shared_zero_grad if shared else gan.generator_step
     g_step(d, opt_g, fake)
     return written, reaches, [p.grad.clone() for p in g.parameters()]
 

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ring8_seed0(tmp_path_factory):
-    return gan.train(compose("gan", ["device=cpu", "seed=0", f"out_dir={tmp_path_factory.mktemp('ring8')}"]))
+    out = tmp_path_factory.mktemp("ring8")
+    return gan.train(compose("gan", ["device=cpu", "seed=0", f"out_dir={out}"]))
 
 
 def test_gan_one_config_covers_ring8_and_grid25_with_sharp_samples(ring8_seed0, tmp_path):
@@ -55,7 +56,8 @@ def test_dqn_no_target_does_not_solve_in_the_budget_the_pattern_needs(tmp_path):
 def test_finetune_frozen_backbone_reaches_95_percent(tmp_path_factory, seed):
     ckpt = tmp_path_factory.getbasetemp() / "digits_cnn"  # pretrained once, shared by the seeds
     out = tmp_path_factory.mktemp(f"ft{seed}")
-    summary = finetune.train(compose("finetune", ["device=cpu", f"seed={seed}", f"out_dir={out}", f"backbone.checkpoint_dir={ckpt}"]))
+    summary = finetune.train(compose("finetune", ["device=cpu", f"seed={seed}", f"out_dir={out}",
+                                                  f"backbone.checkpoint_dir={ckpt}"]))
     assert summary["val_acc"] >= 0.95 and summary["backbone_unchanged"] is True
 
 
@@ -70,7 +72,8 @@ def test_simsiam_keeps_its_output_spread_and_without_the_stop_gradient_collapses
     pattern = simsiam.train(compose("simsiam", ["device=cpu", "seed=0", f"out_dir={tmp_path}/p"]))
     assert pattern["output_std_sqrt_d"] >= 0.5
     assert pattern["knn_acc"] >= pattern["knn_random_encoder"] + 0.02
-    mistake = simsiam.train(compose("simsiam", ["device=cpu", "seed=0", f"out_dir={tmp_path}/m", "mistake=no_stop_grad"]))
+    mistake = simsiam.train(compose("simsiam", ["device=cpu", "seed=0", f"out_dir={tmp_path}/m",
+                                                "mistake=no_stop_grad"]))
     assert mistake["output_std_sqrt_d"] <= 0.1 and mistake["loss"] < pattern["loss"]
     assert mistake["knn_acc"] < mistake["knn_random_encoder"] < pattern["knn_acc"]
 
@@ -91,7 +94,8 @@ def test_ppo_truncation_as_terminal_underestimates_values_against_monte_carlo_re
     limit = ["device=cpu", "seed=0", "env.max_episode_steps=100", "stop_when_solved=false",
              "steps=30000"]
     pattern = ppo.train(compose("ppo", [*limit, f"out_dir={tmp_path}/p"]))
-    mistake = ppo.train(compose("ppo", [*limit, f"out_dir={tmp_path}/m", "mistake=truncation_as_terminal"]))
+    mistake = ppo.train(compose("ppo", [*limit, f"out_dir={tmp_path}/m",
+                                        "mistake=truncation_as_terminal"]))
     assert mistake["value_bias"] < -10 and mistake["value_bias"] < pattern["value_bias"] - 10
     assert pattern["eval_return_mean"] == mistake["eval_return_mean"] == 100  # both reach the limit
 

@@ -171,7 +171,7 @@ def test_pasted_sac_functions_train_each_network_only_from_its_own_loss():
     assert all(p.grad_fn is None and p.grad is None for p in targets.parameters())
 
 
-def test_pasted_sync_target_averages_parameters_and_copies_batchnorm_buffers_alike_for_dqn_and_sac():
+def test_pasted_sync_target_averages_parameters_and_copies_batchnorm_buffers_alike():
     """One function for both examples: a hard copy and a Polyak step handle BatchNorm's running
     statistics alike (copied: an average of two running means is not a running mean, and the counter
     is an int)."""

@@ -92,7 +92,8 @@ def test_rollout_grad_holds_bytes_that_grow_with_every_step_and_the_second_backw
 
 def test_rollout_grad_run_stops_with_the_explained_fix(tmp_path):
     with pytest.raises(ExplainedMistake, match=r"act under torch.no_grad\(\)"):
-        ppo.train(compose("ppo", ["mistake=rollout_grad", "steps=512", f"out_dir={tmp_path}", "device=cpu"]))
+        ppo.train(compose("ppo", ["mistake=rollout_grad", "steps=512", f"out_dir={tmp_path}",
+                                  "device=cpu"]))
 
 
 def test_advantage_grad_lets_the_policy_loss_move_the_critic():
@@ -122,7 +123,8 @@ def test_advantage_grad_push_on_the_critic_is_nearly_cancelled_by_minibatch_norm
     range."""
     agent, (envs, obs) = _agent(), _envs(n=4)
     batch, _ = ppo.rollout(agent, envs, obs, 16, 0.99)
-    obs, actions, old = batch["obs"].flatten(0, 1), batch["actions"].flatten(), batch["logprobs"].flatten()
+    obs, actions = batch["obs"].flatten(0, 1), batch["actions"].flatten()
+    old = batch["logprobs"].flatten()
     returns = torch.linspace(1.0, 30.0, len(obs))  # any targets: the push is what is measured
 
     def critic_grad_norm(normalise: bool) -> float:

@@ -36,9 +36,9 @@ def test_the_critic_step_writes_no_grad_into_the_targets_or_the_actor():
     assert all(p.grad is not None for p in critics.parameters()) and state_hash(targets) == before
 
 
-def test_the_actor_step_leaves_the_critics_unchanged_and_only_log_alpha_learns_from_the_alpha_loss():
-    actor, critics, temperature, targets, (actor_opt, critic_opt,
-                                           alpha_opt), batch, _, actor_step = _nets()
+def test_the_actor_step_leaves_the_critics_and_only_log_alpha_learns_from_the_alpha_loss():
+    actor, critics, temperature, targets, optimizers, batch, _, actor_step = _nets()
+    actor_opt, critic_opt, alpha_opt = optimizers
     critics_before, actor_before = state_hash(critics), state_hash(actor)
     actor_step(actor, critics, temperature, actor_opt, alpha_opt, batch["obs"], -1.0)
     assert state_hash(critics) == critics_before
@@ -78,8 +78,9 @@ def test_target_grad_gives_the_targets_and_the_actor_grads_and_saves_more_bytes(
 
 
 def test_actor_updates_critic_moves_the_critics_in_the_actor_step():
-    actor, critics, temperature, _, (actor_opt, _,
-                                     alpha_opt), batch, _, actor_step = _nets(mistake="actor_updates_critic")
+    actor, critics, temperature, _, optimizers, batch, _, actor_step = _nets(
+        mistake="actor_updates_critic")
+    actor_opt, _, alpha_opt = optimizers
     before = state_hash(critics)
     actor_step(actor, critics, temperature, actor_opt, alpha_opt, batch["obs"], -1.0)
     assert state_hash(critics) != before
@@ -124,7 +125,8 @@ def test_every_mistake_runs_to_its_summary_and_trains_other_weights_than_the_pat
     than the pattern's. (Each mistake's exact mechanism: the tests above.)"""
     args = ["steps=300", "learning_starts=100", "eval_every=300", "eval_episodes=1", "hidden=16",
             "batch_size=32", "probe_every=10", "device=cpu"]
-    runs = {m: sac.train(compose("sac", [*args, f"mistake={m}", f"out_dir={tmp_path / m}"])) for m in ("none", mistake)}
+    runs = {m: sac.train(compose("sac", [*args, f"mistake={m}", f"out_dir={tmp_path / m}"]))
+            for m in ("none", mistake)}
     assert runs[mistake]["target_grad_seen"] is (mistake == "target_grad")
     assert runs["none"]["target_grad_seen"] is False
     assert runs[mistake]["updates"] == runs["none"]["updates"] == 200
@@ -138,7 +140,7 @@ def test_every_mistake_runs_to_its_summary_and_trains_other_weights_than_the_pat
 
 @pytest.mark.gpu
 def test_gpu_smoke(tmp_path):
-    s = sac.train(compose("sac", ["device=cuda", "steps=300", "learning_starts=100", "eval_every=300", "eval_episodes=1",
-                                  "hidden=16", "batch_size=32", "probe_every=10",
-                                  f"out_dir={tmp_path}"]))
+    s = sac.train(compose("sac", ["device=cuda", "steps=300", "learning_starts=100",
+                                  "eval_every=300", "eval_episodes=1", "hidden=16", "batch_size=32",
+                                  "probe_every=10", f"out_dir={tmp_path}"]))
     assert s["device"].startswith("cuda") and s["target_grad_seen"] is False

@@ -129,13 +129,13 @@ def test_cifar10_offline_names_the_dataset_and_an_embedded_alternative(tmp_path,
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(DataError, match="could not download or verify cifar10.*data=digits"):
-        ss.train(compose("simsiam", ["data=cifar10", f"data.root={tmp_path}", f"out_dir={tmp_path / 'run'}",
-                                     "device=cpu"]))
+        ss.train(compose("simsiam", ["data=cifar10", f"data.root={tmp_path}",
+                                     f"out_dir={tmp_path / 'run'}", "device=cpu"]))
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.gpu
 def test_gpu_smoke(tmp_path):
-    s = ss.train(compose("simsiam", ["device=cuda", "steps=4", "eval_every=2", "log_every=2", "batch_size=32",
-                                     f"out_dir={tmp_path}"]))
+    s = ss.train(compose("simsiam", ["device=cuda", "steps=4", "eval_every=2", "log_every=2",
+                                     "batch_size=32", f"out_dir={tmp_path}"]))
     assert s["device"].startswith("cuda") and s["target_branch_grad_share"] < 1e-2

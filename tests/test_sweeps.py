@@ -41,7 +41,8 @@ def test_a_joblib_sweep_runs_two_seeds_in_parallel_and_the_report_pools_them(tmp
 
 
 def test_the_report_groups_by_swept_keys_and_counts_jobs_without_a_summary(tmp_path):
-    for i, (lr, seed, value) in enumerate([("0.1", 0, 1.0), ("0.1", 1, 3.0), ("0.2", 0, 5.0), ("0.2", 1, None)]):
+    jobs = [("0.1", 0, 1.0), ("0.1", 1, 3.0), ("0.2", 0, 5.0), ("0.2", 1, None)]
+    for i, (lr, seed, value) in enumerate(jobs):
         job = tmp_path / f"{i}_lr={lr},seed={seed}"
         (job / ".hydra").mkdir(parents=True)
         (job / ".hydra" / "overrides.yaml").write_text(f"- lr={lr}\n- seed={seed}\n- steps=10\n")

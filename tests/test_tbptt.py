@@ -206,8 +206,9 @@ def test_pattern_bytes_are_flat_chunk_50_vs_chunk_5(tmp_path):
 
 
 def test_tbptt_k2_run_holds_k2_over_k1_times_the_bytes(tmp_path):
-    plain = [b for _, b in tbptt.train(_tiny(tmp_path / "a", "probe_every=1"))["saved_bytes_per_chunk"]]
-    longer = [b for _, b in tbptt.train(_tiny(tmp_path / "b", "k2=24", "probe_every=1"))["saved_bytes_per_chunk"]]
+    plain = tbptt.train(_tiny(tmp_path / "a", "probe_every=1"))["saved_bytes_per_chunk"]
+    longer = tbptt.train(_tiny(tmp_path / "b", "k2=24", "probe_every=1"))["saved_bytes_per_chunk"]
+    plain, longer = [b for _, b in plain], [b for _, b in longer]
     assert longer[0] == plain[0]  # the window fills up: one chunk, two, then three (k2 = 3 k1) ...
     assert longer[0] < longer[1] < longer[2] == longer[3] == longer[-1]  # ... and stays flat
     assert longer[-1] > 2 * plain[-1]
@@ -225,7 +226,8 @@ def test_compile_true_keeps_the_pattern_and_the_checkpoint_keys(tmp_path):
     # flat: no graph carried across chunks
     assert len(held) == 4 and held[1] == held[2] == held[3] > 0
     assert compiled["steps"] == eager["steps"] == 12
-    keys = [set(load_checkpoint(tmp_path / run / "checkpoints" / "last.pt")["model"]) for run in ("c", "e")]
+    keys = [set(load_checkpoint(tmp_path / run / "checkpoints" / "last.pt")["model"])
+            for run in ("c", "e")]
     assert keys[0] == keys[1] and not any("_orig_mod" in k for k in keys[0])
 
 

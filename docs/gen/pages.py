@@ -113,15 +113,17 @@ for name, example in examples().items():
             page += ["```diff", *example.diff(variant), "```", ""]
     page += ["## Measured", ""]
     if name in gates:
-        page += ["From `docs/gates.json`, written by `scripts/gates.py " + name + "` (fixed seeds, on the machine "
-                 "named in `docs/bench.json`).", "", table(gates[name]), ""]
+        page += [f"From `docs/gates.json`, written by `scripts/gates.py {name}` (fixed seeds, on "
+                 "the machine named in `docs/bench.json`).", "", table(gates[name]), ""]
     else:
-        page += ["No gate entry yet: `scripts/gates.py " + name + " --json docs/gates.json` writes one.", ""]
+        page += [f"No gate entry yet: `scripts/gates.py {name} --json docs/gates.json` writes one.",
+                 ""]
     figures = sorted(p.name for p in (DOCS / "img").glob(f"{name}*.png"))
     if figures:
         page += ["## Figures", ""] + [f"![{figure}](../img/{figure})" for figure in figures] + [""]
-    page += ["## What to copy", "", ", ".join(f"`{f}`" for f in example.pattern_functions)
-             + f" above; `python -m gallery show {name}` prints them with every mistake as a diff.", ""]
+    functions = ", ".join(f"`{f}`" for f in example.pattern_functions)
+    page += ["## What to copy", "", f"{functions} above; `python -m gallery show {name}` prints "
+             "them with every mistake as a diff.", ""]
     with mkdocs_gen_files.open(f"examples/{name}.md", "w") as out:
         out.write("\n".join(page))
 
@@ -140,8 +142,10 @@ with mkdocs_gen_files.open("performance.md", "w") as out:
         if not path.is_file():
             continue
         bench = json.loads(path.read_text())
-        out.write(f"## `docs/{source}`: {bench.get('machine', '?')}, torch {bench.get('torch', '?')}\n\n")
+        machine, torch_version = bench.get("machine", "?"), bench.get("torch", "?")
+        out.write(f"## `docs/{source}`: {machine}, torch {torch_version}\n\n")
         for key, value in bench.items():
             if key in ("machine", "torch"):
                 continue
-            out.write(f"### {key}\n\n{table(value if isinstance(value, dict) else {'runs': value})}\n\n")
+            entry = value if isinstance(value, dict) else {"runs": value}
+            out.write(f"### {key}\n\n{table(entry)}\n\n")

@@ -10,7 +10,8 @@ from pathlib import Path
 from statistics import mean
 
 DOCS = Path(__file__).resolve().parents[1]
-START, END = "<!-- gallery-table:start (scripts/figures.py writes this block) -->", "<!-- gallery-table:end -->"
+START = "<!-- gallery-table:start (scripts/figures.py writes this block) -->"
+END = "<!-- gallery-table:end -->"
 
 
 def load(name: str) -> dict:
@@ -26,11 +27,16 @@ def _bench(bench: dict, name: str, key: str, value: str):
     return next(row for row in bench[name] if row.get(key) == value)
 
 
+def avg(rows: list[dict], key: str) -> float:
+    return mean(r[key] for r in rows)
+
+
 def headlines(gates: dict | None = None, bench: dict | None = None) -> dict[str, tuple[str, str]]:
     """example -> (what the pattern measured, what its best-known mistake measured), in words and
     JSON numbers."""
     gates, bench = gates or load("gates.json"), bench or load("bench.json")
-    gan, ss, ppo, sac = gates["gan"], gates["simsiam"]["runs"], gates["ppo"]["runs"], gates["sac"]["runs"]
+    gan, ss = gates["gan"], gates["simsiam"]["runs"]
+    ppo, sac = gates["ppo"]["runs"], gates["sac"]["runs"]
     solved = [r["first_solved_step"] for r in gates["dqn"]["runs"]]
     ppo_solved = [r["first_solved_step"] for r in ppo["none"] if r["first_solved_step"] is not None]
     digits = _bench(bench, "finetune", "setup", "digits_cnn 8px, batch 64")
@@ -44,25 +50,26 @@ def headlines(gates: dict | None = None, bench: dict | None = None) -> dict[str,
         "dqn": (f"CartPole solved by {_span(solved)} env steps, {len(solved)} seeds",
                 "target_grad: the target gets .grad (a test asserts it)"),
         "ppo": (f"CartPole solved by {_span(ppo_solved)} env steps, value bias "
-                f"{mean(r['value_bias'] for r in ppo['none time_limit=100']):+.1f}",
+                f"{avg(ppo['none time_limit=100'], 'value_bias'):+.1f}",
                 f"truncation_as_terminal: value bias "
-                f"{mean(r['value_bias'] for r in ppo['truncation_as_terminal time_limit=100']):+.1f}"),
-        "sac": (f"Pendulum eval return {mean(r['eval_return_mean'] for r in sac['none']):.0f} "
+                f"{avg(ppo['truncation_as_terminal time_limit=100'], 'value_bias'):+.1f}"),
+        "sac": (f"Pendulum eval return {avg(sac['none'], 'eval_return_mean'):.0f} "
                 f"(mean of seeds)",
-                f"alpha_no_detach: {mean(r['eval_return_mean'] for r in sac['alpha_no_detach']):.0f}; target_grad: "
-                f"{sac_bytes['target_grad_over_pattern']:.2f}x the bytes per update"),
-        "finetune": (f"val acc {_span([r['val_acc'] for r in gates['finetune']['runs']], '{:.3f}')}, backbone "
-                     "hash unchanged",
+                f"alpha_no_detach: {avg(sac['alpha_no_detach'], 'eval_return_mean'):.0f}; "
+                f"target_grad: {sac_bytes['target_grad_over_pattern']:.2f}x the bytes per update"),
+        "finetune": (f"val acc {_span([r['val_acc'] for r in gates['finetune']['runs']], '{:.3f}')}"
+                     ", backbone hash unchanged",
                      f"no_freeze: {1 / digits['time_ratio_frozen_over_full']:.1f}x the time, "
                      f"{1 / digits['bytes_ratio_frozen_over_full']:.0f}x the bytes saved for "
                      f"backward"),
         "tbptt": (f"val {gates['tbptt']['default']['val_bpc']:.2f} bits/char, bytes per chunk flat",
                   f"untruncated: {tbptt['memory_ratio_untruncated_over_truncated']:.1f}x the "
                   f"memory, {tbptt['time_ratio_untruncated_over_truncated']:.2f}x the time"),
-        "simsiam": (f"output std {mean(r['output_std_sqrt_d'] for r in ss['none']):.2f}/sqrt(d), "
-                    f"kNN {mean(r['knn_acc'] for r in ss['none']):.3f}",
-                    f"no_stop_grad: std {mean(r['output_std_sqrt_d'] for r in ss['no_stop_grad']):.2f}/sqrt(d), "
-                    f"kNN {mean(r['knn_acc'] for r in ss['no_stop_grad']):.3f}: collapsed"),
+        "simsiam": (f"output std {avg(ss['none'], 'output_std_sqrt_d'):.2f}/sqrt(d), "
+                    f"kNN {avg(ss['none'], 'knn_acc'):.3f}",
+                    f"no_stop_grad: std {avg(ss['no_stop_grad'], 'output_std_sqrt_d'):.2f}"
+                    "/sqrt(d), "
+                    f"kNN {avg(ss['no_stop_grad'], 'knn_acc'):.3f}: collapsed"),
     }
 
 
@@ -78,5 +85,6 @@ def gallery_table(link=lambda name: f"gallery/{name}.py") -> str:
     lines = [START, "| example | the cut | pattern | mistake |", "|---|---|---|---|"]
     for name in ORDER:
         pattern, mistake = numbers[name]
-        lines.append(f"| [`{name}`]({link(name)}) | {found[name].pattern} | {pattern} | {mistake} |")
+        row = f"| [`{name}`]({link(name)}) | {found[name].pattern} | {pattern} | {mistake} |"
+        lines.append(row)
     return "\n".join([*lines, END])

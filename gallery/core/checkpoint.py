@@ -58,7 +58,9 @@ def save_checkpoint(directory: Path | str, state: dict[str, Any]) -> Path:
                             before_replace=keep_previous)
     except OSError as err:
         kept = f"{last} is as it was" if last.exists() else "no checkpoint was written before"
-        raise CheckpointError(f"could not write a checkpoint to {directory} ({err.strerror or err}); {kept}") from err
+        why = err.strerror or err
+        message = f"could not write a checkpoint to {directory} ({why}); {kept}"
+        raise CheckpointError(message) from err
 
 
 def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, Any]:

@@ -83,7 +83,8 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
         name = signal.Signals(stop.signum).name
         if stop.resumable:
             print(f"{name}: stopped after step {stop.step}; the checkpoint is in "
-                  f"{stop.out_dir}/checkpoints. Resume with: {resume_command(train, stop.out_dir)}", file=sys.stderr)
+                  f"{stop.out_dir}/checkpoints. Resume with: {resume_command(train, stop.out_dir)}",
+                  file=sys.stderr)
         else:
             print(f"{name}: stopped after step {stop.step}; this example does not resume: run it "
                   f"again",
@@ -113,7 +114,8 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
         sys.exit(EXIT_STATUS["out_of_memory"])
     finally:
         dist.teardown()  # under torchrun: leave the process group before the process exits
-        if dist.rank() != 0 and run_dir is not None and run_dir.is_dir() and not any(run_dir.iterdir()):
+        empty = run_dir is not None and run_dir.is_dir() and not any(run_dir.iterdir())
+        if dist.rank() != 0 and empty:
             run_dir.rmdir()  # the folder Hydra made for a non-zero rank that started a second later
 
 
@@ -123,8 +125,9 @@ def out_of_memory(err: BaseException) -> bool:
     import torch
 
     text = str(err)
-    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text or (
-        "out of memory" in text.lower() and "CUDA" in text)
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text:
+        return True
+    return "out of memory" in text.lower() and "CUDA" in text
 
 
 def out_of_memory_line(cfg: Any, err: BaseException, run_dir: Path | None, existed: bool) -> str:
@@ -221,9 +224,9 @@ def hydra_run_dir() -> Path | None:
 
 def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
     """`--help` (or `-h`): the pattern and its mistakes, this example's config groups and its config
-    with the command line's overrides, then exit 0. Written here rather than left to Hydra's `--help`, which
-    lists every group of every plugin to show a handful and takes half a second doing it; Hydra's
-    own flags stay one `--hydra-help` away."""
+    with the command line's overrides, then exit 0. Written here rather than left to Hydra's
+    `--help`, which lists every group of every plugin to show a handful and takes half a second
+    doing it; Hydra's own flags stay one `--hydra-help` away."""
     argv = sys.argv[1:] if argv is None else argv
     if "--help" not in argv and "-h" not in argv:
         return
@@ -303,11 +306,13 @@ def explain_override_error(name: str, err: Exception) -> str:
         known = known_keys(name)
         near = difflib.get_close_matches(key, known, n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""
-        return f"{key!r} is not a config key of {name}; {hint}known keys: {', '.join(k for k in known if '.' not in k)}"
+        top = ", ".join(k for k in known if "." not in k)
+        return f"{key!r} is not a config key of {name}; {hint}known keys: {top}"
     if match := re.search(r"Could not find '([^']+)/([^']+)'", text):
         group, option = match.groups()
         options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], flags=re.M)
-        return f"{group}={option} is not a {group} option of {name}; choose from: {', '.join(options)}"
+        choices = ", ".join(options)
+        return f"{group}={option} is not a {group} option of {name}; choose from: {choices}"
     if match := re.search(r"Error merging override (\S+)", text):
         cause = str(err.__cause__ or "").splitlines()
         return f"{match.group(1)}: {cause[0] if cause else 'a value of the wrong type'}"

@@ -75,7 +75,8 @@ class Loop:
         return {"step": self.step, "evals": self.evals, "first_solved": self.first_solved}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step, self.evals, self.first_solved = state["step"], state["evals"], state["first_solved"]
+        self.step, self.evals = state["step"], state["evals"]
+        self.first_solved = state["first_solved"]
 
     def __enter__(self) -> Loop:
         cfg = self.cfg

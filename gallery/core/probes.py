@@ -325,7 +325,8 @@ class CrossStepProbe(Probe):
             reached = seen["reached"]
             self.record.update({
                 f"{self.prefix}_reaches_{self.into}": reached,
-                f"{self.prefix}_saved_bytes": meter.total - (0 if reached else seen["forward_bytes"]),
+                f"{self.prefix}_saved_bytes": meter.total - (
+                    0 if reached else seen["forward_bytes"]),
                 f"{self.into}_grad_norm_after_{self.prefix}": grad_written_norm(
                     self.watched, snapshot),
             })

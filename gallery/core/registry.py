@@ -61,7 +61,8 @@ class Example:
         with."""
         matches = [p for p in self.pattern_functions if variant.startswith(p)]
         if not matches:
-            raise ValueError(f"{self.name}.{variant} does not name the pattern function it replaces")
+            raise ValueError(f"{self.name}.{variant} does not name the pattern function it "
+                             "replaces")
         return max(matches, key=len)
 
     def diff(self, variant: str) -> list[str]:

@@ -46,7 +46,8 @@ def resolve_out_dir(out_dir: str | None, example: str) -> Path:
         return hydra_run_dir()
     if out_dir:
         return Path(out_dir)
-    run_dir = hydra_run_dir() or Path("outputs") / example / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    stamp = datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    run_dir = hydra_run_dir() or Path("outputs") / example / stamp
     # under torchrun, rank 0's: the ranks may start a second apart
     return Path(dist.agree(str(run_dir)))
 
@@ -84,7 +85,10 @@ class Run:
         # checkpoint.
         self.resume, self.config = resume, config
         self.continuing = resume == "true"
-        self.resume_from = (self.checkpoint_dir / LAST) if self.continuing else (Path(resume) if resume else None)
+        if self.continuing:
+            self.resume_from = self.checkpoint_dir / LAST
+        else:
+            self.resume_from = Path(resume) if resume else None
         self.stop_signal: int | None = None
         # a summary's wall_seconds: this process's time in the run
         self.started = time.perf_counter()
@@ -104,7 +108,10 @@ class Run:
                                   "resume=true, pick another out_dir, or replace it with "
                                   "overwrite=true")
             for name in held:
-                shutil.rmtree(self.dir / name) if (self.dir / name).is_dir() else (self.dir / name).unlink()
+                if (self.dir / name).is_dir():
+                    shutil.rmtree(self.dir / name)
+                else:
+                    (self.dir / name).unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
         # a continued run keeps the config it was started with
         if config is not None and not self.continuing:
@@ -113,7 +120,8 @@ class Run:
             # them
             atomic_write(self.dir / ".hydra" / "overrides.yaml",
                          OmegaConf.to_yaml(task_overrides()))
-        self._metrics = open(self.dir / "metrics.jsonl", "a" if self.continuing else "w")  # noqa: SIM115 - closed in close()
+        mode = "a" if self.continuing else "w"
+        self._metrics = open(self.dir / "metrics.jsonl", mode)  # noqa: SIM115 - closed in close()
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -134,7 +142,8 @@ class Run:
         """A checkpoint of the stateful objects (`capture`), the RNGs, the step and any plain
         counters."""
         if self.is_main:
-            save_checkpoint(self.checkpoint_dir, {**capture(stateful), "step": step, "rng": rng_state(), **extra})
+            state = {**capture(stateful), "step": step, "rng": rng_state(), **extra}
+            save_checkpoint(self.checkpoint_dir, state)
 
     def restore(self, stateful: dict[str, Any], map_location: Any) -> dict[str, Any]:
         """Load `last.pt` into the stateful objects and the RNGs, drop the metrics rows logged after
@@ -155,7 +164,7 @@ class Run:
             self._metrics.close()
             rows = [r for r in read_metrics(self.dir / "metrics.jsonl") if r["step"] <= step]
             atomic_write(self.dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-            self._metrics = open(self.dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+            self._metrics = open(self.dir / "metrics.jsonl", "a")  # noqa: SIM115 - close() does
         return step
 
     def finished(self, step: int, steps: int) -> dict | None:
@@ -180,7 +189,8 @@ class Run:
         step)."""
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
-            raise Diverged(f"diverged at step {step}: {', '.join(f'{k}={v}' for k, v in bad.items())}; the last "
+            values = ", ".join(f"{k}={v}" for k, v in bad.items())
+            raise Diverged(f"diverged at step {step}: {values}; the last "
                            f"good checkpoint is in {self.checkpoint_dir} (try a smaller learning "
                            f"rate)")
 
@@ -237,8 +247,9 @@ class Run:
             signal.signal(signum, handler)
         self._handlers.clear()
         self.close()
-        untouched = self.is_main and not self.continuing and not (self.dir / "metrics.jsonl").stat().st_size \
-            if (self.dir / "metrics.jsonl").exists() else False
+        metrics = self.dir / "metrics.jsonl"
+        untouched = self.is_main and not self.continuing and metrics.exists() \
+            and not metrics.stat().st_size
         if isinstance(exc, GalleryError) and not isinstance(
             exc, (Diverged, ExplainedMistake)) and untouched:
             # Bad input found once the run had started (a foreign checkpoint, say): leave nothing

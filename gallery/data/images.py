@@ -134,8 +134,8 @@ class IndexBatches:
     def __next__(self) -> torch.Tensor:
         if self._at == len(self._pass):
             self._pass_state = self.generator.get_state()
-            self._pass, self._at = torch.randperm(self.n,
-                                                  generator=self.generator).split(self.batch_size), 0
+            order = torch.randperm(self.n, generator=self.generator)
+            self._pass, self._at = order.split(self.batch_size), 0
         self._at, self.done = self._at + 1, self.done + 1
         return self._pass[self._at - 1]
 
@@ -162,7 +162,10 @@ def random_views(x: torch.Tensor, crop_scale: float = 0.7, rotate: float = 0.25,
     rotation within +-`rotate` radians; an optional horizontal flip; contrast jitter of +-`jitter`,
     brightness of +-`jitter`/2, then Gaussian noise of std `noise`."""
     n, dev = len(x), x.device
-    uniform = lambda low, high, *shape: torch.empty(n, *shape, device=dev).uniform_(low, high)  # noqa: E731
+
+    def uniform(low, high, *shape):
+        return torch.empty(n, *shape, device=dev).uniform_(low, high)
+
     scale, log_ratio = uniform(crop_scale, 1.0), uniform(-aspect, aspect)
     sx, sy = scale * log_ratio.exp().sqrt(), scale / log_ratio.exp().sqrt()
     if flip:
