@@ -64,6 +64,7 @@ from gallery.nets import sync_target
 
 # --- config schema -----------------------------------------------------------------------------
 
+@register_schema("dqn")
 @dataclass
 class DqnConfig(BaseConfig):
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -89,8 +90,6 @@ class DqnConfig(BaseConfig):
     log_every: int = 1_000
     probe_every: int = 200  # updates between measures of the bytes an update saves for backward
 
-
-register_schema("dqn", DqnConfig)
 
 
 def validate(cfg: DqnConfig) -> None:

@@ -89,6 +89,7 @@ class FinetuneData:
     image_size: int | None = None  # None: 8 for digits_cnn, 224 for resnet18
 
 
+@register_schema("finetune")
 @dataclass
 class FinetuneConfig(BaseConfig):
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -107,8 +108,6 @@ class FinetuneConfig(BaseConfig):
     ckpt_every: int = 100
     log_every: int = 50
 
-
-register_schema("finetune", FinetuneConfig)
 
 
 def validate(cfg: FinetuneConfig) -> None:

@@ -69,6 +69,7 @@ class GanData:
     channels: int | None = None  # None: the dataset's own channels (images)
 
 
+@register_schema("gan")
 @dataclass
 class GanConfig(BaseConfig):
     data: GanData = field(default_factory=GanData)
@@ -93,8 +94,6 @@ class GanConfig(BaseConfig):
     min_per_mode: int = 20  # high-quality samples a mode needs to count as covered
     log_every: int = 100
 
-
-register_schema("gan", GanConfig)
 
 
 def validate(cfg: GanConfig) -> None:

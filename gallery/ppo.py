@@ -62,6 +62,7 @@ from gallery.data.envs import (
 
 # --- config schema -----------------------------------------------------------------------------
 
+@register_schema("ppo")
 @dataclass
 class PpoConfig(BaseConfig):
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -84,8 +85,6 @@ class PpoConfig(BaseConfig):
     log_every: int = 2_560
     ckpt_every: int = 10_240
 
-
-register_schema("ppo", PpoConfig)
 
 
 def validate(cfg: PpoConfig) -> None:

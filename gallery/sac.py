@@ -64,6 +64,7 @@ from gallery.nets import frozen, sync_target
 
 # --- config schema -----------------------------------------------------------------------------
 
+@register_schema("sac")
 @dataclass
 class SacConfig(BaseConfig):
     env: EnvConfig = field(default_factory=lambda: EnvConfig(id="Pendulum-v1", num_envs=1))
@@ -81,8 +82,6 @@ class SacConfig(BaseConfig):
     ckpt_every: int = 10_000
     probe_every: int = 500  # updates between measurements of the bytes one update saves
 
-
-register_schema("sac", SacConfig)
 
 
 def validate(cfg: SacConfig) -> None:

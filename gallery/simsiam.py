@@ -69,6 +69,7 @@ class SimSiamData:
     noise: float = 0.1
 
 
+@register_schema("simsiam")
 @dataclass
 class SimSiamConfig(BaseConfig):
     data: SimSiamData = field(default_factory=SimSiamData)
@@ -87,8 +88,6 @@ class SimSiamConfig(BaseConfig):
     log_every: int = 50
     ckpt_every: int = 200
 
-
-register_schema("simsiam", SimSiamConfig)
 
 
 def validate(cfg: SimSiamConfig) -> None:

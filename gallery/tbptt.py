@@ -64,6 +64,7 @@ class TextData:
     val_fraction: float = 0.1
 
 
+@register_schema("tbptt")
 @dataclass
 class TbpttConfig(BaseConfig):
     data: TextData = field(default_factory=TextData)
@@ -87,8 +88,6 @@ class TbpttConfig(BaseConfig):
     log_every: int = 50
     probe_every: int = 10  # chunks between measures of the bytes held (and chunk 1)
 
-
-register_schema("tbptt", TbpttConfig)
 
 
 def validate(cfg: TbpttConfig) -> None:

@@ -30,6 +30,7 @@ from gallery.core.registry import Example, examples
 from gallery.core.run import resolve_out_dir
 
 
+@register_schema("tour")
 @dataclass
 class TourConfig:
     budget: str = "full"  # full | quick
@@ -38,8 +39,6 @@ class TourConfig:
     seed: int = 0
     out_dir: str | None = None
 
-
-register_schema("tour", TourConfig)
 
 
 def run_one(example: Example, mistake: str, overrides: list[str], cfg: TourConfig,

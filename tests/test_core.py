@@ -22,12 +22,11 @@ from gallery.core.seeding import rng_state, seed_everything, set_rng_state
 from tests.conftest import ROOT
 
 
+@register_schema("toy")
 @dataclass
 class ToyConfig(BaseConfig):
     lr: float = 1e-3
 
-
-register_schema("toy", ToyConfig)
 TOY_DIR = ROOT / "tests" / "configs"
 
 

@@ -1,12 +1,12 @@
 """The small runtime every example uses: device, seeding, config, run dir, checkpoint, probes."""
 
 from gallery.core.errors import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    DeviceError,
-    ExplainedMistake,
-    GalleryError,
+           CheckpointError,
+           ConfigError,
+           DataError,
+           DeviceError,
+           ExplainedMistake,
+           GalleryError,
 )
 
 __all__ = ["CheckpointError", "ConfigError", "DataError", "DeviceError", "ExplainedMistake",

@@ -10,7 +10,7 @@ import importlib
 import math
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -87,20 +87,27 @@ class BaseConfig:
     tensorboard: bool = False
 
 
-def register_schema(name: str, schema: type) -> None:
-    """The primary YAML lists `<name>_schema` first in its defaults, so every key it sets is typed.
+def register_schema(name: str) -> Callable[[type], type]:
+    """A class decorator: `@register_schema("dqn")` above `@dataclass` stores the schema as
+    `dqn_schema`. The primary YAML lists `<name>_schema` first in its defaults, so every key it sets
+    is typed.
 
     Under `python -m gallery.<name>` the schema's classes belong to `__main__`, which a sweep's
     worker process (the joblib launcher's) cannot import by name; the config would reach it pickled
     by value and fail there. So the schema registered is always the importable module's
     (gallery.<name>)."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if schema.__module__ == "__main__" and spec is not None and spec.name != "__main__":
-        # runs the module under its own name; it registers its schema
-        importlib.import_module(spec.name)
-        return
-    ConfigStore.instance().store(name=f"{name}_schema", node=schema)
+
+    def register(schema: type) -> type:
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        if schema.__module__ == "__main__" and spec is not None and spec.name != "__main__":
+            # runs the module under its own name; it registers its schema
+            importlib.import_module(spec.name)
+            return schema
+        ConfigStore.instance().store(name=f"{name}_schema", node=schema)
+        return schema
+
+    return register
 
 
 def require_positive(cfg: Any, *keys: str) -> None:
