@@ -42,7 +42,7 @@ from gallery.core.config import (
     require_range,
     validate_base,
 )
-from gallery.core.device import compile_modules
+from gallery.core.device import compile_modules, fused
 from gallery.core.errors import ConfigError
 from gallery.core.loop import Counters, Loop
 from gallery.core.probes import Probe, grads_absent
@@ -205,7 +205,7 @@ def epsilon_greedy(online: nn.Module, obs: np.ndarray, eps: float, rng: np.rando
     actions = rng.integers(n_actions, size=len(obs))
     if not explore.all():
         with torch.no_grad():  # acting needs no graph
-            q = online(torch.as_tensor(obs, dtype=torch.float32).to(device))
+            q = online(torch.as_tensor(obs, dtype=torch.float32, device=device))
             greedy = q.argmax(1).cpu().numpy()
         actions = np.where(explore, actions, greedy)
     return actions
@@ -241,8 +241,9 @@ def train(cfg) -> dict:
     variant = BY_MISTAKE[cfg.mistake]
     online = q_network(obs_dim, n_actions, cfg.hidden).to(device)
     target = variant.make_target(online)
-    compile_modules(cfg.compile, online, target)  # after the copy: each its own compiled call
-    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr)  # PATTERN: online params only
+    compile_modules(cfg.compile, online, target, device=device)  # after the copy: each its own
+    # PATTERN: the optimizer holds the online params only
+    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr, fused=fused(device))
     buffer = ReplayBuffer(cfg.buffer_size, obs_dim, device, seed=cfg.seed)
     tally = Counters(updates=0, update_credit=0.0)  # update_credit: updates owed, a fraction
     stateful = {"online": online, "target": target, "optimizer": optimizer, "buffer": buffer,

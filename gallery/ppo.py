@@ -44,7 +44,7 @@ from gallery.core.config import (
     require_range,
     validate_base,
 )
-from gallery.core.device import compile_modules
+from gallery.core.device import compile_modules, fused
 from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe, graph_saved_bytes
@@ -126,13 +126,17 @@ class Agent(nn.Module):
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(obs).squeeze(-1)
 
+    def policy(self, obs: torch.Tensor) -> torch.distributions.Categorical:
+        # validate_args=False: the logits come from the net; checking them costs more than the step
+        return torch.distributions.Categorical(logits=self.actor(obs), validate_args=False)
+
     def act(self, obs: torch.Tensor):
-        dist = torch.distributions.Categorical(logits=self.actor(obs))
+        dist = self.policy(obs)
         action = dist.sample()
         return action, dist.log_prob(action), self.value(obs)
 
     def evaluate(self, obs: torch.Tensor, actions: torch.Tensor):
-        dist = torch.distributions.Categorical(logits=self.actor(obs))
+        dist = self.policy(obs)
         return dist.log_prob(actions), dist.entropy(), self.value(obs)
 
 
@@ -327,8 +331,8 @@ def train(cfg) -> dict:
     time_limit = cfg.env.max_episode_steps or envs.spec.max_episode_steps
     variant = BY_MISTAKE[cfg.mistake]
     agent = Agent(obs_dim, n_actions, cfg.hidden).to(device)
-    compile_modules(cfg.compile, agent.actor, agent.critic)  # the networks Agent's methods call
-    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
+    compile_modules(cfg.compile, agent.actor, agent.critic, device=device)  # what Agent calls
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5, fused=fused(device))
     per_rollout = cfg.rollout_steps * cfg.env.num_envs
     n_rollouts = math.ceil(cfg.steps / per_rollout)
     anneal = lambda rollouts_done: 1 - rollouts_done / n_rollouts  # noqa: E731 - lr and clip to 0

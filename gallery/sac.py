@@ -284,7 +284,7 @@ def train(cfg) -> dict:
     actor = Actor(obs_dim, act_dim, cfg.hidden, space.low, space.high).to(device)
     critics = nn.ModuleList([Critic(obs_dim, act_dim, cfg.hidden) for _ in range(2)]).to(device)
     target_critics, temperature = variant.make_targets(critics), Temperature().to(device)
-    compile_modules(cfg.compile, actor.net, *critics, *target_critics)  # each its own call
+    compile_modules(cfg.compile, actor.net, *critics, *target_critics, device=device)
     actor_opt, critic_opt, alpha_opt = variant.make_optimizers(actor, critics, temperature, cfg.lr)
     buffer = ReplayBuffer(cfg.buffer_size, obs_dim, device, act_dim, seed=cfg.seed)
     tally = Counters(updates=0)

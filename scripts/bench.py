@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 USAGE = """Speed and memory of each pattern against its mistake, as ratios measured side by side.
 
-    scripts/bench.py [gan|dqn|dqn_envs|finetune|ppo|sac|tbptt|threads|smoke|compile|startup|all]
-                     [--device cpu|cuda] [--json results.json]
+    scripts/bench.py [gan|dqn|dqn_envs|finetune|ppo|sac|tbptt|threads|smoke|compile|startup|
+                      cleanrl|all] [--device cpu|cuda] [--json results.json] [--cleanrl CLONE]
 
 Times come from alternating blocks of the two variants in one process (median of the blocks), so a
 ratio holds on the machine it ran on even when the absolute times drift. Bytes come from the
@@ -270,6 +270,133 @@ def bench_dqn(device: torch.device, baseline: str | None = None) -> list[dict]:
         rows.append({"setting": "cleanrl_like, env.num_envs=1, 50,000 steps, whole process",
                      "baseline": baseline, "baseline_seconds": before, "now_seconds": after,
                      "now_over_baseline": after / before})
+    return rows
+
+
+# CleanRL ppo.py's CartPole hyperparameters, in this gallery's keys.
+CLEANRL_PPO = ["env.num_envs=4", "rollout_steps=128", "epochs=4", "minibatch_size=128", "lr=2.5e-4",
+               "gamma=0.99", "gae_lambda=0.95", "ent_coef=0.01", "hidden=64"]
+CLEANRL_RUNS = {  # CleanRL's script and its flags; the gallery module and its overrides
+    "dqn": (["cleanrl/dqn.py", "--total-timesteps", "50000"],
+            [*CLEANRL_LIKE, "steps=50000", "eval_every=50000"]),
+    "ppo": (["cleanrl/ppo.py", "--total-timesteps", "100000"],
+            [*CLEANRL_PPO, "steps=100000", "eval_every=100000"]),
+}
+CLEANRL_DEPS = ["gymnasium==0.29.1", "tyro", "tensorboard"]  # what its two scripts import
+
+
+def cleanrl_python_path(clone: Path) -> str:
+    """PYTHONPATH for CleanRL's scripts: its own dependencies, installed once with pip --target
+    into the gallery's cache (its gymnasium is older than the gallery's), then the clone."""
+    import subprocess
+
+    from gallery.core.config import cache_root
+
+    deps = cache_root() / "cleanrl-deps"
+    if not (deps / ".installed").is_file():
+        print(f"installing {' '.join(CLEANRL_DEPS)} into {deps} (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(deps),
+                        "--disable-pip-version-check", *CLEANRL_DEPS], check=True)
+        for shared in ("torch", "numpy"):  # the project's own, so both sides run the same build
+            for path in deps.glob(f"{shared}*"):
+                subprocess.run(["rm", "-rf", str(path)], check=True)
+        (deps / ".installed").write_text("")
+    return f"{deps}:{clone}"
+
+
+def process_seconds(argv: list[str], cwd: Path, env: dict | None = None) -> float:
+    import os
+    import subprocess
+
+    start = time.perf_counter()
+    env = {**os.environ, **(env or {})}
+    subprocess.run(argv, cwd=cwd, check=True, capture_output=True, env=env)
+    return time.perf_counter() - start
+
+
+def minimal_ppo_loop(cfg, device: torch.device) -> float:
+    """The limit to hold gallery.ppo's loop against: the same env, net and pattern functions
+    (rollout, GAE, update), and nothing else: no evaluation, logging, checkpoint or probe. Env
+    steps/s."""
+    from gallery import ppo
+    from gallery.data.envs import make_envs
+
+    envs, eval_envs = make_envs(cfg.env, "PPO", 1)
+    agent = ppo.Agent(4, 2, cfg.hidden).to(device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
+    obs = torch.as_tensor(envs.reset(seed=0)[0], dtype=torch.float32, device=device)
+    per_rollout = cfg.rollout_steps * cfg.env.num_envs
+    start = time.perf_counter()
+    for _ in range(cfg.steps // per_rollout):
+        batch, obs = ppo.rollout(agent, envs, obs, cfg.rollout_steps, cfg.gamma)
+        with torch.no_grad():
+            next_value = agent.value(obs)
+        advantages, returns = ppo.gae(batch, next_value, cfg.gamma, cfg.gae_lambda)
+        ppo.ppo_update(agent, optimizer, batch, advantages, returns, cfg.epochs, cfg.minibatch_size,
+                       cfg.clip, cfg.vf_coef, cfg.ent_coef, cfg.max_grad_norm)
+    seconds = time.perf_counter() - start
+    envs.close(), eval_envs.close()
+    return cfg.steps // per_rollout * per_rollout / seconds
+
+
+def bench_cleanrl(device: torch.device, clone: str | None = None, pairs: int = 3) -> list[dict]:
+    """CleanRL's own dqn.py and ppo.py, from a local clone of its public repository (--cleanrl
+    PATH), against gallery.dqn and gallery.ppo at CleanRL's settings, as whole processes from start
+    to exit, in alternating pairs (median of `pairs`). And each gallery train() call against a
+    minimal loop of the same pattern functions with nothing around them."""
+    import shutil
+
+    from gallery import dqn, ppo  # noqa: F401 - importing registers their schemas for config()
+
+    if device.type != "cpu":
+        return [{"skipped": "whole-process comparisons run on the CPU"}]
+    rows = []
+    if clone is None or not (Path(clone) / "cleanrl" / "dqn.py").is_file():
+        rows.append({"skipped": "no CleanRL clone: scripts/bench.py cleanrl --cleanrl PATH, a "
+                                "clone of github.com/vwxyzjn/cleanrl"})
+    else:
+        clone = Path(clone).resolve()
+        path = cleanrl_python_path(clone)
+        for name, (script, overrides) in CLEANRL_RUNS.items():
+            times: dict[str, list[float]] = {"cleanrl": [], "gallery": []}
+            with tempfile.TemporaryDirectory() as tmp:
+                for i in range(pairs):
+                    times["cleanrl"].append(process_seconds(
+                        [sys.executable, str(clone / script[0]), *script[1:], "--no-cuda"],
+                        cwd=Path(tmp), env={"PYTHONPATH": path}))
+                    times["gallery"].append(process_seconds(
+                        [sys.executable, "-m", f"gallery.{name}", *overrides, "device=cpu",
+                         "stop_when_solved=false", "eval_episodes=1", "progress=false",
+                         f"out_dir={tmp}/gallery{i}"], cwd=ROOT))
+                    shutil.rmtree(Path(tmp) / "runs", ignore_errors=True)
+            cleanrl = statistics.median(times["cleanrl"])
+            gallery = statistics.median(times["gallery"])
+            rows.append({"setting": f"{name}: CleanRL's {script[0]} {' '.join(script[1:])} against "
+                                    f"gallery.{name} at its settings, whole processes, {pairs} "
+                                    "pairs",
+                         "cleanrl_seconds": cleanrl, "gallery_seconds": gallery,
+                         "gallery_speed_over_cleanrl": cleanrl / gallery})
+    torch.set_num_threads(1)  # as threads=auto gives these small nets
+    torch.optim.Adam(torch.nn.Linear(1, 1).parameters())  # the first optimizer imports dynamo
+    # the first figure imports matplotlib: neither that nor dynamo is the loop's cost
+    import matplotlib.pyplot  # noqa: F401
+    dqn_cfg = to_schema(config("dqn", f"device={device}", *CLEANRL_LIKE, "steps=50000"))
+    dqn_minimal = minimal_dqn_loop(dqn_cfg, device)
+    dqn_whole, _ = gallery_dqn_loop([*CLEANRL_LIKE, "steps=50000"], device)
+    ppo_cfg = to_schema(config("ppo", f"device={device}", *CLEANRL_PPO, "steps=100000"))
+    ppo_minimal = minimal_ppo_loop(ppo_cfg, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        summary = ppo.train(config(
+            "ppo", f"device={device}", *CLEANRL_PPO, "steps=100000", "stop_when_solved=false",
+            "eval_every=100000", "eval_episodes=1", "value_check_episodes=0", "progress=false",
+            f"out_dir={tmp}/ppo"))  # the value check after training is not the loop's work
+        ppo_whole = summary["env_steps"] / (time.perf_counter() - start)
+    rows.append({"setting": "train() calls against minimal loops, CleanRL's settings (env steps/s)",
+                 "dqn_minimal": dqn_minimal, "dqn_gallery": dqn_whole,
+                 "dqn_fraction_of_minimal": dqn_whole / dqn_minimal,
+                 "ppo_minimal": ppo_minimal, "ppo_gallery": ppo_whole,
+                 "ppo_fraction_of_minimal": ppo_whole / ppo_minimal})
     return rows
 
 
@@ -674,7 +801,7 @@ def bench_compile(device: torch.device) -> list[dict]:
 BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo": bench_ppo,
            "sac": bench_sac, "dqn_envs": bench_dqn_envs, "tbptt": bench_tbptt,
            "threads": bench_threads, "smoke": bench_smoke, "compile": bench_compile,
-           "startup": bench_startup}
+           "startup": bench_startup, "cleanrl": bench_cleanrl}
 
 
 def machine(device: torch.device) -> str:
@@ -702,6 +829,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--baseline", help="dqn: also time whole processes of this git ref against "
                                            "the checkout")
+    parser.add_argument("--cleanrl", help="cleanrl: a local clone of github.com/vwxyzjn/cleanrl")
     args = parser.parse_args()
     device = resolve_device(args.device)
     results = {"machine": machine(device), "torch": torch.__version__}
@@ -709,7 +837,8 @@ def main() -> int:
         # a short .train() inside a bench may have set threads=auto
         torch.set_num_threads(DEFAULT_THREADS)
         print(f"## {name} ({results['machine']})", flush=True)
-        rows = BENCHES[name](device, args.baseline) if name == "dqn" else BENCHES[name](device)
+        extra = {"dqn": [args.baseline], "cleanrl": [args.cleanrl]}.get(name, [])
+        rows = BENCHES[name](device, *extra)
         results[name] = rows
         for row in rows:
             for key, value in row.items():

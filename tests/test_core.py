@@ -14,7 +14,7 @@ from gallery.core import CheckpointError, ConfigError, DeviceError, GalleryError
 from gallery.core.checkpoint import LAST, PREVIOUS, load_checkpoint, save_checkpoint
 from gallery.core.cli import compose, run_cli
 from gallery.core.config import BaseConfig, register_schema, require_range, to_schema, validate_base
-from gallery.core.device import amp_forward, resolve_device, set_threads
+from gallery.core.device import amp_forward, compile_modules, fused, resolve_device, set_threads
 from gallery.core.errors import DataError
 from gallery.core.registry import Example, Mistake, examples
 from gallery.core.run import Run, progress, read_metrics
@@ -358,3 +358,22 @@ def test_reraise_explained_only_for_the_known_error_of_that_mistake():
     assert info.value.__cause__ is err
     assert reraise_explained(err, "none", known) is None  # the pattern never hides an error
     assert reraise_explained(RuntimeError("shape mismatch"), "oops", known) is None
+
+
+def test_compile_replays_cuda_graphs_on_cuda_only_and_optimizers_fuse(monkeypatch):
+    """compile=true asks torch.compile for CUDA graphs ("reduce-overhead") on a GPU, where a small
+    net's step is launch-bound, and its default mode elsewhere; compile=false compiles nothing."""
+    net, modes = nn.Linear(2, 2), []
+    monkeypatch.setattr(net, "compile", lambda mode=None: modes.append(mode))
+    compile_modules(True, net, device=torch.device("cuda"))
+    compile_modules(True, net, device=torch.device("cpu"))
+    compile_modules(True, net)
+    compile_modules(False, net, device=torch.device("cuda"))
+    assert modes == ["reduce-overhead", None, None]
+    assert fused(torch.device("cpu")) and fused(torch.device("cuda"))
+    assert not fused(torch.device("meta"))
+    params = [nn.Parameter(torch.ones(3))]
+    optimizer = torch.optim.Adam(params, lr=0.1, fused=fused(torch.device("cpu")))
+    params[0].grad = torch.ones(3)
+    optimizer.step()  # the fused CPU kernel runs on this torch
+    assert torch.allclose(params[0].detach(), torch.full((3,), 0.9))

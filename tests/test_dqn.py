@@ -196,3 +196,31 @@ def test_episode_returns_match_gymnasiums_record_episode_statistics():
     returns.pop_mean()
     # a mean covers only the episodes since the last
     assert len(ours) >= 3 and returns.pop_mean() is None
+
+
+def test_batched_evaluation_scores_each_episode_as_a_sequential_one_would():
+    """Evaluation steps one sub-env per episode, all at once; sub-env i is reset with seed + i, so
+    the returns are those of the episodes a sequential evaluation runs one after another."""
+    from gallery.data.envs import evaluate
+
+    cfg = dqn.DqnConfig(env=dqn.EnvConfig(num_envs=1, max_episode_steps=60))
+    envs, eval_envs = dqn.make_envs(cfg.env, "DQN", 5)
+    torch.manual_seed(0)
+    net = dqn.q_network(4, 2, 16)
+    batched = evaluate(dqn.greedy(net), eval_envs, 100, torch.device("cpu"))
+    returns = []
+    for episode in range(5):
+        env = gym.make("CartPole-v1", max_episode_steps=60)
+        obs, _ = env.reset(seed=100 + episode)
+        total, done = 0.0, False
+        while not done:
+            with torch.no_grad():
+                action = int(net(torch.as_tensor(obs)[None]).argmax(1))
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+        env.close()
+    envs.close(), eval_envs.close()
+    assert len(set(returns)) > 1  # the episodes differ: each sub-env got its own seed
+    assert batched["eval_return_mean"] == pytest.approx(np.mean(returns))
+    assert batched["eval_return_std"] == pytest.approx(np.std(returns))

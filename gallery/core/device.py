@@ -76,15 +76,24 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
-def compile_modules(enabled: bool, *modules: torch.nn.Module) -> None:
+def fused(device: torch.device) -> bool:
+    """Whether the optimizers can take `fused=True` here (one kernel for every parameter's update,
+    instead of a loop of small ones: what a small RL net's step is mostly made of)."""
+    return device.type in ("cpu", "cuda")
+
+
+def compile_modules(enabled: bool, *modules: torch.nn.Module, device: torch.device | None = None,
+                    ) -> None:
     """compile=true: torch.compile each module in place (`nn.Module.compile`, so state_dict keys and
     checkpoints are unchanged). The first calls pay for the compilation, tens of seconds on a CPU;
     it pays off on long runs of the larger models on a GPU. Pass the modules whose call does the
     work, and compile a target network after it was copied (a deep copy would share the compiled
-    call)."""
+    call). On CUDA, pass `device` to replay each compiled call as a CUDA graph (torch.compile's
+    "reduce-overhead" mode): a small net's step is otherwise bound by kernel launches."""
+    mode = "reduce-overhead" if device is not None and device.type == "cuda" else None
     if enabled:
         for module in modules:
-            module.compile()
+            module.compile(mode=mode)
 
 
 def amp_forward(module: torch.nn.Module, device: torch.device,
