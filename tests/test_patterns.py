@@ -318,3 +318,13 @@ def test_cross_step_probe_measures_the_gan_d_step_through_hooks_only():
     assert results["retain_graph"]["d_step_saved_bytes"] > results["none"]["d_step_saved_bytes"]
 
 
+
+
+def test_the_gallery_uses_public_torch_api_only():
+    """Copyable code stays on public API: no `torch._foreach_*`, `torch._C` or the like."""
+    from pathlib import Path
+
+    package = Path(dqn.__file__).parent
+    found = [f"{path.relative_to(package)}:{number}" for path in sorted(package.rglob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1) if "torch._" in line]
+    assert len(list(package.rglob("*.py"))) > 20 and not found, found
