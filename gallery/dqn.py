@@ -241,7 +241,7 @@ def train(cfg) -> dict:
     variant = BY_MISTAKE[cfg.mistake]
     online = q_network(obs_dim, n_actions, cfg.hidden).to(device)
     target = variant.make_target(online)
-    compile_modules(cfg.compile, online, target, device=device)  # after the copy: each its own
+    compile_modules(cfg.compile, online, target, device=device)  # after the copy, each its own call
     # PATTERN: the optimizer holds the online params only
     optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr, fused=fused(device))
     buffer = ReplayBuffer(cfg.buffer_size, obs_dim, device, seed=cfg.seed)
