@@ -38,9 +38,9 @@ def rows(node, label: str = "") -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
     if isinstance(node, dict):
         for key, value in node.items():
-            if isinstance(value, (dict, list)) and any(isinstance(v, (dict, list)) for v in
-                                                       (value.values() if isinstance(
-                                                           value, dict) else value)):
+            children = value.values() if isinstance(value, dict) else value
+            if isinstance(value, (dict, list)) and any(isinstance(v, (dict, list))
+                                                       for v in children):
                 out += rows(value, f"{label} {key}".strip())
             elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
                 out += rows(value, f"{label} {key}".strip())

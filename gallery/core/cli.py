@@ -193,8 +193,8 @@ def multirun() -> bool:
 
 def parallel_jobs() -> int:
     """How many sweep jobs run at once on this machine: the joblib launcher's n_jobs (-1: one per
-    core,
-    -2: all but one, as joblib reads it), else 1 (one job at a time, or one per SLURM task)."""
+    core, -2: all but one, as joblib reads it), else 1 (one job at a time, or one per SLURM
+    task)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not multirun():

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+Params = nn.Module | Mapping[str, torch.Tensor] | Iterable[torch.Tensor]
 
-def _named(params: nn.Module | Mapping[str, torch.Tensor] | Iterable[torch.Tensor]) -> dict[
-        str, torch.Tensor]:
+
+def _named(params: Params) -> dict[str, torch.Tensor]:
     if isinstance(params, nn.Module):
         return dict(params.named_parameters())
     if isinstance(params, Mapping):
