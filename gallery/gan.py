@@ -424,8 +424,7 @@ EXAMPLE = Example(
     headline=headline,
     figure=tour_figure,
     check=lambda s: None if s["g_grad_norm_after_d_step"] == 0.0 and not s["d_step_reaches_g"]
-    else (
-        f"the D step reached G and wrote grad {s['g_grad_norm_after_d_step']:.3g} into it"),
+    else f"the D step reached G and wrote grad {s['g_grad_norm_after_d_step']:.3g} into it",
     smoke=("steps=4", "log_every=2", "eval_every=4", "hidden=16", "batch_size=32",
            "eval_samples=64"),
 )

@@ -101,8 +101,9 @@ class ConvGenerator(nn.Module):
             last = i == n_up - 1
             ups.append(nn.ConvTranspose2d(a, channels if last else b, 4, 2, 1))
             ups += [nn.Tanh()] if last else [nn.BatchNorm2d(b), nn.ReLU()]
-        self.ups = nn.Sequential(*ups) if n_up else nn.Sequential(nn.Conv2d(
-            width, channels, 3, 1, 1), nn.Tanh())
+        if not n_up:
+            ups = [nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh()]
+        self.ups = nn.Sequential(*ups)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.ups(self.project(z).view(len(z), self.width, self.start, self.start))

@@ -288,6 +288,7 @@ CLEANRL_DEPS = ["gymnasium==0.29.1", "tyro", "tensorboard"]  # what its two scri
 def cleanrl_python_path(clone: Path) -> str:
     """PYTHONPATH for CleanRL's scripts: its own dependencies, installed once with pip --target
     into the gallery's cache (its gymnasium is older than the gallery's), then the clone."""
+    import shutil
     import subprocess
 
     from gallery.core.config import cache_root
@@ -299,7 +300,7 @@ def cleanrl_python_path(clone: Path) -> str:
                         "--disable-pip-version-check", *CLEANRL_DEPS], check=True)
         for shared in ("torch", "numpy"):  # the project's own, so both sides run the same build
             for path in deps.glob(f"{shared}*"):
-                subprocess.run(["rm", "-rf", str(path)], check=True)
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         (deps / ".installed").write_text("")
     return f"{deps}:{clone}"
 

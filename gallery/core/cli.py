@@ -174,8 +174,8 @@ def resume_command(train: Callable, out_dir: Path | str) -> str:
     from hydra.core.hydra_config import HydraConfig
 
     args = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
-    keep = [a for a in args if a.split("=", 1)[0].lstrip("+~") not in (
-        "out_dir", "resume", "overwrite")]
+    own = ("out_dir", "resume", "overwrite")
+    keep = [a for a in args if a.split("=", 1)[0].lstrip("+~") not in own]
     module = train.__module__
     if module == "__main__":  # `python -m gallery.gan` runs the module as __main__
         module = getattr(sys.modules["__main__"].__spec__, "name", module)
@@ -237,8 +237,8 @@ def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
     folder = Path(config_dir(example.name))
     groups = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in sorted(folder.iterdir())
               if d.is_dir()}
-    overrides = [arg for arg in argv if not arg.startswith("-") and not arg.startswith((
-        "hydra.", "hydra/"))]
+    overrides = [arg for arg in argv
+                 if not arg.startswith("-") and not arg.startswith(("hydra.", "hydra/"))]
     try:
         config = OmegaConf.to_yaml(compose(example.name, overrides)).rstrip()
     except Exception:  # a bad override: the one line every bad input gets, exit 2
@@ -262,8 +262,8 @@ def report(summary: dict, *keys: str) -> None:
     def fmt(value: Any) -> str:
         if isinstance(value, float):
             return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-        return f"{value:,}" if isinstance(value, int) and not isinstance(
-            value, bool) else str(value)
+        counted = isinstance(value, int) and not isinstance(value, bool)
+        return f"{value:,}" if counted else str(value)
 
     print(" ".join(f"{k}={fmt(summary[k])}" for k in keys if summary.get(k) is not None))
     if "out_dir" in summary:

@@ -178,8 +178,8 @@ def require_finite_floats(config: Any, prefix: str = "") -> None:
         value, key = getattr(config, f.name), f"{prefix}{f.name}"
         if is_dataclass(value):
             require_finite_floats(value, f"{key}.")
-        elif isinstance(value, float) and not math.isfinite(value) and f.metadata.get(
-            "finite", True):
+        elif isinstance(value, float) and not math.isfinite(value) \
+                and f.metadata.get("finite", True):
             raise ConfigError(f"{key} must be a finite number, got {value}")
 
 

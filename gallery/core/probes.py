@@ -149,8 +149,8 @@ def float_state(module: nn.Module) -> dict[str, torch.Tensor]:
 def drift(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> float:
     """L2 distance between two snapshots of parameters and buffers (BatchNorm running stats
     included)."""
-    return float(sum(float((after[k].float() - v.float()).pow(2).sum()) for k,
-                     v in before.items())) ** 0.5
+    squares = (float((after[k].float() - v.float()).pow(2).sum()) for k, v in before.items())
+    return float(sum(squares)) ** 0.5
 
 
 def tensor_bytes(t: torch.Tensor) -> int:

@@ -92,8 +92,8 @@ def _code_lines(source: str) -> list[str]:
     lines = source.splitlines()
     tree = ast.parse(textwrap.dedent(source))
     body = tree.body[0].body if tree.body and hasattr(tree.body[0], "body") else []
-    if body and isinstance(body[0], ast.Expr) and isinstance(
-        getattr(body[0], "value", None), ast.Constant):
+    first = body[0] if body else None
+    if isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant):
         start, end = body[0].lineno - 1, body[0].end_lineno
         # and the blank line after a class docstring
         if end < len(lines) and not lines[end].strip():

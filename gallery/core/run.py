@@ -250,8 +250,9 @@ class Run:
         metrics = self.dir / "metrics.jsonl"
         untouched = self.is_main and not self.continuing and metrics.exists() \
             and not metrics.stat().st_size
-        if isinstance(exc, GalleryError) and not isinstance(
-            exc, (Diverged, ExplainedMistake)) and untouched:
+        bad_input = isinstance(exc, GalleryError) \
+            and not isinstance(exc, (Diverged, ExplainedMistake))
+        if bad_input and untouched:
             # Bad input found once the run had started (a foreign checkpoint, say): leave nothing
             # behind.
             for name in ("metrics.jsonl", ".hydra/config.yaml", ".hydra/overrides.yaml"):

@@ -16,8 +16,8 @@ def lr_schedule(optimizer: torch.optim.Optimizer, kind: str, total_steps: int,
     `fixed_groups` keep their learning rate (SimSiam's predictor)."""
     factors = {"constant": lambda i: 1.0,
                "linear": lambda i: max(0.0, 1 - i / total_steps),
-               "cosine": lambda i: 0.5 * (1 + math.cos(math.pi * min(
-                   i, total_steps) / total_steps))}
+               "cosine": lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total_steps)
+                                                       / total_steps))}
     if kind not in factors:
         raise ValueError(f"unknown lr schedule {kind!r}; choose from {SCHEDULES}")
     groups = range(len(optimizer.param_groups))

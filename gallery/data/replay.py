@@ -37,8 +37,8 @@ class ReplayBuffer:
         staged = np.empty((n, self.rows.shape[1]), np.float32)
         for name, value in zip(FIELDS, (obs, actions, rewards, terminated, next_obs)):
             staged[:, self.columns[name]] = value
-        at = slice(self.pos, end) if end <= self.capacity else np.arange(
-            self.pos, end) % self.capacity
+        wraps = end > self.capacity
+        at = np.arange(self.pos, end) % self.capacity if wraps else slice(self.pos, end)
         if self.view is not None:
             # a CPU table: through its NumPy view, no tensor indexing per env step
             self.view[at] = staged
