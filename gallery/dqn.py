@@ -60,7 +60,7 @@ from gallery.data.envs import (
     space_sizes,
 )
 from gallery.data.replay import ReplayBuffer
-from gallery.nets import sync_target
+from gallery.nets import Chain, sync_target
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -107,9 +107,9 @@ def validate(cfg: DqnConfig) -> None:
 
 # --- model ----------------------------------------------------------------------------------------
 
-def q_network(obs_dim: int, n_actions: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
-                         nn.ReLU(), nn.Linear(hidden, n_actions))
+def q_network(obs_dim: int, n_actions: int, hidden: int) -> Chain:
+    return Chain(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                 nn.Linear(hidden, n_actions))
 
 
 # --- the pattern --------------------------------------------------------------------------------
@@ -202,12 +202,12 @@ def epsilon_greedy(online: nn.Module, obs: np.ndarray, eps: float, rng: np.rando
     """One action per sub-env: random with probability `eps`, else the online net's greedy choice.
     No forward pass when every sub-env explores this step."""
     explore = rng.random(len(obs)) < eps
-    actions = rng.integers(n_actions, size=len(obs))
-    if not explore.all():
-        with torch.no_grad():  # acting needs no graph
-            q = online(torch.as_tensor(obs, dtype=torch.float32, device=device))
-            greedy = q.argmax(1).cpu().numpy()
-        actions = np.where(explore, actions, greedy)
+    if explore.all():
+        return rng.integers(n_actions, size=len(obs))
+    with torch.no_grad():  # acting needs no graph
+        actions = online(torch.from_numpy(obs).to(device)).argmax(1).cpu().numpy()
+    if explore.any():
+        actions = np.where(explore, rng.integers(n_actions, size=len(obs)), actions)
     return actions
 
 

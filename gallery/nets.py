@@ -57,6 +57,18 @@ def evaluating(*modules):
             m.train(mode)
 
 
+class Chain(nn.Sequential):
+    """nn.Sequential that calls each layer's `forward` itself: the same math and state_dict keys,
+    without the hook dispatch nn.Module wraps around every call. For the RL nets, which act on a
+    batch of 1-4 observations each env step: there the dispatch costs about as much as the math
+    (scripts/bench.py cleanrl). Hooks on the layers inside do not fire; hooks on the whole do."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self:
+            x = layer.forward(x)
+        return x
+
+
 def mlp(n_in: int, n_out: int, hidden: int, layers: int, sn: bool) -> nn.Sequential:
     wrap = nn.utils.parametrizations.spectral_norm if sn else (lambda m: m)
     dims = [n_in] + [hidden] * layers

@@ -59,6 +59,7 @@ from gallery.data.envs import (
     rl_results,
     space_sizes,
 )
+from gallery.nets import Chain
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -118,10 +119,10 @@ class Agent(nn.Module):
     def __init__(self, obs_dim: int, n_actions: int, hidden: int):
         super().__init__()
         g = math.sqrt(2)
-        self.actor = nn.Sequential(layer(obs_dim, hidden, g), nn.Tanh(), layer(hidden, hidden, g),
-                                   nn.Tanh(), layer(hidden, n_actions, 0.01))
-        self.critic = nn.Sequential(layer(obs_dim, hidden, g), nn.Tanh(), layer(hidden, hidden, g),
-                                    nn.Tanh(), layer(hidden, 1, 1.0))
+        self.actor = Chain(layer(obs_dim, hidden, g), nn.Tanh(), layer(hidden, hidden, g),
+                           nn.Tanh(), layer(hidden, n_actions, 0.01))
+        self.critic = Chain(layer(obs_dim, hidden, g), nn.Tanh(), layer(hidden, hidden, g),
+                            nn.Tanh(), layer(hidden, 1, 1.0))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(obs).squeeze(-1)
@@ -143,24 +144,27 @@ class Agent(nn.Module):
 # --- the pattern --------------------------------------------------------------------------------
 
 def rollout(agent, envs, obs, num_steps, gamma):
-    """`num_steps` steps of every sub-env (SAME_STEP autoreset). Returns the rollout as (T, N)
-    tensors and the observation to go on from."""
-    steps = []
+    """`num_steps` steps of every sub-env (SAME_STEP autoreset): the rollout as (T, N) tensors
+    (rewards and dones converted once, at the end), and the observation to go on from."""
+    steps, rewards, dones = [], [], []
     for _ in range(num_steps):
         with torch.no_grad():  # PATTERN: the rollout is data: no graph behind what it stores
             action, logprob, value = agent.act(obs)
         next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
-        reward = torch.as_tensor(reward, dtype=torch.float32, device=obs.device)
         for i in (truncated & ~terminated).nonzero()[0]:  # PATTERN: a time limit is not an end:
             with torch.no_grad():  # bootstrap from the value of the true final observation
                 final = torch.as_tensor(info["final_obs"][i], dtype=torch.float32,
                                         device=obs.device)
-                reward[i] += gamma * agent.value(final)
-        done = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=obs.device)
-        steps.append((obs, action, logprob, value, reward, done))
+                reward[i] += gamma * agent.value(final).item()
+        steps.append((obs, action, logprob, value))
+        rewards.append(reward)
+        dones.append(terminated | truncated)
         obs = torch.as_tensor(next_obs, dtype=torch.float32, device=obs.device)
-    names = ("obs", "actions", "logprobs", "values", "rewards", "dones")
-    return {name: torch.stack(column) for name, column in zip(names, zip(*steps))}, obs
+    names = ("obs", "actions", "logprobs", "values")
+    batch = {name: torch.stack(column) for name, column in zip(names, zip(*steps))}
+    batch["rewards"] = torch.as_tensor(np.stack(rewards), dtype=torch.float32, device=obs.device)
+    batch["dones"] = torch.as_tensor(np.stack(dones), dtype=torch.float32, device=obs.device)
+    return batch, obs
 
 
 @torch.no_grad()  # PATTERN: advantages and returns are targets: constants, like the rollout
@@ -212,36 +216,42 @@ def ppo_update(agent, optimizer, batch, advantages, returns, epochs, minibatch_s
 # --- the mistakes -------------------------------------------------------------------------------
 
 def rollout_grad(agent, envs, obs, num_steps, gamma):
-    steps = []
+    steps, rewards, dones = [], [], []
     for _ in range(num_steps):
         action, logprob, value = agent.act(obs)  # MISTAKE: acting with grad: graphs are stored
         next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
-        reward = torch.as_tensor(reward, dtype=torch.float32, device=obs.device)
         for i in (truncated & ~terminated).nonzero()[0]:
             with torch.no_grad():
                 final = torch.as_tensor(info["final_obs"][i], dtype=torch.float32,
                                         device=obs.device)
-                reward[i] += gamma * agent.value(final)
-        done = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=obs.device)
-        steps.append((obs, action, logprob, value, reward, done))
+                reward[i] += gamma * agent.value(final).item()
+        steps.append((obs, action, logprob, value))
+        rewards.append(reward)
+        dones.append(terminated | truncated)
         obs = torch.as_tensor(next_obs, dtype=torch.float32, device=obs.device)
-    names = ("obs", "actions", "logprobs", "values", "rewards", "dones")
-    return {name: torch.stack(column) for name, column in zip(names, zip(*steps))}, obs
+    names = ("obs", "actions", "logprobs", "values")
+    batch = {name: torch.stack(column) for name, column in zip(names, zip(*steps))}
+    batch["rewards"] = torch.as_tensor(np.stack(rewards), dtype=torch.float32, device=obs.device)
+    batch["dones"] = torch.as_tensor(np.stack(dones), dtype=torch.float32, device=obs.device)
+    return batch, obs
 
 
 def rollout_truncation_as_terminal(agent, envs, obs, num_steps, gamma):
-    steps = []
+    steps, rewards, dones = [], [], []
     for _ in range(num_steps):
         with torch.no_grad():
             action, logprob, value = agent.act(obs)
         next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
         # MISTAKE: no bootstrap: a time limit ends the episode
-        reward = torch.as_tensor(reward, dtype=torch.float32, device=obs.device)
-        done = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=obs.device)
-        steps.append((obs, action, logprob, value, reward, done))
+        steps.append((obs, action, logprob, value))
+        rewards.append(reward)
+        dones.append(terminated | truncated)
         obs = torch.as_tensor(next_obs, dtype=torch.float32, device=obs.device)
-    names = ("obs", "actions", "logprobs", "values", "rewards", "dones")
-    return {name: torch.stack(column) for name, column in zip(names, zip(*steps))}, obs
+    names = ("obs", "actions", "logprobs", "values")
+    batch = {name: torch.stack(column) for name, column in zip(names, zip(*steps))}
+    batch["rewards"] = torch.as_tensor(np.stack(rewards), dtype=torch.float32, device=obs.device)
+    batch["dones"] = torch.as_tensor(np.stack(dones), dtype=torch.float32, device=obs.device)
+    return batch, obs
 
 
 def ppo_update_advantage_grad(agent, optimizer, batch, advantages, returns, epochs, minibatch_size,

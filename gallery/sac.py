@@ -60,7 +60,7 @@ from gallery.data.envs import (
     space_sizes,
 )
 from gallery.data.replay import ReplayBuffer
-from gallery.nets import frozen, sync_target
+from gallery.nets import Chain, frozen, sync_target
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -97,9 +97,9 @@ def validate(cfg: SacConfig) -> None:
 
 # --- models --------------------------------------------------------------------------------------
 
-def mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                         nn.Linear(hidden, n_out))
+def mlp(n_in: int, n_out: int, hidden: int) -> Chain:
+    return Chain(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                 nn.Linear(hidden, n_out))
 
 
 class Actor(nn.Module):

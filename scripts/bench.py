@@ -370,34 +370,43 @@ def bench_cleanrl(device: torch.device, clone: str | None = None, pairs: int = 3
                          "stop_when_solved=false", "eval_episodes=1", "progress=false",
                          f"out_dir={tmp}/gallery{i}"], cwd=ROOT))
                     shutil.rmtree(Path(tmp) / "runs", ignore_errors=True)
-            cleanrl = statistics.median(times["cleanrl"])
-            gallery = statistics.median(times["gallery"])
+            ratios = [c / g for c, g in zip(times["cleanrl"], times["gallery"])]
             rows.append({"setting": f"{name}: CleanRL's {script[0]} {' '.join(script[1:])} against "
                                     f"gallery.{name} at its settings, whole processes, {pairs} "
-                                    "pairs",
-                         "cleanrl_seconds": cleanrl, "gallery_seconds": gallery,
-                         "gallery_speed_over_cleanrl": cleanrl / gallery})
+                                    "pairs in turn",
+                         "cleanrl_seconds": statistics.median(times["cleanrl"]),
+                         "gallery_seconds": statistics.median(times["gallery"]),
+                         "speed_ratio_per_pair": ratios,
+                         "gallery_speed_over_cleanrl": statistics.median(ratios)})
     torch.set_num_threads(1)  # as threads=auto gives these small nets
     torch.optim.Adam(torch.nn.Linear(1, 1).parameters())  # the first optimizer imports dynamo
     # the first figure imports matplotlib: neither that nor dynamo is the loop's cost
     import matplotlib.pyplot  # noqa: F401
     dqn_cfg = to_schema(config("dqn", f"device={device}", *CLEANRL_LIKE, "steps=50000"))
-    dqn_minimal = minimal_dqn_loop(dqn_cfg, device)
-    dqn_whole, _ = gallery_dqn_loop([*CLEANRL_LIKE, "steps=50000"], device)
     ppo_cfg = to_schema(config("ppo", f"device={device}", *CLEANRL_PPO, "steps=100000"))
-    ppo_minimal = minimal_ppo_loop(ppo_cfg, device)
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        summary = ppo.train(config(
-            "ppo", f"device={device}", *CLEANRL_PPO, "steps=100000", "stop_when_solved=false",
-            "eval_every=100000", "eval_episodes=1", "value_check_episodes=0", "progress=false",
-            f"out_dir={tmp}/ppo"))  # the value check after training is not the loop's work
-        ppo_whole = summary["env_steps"] / (time.perf_counter() - start)
-    rows.append({"setting": "train() calls against minimal loops, CleanRL's settings (env steps/s)",
-                 "dqn_minimal": dqn_minimal, "dqn_gallery": dqn_whole,
-                 "dqn_fraction_of_minimal": dqn_whole / dqn_minimal,
-                 "ppo_minimal": ppo_minimal, "ppo_gallery": ppo_whole,
-                 "ppo_fraction_of_minimal": ppo_whole / ppo_minimal})
+
+    def ppo_train() -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            summary = ppo.train(config(
+                "ppo", f"device={device}", *CLEANRL_PPO, "steps=100000", "stop_when_solved=false",
+                "eval_every=100000", "eval_episodes=1", "value_check_episodes=0", "progress=false",
+                f"out_dir={tmp}/ppo"))  # the value check after training is not the loop's work
+            return summary["env_steps"] / (time.perf_counter() - start)
+
+    # in turn, `pairs` times, medians: this machine's speed drifts by more than the gap measured
+    runs: dict[str, list[float]] = {"dqn_minimal": [], "dqn_gallery": [], "ppo_minimal": [],
+                                    "ppo_gallery": []}
+    for _ in range(pairs):
+        runs["dqn_minimal"].append(minimal_dqn_loop(dqn_cfg, device))
+        runs["dqn_gallery"].append(gallery_dqn_loop([*CLEANRL_LIKE, "steps=50000"], device)[0])
+        runs["ppo_minimal"].append(minimal_ppo_loop(ppo_cfg, device))
+        runs["ppo_gallery"].append(ppo_train())
+    median = {name: statistics.median(values) for name, values in runs.items()}
+    rows.append({"setting": "train() calls against minimal loops, CleanRL's settings (env steps/s, "
+                            f"median of {pairs} runs in turn)", **median,
+                 "dqn_fraction_of_minimal": median["dqn_gallery"] / median["dqn_minimal"],
+                 "ppo_fraction_of_minimal": median["ppo_gallery"] / median["ppo_minimal"]})
     return rows
 
 

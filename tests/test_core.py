@@ -377,3 +377,21 @@ def test_compile_replays_cuda_graphs_on_cuda_only_and_optimizers_fuse(monkeypatc
     params[0].grad = torch.ones(3)
     optimizer.step()  # the fused CPU kernel runs on this torch
     assert torch.allclose(params[0].detach(), torch.full((3,), 0.9))
+
+
+def test_chain_computes_what_sequential_does_bit_for_bit_with_the_same_keys():
+    from gallery.nets import Chain
+
+    torch.manual_seed(0)
+    layers = [nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)]
+    plain, chain = nn.Sequential(*layers), Chain(*layers)
+    x = torch.randn(64, 4, requires_grad=True)
+    assert torch.equal(chain(x), plain(x))
+    assert list(chain.state_dict()) == list(plain.state_dict())
+    (g_chain,) = torch.autograd.grad(chain(x).sum(), x)
+    (g_plain,) = torch.autograd.grad(plain(x).sum(), x)
+    assert torch.equal(g_chain, g_plain)
+    seen = []
+    chain.register_forward_hook(lambda *_: seen.append("whole"))
+    chain(x)
+    assert seen == ["whole"]  # a hook on the whole still fires

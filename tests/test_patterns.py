@@ -1,8 +1,8 @@
 """The promises every example makes to a reader who copies its pattern:
 
 - each pattern function runs when its source is pasted alone into an empty namespace (with torch,
-  nn, F, copy and the other pattern functions of its file) and passes the same probe as the
-  original;
+  nn, F, copy, contextlib, numpy as np and the other pattern functions of its file) and passes
+  the same probe as the original;
 - each mistake is its own function, a small diff against the pattern function it replaces;
 - no pattern function and no training loop branches on `mistake`;
 - the loops stay short, and measurement never switches off autograd's in-place checks on unsampled
@@ -16,6 +16,7 @@ import contextlib
 import copy
 import inspect
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,8 @@ EXAMPLES = examples()
 def pasted(example_name: str) -> dict:
     """Every pattern function of an example, executed from its source text in a bare namespace."""
     example = EXAMPLES[example_name]
-    namespace = {"torch": torch, "nn": nn, "F": F, "copy": copy, "contextlib": contextlib}
+    namespace = {"torch": torch, "nn": nn, "F": F, "copy": copy, "contextlib": contextlib,
+                 "np": np}
     for name in example.pattern_functions:
         exec(compile(inspect.getsource(getattr(example.module, name)), f"<pasted {name}>", "exec"),
              namespace)
@@ -150,7 +152,6 @@ def test_pasted_ppo_functions_keep_the_rollout_and_the_advantages_free_of_graphs
 
 
 def test_pasted_sac_functions_train_each_network_only_from_its_own_loss():
-    import numpy as np
 
     ns = pasted("sac")
     torch.manual_seed(0)

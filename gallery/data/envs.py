@@ -97,7 +97,6 @@ class EpisodeReturns:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def evaluate(act, envs: gym.vector.VectorEnv, seed: int, device: torch.device) -> dict:
     """Returns of a deterministic policy, one episode per sub-env, all stepped at once: one batched
     forward pass per step. Sub-env i is reset with seed + i, as the i-th episode of a sequential
