@@ -21,6 +21,7 @@ Run: python -m gallery.gan data=ring8 seed=0 out_dir=/tmp/gan   (data=grid25 | d
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import hydra
@@ -95,7 +96,6 @@ class GanConfig(BaseConfig):
     log_every: int = 100
 
 
-
 def validate(cfg: GanConfig) -> None:
     validate_base(cfg, BY_MISTAKE)
     require_choice(cfg, "data.name", [*MIXTURES, *IMAGE_SETS])
@@ -110,10 +110,17 @@ def validate(cfg: GanConfig) -> None:
 
 # --- models --------------------------------------------------------------------------------------
 
+# What scripts/gates.py gan_sizes measured the default to learn (EXAMPLE.limits; a test checks)
+MEASURED_MODES = {"ring": 8, "grid": 36}
+
+
 def build_data(cfg: GanConfig, device: torch.device):
     d = cfg.data
     if d.name in MIXTURES:
         layout = "ring" if d.name == "ring8" else "grid" if d.name == "grid25" else d.layout
+        if d.modes > MEASURED_MODES[layout] and dist.rank() == 0:
+            print(f"warning: data.modes={d.modes} on a {layout}: the default config was measured "
+                  f"up to {MEASURED_MODES[layout]} (--help); expect missed modes", file=sys.stderr)
         return mixture(layout, d.modes, d.radius, d.std, device, cfg.seed + dist.rank(),
                        cfg.standardize)  # each rank its own samples
     if d.name == "digits":
@@ -427,6 +434,9 @@ EXAMPLE = Example(
     else f"the D step reached G and wrote grad {s['g_grad_norm_after_d_step']:.3g} into it",
     smoke=("steps=4", "log_every=2", "eval_every=4", "hidden=16", "batch_size=32",
            "eval_samples=64"),
+    limits=(f"data=mixture at std = spacing / 40: >= 90% of the modes at >= 0.8 high quality for "
+            f"rings of up to {MEASURED_MODES['ring']} modes and grids of up to "
+            f"{MEASURED_MODES['grid']} (scripts/gates.py gan_sizes). Past that a run warns once."),
 )
 
 

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from gallery.core.probes import (
     reached_parameters,
     recording,
 )
+from tests.conftest import ROOT
 
 
 def _setup(seed=0):
@@ -218,3 +220,31 @@ def test_the_mixture_configs_use_lazy_r1_and_r1_every_must_be_positive(tmp_path)
         "gan", ["data=digits"]).r1_every == 1
     with pytest.raises(GalleryError, match="r1_every"):
         gan.train(_tiny(tmp_path, "r1_every=0"))
+
+
+def test_a_mixture_past_the_measured_sizes_warns_once_and_the_help_says_where_it_stops(capsys):
+    for layout, largest in gan.MEASURED_MODES.items():
+        side = math.isqrt(largest)
+        bigger = largest * 2 if layout == "ring" else (side + 1) ** 2
+        for modes, warned in ((largest, False), (bigger, True)):
+            cfg = compose("gan", ["data=mixture", f"data.layout={layout}", f"data.modes={modes}"])
+            gan.build_data(cfg, torch.device("cpu"))
+            err = capsys.readouterr().err
+            assert (f"data.modes={modes} on a {layout}" in err) is warned
+            assert err.count("warning:") == int(warned)
+    for named in ("ring8", "grid25"):  # the benchmarks themselves are measured
+        gan.build_data(compose("gan", [f"data={named}"]), torch.device("cpu"))
+    assert capsys.readouterr().err == ""
+    limits = gan.EXAMPLE.describe().split("Limits of the default config:")[1]
+    assert f"rings of up to {gan.MEASURED_MODES['ring']} modes" in " ".join(limits.split())
+
+
+def test_the_measured_sizes_are_those_the_gate_wrote():
+    gate = json.loads((ROOT / "docs" / "gates.json").read_text())["gan_sizes"]
+    assert gan.MEASURED_MODES == gate["holds_up_to"]
+    for name, entry in gate.items():
+        if isinstance(entry, dict) and "pass" in entry:  # each size: the verdict from its means
+            modes = int("".join(filter(str.isdigit, name)))
+            assert entry["pass"] == (entry["mean_modes"] >= 0.9 * modes
+                                     and entry["mean_high_quality"] >= 0.8
+                                     and entry["wall_over_ring8"] <= 3)

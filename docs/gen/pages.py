@@ -118,6 +118,10 @@ for name, example in examples().items():
     else:
         page += [f"No gate entry yet: `scripts/gates.py {name} --json docs/gates.json` writes one.",
                  ""]
+    for key in (key for key in gates if key.startswith(f"{name}_")):  # e.g. gan_sizes
+        page += [f"### `scripts/gates.py {key}`", "", table(gates[key]), ""]
+    if example.limits:
+        page += ["## Limits of the default config", "", example.limits, ""]
     figures = sorted(p.name for p in (DOCS / "img").glob(f"{name}*.png"))
     if figures:
         page += ["## Figures", ""] + [f"![{figure}](../img/{figure})" for figure in figures] + [""]

@@ -40,6 +40,7 @@ class Example:
     # overrides of a seconds-long run on embedded data ({tmp} is a scratch folder).
     check: Callable[[dict], str | None] | None = None
     smoke: tuple[str, ...] = ()
+    limits: str = ""  # where the default config was measured to stop working, for --help
 
     @property
     def module(self):
@@ -51,6 +52,9 @@ class Example:
         for key, mistake in self.mistakes.items():
             lines.append(f"  {key}: {mistake.description}")
             lines.append(f"  {' ' * len(key)}  -> {mistake.consequence}")
+        if self.limits:
+            lines += ["", "Limits of the default config:", *textwrap.wrap(
+                self.limits, 98, initial_indent="  ", subsequent_indent="  ")]
         return "\n".join(lines)
 
     def source(self, name: str) -> str:
