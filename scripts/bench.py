@@ -297,7 +297,8 @@ def cleanrl_python_path(clone: Path) -> str:
     if not (deps / ".installed").is_file():
         print(f"installing {' '.join(CLEANRL_DEPS)} into {deps} (once)", flush=True)
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(deps),
-                        "--disable-pip-version-check", *CLEANRL_DEPS], check=True)
+                        "--disable-pip-version-check", "--no-warn-conflicts", *CLEANRL_DEPS],
+                       check=True)  # no warning that the venv's gymnasium is newer: it is meant
         for shared in ("torch", "numpy"):  # the project's own, so both sides run the same build
             for path in deps.glob(f"{shared}*"):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()

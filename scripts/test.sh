@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The tests, bootstrapping .venv first.
 #   scripts/test.sh              the fast tier: everything but the learning gates and the GPU tests
-#                                (about 3 minutes on 2 cores, two pytest workers)
-#   scripts/test.sh --gates      the learning gates (marker slow, fixed seeds; about 25 minutes on 2 cores)
+#                                (about 6 minutes on 2 cores, two pytest workers)
+#   scripts/test.sh --gates      the learning gates (marker slow, fixed seeds; about 12 minutes on 2 cores)
 #   scripts/test.sh --gpu        the GPU tests (a missing GPU fails them instead of skipping)
 #   scripts/test.sh [pytest args]  the fast tier with these pytest arguments (a -m of yours replaces the
 #                                tier and its workers: scripts/test.sh -m slow is the gates, one process)
