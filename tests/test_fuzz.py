@@ -4,7 +4,8 @@ the example's checks, the out_dir and device checks). Every input is either acce
 one line that names the key; no other exception escapes.
 
 The fast tier runs a derandomized profile (the same cases every time, --fuzz-examples of them per
-example, 200 by default); `pytest tests/test_fuzz.py --fuzz-long` runs 2,000 per example."""
+example, 100 by default); `.ci/run` runs 400 after the gates, and `pytest tests/test_fuzz.py
+--fuzz-long` runs 2,000 per example."""
 
 from __future__ import annotations
 
