@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tests, bootstrapping .venv first.
 #   scripts/test.sh              the fast tier: everything but the learning gates and the GPU tests
-#                                (about 6 minutes on 2 cores, two pytest workers)
+#                                (about 4 minutes on 2 cores, two pytest workers)
 #   scripts/test.sh --gates      the learning gates (marker slow, fixed seeds; about 12 minutes on 2 cores)
 #   scripts/test.sh --gpu        the GPU tests (a missing GPU fails them instead of skipping)
 #   scripts/test.sh [pytest args]  the fast tier with these pytest arguments (a -m of yours replaces the
