@@ -129,3 +129,21 @@ def test_the_scripts_are_executable_and_run_on_the_project_venv_from_any_folder(
                               env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"})
         assert proc.returncode == 0 and proc.stdout.startswith("usage: "), (
             script.name, proc.stderr[-1000:])
+
+
+def test_an_example_runs_under_a_profiler_that_keeps_its_own_main(tmp_path):
+    """`python -m cProfile -m gallery.dqn` runs the module under the name __main__ while
+    sys.modules["__main__"] stays cProfile: the schema must still register, and the run finish."""
+    import pstats
+    import subprocess
+    import sys
+
+    stats = tmp_path / "dqn.prof"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(stats), "-m", "gallery.dqn", "steps=300",
+         "learning_starts=100", "eval_every=300", "eval_episodes=1", "progress=false",
+         f"out_dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["env_steps"] == 300
+    profiled = {func for (_, _, func) in pstats.Stats(str(stats)).stats}
+    assert {"train", "update"} <= profiled

@@ -178,7 +178,7 @@ def resume_command(train: Callable, out_dir: Path | str) -> str:
     keep = [a for a in args if a.split("=", 1)[0].lstrip("+~") not in own]
     module = train.__module__
     if module == "__main__":  # `python -m gallery.gan` runs the module as __main__
-        module = getattr(sys.modules["__main__"].__spec__, "name", module)
+        module = getattr(getattr(train, "__globals__", {}).get("__spec__"), "name", module)
     return " ".join(["python -m", module, *map(shlex.quote, keep),
                      f"out_dir={shlex.quote(str(out_dir))}", "resume=true"])
 

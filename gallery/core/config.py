@@ -95,11 +95,12 @@ def register_schema(name: str) -> Callable[[type], type]:
     Under `python -m gallery.<name>` the schema's classes belong to `__main__`, which a sweep's
     worker process (the joblib launcher's) cannot import by name; the config would reach it pickled
     by value and fail there. So the schema registered is always the importable module's
-    (gallery.<name>)."""
+    (gallery.<name>). The module's own `__spec__` says which, not `sys.modules["__main__"]`'s: a
+    runner such as `python -m cProfile -m gallery.dqn` keeps its own `__main__` there."""
 
     def register(schema: type) -> type:
-        main = sys.modules.get("__main__")
-        spec = getattr(main, "__spec__", None)
+        # the globals of the module body that applies the decorator
+        spec = sys._getframe(1).f_globals.get("__spec__")
         if schema.__module__ == "__main__" and spec is not None and spec.name != "__main__":
             # runs the module under its own name; it registers its schema
             importlib.import_module(spec.name)
