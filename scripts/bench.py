@@ -19,7 +19,8 @@ import torch.nn.functional as F
 USAGE = """Speed and memory of each pattern against its mistake, as ratios measured side by side.
 
     scripts/bench.py [gan|dqn|dqn_envs|finetune|ppo|sac|tbptt|threads|smoke|compile|startup|
-                      cleanrl|all] [--device cpu|cuda] [--json results.json] [--cleanrl CLONE]
+                      cleanrl|cuda_graphs|all] [--device cpu|cuda] [--json results.json]
+                     [--cleanrl CLONE]
 
 Times come from alternating blocks of the two variants in one process (median of the blocks), so a
 ratio holds on the machine it ran on even when the absolute times drift. Bytes come from the
@@ -774,31 +775,34 @@ def bench_startup(device: torch.device, rounds: int = 5) -> list[dict]:
 
 # --- compile --------------------------------------------------------------------------------------
 
+def run_seconds(example: str, steps: int, compiled: bool, device: torch.device,
+                *args: str) -> float:
+    """One whole `python -m gallery.<example>` process, with an empty inductor cache (a cold
+    compile, as on a new machine)."""
+    import os
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", f"gallery.{example}", f"steps={steps}",
+                        f"eval_every={steps}", *args, f"compile={str(compiled).lower()}",
+                        f"device={device}", "progress=false", f"out_dir={tmp}/run"], cwd=ROOT,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{tmp}/inductor"})
+        return time.perf_counter() - start
+
+
 def bench_compile(device: torch.device) -> list[dict]:
     """compile=true against eager, whole processes of the tbptt character RNN (one model, compiled
     whole) at two lengths, each with an empty inductor cache: the difference at the short length is
     the cold warm-up; the per-chunk time between the lengths is what compiling buys once warm."""
-    import os
-    import subprocess
-
-    def seconds(steps: int, compiled: bool) -> float:
-        # a fresh inductor cache: a cold compile, as on a new machine
-        with tempfile.TemporaryDirectory() as tmp:
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "gallery.tbptt", f"steps={steps}",
-                            f"eval_every={steps}", "log_every=10",
-                            f"compile={str(compiled).lower()}", f"device={device}",
-                            f"out_dir={tmp}/run"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL,
-                           env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{tmp}/inductor"})
-            return time.perf_counter() - start
-
     short, long, rounds = 10, 110, 3
     runs: dict = {}
     for _ in range(rounds):  # alternating, median of the rounds
         for n in (short, long):
             for c in (False, True):
-                runs.setdefault((n, c), []).append(seconds(n, c))
+                runs.setdefault((n, c), []).append(
+                    run_seconds("tbptt", n, c, device, "log_every=10"))
     t = {key: statistics.median(values) for key, values in runs.items()}
     per_chunk = {c: (t[long, c] - t[short, c]) / (long - short) for c in (False, True)}
     return [{"setting": f"python -m gallery.tbptt, whole process, {short} and {long} chunks (the "
@@ -809,10 +813,29 @@ def bench_compile(device: torch.device) -> list[dict]:
              "compiled_speedup_once_warm": per_chunk[False] / per_chunk[True]}]
 
 
+def bench_cuda_graphs(device: torch.device, short: int = 1_500, long: int = 4_500) -> list[dict]:
+    """gallery.sac with compile=true, which on CUDA replays each compiled net as a CUDA graph,
+    against eager: whole processes at two lengths past the random warm-up (1,000 steps), one update
+    per env step. The env steps/s between the two lengths leave out start-up and compilation. The
+    aim (issue 27): >= 2x eager, as a small net's update on a GPU is bound by kernel launches."""
+    if device.type != "cuda":
+        return [{"skipped": "CUDA graphs replay on a GPU only: scripts/bench.py cuda_graphs "
+                            "--device cuda"}]
+    t = {(n, c): run_seconds("sac", n, c, device, "eval_episodes=1")
+         for n in (short, long) for c in (False, True)}
+    rate = {c: (long - short) / (t[long, c] - t[short, c]) for c in (False, True)}
+    return [{"setting": f"python -m gallery.sac, whole processes of {short:,} and {long:,} env "
+                        "steps, eager and compile=true",
+             "eager_env_steps_per_sec": rate[False], "compiled_env_steps_per_sec": rate[True],
+             "compile_seconds": t[short, True] - t[short, False],
+             "compiled_over_eager": rate[True] / rate[False], "target": 2.0}]
+
+
 BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo": bench_ppo,
            "sac": bench_sac, "dqn_envs": bench_dqn_envs, "tbptt": bench_tbptt,
            "threads": bench_threads, "smoke": bench_smoke, "compile": bench_compile,
-           "startup": bench_startup, "cleanrl": bench_cleanrl}
+           "startup": bench_startup, "cleanrl": bench_cleanrl,
+           "cuda_graphs": bench_cuda_graphs}
 
 
 def machine(device: torch.device) -> str:

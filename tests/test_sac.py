@@ -1,3 +1,4 @@
+import math
 
 import numpy as np
 import pytest
@@ -144,3 +145,15 @@ def test_gpu_smoke(tmp_path):
                                   "eval_every=300", "eval_episodes=1", "hidden=16", "batch_size=32",
                                   "probe_every=10", f"out_dir={tmp_path}"]))
     assert s["device"].startswith("cuda") and s["target_grad_seen"] is False
+
+
+@pytest.mark.gpu
+def test_compile_true_on_cuda_replays_graphs_and_keeps_the_stop_gradients(tmp_path):
+    """compile=true on a GPU (torch.compile's CUDA graphs): the run finishes, the target critics
+    still never get .grad, and the update's probe still measures saved bytes."""
+    s = sac.train(compose("sac", ["device=cuda", "compile=true", "steps=400", "learning_starts=100",
+                                  "eval_every=400", "eval_episodes=2", "hidden=32", "batch_size=64",
+                                  "probe_every=10", f"out_dir={tmp_path}"]))
+    assert s["device"].startswith("cuda") and s["env_steps"] == 400
+    assert s["target_grad_seen"] is False and s["saved_bytes_per_update"] > 0
+    assert math.isfinite(s["eval_return_mean"])
