@@ -76,3 +76,24 @@ def test_no_hand_written_page_types_a_measured_figure():
             found = FIGURE.search(line)
             assert not found, (f"{page.relative_to(ROOT)}:{number} types a measured figure: "
                                f"{found.group(0)!r}")
+
+
+def test_the_performance_page_shows_every_figure_of_every_bench_row(site):
+    """Each row of a bench was measured in a setting of its own and may carry other figures than
+    the first row (the minimal-loop row of `cleanrl`, the bytes row of `sac`): every figure of
+    every row of docs/bench.json is on the page, once per row that has it."""
+    import json
+
+    page = (site / "performance" / "index.html").read_text()
+    cuda = page.find('<h2 id="docsbench_cudajson')  # docs/bench.json's part comes first
+    page = page[:cuda] if cuda > 0 else page
+    for key, value in json.loads((ROOT / "docs" / "bench.json").read_text()).items():
+        if not isinstance(value, list):
+            continue
+        start = page.index(f'id="{key}"')
+        end = page.find("<h3", start)
+        section = page[start:end if end > 0 else None]
+        figures = [k for row in value for k, v in row.items()
+                   if isinstance(v, (int, float, list))]
+        for metric in set(figures):
+            assert section.count(f"<code>{metric}</code>") == figures.count(metric), (key, metric)

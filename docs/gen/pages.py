@@ -62,6 +62,23 @@ def table(node) -> str:
     return "\n".join(lines)
 
 
+def bench_table(value) -> str:
+    """A bench's entry: each row was measured in a setting of its own (a setting, a command, the
+    data), so each row is its own group, named by its first text field, with all its figures; rows
+    with other keys than the first keep theirs."""
+    if not (isinstance(value, list) and all(isinstance(row, dict) for row in value)):
+        return table(value)
+    lines = ["| what | metric | measured |", "|---|---|---|"]
+    for i, row in enumerate(value, 1):
+        name = next((k for k, v in row.items() if isinstance(v, str) and k != "skipped"), None)
+        label = f"row {i}" if name is None else row[name] if name == "setting" else \
+            f"{name}: {row[name]}"
+        group = rows({k: v for k, v in row.items() if k != name}, label)
+        # the row's name once, on its first figure
+        lines += [f"| {a if j == 0 else ''} | `{b}` | {c} |" for j, (a, b, c) in enumerate(group)]
+    return "\n".join(lines)
+
+
 def snippet(obj) -> str:
     """A pymdownx.snippets include of the object's source lines, from the file that defines it."""
     # a contextmanager's or no_grad's function: its own lines, decorators included
@@ -151,5 +168,4 @@ with mkdocs_gen_files.open("performance.md", "w") as out:
         for key, value in bench.items():
             if key in ("machine", "torch"):
                 continue
-            entry = value if isinstance(value, dict) else {"runs": value}
-            out.write(f"### {key}\n\n{table(entry)}\n\n")
+            out.write(f"### {key}\n\n{bench_table(value)}\n\n")
