@@ -63,6 +63,18 @@ def alternate(variants: dict, rounds: int, per_round: int, device: torch.device,
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def process_seconds(argv: list[str], cwd: Path, env: dict | None = None) -> float:
+    """Seconds of one whole process from start to exit; `env` adds to this process's
+    environment."""
+    import os
+    import subprocess
+
+    start = time.perf_counter()
+    env = {**os.environ, **(env or {})}
+    subprocess.run(argv, cwd=cwd, check=True, capture_output=True, env=env)
+    return time.perf_counter() - start
+
+
 def config(name: str, *overrides: str):
     return compose(name, overrides)
 
@@ -183,15 +195,10 @@ def gallery_dqn_loop(overrides: list[str], device: torch.device) -> tuple[float,
 
 def whole_process_seconds(cwd: Path, overrides: list[str]) -> float:
     """`python -m gallery.dqn` from start to exit, run from `cwd` (a checkout), on one thread."""
-    import subprocess
-
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "gallery.dqn", *overrides, "device=cpu",
-                        "threads=auto", "stop_when_solved=false", f"out_dir={tmp}/run",
-                        "progress=false"],
-                       cwd=cwd, check=True, capture_output=True)
-        return time.perf_counter() - t0
+        return process_seconds([sys.executable, "-m", "gallery.dqn", *overrides, "device=cpu",
+                                "threads=auto", "stop_when_solved=false", f"out_dir={tmp}/run",
+                                "progress=false"], cwd)
 
 
 def bench_dqn(device: torch.device, baseline: str | None = None) -> list[dict]:
@@ -305,16 +312,6 @@ def cleanrl_python_path(clone: Path) -> str:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         (deps / ".installed").write_text("")
     return f"{deps}:{clone}"
-
-
-def process_seconds(argv: list[str], cwd: Path, env: dict | None = None) -> float:
-    import os
-    import subprocess
-
-    start = time.perf_counter()
-    env = {**os.environ, **(env or {})}
-    subprocess.run(argv, cwd=cwd, check=True, capture_output=True, env=env)
-    return time.perf_counter() - start
 
 
 def minimal_ppo_loop(cfg, device: torch.device) -> float:
@@ -729,14 +726,9 @@ def bench_smoke(device: torch.device) -> list[dict]:
     """`python -m gallery smoke` as a CI job runs it: a whole process, every example (median of
     3)."""
     import statistics as stats
-    import subprocess
 
-    seconds = []
-    for _ in range(3):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "gallery", "smoke", f"device={device}"], cwd=ROOT,
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        seconds.append(time.perf_counter() - start)
+    seconds = [process_seconds([sys.executable, "-m", "gallery", "smoke", f"device={device}"],
+                               ROOT) for _ in range(3)]
     return [{"command": f"python -m gallery smoke device={device}",
              "median_seconds": stats.median(seconds), "max_seconds": max(seconds)}]
 
@@ -779,17 +771,11 @@ def run_seconds(example: str, steps: int, compiled: bool, device: torch.device,
                 *args: str) -> float:
     """One whole `python -m gallery.<example>` process, with an empty inductor cache (a cold
     compile, as on a new machine)."""
-    import os
-    import subprocess
-
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", f"gallery.{example}", f"steps={steps}",
-                        f"eval_every={steps}", *args, f"compile={str(compiled).lower()}",
-                        f"device={device}", "progress=false", f"out_dir={tmp}/run"], cwd=ROOT,
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{tmp}/inductor"})
-        return time.perf_counter() - start
+        return process_seconds([sys.executable, "-m", f"gallery.{example}", f"steps={steps}",
+                                f"eval_every={steps}", *args, f"compile={str(compiled).lower()}",
+                                f"device={device}", "progress=false", f"out_dir={tmp}/run"], ROOT,
+                               {"TORCHINDUCTOR_CACHE_DIR": f"{tmp}/inductor"})
 
 
 def bench_compile(device: torch.device) -> list[dict]:

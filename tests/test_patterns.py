@@ -152,7 +152,6 @@ def test_pasted_ppo_functions_keep_the_rollout_and_the_advantages_free_of_graphs
 
 
 def test_pasted_sac_functions_train_each_network_only_from_its_own_loss():
-
     ns = pasted("sac")
     torch.manual_seed(0)
     actor = sac.Actor(3, 1, 16, np.array([-2.0]), np.array([2.0]))
@@ -317,8 +316,6 @@ def test_cross_step_probe_measures_the_gan_d_step_through_hooks_only():
     assert results["retain_graph"]["g_grad_norm_after_d_step"] > 0
     assert results["retain_graph"]["d_step_reaches_g"]
     assert results["retain_graph"]["d_step_saved_bytes"] > results["none"]["d_step_saved_bytes"]
-
-
 
 
 def test_the_gallery_uses_public_torch_api_only():
