@@ -111,7 +111,7 @@ def changed_lines(diff: list[str]) -> int:
     return sum(1 for line in diff[2:] if line[:1] in "+-")
 
 
-_NOT_EXAMPLES = {"tour", "__main__", "lessons", "smoke", "nets"}
+_NOT_EXAMPLES = {"tour", "__main__", "lessons", "smoke", "nets", "check", "pytest_plugin"}
 
 
 def examples() -> dict[str, Example]:
