@@ -35,7 +35,7 @@ DOCS = "docs/check.md"  # each message names its section: docs/check.md#<check>
 
 
 def _see(check: str) -> str:
-    return f"(see {DOCS}#{check.replace('_', '-')})"
+    return f"(see {DOCS}#{check})"
 
 
 def _modules(modules: tuple[nn.Module, ...],

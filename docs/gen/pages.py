@@ -169,3 +169,73 @@ with mkdocs_gen_files.open("performance.md", "w") as out:
             if key in ("machine", "torch"):
                 continue
             out.write(f"### {key}\n\n{bench_table(value)}\n\n")
+
+
+def load_test_module(name: str):
+    """tests/<name>.py, by its path: the check page shows what those tests run."""
+    import importlib.util
+
+    if str(ROOT) not in sys.path:  # the tests import each other as the `tests` package
+        sys.path.insert(0, str(ROOT))
+    spec = importlib.util.spec_from_file_location(f"_docs_{name}", ROOT / "tests" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def failure(run) -> str:
+    try:
+        run()
+    except AssertionError as err:
+        return str(err)
+    raise RuntimeError(f"{run.__name__} should fail its check")  # the build stops: the page lies
+
+
+CHECK_INTRO = """# Check your own training step
+
+You copied a pattern, then changed it: another loss, another model, a refactor. `gallery.check`
+tells your own tests whether the graph is still cut where the pattern cuts it. It needs torch and
+nothing else; each check raises `AssertionError` with one sentence naming what reached what.
+
+```python
+from gallery.check import bounded_memory, constant, gets_grad, no_grad_reaches, unchanged
+```
+
+In pytest, the same module is also the `gallery_check` fixture (the plugin loads by pytest's entry
+point wherever detach-gallery is installed). The examples below are `tests/test_check_docs.py`,
+run by the gallery's own tests; each message under them is what the mistake printed when this page
+was built.
+"""
+
+
+def check_page() -> str:
+    from gallery import check
+
+    docs = load_test_module("test_check_docs")
+    table = load_test_module("test_check")
+    page = [CHECK_INTRO, "## The checks", ""]
+    for name in ("no_grad_reaches", "gets_grad", "unchanged", "constant", "bounded_memory"):
+        signature = inspect.signature(getattr(check, name), eval_str=True)
+        page += [f"### {name}", "", f"`{name}{signature}`", "",
+                 inspect.getdoc(getattr(check, name)), ""]
+    titles = {"gan": "A GAN step: G gets no grad from the D step",
+              "dqn": "A DQN update: the TD target is a constant, the target network stays put",
+              "tbptt": "A TBPTT loop: memory stays flat chunk after chunk"}
+    page += ["## Examples", ""]
+    for key, title in titles.items():
+        page += [f"### {title}", "", "```python", f'--8<-- "tests/test_check_docs.py:{key}"', "```",
+                 "", "The mistake's message:", "", "```text", failure(docs.FAILING[key]), "```", ""]
+    page += ["## Every mistake in the gallery, and the check that catches it", "",
+             "From the table in `tests/test_check.py`, which runs each mistake's own step under "
+             "its check (and the pattern's step under all of them).", "",
+             "| example | mistake | caught by |", "|---|---|---|"]
+    for (example, mistake), sentence in sorted(table.CAUGHT.items()):
+        page.append(f"| [{example}](examples/{example}.md) | `{mistake}` | "
+                    f"`{sentence.split(':')[0]}` |")
+    for (example, mistake), reason in sorted(table.NOT_A_CUT.items()):
+        page.append(f"| [{example}](examples/{example}.md) | `{mistake}` | no check: {reason} |")
+    return "\n".join(page) + "\n"
+
+
+with mkdocs_gen_files.open("check.md", "w") as out:
+    out.write(check_page())

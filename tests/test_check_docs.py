@@ -1,0 +1,129 @@
+"""The examples on docs/check.md ("Check your own training step"), run as tests. Each is written
+the way a user writes their own step, with no gallery import but gallery.check; the page includes
+them from this file by their snippet markers, and shows each mistake's message as these tests
+produce it (docs/gen/pages.py runs `FAILING`)."""
+
+# --8<-- [start:gan]
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gallery.check import bounded_memory, constant, no_grad_reaches, unchanged
+
+
+def gan_iteration(g, d, opt_g, opt_d, real, z, detach=True):
+    fake = g(z)
+    opt_d.zero_grad(set_to_none=True)
+    fake_for_d = fake.detach() if detach else fake  # the cut under test
+    d_loss = (F.softplus(-d(real)) + F.softplus(d(fake_for_d))).mean()
+    d_loss.backward()
+    opt_d.step()
+    opt_g.zero_grad(set_to_none=True)
+    F.softplus(-d(fake)).mean().backward()
+    opt_g.step()
+
+
+def gan_setup():
+    torch.manual_seed(0)
+    g = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+    d = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 1))
+    return g, d, torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+
+
+def test_my_d_step_does_not_train_g():
+    g, d, opt_g, opt_d = gan_setup()
+    with no_grad_reaches(generator=g, before=opt_d):  # only what runs before opt_d.step()
+        gan_iteration(g, d, opt_g, opt_d, torch.randn(16, 2), torch.randn(16, 8))
+
+
+def gan_without_detach():
+    g, d, opt_g, opt_d = gan_setup()
+    with no_grad_reaches(generator=g, before=opt_d):
+        gan_iteration(g, d, opt_g, opt_d, torch.randn(16, 2), torch.randn(16, 8), detach=False)
+# --8<-- [end:gan]
+
+
+# --8<-- [start:dqn]
+def dqn_update(online, target, optimizer, batch, gamma=0.99, use_no_grad=True):
+    with torch.set_grad_enabled(not use_no_grad):  # the cut under test
+        next_q = target(batch["next_obs"]).max(1).values
+        td_target = batch["reward"] + gamma * (1 - batch["done"]) * next_q
+    constant(td_target=td_target)  # a regression target is a constant
+    q = online(batch["obs"]).gather(1, batch["action"][:, None]).squeeze(1)
+    loss = F.smooth_l1_loss(q, td_target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def dqn_setup(freeze_target=True):
+    torch.manual_seed(0)
+    online = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 2))
+    target = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 2))
+    target.load_state_dict(online.state_dict())
+    target.requires_grad_(not freeze_target)
+    batch = {"obs": torch.randn(32, 4), "next_obs": torch.randn(32, 4),
+             "action": torch.randint(2, (32,)), "reward": torch.randn(32), "done": torch.zeros(32)}
+    return online, target, torch.optim.Adam(online.parameters(), lr=1e-3), batch
+
+
+def test_my_dqn_update_leaves_the_target_alone():
+    online, target, optimizer, batch = dqn_setup()
+    with unchanged(target=target), no_grad_reaches(target=target):
+        for _ in range(3):
+            dqn_update(online, target, optimizer, batch)
+
+
+def dqn_target_with_grad():
+    online, target, optimizer, batch = dqn_setup(freeze_target=False)
+    dqn_update(online, target, optimizer, batch, use_no_grad=False)
+# --8<-- [end:dqn]
+
+
+# --8<-- [start:tbptt]
+def tbptt_loop(chunks=6, detach=True, carry_graph=False):
+    torch.manual_seed(0)
+    rnn, head = nn.GRU(8, 32, batch_first=True), nn.Linear(32, 8)
+    optimizer = torch.optim.Adam([*rnn.parameters(), *head.parameters()], lr=1e-3)
+    stream = torch.randn(4, 16 * chunks + 1, 8)
+    hidden, i = None, 0
+
+    def chunk():
+        nonlocal hidden, i
+        x, y = stream[:, i:i + 16], stream[:, i + 1:i + 17]
+        i += 16
+        out, hidden = rnn(x, hidden)
+        loss = F.mse_loss(head(out), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward(retain_graph=carry_graph)
+        if not carry_graph:
+            optimizer.step()
+        if detach:
+            hidden = hidden.detach()  # the cut under test
+
+    return chunk
+
+
+def test_my_tbptt_loop_holds_no_more_memory_chunk_after_chunk():
+    bounded_memory(tbptt_loop(), steps=5)
+
+
+def tbptt_without_detach():
+    # the "fix" people reach for when backward complains about a freed graph
+    bounded_memory(tbptt_loop(detach=False, carry_graph=True), steps=5)
+# --8<-- [end:tbptt]
+
+
+FAILING = {"gan": gan_without_detach, "dqn": dqn_target_with_grad, "tbptt": tbptt_without_detach}
+
+
+@pytest.mark.parametrize("name,start", [
+    ("gan", "no_grad_reaches: a backward before Adam.step() wrote a grad into generator"),
+    ("dqn", "constant: td_target (grad_fn="),
+    ("tbptt", "bounded_memory: the bytes held for backward grew"),
+])
+def test_each_example_fails_on_its_mistake(name, start):
+    with pytest.raises(AssertionError) as caught:
+        FAILING[name]()
+    assert str(caught.value).startswith(start)
