@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import runpy
 import sys
 
 from gallery.core.registry import examples
@@ -54,9 +53,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return smoke.main(argv[1:])
     if command == "tour":
-        # Run it as `python -m gallery.tour` would, so Hydra reads the command line as usual.
+        # As `python -m gallery.tour` would run it, so Hydra reads the command line as usual. A
+        # plain import, not runpy: under pytest, whose assertion rewriter loads every module of a
+        # package that ships a pytest plugin, runpy cannot get at the module's code.
+        from gallery import tour
+
         sys.argv = [sys.argv[0], *argv[1:]]
-        runpy.run_module("gallery.tour", run_name="__main__", alter_sys=True)
+        tour.main()
         return 0
     print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2

@@ -11,8 +11,8 @@
 
 Each check raises `AssertionError` with one sentence that names the module or tensor, what
 reached it (or what grew), and the section of the gallery's docs (docs/check.md) that lists the
-patterns it guards. Modules and tensors can be passed positionally (named by their class, or
-`tensor 0`, ...) or by keyword (named by the keyword). This module needs torch and nothing else.
+patterns it guards. Modules (or bare parameters, such as a codebook) and tensors can be passed
+positionally (named by their class, or `tensor 0`, ...) or by keyword (named by the keyword). This module needs torch and nothing else.
 
 The checks read the graph; they do not change what the step computes. One caveat: while
 `bounded_memory` runs, autograd's saved-tensor hooks are on, and with them autograd does not check
@@ -38,23 +38,31 @@ def _see(check: str) -> str:
     return f"(see {DOCS}#{check})"
 
 
-def _modules(modules: tuple[nn.Module, ...],
-             named: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+def _modules(modules: tuple[nn.Module | nn.Parameter, ...],
+             named: Mapping[str, nn.Module | nn.Parameter]) -> dict[str, nn.Module]:
     """Name each module: by its keyword, else by its class (with its position when two share
     one)."""
     out: dict[str, nn.Module] = {}
     for i, module in enumerate(modules):
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"expected an nn.Module, got {type(module).__name__} at position {i}")
         name = type(module).__name__
-        out[name if name not in out else f"{name}#{i}"] = module
+        out[name if name not in out else f"{name}#{i}"] = _as_module(module, f"position {i}")
     for name, module in named.items():
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"{name}: expected an nn.Module, got {type(module).__name__}")
-        out[name] = module
+        out[name] = _as_module(module, name)
     if not out:
         raise TypeError("name at least one module to check")
     return out
+
+
+def _as_module(value: nn.Module | nn.Parameter, where: str) -> nn.Module:
+    """A module as it is; a bare parameter (a VQ codebook, a temperature) inside a module of its
+    own, so that it is checked like any other."""
+    if isinstance(value, nn.Module):
+        return value
+    if isinstance(value, nn.Parameter):
+        holder = nn.Module()
+        holder.register_parameter("data", value)
+        return holder
+    raise TypeError(f"{where}: expected an nn.Module or nn.Parameter, got {type(value).__name__}")
 
 
 def _listed(names: list[str], limit: int = 3) -> str:
@@ -63,8 +71,8 @@ def _listed(names: list[str], limit: int = 3) -> str:
 
 
 @contextlib.contextmanager
-def no_grad_reaches(*modules: nn.Module, before: torch.optim.Optimizer | None = None,
-                    **named: nn.Module) -> Iterator[None]:
+def no_grad_reaches(*modules: nn.Module | nn.Parameter, before: torch.optim.Optimizer | None = None,
+                    **named: nn.Module | nn.Parameter) -> Iterator[None]:
     """No backward inside the block writes a gradient into these modules' parameters.
 
     Guards: G during the discriminator step, a target network, a frozen backbone, the critics
@@ -111,7 +119,7 @@ def no_grad_reaches(*modules: nn.Module, before: torch.optim.Optimizer | None = 
 
 
 @contextlib.contextmanager
-def gets_grad(*modules: nn.Module, **named: nn.Module) -> Iterator[None]:
+def gets_grad(*modules: nn.Module | nn.Parameter, **named: nn.Module | nn.Parameter) -> Iterator[None]:
     """Every parameter of these modules gets a non-zero gradient from some backward inside the
     block. Guards what must learn: a VQ codebook, a critic, blocks behind a checkpoint. Use it
     with `zero_grad(set_to_none=True)` inside the block, so that an old grad cannot pass for a new
@@ -162,7 +170,7 @@ def _digests(module: nn.Module, buffers: bool) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def unchanged(*modules: nn.Module, buffers: bool = True, **named: nn.Module) -> Iterator[None]:
+def unchanged(*modules: nn.Module | nn.Parameter, buffers: bool = True, **named: nn.Module | nn.Parameter) -> Iterator[None]:
     """The modules' parameters, and with `buffers=True` their buffers (BatchNorm's running
     statistics), are bit-for-bit the same after the block as before. Guards a frozen backbone and
     a target network between syncs."""

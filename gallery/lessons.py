@@ -176,11 +176,67 @@ def checkpointing_trades_bytes_for_recompute() -> str:
             "gradients equal")
 
 
+def straight_through_is_value_of_f_gradient_of_identity() -> str:
+    """`y = x + (f(x) - x).detach()` has the value of `f(x)` and the gradient of the identity: the
+    straight-through estimator, as VQ-VAE uses it for a step with no gradient of its own."""
+    x = torch.randn(6, requires_grad=True)
+    y = x + (x.round() - x).detach()  # round() has zero gradient almost everywhere
+    assert torch.equal(y, x.round())
+    (grad,) = torch.autograd.grad((y * torch.arange(6.0)).sum(), x)
+    assert torch.equal(grad, torch.arange(6.0))  # d(sum w*y)/dx = w: as if y were x
+    return "value == round(x) exactly; gradient == the weights, as if y were x"
+
+
+def gumbel_softmax_hard_is_straight_through() -> str:
+    """`F.gumbel_softmax(logits, hard=True)` is a straight-through estimator: its forward is
+    exactly one-hot, and its gradient is the gradient of the soft sample drawn with the same
+    noise."""
+    import torch.nn.functional as F
+
+    logits = torch.randn(4, 5, requires_grad=True)
+    weights = torch.randn(4, 5)
+    torch.manual_seed(0)
+    hard = F.gumbel_softmax(logits, tau=0.7, hard=True)
+    (hard_grad,) = torch.autograd.grad((hard * weights).sum(), logits)
+    torch.manual_seed(0)  # the same Gumbel noise
+    soft = F.gumbel_softmax(logits, tau=0.7, hard=False)
+    (soft_grad,) = torch.autograd.grad((soft * weights).sum(), logits)
+    assert bool(((hard == 0) | (hard == 1)).all()) and torch.equal(hard.sum(1), torch.ones(4))
+    torch.testing.assert_close(hard_grad, soft_grad)
+    return ("forward one-hot in every row; gradient equal to the soft sample's "
+            f"(max difference {float((hard_grad - soft_grad).abs().max()):.1g})")
+
+
+def running_loss_sum_keeps_every_graph() -> str:
+    """`total_loss += loss` across iterations keeps every iteration's graph alive, so the bytes
+    held for backward grow with each one; `total_loss += loss.item()` (or `loss.detach()`) keeps
+    them flat at one iteration's graph. The most asked memory question about autograd."""
+    net = nn.Linear(64, 64)
+    x = torch.randn(128, 64)
+
+    def held_after(n: int, keep_graph: bool) -> int:
+        with SavedTensorMeter() as meter:
+            total = 0.0
+            for _ in range(n):
+                loss = net(x).pow(2).mean()
+                total = total + (loss if keep_graph else loss.item())
+            return meter.live
+
+    summed = [held_after(n, keep_graph=True) for n in (1, 2, 4)]
+    flat = [held_after(n, keep_graph=False) for n in (1, 2, 4)]
+    assert summed[0] > 0 and summed[2] == 4 * summed[0] and summed[1] == 2 * summed[0]
+    assert flat == [summed[0]] * 3  # only the last iteration's graph, still named by `loss`
+    return (f"bytes held after 1, 2, 4 iterations: {', '.join(f'{b:,}' for b in summed)} with "
+            f"`+= loss`; {', '.join(f'{b:,}' for b in flat)} with `+= loss.item()`")
+
+
 LESSONS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     detach_shares_storage, inplace_on_detached_breaks_backward, clone_detach_is_independent,
     data_is_not_detach, no_grad_cuts_every_operation, inference_mode_is_stricter,
     only_leaves_that_require_grad_get_grad, detach_does_not_free_the_graph,
-    requires_grad_false_does_not_freeze_batchnorm, checkpointing_trades_bytes_for_recompute)}
+    requires_grad_false_does_not_freeze_batchnorm, checkpointing_trades_bytes_for_recompute,
+    running_loss_sum_keeps_every_graph, straight_through_is_value_of_f_gradient_of_identity,
+    gumbel_softmax_hard_is_straight_through)}
 
 
 # The claims where the seed tutorial was wrong or imprecise (the lesson's claim says what is true).

@@ -75,6 +75,10 @@ def hero(path: Path) -> None:
         "simsiam: output std x sqrt(d)": (mean(r["output_std_sqrt_d"] for r in ss["none"]),
                                           mean(r["output_std_sqrt_d"] for r in ss["no_stop_grad"]),
                                           "no_stop_grad"),
+        "vqvae: held-out reconstruction MSE": (
+            mean(r["recon_mse"] for r in gates["vqvae"]["runs"]["none"]),
+            mean(r["recon_mse"] for r in gates["vqvae"]["runs"]["no_straight_through"]),
+            "no straight-through"),
     }
 
     def draw(fig) -> None:
@@ -88,7 +92,7 @@ def hero(path: Path) -> None:
             ax.set_title(title, fontsize=8)
             ax.tick_params(axis="y", labelsize=7)
 
-    fig = plots.pyplot().figure(figsize=(17, 3))
+    fig = plots.pyplot().figure(figsize=(19, 3))
     draw(fig)
     plots.save(fig, path)
 

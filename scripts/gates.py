@@ -20,7 +20,7 @@ import torch
 
 USAGE = """The learning targets in full, at fixed seeds, with each run's wall time on this machine.
 
-    scripts/gates.py [gan|gan_sizes|dqn|finetune|ppo|sac|simsiam|tbptt|all] [--json gates.json]
+    scripts/gates.py [gan|gan_sizes|dqn|finetune|ppo|sac|simsiam|tbptt|vqvae|all] [--json gates.json]
                      [--figures DIR]
 
 tests/test_learning.py checks a subset of these within the test budget; this script runs all the
@@ -249,6 +249,37 @@ def gate_simsiam(tmp: Path, figures: Path | None) -> dict:
             and max(r["wall_seconds"] for runs in rows.values() for r in runs) < 120}
 
 
+def gate_vqvae(tmp: Path, figures: Path | None) -> dict:
+    """Digits, the default config, seeds 0-2: the pattern's held-out reconstruction MSE is at least
+    30% below no_straight_through's on the same seed and uses at least half of the K codes;
+    codebook_on_st ends with its codebook bit-for-bit as it started, while its reconstruction still
+    falls. Each run under 2 minutes."""
+    keys = ("recon_mse", "recon_mse_at_start", "perplexity", "codes_used", "codebook_unchanged",
+            "steps_per_sec", "wall_seconds")
+    rows, seed0 = {}, {}
+    for mistake in ("none", "no_straight_through", "codebook_on_st"):
+        for seed in range(3):
+            s = run("vqvae", f"seed={seed}", f"mistake={mistake}",
+                    f"out_dir={tmp}/vqvae/{mistake}/{seed}")
+            rows.setdefault(mistake, []).append({k: s[k] for k in keys})
+            seed0.setdefault(mistake, s)
+            print(f"vqvae {mistake} seed={seed}: {rows[mistake][-1]}", flush=True)
+    if figures is not None:
+        from gallery import vqvae
+
+        fig = plots.pyplot().figure(figsize=vqvae.EXAMPLE.figure_size)
+        vqvae.tour_figure(seed0, fig)
+        fig.suptitle("vqvae on digits, default config, seed 0", fontsize=9)
+        plots.save(fig, figures / "vqvae.png")
+    pattern, no_st, on_st = rows["none"], rows["no_straight_through"], rows["codebook_on_st"]
+    passed = (all(p["recon_mse"] <= 0.7 * m["recon_mse"] for p, m in zip(pattern, no_st))
+              and all(p["codes_used"] >= 0.5 for p in pattern)
+              and all(r["codebook_unchanged"] and r["recon_mse"] < r["recon_mse_at_start"]
+                      for r in on_st)
+              and max(r["wall_seconds"] for runs in rows.values() for r in runs) < 120)
+    return {"runs": rows, "pass": passed}
+
+
 def gate_ppo(tmp: Path, figures: Path | None) -> dict:
     """CartPole-v1, the default config, seeds 0-4: greedy eval mean >= 475 by 100k env steps, each
     run under 2 minutes. Measured beside it: advantage_grad on the same seeds, and the critic's bias
@@ -314,7 +345,8 @@ def gate_sac(tmp: Path, figures: Path | None) -> dict:
 
 
 GATES = {"gan": gate_gan, "gan_sizes": gate_gan_sizes, "dqn": gate_dqn, "finetune": gate_finetune,
-         "ppo": gate_ppo, "sac": gate_sac, "simsiam": gate_simsiam, "tbptt": gate_tbptt}
+         "ppo": gate_ppo, "sac": gate_sac, "simsiam": gate_simsiam, "tbptt": gate_tbptt,
+         "vqvae": gate_vqvae}
 
 
 def main() -> int:

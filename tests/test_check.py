@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gallery import dqn, finetune, gan, ppo, sac, simsiam, tbptt
+from gallery import dqn, finetune, gan, ppo, sac, simsiam, tbptt, vqvae
 from gallery.check import bounded_memory, constant, gets_grad, no_grad_reaches, unchanged
 from gallery.core.registry import examples
 from tests.conftest import ROOT
@@ -286,8 +286,18 @@ def simsiam_step(mistake: str) -> None:
     constant(targets=[z for _, z in calls])
 
 
+def vqvae_step(mistake: str) -> None:
+    torch.manual_seed(0)
+    model = vqvae.VQVAE(1, 8, 4, 16, stages=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # beta=0: the encoder's only teacher is then the reconstruction, through the straight-through
+    with gets_grad(codebook=model.codebook, encoder=model.encoder):
+        vqvae.vq_step(model, optimizer, torch.randn(16, 1, 8, 8), beta=0.0,
+                      quantize=vqvae.BY_MISTAKE[mistake])
+
+
 RUNNERS = {"gan": gan_iteration, "dqn": dqn_update, "ppo": ppo_iteration, "sac": sac_updates,
-           "finetune": finetune_steps, "tbptt": tbptt_chunks, "simsiam": simsiam_step}
+           "finetune": finetune_steps, "tbptt": tbptt_chunks, "simsiam": simsiam_step, "vqvae": vqvae_step}
 
 # (example, mistake) -> the sentence its check fails with, or why no check can catch it
 D_STEP_REACHES_G = "no_grad_reaches: a backward before Adam.step() wrote a grad into generator"
@@ -311,6 +321,10 @@ CAUGHT = {
     ("simsiam", "no_stop_grad"): "constant: targets[0] (grad_fn=",
     ("simsiam", "no_predictor"): "gets_grad: no backward inside the block wrote a non-zero grad "
                                  "into predictor",
+    ("vqvae", "codebook_on_st"): "gets_grad: no backward inside the block wrote a non-zero grad "
+                                 "into codebook",
+    ("vqvae", "no_straight_through"): "gets_grad: no backward inside the block wrote a non-zero "
+                                      "grad into encoder",
 }
 NOT_A_CUT = {
     ("dqn", "no_target"): "bootstraps from the online net under no_grad: the target is a "

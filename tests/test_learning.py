@@ -6,7 +6,7 @@ scripts/gates.py; these run the subset that fits the test budget.
 
 import pytest
 
-from gallery import dqn, finetune, gan, ppo, sac, simsiam, tbptt
+from gallery import dqn, finetune, gan, ppo, sac, simsiam, tbptt, vqvae
 from gallery.core.cli import compose
 
 pytestmark = pytest.mark.slow
@@ -103,3 +103,20 @@ def test_ppo_truncation_as_terminal_underestimates_values_against_monte_carlo_re
 def test_sac_balances_the_pendulum_within_20k_steps(tmp_path):
     summary = sac.train(compose("sac", ["device=cpu", "seed=0", f"out_dir={tmp_path}"]))
     assert summary["eval_return_mean"] >= -200 and summary["target_grad_seen"] is False
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vqvae_straight_through_reconstructs_and_its_mistakes_show(tmp_path, seed):
+    """Digits, the default config. On the machine of docs/gates.json the pattern's held-out MSE is
+    about 0.025 against about 0.29 without the straight-through line (an 11x gap where the gate
+    asks for 30%), with every code of K in use (the gate asks for half)."""
+    base = ["device=cpu", f"seed={seed}"]
+    pattern = vqvae.train(compose("vqvae", [*base, f"out_dir={tmp_path}/p"]))
+    no_st = vqvae.train(compose("vqvae", [*base, f"out_dir={tmp_path}/n",
+                                          "mistake=no_straight_through"]))
+    on_st = vqvae.train(compose("vqvae", [*base, f"out_dir={tmp_path}/c",
+                                          "mistake=codebook_on_st"]))
+    assert pattern["recon_mse"] <= 0.7 * no_st["recon_mse"]
+    assert pattern["codes_used"] >= 0.5 and not pattern["codebook_unchanged"]
+    assert on_st["codebook_unchanged"] is True  # the codebook never moved...
+    assert on_st["recon_mse"] < 0.8 * on_st["recon_mse_at_start"]  # ...and the loss still fell

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gallery import dqn, gan, nets, ppo, sac, simsiam, tbptt
+from gallery import dqn, gan, nets, ppo, sac, simsiam, tbptt, vqvae
 from gallery.core.cli import compose
 from gallery.core.probes import (
     CrossStepProbe,
@@ -224,6 +224,23 @@ def test_pasted_simsiam_loss_trains_the_encoder_only_through_the_predictions():
 
 
 # --- the mistakes are small diffs ----------------------------------------------------------------
+
+def test_pasted_quantize_and_vq_step_train_the_codebook_and_pass_the_identity_to_the_encoder():
+    ns = pasted("vqvae")
+    torch.manual_seed(0)
+    model = vqvae.VQVAE(1, 8, 4, 16, stages=1)
+    z = model.encoder(torch.randn(8, 1, 8, 8))
+    z_q, codes, codebook_loss, commitment_loss = ns["quantize"](z, model.codebook)
+    (grad,) = torch.autograd.grad(z_q.sum(), z, retain_graph=True)
+    assert torch.equal(grad, torch.ones_like(z))  # straight through: the identity's gradient
+    assert reached_parameters(codebook_loss, model.encoder) == set()  # sg[z]
+    assert reached_parameters(commitment_loss, {"codebook": model.codebook}) == set()  # sg[e]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = model.codebook.detach().clone()
+    ns["vq_step"](model, optimizer, torch.randn(8, 1, 8, 8))
+    assert not torch.equal(model.codebook, before) and model.codebook.grad is not None
+    assert ns["code_usage"](codes, 16)[1] > 0
+
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_every_mistake_variant_is_a_small_diff_of_a_pattern_function(name):

@@ -35,7 +35,7 @@ def headlines(gates: dict | None = None, bench: dict | None = None) -> dict[str,
     """example -> (what the pattern measured, what its best-known mistake measured), in words and
     JSON numbers."""
     gates, bench = gates or load("gates.json"), bench or load("bench.json")
-    gan, ss = gates["gan"], gates["simsiam"]["runs"]
+    gan, ss, vq = gates["gan"], gates["simsiam"]["runs"], gates["vqvae"]["runs"]
     ppo, sac = gates["ppo"]["runs"], gates["sac"]["runs"]
     solved = [r["first_solved_step"] for r in gates["dqn"]["runs"]]
     ppo_solved = [r["first_solved_step"] for r in ppo["none"] if r["first_solved_step"] is not None]
@@ -70,10 +70,15 @@ def headlines(gates: dict | None = None, bench: dict | None = None) -> dict[str,
                     f"no_stop_grad: std {avg(ss['no_stop_grad'], 'output_std_sqrt_d'):.2f}"
                     "/sqrt(d), "
                     f"kNN {avg(ss['no_stop_grad'], 'knn_acc'):.3f}: collapsed"),
+        "vqvae": (f"held-out MSE {avg(vq['none'], 'recon_mse'):.3f}, perplexity "
+                  f"{avg(vq['none'], 'perplexity'):.0f} of 32",
+                  f"no_straight_through: MSE {avg(vq['no_straight_through'], 'recon_mse'):.3f}, "
+                  f"perplexity {avg(vq['no_straight_through'], 'perplexity'):.0f}; "
+                  f"codebook_on_st: codebook never moves"),
     }
 
 
-ORDER = ("gan", "dqn", "ppo", "sac", "finetune", "tbptt", "simsiam")
+ORDER = ("gan", "dqn", "ppo", "sac", "finetune", "tbptt", "simsiam", "vqvae")
 
 
 def gallery_table(link=lambda name: f"gallery/{name}.py") -> str:

@@ -1,0 +1,333 @@
+"""VQ-VAE: the straight-through estimator, and the two stop-gradient losses beside it.
+
+    e = codebook[nearest(z)]                          # the code each encoder vector snaps to
+    codebook_loss = mse(e, z.detach())                # sg[z]: only the codebook moves
+    commitment_loss = mse(z, e.detach())              # sg[e]: only the encoder commits
+    z_q = z + (e - z).detach()                        # the value of e, the gradient of z
+    loss = mse(decoder(z_q), x) + codebook_loss + beta * commitment_loss
+
+Snapping to the nearest code has no gradient. The straight-through line passes the decoder's
+gradient to the encoder as if the snap were the identity, and the two losses move the codebook and
+the encoder towards each other, each with the other held constant. The mistakes (`mistake=`), and
+what they cost on digits (scripts/gates.py vqvae):
+
+- codebook_on_st: the codebook and commitment losses are computed on the straight-through output
+  z_q, whose graph runs to z and never to the codebook. The codebook gets no gradient and ends the
+  run bit-for-bit as it started, while the reconstruction loss still falls: the trap is that
+  nothing looks wrong.
+- no_straight_through: the decoder reads e itself. The reconstruction's gradient stops at the
+  codebook; the encoder learns only from the commitment term, the codes collapse to one (perplexity
+  1), and reconstruction is far worse at the same budget.
+
+Run: python -m gallery.vqvae seed=0 out_dir=/tmp/vqvae   (data=mnist | fashion_mnist | cifar10 |
+imagefolder online)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import hydra
+import torch
+import torch.nn.functional as F
+from omegaconf import MISSING
+from torch import nn
+
+from gallery.core import plots
+from gallery.core.cli import command_line, report, run_cli
+from gallery.core.config import (
+    BaseConfig,
+    config_dir,
+    register_schema,
+    require_choice,
+    require_non_negative,
+    require_positive,
+    require_range,
+    validate_base,
+)
+from gallery.core.errors import ConfigError
+from gallery.core.loop import Loop
+from gallery.core.probes import Probe, state_hash
+from gallery.core.registry import Example, Mistake
+from gallery.core.run import prepare
+from gallery.data import images
+from gallery.nets import evaluating
+
+# --- config schema -----------------------------------------------------------------------------
+
+@dataclass
+class VqvaeData:
+    name: str = MISSING  # digits | mnist | fashion_mnist | cifar10 | imagefolder
+    root: str = "${cache_dir:}"  # where torchvision downloads, or the imagefolder root
+    image_size: int | None = None  # None: 8 for digits, 28 for (fashion) mnist, 32 otherwise
+    limit: int = 10000  # online data: at most this many images
+    val_fraction: float = 0.2  # held out: the reconstruction error is measured there
+    split_seed: int = 0
+
+
+@register_schema("vqvae")
+@dataclass
+class VqvaeConfig(BaseConfig):
+    data: VqvaeData = field(default_factory=VqvaeData)
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 2e-3
+    codebook_size: int = 32  # K codes
+    code_dim: int = 8  # each code's length
+    hidden: int = 32  # conv channels
+    beta: float = 0.25  # the commitment weight (the paper's)
+    eval_every: int = 250
+    log_every: int = 100
+    ckpt_every: int = 500
+
+
+def validate(cfg: VqvaeConfig) -> None:
+    validate_base(cfg, BY_MISTAKE)
+    require_choice(cfg, "data.name", ["digits", "mnist", "fashion_mnist", "cifar10",
+                                      "imagefolder"])
+    require_positive(cfg, "lr", "codebook_size", "code_dim", "hidden", "batch_size", "data.limit")
+    require_non_negative(cfg, "beta")
+    require_range(cfg, "data.val_fraction", 0.05, 0.9)
+
+
+# --- model --------------------------------------------------------------------------------------
+
+class VQVAE(nn.Module):
+    """A conv encoder to a grid of `code_dim` vectors (one stride-2 stage for 8x8 images, two
+    above), a codebook of K vectors, and a mirrored decoder."""
+
+    def __init__(self, channels: int, hidden: int, code_dim: int, codebook_size: int,
+                 stages: int):
+        super().__init__()
+        down = [m for _ in range(stages) for m in (nn.Conv2d(hidden, hidden, 4, 2, 1), nn.ReLU())]
+        up = [m for _ in range(stages)
+              for m in (nn.ConvTranspose2d(hidden, hidden, 4, 2, 1), nn.ReLU())]
+        self.encoder = nn.Sequential(nn.Conv2d(channels, hidden, 3, 1, 1), nn.ReLU(), *down,
+                                     nn.Conv2d(hidden, code_dim, 1))
+        self.decoder = nn.Sequential(nn.Conv2d(code_dim, hidden, 3, 1, 1), nn.ReLU(), *up,
+                                     nn.Conv2d(hidden, channels, 3, 1, 1))
+        # small codes near the encoder's first outputs: every code gets picked early on (a codebook
+        # drawn at unit scale left half the codes dead on digits)
+        self.codebook = nn.Parameter(torch.empty(codebook_size, code_dim).uniform_(
+            -1 / codebook_size, 1 / codebook_size))
+
+
+# --- the pattern --------------------------------------------------------------------------------
+
+def quantize(z, codebook):
+    """Snap each vector of z (B, D, H, W) to its nearest code in `codebook` (K, D). Returns the
+    straight-through output, the codes (B, H, W), and the codebook and commitment losses."""
+    b, d, h, w = z.shape
+    flat = z.permute(0, 2, 3, 1).reshape(-1, d)
+    codes = torch.cdist(flat, codebook).argmin(1)  # no gradient: an index
+    e = codebook[codes].view(b, h, w, d).permute(0, 3, 1, 2)
+    codebook_loss = F.mse_loss(e, z.detach())  # PATTERN: sg[z]: only the codebook moves
+    commitment_loss = F.mse_loss(z, e.detach())  # PATTERN: sg[e]: only the encoder commits
+    z_q = z + (e - z).detach()  # PATTERN: the value of e, the gradient of the identity to z
+    return z_q, codes.view(b, h, w), codebook_loss, commitment_loss
+
+
+def vq_step(model, optimizer, x, beta=0.25, quantize=quantize):
+    """One update: reconstruct through the straight-through output, plus both VQ losses. Returns
+    the reconstruction error (detached) and the codes."""
+    z_q, codes, codebook_loss, commitment_loss = quantize(model.encoder(x), model.codebook)
+    reconstruction = F.mse_loss(model.decoder(z_q), x)
+    loss = reconstruction + codebook_loss + beta * commitment_loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return reconstruction.detach(), codes
+
+
+def code_usage(codes, codebook_size):
+    """Perplexity (exp of the codes' entropy: K when every code is used equally, 1 when one code
+    takes all) and the fraction of the K codes used at least once."""
+    counts = torch.bincount(codes.flatten(), minlength=codebook_size).float()
+    p = counts / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return float(entropy.exp()), float((counts > 0).float().mean())
+
+
+# --- the mistakes -------------------------------------------------------------------------------
+
+def quantize_codebook_on_st(z, codebook):
+    b, d, h, w = z.shape
+    flat = z.permute(0, 2, 3, 1).reshape(-1, d)
+    codes = torch.cdist(flat, codebook).argmin(1)  # no gradient: an index
+    e = codebook[codes].view(b, h, w, d).permute(0, 3, 1, 2)
+    z_q = z + (e - z).detach()
+    codebook_loss = F.mse_loss(z_q, z.detach())  # MISTAKE: z_q's graph runs to z, not the codebook
+    commitment_loss = F.mse_loss(z, z_q.detach())
+    return z_q, codes.view(b, h, w), codebook_loss, commitment_loss
+
+
+def quantize_no_straight_through(z, codebook):
+    b, d, h, w = z.shape
+    flat = z.permute(0, 2, 3, 1).reshape(-1, d)
+    codes = torch.cdist(flat, codebook).argmin(1)  # no gradient: an index
+    e = codebook[codes].view(b, h, w, d).permute(0, 3, 1, 2)
+    codebook_loss = F.mse_loss(e, z.detach())
+    commitment_loss = F.mse_loss(z, e.detach())
+    z_q = e  # MISTAKE: the decoder's gradient stops at the codebook, never reaches the encoder
+    return z_q, codes.view(b, h, w), codebook_loss, commitment_loss
+
+
+BY_MISTAKE = {"none": quantize, "codebook_on_st": quantize_codebook_on_st,
+              "no_straight_through": quantize_no_straight_through}
+
+
+# --- data, evaluation, figures ------------------------------------------------------------------
+
+def load_data(cfg):
+    d = cfg.data
+    if d.name == "digits":
+        x, y = images.load_digits_tensors()
+    else:
+        size = d.image_size or (28 if "mnist" in d.name else 32)
+        channels = 1 if "mnist" in d.name else 3
+        x, y = images.dataset_to_tensors(images.torchvision_dataset(d.name, d.root, size,
+                                                                    channels=channels),
+                                         limit=d.limit)
+    xt, _, xv, _ = images.stratified_split(x, y, d.val_fraction, d.split_seed, None)
+    return xt, xv
+
+
+@torch.no_grad()
+def evaluate(model, xv, codebook_size, batch: int = 512) -> dict:
+    """Held-out reconstruction error, and how the held-out images use the codebook."""
+    with evaluating(model):
+        errors, codes = [], []
+        for i in range(0, len(xv), batch):
+            x = xv[i:i + batch]
+            z_q, c, _, _ = quantize(model.encoder(x), model.codebook)
+            errors.append(F.mse_loss(model.decoder(z_q), x, reduction="sum"))
+            codes.append(c.flatten())
+    perplexity, used = code_usage(torch.cat(codes), codebook_size)
+    return {"recon_mse": float(sum(errors) / xv.numel()), "perplexity": perplexity,
+            "codes_used": used}
+
+
+def draw_reconstructions(axes, model, x, label: str) -> None:
+    """Top row: the images; bottom row: their reconstructions through the codebook."""
+    with torch.no_grad(), evaluating(model):
+        z_q, _, _, _ = quantize(model.encoder(x), model.codebook)
+        out = model.decoder(z_q)
+    n = len(x)
+    grid = torch.cat([torch.cat(list(x[:, 0].cpu()), 1), torch.cat(list(out[:, 0].cpu()), 1)], 0)
+    axes.imshow(grid.clamp(-1, 1).numpy(), cmap="gray_r", vmin=-1, vmax=1)
+    axes.set(xticks=[], yticks=[], title=f"{label}: {n} held-out images (top), reconstructed")
+
+
+def draw_curves(axes, evals: list[dict], label: str) -> None:
+    axes[0].plot([e["step"] for e in evals], [e["recon_mse"] for e in evals], marker="o", ms=3,
+                 label=label)
+    axes[0].set(xlabel="step", ylabel="held-out reconstruction MSE", yscale="log")
+    axes[1].plot([e["step"] for e in evals], [e["perplexity"] for e in evals], marker="o", ms=3,
+                 label=label)
+    axes[1].set(xlabel="step", ylabel="codebook perplexity (max K)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+
+
+# --- training loop ------------------------------------------------------------------------------
+
+def train(cfg) -> dict:
+    cfg, device = prepare(cfg, validate, small_model=lambda c: c.data.name == "digits")
+    xt, xv = (t.to(device) for t in load_data(cfg))
+    stages = 1 if xt.shape[-1] <= 8 else 2
+    if xt.shape[-1] % 2**stages:
+        raise ConfigError(f"data.image_size={xt.shape[-1]} must be a multiple of {2**stages}")
+    model = VQVAE(xt.shape[1], cfg.hidden, cfg.code_dim, cfg.codebook_size, stages).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    batches = images.IndexBatches(len(xt), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
+    quantizer = BY_MISTAKE[cfg.mistake]
+    stateful = {"model": model, "optimizer": optimizer, "batches": batches}
+    codebook_at_start = state_hash_of(model.codebook)
+    probe = Probe(device)
+    with Loop(cfg, "vqvae", stateful, device, cfg.data.name) as loop:
+        if loop.finished:
+            return loop.finished
+        if not loop.evals:  # step 0: the untrained model, the baseline
+            loop.evals.append({"step": 0, **evaluate(model, xv, cfg.codebook_size)})
+        for step in loop:
+            x = xt[next(batches).to(device)]
+            with probe.step(sampled=False):
+                reconstruction, _ = vq_step(model, optimizer, x, cfg.beta, quantizer)
+            if loop.due(cfg.log_every):
+                loop.log({"recon_loss": reconstruction})
+            if loop.due(cfg.eval_every, final=True):
+                loop.evaluated(**evaluate(model, xv, cfg.codebook_size))
+        label = f"mistake={cfg.mistake}"
+        plots.figure(loop.run.path("curves.png"), draw_curves, loop.evals, label, panels=2,
+                     size=(9, 3.2))
+        plots.figure(loop.run.path("reconstructions.png"), draw_reconstructions, model, xv[:12],
+                     label, size=(9, 2.2))
+        last = loop.evals[-1]
+        return loop.summary(
+            data=cfg.data.name, steps=cfg.steps, codebook_size=cfg.codebook_size,
+            recon_mse=last["recon_mse"], recon_mse_at_start=loop.evals[0]["recon_mse"],
+            perplexity=last["perplexity"], codes_used=last["codes_used"],
+            codebook_unchanged=state_hash_of(model.codebook) == codebook_at_start,
+            steps_per_sec=probe.units_per_sec, curve=loop.evals)
+
+
+def state_hash_of(parameter: torch.Tensor) -> str:
+    """The codebook's digest: proof that it moved, or that it did not move at all."""
+    holder = nn.Module()
+    holder.p = nn.Parameter(parameter.detach().clone(), requires_grad=False)
+    return state_hash(holder)
+
+
+# --- what the tour and `python -m gallery show vqvae` read ------------------------------------
+
+def headline(s: dict) -> str:
+    return (f"held-out reconstruction MSE {s['recon_mse']:.4f} (untrained "
+            f"{s['recon_mse_at_start']:.3f}), perplexity {s['perplexity']:.1f} of "
+            f"{s['codebook_size']}, codes used {s['codes_used']:.0%}, codebook unchanged: "
+            f"{s['codebook_unchanged']}")
+
+
+def tour_figure(runs: dict, fig) -> None:
+    axes = fig.subplots(1, 2)
+    for mistake in (m for m in BY_MISTAKE if m in runs and "curve" in runs[m]):
+        draw_curves(axes, runs[mistake]["curve"], "pattern" if mistake == "none" else mistake)
+
+
+QUICK = ["steps=60", "eval_every=30", "log_every=30"]
+EXAMPLE = Example(
+    name="vqvae",
+    pattern="the straight-through estimator z + (e - z).detach(), with the codebook loss on sg[z] "
+            "and the commitment loss on sg[e]",
+    pattern_functions=("quantize", "vq_step", "code_usage"),
+    mistakes={
+        "codebook_on_st": Mistake(
+            "codebook and commitment losses computed on the straight-through output",
+            "the codebook gets no gradient and ends bit-for-bit as it started, while the "
+            "reconstruction loss still falls",
+            ("quantize_codebook_on_st",),
+        ),
+        "no_straight_through": Mistake(
+            "the decoder reads the snapped codes e, with no straight-through line",
+            "the encoder learns only from the commitment term; the codes collapse to one and "
+            "reconstruction is far worse at the same budget (measured)",
+            ("quantize_no_straight_through",),
+        ),
+    },
+    budgets={"full": {m: [] for m in BY_MISTAKE}, "quick": {m: QUICK for m in BY_MISTAKE}},
+    headline=headline,
+    figure=tour_figure,
+    figure_size=(9, 3.4),
+    check=lambda s: None if not s["codebook_unchanged"] else "the codebook never moved",
+    smoke=("steps=6", "eval_every=3", "log_every=3", "batch_size=32"),
+)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir("vqvae"), config_name="vqvae")
+def main(cfg) -> None:
+    report(run_cli(train, cfg), "recon_mse", "perplexity", "codes_used", "codebook_unchanged",
+           "steps_per_sec")
+
+
+if __name__ == "__main__":
+    command_line(EXAMPLE, main)

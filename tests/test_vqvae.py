@@ -1,0 +1,122 @@
+"""vqvae: the straight-through estimator's contract, each mistake's consequence, a smoke run and one
+real process."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gallery import vqvae as vq
+from gallery.check import gets_grad, unchanged
+from gallery.core.cli import compose
+from gallery.core.probes import reached_parameters
+from gallery.data import images
+from tests.conftest import run_module
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    model = vq.VQVAE(1, 8, 4, 16, stages=1)
+    return model, images.load_digits_tensors()[0][:32]
+
+
+# --- the pattern's contract ---------------------------------------------------------------------
+
+def test_the_straight_through_output_has_the_codes_value_and_the_identitys_gradient():
+    model, x = _model()
+    z = model.encoder(x)
+    z_q, codes, _, _ = vq.quantize(z, model.codebook)
+    e = model.codebook[codes].permute(0, 3, 1, 2)
+    assert torch.allclose(z_q, e, atol=1e-6)  # forward: the code
+    (grad,) = torch.autograd.grad(z_q.sum(), z)
+    assert torch.equal(grad, torch.ones_like(z))  # backward: the identity
+    assert reached_parameters(z_q.sum(), {"codebook": model.codebook}) == set()
+
+
+def test_each_stop_gradient_loss_trains_only_its_own_side():
+    model, x = _model()
+    _, _, codebook_loss, commitment_loss = vq.quantize(model.encoder(x), model.codebook)
+    encoder = dict(model.encoder.named_parameters())
+    assert reached_parameters(codebook_loss, {"codebook": model.codebook}) == {"codebook"}
+    assert reached_parameters(codebook_loss, encoder) == set()  # sg[z]
+    assert reached_parameters(commitment_loss, {"codebook": model.codebook}) == set()  # sg[e]
+    assert reached_parameters(commitment_loss, encoder) == set(encoder)
+
+
+def test_a_pattern_step_trains_the_encoder_the_decoder_and_the_codebook():
+    model, x = _model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with gets_grad(encoder=model.encoder, decoder=model.decoder):
+        vq.vq_step(model, optimizer, x)
+    assert model.codebook.grad is not None and bool(model.codebook.grad.ne(0).any())
+
+
+def test_code_usage_reads_k_for_uniform_codes_and_one_for_a_single_code():
+    perplexity, used = vq.code_usage(torch.arange(16).repeat(10), 16)
+    assert abs(perplexity - 16) < 1e-4 and used == 1.0
+    perplexity, used = vq.code_usage(torch.zeros(50, dtype=torch.long), 16)
+    assert abs(perplexity - 1) < 1e-6 and used == 1 / 16
+
+
+# --- the mistakes' consequences ------------------------------------------------------------------
+
+def test_codebook_on_st_leaves_the_codebook_unchanged_while_reconstruction_still_falls():
+    model, x = _model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    with unchanged(codebook_holder=_Holder(model.codebook)):
+        for _ in range(60):
+            recon, _ = vq.vq_step(model, optimizer, x, quantize=vq.quantize_codebook_on_st)
+            first = float(recon) if first is None else first
+    assert model.codebook.grad is None  # exactly zero: no graph ever reached it
+    assert float(recon) < 0.8 * first  # the trap: the reconstruction loss still falls
+
+
+def test_no_straight_through_gives_the_encoder_no_gradient_from_the_reconstruction():
+    model, x = _model()
+    z_q, _, _, _ = vq.quantize_no_straight_through(model.encoder(x), model.codebook)
+    reconstruction = F.mse_loss(model.decoder(z_q), x)
+    assert reached_parameters(reconstruction, model.encoder) == set()
+    assert reached_parameters(reconstruction, {"codebook": model.codebook}) == {"codebook"}
+
+
+class _Holder(torch.nn.Module):
+    """A module around one parameter, so that `unchanged` can watch the codebook alone."""
+
+    def __init__(self, parameter):
+        super().__init__()
+        self.codebook = parameter
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+def test_a_smoke_run_writes_its_summary_and_figures(tmp_path):
+    s = vq.train(compose("vqvae", ["device=cpu", "steps=20", "eval_every=10", "log_every=10",
+                                   "batch_size=32", f"out_dir={tmp_path}"]))
+    assert s["steps"] == 20 and not s["codebook_unchanged"]
+    assert s["recon_mse"] < s["recon_mse_at_start"]
+    assert 0 < s["codes_used"] <= 1 and 1 <= s["perplexity"] <= 32
+    assert (tmp_path / "curves.png").is_file() and (tmp_path / "reconstructions.png").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "recon_loss" in r] == [10, 20]
+
+
+def test_the_command_line_trains_and_reports(tmp_path):
+    proc = run_module("gallery.vqvae", "steps=10", "eval_every=10", "batch_size=16",
+                      "mistake=codebook_on_st", f"out_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "codebook_unchanged=True" in proc.stdout
+
+
+@pytest.mark.parametrize("override,message", [
+    ("codebook_size=0", "codebook_size must be > 0"),
+    ("data=ring8", "data=ring8 is not a data option of vqvae"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, override, message):
+    from tests.conftest import run_here
+
+    ran = run_here("gallery.vqvae", override, f"out_dir={tmp_path}/run")
+    assert ran.returncode == 2 and message in ran.stderr, ran.stderr
+    assert len(ran.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
