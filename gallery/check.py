@@ -12,7 +12,8 @@
 Each check raises `AssertionError` with one sentence that names the module or tensor, what
 reached it (or what grew), and the section of the gallery's docs (docs/check.md) that lists the
 patterns it guards. Modules (or bare parameters, such as a codebook) and tensors can be passed
-positionally (named by their class, or `tensor 0`, ...) or by keyword (named by the keyword). This module needs torch and nothing else.
+positionally (named by their class, or `tensor 0`, ...) or by keyword (named by the keyword).
+This module needs torch and nothing else.
 
 The checks read the graph; they do not change what the step computes. One caveat: while
 `bounded_memory` runs, autograd's saved-tensor hooks are on, and with them autograd does not check
@@ -29,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+Watched = nn.Module | nn.Parameter  # a module, or one parameter such as a codebook
+
 __all__ = ["bounded_memory", "constant", "gets_grad", "no_grad_reaches", "unchanged"]
 
 DOCS = "docs/check.md"  # each message names its section: docs/check.md#<check>
@@ -38,8 +41,8 @@ def _see(check: str) -> str:
     return f"(see {DOCS}#{check})"
 
 
-def _modules(modules: tuple[nn.Module | nn.Parameter, ...],
-             named: Mapping[str, nn.Module | nn.Parameter]) -> dict[str, nn.Module]:
+def _modules(modules: tuple[Watched, ...],
+             named: Mapping[str, Watched]) -> dict[str, nn.Module]:
     """Name each module: by its keyword, else by its class (with its position when two share
     one)."""
     out: dict[str, nn.Module] = {}
@@ -53,7 +56,7 @@ def _modules(modules: tuple[nn.Module | nn.Parameter, ...],
     return out
 
 
-def _as_module(value: nn.Module | nn.Parameter, where: str) -> nn.Module:
+def _as_module(value: Watched, where: str) -> nn.Module:
     """A module as it is; a bare parameter (a VQ codebook, a temperature) inside a module of its
     own, so that it is checked like any other."""
     if isinstance(value, nn.Module):
@@ -71,8 +74,8 @@ def _listed(names: list[str], limit: int = 3) -> str:
 
 
 @contextlib.contextmanager
-def no_grad_reaches(*modules: nn.Module | nn.Parameter, before: torch.optim.Optimizer | None = None,
-                    **named: nn.Module | nn.Parameter) -> Iterator[None]:
+def no_grad_reaches(*modules: Watched, before: torch.optim.Optimizer | None = None,
+                    **named: Watched) -> Iterator[None]:
     """No backward inside the block writes a gradient into these modules' parameters.
 
     Guards: G during the discriminator step, a target network, a frozen backbone, the critics
@@ -119,7 +122,7 @@ def no_grad_reaches(*modules: nn.Module | nn.Parameter, before: torch.optim.Opti
 
 
 @contextlib.contextmanager
-def gets_grad(*modules: nn.Module | nn.Parameter, **named: nn.Module | nn.Parameter) -> Iterator[None]:
+def gets_grad(*modules: Watched, **named: Watched) -> Iterator[None]:
     """Every parameter of these modules gets a non-zero gradient from some backward inside the
     block. Guards what must learn: a VQ codebook, a critic, blocks behind a checkpoint. Use it
     with `zero_grad(set_to_none=True)` inside the block, so that an old grad cannot pass for a new
@@ -170,7 +173,7 @@ def _digests(module: nn.Module, buffers: bool) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def unchanged(*modules: nn.Module | nn.Parameter, buffers: bool = True, **named: nn.Module | nn.Parameter) -> Iterator[None]:
+def unchanged(*modules: Watched, buffers: bool = True, **named: Watched) -> Iterator[None]:
     """The modules' parameters, and with `buffers=True` their buffers (BatchNorm's running
     statistics), are bit-for-bit the same after the block as before. Guards a frozen backbone and
     a target network between syncs."""

@@ -25,7 +25,6 @@ imagefolder online)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import hydra
@@ -250,7 +249,7 @@ def train(cfg) -> dict:
             return loop.finished
         if not loop.evals:  # step 0: the untrained model, the baseline
             loop.evals.append({"step": 0, **evaluate(model, xv, cfg.codebook_size)})
-        for step in loop:
+        for _ in loop:
             x = xt[next(batches).to(device)]
             with probe.step(sampled=False):
                 reconstruction, _ = vq_step(model, optimizer, x, cfg.beta, quantizer)

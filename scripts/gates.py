@@ -20,8 +20,8 @@ import torch
 
 USAGE = """The learning targets in full, at fixed seeds, with each run's wall time on this machine.
 
-    scripts/gates.py [gan|gan_sizes|dqn|finetune|ppo|sac|simsiam|tbptt|vqvae|all] [--json gates.json]
-                     [--figures DIR]
+    scripts/gates.py [gan|gan_sizes|dqn|finetune|ppo|sac|simsiam|tbptt|vqvae|all]
+                     [--json gates.json] [--figures DIR]
 
 tests/test_learning.py checks a subset of these within the test budget; this script runs all the
 seeds the targets name (GAN, DQN and PPO seeds 0-4, fine-tuning, SAC and SimSiam seeds 0-2) one

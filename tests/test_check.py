@@ -297,7 +297,8 @@ def vqvae_step(mistake: str) -> None:
 
 
 RUNNERS = {"gan": gan_iteration, "dqn": dqn_update, "ppo": ppo_iteration, "sac": sac_updates,
-           "finetune": finetune_steps, "tbptt": tbptt_chunks, "simsiam": simsiam_step, "vqvae": vqvae_step}
+           "finetune": finetune_steps, "tbptt": tbptt_chunks, "simsiam": simsiam_step,
+           "vqvae": vqvae_step}
 
 # (example, mistake) -> the sentence its check fails with, or why no check can catch it
 D_STEP_REACHES_G = "no_grad_reaches: a backward before Adam.step() wrote a grad into generator"
