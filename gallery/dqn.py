@@ -26,16 +26,14 @@ import copy
 from collections import namedtuple
 from dataclasses import dataclass, field
 
-import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gallery.core.cli import command_line, report, run_cli
+from gallery.core.cli import command_line
 from gallery.core.config import (
     BaseConfig,
-    config_dir,
     register_schema,
     require_choice,
     require_positive,
@@ -47,7 +45,7 @@ from gallery.core.errors import ConfigError
 from gallery.core.loop import Counters, Loop
 from gallery.core.probes import Probe, grads_absent
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import prepare
+from gallery.core.setup import prepare
 from gallery.data.envs import (
     EnvConfig,
     EpisodeReturns,
@@ -338,14 +336,11 @@ EXAMPLE = Example(
         None if s["saved_bytes_per_update"] else "no update was measured"),
     smoke=("steps=300", "learning_starts=100", "eval_every=300", "eval_episodes=1", "hidden=16",
            "batch_size=32", "probe_every=10"),
+    report=("eval_return_mean", "first_solved_step", "env_steps", "target_grad_seen",
+            "env_steps_per_sec"),
 )
 
 
-@hydra.main(version_base="1.3", config_path=config_dir("dqn"), config_name="dqn")
-def main(cfg) -> None:
-    report(run_cli(train, cfg), "eval_return_mean", "first_solved_step", "env_steps",
-           "target_grad_seen", "env_steps_per_sec")
-
 
 if __name__ == "__main__":
-    command_line(EXAMPLE, main)
+    command_line(EXAMPLE, train)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-import hydra
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
@@ -47,10 +46,9 @@ from gallery.backbones import (
 )
 from gallery.core import dist, plots
 from gallery.core.checkpoint import load_checkpoint
-from gallery.core.cli import command_line, report, run_cli
+from gallery.core.cli import command_line
 from gallery.core.config import (
     BaseConfig,
-    config_dir,
     register_schema,
     require_choice,
     require_non_negative,
@@ -63,8 +61,8 @@ from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe, state_hash
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import prepare
 from gallery.core.seeding import seed_everything
+from gallery.core.setup import prepare
 from gallery.data import images
 
 # --- config schema -----------------------------------------------------------------------------
@@ -422,15 +420,12 @@ EXAMPLE = Example(
     check=lambda s: None if s["backbone_unchanged"] else "the frozen backbone's hash changed",
     smoke=("steps=4", "eval_every=4", "log_every=2", "backbone.pretrain_steps=20",
            "backbone.checkpoint_dir={tmp}/bb"),
+    report=("val_acc", "old_task_acc", "backbone_unchanged", "frozen_state_drift",
+            "unfrozen_blocks_changed", "trainable_params", "frozen_params", "sec_per_step",
+            "saved_bytes_per_step", "checkpoint", "stage"),
 )
 
 
-@hydra.main(version_base="1.3", config_path=config_dir("finetune"), config_name="finetune")
-def main(cfg) -> None:
-    report(run_cli(train, cfg), "val_acc", "old_task_acc", "backbone_unchanged",
-           "frozen_state_drift", "unfrozen_blocks_changed", "trainable_params", "frozen_params",
-           "sec_per_step", "saved_bytes_per_step", "checkpoint", "stage")
-
 
 if __name__ == "__main__":
-    command_line(EXAMPLE, main)
+    command_line(EXAMPLE, train)

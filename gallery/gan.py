@@ -24,17 +24,15 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-import hydra
 import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
 from torch import nn
 
 from gallery.core import dist, plots
-from gallery.core.cli import command_line, report, run_cli
+from gallery.core.cli import command_line
 from gallery.core.config import (
     BaseConfig,
-    config_dir,
     register_schema,
     require_choice,
     require_non_negative,
@@ -46,8 +44,9 @@ from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop
 from gallery.core.probes import CrossStepProbe
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import Run, prepare
+from gallery.core.run import Run
 from gallery.core.schedule import SCHEDULES, lr_schedule
+from gallery.core.setup import prepare
 from gallery.data import images
 from gallery.data.mixtures import GaussianMixture, mixture, mode_metrics
 from gallery.nets import ConvGenerator, Packed, conv_discriminator, mlp
@@ -437,14 +436,10 @@ EXAMPLE = Example(
     limits=(f"data=mixture at std = spacing / 40: >= 90% of the modes at >= 0.8 high quality for "
             f"rings of up to {MEASURED_MODES['ring']} modes and grids of up to "
             f"{MEASURED_MODES['grid']} (scripts/gates.py gan_sizes). Past that a run warns once."),
+    report=("modes_covered", "high_quality_frac", "g_grad_norm_after_d_step", "sec_per_step"),
 )
 
 
-@hydra.main(version_base="1.3", config_path=config_dir("gan"), config_name="gan")
-def main(cfg) -> None:
-    report(run_cli(train, cfg), "modes_covered", "high_quality_frac", "g_grad_norm_after_d_step",
-           "sec_per_step")
-
 
 if __name__ == "__main__":
-    command_line(EXAMPLE, main)
+    command_line(EXAMPLE, train)

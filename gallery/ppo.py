@@ -28,15 +28,13 @@ import math
 from collections import namedtuple
 from dataclasses import dataclass, field
 
-import hydra
 import numpy as np
 import torch
 from torch import nn
 
-from gallery.core.cli import command_line, report, run_cli
+from gallery.core.cli import command_line
 from gallery.core.config import (
     BaseConfig,
-    config_dir,
     register_schema,
     require_choice,
     require_non_negative,
@@ -49,7 +47,7 @@ from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe, graph_saved_bytes
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import prepare
+from gallery.core.setup import prepare
 from gallery.data.envs import (
     EnvConfig,
     draw_learning_curve,
@@ -437,14 +435,11 @@ EXAMPLE = Example(
     figure=tour_figure,
     check=lambda s: None if s["rollout_saved_bytes"] == 0 else "the stored rollout holds a graph",
     smoke=("steps=512", "eval_every=512", "eval_episodes=1", "value_check_episodes=1", "epochs=1"),
+    report=("eval_return_mean", "first_solved_step", "env_steps", "value_bias",
+            "rollout_saved_bytes", "env_steps_per_sec"),
 )
 
 
-@hydra.main(version_base="1.3", config_path=config_dir("ppo"), config_name="ppo")
-def main(cfg) -> None:
-    report(run_cli(train, cfg), "eval_return_mean", "first_solved_step", "env_steps", "value_bias",
-           "rollout_saved_bytes", "env_steps_per_sec")
-
 
 if __name__ == "__main__":
-    command_line(EXAMPLE, main)
+    command_line(EXAMPLE, train)

@@ -24,17 +24,15 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-import hydra
 import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
 from torch import nn
 
 from gallery.core import plots
-from gallery.core.cli import command_line, report, run_cli
+from gallery.core.cli import command_line
 from gallery.core.config import (
     BaseConfig,
-    config_dir,
     register_schema,
     require_choice,
     require_non_negative,
@@ -47,8 +45,8 @@ from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe, reached_parameters
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import prepare
 from gallery.core.schedule import lr_schedule
+from gallery.core.setup import prepare
 from gallery.data import images
 from gallery.nets import conv_block, evaluating
 
@@ -336,14 +334,11 @@ EXAMPLE = Example(
     f"{s['target_branch_grad_share']:.3g} of the encoder's gradient flows through the "
     f"stop-gradient targets",
     smoke=("steps=4", "eval_every=2", "log_every=2", "batch_size=32"),
+    report=("loss", "output_std_sqrt_d", "knn_acc", "knn_random_encoder", "knn_raw_pixels",
+            "target_branch_grad_share", "sec_per_step"),
 )
 
 
-@hydra.main(version_base="1.3", config_path=config_dir("simsiam"), config_name="simsiam")
-def main(cfg) -> None:
-    report(run_cli(train, cfg), "loss", "output_std_sqrt_d", "knn_acc", "knn_random_encoder",
-           "knn_raw_pixels", "target_branch_grad_share", "sec_per_step")
-
 
 if __name__ == "__main__":
-    command_line(EXAMPLE, main)
+    command_line(EXAMPLE, train)

@@ -28,17 +28,15 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-import hydra
 import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
 from torch import nn
 
 from gallery.core import dist, plots
-from gallery.core.cli import command_line, report, run_cli
+from gallery.core.cli import command_line
 from gallery.core.config import (
     BaseConfig,
-    config_dir,
     register_schema,
     require_choice,
     require_positive,
@@ -50,8 +48,8 @@ from gallery.core.errors import ConfigError
 from gallery.core.loop import Counters, Loop
 from gallery.core.probes import Probe, graph_saved_bytes
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import prepare
 from gallery.core.schedule import SCHEDULES, lr_schedule
+from gallery.core.setup import prepare
 from gallery.data.text import CharVocab, load_text
 
 # --- config schema -----------------------------------------------------------------------------
@@ -435,13 +433,10 @@ EXAMPLE = Example(
         "chunks"),
     smoke=("steps=6", "eval_every=6", "log_every=3", "hidden=16", "embed=8", "batch_size=4",
            "bptt_len=8", "probe_every=2", "eval_streams=64", "sample_len=10"),
+    report=("val_bpc", "chars_per_sec", "steps"),
 )
 
 
-@hydra.main(version_base="1.3", config_path=config_dir("tbptt"), config_name="tbptt")
-def main(cfg) -> None:
-    report(run_cli(train, cfg), "val_bpc", "chars_per_sec", "steps")
-
 
 if __name__ == "__main__":
-    command_line(EXAMPLE, main)
+    command_line(EXAMPLE, train)

@@ -27,17 +27,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import hydra
 import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
 from torch import nn
 
 from gallery.core import plots
-from gallery.core.cli import command_line, report, run_cli
+from gallery.core.cli import command_line
 from gallery.core.config import (
     BaseConfig,
-    config_dir,
     register_schema,
     require_choice,
     require_non_negative,
@@ -49,7 +47,7 @@ from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe, state_hash
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import prepare
+from gallery.core.setup import prepare
 from gallery.data import images
 from gallery.nets import evaluating
 
@@ -319,14 +317,10 @@ EXAMPLE = Example(
     figure_size=(9, 3.4),
     check=lambda s: None if not s["codebook_unchanged"] else "the codebook never moved",
     smoke=("steps=6", "eval_every=3", "log_every=3", "batch_size=32"),
+    report=("recon_mse", "perplexity", "codes_used", "codebook_unchanged", "steps_per_sec"),
 )
 
 
-@hydra.main(version_base="1.3", config_path=config_dir("vqvae"), config_name="vqvae")
-def main(cfg) -> None:
-    report(run_cli(train, cfg), "recon_mse", "perplexity", "codes_used", "codebook_unchanged",
-           "steps_per_sec")
-
 
 if __name__ == "__main__":
-    command_line(EXAMPLE, main)
+    command_line(EXAMPLE, train)

@@ -52,7 +52,7 @@ def run_here(module: str, *args: str) -> Ran:
             if module == "gallery":
                 code = target.main(list(args))
             else:
-                command_line(target.EXAMPLE, target.main, list(args))
+                command_line(target.EXAMPLE, target.train, list(args))
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
         if isinstance(stop.code, str):

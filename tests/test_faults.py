@@ -130,8 +130,9 @@ def signal_then_evaluate(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
     return real(*args, **kwargs)
 setattr(module, name, signal_then_evaluate)
+from gallery.core.cli import command_line
 sys.argv = [sys.argv[1], *sys.argv[4:]]
-module.main()
+command_line(module.EXAMPLE, module.train)
 """
 # simsiam's first evaluate() is step 0's (the random encoder's baseline), so its first eval step is
 # call 2

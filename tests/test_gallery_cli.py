@@ -148,3 +148,33 @@ def test_an_example_runs_under_a_profiler_that_keeps_its_own_main(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["env_steps"] == 300
     profiled = {func for (_, _, func) in pstats.Stats(str(stats)).stats}
     assert {"train", "update"} <= profiled
+
+
+def test_the_command_line_composes_its_config_once_and_reaches_train_through_run_cli(
+        tmp_path, monkeypatch):
+    """One composition per process (it was two: a check of the overrides, then Hydra's own), and
+    the path from `command_line` to `train` holds only `run_cli` of the project's frames."""
+    import inspect
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    from gallery import dqn
+
+    real, composed, frames = ConfigLoaderImpl.load_configuration, [], []
+    real_train = dqn.train
+
+    def counted(self, *args, **kwargs):
+        composed.append(kwargs.get("config_name", args[0] if args else None))
+        return real(self, *args, **kwargs)
+
+    def train(cfg):
+        frames.extend(f.function for f in inspect.stack()
+                      if "/gallery/" in f.filename and "/tests/" not in f.filename)
+        return real_train(cfg)
+
+    monkeypatch.setattr(ConfigLoaderImpl, "load_configuration", counted)
+    monkeypatch.setattr(dqn, "train", train)
+    proc = run_here("gallery.dqn", *dqn.EXAMPLE.smoke, f"out_dir={tmp_path}", "device=cpu")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert composed == ["dqn"]
+    assert frames[:2] == ["run_cli", "run_and_report"] and frames[-1] == "command_line"

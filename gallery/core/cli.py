@@ -1,21 +1,44 @@
-"""The command line: one-line errors with exit status 2, `--help`, the run-dir lookup, and the one
-way every caller (tests, tour, scripts) composes a config."""
+"""The command line, the one door of every example: `command_line(EXAMPLE, train)` composes the
+config once, turns every user error into one line with exit status 2, runs `train` as a Hydra job
+and prints the report. Also `--help`, and the one way every caller (tests, tour, scripts) composes
+a config.
+
+    python -m gallery.dqn lr=3e-4    ->  command_line  ->  run_cli  ->  dqn.train(cfg)
+
+A sweep (`-m`) or any of Hydra's own flags goes through Hydra's own `hydra.main`, which composes
+each job's config itself."""
 
 from __future__ import annotations
 
+import difflib
 import functools
 import gc
 import os
+import re
 import shlex
+import shutil
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+import hydra
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra._internal.callbacks import Callbacks  # what hydra.main hands run_job (Hydra 1.3)
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import run_job
+from hydra.errors import HydraException
+from hydra.types import HydraContext
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from gallery.core import dist
+from gallery.core.config import config_dir as example_dir
 from gallery.core.errors import (
     EXIT_STATUS,
     ConfigError,
@@ -24,40 +47,92 @@ from gallery.core.errors import (
     GalleryError,
     Interrupted,
 )
+from gallery.core.job import hydra_run_dir, multirun
 
 
 def compose(name: str, overrides: list[str] | tuple[str, ...] = (),
-            config_dir: str | Path | None = None) -> DictConfig:
+            config_dir: str | Path | None = None, hydra_config: bool = False) -> DictConfig:
     """The config `python -m gallery.<name> *overrides` would get, from configs/<name>/ (or
-    `config_dir`). Inside a running `@hydra.main` (the tour composes each example) that Hydra is set
-    aside and put back."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.singleton import Singleton
-
-    from gallery.core.config import config_dir as example_dir
-
+    `config_dir`); with `hydra_config`, Hydra's own node too (what a job needs). Inside a running
+    Hydra job (the tour composes each example) that Hydra is set aside and put back."""
     outer = Singleton._instances.pop(GlobalHydra, None)
     try:
-        with initialize_config_dir(version_base="1.3",
+        with initialize_config_dir(version_base="1.3", job_name=name,
                                    config_dir=str(config_dir or example_dir(name))):
-            return hydra_compose(config_name=name, overrides=list(overrides))
+            return hydra_compose(config_name=name, overrides=list(overrides),
+                                 return_hydra_config=hydra_config)
     finally:
         if outer is not None:
             Singleton._instances[GlobalHydra] = outer
 
 
-def command_line(example: Any, main: Callable[[], None], argv: list[str] | None = None) -> None:
-    """`python -m gallery.<name> [k=v ...]`: `--help` shows the pattern and its mistakes first, a
-    bad override fails in one line before Hydra starts, then Hydra runs `main` (the `@hydra.main`
-    function)."""
+def command_line(example: Any, train: Callable[[Any], dict], argv: list[str] | None = None) -> None:
+    """`python -m gallery.<name> [k=v ...]`, the whole door: `--help` shows the pattern and its
+    mistakes first; the config is composed once, and a bad override or out_dir is one line and
+    exit status 2 before anything is written; then `train(cfg)` runs as a Hydra job (its run dir,
+    its logging) under `run_cli`, and the example's report keys are printed. Sweeps (`-m`) and
+    Hydra's flags go to `hydra.main`."""
     argv = sys.argv[1:] if argv is None else argv
     # torch, Hydra and the example live as long as the process: the collector, and exit, skip them
     gc.freeze()
     print_help_if_asked(example, argv)
-    check_overrides(example.name, argv)
-    main()
+    task = functools.partial(run_and_report, train, example.report)
+    if any(arg.startswith("-") for arg in argv):
+        hydra_main(example.name, task, argv)
+        return
+    cfg = composed_or_exit(example.name, argv)
+    failed: list[Exception] = []
+
+    def job(job_cfg: DictConfig) -> None:
+        try:
+            task(job_cfg)
+        except Exception as err:  # a bug: raised again below, outside Hydra's job wrapper
+            failed.append(err)
+
+    context = HydraContext(config_loader=GlobalHydra.instance().config_loader(),
+                           callbacks=Callbacks(cfg))
+    run_job(hydra_context=context,
+            task_function=job, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None)
+    if failed:
+        raise failed[0]
+
+
+def composed_or_exit(name: str, argv: list[str]) -> DictConfig:
+    """The one composition of a run, Hydra's node included, with its out_dir checked; a Hydra
+    error (a typo'd key, a wrong type, an unknown option) or an unusable out_dir is one line on
+    stderr and exit status 2, like every other bad input. Hydra is left initialized for the job."""
+    GlobalHydra.instance().clear()
+    try:
+        initialize_config_dir(version_base="1.3", job_name=name, config_dir=example_dir(name))
+        cfg = hydra_compose(config_name=name, overrides=list(argv), return_hydra_config=True)
+        check_out_dir(cfg.get("out_dir"))
+    except (HydraException, OmegaConfBaseException) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {explain_override_error(name, err)}", file=sys.stderr)
+        sys.exit(EXIT_STATUS["bad_input"])
+    except GalleryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_STATUS["bad_input"])
+    return cfg
+
+
+def hydra_main(name: str, task: Callable[[DictConfig], Any], argv: list[str]) -> None:
+    """A sweep, or one of Hydra's own flags: Hydra's `hydra.main`, with the example's name as the
+    job's (Hydra takes it from the task function's module)."""
+    def job(cfg: DictConfig) -> None:
+        task(cfg)
+
+    job.__module__ = f"gallery.{name}"
+    saved, sys.argv = sys.argv, [sys.argv[0], *argv]
+    try:
+        hydra.main(version_base="1.3", config_path=example_dir(name), config_name=name)(job)()
+    finally:
+        sys.argv = saved
+
+
+def run_and_report(train: Callable[[Any], dict], keys: tuple[str, ...], cfg: DictConfig) -> None:
+    report(run_cli(train, cfg), *keys)
 
 
 def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
@@ -122,8 +197,6 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
 def out_of_memory(err: BaseException) -> bool:
     """The CPU allocator's failure ("can't allocate memory"), Python's MemoryError, or CUDA's
     OutOfMemoryError."""
-    import torch
-
     text = str(err)
     if isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text:
         return True
@@ -134,8 +207,6 @@ def out_of_memory_line(cfg: Any, err: BaseException, run_dir: Path | None, exist
     """One line: what ran out, the batch size, the advice, and what is left of the run (nothing, or
     a checkpoint to resume from). A run dir this run made and that holds no checkpoint is
     removed."""
-    import shutil
-
     batch = cfg.get("batch_size")  # run_cli's cfg: the composed DictConfig
     where = "CUDA" if "CUDA" in str(err) else "the CPU allocator"
     line = (f"out of memory ({where}) at batch_size={batch}: lower batch_size (or the model's "
@@ -171,8 +242,6 @@ def check_out_dir(out_dir: str | None) -> None:
 
 def resume_command(train: Callable, out_dir: Path | str) -> str:
     """The command line that continues this run: its own overrides, its out_dir, resume=true."""
-    from hydra.core.hydra_config import HydraConfig
-
     args = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
     own = ("out_dir", "resume", "overwrite")
     keep = [a for a in args if a.split("=", 1)[0].lstrip("+~") not in own]
@@ -183,45 +252,6 @@ def resume_command(train: Callable, out_dir: Path | str) -> str:
                      f"out_dir={shlex.quote(str(out_dir))}", "resume=true"])
 
 
-def multirun() -> bool:
-    """True inside a Hydra `-m` sweep job."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def parallel_jobs() -> int:
-    """How many sweep jobs run at once on this machine: the joblib launcher's n_jobs (-1: one per
-    core, -2: all but one, as joblib reads it), else 1 (one job at a time, or one per SLURM
-    task)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not multirun():
-        return 1
-    launcher = HydraConfig.get().launcher
-    if "Joblib" not in str(launcher.get("_target_", "")):
-        return 1
-    n, cores = int(launcher.get("n_jobs") or 1), os.cpu_count() or 1
-    return max(1, n if n > 0 else cores + 1 + n)
-
-
-def task_overrides() -> list[str]:
-    """The command line's overrides of this run (a sweep job's own values), as Hydra records
-    them."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def hydra_run_dir() -> Path | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    return Path(HydraConfig.get().runtime.output_dir)
-
-
 def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
     """`--help` (or `-h`): the pattern and its mistakes, this example's config groups and its config
     with the command line's overrides, then exit 0. Written here rather than left to Hydra's
@@ -230,11 +260,7 @@ def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if "--help" not in argv and "-h" not in argv:
         return
-    from omegaconf import OmegaConf
-
-    from gallery.core.config import config_dir
-
-    folder = Path(config_dir(example.name))
+    folder = Path(example_dir(example.name))
     groups = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in sorted(folder.iterdir())
               if d.is_dir()}
     overrides = [arg for arg in argv
@@ -274,17 +300,12 @@ def check_overrides(name: str, argv: list[str] | None = None) -> None:
     """Before Hydra starts: compose the config with the command line's overrides, and turn Hydra's
     own errors (a typo'd key, a wrong type, an unknown option) into one line on stderr and exit
     status 2, like every other bad input. Sweeps (`-m`) and Hydra's flags are left to Hydra."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     argv = sys.argv[1:] if argv is None else argv
     if any(arg.startswith("-") for arg in argv):
         return
     overrides = [arg for arg in argv if not arg.startswith(("hydra.", "hydra/"))]
     try:
-        from gallery.core.config import to_schema
-
-        check_out_dir(to_schema(compose(name, overrides)).out_dir)
+        check_out_dir(compose(name, overrides).get("out_dir"))
     except (HydraException, OmegaConfBaseException) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -297,9 +318,6 @@ def check_overrides(name: str, argv: list[str] | None = None) -> None:
 
 def explain_override_error(name: str, err: Exception) -> str:
     """One line for one of Hydra's composition errors, naming the key and what is allowed."""
-    import difflib
-    import re
-
     text = str(err)
     if match := re.search(r"Could not override '([^']+)'", text):
         key = match.group(1)
@@ -328,8 +346,6 @@ def explain_override_error(name: str, err: Exception) -> str:
 @functools.cache
 def known_keys(name: str) -> list[str]:
     """Every key of an example's config, dotted, in the schema's order."""
-    from omegaconf import OmegaConf
-
     return _keys(OmegaConf.to_container(compose(name), resolve=False))
 
 

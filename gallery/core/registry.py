@@ -41,6 +41,7 @@ class Example:
     check: Callable[[dict], str | None] | None = None
     smoke: tuple[str, ...] = ()
     limits: str = ""  # where the default config was measured to stop working, for --help
+    report: tuple[str, ...] = ()  # the summary's keys the command line prints at the end
 
     @property
     def module(self):

@@ -31,17 +31,15 @@ from gallery.core.checkpoint import (
     restore,
     save_checkpoint,
 )
-from gallery.core.cli import task_overrides
 from gallery.core.errors import ConfigError, Diverged, ExplainedMistake, GalleryError, Interrupted
 from gallery.core.io import atomic_write
+from gallery.core.job import hydra_run_dir, multirun, task_overrides
 from gallery.core.seeding import rng_state, set_rng_state
 
 
 def resolve_out_dir(out_dir: str | None, example: str) -> Path:
     """Under `-m`, the job's own folder (`<out_dir>/<job number>_<its overrides>`); else an explicit
-    out_dir; under `@hydra.main` Hydra's run dir; else a fresh timestamped dir."""
-    from gallery.core.cli import hydra_run_dir, multirun
-
+    out_dir; under Hydra, its run dir; else a fresh timestamped dir."""
     if multirun():  # configs/hydra.yaml names the job's folder
         return hydra_run_dir()
     if out_dir:
@@ -281,22 +279,3 @@ def progress(total: int, desc: str, enabled: bool | None = None, initial: int = 
         enabled = sys.stderr.isatty()
     return tqdm(total=total, desc=desc, initial=initial, disable=not enabled or dist.rank() != 0,
                 dynamic_ncols=True, leave=False)
-
-
-def prepare(cfg: Any, validate: Callable[[Any], None],
-            small_model: Callable[[Any], bool]) -> tuple[Any, torch.device]:
-    """The first hop of every `train`: the typed config, checked; the device; CPU threads; seeds."""
-    from gallery.core.cli import parallel_jobs
-    from gallery.core.config import normalize_resume, to_schema
-    from gallery.core.device import resolve_device, set_threads
-    from gallery.core.seeding import seed_everything
-
-    cfg = to_schema(cfg)
-    cfg.resume = normalize_resume(cfg.resume)
-    validate(cfg)
-    # under torchrun: join the group, this rank's GPU
-    device = dist.setup(resolve_device(cfg.device))
-    set_threads(cfg.threads, device, small_model(cfg), jobs=parallel_jobs())
-    # each rank draws its own data; DDP syncs the weights
-    seed_everything(cfg.seed + dist.rank(), cfg.deterministic)
-    return cfg, device
