@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gallery.core.probes import SavedTensorMeter  # torch only, like this module
+
 Watched = nn.Module | nn.Parameter  # a module, or one parameter such as a codebook
 
 __all__ = ["bounded_memory", "constant", "gets_grad", "no_grad_reaches", "unchanged"]
@@ -228,36 +230,6 @@ def constant(*tensors: Any, **named: Any) -> None:
             f"{_see('constant')}")
 
 
-class _Meter:
-    """Bytes autograd saves for backward, and how many of them graphs still hold (`live`)."""
-
-    def __init__(self) -> None:
-        self.live = 0
-        self.hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
-
-    def pack(self, tensor: torch.Tensor) -> _Saved:
-        return _Saved(tensor, self)
-
-    @staticmethod
-    def unpack(saved: _Saved) -> torch.Tensor:
-        return saved.tensor
-
-
-class _Saved:
-    __slots__ = ("meter", "nbytes", "tensor")
-
-    def __init__(self, tensor: torch.Tensor, meter: _Meter) -> None:
-        # detached: a saved output would otherwise keep its own grad_fn alive, a cycle
-        self.tensor, self.nbytes, self.meter = tensor.detach(), tensor.numel() * \
-            tensor.element_size(), meter
-        meter.live += self.nbytes
-
-    def __del__(self) -> None:
-        meter = getattr(self, "meter", None)
-        if meter is not None:
-            meter.live -= self.nbytes
-
-
 def bounded_memory(step: Callable[[], Any], steps: int = 5, warmup: int = 1,
                    slack_bytes: int = 0) -> list[int]:
     """Call `step()` `steps` times and return the bytes still held for backward after each call.
@@ -268,8 +240,8 @@ def bounded_memory(step: Callable[[], Any], steps: int = 5, warmup: int = 1,
     if steps < warmup + 2:
         raise ValueError(f"steps={steps}: need at least warmup + 2 = {warmup + 2} calls to see "
                          f"growth")
-    meter, held = _Meter(), []
-    with meter.hooks:
+    meter, held = SavedTensorMeter(), []
+    with meter:
         for _ in range(steps):
             step()
             held.append(meter.live)

@@ -122,12 +122,13 @@ def test_bounded_memory_sees_a_running_sum_of_losses_grow_and_item_stay_flat():
 
 
 def test_check_imports_with_torch_alone():
-    """Past what `import torch` loads, gallery.check brings in only itself (and the package)."""
+    """Past what `import torch` loads, gallery.check brings in only the gallery's own modules (the
+    probes it shares with the examples), none of Hydra, Gymnasium, matplotlib or the rest."""
     code = ("import sys, torch; before = set(sys.modules); import gallery.check; "
-            "print(sorted(set(sys.modules) - before))")
+            "print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=ROOT)
-    assert out.stdout.strip() == "['gallery', 'gallery.check']"
+    assert out.stdout.strip() == "['gallery']"
 
 
 def test_the_pytest_plugin_loads_by_its_entry_point_in_another_project(tmp_path):

@@ -58,13 +58,13 @@ def refusal(name: str, override: str) -> str | None:
     """None when the command line would start training on `name` with `override`; otherwise the one
     line it prints (exit status 2: tests/test_faults.py holds the command line to these lines).
     Anything else raised is a bug, and the test fails with it."""
-    try:  # what check_overrides runs before Hydra starts, then what prepare() runs before training
+    try:  # what composed_or_exit runs before the job, then what prepare() runs before training
         cfg = to_schema(compose(name, [override]))
         check_out_dir(cfg.out_dir)
         cfg.resume = normalize_resume(cfg.resume)
         importlib.import_module(f"gallery.{name}").validate(cfg)
         resolve_device(cfg.device)
-    except (HydraException, OmegaConfBaseException) as err:  # as check_overrides words them
+    except (HydraException, OmegaConfBaseException) as err:  # as composed_or_exit words them
         return f"error: {explain_override_error(name, err)}\n"
     except GalleryError as err:
         return f"error: {err}\n"

@@ -268,7 +268,7 @@ def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
     try:
         config = OmegaConf.to_yaml(compose(example.name, overrides)).rstrip()
     except Exception:  # a bad override: the one line every bad input gets, exit 2
-        check_overrides(example.name, overrides)
+        composed_or_exit(example.name, overrides)
         raise
     print(example.describe(), "", "== Configuration groups ==",
           "Compose the config from these groups (group=option)", "",
@@ -294,26 +294,6 @@ def report(summary: dict, *keys: str) -> None:
     print(" ".join(f"{k}={fmt(summary[k])}" for k in keys if summary.get(k) is not None))
     if "out_dir" in summary:
         print(f"outputs: {summary['out_dir']}")
-
-
-def check_overrides(name: str, argv: list[str] | None = None) -> None:
-    """Before Hydra starts: compose the config with the command line's overrides, and turn Hydra's
-    own errors (a typo'd key, a wrong type, an unknown option) into one line on stderr and exit
-    status 2, like every other bad input. Sweeps (`-m`) and Hydra's flags are left to Hydra."""
-    argv = sys.argv[1:] if argv is None else argv
-    if any(arg.startswith("-") for arg in argv):
-        return
-    overrides = [arg for arg in argv if not arg.startswith(("hydra.", "hydra/"))]
-    try:
-        check_out_dir(compose(name, overrides).get("out_dir"))
-    except (HydraException, OmegaConfBaseException) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {explain_override_error(name, err)}", file=sys.stderr)
-        sys.exit(EXIT_STATUS["bad_input"])
-    except GalleryError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_STATUS["bad_input"])
 
 
 def explain_override_error(name: str, err: Exception) -> str:
