@@ -56,6 +56,7 @@ from gallery.data.envs import (
     reward_threshold,
     rl_results,
     space_sizes,
+    value_bias,
 )
 from gallery.nets import Chain
 
@@ -297,38 +298,6 @@ def greedy(agent: Agent):
     return lambda obs: agent.actor(obs).argmax(1)
 
 
-@torch.no_grad()  # a measurement: no graph
-def value_bias(agent, env_id: str, time_limit: int, episodes: int, gamma: float, seed: int,
-               device) -> dict:
-    """The critic's values against Monte-Carlo returns of the task without its time limit: the
-    policy samples for up to `time_limit` + 400 steps, and each state of the first `time_limit` is
-    scored against its discounted return to the end (the tail past 400 steps adds at most gamma**400
-    / (1 - gamma))."""
-    import gymnasium as gym
-
-    if not episodes or not time_limit:  # an env without a time limit has nothing to check
-        return {}
-    env, errors = gym.make(env_id, max_episode_steps=time_limit + 400), []
-    with contextlib.closing(env):
-        for ep in range(episodes):
-            obs, _ = env.reset(seed=seed + ep)
-            states, rewards, done = [], [], False
-            while not done:
-                o = torch.as_tensor(obs, dtype=torch.float32, device=device)
-                states.append(o)
-                obs, reward, terminated, truncated, _ = env.step(int(agent.act(o)[0]))
-                rewards.append(float(reward))
-                done = terminated or truncated
-            returns, g = np.zeros(len(rewards)), 0.0
-            for t in reversed(range(len(rewards))):
-                returns[t] = g = rewards[t] + gamma * g
-            n = min(time_limit, len(states))
-            values = agent.value(torch.stack(states[:n])).cpu().numpy()
-            errors.append(values - returns[:n])
-    errors = np.concatenate(errors)
-    return {"value_bias": float(errors.mean()), "value_abs_error": float(np.abs(errors).mean())}
-
-
 # --- training loop ------------------------------------------------------------------------------
 
 def train(cfg) -> dict:
@@ -375,8 +344,8 @@ def train(cfg) -> dict:
                 result = evaluate(greedy(agent), eval_envs, cfg.seed + 10_000, device)
                 if loop.solved(loop.evaluated(**result)["eval_return_mean"], threshold):
                     break
-        bias = value_bias(agent, cfg.env.id, time_limit, cfg.value_check_episodes, cfg.gamma,
-                          cfg.seed + 20_000, device)
+        bias = value_bias(lambda o: agent.act(o)[0], agent.value, cfg.env.id, time_limit,
+                          cfg.value_check_episodes, cfg.gamma, cfg.seed + 20_000, device)
         return loop.summary(**rl_results(loop, threshold), time_limit=time_limit, **bias,
                             rollout_saved_bytes=rollout_bytes,
                             env_steps_per_sec=probe.units_per_sec)

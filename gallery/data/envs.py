@@ -3,6 +3,7 @@ true next observation of every transition, episode returns, and greedy evaluatio
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -110,6 +111,38 @@ def evaluate(act, envs: gym.vector.VectorEnv, seed: int, device: torch.device) -
         returns += np.where(done, 0.0, rewards)  # a sub-env past its episode's end counts no more
         done |= terminated | truncated
     return {"eval_return_mean": float(np.mean(returns)), "eval_return_std": float(np.std(returns))}
+
+
+@torch.no_grad()  # a measurement: no graph
+def value_bias(act, value, env_id: str, time_limit: int, episodes: int, gamma: float, seed: int,
+               device: torch.device) -> dict:
+    """A critic's values against Monte-Carlo returns of the task without its time limit: `act`
+    (one observation -> an action) plays for up to `time_limit` + 400 steps, and each state of the
+    first `time_limit` is scored against its discounted return to the end (the tail past 400
+    steps adds at most gamma**400 / (1 - gamma)). `value` maps a batch of observations to values."""
+    import gymnasium as gym  # heavy: imported where an env is made
+
+    if not episodes or not time_limit:  # an env without a time limit has nothing to check
+        return {}
+    env, errors = gym.make(env_id, max_episode_steps=time_limit + 400), []
+    with contextlib.closing(env):
+        for ep in range(episodes):
+            obs, _ = env.reset(seed=seed + ep)
+            states, rewards, done = [], [], False
+            while not done:
+                o = torch.as_tensor(obs, dtype=torch.float32, device=device)
+                states.append(o)
+                obs, reward, terminated, truncated, _ = env.step(int(act(o)))
+                rewards.append(float(reward))
+                done = terminated or truncated
+            returns, g = np.zeros(len(rewards)), 0.0
+            for t in reversed(range(len(rewards))):
+                returns[t] = g = rewards[t] + gamma * g
+            n = min(time_limit, len(states))
+            values = value(torch.stack(states[:n])).cpu().numpy()
+            errors.append(values - returns[:n])
+    errors = np.concatenate(errors)
+    return {"value_bias": float(errors.mean()), "value_abs_error": float(np.abs(errors).mean())}
 
 
 def rl_results(loop: Loop, threshold: float | None) -> dict:
