@@ -170,7 +170,7 @@ def a2c_losses(batch, returns):
 def a2c_update(agent, optimizer, batch, next_value, gamma, lam, vf_coef=0.5, ent_coef=0.01,
                max_grad_norm=0.5, targets=gae, losses=a2c_losses):
     """One gradient step on one rollout; the policy and value losses, detached. (`targets` and
-    `losses` are there so that a mistake can swap its own in.)"""
+    `losses` can be swapped for other estimators and losses.)"""
     _, returns = targets(batch, next_value, gamma, lam)
     policy_loss, value_loss, entropy = losses(batch, returns)
     optimizer.zero_grad(set_to_none=True)

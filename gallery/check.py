@@ -6,6 +6,8 @@
         gan_step(...)
     with unchanged(target=target_net):                 # between syncs, the target stays put
         dqn_update(...)
+    with updated(ema=teacher):                         # an EMA update moves weights and buffers
+        sync_target(teacher, student, tau=0.01)
     constant(td_target=target)                          # no graph behind a regression target
     bounded_memory(lambda: tbptt_chunk(...), steps=5)   # each chunk frees the last one's graph
 
@@ -34,7 +36,7 @@ from gallery.core.probes import SavedTensorMeter  # torch only, like this module
 
 Watched = nn.Module | nn.Parameter  # a module, or one parameter such as a codebook
 
-__all__ = ["bounded_memory", "constant", "gets_grad", "no_grad_reaches", "unchanged"]
+__all__ = ["bounded_memory", "constant", "gets_grad", "no_grad_reaches", "unchanged", "updated"]
 
 DOCS = "docs/check.md"  # each message names its section: docs/check.md#<check>
 
@@ -195,6 +197,28 @@ def unchanged(*modules: Watched, buffers: bool = True, **named: Watched) -> Iter
             f"unchanged: the block changed {where}: something trains or updates what must stay "
             f"fixed (an optimizer that holds it, BatchNorm in train mode, an update outside the "
             f"schedule) {_see('unchanged')}")
+
+
+@contextlib.contextmanager
+def updated(*modules: Watched, buffers: bool = True, **named: Watched) -> Iterator[None]:
+    """Every parameter, and with `buffers=True` every buffer, of the modules differs after the
+    block from before it: the opposite of `unchanged`. Guards an EMA or target-network update that
+    must carry the BatchNorm statistics along with the weights. (A value that happens to equal its
+    old one, such as an average of two equal weights, counts as left alone.)"""
+    watched = _modules(modules, named)
+    before = {name: _digests(module, buffers) for name, module in watched.items()}
+    yield
+    stale = {}
+    for name, module in watched.items():
+        after = _digests(module, buffers)
+        kept = [key for key in after if before[name].get(key) == after[key]]
+        if kept:
+            stale[name] = sorted(kept)
+    if stale:
+        where = "; ".join(f"{name} ({_listed(keys)})" for name, keys in stale.items())
+        raise AssertionError(
+            f"updated: the block left {where} as they were: the update skips them (an EMA that "
+            f"averages the parameters but not BatchNorm's running statistics?) {_see('updated')}")
 
 
 def _tensors(value: Any, name: str) -> Iterator[tuple[str, torch.Tensor]]:

@@ -237,7 +237,7 @@ def train(cfg) -> dict:
             data=cfg.data.name, steps=cfg.steps, labels=len(yl),
             ema_accuracy=last["ema_accuracy"], student_accuracy=last["student_accuracy"],
             teacher_graph_nodes=graph_nodes(teacher),
-            teacher_has_grad=any(p.grad is not None for p in teacher.parameters()),
+            teacher_has_grad=any(p.is_leaf and p.grad is not None for p in teacher.parameters()),
             step_saved_bytes=probe.record["step_saved_bytes"],
             steps_per_sec=probe.units_per_sec, curve=loop.evals)
 

@@ -15,6 +15,9 @@ The mistakes (`mistake=`), and what they cost:
   G's update also carries the gradient of D's loss and pushes fakes to be *more* detectable.
 - reuse_d_output: G's loss reuses the D-step output after opt_d.step() changed D's weights in place:
   "modified by an inplace operation".
+- penalty_no_create_graph (the opposite of a cut): the R1 penalty's `autograd.grad` without
+  `create_graph=True`: the gradient it penalises has no graph, so the penalty is a constant and
+  D's gradient is bit for bit what it is without R1.
 
 Run: python -m gallery.gan data=ring8 seed=0 out_dir=/tmp/gan   (data=grid25 | digits | mnist | ...)
 """
@@ -44,7 +47,6 @@ from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop
 from gallery.core.probes import CrossStepProbe
 from gallery.core.registry import Example, Mistake
-from gallery.core.run import Run
 from gallery.core.schedule import SCHEDULES, lr_schedule
 from gallery.core.setup import prepare
 from gallery.data import images
@@ -232,6 +234,31 @@ def discriminator_step_reuse_d_output(d, opt_d, real, fake, r1_gamma=0.0):
     return d_loss.detach(), fake_logits
 
 
+def d_loss_fn_penalty_no_create_graph(d, real, fake, r1_gamma=0.0):
+    real = real.detach().requires_grad_(r1_gamma > 0)
+    real_logits, fake_logits = d(real), d(fake)
+    loss = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    if r1_gamma > 0:
+        (grad,) = torch.autograd.grad(real_logits.sum(), real, retain_graph=True)  # MISTAKE
+        loss = loss + r1_gamma / 2 * grad.pow(2).flatten(1).sum(1).mean()  # a constant now
+    return loss, fake_logits
+
+
+def discriminator_step_penalty_no_create_graph(d, opt_d, real, fake, r1_gamma=0.0):
+    opt_d.zero_grad(set_to_none=True)
+    d_loss, _ = d_loss_fn_penalty_no_create_graph(d, real, fake.detach(), r1_gamma)  # MISTAKE
+    d_loss.backward()
+    opt_d.step()
+    return d_loss.detach()
+
+
+def gan_step_penalty_no_create_graph(d, opt_d, opt_g, real, fake, r1_gamma=0.0):
+    d_loss = discriminator_step_penalty_no_create_graph(d, opt_d, real, fake, r1_gamma)  # MISTAKE
+    g_loss = generator_step(d, opt_g, fake)
+    return d_loss, g_loss
+
+
 def gan_step_no_detach(d, opt_d, opt_g, real, fake, r1_gamma=0.0):
     d_loss = discriminator_step_no_detach(d, opt_d, real, fake, r1_gamma)  # MISTAKE
     g_loss = generator_step(d, opt_g, fake)
@@ -261,7 +288,8 @@ def gan_step_reuse_d_output(d, opt_d, opt_g, real, fake, r1_gamma=0.0):
 BY_MISTAKE = {"none": gan_step, "no_detach": gan_step_no_detach,
               "retain_graph": gan_step_retain_graph,
          "retain_graph_shared_zero_grad": gan_step_retain_graph_shared_zero_grad,
-         "reuse_d_output": gan_step_reuse_d_output}
+         "reuse_d_output": gan_step_reuse_d_output,
+         "penalty_no_create_graph": gan_step_penalty_no_create_graph}
 
 KNOWN_ERRORS = {
     "no_detach": ("backward through the graph a second time",
@@ -290,39 +318,6 @@ def evaluate(g: nn.Module, data, fixed_z: torch.Tensor, cfg: GanConfig) -> dict:
         return {**mode_metrics(samples, data.centres, data.std, cfg.min_per_mode),
                 "samples": samples.cpu()}
     return {"samples": samples.cpu()}
-
-
-def draw_samples(ax, samples: torch.Tensor, centres: torch.Tensor | None, title: str) -> None:
-    """A scatter of 2-D samples over the mode centres, or a grid of images (the run's figure and the
-    tour's)."""
-    if centres is not None:
-        ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, label="generated")
-        ax.scatter(centres[:, 0], centres[:, 1], s=40, marker="x", color="red",
-                   label="mode centres")
-        lim = float(centres.abs().max()) * 1.4 + 0.1
-        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
-        ax.legend(loc="upper right", fontsize=7)
-    else:
-        from torchvision.utils import make_grid
-
-        grid = make_grid(samples[:64], nrow=8, normalize=True, value_range=(-1, 1))
-        ax.imshow(grid.permute(1, 2, 0).squeeze().numpy(), cmap="gray")
-        ax.axis("off")
-    ax.set_title(title, fontsize=9)
-
-
-def save_samples(result: dict, data, run: Run, step: int, label: str) -> None:
-    centres = data.centres.cpu() if isinstance(data, GaussianMixture) else None
-    title = f"{label}, step {step}"
-    if centres is not None:
-        title += (f"\nmodes {result['modes_covered']}/{len(centres)}, high quality "
-                  f"{result['high_quality_frac']:.2f}")
-    fig, ax = plots.pyplot().subplots(figsize=(4, 4))
-    draw_samples(ax, result["samples"], centres, title)
-    plots.save(fig, run.path(f"samples_step{step:06d}.png"))
-    if run.is_main:  # the last samples, for the tour's side-by-side figure
-        torch.save({"samples": result["samples"][:2500], "centres": centres, "title": title},
-                   run.path("samples.pt"))
 
 
 # --- training loop ------------------------------------------------------------------------------
@@ -367,7 +362,8 @@ def train(cfg) -> dict:
                 result = evaluate(g, data, fixed_z, cfg)
                 last = {k: v for k, v in result.items() if k != "samples"}
                 loop.log(**{k: v for k, v in last.items() if k != "samples_per_mode"})
-                save_samples(result, data, loop.run, step, f"mistake={cfg.mistake}")
+                centres = data.centres.cpu() if isinstance(data, GaussianMixture) else None
+                plots.save_samples(result, centres, loop.run, step, f"mistake={cfg.mistake}")
         return loop.summary(data=cfg.data.name, steps=cfg.steps, **last, **probe.record,
                             sec_per_step=probe.sec_per_step, d_loss=float(d_loss),
                             g_loss=float(g_loss), **dist.ddp_report(
@@ -391,7 +387,7 @@ def tour_figure(runs: dict, fig) -> None:
     for i, mistake in enumerate(shown, start=1):
         path = f"{runs[mistake]['run_dir']}/samples.pt"
         saved = torch.load(path, weights_only=True)
-        draw_samples(fig.add_subplot(1, len(shown), i), saved["samples"], saved["centres"],
+        plots.draw_samples(fig.add_subplot(1, len(shown), i), saved["samples"], saved["centres"],
                      saved["title"])
 
 
@@ -423,9 +419,17 @@ EXAMPLE = Example(
             ("discriminator_step_reuse_d_output", "generator_step_reuse_d_output",
              "gan_step_reuse_d_output"),
         ),
+        "penalty_no_create_graph": Mistake(
+            "the R1 penalty's autograd.grad taken without create_graph=True (retain_graph only)",
+            "the penalty is a constant: D's gradient is bit for bit what it is without it, so R1 "
+            "does nothing",
+            ("d_loss_fn_penalty_no_create_graph", "discriminator_step_penalty_no_create_graph",
+             "gan_step_penalty_no_create_graph"),
+        ),
     },
     budgets={"full": {"none": [], "retain_graph": [], "retain_graph_shared_zero_grad": [],
-                      "no_detach": ["steps=10"], "reuse_d_output": ["steps=10"]},
+                      "no_detach": ["steps=10"], "reuse_d_output": ["steps=10"],
+                      "penalty_no_create_graph": ["steps=10"]},
              "quick": {m: QUICK for m in BY_MISTAKE}},
     headline=headline,
     figure=tour_figure,
@@ -438,7 +442,6 @@ EXAMPLE = Example(
             f"{MEASURED_MODES['grid']} (scripts/gates.py gan_sizes). Past that a run warns once."),
     report=("modes_covered", "high_quality_frac", "g_grad_norm_after_d_step", "sec_per_step"),
 )
-
 
 
 if __name__ == "__main__":

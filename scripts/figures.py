@@ -79,6 +79,14 @@ def hero(path: Path) -> None:
             mean(r["recon_mse"] for r in gates["vqvae"]["runs"]["none"]),
             mean(r["recon_mse"] for r in gates["vqvae"]["runs"]["no_straight_through"]),
             "no straight-through"),
+        "a2c: eval return at 100k steps": (
+            mean(r["eval_return_mean"] for r in gates["a2c"]["runs"]["none 100k"]),
+            mean(r["eval_return_mean"] for r in gates["a2c"]["runs"]["value_item 100k"]),
+            "value_item"),
+        "ema: EMA held-out accuracy": (
+            mean(r["ema_accuracy"] for r in gates["ema"]["runs"]["none"]),
+            mean(r["ema_accuracy"] for r in gates["ema"]["runs"]["skip_buffers"]),
+            "skip_buffers"),
     }
 
     def draw(fig) -> None:
@@ -92,7 +100,7 @@ def hero(path: Path) -> None:
             ax.set_title(title, fontsize=8)
             ax.tick_params(axis="y", labelsize=7)
 
-    fig = plots.pyplot().figure(figsize=(19, 3))
+    fig = plots.pyplot().figure(figsize=(23, 3))
     draw(fig)
     plots.save(fig, path)
 

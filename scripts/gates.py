@@ -20,7 +20,7 @@ import torch
 
 USAGE = """The learning targets in full, at fixed seeds, with each run's wall time on this machine.
 
-    scripts/gates.py [gan|gan_sizes|dqn|finetune|ppo|sac|simsiam|tbptt|vqvae|all]
+    scripts/gates.py [gan|gan_sizes|dqn|finetune|ppo|sac|simsiam|tbptt|vqvae|a2c|ema|all]
                      [--json gates.json] [--figures DIR]
 
 tests/test_learning.py checks a subset of these within the test budget; this script runs all the
@@ -73,8 +73,6 @@ def gan_sweep(name: str, out: Path) -> list[dict]:
 
 def gan_figure(root: Path, out: Path) -> None:
     """Seed 0's last samples on each mixture, side by side."""
-    from gallery import gan
-
     jobs = [*sorted((root / "named").glob("*seed=0")), *sorted((root / "mixture").glob("*seed=0"))]
     fig = plots.pyplot().figure(figsize=(4 * len(jobs), 4.4))
     for i, job in enumerate(jobs, start=1):
@@ -82,7 +80,7 @@ def gan_figure(root: Path, out: Path) -> None:
         overrides = dict(kv.split("=") for kv in job.name.split("_", 1)[1].split(","))
         ring = overrides["data"] == "mixture"
         name = f"{len(saved['centres'])} on a ring" if ring else overrides["data"]
-        gan.draw_samples(fig.add_subplot(1, len(jobs), i), saved["samples"], saved["centres"],
+        plots.draw_samples(fig.add_subplot(1, len(jobs), i), saved["samples"], saved["centres"],
                          f"{name}, seed 0\n" + saved["title"].split("\n")[-1])
     plots.save(fig, out / "gan_mixtures.png")
 
@@ -280,6 +278,81 @@ def gate_vqvae(tmp: Path, figures: Path | None) -> dict:
     return {"runs": rows, "pass": passed}
 
 
+def gate_a2c(tmp: Path, figures: Path | None) -> dict:
+    """CartPole-v1, the default config, seeds 0-4: greedy eval mean >= 475 within the default
+    300k env steps (about 3x the slowest seed measured), each run under 2 minutes. Measured beside
+    it at a fixed 100k steps (stop_when_solved=false, seeds 0-2): each mistake's return and its
+    critic's error against Monte-Carlo returns; value_item's critic must end bit for bit as it
+    began."""
+    keys = ("first_solved_step", "eval_return_mean", "value_bias", "value_abs_error",
+            "critic_changed", "env_steps_per_sec", "wall_seconds")
+    rows, seed0 = {}, {}
+    for seed in range(5):
+        s = run("a2c", f"seed={seed}", f"out_dir={tmp}/a2c/solve/{seed}")
+        rows.setdefault("none solve", []).append({k: s[k] for k in keys})
+        print(f"a2c none seed={seed}: {rows['none solve'][-1]}", flush=True)
+    for mistake in ("none", "advantage_grad", "critic_through_gae", "value_item"):
+        for seed in range(3):
+            s = run("a2c", f"seed={seed}", f"mistake={mistake}", "stop_when_solved=false",
+                    "steps=100000", "eval_every=10000", f"out_dir={tmp}/a2c/{mistake}/{seed}")
+            rows.setdefault(f"{mistake} 100k", []).append({k: s[k] for k in keys})
+            seed0.setdefault(mistake, s)
+            print(f"a2c {mistake} 100k seed={seed}: {rows[f'{mistake} 100k'][-1]}", flush=True)
+    if figures is not None:
+        from gallery import a2c
+
+        fig = plots.pyplot().figure(figsize=a2c.EXAMPLE.figure_size)
+        a2c.tour_figure(seed0, fig)
+        fig.suptitle("a2c on CartPole-v1, 100k env steps, seed 0", fontsize=9)
+        plots.save(fig, figures / "a2c.png")
+    solve = rows["none solve"]
+    passed = (all(r["first_solved_step"] is not None for r in solve)
+              and all(not r["critic_changed"] for r in rows["value_item 100k"])
+              and all(r["critic_changed"] for r in rows["none 100k"])
+              and max(r["wall_seconds"] for r in solve) < 120)
+    return {"runs": rows, "pass": passed}
+
+
+def gate_ema(tmp: Path, figures: Path | None) -> dict:
+    """Digits with 10 labels per class, the default config, seeds 0-2: the EMA teacher's held-out
+    accuracy is at least the student's less 2 points (7 of 359 images) on every seed; skip_buffers'
+    EMA is at least 30 points below the pattern's; teacher_requires_grad writes .grad into the
+    teacher and holds more bytes per step; ema_with_grad (300 steps: it slows as it goes) ends with
+    a graph on the teacher."""
+    keys = ("ema_accuracy", "student_accuracy", "teacher_graph_nodes", "teacher_has_grad",
+            "step_saved_bytes", "steps_per_sec", "wall_seconds")
+    rows, seed0 = {}, {}
+    for mistake in ("none", "skip_buffers", "teacher_requires_grad", "ema_with_grad"):
+        for seed in range(3):
+            short = ["steps=300", "eval_every=100"] if mistake == "ema_with_grad" else []
+            s = run("ema", f"seed={seed}", f"mistake={mistake}", *short,
+                    f"out_dir={tmp}/ema/{mistake}/{seed}")
+            rows.setdefault(mistake, []).append({k: s[k] for k in keys})
+            seed0.setdefault(mistake, s)
+            print(f"ema {mistake} seed={seed}: {rows[mistake][-1]}", flush=True)
+    for seed in range(3):  # the pattern at ema_with_grad's budget: the speed beside it
+        s = run("ema", f"seed={seed}", "steps=300", "eval_every=100",
+                f"out_dir={tmp}/ema/none300/{seed}")
+        rows.setdefault("none 300 steps", []).append({k: s[k] for k in keys})
+    if figures is not None:
+        from gallery import ema
+
+        fig = plots.pyplot().figure(figsize=ema.EXAMPLE.figure_size)
+        ema.tour_figure({m: seed0[m] for m in ("none", "skip_buffers")}, fig)
+        fig.suptitle("ema on digits (10 labels per class), seed 0", fontsize=9)
+        plots.save(fig, figures / "ema.png")
+    pattern = rows["none"]
+    passed = (all(r["ema_accuracy"] >= r["student_accuracy"] - 0.02 for r in pattern)
+              and all(m["ema_accuracy"] <= p["ema_accuracy"] - 0.3
+                      for p, m in zip(pattern, rows["skip_buffers"]))
+              and all(m["teacher_has_grad"] and m["step_saved_bytes"] > p["step_saved_bytes"]
+                      for p, m in zip(pattern, rows["teacher_requires_grad"]))
+              and all(r["teacher_graph_nodes"] > 0 for r in rows["ema_with_grad"])
+              and all(r["teacher_graph_nodes"] == 0 and not r["teacher_has_grad"]
+                      for r in pattern))
+    return {"runs": rows, "pass": passed}
+
+
 def gate_ppo(tmp: Path, figures: Path | None) -> dict:
     """CartPole-v1, the default config, seeds 0-4: greedy eval mean >= 475 by 100k env steps, each
     run under 2 minutes. Measured beside it: advantage_grad on the same seeds, and the critic's bias
@@ -346,7 +419,7 @@ def gate_sac(tmp: Path, figures: Path | None) -> dict:
 
 GATES = {"gan": gate_gan, "gan_sizes": gate_gan_sizes, "dqn": gate_dqn, "finetune": gate_finetune,
          "ppo": gate_ppo, "sac": gate_sac, "simsiam": gate_simsiam, "tbptt": gate_tbptt,
-         "vqvae": gate_vqvae}
+         "vqvae": gate_vqvae, "a2c": gate_a2c, "ema": gate_ema}
 
 
 def main() -> int:

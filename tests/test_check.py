@@ -15,8 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gallery import dqn, finetune, gan, ppo, sac, simsiam, tbptt, vqvae
-from gallery.check import bounded_memory, constant, gets_grad, no_grad_reaches, unchanged
+from gallery import a2c, dqn, ema, finetune, gan, ppo, sac, simsiam, tbptt, vqvae
+from gallery.check import (
+    bounded_memory,
+    constant,
+    gets_grad,
+    no_grad_reaches,
+    unchanged,
+    updated,
+)
 from gallery.core.registry import examples
 from tests.conftest import ROOT
 
@@ -297,9 +304,39 @@ def vqvae_step(mistake: str) -> None:
                       quantize=vqvae.BY_MISTAKE[mistake])
 
 
-RUNNERS = {"gan": gan_iteration, "dqn": dqn_update, "ppo": ppo_iteration, "sac": sac_updates,
-           "finetune": finetune_steps, "tbptt": tbptt_chunks, "simsiam": simsiam_step,
-           "vqvae": vqvae_step}
+def a2c_update(mistake: str) -> None:
+    torch.manual_seed(0)
+    variant = a2c.BY_MISTAKE[mistake]
+    agent = a2c.Agent(4, 2, 16)
+    batch, obs = variant.rollout(agent, StubEnvs(), torch.randn(2, 4), 4, 0.99)
+    _, returns = variant.gae(batch, agent.value(obs), 0.99, 0.95)
+    constant(returns=returns)  # the critic's target
+    policy_loss, _, _ = variant.losses(batch, returns)
+    with no_grad_reaches(critic=agent.critic):  # the actor's loss alone trains the actor alone
+        policy_loss.backward(retain_graph=True)
+    with gets_grad(critic=agent.critic):  # and the update trains the critic
+        a2c.a2c_update(agent, torch.optim.Adam(agent.parameters()), batch, agent.value(obs),
+                       0.99, 0.95, targets=variant.gae, losses=variant.losses)
+
+
+def ema_step(mistake: str) -> None:
+    torch.manual_seed(0)
+    variant = ema.BY_MISTAKE[mistake]
+    student = ema.classifier(16, 8, 3)
+    teacher = variant.make_ema(student)
+    optimizer = torch.optim.Adam(student.parameters())
+    x, y = torch.randn(24, 1, 4, 4), torch.randint(3, (8,))
+    with no_grad_reaches(teacher=teacher):
+        ema.mean_teacher_step(student, teacher, optimizer, x[:8], y, x[8:], 1.0,
+                              lambda v: v + 0.1 * torch.randn_like(v))
+    with updated(teacher=teacher):  # weights and BatchNorm statistics both move
+        variant.sync(teacher, student, tau=0.5)
+    constant(teacher_weights=list(teacher.parameters()))
+
+
+RUNNERS = {"a2c": a2c_update, "ema": ema_step, "gan": gan_iteration, "dqn": dqn_update,
+           "ppo": ppo_iteration, "sac": sac_updates, "finetune": finetune_steps,
+           "tbptt": tbptt_chunks, "simsiam": simsiam_step, "vqvae": vqvae_step}
 
 # (example, mistake) -> the sentence its check fails with, or why no check can catch it
 D_STEP_REACHES_G = "no_grad_reaches: a backward before Adam.step() wrote a grad into generator"
@@ -310,6 +347,13 @@ CAUGHT = {
     ("gan", "reuse_d_output"): D_STEP_REACHES_G,
     ("dqn", "target_grad"): "no_grad_reaches: a backward wrote a grad into target",
     ("dqn", "no_target+target_grad"): "constant: td_target (grad_fn=",
+    ("a2c", "advantage_grad"): "no_grad_reaches: a backward wrote a grad into critic",
+    ("a2c", "critic_through_gae"): "constant: returns (grad_fn=",
+    ("a2c", "value_item"): "gets_grad: no backward inside the block wrote a non-zero grad into "
+                           "critic",
+    ("ema", "skip_buffers"): "updated: the block left teacher (2.num_batches_tracked (buffer)",
+    ("ema", "ema_with_grad"): "constant: teacher_weights[0] (grad_fn=",
+    ("ema", "teacher_requires_grad"): "no_grad_reaches: a backward wrote a grad into teacher",
     ("ppo", "rollout_grad"): "constant: logprobs (grad_fn=",
     ("ppo", "advantage_grad"): "constant: advantages[0] (grad_fn=",
     ("sac", "target_grad"): "no_grad_reaches: a backward wrote a grad into target_critics",
@@ -329,6 +373,9 @@ CAUGHT = {
                                       "grad into encoder",
 }
 NOT_A_CUT = {
+    ("gan", "penalty_no_create_graph"): "the opposite of a cut: the penalty should carry a graph "
+                                        "and does not; tests/test_gan.py compares D's gradient "
+                                        "with and without it",
     ("dqn", "no_target"): "bootstraps from the online net under no_grad: the target is a "
                           "constant and nothing frozen moves; which net it came from is a choice, "
                           "not a graph (the learning gate measures the cost)",

@@ -10,7 +10,8 @@ def test_listing_comes_from_the_registry():
     proc = run_here("gallery")
     assert proc.returncode == 0
     found = examples()
-    assert set(found) == {"gan", "dqn", "finetune", "ppo", "sac", "simsiam", "tbptt", "vqvae"}
+    assert set(found) == {"gan", "dqn", "finetune", "ppo", "sac", "simsiam", "tbptt", "vqvae",
+                          "a2c", "ema"}
     for name, example in found.items():
         assert f"{name:10s} {example.pattern}" in proc.stdout
 
@@ -104,6 +105,8 @@ def test_run_sh_rejects_an_unknown_example():
     ("simsiam", {"data": "cifar10, digits, imagefolder"}),
     ("tbptt", {"data": "file, pydoc, tiny_shakespeare, wikitext2"}),
     ("vqvae", {"data": "cifar10, digits, fashion_mnist, imagefolder, mnist"}),
+    ("a2c", {"env": "acrobot, cartpole"}),
+    ("ema", {"data": "cifar10, digits, imagefolder"}),
 ])
 def test_each_examples_help_lists_its_mistakes_and_only_its_own_config_groups(name, groups):
     proc = run_here(f"gallery.{name}", "--help")

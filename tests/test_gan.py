@@ -108,6 +108,26 @@ def test_reuse_d_output_raises_inplace_error_and_explains(tmp_path):
     assert "modified by an inplace operation" in str(info.value.__cause__)
 
 
+def test_penalty_no_create_graph_leaves_ds_gradient_exactly_as_without_the_penalty():
+    """The penalty's gradient term is a constant without create_graph=True: D's grads match the
+    penalty-free loss's bit for bit, while the pattern's differ."""
+    g, d, _, _, real, z = _setup()
+    fake = g(z).detach()
+
+    def d_grads(loss_fn, gamma):
+        d.zero_grad(set_to_none=True)
+        loss, _ = loss_fn(d, real, fake, gamma)
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in d.parameters()])
+
+    without = d_grads(gan.d_loss_fn, 0.0)
+    assert torch.equal(d_grads(gan.d_loss_fn_penalty_no_create_graph, 10.0), without)
+    assert not torch.allclose(d_grads(gan.d_loss_fn, 10.0), without)
+    # the penalty is there in the loss's value: only its gradient is missing
+    mistake_value, _ = gan.d_loss_fn_penalty_no_create_graph(d, real, fake, 10.0)
+    assert float(mistake_value.detach()) > float(gan.d_loss_fn(d, real, fake, 0.0)[0].detach())
+
+
 def test_each_iteration_variant_trains_like_its_step_functions():
     """gan_step_* are the loop's unit; with the shared zero_grad G's update carries D's gradient."""
     grads = {}

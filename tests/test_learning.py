@@ -6,7 +6,7 @@ scripts/gates.py; these run the subset that fits the test budget.
 
 import pytest
 
-from gallery import dqn, finetune, gan, ppo, sac, simsiam, tbptt, vqvae
+from gallery import a2c, dqn, ema, finetune, gan, ppo, sac, simsiam, tbptt, vqvae
 from gallery.core.cli import compose
 
 pytestmark = pytest.mark.slow
@@ -120,3 +120,24 @@ def test_vqvae_straight_through_reconstructs_and_its_mistakes_show(tmp_path, see
     assert pattern["codes_used"] >= 0.5 and not pattern["codebook_unchanged"]
     assert on_st["codebook_unchanged"] is True  # the codebook never moved...
     assert on_st["recon_mse"] < 0.8 * on_st["recon_mse_at_start"]  # ...and the loss still fell
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a2c_solves_cartpole_within_300k_steps(tmp_path, seed):
+    """On the machine of docs/gates.json seeds 0-4 solved by 10k-90k env steps: the default budget
+    of 300k is about 3x the slowest."""
+    summary = a2c.train(compose("a2c", ["device=cpu", f"seed={seed}", f"out_dir={tmp_path}",
+                                        "value_check_episodes=0"]))
+    assert summary["first_solved_step"] is not None and summary["critic_changed"] is True
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ema_teacher_keeps_up_with_the_student_and_skip_buffers_falls_apart(tmp_path, seed):
+    """Digits, 10 labels per class. On the machine of docs/gates.json the EMA and the student end
+    within a point of each other (95-97%), and skip_buffers' EMA near chance."""
+    base = ["device=cpu", f"seed={seed}"]
+    pattern = ema.train(compose("ema", [*base, f"out_dir={tmp_path}/p"]))
+    skipped = ema.train(compose("ema", [*base, f"out_dir={tmp_path}/s", "mistake=skip_buffers"]))
+    assert pattern["ema_accuracy"] >= pattern["student_accuracy"] - 0.02
+    assert pattern["ema_accuracy"] >= 0.9
+    assert skipped["ema_accuracy"] <= pattern["ema_accuracy"] - 0.3

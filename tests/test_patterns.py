@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gallery import dqn, gan, nets, ppo, sac, simsiam, tbptt, vqvae
+from gallery import a2c, dqn, ema, gan, nets, ppo, sac, simsiam, tbptt, vqvae
 from gallery.core.cli import compose
 from gallery.core.probes import (
     CrossStepProbe,
@@ -149,6 +149,41 @@ def test_pasted_ppo_functions_keep_the_rollout_and_the_advantages_free_of_graphs
     ns["ppo_update"](agent, torch.optim.Adam(agent.parameters()), batch, advantages, returns,
                      epochs=3, minibatch_size=4, clip=0.2, vf_coef=0.0)
     assert state_hash(agent.critic) == before  # no value loss: nothing else reaches the critic
+
+
+def test_pasted_a2c_functions_give_the_actor_a_constant_advantage_and_the_critic_a_fixed_target():
+    import gymnasium as gym
+
+    ns = pasted("a2c")
+    torch.manual_seed(0)
+    agent = a2c.Agent(4, 2, 16)
+    envs = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+                        max_episode_steps=5)
+    obs = torch.as_tensor(envs.reset(seed=0)[0], dtype=torch.float32)
+    batch, obs = ns["rollout"](agent, envs, obs, 8, 0.99)  # crosses a time limit: bootstraps
+    assert batch["values"].grad_fn is not None and batch["dones"].sum() >= 2
+    _, returns = ns["gae"](batch, agent.value(obs), 0.99, 0.95)
+    assert returns.grad_fn is None
+    policy_loss, value_loss, _ = ns["a2c_losses"](batch, returns)
+    assert reached_parameters(policy_loss, agent.critic) == set()
+    before = state_hash(agent.critic)
+    ns["a2c_update"](agent, torch.optim.Adam(agent.parameters()), batch, agent.value(obs), 0.99,
+                     0.95, vf_coef=0.0, ent_coef=0.0)
+    assert state_hash(agent.critic) == before  # no value loss: nothing else reaches the critic
+
+
+def test_pasted_ema_functions_keep_the_teacher_frozen_and_its_buffers_current():
+    ns = pasted("ema")
+    torch.manual_seed(0)
+    student = ema.classifier(64, 16, 10)
+    teacher = ns["make_ema"](student)
+    x, y = torch.randn(40, 1, 8, 8), torch.randint(10, (8,))
+    optimizer = torch.optim.Adam(student.parameters())
+    ns["mean_teacher_step"](student, teacher, optimizer, x[:8], y, x[8:], 1.0, lambda v: v)
+    ns["sync_target"](teacher, student, tau=0.1)
+    assert all(p.grad is None and p.grad_fn is None for p in teacher.parameters())
+    assert all(torch.equal(t, s) for t, s in zip(teacher.buffers(), student.buffers()))
 
 
 def test_pasted_sac_functions_train_each_network_only_from_its_own_loss():

@@ -198,7 +198,8 @@ tells your own tests whether the graph is still cut where the pattern cuts it. I
 nothing else; each check raises `AssertionError` with one sentence naming what reached what.
 
 ```python
-from gallery.check import bounded_memory, constant, gets_grad, no_grad_reaches, unchanged
+from gallery.check import (bounded_memory, constant, gets_grad, no_grad_reaches, unchanged,
+                           updated)
 ```
 
 In pytest, the same module is also the `gallery_check` fixture (the plugin loads by pytest's entry
@@ -214,7 +215,8 @@ def check_page() -> str:
     docs = load_test_module("test_check_docs")
     table = load_test_module("test_check")
     page = [CHECK_INTRO, "## The checks", ""]
-    for name in ("no_grad_reaches", "gets_grad", "unchanged", "constant", "bounded_memory"):
+    for name in ("no_grad_reaches", "gets_grad", "unchanged", "updated", "constant",
+                 "bounded_memory"):
         signature = inspect.signature(getattr(check, name), eval_str=True)
         page += [f"### {name}", "", f"`{name}{signature}`", "",
                  inspect.getdoc(getattr(check, name)), ""]

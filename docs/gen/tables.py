@@ -37,6 +37,10 @@ def headlines(gates: dict | None = None, bench: dict | None = None) -> dict[str,
     gates, bench = gates or load("gates.json"), bench or load("bench.json")
     gan, ss, vq = gates["gan"], gates["simsiam"]["runs"], gates["vqvae"]["runs"]
     ppo, sac = gates["ppo"]["runs"], gates["sac"]["runs"]
+    a2c, ema = gates["a2c"]["runs"], gates["ema"]["runs"]
+    a2c_solved = [r["first_solved_step"] for r in a2c["none solve"]]
+    ema_slow = (avg(ema["none 300 steps"], "steps_per_sec")
+                / avg(ema["ema_with_grad"], "steps_per_sec"))
     solved = [r["first_solved_step"] for r in gates["dqn"]["runs"]]
     ppo_solved = [r["first_solved_step"] for r in ppo["none"] if r["first_solved_step"] is not None]
     digits = _bench(bench, "finetune", "setup", "digits_cnn 8px, batch 64")
@@ -75,10 +79,18 @@ def headlines(gates: dict | None = None, bench: dict | None = None) -> dict[str,
                   f"no_straight_through: MSE {avg(vq['no_straight_through'], 'recon_mse'):.3f}, "
                   f"perplexity {avg(vq['no_straight_through'], 'perplexity'):.0f}; "
                   f"codebook_on_st: codebook never moves"),
+        "a2c": (f"CartPole solved by {_span(a2c_solved)} env steps, {len(a2c_solved)} seeds",
+                f"value_item: the critic ends bit for bit as it began; return at 100k "
+                f"{avg(a2c['value_item 100k'], 'eval_return_mean'):.0f} vs "
+                f"{avg(a2c['none 100k'], 'eval_return_mean'):.0f}"),
+        "ema": (f"EMA accuracy {avg(ema['none'], 'ema_accuracy'):.1%} (student "
+                f"{avg(ema['none'], 'student_accuracy'):.1%}), 10 labels per class",
+                f"skip_buffers: EMA accuracy {avg(ema['skip_buffers'], 'ema_accuracy'):.1%}; "
+                f"ema_with_grad: {ema_slow:.0f}x slower by step 300"),
     }
 
 
-ORDER = ("gan", "dqn", "ppo", "sac", "finetune", "tbptt", "simsiam", "vqvae")
+ORDER = ("gan", "dqn", "ppo", "sac", "finetune", "tbptt", "simsiam", "vqvae", "a2c", "ema")
 
 
 def gallery_table(link=lambda name: f"gallery/{name}.py") -> str:

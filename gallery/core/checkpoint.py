@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from gallery.core.errors import CheckpointError
+from gallery.core.errors import CheckpointError, CheckpointWriteError
 from gallery.core.io import atomic_write, torch_bytes
 
 FORMAT = "detach-gallery/1"
@@ -60,7 +60,7 @@ def save_checkpoint(directory: Path | str, state: dict[str, Any]) -> Path:
         kept = f"{last} is as it was" if last.exists() else "no checkpoint was written before"
         why = err.strerror or err
         message = f"could not write a checkpoint to {directory} ({why}); {kept}"
-        raise CheckpointError(message) from err
+        raise CheckpointWriteError(message) from err
 
 
 def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, Any]:

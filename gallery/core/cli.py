@@ -10,6 +10,7 @@ each job's config itself."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import gc
@@ -19,6 +20,7 @@ import shlex
 import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ from gallery.core.errors import (
     ExplainedMistake,
     GalleryError,
     Interrupted,
+    RunFault,
 )
 from gallery.core.job import hydra_run_dir, multirun
 
@@ -91,8 +94,14 @@ def command_line(example: Any, train: Callable[[Any], dict], argv: list[str] | N
 
     context = HydraContext(config_loader=GlobalHydra.instance().config_loader(),
                            callbacks=Callbacks(cfg))
-    run_job(hydra_context=context,
-            task_function=job, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None)
+    made = missing_folders(Path(cfg.hydra.run.dir).absolute())  # what Hydra is about to make
+    try:
+        run_job(hydra_context=context,
+                task_function=job, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None)
+    except SystemExit as stop:
+        if stop.code:  # refused or failed: the empty folders this run made go again
+            remove_empty(made)
+        raise
     if failed:
         raise failed[0]
 
@@ -144,6 +153,8 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
       under `-m` the sweep goes on to the next job instead (its summary.json says "status":
       "raised").
     - A loss that became NaN or infinite: one line naming the step and the value, exit status 3.
+    - A fault outside the gallery mid-run (a full disk, an env that raised): one line, and the
+      command that resumes from the last checkpoint; exit status 5.
     - SIGINT/SIGTERM: the run stops after its current step and saves a checkpoint; one line says how
       to resume, and the exit status is 130 (SIGINT) or 143 (SIGTERM).
     """
@@ -176,6 +187,12 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
         if multirun():
             return {"status": "raised", "error": str(err)}
         sys.exit(EXIT_STATUS["bad_input"])
+    except RunFault as err:  # a full disk, an env that raised: the last checkpoint stays
+        kept = run_dir is not None and (run_dir / "checkpoints" / "last.pt").is_file()
+        after = (f"; the last checkpoint is kept: once the fault is gone, resume with: "
+                 f"{resume_command(train, run_dir)}" if kept else "; no checkpoint was written yet")
+        print(f"error: {err}{after}", file=sys.stderr)
+        sys.exit(EXIT_STATUS["fault"])
     except GalleryError as err:
         print(f"error: {err}", file=sys.stderr)
         if run_dir is not None and not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
@@ -223,21 +240,43 @@ def out_of_memory_line(cfg: Any, err: BaseException, run_dir: Path | None, exist
 
 def check_out_dir(out_dir: str | None) -> None:
     """Before Hydra makes the run dir: out_dir (or the current folder, where outputs/ goes) can be
-    created and written. Otherwise one line naming it, exit status 2, instead of a traceback from
-    inside Hydra."""
+    made and written, found by making it and writing a file there, then removing what the check
+    made. Otherwise one line naming it, exit status 2, instead of a traceback from inside Hydra."""
     path = Path(out_dir).expanduser().absolute() if out_dir else Path.cwd()
     shown = f"out_dir={out_dir}" if out_dir else (f"the current folder {path} (where outputs/ "
                                                   f"goes; set out_dir=...)")
     try:
-        existing = path
-        while not existing.exists():
-            existing = existing.parent
+        made = missing_folders(path)
     except OSError as err:  # a name too long, a loop of links, ...
         raise ConfigError(f"{shown}: cannot be used, {err.strerror.lower()}") from err
+    existing = made[-1].parent if made else path
     if not existing.is_dir():
         raise ConfigError(f"{shown}: cannot be made, {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{shown}: cannot be written, no write permission in {existing}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:  # no permission, a read-only or full disk, ...
+        reason = (err.strerror or str(err)).lower()
+        raise ConfigError(f"{shown}: cannot be made or written, {reason}") from err
+    finally:
+        remove_empty(made)
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove those of `folders` (deepest first) that are empty: what a refused run made."""
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            folder.rmdir()
 
 
 def resume_command(train: Callable, out_dir: Path | str) -> str:

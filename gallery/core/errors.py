@@ -11,6 +11,7 @@ EXIT_STATUS = {
     "bad_input": 2,
     "diverged": 3,  # a loss became NaN or infinite; the last good checkpoint is kept
     "out_of_memory": 4,  # the CPU allocator or CUDA ran out of memory; the line names batch_size
+    "fault": 5,  # the disk refused a write or the env raised mid-run; the last checkpoint is kept
     "interrupted_sigint": 130,  # Ctrl-C: stopped after the step, checkpoint saved (128 + SIGINT)
     "interrupted_sigterm": 143,  # SIGTERM, as a scheduler sends it: the same (128 + SIGTERM)
 }
@@ -34,6 +35,15 @@ class CheckpointError(GalleryError, RuntimeError):
 
 class DataError(GalleryError, RuntimeError):
     pass
+
+
+class RunFault(GalleryError, RuntimeError):
+    """Something outside the gallery failed mid-run (a full disk, an environment that raised): the
+    run stops, keeping its last checkpoint, and resumes from it once the fault is gone."""
+
+
+class CheckpointWriteError(RunFault, CheckpointError):
+    """A checkpoint could not be written; the one before it is as it was."""
 
 
 class ExplainedMistake(GalleryError):

@@ -1,8 +1,11 @@
-"""Figures without a display: the Agg backend, and one way to save."""
+"""Figures without a display: the Agg backend, one way to save, and the sample scatter or grid
+that the GAN's run, its tour and its gate draw."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import torch
 
 
 def pyplot():
@@ -34,3 +37,37 @@ def figure(path: Path | str, draw, *args, size: tuple[float, float] = (5, 3.2), 
     fig, axes = pyplot().subplots(1, panels, figsize=size)
     draw(axes, *args, **kwargs)
     return save(fig, path)
+
+
+def draw_samples(ax, samples: torch.Tensor, centres: torch.Tensor | None, title: str) -> None:
+    """A scatter of 2-D samples over the mode centres, or a grid of images (the run's figure and the
+    tour's)."""
+    if centres is not None:
+        ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, label="generated")
+        ax.scatter(centres[:, 0], centres[:, 1], s=40, marker="x", color="red",
+                   label="mode centres")
+        lim = float(centres.abs().max()) * 1.4 + 0.1
+        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+        ax.legend(loc="upper right", fontsize=7)
+    else:
+        from torchvision.utils import make_grid  # heavy and optional: only for image samples
+
+        grid = make_grid(samples[:64], nrow=8, normalize=True, value_range=(-1, 1))
+        ax.imshow(grid.permute(1, 2, 0).squeeze().numpy(), cmap="gray")
+        ax.axis("off")
+    ax.set_title(title, fontsize=9)
+
+
+def save_samples(result: dict, centres, run, step: int, label: str) -> None:
+    """A run's samples at `step` as a figure (with the modes covered, on a mixture), and on rank 0
+    the last samples, for the tour's side-by-side figure."""
+    title = f"{label}, step {step}"
+    if centres is not None:
+        title += (f"\nmodes {result['modes_covered']}/{len(centres)}, high quality "
+                  f"{result['high_quality_frac']:.2f}")
+    fig, ax = pyplot().subplots(figsize=(4, 4))
+    draw_samples(ax, result["samples"], centres, title)
+    save(fig, run.path(f"samples_step{step:06d}.png"))
+    if run.is_main:
+        torch.save({"samples": result["samples"][:2500], "centres": centres, "title": title},
+                   run.path("samples.pt"))

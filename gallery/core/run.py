@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -31,10 +32,56 @@ from gallery.core.checkpoint import (
     restore,
     save_checkpoint,
 )
-from gallery.core.errors import ConfigError, Diverged, ExplainedMistake, GalleryError, Interrupted
+from gallery.core.errors import (
+    ConfigError,
+    Diverged,
+    ExplainedMistake,
+    GalleryError,
+    Interrupted,
+    RunFault,
+)
 from gallery.core.io import atomic_write
 from gallery.core.job import hydra_run_dir, multirun, task_overrides
 from gallery.core.seeding import rng_state, set_rng_state
+
+try:
+    import fcntl  # POSIX; on Windows a run dir is not locked
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+LOCK = ".lock"  # the run dir's lock file: "pid host" of the process that holds it
+
+
+def lock_run_dir(run_dir: Path) -> int | None:
+    """Hold an exclusive OS lock on `run_dir` (made here if it does not exist) for as long as the
+    returned descriptor stays open; the OS lets it go when the process ends, even by SIGKILL. A
+    run dir another process holds is a ConfigError naming the holder."""
+    if fcntl is None:
+        return None
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:  # no permission, a file in the way, a full or read-only disk, ...
+        reason = (err.strerror or str(err)).lower()
+        raise ConfigError(f"out_dir={run_dir}: cannot be made or written, {reason}") from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode(errors="replace").split() or ["?", "?"]
+        os.close(fd)
+        pid, host = (holder + ["?"])[:2]
+        raise ConfigError(f"out_dir={run_dir} is in use by another run (pid {pid} on {host}): "
+                          f"wait for it to end, or pick another out_dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+    return fd
+
+
+def unlock_run_dir(fd: int | None) -> None:
+    """Let the run dir go (the lock file stays: removing it would let two later runs lock two
+    different files)."""
+    if fd is not None:
+        os.close(fd)
 
 
 def resolve_out_dir(out_dir: str | None, example: str) -> Path:
@@ -92,24 +139,27 @@ class Run:
         self.started = time.perf_counter()
         self._metrics = None
         self._tb = None
+        self._lock: int | None = None
         self._handlers: dict = {}
         if not self.is_main:
             return
-        held = [name for name in self.RESULTS if (self.dir / name).exists()]
         if self.resume_from is not None and not self.resume_from.is_file():
             raise ConfigError(f"resume={resume}: there is no checkpoint at {self.resume_from}; "
                               f"start without resume")
-        if held and not self.continuing:
-            if not overwrite:
-                raise ConfigError(f"out_dir={self.dir} already holds a run ({', '.join(held)}): "
-                                  f"continue it with "
-                                  "resume=true, pick another out_dir, or replace it with "
-                                  "overwrite=true")
-            for name in held:
-                if (self.dir / name).is_dir():
-                    shutil.rmtree(self.dir / name)
-                else:
-                    (self.dir / name).unlink()
+        made = [d for d in (self.dir, *self.dir.parents) if not d.exists()]
+        # one writer per run: held from before the first look at what the folder holds
+        self._lock = lock_run_dir(self.dir)
+        try:
+            self._refuse_or_clear(overwrite)
+        except GalleryError:
+            unlock_run_dir(self._lock)
+            self._lock = None
+            if made:  # refused: the folders this run made go again, lock file and all
+                (self.dir / LOCK).unlink(missing_ok=True)
+                for folder in made:
+                    if folder.is_dir() and not any(folder.iterdir()):
+                        folder.rmdir()
+            raise
         self.dir.mkdir(parents=True, exist_ok=True)
         # a continued run keeps the config it was started with
         if config is not None and not self.continuing:
@@ -128,6 +178,21 @@ class Run:
                       file=sys.stderr)
             else:
                 self._tb = SummaryWriter(self.dir / "tb")
+
+    def _refuse_or_clear(self, overwrite: bool) -> None:
+        """A fresh run into a folder that holds a run: refused, or (overwrite) cleared."""
+        held = [name for name in self.RESULTS if (self.dir / name).exists()]
+        if held and not self.continuing:
+            if not overwrite:
+                raise ConfigError(f"out_dir={self.dir} already holds a run ({', '.join(held)}): "
+                                  f"continue it with "
+                                  "resume=true, pick another out_dir, or replace it with "
+                                  "overwrite=true")
+            for name in held:
+                if (self.dir / name).is_dir():
+                    shutil.rmtree(self.dir / name)
+                else:
+                    (self.dir / name).unlink()
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -196,8 +261,12 @@ class Run:
         if self._metrics is None:
             return
         row = _json_safe({"step": step, **metrics})
-        self._metrics.write(json.dumps(row) + "\n")
-        self._metrics.flush()
+        try:
+            self._metrics.write(json.dumps(row) + "\n")
+            self._metrics.flush()
+        except OSError as err:  # a full disk, say: a row cut short is dropped on resume
+            raise RunFault(f"could not write {self.dir / 'metrics.jsonl'} at step {step} "
+                           f"({err.strerror or err})") from err
         if self._tb is not None:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -214,10 +283,16 @@ class Run:
                               "threads": torch.get_num_threads(),
                               "wall_seconds": round(time.perf_counter() - self.started, 3)})
         if self.is_main:
-            atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            try:
+                atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            except OSError as err:
+                raise RunFault(f"could not write {self.dir / 'summary.json'} "
+                               f"({err.strerror or err})") from err
         return summary
 
     def close(self) -> None:
+        unlock_run_dir(self._lock)
+        self._lock = None
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
@@ -249,11 +324,11 @@ class Run:
         untouched = self.is_main and not self.continuing and metrics.exists() \
             and not metrics.stat().st_size
         bad_input = isinstance(exc, GalleryError) \
-            and not isinstance(exc, (Diverged, ExplainedMistake))
+            and not isinstance(exc, (Diverged, ExplainedMistake, RunFault))
         if bad_input and untouched:
             # Bad input found once the run had started (a foreign checkpoint, say): leave nothing
             # behind.
-            for name in ("metrics.jsonl", ".hydra/config.yaml", ".hydra/overrides.yaml"):
+            for name in ("metrics.jsonl", ".hydra/config.yaml", ".hydra/overrides.yaml", LOCK):
                 (self.dir / name).unlink(missing_ok=True)
             for folder in (self.dir / ".hydra", self.dir):
                 if folder.is_dir() and not any(folder.iterdir()):
@@ -269,8 +344,18 @@ class Run:
 
 
 def read_metrics(path: Path | str) -> list[dict]:
+    """The rows of a metrics.jsonl. A last line cut short (a full disk or a kill mid-write) was
+    never a whole row and is left out; a bad line anywhere else is an error."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1 or line.endswith("\n"):
+                raise
+    return rows
 
 
 def progress(total: int, desc: str, enabled: bool | None = None, initial: int = 0) -> tqdm:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from gallery.core import plots
-from gallery.core.errors import ConfigError
+from gallery.core.errors import ConfigError, RunFault
 
 if TYPE_CHECKING:  # gymnasium is imported where an env is made: `--help` and bad input skip it
     import gymnasium as gym
@@ -51,7 +51,33 @@ def make_envs(env: EnvConfig, example: str, eval_episodes: int, space: str = "Di
         kind = type(envs.single_action_space).__name__
         raise ConfigError(f"env.id={env.id!r} has a {kind} action space; {example} needs a {space} "
                           f"one (try {instead})")
-    return envs, eval_envs
+    return Guarded(envs, env.id), Guarded(eval_envs, env.id)
+
+
+class Guarded:
+    """A vector env whose `step` or `reset` raising ends the run as a fault (one line, the last
+    checkpoint kept) rather than a traceback: an env is code from elsewhere. Everything else is the
+    env's own."""
+
+    def __init__(self, envs: gym.vector.VectorEnv, env_id: str):
+        self.envs, self.env_id = envs, env_id
+
+    def __getattr__(self, name: str):
+        return getattr(self.envs, name)
+
+    def step(self, actions):
+        try:
+            return self.envs.step(actions)
+        except Exception as err:
+            raise RunFault(f"env {self.env_id} raised in step(): {type(err).__name__}: "
+                           f"{err}") from err
+
+    def reset(self, **kwargs):
+        try:
+            return self.envs.reset(**kwargs)
+        except Exception as err:
+            raise RunFault(f"env {self.env_id} raised in reset(): {type(err).__name__}: "
+                           f"{err}") from err
 
 
 def reward_threshold(env: EnvConfig, envs: gym.vector.VectorEnv) -> float | None:
