@@ -106,3 +106,63 @@ def test_the_refusal_check_itself_tells_a_refused_value_from_an_accepted_one():
     for hostile in ("nan", "inf", "-1", "0"):
         assert "lr must be" in refusal("dqn", f"lr={hostile}")
     assert math.isfinite(to_schema(compose("dqn", ["lr=1e-3"])).lr)
+
+
+class Reached(Exception):
+    """Raised by the stand-in train(): the door let this input through to training."""
+
+
+def folder_state(folder) -> dict[str, str]:
+    """Every file's bytes and every folder, under `folder`: what a refusal must leave as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes().hex() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("name", sorted(examples()))
+def test_the_door_itself_refuses_in_one_line_and_leaves_the_working_folder_as_it_was(
+        name, request, tmp_path, monkeypatch):
+    """The second profile: `python -m gallery.<name> key=value` through the command line's own
+    entry point (in this process), in a scratch working folder, with and without out_dir. train()
+    is a stand-in that runs what a run does before its loop (prepare: the schema, validation, the
+    device) and stops there."""
+    from gallery.core.setup import prepare
+    from tests.conftest import run_here
+
+    module = importlib.import_module(f"gallery.{name}")
+
+    def stand_in(cfg):
+        prepare(cfg, module.validate, small_model=lambda c: True)
+        raise Reached
+
+    keys = leaf_keys(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(module, "train", stand_in)
+    seen = {"accepted": 0, "refused": 0}
+
+    @settings(max_examples=max(request.config.getoption("--fuzz-examples") // 5, 5),
+              derandomize=True, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(key=st.sampled_from(keys), value=value_text, with_out_dir=st.booleans())
+    @example(key="out_dir", value="/dev/null/run", with_out_dir=False)
+    @example(key="lr" if "lr" in keys else "seed", value="nan", with_out_dir=True)
+    def check(key: str, value: str, with_out_dir: bool) -> None:
+        args = [f"{key}={value}"]
+        if with_out_dir and key != "out_dir":
+            args.append(f"out_dir={tmp_path}/run")
+        before = folder_state(tmp_path)
+        try:
+            ran = run_here(f"gallery.{name}", *args)
+        except Reached:  # the folders Hydra made for it go, so each case starts where it began
+            seen["accepted"] += 1
+            for path in sorted(set(folder_state(tmp_path)) - set(before), reverse=True):
+                (tmp_path / path).rmdir()
+            return
+        seen["refused"] += 1
+        assert ran.returncode == 2, (args, ran.stderr[-2000:])
+        line = ran.stderr
+        assert line.startswith("error: ") and line.count("\n") == 1, (args, line)
+        assert key.rsplit(".", 1)[-1] in line, f"{args}: the line does not name the key: {line}"
+        assert folder_state(tmp_path) == before, f"{args} changed the working folder"
+
+    check()
+    assert seen["refused"] > 0, seen
