@@ -44,17 +44,16 @@ from gallery.core.config import (
     validate_base,
 )
 from gallery.core.device import compile_modules, fused
-from gallery.core.loop import Loop
+from gallery.core.loop import Loop, rl_results
+from gallery.core.plots import draw_learning_curve
 from gallery.core.probes import Probe, state_hash
 from gallery.core.registry import Example, Mistake
 from gallery.core.setup import prepare
 from gallery.data.envs import (
     EnvConfig,
-    draw_learning_curve,
     evaluate,
     make_envs,
     reward_threshold,
-    rl_results,
     space_sizes,
     value_bias,
 )
@@ -125,7 +124,7 @@ def rollout(agent, envs, obs, num_steps, gamma):
         action = dist.sample()
         next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
         # a time limit is not an end: bootstrap from the value of the true final observation
-        # (written out here, not through envs.env_step, because the reward is what changes)
+        # (written out here, not through envs.env_step: what changes is the reward, not the obs)
         for i in (truncated & ~terminated).nonzero()[0]:
             with torch.no_grad():  # PATTERN: a bootstrap is part of the target: a number
                 final = torch.as_tensor(info["final_obs"][i], dtype=torch.float32,
@@ -208,7 +207,7 @@ def rollout_value_item(agent, envs, obs, num_steps, gamma):
         action = dist.sample()
         next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
         # a time limit is not an end: bootstrap from the value of the true final observation
-        # (written out here, not through envs.env_step, because the reward is what changes)
+        # (written out here, not through envs.env_step: what changes is the reward, not the obs)
         for i in (truncated & ~terminated).nonzero()[0]:
             with torch.no_grad():
                 final = torch.as_tensor(info["final_obs"][i], dtype=torch.float32,
@@ -272,10 +271,11 @@ def train(cfg) -> dict:
                     agent, optimizer, batch, agent.value(obs), cfg.gamma, cfg.gae_lambda,
                     cfg.vf_coef, cfg.ent_coef, cfg.max_grad_norm, variant.gae, variant.losses)
             if loop.due(cfg.log_every):
-                loop.log({"policy_loss": policy_loss, "value_loss": value_loss})
+                loop.log(losses={"policy_loss": policy_loss, "value_loss": value_loss})
             if loop.due(cfg.eval_every, final=True):
                 result = evaluate(greedy(agent), eval_envs, cfg.seed + 10_000, device)
-                if loop.solved(loop.evaluated(**result)["eval_return_mean"], threshold):
+                loop.evaluated(**result)
+                if loop.solved(result["eval_return_mean"], threshold):
                     break
         bias = value_bias(lambda o: agent.policy(o).sample(), agent.value, cfg.env.id,
                           time_limit, cfg.value_check_episodes, cfg.gamma, cfg.seed + 20_000,

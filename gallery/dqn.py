@@ -42,23 +42,22 @@ from gallery.core.config import (
 )
 from gallery.core.device import compile_modules, fused
 from gallery.core.errors import ConfigError
-from gallery.core.loop import Counters, Loop
+from gallery.core.loop import Counters, Loop, rl_results
+from gallery.core.plots import draw_learning_curve
 from gallery.core.probes import Probe, grads_absent
 from gallery.core.registry import Example, Mistake
 from gallery.core.setup import prepare
 from gallery.data.envs import (
     EnvConfig,
     EpisodeReturns,
-    draw_learning_curve,
     env_step,
     evaluate,
     make_envs,
     reward_threshold,
-    rl_results,
     space_sizes,
 )
 from gallery.data.replay import ReplayBuffer
-from gallery.nets import Chain, sync_target
+from gallery.nets import hookless, sync_target
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -105,9 +104,9 @@ def validate(cfg: DqnConfig) -> None:
 
 # --- model ----------------------------------------------------------------------------------------
 
-def q_network(obs_dim: int, n_actions: int, hidden: int) -> Chain:
-    return Chain(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                 nn.Linear(hidden, n_actions))
+def q_network(obs_dim: int, n_actions: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                         nn.ReLU(), nn.Linear(hidden, n_actions))
 
 
 # --- the pattern --------------------------------------------------------------------------------
@@ -235,9 +234,8 @@ def train(cfg) -> dict:
     cfg, device = prepare(cfg, validate, small_model=lambda c: True)
     envs, eval_envs = make_envs(cfg.env, "DQN", cfg.eval_episodes)
     threshold, (obs_dim, n_actions) = reward_threshold(cfg.env, envs), space_sizes(envs)
-    n = cfg.env.num_envs
-    variant = BY_MISTAKE[cfg.mistake]
-    online = q_network(obs_dim, n_actions, cfg.hidden).to(device)
+    n, variant = cfg.env.num_envs, BY_MISTAKE[cfg.mistake]
+    online = hookless(q_network(obs_dim, n_actions, cfg.hidden)).to(device)  # same net, faster
     target = variant.make_target(online)
     compile_modules(cfg.compile, online, target, device=device)  # after the copy, each its own call
     # PATTERN: the optimizer holds the online params only
@@ -246,18 +244,18 @@ def train(cfg) -> dict:
     tally = Counters(updates=0, update_credit=0.0)  # update_credit: updates owed, a fraction
     stateful = {"online": online, "target": target, "optimizer": optimizer, "buffer": buffer,
                 "tally": tally}
-    probe, loss, returns = Probe(device, "saved_bytes_per_update"), torch.nan, EpisodeReturns(n)
+    probe, loss, returns = Probe(device, "saved_bytes_per_update"), None, EpisodeReturns(n)
     with contextlib.closing(envs), contextlib.closing(eval_envs), \
             Loop(cfg, "dqn", stateful, device, cfg.env.id, by=n, unit="env_steps") as loop:
         if loop.finished:
             return loop.finished
         act_rng = np.random.default_rng(cfg.seed + loop.step)  # a resume restarts episodes
         obs, _ = envs.reset(seed=cfg.seed + loop.step)
-        for step in loop:
-            n_updates = updates_owed(cfg, tally, step)
-            until_probe = -tally.updates % cfg.probe_every  # updates before the next measured one
-            with probe.step(sampled=until_probe < n_updates, units=n, per=n_updates):
-                eps = epsilon(cfg, step - n)
+        for start in loop:
+            n_updates = updates_owed(cfg, tally, loop.step)
+            with probe.step(probe.crosses(tally.updates, n_updates, cfg.probe_every), units=n,
+                            per=n_updates):
+                eps = epsilon(cfg, start)
                 actions = epsilon_greedy(online, obs, eps, act_rng, n_actions, device)
                 next_obs, real_next, rewards, terminated, info = env_step(envs, actions)
                 buffer.add(obs, actions, rewards, real_next, terminated)  # truncation bootstraps
@@ -272,11 +270,12 @@ def train(cfg) -> dict:
                 if cfg.tau >= 1.0 and loop.due(cfg.target_sync_every):
                     sync_target(target, online, 1.0)
             if loop.due(cfg.log_every):
-                loop.log({"loss": loss} if tally.updates else {}, epsilon=eps, **probe.record,
-                         updates=tally.updates, train_return_mean=returns.pop_mean())
+                loop.log(losses={"loss": loss}, epsilon=eps, updates=tally.updates,
+                         train_return_mean=returns.pop_mean(), **probe.record)
             if loop.due(cfg.eval_every, final=True):
                 result = evaluate(greedy(online), eval_envs, cfg.seed + 10_000, device)
-                if loop.solved(loop.evaluated(**result)["eval_return_mean"], threshold):
+                loop.evaluated(**result)
+                if loop.solved(result["eval_return_mean"], threshold):
                     break
         return loop.summary(**rl_results(loop, threshold), updates=tally.updates, **probe.record,
                             target_grad_seen=not grads_absent(target),

@@ -218,14 +218,14 @@ def train(cfg) -> dict:
     with Loop(cfg, "ema", stateful, device, cfg.data.name) as loop:
         if loop.finished:
             return loop.finished
-        for step in loop:
-            weight = cfg.consistency * min(1.0, step / max(cfg.ramp, 1))
-            with probe.step(sampled=loop.due(cfg.log_every)):
+        for _ in loop:
+            weight = cfg.consistency * min(1.0, loop.step / max(cfg.ramp, 1))
+            with probe.step(sampled=loop.sampled(cfg.log_every)):
                 ce, consistency = mean_teacher_step(student, teacher, optimizer, xl, yl,
                                                     xu[next(batches).to(device)], weight, views)
                 variant.sync(teacher, student, tau=1 - cfg.ema_decay)
             if loop.due(cfg.log_every):
-                loop.log({"ce": ce, "consistency": consistency},
+                loop.log(losses={"ce": ce, "consistency": consistency},
                          teacher_graph_nodes=graph_nodes(teacher))
             if loop.due(cfg.eval_every, final=True):
                 loop.evaluated(ema_accuracy=accuracy(teacher, xv, yv),

@@ -323,17 +323,17 @@ def train(cfg) -> dict:
     with Loop(cfg, "finetune", stateful, device, cfg.backbone.name) as loop:
         if loop.finished:
             return loop.finished
-        for step in loop:
+        for _ in loop:
             # what every training loop does; the pattern keeps the frozen blocks in eval
             model.train()
             idx = next(batches).to(device)
-            with probe.step(sampled=step == 1 or step % cfg.log_every == 0):
+            with probe.step(sampled=loop.sampled(cfg.log_every)):
                 loss = F.cross_entropy(step_fn(inputs[idx]), y[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
             if loop.due(cfg.log_every):
-                loop.log({"loss": loss.detach()}, **probe.record)
+                loop.log(losses={"loss": loss.detach()}, **probe.record)
             if loop.due(cfg.eval_every, final=True):
                 model.eval()
                 loop.evaluated(val_acc=accuracy(model, xv, yv))

@@ -345,25 +345,24 @@ def train(cfg) -> dict:
     with Loop(cfg, "gan", stateful, device, cfg.data.name, known_errors=KNOWN_ERRORS) as loop:
         if loop.finished:
             return loop.finished
-        first = loop.step + 1
-        for step in loop:
+        for _ in loop:
             real = data.sample(cfg.batch_size)
             z = torch.randn(len(real), cfg.z_dim, device=device)
-            with probe.step(sampled=step == first or step % cfg.log_every == 0):
+            with probe.step(sampled=loop.sampled(cfg.log_every)):
                 fake = g_ddp(z)  # one G forward: the D step detaches it, the G step reuses it
-                r1 = cfg.r1_gamma * cfg.r1_every if step % cfg.r1_every == 0 else 0.0  # lazy R1
+                r1 = cfg.r1_gamma * cfg.r1_every if loop.due(cfg.r1_every) else 0.0  # lazy R1
                 d_loss, g_loss = gan_step_fn(d_ddp, opt_d, opt_g, real, fake, r1)
             sched_g.step()
             sched_d.step()
             if loop.due(cfg.log_every, final=True):
-                loop.log({"d_loss": d_loss, "g_loss": g_loss}, **probe.record,
+                loop.log(losses={"d_loss": d_loss, "g_loss": g_loss}, **probe.record,
                          sec_per_step=probe.sec_per_step)
             if loop.due(cfg.eval_every, final=True):
                 result = evaluate(g, data, fixed_z, cfg)
                 last = {k: v for k, v in result.items() if k != "samples"}
                 loop.log(**{k: v for k, v in last.items() if k != "samples_per_mode"})
                 centres = data.centres.cpu() if isinstance(data, GaussianMixture) else None
-                plots.save_samples(result, centres, loop.run, step, f"mistake={cfg.mistake}")
+                plots.save_samples(result, centres, loop.run, loop.step, f"mistake={cfg.mistake}")
         return loop.summary(data=cfg.data.name, steps=cfg.steps, **last, **probe.record,
                             sec_per_step=probe.sec_per_step, d_loss=float(d_loss),
                             g_loss=float(g_loss), **dist.ddp_report(

@@ -69,6 +69,16 @@ class Chain(nn.Sequential):
         return x
 
 
+def hookless(module: nn.Module) -> nn.Module:
+    """`module` with every plain nn.Sequential in it (itself included) made a `Chain` over the
+    same layers: the same parameters and state_dict keys, without the per-layer hook dispatch.
+    Applied where a training run builds its RL nets; the models a reader copies stay plain torch
+    (scripts/bench.py chain measures what it saves)."""
+    for name, child in module.named_children():
+        setattr(module, name, hookless(child))
+    return Chain(*module) if type(module) is nn.Sequential else module
+
+
 def mlp(n_in: int, n_out: int, hidden: int, layers: int, sn: bool) -> nn.Sequential:
     wrap = nn.utils.parametrizations.spectral_norm if sn else (lambda m: m)
     dims = [n_in] + [hidden] * layers

@@ -44,21 +44,20 @@ from gallery.core.config import (
 )
 from gallery.core.device import compile_modules, fused
 from gallery.core.errors import ConfigError
-from gallery.core.loop import Loop
+from gallery.core.loop import Loop, rl_results
+from gallery.core.plots import draw_learning_curve
 from gallery.core.probes import Probe, graph_saved_bytes
 from gallery.core.registry import Example, Mistake
 from gallery.core.setup import prepare
 from gallery.data.envs import (
     EnvConfig,
-    draw_learning_curve,
     evaluate,
     make_envs,
     reward_threshold,
-    rl_results,
     space_sizes,
     value_bias,
 )
-from gallery.nets import Chain
+from gallery.nets import hookless
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -118,10 +117,11 @@ class Agent(nn.Module):
     def __init__(self, obs_dim: int, n_actions: int, hidden: int):
         super().__init__()
         g = math.sqrt(2)
-        self.actor = Chain(layer(obs_dim, hidden, g), nn.Tanh(), layer(hidden, hidden, g),
-                           nn.Tanh(), layer(hidden, n_actions, 0.01))
-        self.critic = Chain(layer(obs_dim, hidden, g), nn.Tanh(), layer(hidden, hidden, g),
-                            nn.Tanh(), layer(hidden, 1, 1.0))
+        self.actor = nn.Sequential(layer(obs_dim, hidden, g), nn.Tanh(),
+                                   layer(hidden, hidden, g), nn.Tanh(),
+                                   layer(hidden, n_actions, 0.01))
+        self.critic = nn.Sequential(layer(obs_dim, hidden, g), nn.Tanh(),
+                                    layer(hidden, hidden, g), nn.Tanh(), layer(hidden, 1, 1.0))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(obs).squeeze(-1)
@@ -150,6 +150,7 @@ def rollout(agent, envs, obs, num_steps, gamma):
         with torch.no_grad():  # PATTERN: the rollout is data: no graph behind what it stores
             action, logprob, value = agent.act(obs)
         next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+        # (written out here, not through envs.env_step: what changes is the reward, not the obs)
         for i in (truncated & ~terminated).nonzero()[0]:  # PATTERN: a time limit is not an end:
             with torch.no_grad():  # bootstrap from the value of the true final observation
                 final = torch.as_tensor(info["final_obs"][i], dtype=torch.float32,
@@ -307,7 +308,7 @@ def train(cfg) -> dict:
     threshold, (obs_dim, n_actions) = reward_threshold(cfg.env, envs), space_sizes(envs)
     time_limit = cfg.env.max_episode_steps or envs.spec.max_episode_steps
     variant = BY_MISTAKE[cfg.mistake]
-    agent = Agent(obs_dim, n_actions, cfg.hidden).to(device)
+    agent = hookless(Agent(obs_dim, n_actions, cfg.hidden)).to(device)  # same net, faster
     compile_modules(cfg.compile, agent.actor, agent.critic, device=device)  # what Agent calls
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5, fused=fused(device))
     per_rollout = cfg.rollout_steps * cfg.env.num_envs
@@ -324,8 +325,8 @@ def train(cfg) -> dict:
             return loop.finished
         obs, _ = envs.reset(seed=cfg.seed + loop.step)
         obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
-        for step in loop:
-            clip = cfg.clip * anneal((step - per_rollout) // per_rollout)
+        for start in loop:
+            clip = cfg.clip * anneal(start // per_rollout)
             with probe.step(sampled=False, units=per_rollout):
                 batch, obs = variant.rollout(agent, envs, obs, cfg.rollout_steps, cfg.gamma)
                 if rollout_bytes is None:  # what the stored rollout holds for backward (0: data)
@@ -338,11 +339,12 @@ def train(cfg) -> dict:
                     clip, cfg.vf_coef, cfg.ent_coef, cfg.max_grad_norm)
                 schedule.step()
             if loop.due(cfg.log_every):
-                loop.log({"policy_loss": policy_loss, "value_loss": value_loss}, clip=clip,
+                loop.log(losses={"policy_loss": policy_loss, "value_loss": value_loss}, clip=clip,
                          lr=schedule.get_last_lr()[0])
             if loop.due(cfg.eval_every, final=True):
                 result = evaluate(greedy(agent), eval_envs, cfg.seed + 10_000, device)
-                if loop.solved(loop.evaluated(**result)["eval_return_mean"], threshold):
+                loop.evaluated(**result)
+                if loop.solved(result["eval_return_mean"], threshold):
                     break
         bias = value_bias(lambda o: agent.act(o)[0], agent.value, cfg.env.id, time_limit,
                           cfg.value_check_episodes, cfg.gamma, cfg.seed + 20_000, device)

@@ -44,21 +44,20 @@ from gallery.core.config import (
 )
 from gallery.core.device import compile_modules
 from gallery.core.errors import ConfigError
-from gallery.core.loop import Counters, Loop
+from gallery.core.loop import Counters, Loop, rl_results
+from gallery.core.plots import draw_learning_curve
 from gallery.core.probes import Probe, grads_absent
 from gallery.core.registry import Example, Mistake
 from gallery.core.setup import prepare
 from gallery.data.envs import (
     EnvConfig,
-    draw_learning_curve,
     env_step,
     evaluate,
     make_envs,
-    rl_results,
     space_sizes,
 )
 from gallery.data.replay import ReplayBuffer
-from gallery.nets import Chain, frozen, sync_target
+from gallery.nets import frozen, sync_target
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -95,9 +94,9 @@ def validate(cfg: SacConfig) -> None:
 
 # --- models --------------------------------------------------------------------------------------
 
-def mlp(n_in: int, n_out: int, hidden: int) -> Chain:
-    return Chain(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                 nn.Linear(hidden, n_out))
+def mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, n_out))
 
 
 class Actor(nn.Module):
@@ -296,9 +295,9 @@ def train(cfg) -> dict:
             return loop.finished
         obs, _ = envs.reset(seed=cfg.seed + loop.step)  # a resume restarts the episodes
         act_rng = np.random.default_rng(cfg.seed + loop.step)  # random actions until learning
-        for step in loop:
-            learning = step - n >= cfg.learning_starts
-            with probe.step(learning and tally.updates % cfg.probe_every == 0, units=n, per=n):
+        for start in loop:
+            learning = start >= cfg.learning_starts
+            with probe.step(learning and probe.crosses(tally.updates, 1, cfg.probe_every), n, n):
                 actions = actor.act(obs) if learning else \
                     act_rng.uniform(space.low, space.high, size=(n, act_dim)).astype(np.float32)
                 next_obs, real_next, rewards, terminated, _ = env_step(envs, actions)
@@ -314,7 +313,7 @@ def train(cfg) -> dict:
                     sync_target(target_critics, critics, cfg.tau)
                     tally.updates += 1
             if loop.due(cfg.log_every):
-                loop.log({"critic_loss": critic_loss}, actor_loss=float(actor_loss),
+                loop.log(losses={"critic_loss": critic_loss}, actor_loss=float(actor_loss),
                          entropy=float(entropy), alpha=float(temperature.alpha()), **probe.record)
             if loop.due(cfg.eval_every, final=True):
                 loop.evaluated(**evaluate(actor.greedy, eval_envs, cfg.seed + 10_000, device),

@@ -246,17 +246,17 @@ def train(cfg) -> dict:
             return loop.finished
         if not loop.evals:  # step 0: the random encoder, the baseline to beat
             loop.evals.append({"step": 0, "loss": None, **evaluate(encoder, xt, yt, xv, yv, k)})
-        for step in loop:
+        for _ in loop:
             x = xt[next(batches).to(device)]
             x1, x2 = views(x), views(x)
-            with probe.step(sampled=step == 1 or step % cfg.log_every == 0):
+            with probe.step(sampled=loop.sampled(cfg.log_every)):
                 loss = loss_fn(encoder, predictor, x1, x2)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
             schedule.step()
             if loop.due(cfg.log_every):
-                loop.log({"loss": loss.detach()})
+                loop.log(losses={"loss": loss.detach()})
             if loop.due(cfg.eval_every, final=True):
                 loop.evaluated(**evaluate(encoder, xt, yt, xv, yv, k), loss=float(loss.detach()))
         plots.figure(loop.run.path("curves.png"), draw_curves, loop.evals, f"mistake={cfg.mistake}",

@@ -348,30 +348,30 @@ def train(cfg) -> dict:
         warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")  # retain_graph
         if loop.finished:
             return loop.finished
-        for step in loop:
+        for _ in loop:
             if tally.position + k1 + 1 > n:  # end of the streams: start over, from a fresh state
                 tally.position, tally.state, tally.window = 0, None, []
             x, y = (t.to(device) for t in chunk_at(streams, n, cfg.batch_size, tally.position, k1))
             tally.window = [*tally.window, (x, y)][-(k2 // k1):]  # the chunks one backward spans
-            sampled = step == 1 or step % cfg.probe_every == 0
+            sampled = loop.step == 1 or loop.due(cfg.probe_every)  # the first chunk, and every n
             with probe.step(sampled, units=k1 * cfg.batch_size) as meter:
                 loss, after_first = update_fn(ddp_model, optimizer, tally.window, tally.state,
                                               cfg.max_grad_norm)
             if sampled:  # held during this chunk: the graph the state carried in, and its own
                 carried_in = graph_saved_bytes(*state_tensors(tally.state))
-                tally.held.append([step, carried_in + meter.peak])
+                tally.held.append([loop.step, carried_in + meter.peak])
             if len(tally.window) == k2 // k1:
                 tally.state = after_first  # the next window starts one chunk later
             schedule.step()
             tally.position += k1
             if loop.due(cfg.log_every, final=True):  # saved_bytes: this chunk's, if it was measured
-                loop.log({"loss": loss}, bpc=float(loss) / math.log(2),
+                loop.log(losses={"loss": loss}, bpc=float(loss) / math.log(2),
                          chars_per_sec=probe.units_per_sec,
                          **({"saved_bytes": tally.held[-1][1]} if sampled else {}))
             if loop.due(cfg.eval_every, final=True):
                 val_bpc = validation_bpc(model, val_ids, cfg.eval_streams, 256, device)
                 loop.evaluated(val_bpc=val_bpc, seconds=time.perf_counter() - t_start)
-                write_sample(loop.run, model, vocab, cfg, device, step, val_bpc)
+                write_sample(loop.run, model, vocab, cfg, device, loop.step, val_bpc)
         plots.figure(loop.run.path("saved_bytes_per_chunk.png"), draw_held_bytes, tally.held,
                      f"mistake={cfg.mistake}")
         return loop.summary(

@@ -252,7 +252,7 @@ def train(cfg) -> dict:
             with probe.step(sampled=False):
                 reconstruction, _ = vq_step(model, optimizer, x, cfg.beta, quantizer)
             if loop.due(cfg.log_every):
-                loop.log({"recon_loss": reconstruction})
+                loop.log(losses={"recon_loss": reconstruction})
             if loop.due(cfg.eval_every, final=True):
                 loop.evaluated(**evaluate(model, xv, cfg.codebook_size))
         label = f"mistake={cfg.mistake}"

@@ -395,3 +395,44 @@ def test_chain_computes_what_sequential_does_bit_for_bit_with_the_same_keys():
     chain.register_forward_hook(lambda *_: seen.append("whole"))
     chain(x)
     assert seen == ["whole"]  # a hook on the whole still fires
+
+
+def test_hookless_keeps_the_copied_models_plain_and_the_trained_ones_the_same_net():
+    from gallery import dqn, ppo, sac
+    from gallery.nets import Chain, hookless
+
+    # what a reader copies is plain torch
+    assert type(dqn.q_network(4, 2, 8)) is nn.Sequential
+    assert type(ppo.Agent(4, 2, 8).actor) is nn.Sequential
+    assert type(sac.mlp(3, 1, 8)) is nn.Sequential
+    torch.manual_seed(0)
+    agent = ppo.Agent(4, 2, 8)
+    keys, x = list(agent.state_dict()), torch.randn(5, 4)
+    before = agent.actor(x)
+    fast = hookless(agent)
+    assert fast is agent and type(agent.actor) is Chain and type(agent.critic) is Chain
+    assert list(agent.state_dict()) == keys and torch.equal(agent.actor(x), before)
+    net = dqn.q_network(4, 2, 8)
+    assert type(hookless(net)) is Chain and hookless(net)[0] is net[0]  # the same layers
+
+
+def test_gallery_core_imports_at_the_top_except_documented_heavy_optional_packages():
+    """Every arrow between modules shows in the imports at the top of a file; the exceptions are
+    lazy imports of heavy optional packages, each with a comment on its line or the one above."""
+    import ast
+
+    heavy = ("matplotlib", "torchvision", "gymnasium", "torch.utils.tensorboard")
+    found = []
+    for path in sorted((ROOT / "gallery" / "core").glob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for inner in ast.walk(node):
+                if isinstance(inner, (ast.Import, ast.ImportFrom)):
+                    name = inner.module if isinstance(inner, ast.ImportFrom) else \
+                        inner.names[0].name
+                    said = "#" in lines[inner.lineno - 1] or "#" in lines[inner.lineno - 2]
+                    found.append((path.name, name))
+                    assert name.startswith(heavy) and said, f"{path.name}:{inner.lineno} {name}"
+    assert found  # the walk saw the lazy imports it allows

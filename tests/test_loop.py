@@ -31,17 +31,19 @@ def run(cfg, by=4, solve_at=None, threshold=None):
     with Loop(cfg, "toy", {"weight": weight, "tally": tally}, DEVICE, by=by) as loop:
         if loop.finished:
             return loop.finished, tally, log_steps
-        for step in loop:
+        for start in loop:
+            step = loop.step  # the units done once this iteration ends
+            assert start == step - by
             tally.iterations += 1
             tally.seen.append(step)
             with torch.no_grad():
                 weight.weight += 1.0
             if loop.due(10):
                 log_steps.append(step)
-                loop.log({"loss": torch.tensor(1.0 / step)}, iterations=tally.iterations)
+                loop.log(losses={"loss": torch.tensor(1.0 / step)}, iterations=tally.iterations)
             if loop.due(12, final=True):
-                row = loop.evaluated(score=float(step), weight=float(weight.weight.detach()))
-                if loop.solved(row["score"], threshold if solve_at is None else solve_at):
+                loop.evaluated(score=float(step), weight=float(weight.weight.detach()))
+                if loop.solved(float(step), threshold if solve_at is None else solve_at):
                     break
         return loop.summary(iterations=tally.iterations,
                             first_solved=loop.first_solved), tally, log_steps
@@ -98,8 +100,8 @@ def test_a_signal_stops_after_the_iteration_with_a_checkpoint_to_resume_from(tmp
     cfg = config(tmp_path)
     with pytest.raises(Interrupted) as info:
         with Loop(cfg, "toy", {"tally": Counters(n=0)}, DEVICE, by=4) as loop:
-            for step in loop:
-                if step == 8:
+            for _ in loop:
+                if loop.step == 8:
                     loop.run._on_signal(signal.SIGTERM, None)
     assert info.value.step == 8
     assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == 8
@@ -109,7 +111,7 @@ def test_a_nan_loss_stops_the_run_and_is_recorded(tmp_path):
     with pytest.raises(Diverged, match="loss=nan"):
         with Loop(config(tmp_path), "toy", {}, DEVICE) as loop:
             for _ in loop:
-                loop.log({"loss": torch.tensor(float("nan"))})
+                loop.log(losses={"loss": torch.tensor(float("nan"))})
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
 
 

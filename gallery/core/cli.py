@@ -160,9 +160,6 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
     """
     run_dir = hydra_run_dir()
     existed = run_dir is not None and run_dir.exists() and any(run_dir.iterdir())
-    # what is loaded by now (torch, Hydra, ...) lives as long as the process: keep the collector off
-    # it
-    gc.freeze()
     try:
         return train(cfg)
     except Interrupted as stop:

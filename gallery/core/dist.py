@@ -19,6 +19,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from gallery.core.probes import state_hash
 
 
 def world_size() -> int:
@@ -66,8 +70,6 @@ def wrap(module: nn.Module, device: torch.device, sync_buffers: bool = True) -> 
     if not active() or not any(p.requires_grad for p in module.parameters()):
         # a module with nothing to train needs no all-reduce (and DDP refuses to wrap it)
         return module
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     kwargs = {}
     # the flag was renamed in recent torch; the old name still works there, with a warning
     if not sync_buffers:
@@ -136,8 +138,6 @@ class AllReduceCounter:
         if active():  # run alone: no hooks at all
             for name, optimizer in optimizers.items():
                 self.attribute(optimizer, name)
-            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
             def counting_hook(state, bucket):
                 self.calls += 1
                 return allreduce_hook(state, bucket)
@@ -161,8 +161,6 @@ def ddp_report(modules: dict[str, nn.Module], probe_record: dict, **per_rank: An
     calls it."""
     if not active():
         return {}
-    from gallery.core.probes import state_hash
-
     hashes = gather({name: state_hash(m, buffers=False) for name, m in modules.items()})
     return {"world_size": dist.get_world_size(), "ranks_agree": all(h == hashes[0] for h in hashes),
             "probe_by_rank": gather(probe_record), **{k: gather(v) for k, v in per_rank.items()}}

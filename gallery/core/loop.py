@@ -3,16 +3,21 @@
     with Loop(cfg, "dqn", stateful, device, about=cfg.env.id, by=n) as loop:
         if loop.finished:                       # a resumed run with nothing left to do
             return loop.finished
-        for step in loop:                       # step: the units done once this iteration ends
-            ...the algorithm's lines...
+        for start in loop:                      # units done before this iteration; loop.step:
+            ...the algorithm's lines...         #   the units done once it ends
             if loop.due(cfg.log_every):
-                loop.log({"loss": loss}, epsilon=eps)     # the losses are checked for NaN/inf
+                loop.log(losses={"loss": loss}, epsilon=eps)  # losses: checked for NaN/inf
             if loop.due(cfg.eval_every, final=True):
-                loop.evaluated(**evaluate(...))           # kept in loop.evals, logged, on the bar
-        return loop.summary(...)                # summary.json
+                result = evaluate(...)
+                loop.evaluated(**result)                      # kept in loop.evals, logged
+                if loop.solved(result["eval_return_mean"], threshold):
+                    break                                     # stop_when_solved
+        return loop.summary(...)                # the last checkpoint, then summary.json
 
 Between two iterations the loop advances the progress bar, saves a checkpoint every `ckpt_every`
-units and after the last iteration, and stops cleanly on SIGINT/SIGTERM (after saving one). On
+units and after the last iteration (or, for a run stopped when solved, in `summary`), and stops
+cleanly on SIGINT/SIGTERM (after saving one). `sampled(every)` and `Probe.crosses` say which
+iterations a probe measures, so no probe arithmetic sits in a training loop. On
 `resume`, entering the loop restores every object in `stateful` (models, optimizers, `Counters`),
 the RNGs and the loop's own step, evaluations and first solved step.
 """
@@ -25,6 +30,7 @@ from typing import Any
 
 import torch
 
+from gallery.core import plots
 from gallery.core.errors import explained
 from gallery.core.run import Run, progress, resolve_out_dir
 
@@ -66,6 +72,7 @@ class Loop:
         self.label = f"{name} {about} mistake={cfg.mistake}"
         self.known_errors = known_errors
         self.step, self.evals, self.first_solved = 0, [], None
+        self._first_here: int | None = None  # this process's first iteration (its end step)
         self.finished: dict | None = None
         self._saved_at: int | None = None
         self._exit = contextlib.ExitStack()
@@ -104,9 +111,11 @@ class Loop:
         return bool(getattr(self.cfg, "stop_when_solved", False))
 
     def __iter__(self):
+        """Yields the units done before each iteration; `self.step` is where it ends."""
+        self._first_here = self.step + self.by
         while self.step < self.total:
-            self.step += self.by
-            yield self.step
+            start, self.step = self.step, self.step + self.by
+            yield start
             self.bar.update(self.by)
             if self.step >= self.total or (self.cfg.ckpt_every and self.due(self.cfg.ckpt_every)):
                 self.save()  # every ckpt_every units, and at the end
@@ -118,13 +127,19 @@ class Loop:
         crossed = every > 0 and self.step // every > (self.step - self.by) // every
         return crossed or (final and self.step >= self.total)
 
-    def log(self, finite: dict[str, Any] | None = None, **metrics: Any) -> None:
-        """Log the losses in `finite` and the other `metrics` at this step. A NaN or infinite loss
-        stops the run (checked on log steps only: no extra device sync per step)."""
-        finite = {key: float(value) for key, value in (finite or {}).items()}
-        self.run.check_finite(self.step, **finite)
-        self.run.log(self.step, **finite, **metrics)
-        self._show(finite)
+    def sampled(self, every: int) -> bool:
+        """Whether a probe measures this iteration: this process's first, then every `every`
+        units."""
+        return self.step == self._first_here or self.due(every)
+
+    def log(self, *, losses: dict[str, Any] | None = None, **metrics: Any) -> None:
+        """Log `losses` and the other `metrics` at this step. A NaN or infinite value in `losses`
+        stops the run (checked on log steps only: no extra device sync per step); a loss still None
+        (no update yet) is left out."""
+        losses = {key: float(value) for key, value in (losses or {}).items() if value is not None}
+        self.run.check_finite(self.step, **losses)
+        self.run.log(self.step, **losses, **metrics)
+        self._show(losses)
 
     def evaluated(self, **values: Any) -> dict:
         """Keep an evaluation in `evals` (every checkpoint holds them), log it, show it on the
@@ -137,12 +152,11 @@ class Loop:
 
     def solved(self, score: float, threshold: float | None) -> bool:
         """Eval-until-solved: the first step `score` reaches `threshold` is kept as `first_solved`;
-        True when the run should stop there (`stop_when_solved`)."""
+        True when the run should stop there (`stop_when_solved`). It decides only: `summary` saves
+        the checkpoint of a run that stopped here."""
         if self.first_solved is None and threshold is not None and score >= threshold:
             self.first_solved = self.step
-            if self.stops_when_solved:
-                self.save()  # the run ends here: its last checkpoint
-                return True
+            return self.stops_when_solved
         return False
 
     def save(self) -> None:
@@ -152,8 +166,9 @@ class Loop:
             self._saved_at = self.step
 
     def summary(self, **values: Any) -> dict:
-        """Write summary.json: which run this was, then `values`. (The loop saved its last
-        checkpoint when it ended, before any work the summary does.)"""
+        """Save the last checkpoint (once: a loop that ran to its end saved it already), then write
+        summary.json: which run this was, then `values`."""
+        self.save()
         cfg = self.cfg
         return self.run.write_summary({"example": self.name, "mistake": cfg.mistake,
                                        "seed": cfg.seed, "device": str(self.device), **values})
@@ -163,3 +178,16 @@ class Loop:
                             if isinstance(value, (int, float)) and value is not None})
         if self._shown:
             self.bar.set_postfix(self._shown)
+
+
+def rl_results(loop: Loop, threshold: float | None) -> dict:
+    """What dqn's, ppo's, a2c's and sac's summaries share, from the loop's evaluations; draws the
+    run's learning_curve.png."""
+    if loop.evals:
+        plots.figure(loop.run.path("learning_curve.png"), plots.draw_learning_curve, loop.evals,
+                     f"mistake={loop.cfg.mistake}", threshold)
+    final = loop.evals[-1] if loop.evals else {}
+    return {"env_id": loop.cfg.env.id, "eval_return_mean": final.get("eval_return_mean"),
+            "eval_return_std": final.get("eval_return_std"), "env_steps": loop.step,
+            "first_solved_step": loop.first_solved, "reward_threshold": threshold,
+            "evals": loop.evals}

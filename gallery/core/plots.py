@@ -5,23 +5,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from gallery.core import dist
 
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (headless CI machines have no display)."""
-    import matplotlib
+    import matplotlib  # heavy and optional: imported when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     return plt
 
 
 def save(fig, path: Path | str) -> Path:
     """Under torchrun only rank 0 writes: the other ranks' figures are dropped."""
-    from gallery.core import dist
-
     if dist.rank() == 0:
         fig.tight_layout()
         fig.savefig(path, dpi=100)
@@ -71,3 +72,17 @@ def save_samples(result: dict, centres, run, step: int, label: str) -> None:
     if run.is_main:
         torch.save({"samples": result["samples"][:2500], "centres": centres, "title": title},
                    run.path("samples.pt"))
+
+
+def draw_learning_curve(ax, evals: list[dict], label: str, threshold: float | None = None) -> None:
+    """Greedy eval return against env steps. A run's own figure and the tour's comparison both draw
+    with this."""
+    steps = [e["env_steps"] for e in evals]
+    mean = np.array([e["eval_return_mean"] for e in evals])
+    std = np.array([e["eval_return_std"] for e in evals])
+    ax.plot(steps, mean, marker="o", ms=3, label=label)
+    ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    if threshold is not None:
+        ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"solved ({threshold:g})")
+    ax.set(xlabel="env steps", ylabel="greedy eval return")
+    ax.legend(fontsize=8)

@@ -287,6 +287,12 @@ class Probe:
             self.timed_units += units
             self.timed_seconds += time.perf_counter() - start
 
+    @staticmethod
+    def crosses(done: int, n: int, every: int) -> bool:
+        """Whether the `n` units after the `done` so far (updates, say) include a multiple of
+        `every`: a step that does several updates is measured when one of them is due."""
+        return -done % every < n
+
     @property
     def sec_per_step(self) -> float:
         return self.timed_seconds / max(self.timed_units, 1)

@@ -172,6 +172,7 @@ class Run:
         self._metrics = open(self.dir / "metrics.jsonl", mode)  # noqa: SIM115 - closed in close()
         if tensorboard:
             try:
+                # optional and heavy: imported when a run asks for it
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 print("tensorboard is not installed; logging to metrics.jsonl only",

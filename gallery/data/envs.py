@@ -10,13 +10,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from gallery.core import plots
 from gallery.core.errors import ConfigError, RunFault
 
 if TYPE_CHECKING:  # gymnasium is imported where an env is made: `--help` and bad input skip it
     import gymnasium as gym
-
-    from gallery.core.loop import Loop
 
 
 @dataclass
@@ -169,29 +166,3 @@ def value_bias(act, value, env_id: str, time_limit: int, episodes: int, gamma: f
             errors.append(values - returns[:n])
     errors = np.concatenate(errors)
     return {"value_bias": float(errors.mean()), "value_abs_error": float(np.abs(errors).mean())}
-
-
-def rl_results(loop: Loop, threshold: float | None) -> dict:
-    """What dqn's, ppo's and sac's summaries share; draws the run's learning_curve.png."""
-    if loop.evals:
-        plots.figure(loop.run.path("learning_curve.png"), draw_learning_curve, loop.evals,
-                     f"mistake={loop.cfg.mistake}", threshold)
-    final = loop.evals[-1] if loop.evals else {}
-    return {"env_id": loop.cfg.env.id, "eval_return_mean": final.get("eval_return_mean"),
-            "eval_return_std": final.get("eval_return_std"), "env_steps": loop.step,
-            "first_solved_step": loop.first_solved, "reward_threshold": threshold,
-            "evals": loop.evals}
-
-
-def draw_learning_curve(ax, evals: list[dict], label: str, threshold: float | None = None) -> None:
-    """Greedy eval return against env steps. A run's own figure and the tour's comparison both draw
-    with this."""
-    steps = [e["env_steps"] for e in evals]
-    mean = np.array([e["eval_return_mean"] for e in evals])
-    std = np.array([e["eval_return_std"] for e in evals])
-    ax.plot(steps, mean, marker="o", ms=3, label=label)
-    ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    if threshold is not None:
-        ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"solved ({threshold:g})")
-    ax.set(xlabel="env steps", ylabel="greedy eval return")
-    ax.legend(fontsize=8)
