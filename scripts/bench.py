@@ -19,8 +19,8 @@ import torch.nn.functional as F
 USAGE = """Speed and memory of each pattern against its mistake, as ratios measured side by side.
 
     scripts/bench.py [gan|dqn|dqn_envs|finetune|ppo|sac|tbptt|threads|smoke|compile|startup|
-                      cleanrl|cuda_graphs|vqvae|chain|all] [--device cpu|cuda] [--json results.json]
-                     [--cleanrl CLONE]
+                      cleanrl|cuda_graphs|vqvae|chain|sb3|all] [--device cpu|cuda]
+                     [--json results.json] [--cleanrl CLONE]
 
 Times come from alternating blocks of the two variants in one process (median of the blocks), so a
 ratio holds on the machine it ran on even when the absolute times drift. Bytes come from the
@@ -928,6 +928,123 @@ def bench_vqvae(device: torch.device, seeds: int = 3) -> list[dict]:
     return [row]
 
 
+# --- sb3: Stable-Baselines3, the library most users pick first -----------------------------------
+
+SB3_PEER_DEPS = ("stable-baselines3==2.9.2", "cloudpickle", "pandas", "python-dateutil", "pytz",
+                 "tzdata", "six")  # --no-deps: the peer runs on the project's torch and gymnasium
+# RL Zoo's CartPole-v1 settings (scripts/sb3_peer.py holds SB3's side), in the gallery's keys
+SB3_DQN = ["env.num_envs=1", "lr=2.3e-3", "batch_size=64", "buffer_size=100000",
+           "learning_starts=1000", "target_sync_every=10", "updates_per_step=0.5", "hidden=256",
+           "eps_end=0.04", "eps_decay_steps=8000", "double_dqn=false", "gamma=0.99",
+           "steps=50000"]
+SB3_PPO = ["env.num_envs=8", "rollout_steps=32", "minibatch_size=256", "epochs=20",
+           "gae_lambda=0.8", "gamma=0.98", "lr=1e-3", "clip=0.2", "ent_coef=0.0", "hidden=64",
+           "steps=100000"]  # the gallery's own defaults
+
+
+def sb3_peer_path() -> Path | None:
+    """stable-baselines3 and what it imports beyond the gallery's dependencies, installed once
+    with pip --target into the gallery's cache; None when it cannot be installed."""
+    import subprocess
+
+    from gallery.core.config import cache_root
+
+    deps = cache_root() / "sb3-peer-deps"
+    if not (deps / ".installed").is_file():
+        print(f"installing {' '.join(SB3_PEER_DEPS)} into {deps} (once)", flush=True)
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                               "--target", str(deps), "--disable-pip-version-check",
+                               *SB3_PEER_DEPS], capture_output=True, text=True)
+        if done.returncode != 0:
+            return None
+        (deps / ".installed").write_text("")
+    return deps
+
+
+def bench_sb3(device: torch.device, pairs: int = 3, seeds: int = 3) -> list[dict]:
+    """Stable-Baselines3 2.9.2 on the project's torch, against the gallery, as whole processes on
+    the CPU.
+
+    - speed: DQN (50k env steps) and PPO (100k) on CartPole-v1 at RL Zoo's settings, the gallery at
+      the same settings (no evaluation on either side but the gallery's one at the end), `pairs`
+      pairs in turn; the median of the per-pair ratios;
+    - time to solve: each side at its own published settings (the gallery's defaults; RL Zoo's),
+      evaluated on 10 deterministic episodes at the gallery's cadence, stopping at the first mean
+      of 475: wall seconds from process start to exit, and the env steps, seeds 0 to `seeds` - 1,
+      medians. A run that does not solve within its budget counts as its budget's time."""
+    import json
+    import os
+    import subprocess
+
+    if device.type != "cpu":
+        return [{"skipped": "whole-process comparisons run on the CPU"}]
+    peer = sb3_peer_path()
+    if peer is None:
+        return [{"skipped": f"stable-baselines3 could not be installed into the cache "
+                            f"({' '.join(SB3_PEER_DEPS)})"}]
+    peer_env = {**os.environ, "PYTHONPATH": str(peer)}
+
+    def timed(argv: list[str], env=None) -> tuple[float, str]:
+        start = time.perf_counter()
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env,
+                              check=True)
+        return time.perf_counter() - start, done.stdout
+
+    def sb3(algo: str, *extra: str) -> tuple[float, dict]:
+        seconds, out = timed([sys.executable, str(ROOT / "scripts" / "sb3_peer.py"), algo,
+                              *extra], env=peer_env)
+        return seconds, json.loads(out.strip().splitlines()[-1])
+
+    def gallery(name: str, out: str, *overrides: str) -> tuple[float, dict]:
+        seconds, _ = timed([sys.executable, "-m", f"gallery.{name}", *overrides, "device=cpu",
+                            "progress=false", f"out_dir={out}"])
+        return seconds, json.loads((Path(out) / "summary.json").read_text())
+
+    rows = []
+    speed = {"dqn": [*SB3_DQN, "eval_every=50000"], "ppo": [*SB3_PPO, "eval_every=100000",
+                                                             "value_check_episodes=0"]}
+    for name, overrides in speed.items():
+        times: dict[str, list[float]] = {"sb3": [], "gallery": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(pairs):
+                times["sb3"].append(sb3(name, "--seed", str(i))[0])
+                times["gallery"].append(gallery(name, f"{tmp}/{i}", *overrides, f"seed={i}",
+                                                "stop_when_solved=false", "eval_episodes=1")[0])
+        ratios = [s / g for s, g in zip(times["sb3"], times["gallery"])]
+        rows.append({"setting": f"{name}: RL Zoo's CartPole-v1 settings, both sides, "
+                                f"{overrides[-1] if name == 'dqn' else 'steps=100000'}, whole "
+                                f"processes, {pairs} pairs in turn",
+                     "sb3_seconds": statistics.median(times["sb3"]),
+                     "gallery_seconds": statistics.median(times["gallery"]),
+                     "speed_ratio_per_pair": ratios,
+                     "gallery_speed_over_sb3": statistics.median(ratios), "target": 2.0})
+    cadence = {"dqn": 2500, "ppo": 10000}  # the gallery's default eval_every
+    for name, every in cadence.items():
+        solved: dict[str, list] = {"sb3": [], "gallery": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            for seed in range(seeds):
+                seconds, result = sb3(name, "--seed", str(seed), "--solve", str(every))
+                solved["sb3"].append((seconds, result["solved_at"]))
+                seconds, summary = gallery(name, f"{tmp}/{seed}", f"seed={seed}",
+                                           *(["value_check_episodes=0"] if name == "ppo" else []))
+                solved["gallery"].append((seconds, summary["first_solved_step"]))
+        med = {side: (statistics.median(s for s, _ in runs),
+                      statistics.median(n for _, n in runs if n is not None)
+                      if any(n is not None for _, n in runs) else None)
+               for side, runs in solved.items()}
+        rows.append({"setting": f"{name}: time to solve CartPole-v1 (475 over 10 episodes, "
+                                f"evaluated every {every:,} env steps), each side at its own "
+                                f"settings, seeds 0-{seeds - 1}, whole processes",
+                     "sb3_seconds_to_solve": med["sb3"][0],
+                     "gallery_seconds_to_solve": med["gallery"][0],
+                     "sb3_env_steps_to_solve": med["sb3"][1],
+                     "gallery_env_steps_to_solve": med["gallery"][1],
+                     "sb3_runs": solved["sb3"], "gallery_runs": solved["gallery"],
+                     "gallery_time_fraction_of_sb3": med["gallery"][0] / med["sb3"][0],
+                     "target_fraction": 1 / 3})
+    return rows
+
+
 # --- chain: the RL nets with and without the per-layer hook dispatch ------------------------------
 
 def bench_chain(device: torch.device) -> list[dict]:
@@ -967,7 +1084,8 @@ BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo"
            "sac": bench_sac, "dqn_envs": bench_dqn_envs, "tbptt": bench_tbptt,
            "threads": bench_threads, "smoke": bench_smoke, "compile": bench_compile,
            "startup": bench_startup, "cleanrl": bench_cleanrl,
-           "cuda_graphs": bench_cuda_graphs, "vqvae": bench_vqvae, "chain": bench_chain}
+           "cuda_graphs": bench_cuda_graphs, "vqvae": bench_vqvae, "chain": bench_chain,
+           "sb3": bench_sb3}
 
 
 def machine(device: torch.device) -> str:
