@@ -1039,7 +1039,10 @@ def bench_sb3(device: torch.device, pairs: int = 3, seeds: int = 3) -> list[dict
                      "gallery_seconds_to_solve": med["gallery"][0],
                      "sb3_env_steps_to_solve": med["sb3"][1],
                      "gallery_env_steps_to_solve": med["gallery"][1],
-                     "sb3_runs": solved["sb3"], "gallery_runs": solved["gallery"],
+                     "sb3_seconds_per_seed": [s for s, _ in solved["sb3"]],
+                     "sb3_env_steps_per_seed": [n for _, n in solved["sb3"]],
+                     "gallery_seconds_per_seed": [s for s, _ in solved["gallery"]],
+                     "gallery_env_steps_per_seed": [n for _, n in solved["gallery"]],
                      "gallery_time_fraction_of_sb3": med["gallery"][0] / med["sb3"][0],
                      "target_fraction": 1 / 3})
     return rows

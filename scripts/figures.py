@@ -14,7 +14,8 @@ from pathlib import Path
 USAGE = """Every picture in docs/img and the README's gallery table, from today's defaults and
 measured JSON.
 
-    scripts/figures.py                 the hero figure (docs/img/hero.png) and the README table,
+    scripts/figures.py                 the hero figure (docs/img/hero.png), the README table and
+                                       the performance page's peers.png and mistake_costs.png,
                                        from docs/gates.json and docs/bench.json (seconds)
     scripts/figures.py --tour gan sac  also each named example's comparison figure,
                                        docs/img/<name>.png, from a full-budget tour of it
@@ -25,8 +26,9 @@ measured JSON.
     scripts/figures.py --check         exit 1 when the README's table is not what the JSON files
                                        say
 
-Every picture in docs/img comes from one of these: hero.png from the JSON files, <example>.png from
-the tour at its full budget, the rest from scripts/gates.py --figures docs/img.
+Every picture in docs/img comes from one of these: hero.png, peers.png and mistake_costs.png from
+the JSON files, <example>.png from the tour at its full budget, the rest from scripts/gates.py
+--figures docs/img.
 """
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +60,11 @@ def hero(path: Path) -> None:
         "gan: modes of 8 covered": (gates["gan"]["ring8"]["mean_modes"],
                                     gates["gan"]["ring8 mistake"]["mean_modes"],
                                     "shared zero_grad"),
-        "dqn: env steps to solve": (mean(r["first_solved_step"] for r in gates["dqn"]["runs"]),
-                                    None, ""),
+        "dqn: bytes saved per update": (
+            next(r for r in bench["dqn"] if "bytes_ratio_target_grad_over_pattern" in r)[
+                "pattern_saved_bytes_per_update"],
+            next(r for r in bench["dqn"] if "bytes_ratio_target_grad_over_pattern" in r)[
+                "target_grad_saved_bytes_per_update"], "target_grad"),
         "ppo: value bias (100-step limit)": (
             mean(r["value_bias"] for r in ppo["none time_limit=100"]),
             mean(r["value_bias"] for r in ppo["truncation_as_terminal time_limit=100"]),
@@ -105,6 +110,55 @@ def hero(path: Path) -> None:
     plots.save(fig, path)
 
 
+def performance_figures(img: Path) -> None:
+    """The performance page's two pictures, from docs/bench.json: the gallery against its peers
+    (peers.png), and what each mistake costs (mistake_costs.png)."""
+    import tables
+
+    from gallery.core import plots
+
+    speeds, solves = tables.peer_speeds(), tables.times_to_solve()
+    fig = plots.pyplot().figure(figsize=(12, 3.6))
+    ax = fig.add_subplot(1, 2, 1)
+    labels = [f"{s['algorithm']} vs {s['peer']}" for s in speeds]
+    ax.barh(range(len(speeds)), [s["speed"] for s in speeds],
+            color=["tab:green" if s["speed"] >= 1 else "tab:red" for s in speeds])
+    ax.set_yticks(range(len(speeds)), labels, fontsize=8)
+    ax.axvline(1.0, color="gray", ls="--", lw=1)
+    ax.set(xlabel="gallery speed / peer speed (x; > 1: the gallery is faster)",
+           title="same settings, side by side")
+    ax.invert_yaxis()
+    ax = fig.add_subplot(1, 2, 2)
+    if solves:
+        width = 0.38
+        for i, (side, key) in enumerate((("the gallery", "gallery_seconds"),
+                                         ("Stable-Baselines3", "sb3_seconds"))):
+            ax.bar([j + (i - 0.5) * width for j in range(len(solves))],
+                   [s[key] for s in solves], width, label=side)
+        ax.set_xticks(range(len(solves)), [f"{s['algorithm']}, CartPole-v1" for s in solves])
+        ax.set(ylabel="seconds to solve (median of seeds)",
+               title="time to solve, each at its own settings")
+        ax.legend(fontsize=8)
+    plots.save(fig, img / "peers.png")
+    costs = tables.mistake_costs()
+    fig = plots.pyplot().figure(figsize=(9, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.38
+    for i, (key, label) in enumerate((("time", "time per step"),
+                                      ("bytes", "bytes held for backward"))):
+        ax.barh([j + (i - 0.5) * width for j in range(len(costs))],
+                [c[key] or 0 for c in costs], width, label=label)
+    ax.set_yticks(range(len(costs)), [f"{c['example']}: {c['mistake']}" for c in costs],
+                  fontsize=8)
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="gray", ls="--", lw=1)
+    ax.set(xlabel="the mistake's cost over the pattern's (x, log scale; no bar: not measured)",
+           title="what each mistake costs, measured side by side")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8)
+    plots.save(fig, img / "mistake_costs.png")
+
+
 def tour_figures(names: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "gallery", "tour", "budget=full",
@@ -130,7 +184,8 @@ def main() -> int:
         return 0 if same else 1
     (ROOT / "README.md").write_text(text)
     hero(ROOT / "docs" / "img" / "hero.png")
-    print("wrote README.md's gallery table and docs/img/hero.png")
+    performance_figures(ROOT / "docs" / "img")
+    print("wrote README.md's gallery table, docs/img/hero.png, peers.png and mistake_costs.png")
     if args.tour:
         tour_figures(args.tour)
     # the gate's own figure, and its entry in docs/gates.json, measured again

@@ -154,21 +154,71 @@ with mkdocs_gen_files.open("lessons.md", "w") as out:
     for key, lesson in lessons.LESSONS.items():
         out.write(f"| `{key}` | {lessons.claim(lesson)} | {lessons.status(key)} |\n")
 
-with mkdocs_gen_files.open("performance.md", "w") as out:
-    out.write("# Performance\n\nEvery figure below is read from a JSON file that "
-              "`scripts/bench.py` writes: ratios measured side by side in one run, on the machine "
-              "each file names.\n\n")
+BENCH_TITLES = {  # each bench of scripts/bench.py, in words
+    "gan": "GAN: the D step on fake.detach() against retain_graph",
+    "dqn": "DQN: the gallery's loop against a minimal one, and target_grad's bytes",
+    "finetune": "Fine-tuning: a frozen backbone against no_freeze; gradient checkpointing",
+    "tbptt": "TBPTT: truncated against untruncated",
+    "threads": "Threads: threads=auto against torch's default, alone and two runs at once",
+    "smoke": "The smoke test's wall time",
+    "ppo": "PPO: where a run's time goes, and each mistake's bytes",
+    "sac": "SAC: where a run's time goes, and each mistake's bytes",
+    "compile": "torch.compile: when its warm-up pays",
+    "dqn_envs": "DQN: vector envs, sync against async",
+    "startup": "Start-up: a command's answer against importing torch alone",
+    "cleanrl": "Against CleanRL at its settings",
+    "cuda_graphs": "CUDA graphs",
+    "vqvae": "VQ-VAE against vector-quantize-pytorch",
+    "chain": "Hookless RL nets against nn.Sequential",
+    "sb3": "Against Stable-Baselines3: RL Zoo's settings, and time to solve",
+}
+
+
+def performance_page() -> str:
+    speeds, solves, costs = tables.peer_speeds(), tables.times_to_solve(), tables.mistake_costs()
+    page = ["# Performance", "",
+            "Every figure here is read from `docs/bench.json` (this page's first part, on the CPU "
+            "named below) or `docs/bench_cuda.json`, which `scripts/bench.py` writes: ratios of "
+            "two things measured side by side in one run, never a time typed by hand.", "",
+            "## Against the peers", "", "![The gallery against its peers](img/peers.png)", "",
+            "| algorithm | peer | settings | the gallery's speed over the peer's |",
+            "|---|---|---|---|"]
+    page += [f"| {s['algorithm']} | {s['peer']} | {s['settings']} | {s['speed']:.2f}x |"
+             for s in speeds]
+    if solves:
+        page += ["", "Time to solve CartPole-v1 (475 over 10 episodes), each side at its own "
+                 "settings, from process start to exit, median of seeds:", "",
+                 "| algorithm | the gallery: seconds | env steps | Stable-Baselines3: seconds "
+                 "| env steps |", "|---|---|---|---|---|"]
+        page += [f"| {s['algorithm']} | {s['gallery_seconds']:.1f} | "
+                 f"{fmt(s['gallery_env_steps'])} | {s['sb3_seconds']:.1f} | "
+                 f"{fmt(s['sb3_env_steps'])} |" for s in solves]
+    page += ["", "## What each mistake costs", "",
+             "![What each mistake costs](img/mistake_costs.png)", "",
+             "| example | mistake | time per step | bytes held for backward |", "|---|---|---|---|"]
+    page += [f"| {c['example']} | `{c['mistake']}` | "
+             f"{'' if c['time'] is None else format(c['time'], '.2f') + 'x'} | "
+             f"{'' if c['bytes'] is None else format(c['bytes'], '.2f') + 'x'} |" for c in costs]
+    page += ["", "## Every figure", "",
+             "Each bench's rows as `scripts/bench.py <bench>` wrote them, under its name.", ""]
     for source in ("bench.json", "bench_cuda.json"):
         path = DOCS / source
         if not path.is_file():
             continue
         bench = json.loads(path.read_text())
         machine, torch_version = bench.get("machine", "?"), bench.get("torch", "?")
-        out.write(f"## `docs/{source}`: {machine}, torch {torch_version}\n\n")
+        page += [f"## `docs/{source}`: {machine}, torch {torch_version}", ""]
         for key, value in bench.items():
             if key in ("machine", "torch"):
                 continue
-            out.write(f"### {key}\n\n{bench_table(value)}\n\n")
+            body = "\n".join("    " + line for line in bench_table(value).splitlines())
+            page += [f"### {BENCH_TITLES.get(key, key)} {{#{key}}}", "",
+                     f'??? note "`scripts/bench.py {key}`: the figures"', "", body, ""]
+    return "\n".join(page) + "\n"
+
+
+with mkdocs_gen_files.open("performance.md", "w") as out:
+    out.write(performance_page())
 
 
 def load_test_module(name: str):

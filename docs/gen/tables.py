@@ -105,3 +105,68 @@ def gallery_table(link=lambda name: f"gallery/{name}.py") -> str:
         row = f"| [`{name}`]({link(name)}) | {found[name].pattern} | {pattern} | {mistake} |"
         lines.append(row)
     return "\n".join([*lines, END])
+
+
+def peer_speeds(bench: dict | None = None) -> list[dict]:
+    """The gallery's speed over each peer's, per algorithm, at the peer's own settings, from the
+    `cleanrl`, `sb3` and `vqvae` benches (whole processes or training loops, side by side)."""
+    bench = bench or load("bench.json")
+    found = []
+    for key, peer, field, settings in (
+            ("cleanrl", "CleanRL", "gallery_speed_over_cleanrl", "CleanRL's"),
+            ("sb3", "Stable-Baselines3", "gallery_speed_over_sb3", "RL Zoo's"),
+            ("vqvae", "vector-quantize-pytorch", "speed_gallery_over_library_learned", "the same")):
+        for row in bench.get(key, []):
+            if field in row:
+                algorithm = "vqvae" if key == "vqvae" else row["setting"].split(":")[0]
+                found.append({"algorithm": algorithm, "peer": peer, "settings": settings,
+                              "speed": row[field]})
+    return found
+
+
+def times_to_solve(bench: dict | None = None) -> list[dict]:
+    """Seconds and env steps to solve CartPole-v1, the gallery against Stable-Baselines3, each at
+    its own settings (the `sb3` bench: medians of seeds)."""
+    bench = bench or load("bench.json")
+    return [{"algorithm": row["setting"].split(":")[0],
+             "gallery_seconds": row["gallery_seconds_to_solve"],
+             "sb3_seconds": row["sb3_seconds_to_solve"],
+             "gallery_env_steps": row["gallery_env_steps_to_solve"],
+             "sb3_env_steps": row["sb3_env_steps_to_solve"]}
+            for row in bench.get("sb3", []) if "gallery_seconds_to_solve" in row]
+
+
+def mistake_costs(bench: dict | None = None) -> list[dict]:
+    """What each example's costliest measured mistake costs against its pattern, as ratios
+    (mistake over pattern) of time per step and of bytes held for backward, from bench.json."""
+    bench = bench or load("bench.json")
+    costs = []
+
+    def add(example: str, mistake: str, time: float | None, memory: float | None) -> None:
+        costs.append({"example": example, "mistake": mistake, "time": time, "bytes": memory})
+
+    gan = next((r for r in bench.get("gan", []) if r.get("data") == "digits"), None)
+    if gan:
+        add("gan", "retain_graph", gan["time_ratio_retain_graph_over_pattern"],
+            gan["retain_graph_d_step_saved_bytes"] / gan["pattern_d_step_saved_bytes"])
+    dqn = next((r for r in bench.get("dqn", []) if "bytes_ratio_target_grad_over_pattern" in r),
+               None)
+    if dqn:
+        add("dqn", "target_grad", None, dqn["bytes_ratio_target_grad_over_pattern"])
+    ppo = next((r for r in bench.get("ppo", []) if "none: saved_bytes_per_update" in r), None)
+    if ppo:
+        add("ppo", "advantage_grad", None, ppo["advantage_grad: saved_bytes_per_update"]
+            / ppo["none: saved_bytes_per_update"])
+    sac = next((r for r in bench.get("sac", []) if "target_grad_over_pattern" in r), None)
+    if sac:
+        add("sac", "target_grad", None, sac["target_grad_over_pattern"])
+    tune = next((r for r in bench.get("finetune", []) if "time_ratio_frozen_over_full" in r),
+                None)
+    if tune:
+        add("finetune", "no_freeze", 1 / tune["time_ratio_frozen_over_full"],
+            1 / tune["bytes_ratio_frozen_over_full"])
+    tbptt = next(iter(bench.get("tbptt", [])), None)
+    if tbptt:
+        add("tbptt", "untruncated", tbptt["time_ratio_untruncated_over_truncated"],
+            tbptt["memory_ratio_untruncated_over_truncated"])
+    return costs
