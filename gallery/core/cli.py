@@ -10,7 +10,6 @@ each job's config itself."""
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import functools
 import gc
@@ -50,6 +49,7 @@ from gallery.core.errors import (
     Interrupted,
     RunFault,
 )
+from gallery.core.io import missing_folders, remove_empty
 from gallery.core.job import hydra_run_dir, multirun
 
 
@@ -258,22 +258,6 @@ def check_out_dir(out_dir: str | None) -> None:
         raise ConfigError(f"{shown}: cannot be made or written, {reason}") from err
     finally:
         remove_empty(made)
-
-
-def missing_folders(path: Path) -> list[Path]:
-    """`path` and those of its parents that do not exist yet, deepest first."""
-    missing = []
-    while not path.exists() and path != path.parent:
-        missing.append(path)
-        path = path.parent
-    return missing
-
-
-def remove_empty(folders: list[Path]) -> None:
-    """Remove those of `folders` (deepest first) that are empty: what a refused run made."""
-    for folder in folders:
-        with contextlib.suppress(OSError):  # not empty, or already gone
-            folder.rmdir()
 
 
 def resume_command(train: Callable, out_dir: Path | str) -> str:

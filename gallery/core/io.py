@@ -1,5 +1,5 @@
 """One way to write a file: to a temp file beside it, flushed and renamed, so no reader ever sees
-half."""
+half. And the folders a refused run made, found before and removed after."""
 
 from __future__ import annotations
 
@@ -64,3 +64,19 @@ def download_timeout():
         yield
     finally:
         socket.setdefaulttimeout(before)
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove those of `folders` (deepest first) that are empty: what a refused run made."""
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            folder.rmdir()

@@ -40,7 +40,7 @@ from gallery.core.errors import (
     Interrupted,
     RunFault,
 )
-from gallery.core.io import atomic_write
+from gallery.core.io import atomic_write, missing_folders, remove_empty
 from gallery.core.job import hydra_run_dir, multirun, task_overrides
 from gallery.core.seeding import rng_state, set_rng_state
 
@@ -146,7 +146,7 @@ class Run:
         if self.resume_from is not None and not self.resume_from.is_file():
             raise ConfigError(f"resume={resume}: there is no checkpoint at {self.resume_from}; "
                               f"start without resume")
-        made = [d for d in (self.dir, *self.dir.parents) if not d.exists()]
+        made = missing_folders(self.dir)
         # one writer per run: held from before the first look at what the folder holds
         self._lock = lock_run_dir(self.dir)
         try:
@@ -156,9 +156,7 @@ class Run:
             self._lock = None
             if made:  # refused: the folders this run made go again, lock file and all
                 (self.dir / LOCK).unlink(missing_ok=True)
-                for folder in made:
-                    if folder.is_dir() and not any(folder.iterdir()):
-                        folder.rmdir()
+                remove_empty(made)
             raise
         self.dir.mkdir(parents=True, exist_ok=True)
         # a continued run keeps the config it was started with
