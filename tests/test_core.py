@@ -93,7 +93,7 @@ def test_threads_auto_is_one_for_small_models_and_a_number_sets_it():
 
 @pytest.mark.parametrize("bad", ["0", "-1", "many", "1.5"])
 def test_threads_must_be_auto_or_a_positive_count(bad):
-    with pytest.raises(ConfigError, match="threads=.*auto or a whole number >= 1"):
+    with pytest.raises(ConfigError, match="threads=.*auto or a whole number from 1 to"):
         validate_base(BaseConfig(threads=bad), [])
 
 

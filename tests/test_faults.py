@@ -258,7 +258,7 @@ def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path)
     ("gallery.gan", "+foo=1", "config key 'foo' is not in the schema GanConfig"),
     ("gallery.gan", "mistake=typo", "mistake='typo' is not one of: none, no_detach,"),
     ("gallery.gan", "lr_d=0", "lr_d must be > 0, got 0.0"),
-    ("gallery.gan", "threads=-1", "threads='-1' must be auto or a whole number >= 1"),
+    ("gallery.gan", "threads=-1", "threads='-1' must be auto or a whole number from 1 to"),
     ("gallery.dqn", "gamma=1.5", "gamma must be in [0.0, 1.0], got 1.5"),
     ("gallery.dqn", "tau=0", "tau must be in [1e-06, 1.0], got 0.0"),
     ("gallery.dqn", "env.id=NoSuchEnv-v0", "env.id='NoSuchEnv-v0'"),
@@ -304,6 +304,10 @@ def test_dqn_resume_restores_the_buffer_and_counters_of_the_checkpoint(tmp_path)
     ("gallery.tbptt", "lr=nan", "lr must be a finite number, got nan"),
     ("gallery.simsiam", "lr=nan", "lr must be a finite number, got nan"),
     ("gallery.finetune", "lr=nan", "lr must be a finite number, got nan"),
+    # an interpolation that fails, or resolves to the wrong type; a thread count past a C int
+    ("gallery.dqn", "lr=${{oc.env:HOME}}", "lr: While dereferencing interpolation"),
+    ("gallery.vqvae", "beta=${{no_such_key}}", "beta: Interpolation key 'no_such_key' not found"),
+    ("gallery.dqn", "threads=1240616054141", "must be auto or a whole number from 1 to 4096"),
     ("gallery.gan", "device=gpu", "device='gpu' is not a device"),
     ("gallery.gan", "steps=0", "steps must be > 0, got 0"),
     ("gallery.gan", "batch_size=-2", "batch_size must be > 0"),
@@ -339,6 +343,15 @@ def test_bad_input_in_a_real_process_is_one_line_exit_2_and_leaves_nothing(
     assert expected in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_run_leaves_an_empty_out_dir_that_was_already_there(tmp_path):
+    """The folders a refused run removes are the ones it made: an out_dir made beforehand (empty)
+    stays."""
+    (tmp_path / "run").mkdir()
+    proc = run_here("gallery.dqn", *bad_input(tmp_path, "env.vectorization=7732"), "device=cpu")
+    assert proc.returncode == 2 and "env.vectorization='7732' is not one of" in proc.stderr
+    assert (tmp_path / "run").is_dir()
 
 
 def bad_input(tmp_path: Path, override: str) -> list[str]:

@@ -145,6 +145,11 @@ def test_the_door_itself_refuses_in_one_line_and_leaves_the_working_folder_as_it
     @given(key=st.sampled_from(keys), value=value_text, with_out_dir=st.booleans())
     @example(key="out_dir", value="/dev/null/run", with_out_dir=False)
     @example(key="lr" if "lr" in keys else "seed", value="nan", with_out_dir=True)
+    # found by CI's deeper fuzz: a thread count past a C int, an interpolation that resolves to the
+    # wrong type, and a refusal after a case that left an empty out_dir (it must stay)
+    @example(key="threads", value="1240616054141", with_out_dir=True)
+    @example(key="seed", value="${oc.env:HOME}", with_out_dir=False)
+    @example(key="seed", value="${no_such_key}", with_out_dir=True)
     def check(key: str, value: str, with_out_dir: bool) -> None:
         args = [f"{key}={value}"]
         if with_out_dir and key != "out_dir":

@@ -148,7 +148,8 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
     """Run `train` for the command line.
 
     - A user-fixable error: one line on stderr, exit status 2. Hydra makes the run dir before the
-      task starts; if the run fails before writing anything into it, the empty dir is removed.
+      task starts; if the run fails before writing anything into it, the folders it made are
+      removed (by `command_line`, which knows which ones existed; in a sweep, here).
     - A mistake that raised the error it is known for: its explanation on stderr and exit status 2;
       under `-m` the sweep goes on to the next job instead (its summary.json says "status":
       "raised").
@@ -192,7 +193,8 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
         sys.exit(EXIT_STATUS["fault"])
     except GalleryError as err:
         print(f"error: {err}", file=sys.stderr)
-        if run_dir is not None and not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
+        # a sweep's job folder (a single run's folders are command_line's to remove)
+        if multirun() and run_dir is not None and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
         sys.exit(EXIT_STATUS["bad_input"])
     # after GalleryError: DataError and DeviceError are RuntimeErrors too

@@ -17,6 +17,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from gallery.core.errors import ConfigError
 
@@ -139,13 +140,17 @@ def require_choice(cfg: Any, key: str, choices: Iterable[str]) -> None:
         raise ConfigError(f"{key}={value!r} is not one of: {', '.join(choices)}")
 
 
+MAX_THREADS = 4096  # torch takes a C int; far more than any machine's cores
+
+
 def validate_base(cfg: BaseConfig, mistakes: Iterable[str]) -> None:
     require_positive(cfg, "steps", "log_every", "eval_every")
     require_non_negative(cfg, "ckpt_every", "seed")
     require_choice(cfg, "mistake", ["none", *(m for m in mistakes if m != "none")])
     threads = str(cfg.threads)
-    if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
-        raise ConfigError(f"threads={threads!r} must be auto or a whole number >= 1")
+    if threads != "auto" and not (threads.isdigit() and 1 <= int(threads) <= MAX_THREADS):
+        raise ConfigError(f"threads={threads!r} must be auto or a whole number from 1 to "
+                          f"{MAX_THREADS}")
 
 
 def normalize_resume(value: Any) -> str:
@@ -166,7 +171,11 @@ def to_schema(cfg: DictConfig | Any) -> Any:
     if not isinstance(cfg, DictConfig):
         return cfg
     _refuse_unknown_keys(cfg, "")
-    typed = OmegaConf.to_object(cfg)
+    try:
+        typed = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:  # an interpolation that fails, or resolves to a bad type
+        key = getattr(err, "full_key", None) or "a config value"
+        raise ConfigError(f"{key}: {str(err).splitlines()[0]}") from err
     require_finite_floats(typed)
     return typed
 
