@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import platform
 import statistics
@@ -66,13 +67,18 @@ def alternate(variants: dict, rounds: int, per_round: int, device: torch.device,
 def process_seconds(argv: list[str], cwd: Path, env: dict | None = None) -> float:
     """Seconds of one whole process from start to exit; `env` adds to this process's
     environment."""
+    return process_run(argv, cwd, env)[0]
+
+
+def process_run(argv: list[str], cwd: Path, env: dict | None = None) -> tuple[float, str]:
+    """Seconds of one whole process from start to exit, and what it printed."""
     import os
     import subprocess
 
     start = time.perf_counter()
-    env = {**os.environ, **(env or {})}
-    subprocess.run(argv, cwd=cwd, check=True, capture_output=True, env=env)
-    return time.perf_counter() - start
+    done = subprocess.run(argv, cwd=cwd, check=True, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+    return time.perf_counter() - start, done.stdout
 
 
 def config(name: str, *overrides: str):
@@ -147,7 +153,7 @@ def minimal_dqn_loop(cfg, device: torch.device) -> float:
     obs_dim, n_actions = envs.single_observation_space.shape[0], int(envs.single_action_space.n)
     online = dqn.q_network(obs_dim, n_actions, cfg.hidden).to(device)
     target = dqn.make_target(online)
-    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr, fused=True)  # as train()
     store = {"obs": np.zeros((cap, obs_dim), np.float32),
              "next_obs": np.zeros((cap, obs_dim), np.float32), "actions": np.zeros(cap, np.int64),
              "rewards": np.zeros(cap, np.float32), "terminated": np.zeros(cap, np.float32)}
@@ -337,6 +343,66 @@ def minimal_ppo_loop(cfg, device: torch.device) -> float:
     seconds = time.perf_counter() - start
     envs.close(), eval_envs.close()
     return cfg.steps // per_rollout * per_rollout / seconds
+
+
+def minimal_a2c_loop(cfg, device: torch.device) -> float:
+    """gallery.a2c's loop with nothing around it: the same env, net and pattern functions (rollout,
+    the update with GAE inside it), no evaluation, logging, checkpoint or probe. Env steps/s."""
+    from gallery import a2c
+    from gallery.data.envs import make_envs, space_sizes
+
+    envs, eval_envs = make_envs(cfg.env, "A2C", 1)
+    agent = a2c.Agent(*space_sizes(envs), cfg.hidden).to(device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, fused=True)
+    obs = torch.as_tensor(envs.reset(seed=0)[0], dtype=torch.float32, device=device)
+    per_rollout = cfg.rollout_steps * cfg.env.num_envs
+    start = time.perf_counter()
+    for _ in range(cfg.steps // per_rollout):
+        batch, obs = a2c.rollout(agent, envs, obs, cfg.rollout_steps, cfg.gamma)
+        a2c.a2c_update(agent, optimizer, batch, agent.value(obs), cfg.gamma, cfg.gae_lambda,
+                       cfg.vf_coef, cfg.ent_coef, cfg.max_grad_norm)
+    seconds = time.perf_counter() - start
+    envs.close(), eval_envs.close()
+    return cfg.steps // per_rollout * per_rollout / seconds
+
+
+def minimal_sac_loop(cfg, device: torch.device) -> float:
+    """gallery.sac's loop with nothing around it: the same env, nets, buffer and pattern functions
+    (random actions until learning_starts, then one critic step, one actor-and-temperature step and
+    one Polyak average per env step), no evaluation, logging, checkpoint or probe. Env steps/s."""
+    import numpy as np
+
+    from gallery import sac
+    from gallery.data.envs import env_step, make_envs, space_sizes
+    from gallery.data.replay import ReplayBuffer
+    from gallery.nets import sync_target
+
+    envs, eval_envs = make_envs(cfg.env, "SAC", 1, "Box")
+    (obs_dim, act_dim), space = space_sizes(envs), envs.single_action_space
+    actor = sac.Actor(obs_dim, act_dim, cfg.hidden, space.low, space.high).to(device)
+    critics = torch.nn.ModuleList([sac.Critic(obs_dim, act_dim, cfg.hidden)
+                                   for _ in range(2)]).to(device)
+    targets, temperature = sac.make_targets(critics), sac.Temperature().to(device)
+    actor_opt, critic_opt, alpha_opt = sac.make_optimizers(actor, critics, temperature, cfg.lr)
+    buffer = ReplayBuffer(cfg.buffer_size, obs_dim, device, act_dim, seed=0)
+    rng, obs = np.random.default_rng(0), envs.reset(seed=0)[0]
+    start = time.perf_counter()
+    for step in range(cfg.steps):
+        learning = step >= cfg.learning_starts
+        actions = actor.act(obs) if learning else \
+            rng.uniform(space.low, space.high, size=(1, act_dim)).astype(np.float32)
+        next_obs, real_next, rewards, terminated, _ = env_step(envs, actions)
+        buffer.add(obs, actions, rewards, real_next, terminated)
+        obs = next_obs
+        if learning:
+            batch, alpha = buffer.sample(cfg.batch_size), temperature.alpha()
+            sac.critic_step(critics, targets, actor, critic_opt, batch, alpha, cfg.gamma)
+            sac.actor_alpha_step(actor, critics, temperature, actor_opt, alpha_opt, batch["obs"],
+                                 -float(act_dim))
+            sync_target(targets, critics, cfg.tau)
+    seconds = time.perf_counter() - start
+    envs.close(), eval_envs.close()
+    return cfg.steps / seconds
 
 
 def bench_cleanrl(device: torch.device, clone: str | None = None, pairs: int = 3) -> list[dict]:
@@ -932,7 +998,9 @@ def bench_vqvae(device: torch.device, seeds: int = 3) -> list[dict]:
 
 SB3_PEER_DEPS = ("stable-baselines3==2.9.2", "cloudpickle", "pandas", "python-dateutil", "pytz",
                  "tzdata", "six")  # --no-deps: the peer runs on the project's torch and gymnasium
-# RL Zoo's CartPole-v1 settings (scripts/sb3_peer.py holds SB3's side), in the gallery's keys
+# RL Zoo's settings (scripts/sb3_peer.py holds SB3's side), in the gallery's keys: CartPole-v1 for
+# dqn, ppo and a2c, Pendulum-v1 for sac. Where the gallery has no such knob (SB3's A2C steps
+# RMSprop, its SAC and A2C keep actor and critic in separate nets) the gallery keeps its own.
 SB3_DQN = ["env.num_envs=1", "lr=2.3e-3", "batch_size=64", "buffer_size=100000",
            "learning_starts=1000", "target_sync_every=10", "updates_per_step=0.5", "hidden=256",
            "eps_end=0.04", "eps_decay_steps=8000", "double_dqn=false", "gamma=0.99",
@@ -940,6 +1008,15 @@ SB3_DQN = ["env.num_envs=1", "lr=2.3e-3", "batch_size=64", "buffer_size=100000",
 SB3_PPO = ["env.num_envs=8", "rollout_steps=32", "minibatch_size=256", "epochs=20",
            "gae_lambda=0.8", "gamma=0.98", "lr=1e-3", "clip=0.2", "ent_coef=0.0", "hidden=64",
            "steps=100000"]  # the gallery's own defaults
+SB3_A2C = ["env.num_envs=8", "rollout_steps=5", "lr=7e-4", "gamma=0.99", "gae_lambda=1.0",
+           "ent_coef=0.0", "vf_coef=0.5", "max_grad_norm=0.5", "hidden=64", "steps=50000"]
+SB3_SAC = ["env.num_envs=1", "hidden=256", "lr=1e-3", "batch_size=256", "buffer_size=1000000",
+           "learning_starts=100", "tau=0.005", "gamma=0.99", "steps=5000"]
+SB3_SPEED = {"dqn": SB3_DQN, "ppo": SB3_PPO, "a2c": SB3_A2C, "sac": SB3_SAC}
+# time to solve: the env, its threshold, and the gallery's default evaluation cadence
+SB3_SOLVE = {"dqn": ("CartPole-v1", 475, 2500), "ppo": ("CartPole-v1", 475, 10000),
+             "sac": ("Pendulum-v1", -200, 2000)}
+NO_VALUE_CHECK = {"ppo": ["value_check_episodes=0"], "a2c": ["value_check_episodes=0"]}
 
 
 def sb3_peer_path() -> Path | None:
@@ -961,20 +1038,24 @@ def sb3_peer_path() -> Path | None:
     return deps
 
 
-def bench_sb3(device: torch.device, pairs: int = 3, seeds: int = 3) -> list[dict]:
-    """Stable-Baselines3 2.9.2 on the project's torch, against the gallery, as whole processes on
-    the CPU.
+def bench_sb3(device: torch.device, algos: str | None = None, pairs: int = 3,
+              seeds: int = 3) -> list[dict]:
+    """Stable-Baselines3 2.9.2 on the project's torch, against the gallery, on the CPU; `algos`
+    (comma-separated) runs some of dqn, ppo, a2c, sac and keeps the others' rows in the JSON.
 
-    - speed: DQN (50k env steps) and PPO (100k) on CartPole-v1 at RL Zoo's settings, the gallery at
-      the same settings (no evaluation on either side but the gallery's one at the end), `pairs`
-      pairs in turn; the median of the per-pair ratios;
-    - time to solve: each side at its own published settings (the gallery's defaults; RL Zoo's),
-      evaluated on 10 deterministic episodes at the gallery's cadence, stopping at the first mean
-      of 475: wall seconds from process start to exit, and the env steps, seeds 0 to `seeds` - 1,
-      medians. A run that does not solve within its budget counts as its budget's time."""
+    - speed: each algorithm at RL Zoo's settings (`SB3_SPEED`), the gallery at the same, no
+      evaluation on either side but the gallery's one at the end, whole processes, `pairs` pairs in
+      turn; the median of the per-pair ratios. Beside it, the gallery's train() call and a minimal
+      loop of the same pattern functions (env step, forward, update, nothing else) in this process,
+      against SB3's own `learn()` seconds: how far the gallery could go at these settings;
+    - time to solve (dqn, ppo, sac): each side at its own published settings (the gallery's
+      defaults; RL Zoo's), evaluated on 10 deterministic episodes at the gallery's cadence,
+      stopping at the first mean at the threshold: wall seconds from process start to exit, and
+      the env steps, seeds 0 to `seeds` - 1, medians. A run that does not solve within its budget
+      counts as its budget's time."""
     import json
-    import os
-    import subprocess
+
+    from gallery import a2c, dqn, ppo, sac  # noqa: F401 - importing registers their schemas
 
     if device.type != "cpu":
         return [{"skipped": "whole-process comparisons run on the CPU"}]
@@ -982,59 +1063,65 @@ def bench_sb3(device: torch.device, pairs: int = 3, seeds: int = 3) -> list[dict
     if peer is None:
         return [{"skipped": f"stable-baselines3 could not be installed into the cache "
                             f"({' '.join(SB3_PEER_DEPS)})"}]
-    peer_env = {**os.environ, "PYTHONPATH": str(peer)}
-
-    def timed(argv: list[str], env=None) -> tuple[float, str]:
-        start = time.perf_counter()
-        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env,
-                              check=True)
-        return time.perf_counter() - start, done.stdout
+    chosen = algos.split(",") if algos else list(SB3_SPEED)
 
     def sb3(algo: str, *extra: str) -> tuple[float, dict]:
-        seconds, out = timed([sys.executable, str(ROOT / "scripts" / "sb3_peer.py"), algo,
-                              *extra], env=peer_env)
+        seconds, out = process_run([sys.executable, str(ROOT / "scripts" / "sb3_peer.py"), algo,
+                                    *extra], ROOT, {"PYTHONPATH": str(peer)})
         return seconds, json.loads(out.strip().splitlines()[-1])
 
     def gallery(name: str, out: str, *overrides: str) -> tuple[float, dict]:
-        seconds, _ = timed([sys.executable, "-m", f"gallery.{name}", *overrides, "device=cpu",
-                            "progress=false", f"out_dir={out}"])
+        seconds, _ = process_run([sys.executable, "-m", f"gallery.{name}", *overrides,
+                                  "device=cpu", "progress=false", f"out_dir={out}"], ROOT)
         return seconds, json.loads((Path(out) / "summary.json").read_text())
 
     rows = []
-    speed = {"dqn": [*SB3_DQN, "eval_every=50000"], "ppo": [*SB3_PPO, "eval_every=100000",
-                                                             "value_check_episodes=0"]}
-    for name, overrides in speed.items():
-        times: dict[str, list[float]] = {"sb3": [], "gallery": []}
+    for name in chosen:
+        overrides, steps = SB3_SPEED[name], int(SB3_SPEED[name][-1].split("=")[1])
+        once = [*overrides, f"eval_every={steps}", "stop_when_solved=false", "eval_episodes=1",
+                *NO_VALUE_CHECK.get(name, [])]
+        times: dict[str, list[float]] = {"sb3": [], "gallery": [], "sb3_learn": []}
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(pairs):
-                times["sb3"].append(sb3(name, "--seed", str(i))[0])
-                times["gallery"].append(gallery(name, f"{tmp}/{i}", *overrides, f"seed={i}",
-                                                "stop_when_solved=false", "eval_episodes=1")[0])
+                seconds, result = sb3(name, "--seed", str(i), "--steps", str(steps))
+                times["sb3"].append(seconds)
+                times["sb3_learn"].append(result["learn_seconds"])
+                times["gallery"].append(gallery(name, f"{tmp}/{i}", *once, f"seed={i}")[0])
         ratios = [s / g for s, g in zip(times["sb3"], times["gallery"])]
-        rows.append({"setting": f"{name}: RL Zoo's CartPole-v1 settings, both sides, "
-                                f"{overrides[-1] if name == 'dqn' else 'steps=100000'}, whole "
-                                f"processes, {pairs} pairs in turn",
+        loops = in_process_loops(name, once, device)
+        sb3_rate = steps / statistics.median(times["sb3_learn"])
+        rows.append({"setting": f"{name}: RL Zoo's {'Pendulum' if name == 'sac' else 'CartPole'}"
+                                f"-v1 settings, both sides, steps={steps}, whole processes, "
+                                f"{pairs} pairs in turn",
                      "sb3_seconds": statistics.median(times["sb3"]),
                      "gallery_seconds": statistics.median(times["gallery"]),
                      "speed_ratio_per_pair": ratios,
-                     "gallery_speed_over_sb3": statistics.median(ratios), "target": 2.0})
-    cadence = {"dqn": 2500, "ppo": 10000}  # the gallery's default eval_every
-    for name, every in cadence.items():
+                     "gallery_speed_over_sb3": statistics.median(ratios), "target": 2.0,
+                     "sb3_learn_env_steps_per_sec": sb3_rate,
+                     "gallery_train_env_steps_per_sec": loops["gallery"],
+                     "minimal_loop_env_steps_per_sec": loops["minimal"],
+                     "gallery_train_over_sb3_learn": loops["gallery"] / sb3_rate,
+                     "minimal_loop_over_sb3_learn": loops["minimal"] / sb3_rate,
+                     "gallery_train_fraction_of_minimal": loops["gallery"] / loops["minimal"]})
+    for name in [n for n in chosen if n in SB3_SOLVE]:
+        env_id, threshold, every = SB3_SOLVE[name]
         solved: dict[str, list] = {"sb3": [], "gallery": []}
         with tempfile.TemporaryDirectory() as tmp:
             for seed in range(seeds):
                 seconds, result = sb3(name, "--seed", str(seed), "--solve", str(every))
                 solved["sb3"].append((seconds, result["solved_at"]))
                 seconds, summary = gallery(name, f"{tmp}/{seed}", f"seed={seed}",
-                                           *(["value_check_episodes=0"] if name == "ppo" else []))
+                                           "stop_when_solved=true", "eval_episodes=10",
+                                           *NO_VALUE_CHECK.get(name, []))
                 solved["gallery"].append((seconds, summary["first_solved_step"]))
         med = {side: (statistics.median(s for s, _ in runs),
                       statistics.median(n for _, n in runs if n is not None)
                       if any(n is not None for _, n in runs) else None)
                for side, runs in solved.items()}
-        rows.append({"setting": f"{name}: time to solve CartPole-v1 (475 over 10 episodes, "
+        rows.append({"setting": f"{name}: time to solve {env_id} ({threshold} over 10 episodes, "
                                 f"evaluated every {every:,} env steps), each side at its own "
                                 f"settings, seeds 0-{seeds - 1}, whole processes",
+                     "env_id": env_id, "threshold": threshold,
                      "sb3_seconds_to_solve": med["sb3"][0],
                      "gallery_seconds_to_solve": med["gallery"][0],
                      "sb3_env_steps_to_solve": med["sb3"][1],
@@ -1044,8 +1131,34 @@ def bench_sb3(device: torch.device, pairs: int = 3, seeds: int = 3) -> list[dict
                      "gallery_seconds_per_seed": [s for s, _ in solved["gallery"]],
                      "gallery_env_steps_per_seed": [n for _, n in solved["gallery"]],
                      "gallery_time_fraction_of_sb3": med["gallery"][0] / med["sb3"][0],
-                     "target_fraction": 1 / 3})
+                     "target_fraction": 1 / 2 if name == "sac" else 1 / 3})
     return rows
+
+
+MINIMAL_LOOPS = {"dqn": minimal_dqn_loop, "ppo": minimal_ppo_loop, "a2c": minimal_a2c_loop,
+                 "sac": minimal_sac_loop}
+
+
+def in_process_loops(name: str, overrides: list[str], device: torch.device,
+                     rounds: int = 2) -> dict[str, float]:
+    """Env steps/s of the gallery's train() (the whole call) and of the minimal loop of the same
+    pattern functions, at the same settings, in this process on the threads train() chose
+    (threads=auto), `rounds` rounds in turn, medians."""
+    module = importlib.import_module(f"gallery.{name}")
+    torch.optim.Adam(torch.nn.Linear(1, 1).parameters())  # the first optimizer imports dynamo
+    import matplotlib.pyplot  # noqa: F401 - the first figure's import is not the loop's cost
+    rates: dict[str, list[float]] = {"gallery": [], "minimal": []}
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            summary = module.train(config(name, f"device={device}", *overrides, "progress=false",
+                                          f"out_dir={tmp}/run"))
+            rates["gallery"].append(summary["env_steps"] / (time.perf_counter() - start))
+        # the minimal loop on the threads train() chose (threads=auto)
+        rates["minimal"].append(MINIMAL_LOOPS[name](
+            to_schema(config(name, f"device={device}", *overrides)), device))
+    torch.set_num_threads(DEFAULT_THREADS)
+    return {side: statistics.median(values) for side, values in rates.items()}
 
 
 # --- chain: the RL nets with and without the per-layer hook dispatch ------------------------------
@@ -1108,6 +1221,19 @@ def fmt(value) -> str:
     return str(value)
 
 
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """Rows keyed by the algorithm that opens their setting ("dqn: ..."): each new row replaces the
+    old row of its algorithm and kind (speed, or time to solve); speed rows first."""
+    def key(row: dict) -> tuple[str, bool]:
+        return row.get("setting", "").split(":")[0], "gallery_seconds_to_solve" in row
+
+    fresh = {key(row) for row in new}
+    rows = [row for row in old if key(row) not in fresh] + new
+    order = list(SB3_SPEED)
+    return sorted(rows, key=lambda r: (key(r)[1], order.index(key(r)[0])
+                                       if key(r)[0] in order else len(order)))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=USAGE,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1117,6 +1243,8 @@ def main() -> int:
     parser.add_argument("--baseline", help="dqn: also time whole processes of this git ref against "
                                            "the checkout")
     parser.add_argument("--cleanrl", help="cleanrl: a local clone of github.com/vwxyzjn/cleanrl")
+    parser.add_argument("--algos", help="sb3: some of dqn,ppo,a2c,sac (comma-separated); the "
+                                        "others' rows in --json are kept")
     args = parser.parse_args()
     device = resolve_device(args.device)
     results = {"machine": machine(device), "torch": torch.__version__}
@@ -1124,7 +1252,8 @@ def main() -> int:
         # a short .train() inside a bench may have set threads=auto
         torch.set_num_threads(DEFAULT_THREADS)
         print(f"## {name} ({results['machine']})", flush=True)
-        extra = {"dqn": [args.baseline], "cleanrl": [args.cleanrl]}.get(name, [])
+        extra = {"dqn": [args.baseline], "cleanrl": [args.cleanrl],
+                 "sb3": [args.algos]}.get(name, [])
         rows = BENCHES[name](device, *extra)
         results[name] = rows
         for row in rows:
@@ -1133,6 +1262,8 @@ def main() -> int:
             print()
     if args.json:  # merged: a bench run for one example keeps the others' entries
         merged = json.loads(args.json.read_text()) if args.json.exists() else {}
+        if args.algos and "sb3" in results:  # the algorithms not run this time keep their rows
+            results["sb3"] = merge_rows(merged.get("sb3", []), results["sb3"])
         merged.update(results)
         args.json.write_text(json.dumps(merged, indent=2) + "\n")
     return 0
