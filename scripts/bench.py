@@ -1087,6 +1087,8 @@ def bench_sb3(device: torch.device, algos: str | None = None, pairs: int = 3,
                 times["sb3"].append(seconds)
                 times["sb3_learn"].append(result["learn_seconds"])
                 times["gallery"].append(gallery(name, f"{tmp}/{i}", *once, f"seed={i}")[0])
+                print(f"  {name} speed, pair {i + 1}/{pairs}: sb3 {times['sb3'][-1]:.1f} s, the "
+                      f"gallery {times['gallery'][-1]:.1f} s", flush=True)
         ratios = [s / g for s, g in zip(times["sb3"], times["gallery"])]
         loops = in_process_loops(name, once, device)
         sb3_rate = steps / statistics.median(times["sb3_learn"])
@@ -1114,6 +1116,8 @@ def bench_sb3(device: torch.device, algos: str | None = None, pairs: int = 3,
                                            "stop_when_solved=true", "eval_episodes=10",
                                            *NO_VALUE_CHECK.get(name, []))
                 solved["gallery"].append((seconds, summary["first_solved_step"]))
+                print(f"  {name} time to solve, seed {seed}: sb3 {solved['sb3'][-1]}, the "
+                      f"gallery {solved['gallery'][-1]} (seconds, env steps)", flush=True)
         med = {side: (statistics.median(s for s, _ in runs),
                       statistics.median(n for _, n in runs if n is not None)
                       if any(n is not None for _, n in runs) else None)

@@ -135,7 +135,7 @@ def performance_figures(img: Path) -> None:
                                          ("Stable-Baselines3", "sb3_seconds"))):
             ax.bar([j + (i - 0.5) * width for j in range(len(solves))],
                    [s[key] for s in solves], width, label=side)
-        ax.set_xticks(range(len(solves)), [f"{s['algorithm']}, CartPole-v1" for s in solves])
+        ax.set_xticks(range(len(solves)), [f"{s['algorithm']}, {s['env_id']}" for s in solves])
         ax.set(ylabel="seconds to solve (median of seeds)",
                title="time to solve, each at its own settings")
         ax.legend(fontsize=8)

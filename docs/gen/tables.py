@@ -125,15 +125,30 @@ def peer_speeds(bench: dict | None = None) -> list[dict]:
 
 
 def times_to_solve(bench: dict | None = None) -> list[dict]:
-    """Seconds and env steps to solve CartPole-v1, the gallery against Stable-Baselines3, each at
-    its own settings (the `sb3` bench: medians of seeds)."""
+    """Seconds and env steps to solve (CartPole-v1 at 475, Pendulum-v1 at -200), the gallery
+    against Stable-Baselines3, each at its own settings (the `sb3` bench: medians of seeds)."""
     bench = bench or load("bench.json")
     return [{"algorithm": row["setting"].split(":")[0],
+             "env_id": row.get("env_id", "CartPole-v1"),
              "gallery_seconds": row["gallery_seconds_to_solve"],
              "sb3_seconds": row["sb3_seconds_to_solve"],
              "gallery_env_steps": row["gallery_env_steps_to_solve"],
-             "sb3_env_steps": row["sb3_env_steps_to_solve"]}
+             "sb3_env_steps": row["sb3_env_steps_to_solve"],
+             "fraction": row["gallery_time_fraction_of_sb3"],
+             "target": row["target_fraction"]}
             for row in bench.get("sb3", []) if "gallery_seconds_to_solve" in row]
+
+
+def speed_limits(bench: dict | None = None) -> list[dict]:
+    """At RL Zoo's settings, in env steps per second against SB3's own learn(): the gallery's
+    train() call, and a minimal loop of the same pattern functions with nothing around them (the
+    `sb3` bench). The minimal loop is as fast as these settings let the gallery's code go."""
+    bench = bench or load("bench.json")
+    return [{"algorithm": row["setting"].split(":")[0],
+             "train": row["gallery_train_over_sb3_learn"],
+             "minimal": row["minimal_loop_over_sb3_learn"],
+             "fraction": row["gallery_train_fraction_of_minimal"]}
+            for row in bench.get("sb3", []) if "minimal_loop_over_sb3_learn" in row]
 
 
 def mistake_costs(bench: dict | None = None) -> list[dict]:
