@@ -1,110 +1,200 @@
 """Checks for your own training step: is the autograd graph still cut where the pattern cuts it?
 
-    from gallery.check import bounded_memory, constant, gets_grad, no_grad_reaches, unchanged
+    from gallery.check import (bounded_memory, constant, disjoint, gets_grad, has_graph,
+                               no_grad_reaches, unchanged, updated)
 
-    with no_grad_reaches(generator=g, before=opt_d):   # the D step writes no grad into G
-        gan_step(...)
+    with no_grad_reaches(generator=g, before=opt_d):   # each D step writes no grad into G
+        for _ in range(3):
+            gan_step(...)
+    with gets_grad(critic=critic):                     # some backward in the block trains it
+        a2c_update(...)
+    gets_grad(encoder=vq.encoder, loss=recon_loss)     # this loss, by itself, reaches it
     with unchanged(target=target_net):                 # between syncs, the target stays put
         dqn_update(...)
-    with updated(ema=teacher):                         # an EMA update moves weights and buffers
+    with updated(ema=teacher):                         # an EMA update writes weights and buffers
         sync_target(teacher, student, tau=0.01)
-    constant(td_target=target)                          # no graph behind a regression target
-    bounded_memory(lambda: tbptt_chunk(...), steps=5)   # each chunk frees the last one's graph
+    constant(td_target=target)                         # no graph behind a regression target
+    has_graph(inner_grads=grads)                       # MAML: create_graph=True kept the graph
+    disjoint(target=target_net, online=online_net)     # two networks, not one under two names
+    bounded_memory(lambda: train_iteration(...), steps=5)  # nothing keeps each call's graph
 
-Each check raises `AssertionError` with one sentence that names the module or tensor, what
-reached it (or what grew), and the section of the gallery's docs (docs/check.md) that lists the
-patterns it guards. Modules (or bare parameters, such as a codebook) and tensors can be passed
-positionally (named by their class, or `tensor 0`, ...) or by keyword (named by the keyword).
-This module needs torch and nothing else.
+Each check raises `AssertionError` with one sentence that names the module or tensor and what it
+saw, and ends by pointing at its own docstring (`help(gallery.check.<check>)`). A check that is
+handed nothing it could judge (a module with no trainable parameter, an optimizer that never
+stepped, an empty list) raises `ValueError` instead of passing: a check that cannot fail would
+only look like a test.
 
-The checks read the graph; they do not change what the step computes. One caveat: while
-`bounded_memory` runs, autograd's saved-tensor hooks are on, and with them autograd does not check
-saved tensors for in-place changes: prove an "modified by an inplace operation" error without it.
+What can be watched: a module, a bare parameter (a VQ codebook, a temperature) or a single tensor
+(one buffer), passed positionally (named by its class, or `tensor 0`, ...) or by keyword (named by
+the keyword). `ignore=` leaves parts of a module out by name, as `named_parameters()` and
+`named_buffers()` spell them: a name, a prefix (`"stem"` covers `stem.weight`) or a shell-style
+pattern (`"*.num_batches_tracked"`).
+
+This module needs torch and nothing else. The checks read the graph and the tensors; they do not
+change what the step computes. One caveat: while `bounded_memory` runs, autograd's saved-tensor
+hooks are on, and with them autograd does not check saved tensors for in-place changes: prove a
+"modified by an inplace operation" error without it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-from collections.abc import Callable, Iterator, Mapping
+import fnmatch
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from gallery.core.probes import SavedTensorMeter  # torch only, like this module
+from gallery.core.probes import SavedTensorMeter, live_graph_nodes  # torch only, like this module
 
-Watched = nn.Module | nn.Parameter  # a module, or one parameter such as a codebook
+Watched = nn.Module | torch.Tensor  # a module, a bare parameter (a codebook) or one tensor
 
-__all__ = ["bounded_memory", "constant", "gets_grad", "no_grad_reaches", "unchanged", "updated"]
-
-DOCS = "docs/check.md"  # each message names its section: docs/check.md#<check>
+__all__ = ["MemoryTrace", "bounded_memory", "constant", "disjoint", "gets_grad", "has_graph",
+           "no_grad_reaches", "unchanged", "updated"]
 
 
 def _see(check: str) -> str:
-    return f"(see {DOCS}#{check})"
+    return f"(see help(gallery.check.{check}))"
 
 
-def _modules(modules: tuple[Watched, ...],
-             named: Mapping[str, Watched]) -> dict[str, nn.Module]:
-    """Name each module: by its keyword, else by its class (with its position when two share
-    one)."""
-    out: dict[str, nn.Module] = {}
-    for i, module in enumerate(modules):
-        name = type(module).__name__
-        out[name if name not in out else f"{name}#{i}"] = _as_module(module, f"position {i}")
-    for name, module in named.items():
-        out[name] = _as_module(module, name)
-    if not out:
-        raise TypeError("name at least one module to check")
-    return out
+def _where(name: str, labels: Collection[str]) -> str:
+    """`critic (weight, bias)`; a lone tensor, whose only label is empty, by its name alone."""
+    labels = [label for label in labels if label]
+    return f"{name} ({_listed(labels)})" if labels else name
 
 
-def _as_module(value: Watched, where: str) -> nn.Module:
-    """A module as it is; a bare parameter (a VQ codebook, a temperature) inside a module of its
-    own, so that it is checked like any other."""
-    if isinstance(value, nn.Module):
-        return value
-    if isinstance(value, nn.Parameter):
-        holder = nn.Module()
-        holder.register_parameter("data", value)
-        return holder
-    raise TypeError(f"{where}: expected an nn.Module or nn.Parameter, got {type(value).__name__}")
-
-
-def _listed(names: list[str], limit: int = 3) -> str:
+def _listed(names: Collection[str], limit: int = 3) -> str:
+    names = list(names)
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+# --- what is watched ------------------------------------------------------------------------------
+
+def _watched(check: str, modules: tuple[Watched, ...],
+             named: Mapping[str, Watched]) -> dict[str, Watched]:
+    """Name each watched thing: by its keyword, else by its class (a position added when two share
+    one) or `tensor i`."""
+    out: dict[str, Watched] = {}
+    for i, value in enumerate(modules):
+        name = type(value).__name__ if isinstance(value, (nn.Module, nn.Parameter)) else \
+            f"tensor {i}"
+        out[name if name not in out else f"{name}#{i}"] = _accepted(value, f"position {i}")
+    for name, value in named.items():
+        out[name] = _accepted(value, name)
+    if not out:
+        raise TypeError(f"{check}: name at least one module or tensor to check")
+    return out
+
+
+def _accepted(value: Any, where: str) -> Watched:
+    if isinstance(value, (nn.Module, torch.Tensor)):
+        return value
+    raise TypeError(f"{where}: expected an nn.Module, nn.Parameter or tensor, got "
+                    f"{type(value).__name__}")
+
+
+def _left_out(name: str, ignore: Collection[str]) -> bool:
+    return any(name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name,
+                                                                                       pattern)
+               for pattern in ignore)
+
+
+_GRAPH_CHECKS = ("no_grad_reaches", "gets_grad")  # they look at parameters only
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One tensor of a watched thing: its label in messages, and whether it is a buffer."""
+    label: str
+    tensor: torch.Tensor
+    buffer: bool
+
+
+def _parts(check: str, name: str, value: Watched, *, params: bool = True, buffers: bool = True,
+           trainable_only: bool = False, ignore: Collection[str] = ()) -> list[_Part]:
+    """The tensors a check looks at in one watched thing. Raises `ValueError` when there are none:
+    a check over nothing cannot fail."""
+    if not isinstance(value, nn.Module):  # a lone parameter or tensor is looked at whatever it is
+        if trainable_only and not value.requires_grad:
+            raise ValueError(f"{check}: {name} has requires_grad=False: no backward can write a "
+                             f"grad into it, so there is nothing to check")
+        return [_Part("", value, not isinstance(value, nn.Parameter))]  # named by its keyword
+    found: list[_Part] = []
+    everything = [(p_name, p, False) for p_name, p in value.named_parameters()] + \
+                 [(b_name, b, True) for b_name, b in value.named_buffers()]
+    for part_name, tensor, is_buffer in everything:
+        if (is_buffer and not buffers) or (not is_buffer and not params):
+            continue
+        if _left_out(part_name, ignore) or (trainable_only and not tensor.requires_grad):
+            continue
+        found.append(_Part(part_name + (" (buffer)" if is_buffer else ""), tensor, is_buffer))
+    if not found:
+        n_params = sum(1 for _ in value.parameters())
+        n_buffers = sum(1 for _ in value.buffers())
+        looked_at = n_params * params + n_buffers * buffers
+        if trainable_only and n_params and not any(p.requires_grad for p in value.parameters()):
+            why = f"all {n_params} of its parameters have requires_grad=False"
+        elif looked_at:
+            why = f"ignore={list(ignore)!r} leaves out all {looked_at} of its tensors"
+        elif check in _GRAPH_CHECKS:
+            why = (f"it has no parameters, only {n_buffers} buffers, which no backward writes"
+                   if n_buffers else "it has no parameters")
+        elif n_buffers:
+            why = f"it has no parameters, and buffers=False leaves out its {n_buffers} buffers"
+        else:
+            why = "it has no parameters and no buffers"
+        raise ValueError(f"{check}: {name} has nothing to check ({why})")
+    return found
+
+
+# --- the graph: what a backward reaches -----------------------------------------------------------
+
 @contextlib.contextmanager
 def no_grad_reaches(*modules: Watched, before: torch.optim.Optimizer | None = None,
-                    **named: Watched) -> Iterator[None]:
+                    ignore: Collection[str] = (), **named: Watched) -> Iterator[None]:
     """No backward inside the block writes a gradient into these modules' parameters.
 
-    Guards: G during the discriminator step, a target network, a frozen backbone, the critics
-    during SAC's actor step. With `before=optimizer`, only the backward passes that run before
-    `optimizer.step()` first returns count: wrap a whole GAN iteration with `before=opt_d` and the
-    check covers its D step, while the G step that follows may train G. The check holds even when
-    the block raises: a grad written before the error still fails it (the error is chained)."""
-    watched = _modules(modules, named)
-    reached: dict[str, list[str]] = {}
-    done = {"stepped": False}
+    Guards G during the discriminator step, a target network, a frozen backbone, the critics
+    during SAC's actor step. Parameters with `requires_grad=False` cannot be reached and pass.
 
-    def on_grad(module_name: str, param_name: str) -> Callable[[torch.Tensor], None]:
+    With `before=optimizer`, only the gradients that this optimizer's `step()` goes on to see
+    count: those written since the last step of any optimizer. Wrap a whole GAN loop with
+    `before=opt_d`: every D step is judged (its backward must not reach G), while each G step,
+    which ends with `opt_g.step()`, may train G. An optimizer named by `before` that never steps
+    inside the block leaves nothing judged and raises `ValueError`.
+
+    The check holds even when the block raises: a grad written before the error still fails it
+    (the error is chained)."""
+    watched = _watched("no_grad_reaches", modules, named)
+    params = {name: [p for p in _parts("no_grad_reaches", name, value, buffers=False,
+                                       ignore=ignore)
+                     if p.tensor.requires_grad]
+              for name, value in watched.items()}
+    reached: dict[str, set[str]] = {}
+    pending: dict[str, set[str]] = {}  # written since the last step of any optimizer
+    stepped: list[torch.optim.Optimizer] = []
+
+    def on_grad(module_name: str, label: str) -> Callable[[torch.Tensor], None]:
         def hook(_: torch.Tensor) -> None:
-            if not done["stepped"]:
-                reached.setdefault(module_name, []).append(param_name)
+            (pending if before is not None else reached).setdefault(module_name,
+                                                                    set()).add(label)
         return hook
 
-    def stepped(*_: Any) -> None:
-        done["stepped"] = True
+    def on_step(optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        if not any(optimizer is seen for seen in stepped):
+            stepped.append(optimizer)
+        if optimizer is before:
+            for name, labels in pending.items():
+                reached.setdefault(name, set()).update(labels)
+        pending.clear()
 
-    handles = [p.register_post_accumulate_grad_hook(on_grad(m_name, p_name))
-               for m_name, module in watched.items()
-               for p_name, p in module.named_parameters() if p.requires_grad]
-    if before is not None:
-        handles.append(before.register_step_post_hook(stepped))
+    handles = [part.tensor.register_post_accumulate_grad_hook(on_grad(name, part.label))
+               for name, parts in params.items() for part in parts]
+    handles.append(register_optimizer_step_post_hook(on_step))
     error: Exception | None = None
     try:
         yield
@@ -114,85 +204,195 @@ def no_grad_reaches(*modules: Watched, before: torch.optim.Optimizer | None = No
         for handle in handles:
             handle.remove()
     if reached:
-        where = "; ".join(f"{name} ({_listed(sorted(set(params)))})"
-                          for name, params in reached.items())
+        where = "; ".join(_where(name, sorted(labels)) for name, labels in reached.items())
         when = f" before {type(before).__name__}.step()" if before is not None else ""
-        raise AssertionError(
-            f"no_grad_reaches: a backward{when} wrote a grad into {where}: the graph of that "
-            f"loss runs into a module it must not train; cut it with .detach(), "
-            f"torch.no_grad() or requires_grad_(False) {_see('no_grad_reaches')}") from error
+        trained_by = [opt for opt in ([before] if before is not None else stepped)
+                      if _holds(opt, [p.tensor for name in reached for p in params[name]
+                                      if p.label in reached[name]])]
+        if trained_by:
+            advice = (f"and {type(trained_by[0]).__name__}.step() trains those very parameters: "
+                      f"if this module is meant to be a separate copy (a target, a teacher, a "
+                      f"reference), it is the trained module under another name (see "
+                      f"gallery.check.disjoint); make it with copy.deepcopy")
+        else:
+            advice = ("the graph of that loss runs into a module it must not train; cut it with "
+                      ".detach(), torch.no_grad() or requires_grad_(False)")
+        raise AssertionError(f"no_grad_reaches: a backward{when} wrote a grad into {where}: "
+                             f"{advice} {_see('no_grad_reaches')}") from error
     if error is not None:
         raise error
+    if before is not None and not any(opt is before for opt in stepped):
+        raise ValueError(f"no_grad_reaches: before={type(before).__name__} never stepped inside "
+                         f"the block, so no backward was judged; call its step() in the block, or "
+                         f"leave before= out to judge every backward")
+
+
+def _holds(optimizer: torch.optim.Optimizer, tensors: list[torch.Tensor]) -> bool:
+    ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    return any(id(t) in ids for t in tensors)
+
+
+class _Done(contextlib.AbstractContextManager):
+    """What `gets_grad(..., loss=...)` returns: the check has already run, so `with` adds
+    nothing."""
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def gets_grad(*modules: Watched, loss: torch.Tensor | None = None, ignore: Collection[str] = (),
+              **named: Watched) -> contextlib.AbstractContextManager[Any]:
+    """Every trainable parameter of these modules gets a non-zero gradient.
+
+    Two forms:
+    - `with gets_grad(critic=critic): ...`: from some backward inside the block. Guards what must
+      learn: a VQ codebook, a critic, blocks behind a checkpoint. Use it with
+      `zero_grad(set_to_none=True)` inside the block, so that an old grad cannot pass for a new one.
+    - `gets_grad(encoder=enc, loss=recon_loss)`: from this loss alone, checked at once with
+      `torch.autograd.grad` (the graph is kept, `.grad` is left alone). It tells the losses apart:
+      a VQ autoencoder whose straight-through path is gone still trains its encoder through the
+      commitment loss, but its reconstruction loss no longer reaches it.
+
+    Parameters with `requires_grad=False` are not expected to learn and are skipped; a module with
+    no trainable parameter left raises `ValueError`. `ignore=` leaves parameters out by name."""
+    watched = _watched("gets_grad", modules, named)
+    params = {name: _parts("gets_grad", name, value, buffers=False, trainable_only=True,
+                           ignore=ignore)
+              for name, value in watched.items()}
+    if loss is None:
+        return _gets_grad_in_block(params)
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"gets_grad: loss= expects a tensor, got {type(loss).__name__}")
+    flat = [part for parts in params.values() for part in parts]
+    if loss.requires_grad:
+        grads = torch.autograd.grad(loss.sum(), [part.tensor for part in flat], retain_graph=True,
+                                    allow_unused=True)
+    else:
+        grads = (None,) * len(flat)
+    given = {id(part): g is not None and bool(g.ne(0).any()) for part, g in zip(flat, grads)}
+    starved = {name: [part.label for part in parts if not given[id(part)]]
+               for name, parts in params.items()}
+    source = (f"the loss ({type(loss.grad_fn).__name__}) gives no non-zero grad to"
+              if loss.grad_fn is not None else "the loss carries no graph, so it gives no grad to")
+    _starved_fails(starved, source)
+    return _Done()
 
 
 @contextlib.contextmanager
-def gets_grad(*modules: Watched, **named: Watched) -> Iterator[None]:
-    """Every parameter of these modules gets a non-zero gradient from some backward inside the
-    block. Guards what must learn: a VQ codebook, a critic, blocks behind a checkpoint. Use it
-    with `zero_grad(set_to_none=True)` inside the block, so that an old grad cannot pass for a new
-    one."""
-    watched = _modules(modules, named)
-    nonzero: set[tuple[str, str]] = set()
+def _gets_grad_in_block(params: dict[str, list[_Part]]) -> Iterator[None]:
+    nonzero: set[int] = set()
 
-    def on_grad(key: tuple[str, str]) -> Callable[[torch.Tensor], None]:
+    def on_grad(part: _Part) -> Callable[[torch.Tensor], None]:
         def hook(param: torch.Tensor) -> None:
-            if param.grad is not None and bool(param.grad.ne(0).any()):
-                nonzero.add(key)
+            if id(part) not in nonzero and param.grad is not None and bool(param.grad.ne(0).any()):
+                nonzero.add(id(part))
         return hook
 
-    handles = [p.register_post_accumulate_grad_hook(on_grad((m_name, p_name)))
-               for m_name, module in watched.items()
-               for p_name, p in module.named_parameters() if p.requires_grad]
+    handles = [part.tensor.register_post_accumulate_grad_hook(on_grad(part))
+               for parts in params.values() for part in parts]
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
-    starved = {m_name: [p_name for p_name, p in module.named_parameters()
-                        if (m_name, p_name) not in nonzero]
-               for m_name, module in watched.items()}
-    starved = {name: params for name, params in starved.items() if params}
+    _starved_fails({name: [p.label for p in parts if id(p) not in nonzero]
+                    for name, parts in params.items()},
+                   "no backward inside the block wrote a non-zero grad into")
+
+
+def _starved_fails(starved: dict[str, list[str]], source: str) -> None:
+    starved = {name: labels for name, labels in starved.items() if labels}
     if starved:
-        frozen = [f"{m}.{p}" for m, module in watched.items() for p, t in module.named_parameters()
-                  if not t.requires_grad and p in starved.get(m, [])]
-        where = "; ".join(f"{name} ({_listed(params)})" for name, params in starved.items())
-        note = f" ({_listed(frozen)} has requires_grad=False)" if frozen else ""
+        where = "; ".join(_where(name, labels) for name, labels in starved.items())
         raise AssertionError(
-            f"gets_grad: no backward inside the block wrote a non-zero grad into {where}{note}: "
-            f"the loss that should train it does not reach it (a .detach(), .item() or no_grad "
-            f"too many?) {_see('gets_grad')}")
+            f"gets_grad: {source} {where}: the loss that should train "
+            f"it does not reach it (a .detach(), .item() or no_grad too many?) {_see('gets_grad')}")
 
 
-def _digests(module: nn.Module, buffers: bool) -> dict[str, str]:
-    items = list(module.named_parameters())
-    if buffers:
-        items += [(f"{name} (buffer)", b) for name, b in module.named_buffers()]
-    out = {}
-    for name, tensor in items:
-        data = tensor.detach().cpu().contiguous()
-        digest = hashlib.sha256(f"{data.dtype}:{tuple(data.shape)}".encode())
-        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
-        out[name] = digest.hexdigest()
-    return out
+# --- the values: what a block wrote -------------------------------------------------------------
+
+def _version(tensor: torch.Tensor) -> int:
+    try:
+        return tensor._version  # bumped by every in-place write, optimizers' and EMAs' included
+    except RuntimeError:  # inference tensors have no version counter
+        return -1
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-for-bit equality (NaN equals NaN, 0.0 differs from -0.0), on the tensors' device."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+        if a.element_size() in bits:
+            a, b = a.view(bits[a.element_size()]), b.view(bits[a.element_size()])
+    return torch.equal(a, b)
+
+
+class _Snapshot:
+    """A copy of each watched tensor, with the tensor object and its version counter, taken before
+    a block. One copy in memory per watched tensor, and one comparison after: no hashing."""
+
+    def __init__(self, check: str, watched: dict[str, Watched], buffers: bool,
+                 ignore: Collection[str]):
+        self.parts = {name: _parts(check, name, value, buffers=buffers, ignore=ignore)
+                      for name, value in watched.items()}
+        self.watched = watched
+        self.buffers, self.ignore, self.check = buffers, ignore, check
+        with torch.no_grad():
+            self.copies = {id(p): (p.tensor.detach().clone(), _version(p.tensor))
+                           for parts in self.parts.values() for p in parts}
+
+    def now(self) -> dict[str, dict[str, tuple[_Part, _Part | None]]]:
+        """For each watched thing, each label: (the part before, the part now, or None if gone)."""
+        out = {}
+        for name, value in self.watched.items():
+            current = {p.label: p for p in _parts_or_none(self.check, name, value, self.buffers,
+                                                          self.ignore)}
+            out[name] = {p.label: (p, current.get(p.label)) for p in self.parts[name]}
+            out[name].update({label: (p, p) for label, p in current.items()
+                              if label not in out[name]})  # appeared: compared to nothing
+        return out
+
+    def same_value(self, before: _Part, after: _Part | None) -> bool:
+        if after is None or id(before) not in self.copies:
+            return False
+        return _same_bits(self.copies[id(before)][0], after.tensor.detach())
+
+    def written(self, before: _Part, after: _Part | None) -> bool:
+        """Replaced, written in place (its version counter moved), or different in value."""
+        if after is None or after.tensor is not before.tensor or id(before) not in self.copies:
+            return True
+        return _version(after.tensor) != self.copies[id(before)][1] or \
+            not self.same_value(before, after)
+
+
+def _parts_or_none(check: str, name: str, value: Watched, buffers: bool,
+                   ignore: Collection[str]) -> list[_Part]:
+    try:
+        return _parts(check, name, value, buffers=buffers, ignore=ignore)
+    except ValueError:  # everything removed inside the block: each part is then "gone"
+        return []
 
 
 @contextlib.contextmanager
-def unchanged(*modules: Watched, buffers: bool = True, **named: Watched) -> Iterator[None]:
-    """The modules' parameters, and with `buffers=True` their buffers (BatchNorm's running
-    statistics), are bit-for-bit the same after the block as before. Guards a frozen backbone and
-    a target network between syncs."""
-    watched = _modules(modules, named)
-    before = {name: _digests(module, buffers) for name, module in watched.items()}
+def unchanged(*modules: Watched, buffers: bool = True, ignore: Collection[str] = (),
+              **named: Watched) -> Iterator[None]:
+    """The parameters, and with `buffers=True` the buffers (BatchNorm's running statistics), of
+    the watched modules or tensors have the same value, bit for bit, after the block as before.
+    Guards a frozen backbone, and a target network between syncs. A write of the same value (a
+    sync that copies what is already there) counts as unchanged. `ignore=` leaves tensors out by
+    name; a watched module with nothing left to compare raises `ValueError`.
+
+    Cost: one copy of every watched tensor while the block runs, and one comparison after it."""
+    snapshot = _Snapshot("unchanged", _watched("unchanged", modules, named), buffers, ignore)
     yield
-    changed = {}
-    for name, module in watched.items():
-        after = _digests(module, buffers)
-        moved = [key for key in before[name].keys() | after.keys()
-                 if before[name].get(key) != after.get(key)]
-        if moved:
-            changed[name] = sorted(moved)
+    changed = {name: [label for label, (before, after) in parts.items()
+                      if not snapshot.same_value(before, after)]
+               for name, parts in snapshot.now().items()}
+    changed = {name: sorted(labels) for name, labels in changed.items() if labels}
     if changed:
-        where = "; ".join(f"{name} ({_listed(keys)})" for name, keys in changed.items())
+        where = "; ".join(_where(name, labels) for name, labels in changed.items())
         raise AssertionError(
             f"unchanged: the block changed {where}: something trains or updates what must stay "
             f"fixed (an optimizer that holds it, BatchNorm in train mode, an update outside the "
@@ -200,26 +400,78 @@ def unchanged(*modules: Watched, buffers: bool = True, **named: Watched) -> Iter
 
 
 @contextlib.contextmanager
-def updated(*modules: Watched, buffers: bool = True, **named: Watched) -> Iterator[None]:
-    """Every parameter, and with `buffers=True` every buffer, of the modules differs after the
-    block from before it: the opposite of `unchanged`. Guards an EMA or target-network update that
-    must carry the BatchNorm statistics along with the weights. (A value that happens to equal its
-    old one, such as an average of two equal weights, counts as left alone.)"""
-    watched = _modules(modules, named)
-    before = {name: _digests(module, buffers) for name, module in watched.items()}
-    yield
-    stale = {}
-    for name, module in watched.items():
-        after = _digests(module, buffers)
-        kept = [key for key in after if before[name].get(key) == after[key]]
-        if kept:
-            stale[name] = sorted(kept)
-    if stale:
-        where = "; ".join(f"{name} ({_listed(keys)})" for name, keys in stale.items())
-        raise AssertionError(
-            f"updated: the block left {where} as they were: the update skips them (an EMA that "
-            f"averages the parameters but not BatchNorm's running statistics?) {_see('updated')}")
+def updated(*modules: Watched, buffers: bool = True, ignore: Collection[str] = (),
+            **named: Watched) -> Iterator[None]:
+    """The block writes every parameter, and with `buffers=True` every buffer, of the watched
+    modules or tensors: the check for an EMA or target-network update that must carry BatchNorm's
+    statistics along with the weights.
 
+    A tensor counts as written when its value changed, when it was written in place (its version
+    counter moved: a `lerp_`, `copy_` or `mul_` whose result rounds to the old value, or copies a
+    value that was already there, still counts) or when it was replaced by another tensor. So a
+    correct EMA passes at a decay of 0.9999, on parameters whose gradient was zero, on frozen
+    parameters and constant buffers it copies, and on integer counters. One blind spot: a write
+    through `.data` does not move the version counter, so it is seen only when the value moves.
+
+    `ignore=` leaves out what is meant to stay as it is (an "initialised" flag that an update
+    never writes); a watched module with nothing left to check raises `ValueError`."""
+    snapshot = _Snapshot("updated", _watched("updated", modules, named), buffers, ignore)
+    yield
+    stale: dict[str, list[_Part]] = {}
+    wrote_params: dict[str, bool] = {}
+    for name, parts in snapshot.now().items():
+        stale[name] = [before for before, after in parts.values()
+                       if not snapshot.written(before, after)]
+        wrote_params[name] = any(not before.buffer and snapshot.written(before, after)
+                                 for before, after in parts.values())
+    stale = {name: parts for name, parts in stale.items() if parts}
+    if not stale:
+        return
+    where = "; ".join(_where(name, sorted(p.label for p in parts)) for name, parts in stale.items())
+    only_buffers = all(p.buffer for parts in stale.values() for p in parts) and \
+        all(wrote_params[name] for name in stale)
+    if only_buffers:
+        why = ("the parameters were written and these buffers were not: an update that averages "
+               "the parameters and skips the buffers (BatchNorm's running statistics)")
+    else:
+        why = ("nothing wrote them, not even in place with an equal value: the update skips "
+               "them or runs outside the block; leave out what is meant to stay as it is with "
+               "ignore=[...]")
+    raise AssertionError(f"updated: the block left {where} as they were: {why} "
+                         f"{_see('updated')}")
+
+
+def disjoint(*modules: Watched, ignore: Collection[str] = (), **named: Watched) -> None:
+    """No two of the watched modules share a parameter or buffer (the same storage). Catches
+    `target = online`, `teacher = student` and `reference = policy`: one network under two names,
+    so training one trains the other. Needs at least two things to compare."""
+    watched = _watched("disjoint", modules, named)
+    if len(watched) < 2:
+        raise ValueError(f"disjoint: name at least two modules to compare, got {_listed(watched)}")
+    owner: dict[tuple[str, int], tuple[str, str]] = {}
+    shared: dict[tuple[str, str], list[str]] = {}
+    for name, value in watched.items():
+        for part in _parts("disjoint", name, value, ignore=ignore):
+            if part.tensor.numel() == 0 or part.tensor.device.type == "meta":
+                continue
+            key = (str(part.tensor.device), part.tensor.untyped_storage().data_ptr())
+            label = part.label or name
+            if key in owner and owner[key][0] != name:
+                other, other_label = owner[key]
+                shared.setdefault((other, name), []).append(
+                    label if label == other_label else f"{other_label} = {label}")
+            else:
+                owner.setdefault(key, (name, label))
+    if shared:
+        where = "; ".join(f"{a} and {b} share {len(labels)} tensors ({_listed(labels)})"
+                          for (a, b), labels in shared.items())
+        raise AssertionError(
+            f"disjoint: {where}: they are one network under two names, so what trains one moves "
+            f"the other; make the second one with copy.deepcopy (then requires_grad_(False)) "
+            f"{_see('disjoint')}")
+
+
+# --- tensors: a graph where there must be none, or none where there must be one ---------------
 
 def _tensors(value: Any, name: str) -> Iterator[tuple[str, torch.Tensor]]:
     """The tensors in a value: itself, or those inside a tuple, list or dict (an LSTM's (h, c), a
@@ -237,14 +489,26 @@ def _tensors(value: Any, name: str) -> Iterator[tuple[str, torch.Tensor]]:
                         f"{type(value).__name__}")
 
 
+def _all_tensors(check: str, tensors: tuple[Any, ...],
+                 named: Mapping[str, Any]) -> list[tuple[str, torch.Tensor]]:
+    values = {f"tensor {i}": t for i, t in enumerate(tensors)} | dict(named)
+    if not values:
+        raise TypeError(f"{check}: name at least one tensor to check")
+    found = []
+    for name, value in values.items():
+        inside = list(_tensors(value, name))
+        if not inside:
+            raise ValueError(f"{check}: {name} holds no tensor, so there is nothing to check")
+        found += inside
+    return found
+
+
 def constant(*tensors: Any, **named: Any) -> None:
     """Each tensor carries no graph: no `grad_fn` and no `requires_grad`. Guards TD targets,
     advantages and returns, stored log-probs, a teacher's output, and a hidden state at the start
-    of a chunk. Tuples, lists and dicts of tensors are looked into."""
-    found = [*(item for i, t in enumerate(tensors) for item in _tensors(t, f"tensor {i}")),
-             *(item for key, t in named.items() for item in _tensors(t, key))]
-    if not found:
-        raise TypeError("name at least one tensor to check")
+    of a chunk. Tuples, lists and dicts of tensors are looked into; an empty one raises
+    `ValueError`."""
+    found = _all_tensors("constant", tensors, named)
     graphs = [f"{name} (grad_fn={type(t.grad_fn).__name__})" if t.grad_fn is not None
               else f"{name} (requires_grad=True)" for name, t in found if t.requires_grad]
     if graphs:
@@ -254,27 +518,71 @@ def constant(*tensors: Any, **named: Any) -> None:
             f"{_see('constant')}")
 
 
+def has_graph(*tensors: Any, **named: Any) -> None:
+    """Each tensor carries a graph (`requires_grad`): the opposite of `constant`. Guards where the
+    graph must *not* be cut: an inner-loop gradient made with `create_graph=True` (MAML), the
+    gradient an R1 or WGAN-GP penalty is built from, fast weights a meta-loss must reach. Without
+    `create_graph=True`, `torch.autograd.grad` returns constants, and the penalty or meta-gradient
+    silently loses its second-order term. Tuples, lists and dicts are looked into."""
+    found = _all_tensors("has_graph", tensors, named)
+    cut = [name for name, t in found if not t.requires_grad]
+    if cut:
+        raise AssertionError(
+            f"has_graph: {_listed(cut)} carries no graph: a backward through it reaches nothing, "
+            f"so what should flow through it (a second-order term, a meta-gradient) is silently "
+            f"dropped; take the gradient with create_graph=True and do not .detach() it "
+            f"{_see('has_graph')}")
+
+
+# --- memory across calls --------------------------------------------------------------------------
+
+class MemoryTrace(list):
+    """What `bounded_memory` returns: a list of the bytes still held for backward after each call
+    (as it always was), with `graph_nodes`, the autograd nodes still alive after each call."""
+
+    graph_nodes: list[int]
+
+
 def bounded_memory(step: Callable[[], Any], steps: int = 5, warmup: int = 1,
-                   slack_bytes: int = 0) -> list[int]:
-    """Call `step()` `steps` times and return the bytes still held for backward after each call.
-    After the first `warmup` calls the count must not grow (beyond `slack_bytes`): a step that
-    keeps each call's graph alive (a hidden state carried without detach, `total_loss += loss`, a
-    rollout stored with grad, an EMA update outside no_grad) fails. `step` must keep what it
-    returns small: the returned values are dropped before counting."""
+                   slack_bytes: int = 0, slack_nodes: int = 0) -> MemoryTrace:
+    """Call `step()` `steps` times; after the first `warmup` calls, nothing a call leaves behind
+    may grow from one call to the next. Two things are counted after each call:
+    - the bytes still held for backward (tensors saved by graphs that are alive), which grow when
+      no backward runs: an eval loop without no_grad that keeps `total_loss += loss`, a rollout
+      stored with grad, an EMA update outside no_grad;
+    - the autograd nodes still alive, which grow even when every call runs `backward()` (which
+      frees the saved tensors but not the nodes): a training loop that logs with
+      `running_loss += loss` or `losses.append(loss)`, a hidden state carried without detach.
+
+    Either one growing by more than its slack (`slack_bytes`, `slack_nodes`) fails. `step` must
+    keep what it returns small: the returned values are dropped before counting. Counting the
+    nodes walks every live tensor's graph after each call, so keep `step` to one iteration."""
     if steps < warmup + 2:
-        raise ValueError(f"steps={steps}: need at least warmup + 2 = {warmup + 2} calls to see "
-                         f"growth")
-    meter, held = SavedTensorMeter(), []
+        raise ValueError(f"bounded_memory: steps={steps}: need at least warmup + 2 = "
+                         f"{warmup + 2} calls to see growth")
+    meter, held, nodes = SavedTensorMeter(), MemoryTrace(), []
     with meter:
         for _ in range(steps):
             step()
             held.append(meter.live)
+            nodes.append(live_graph_nodes())
+    held.graph_nodes = nodes
+    name = getattr(step, "__name__", "step")
     base = held[warmup - 1] if warmup else 0
     if held[-1] > base + slack_bytes:
         per_call = (held[-1] - base) / max(steps - warmup, 1)
         raise AssertionError(
             f"bounded_memory: the bytes held for backward grew from {base:,} to {held[-1]:,} over "
-            f"{steps - warmup} calls of {getattr(step, '__name__', 'step')} (about "
-            f"{per_call:,.0f} per call; after each call: {', '.join(f'{b:,}' for b in held)}): "
-            f"something keeps every call's graph alive {_see('bounded_memory')}")
+            f"{steps - warmup} calls of {name} (about {per_call:,.0f} per call; after each call: "
+            f"{', '.join(f'{b:,}' for b in held)}): something keeps every call's graph alive "
+            f"{_see('bounded_memory')}")
+    base_nodes = nodes[warmup - 1] if warmup else 0
+    if nodes[-1] > base_nodes + slack_nodes:
+        per_call = (nodes[-1] - base_nodes) / max(steps - warmup, 1)
+        raise AssertionError(
+            f"bounded_memory: the autograd nodes kept alive grew from {base_nodes:,} to "
+            f"{nodes[-1]:,} over {steps - warmup} calls of {name} (about {per_call:,.0f} per call; "
+            f"after each call: {', '.join(f'{n:,}' for n in nodes)}): something keeps every "
+            f"call's graph alive after backward (a running total or a list of losses: keep "
+            f"loss.item() or loss.detach()) {_see('bounded_memory')}")
     return held

@@ -5,6 +5,7 @@ that catches it (or to a stated reason why none can), so a new mistake needs one
 from __future__ import annotations
 
 import contextlib
+import copy
 import subprocess
 import sys
 import textwrap
@@ -16,10 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from gallery import a2c, dqn, ema, finetune, gan, ppo, sac, simsiam, tbptt, vqvae
+from gallery import check
 from gallery.check import (
     bounded_memory,
     constant,
+    disjoint,
     gets_grad,
+    has_graph,
     no_grad_reaches,
     unchanged,
     updated,
@@ -76,9 +80,49 @@ def test_gets_grad_fails_on_a_module_the_loss_does_not_reach():
         with gets_grad(critic=critic):
             loss = (torch.tensor(value, requires_grad=True) - 1.0).pow(2)
             loss.backward()
-    critic.requires_grad_(False)
-    with pytest.raises(AssertionError, match="has requires_grad=False"), gets_grad(critic=critic):
-        pass
+
+
+def test_gets_grad_skips_frozen_parameters_and_raises_when_none_is_left():
+    """A bias frozen by design (SimSiam's reference freezes one) is not a failure; a module with
+    nothing trainable leaves the check nothing to judge, and that is an error, not a pass."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    net[1].bias.requires_grad_(False)
+    with gets_grad(encoder=net):
+        net(torch.randn(5, 3)).pow(2).mean().backward()
+    net.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"^gets_grad: encoder has nothing to check \(all 4 of its "
+                                         r"parameters have requires_grad=False\)"):
+        gets_grad(encoder=net)
+    with pytest.raises(ValueError, match=r"BatchNorm1d has nothing to check \(ignore=\['weight', "
+                                         r"'bias'\] leaves out all 2"):
+        gets_grad(nn.BatchNorm1d(3), ignore=["weight", "bias"])
+    with pytest.raises(ValueError, match=r"codebook has nothing to check \(it has no parameters, "
+                                         r"only 1 buffers"):
+        holder = nn.Module()
+        holder.register_buffer("embed", torch.randn(4, 2))  # an EMA codebook: buffers only
+        gets_grad(codebook=holder)
+
+
+def test_gets_grad_with_a_loss_tells_which_loss_reaches_the_module():
+    """An autoencoder whose decoder reads a constant (no straight-through) still trains its encoder
+    through a second loss: the block form passes, the loss form names the loss that does not."""
+    torch.manual_seed(0)
+    encoder, decoder = nn.Linear(4, 4), nn.Linear(4, 4)
+    x = torch.randn(8, 4)
+    z = encoder(x)
+    recon = (decoder(z.detach().round()) - x).pow(2).mean()  # the straight-through path is gone
+    commitment = z.pow(2).mean()
+    with gets_grad(encoder=encoder):
+        (recon + commitment).backward(retain_graph=True)
+    gets_grad(encoder=encoder, loss=commitment)
+    with pytest.raises(AssertionError, match=r"^gets_grad: the loss \(MeanBackward0\) gives no "
+                                             r"non-zero grad to encoder \(weight, bias\)"):
+        gets_grad(encoder=encoder, loss=recon)
+    grads_before = encoder.weight.grad.clone()
+    gets_grad(decoder=decoder, loss=recon)  # autograd.grad: .grad is left as it was
+    assert torch.equal(encoder.weight.grad, grads_before)
+    with pytest.raises(AssertionError, match=r"the loss carries no graph"):
+        gets_grad(encoder=encoder, loss=recon.detach())
 
 
 def test_unchanged_names_a_batchnorm_buffer_that_moved():
@@ -126,6 +170,220 @@ def test_bounded_memory_sees_a_running_sum_of_losses_grow_and_item_stay_flat():
                                              r"from [\d,]+ to [\d,]+ over 4 calls of "
                                              r"accumulate_graph"):
         bounded_memory(accumulate_graph, steps=5)
+
+
+def test_bounded_memory_sees_the_training_loop_leak_where_backward_runs_every_time():
+    """The most asked leak: every iteration runs backward (which frees the saved tensors), and the
+    log keeps the loss itself. No byte stays held for backward, but each kept loss keeps its chain
+    of autograd nodes alive; the check counts those nodes and fails by them."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x, y = torch.randn(32, 16), torch.randn(32, 1)
+    log = {"running": 0.0, "losses": []}
+
+    def iteration(keep):
+        loss = F.mse_loss(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        keep(loss)
+
+    def running_loss_plus_loss():
+        iteration(lambda loss: log.__setitem__("running", log["running"] + loss))
+
+    def losses_append_loss():
+        iteration(log["losses"].append)
+
+    def running_loss_plus_item():
+        iteration(lambda loss: log.__setitem__("running", log["running"] + loss.item()))
+
+    held = bounded_memory(running_loss_plus_item, steps=5)
+    assert list(held) == [0] * 5 and held.graph_nodes[1:] == held.graph_nodes[1:2] * 4
+    for leak in (running_loss_plus_loss, losses_append_loss):
+        with pytest.raises(AssertionError, match=r"^bounded_memory: the autograd nodes kept alive "
+                                                 r"grew from [\d,]+ to [\d,]+ over 4 calls of "
+                                                 + leak.__name__ + r" \(about \d+ per call"):
+            bounded_memory(leak, steps=5)
+    log["losses"].clear()
+
+
+def test_bounded_memory_nodes_grow_by_the_same_count_every_iteration():
+    """The consequence, measured: each kept loss holds the same number of nodes after its backward
+    (a deterministic count), so the leak is linear in the iterations run."""
+    net = nn.Linear(4, 1)
+    kept = []
+
+    def step():
+        loss = net(torch.randn(2, 4)).pow(2).mean()
+        loss.backward()
+        kept.append(loss)
+
+    with pytest.raises(AssertionError, match=r"about 4 per call"):
+        bounded_memory(step, steps=6)
+    assert len(kept) == 6 and all(loss.grad_fn is not None for loss in kept)
+    kept.clear()
+
+
+def test_no_grad_reaches_judges_every_d_step_of_a_loop():
+    """Wrap three GAN iterations with before=opt_d, get the third one wrong: the check fails
+    (it used to stop looking after the first opt_d.step())."""
+    torch.manual_seed(0)
+    g, d = nn.Linear(2, 2), nn.Linear(2, 1)
+    opt_g, opt_d = torch.optim.SGD(g.parameters(), lr=0.1), torch.optim.SGD(d.parameters(), lr=0.1)
+
+    def iteration(detach: bool):
+        fake = g(torch.randn(4, 2))
+        opt_d.zero_grad(set_to_none=True)
+        d(fake.detach() if detach else fake).mean().backward()
+        opt_d.step()
+        opt_g.zero_grad(set_to_none=True)
+        (-d(fake)).mean().backward()
+        opt_g.step()
+
+    with no_grad_reaches(generator=g, before=opt_d):
+        for _ in range(3):
+            iteration(detach=True)
+    with pytest.raises(AssertionError, match=r"^no_grad_reaches: a backward before SGD.step\(\) "
+                                             r"wrote a grad into generator"):
+        with no_grad_reaches(generator=g, before=opt_d):
+            for i in range(3):
+                iteration(detach=i < 2)
+
+
+def test_no_grad_reaches_with_nothing_to_judge_raises():
+    g, d = nn.Linear(2, 2), nn.Linear(2, 1)
+    opt_d = torch.optim.SGD(d.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"^no_grad_reaches: before=SGD never stepped inside the "
+                                         r"block"):
+        with no_grad_reaches(generator=g, before=opt_d):
+            d(g(torch.randn(4, 2)).detach()).sum().backward()
+    with pytest.raises(ValueError, match=r"^no_grad_reaches: ReLU has nothing to check \(it has no "
+                                         r"parameters\)"):
+        no_grad_reaches(nn.ReLU()).__enter__()
+    frozen = nn.Linear(2, 2).requires_grad_(False)  # a frozen target: nothing can reach it
+    with no_grad_reaches(target=frozen):
+        frozen(torch.randn(3, 2, requires_grad=True)).sum().backward()
+
+
+def test_no_grad_reaches_names_an_alias_instead_of_advising_detach():
+    """`target = online`: the target's grad is written by the online loss, and the optimizer that
+    trains online holds it. The advice is then about the alias, not about a missing detach."""
+    online = nn.Linear(3, 2)
+    target = online  # the mistake
+    optimizer = torch.optim.SGD(online.parameters(), lr=0.1)
+    with pytest.raises(AssertionError, match=r"SGD.step\(\) trains those very parameters: .* "
+                                             r"gallery.check.disjoint"):
+        with no_grad_reaches(target=target):
+            online(torch.randn(4, 3)).sum().backward()
+            optimizer.step()
+
+
+def test_disjoint_names_the_shared_tensors():
+    online = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    disjoint(target=copy.deepcopy(online), online=online)
+    with pytest.raises(AssertionError, match=r"^disjoint: online and target share 7 tensors "
+                                             r"\(0.weight, 0.bias, 1.weight and 4 more\): they are "
+                                             r"one network under two names"):
+        disjoint(online=online, target=online)
+    half = nn.Sequential(online[0], nn.Linear(3, 3))  # a shared first layer is named by both names
+    with pytest.raises(AssertionError, match=r"share 2 tensors \(0.weight, 0.bias\)"):
+        disjoint(online=online, other=half)
+    with pytest.raises(ValueError, match="name at least two modules"):
+        disjoint(online=online)
+
+
+def test_has_graph_sees_a_missing_create_graph():
+    """MAML's inner gradient: with create_graph=True it carries the graph the meta-gradient needs;
+    without it, autograd.grad returns constants and every other check passes."""
+    w = torch.randn(3, requires_grad=True)
+    inner_loss = (w * torch.randn(3)).pow(2).sum()
+    (grad,) = torch.autograd.grad(inner_loss, w, create_graph=True)
+    has_graph(inner_grad=grad, fast_weights=[w - 0.1 * grad])
+    (cut,) = torch.autograd.grad((w * 2).pow(2).sum(), w)
+    with pytest.raises(AssertionError, match=r"^has_graph: inner_grad carries no graph: .*"
+                                             r"create_graph=True"):
+        has_graph(inner_grad=cut)
+    with pytest.raises(ValueError, match=r"^has_graph: grads holds no tensor"):
+        has_graph(grads=[])
+    with pytest.raises(ValueError, match=r"^constant: targets holds no tensor"):
+        constant(targets=())
+
+
+def test_unchanged_and_updated_take_one_tensor_and_leave_out_by_name():
+    bn = nn.BatchNorm1d(3)
+    with pytest.raises(AssertionError, match=r"^unchanged: the block changed running_mean: "):
+        with unchanged(running_mean=bn.running_mean):
+            bn(torch.randn(8, 3))
+    with updated(bn.running_var, bn.running_mean):
+        bn(torch.randn(8, 3))
+    with unchanged(bn, ignore=["running_*", "num_batches_tracked"]):  # parameters only, by name
+        bn(torch.randn(8, 3))
+    net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    with unchanged(net, ignore=["1"]):  # a prefix leaves a whole submodule out
+        net(torch.randn(8, 3))
+    with pytest.raises(ValueError, match=r"^updated: BatchNorm1d has nothing to check \(ignore="):
+        updated(bn, ignore=["*"]).__enter__()
+
+
+def test_updated_counts_in_place_writes_that_round_to_the_same_value():
+    """A correct EMA at decay 0.9999 with weights that moved by less than float32 resolves; a
+    parameter whose grad was zero; an integer counter and a constant buffer it copies: each is
+    written, so each passes, though its value did not change."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    model[1].register_buffer("index", torch.arange(4))  # a constant table, copied by the EMA
+    ema_model = copy.deepcopy(model).requires_grad_(False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-9)  # below float32 resolution near 1: the EMA's value cannot move
+    with updated(ema=ema_model):
+        with torch.no_grad():
+            for e, m in zip(ema_model.state_dict().values(), model.state_dict().values()):
+                if e.is_floating_point():
+                    e.lerp_(m, 1 - 0.9999)
+                else:
+                    e.copy_(m)
+    assert torch.equal(ema_model[0].weight, copy.deepcopy(ema_model)[0].weight)
+
+
+def test_updated_says_what_it_saw():
+    """Parameters averaged and buffers skipped: the message says so (the classic EMA slip).
+    Another part skipped: the message says it was not written, and does not blame buffers."""
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    ema_model = copy.deepcopy(model)
+    with pytest.raises(AssertionError, match=r"^updated: the block left ema \(1.num_batches_tracked"
+                                             r" \(buffer\), 1.running_mean \(buffer\), "
+                                             r"1.running_var \(buffer\)\) as they were: the "
+                                             r"parameters were written and these buffers were not"):
+        with updated(ema=ema_model), torch.no_grad():
+            for e, m in zip(ema_model.parameters(), model.parameters()):
+                e.lerp_(m, 0.1)
+    with pytest.raises(AssertionError, match=r"left ema \(0.bias, 0.weight\) as they were: nothing "
+                                             r"wrote them"):
+        with updated(ema=ema_model), torch.no_grad():
+            for name, e in ema_model.state_dict().items():
+                if not name.startswith("0."):
+                    e.copy_(model.state_dict()[name])
+    with pytest.raises(ValueError, match=r"it has no parameters, and buffers=False leaves out its "
+                                         r"1 buffers"):
+        holder = nn.Module()
+        holder.register_buffer("embed", torch.zeros(2))
+        updated(holder, buffers=False).__enter__()
+
+
+@pytest.mark.parametrize("failing", [
+    lambda: constant(x=torch.ones(1, requires_grad=True)),
+    lambda: has_graph(x=torch.ones(1)),
+    lambda: disjoint(a=nn.Linear(1, 1), b=nn.Linear(1, 1)) or disjoint(a=(m := nn.Linear(1, 1)),
+                                                                      b=m),
+])
+def test_every_message_points_at_a_docstring_a_user_can_open(failing):
+    with pytest.raises(AssertionError) as caught:
+        failing()
+    name = str(caught.value).split(":")[0]
+    assert str(caught.value).endswith(f"(see help(gallery.check.{name}))")
+    assert len(getattr(check, name).__doc__) > 200
 
 
 def test_check_imports_with_torch_alone():
@@ -405,7 +663,7 @@ def test_each_mistake_fails_its_check_with_its_sentence(name, mistake):
     with pytest.raises(AssertionError) as caught:
         RUNNERS[name](mistake)
     assert str(caught.value).startswith(CAUGHT[name, mistake]), str(caught.value)
-    assert "docs/check.md#" in str(caught.value)
+    assert "(see help(gallery.check." in str(caught.value)
 
 
 @pytest.mark.parametrize("name,mistake", sorted(NOT_A_CUT))

@@ -8,6 +8,8 @@
   same on CPU and GPU and free of allocator noise; `graph_saved_bytes`: the same count, read
   from a live graph without hooks.
 - `Probe`: the one measurement object of a training loop, on sampled steps only.
+- `live_graph_nodes`: how many autograd nodes the live tensors of this process keep alive; a
+  graph that `backward()` has run through holds no saved tensors but still holds its nodes.
 - `recording`: what a function returned inside a block, to walk the graph of a loss that a step
   built and then returned detached.
 """
@@ -15,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import time
 from collections.abc import Iterable, Mapping
@@ -348,3 +351,21 @@ class CrossStepProbe(Probe):
             for hook in hooks:
                 hook.remove()
             self.record["iter_peak_saved_bytes"] = meter.peak
+
+
+def live_graph_nodes() -> int:
+    """Autograd nodes reachable from every tensor alive in this process that has a `grad_fn`.
+
+    After `loss.backward()` a graph holds no saved tensors, so the saved-bytes meter reads 0, yet
+    a tensor that is still referenced (a `running_loss += loss`, a list of losses) keeps its whole
+    chain of nodes alive, and each node owns C++ memory. Counting the nodes sees that leak. Live
+    tensors are found through the garbage collector, which tracks every tensor object."""
+    roots = [obj.grad_fn for obj in gc.get_objects()
+             if issubclass(type(obj), torch.Tensor) and obj.grad_fn is not None]
+    seen, stack = set(roots), list(roots)
+    while stack:
+        for child, _ in stack.pop().next_functions:
+            if child is not None and child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return len(seen)
