@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gallery import a2c, dqn, ema, finetune, gan, ppo, sac, simsiam, tbptt, vqvae
-from gallery import check
+from gallery import a2c, check, dqn, ema, finetune, gan, ppo, sac, simsiam, tbptt, vqvae
 from gallery.check import (
     bounded_memory,
     constant,
