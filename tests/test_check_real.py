@@ -103,8 +103,8 @@ def test_an_ema_that_skips_the_buffers_fails_next_to_timms_that_copies_them():
     train_step(model, torch.optim.SGD(model.parameters(), lr=0.1))
     with updated(ema=ema.module):
         ema.update(model)
-    with pytest.raises(AssertionError, match=r"^updated: the block left ema \(1.num_batches_tracked "
-                                             r"\(buffer\), 1.running_mean \(buffer\), "
+    with pytest.raises(AssertionError, match=r"^updated: the block left ema \(1.num_batches_"
+                                             r"tracked \(buffer\), 1.running_mean \(buffer\), "
                                              r"1.running_var \(buffer\) and 1 more\) as they were: "
                                              r"the parameters were written and these buffers were "
                                              r"not"):
@@ -121,7 +121,7 @@ def test_a_timm_ema_aliased_to_its_model_fails_disjoint():
         disjoint(ema=ema.module, model=model)
 
 
-# --- vector-quantize-pytorch -------------------------------------------------------------------------
+# --- vector-quantize-pytorch --------------------------------------------------------------------
 
 def vq_autoencoder(**vq_kwargs):
     torch.manual_seed(0)
@@ -144,8 +144,8 @@ def test_vq_ema_codebook_is_updated_by_a_forward_and_has_no_grad_to_check():
     with pytest.raises(ValueError, match=r"^gets_grad: codebook has nothing to check \(it has no "
                                          r"parameters, only 5 buffers"):
         gets_grad(codebook=vq)
-    with pytest.raises(AssertionError, match=r"updated: the block left codebook \(_codebook.initted "
-                                             r"\(buffer\), zero \(buffer\)\) as they were"):
+    with pytest.raises(AssertionError, match=r"updated: the block left codebook \(_codebook."
+                                             r"initted \(buffer\), zero \(buffer\)\) as they were"):
         with updated(codebook=vq):
             vq(encoder(x))
 
