@@ -20,7 +20,7 @@ import torch.nn.functional as F
 USAGE = """Speed and memory of each pattern against its mistake, as ratios measured side by side.
 
     scripts/bench.py [gan|dqn|dqn_envs|finetune|ppo|sac|tbptt|threads|smoke|compile|startup|
-                      cleanrl|cuda_graphs|vqvae|chain|sb3|all] [--device cpu|cuda]
+                      cleanrl|cuda_graphs|vqvae|chain|sb3|check|all] [--device cpu|cuda]
                      [--json results.json] [--cleanrl CLONE]
 
 Times come from alternating blocks of the two variants in one process (median of the blocks), so a
@@ -39,6 +39,7 @@ from gallery.core.config import to_schema  # noqa: E402
 DEFAULT_THREADS = torch.get_num_threads()
 from gallery.core.device import resolve_device  # noqa: E402
 from gallery.core.probes import SavedTensorMeter  # noqa: E402
+from scripts.bench_check import bench_check  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -1205,7 +1206,7 @@ BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo"
            "threads": bench_threads, "smoke": bench_smoke, "compile": bench_compile,
            "startup": bench_startup, "cleanrl": bench_cleanrl,
            "cuda_graphs": bench_cuda_graphs, "vqvae": bench_vqvae, "chain": bench_chain,
-           "sb3": bench_sb3}
+           "sb3": bench_sb3, "check": lambda device: bench_check(device, alternate)}
 
 
 def machine(device: torch.device) -> str:
