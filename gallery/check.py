@@ -520,9 +520,9 @@ def constant(*tensors: Any, **named: Any) -> None:
               else f"{name} (requires_grad=True)" for name, t in found if t.requires_grad]
     if graphs:
         raise AssertionError(
-            f"constant: {_listed(graphs)} carries a graph: a backward through it reaches the "
-            f"parameters it was computed from; compute it under torch.no_grad() or .detach() it "
-            f"{_see('constant')}")
+            f"constant: {_listed(graphs)} {'carries' if len(graphs) == 1 else 'carry'} a graph: "
+            f"a backward through it reaches the parameters it was computed from; compute it under "
+            f"torch.no_grad() or .detach() it {_see('constant')}")
 
 
 def has_graph(*tensors: Any, **named: Any) -> None:
@@ -535,7 +535,8 @@ def has_graph(*tensors: Any, **named: Any) -> None:
     cut = [name for name, t in found if not t.requires_grad]
     if cut:
         raise AssertionError(
-            f"has_graph: {_listed(cut)} carries no graph: a backward through it reaches nothing, "
+            f"has_graph: {_listed(cut)} {'carries' if len(cut) == 1 else 'carry'} no graph: a "
+            f"backward through it reaches nothing, "
             f"so what should flow through it (a second-order term, a meta-gradient) is silently "
             f"dropped; take the gradient with create_graph=True and do not .detach() it "
             f"{_see('has_graph')}")

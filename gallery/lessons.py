@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from gallery.core.probes import SavedTensorMeter
+from gallery.core.probes import SavedTensorMeter, live_graph_nodes
 
 
 def detach_shares_storage() -> str:
@@ -208,26 +208,43 @@ def gumbel_softmax_hard_is_straight_through() -> str:
 
 
 def running_loss_sum_keeps_every_graph() -> str:
-    """`total_loss += loss` across iterations keeps every iteration's graph alive, so the bytes
-    held for backward grow with each one; `total_loss += loss.item()` (or `loss.detach()`) keeps
-    them flat at one iteration's graph. The most asked memory question about autograd."""
+    """`total_loss += loss` across iterations keeps every iteration's graph alive, in both loops
+    people write. In an eval loop without no_grad (no backward) it keeps the saved tensors, so the
+    bytes held for backward grow with each iteration. In a training loop, backward frees those
+    bytes every iteration, yet the kept loss still holds its chain of autograd nodes, so the nodes
+    (and the process's memory) grow instead. `total_loss += loss.item()` keeps both flat. The most
+    asked memory question about autograd."""
     net = nn.Linear(64, 64)
     x = torch.randn(128, 64)
 
-    def held_after(n: int, keep_graph: bool) -> int:
+    def after(n: int, keep_graph: bool, backward: bool) -> tuple[int, int]:
         with SavedTensorMeter() as meter:
+            start_nodes = live_graph_nodes()
             total = 0.0
             for _ in range(n):
                 loss = net(x).pow(2).mean()
+                if backward:
+                    loss.backward()
                 total = total + (loss if keep_graph else loss.item())
-            return meter.live
+            del loss
+            return meter.live, live_graph_nodes() - start_nodes
 
-    summed = [held_after(n, keep_graph=True) for n in (1, 2, 4)]
-    flat = [held_after(n, keep_graph=False) for n in (1, 2, 4)]
+    summed = [after(n, keep_graph=True, backward=False)[0] for n in (1, 2, 4)]
+    flat = [after(n, keep_graph=False, backward=False)[0] for n in (1, 2, 4)]
     assert summed[0] > 0 and summed[2] == 4 * summed[0] and summed[1] == 2 * summed[0]
-    assert flat == [summed[0]] * 3  # only the last iteration's graph, still named by `loss`
-    return (f"bytes held after 1, 2, 4 iterations: {', '.join(f'{b:,}' for b in summed)} with "
-            f"`+= loss`; {', '.join(f'{b:,}' for b in flat)} with `+= loss.item()`")
+    assert flat == [0] * 3
+    trained = [after(n, keep_graph=True, backward=True) for n in (1, 2, 4)]
+    trained_flat = [after(n, keep_graph=False, backward=True) for n in (1, 2, 4)]
+    nodes = [count for _, count in trained]
+    assert [held for held, _ in trained] == [0] * 3  # the saved-bytes meter alone sees nothing
+    per_iteration = nodes[1] - nodes[0]  # the parameters' AccumulateGrad nodes are shared
+    assert per_iteration > 0 and nodes[2] - nodes[1] == 2 * per_iteration
+    assert trained_flat == [(0, 0)] * 3
+    return (f"eval loop, bytes held after 1, 2, 4 iterations: {', '.join(f'{b:,}' for b in summed)}"
+            f" with `+= loss`, 0 with `+= loss.item()`; training loop (backward every iteration): "
+            f"0 bytes held either way, but {', '.join(str(n) for n in nodes)} autograd nodes kept "
+            f"alive with `+= loss` ({per_iteration} more per iteration), 0 with `+= loss.item()` "
+            f"(gallery.check.bounded_memory counts both)")
 
 
 LESSONS: dict[str, Callable[[], str]] = {f.__name__: f for f in (

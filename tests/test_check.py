@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 import subprocess
 import sys
 import textwrap
@@ -688,3 +689,56 @@ def test_each_mistake_fails_its_check_with_its_sentence(name, mistake):
 @pytest.mark.parametrize("name,mistake", sorted(NOT_A_CUT))
 def test_a_mistake_no_check_catches_passes_them_all_as_its_reason_says(name, mistake):
     RUNNERS[name](mistake)  # the reason is only honest if the checks really pass it
+
+
+# --- the leak no example owns: any loop that logs the loss itself --------------------------------
+
+def loss_log_loop(mistake: str) -> list[int]:
+    """The loss-logging leak in its two forms, beside the fix: an eval loop without no_grad (no
+    backward runs: the saved tensors stay, and bytes grow) and a training loop (backward frees the
+    saved tensors; the nodes stay, and their count grows)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3)
+    x, y = torch.randn(32, 16), torch.randn(32, 1)
+    log = {"running_loss": 0.0}
+
+    def iteration():
+        loss = F.mse_loss(net(x), y)
+        if mistake != "running_loss_in_eval":
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        log["running_loss"] += loss.item() if mistake == "none" else loss
+
+    return bounded_memory(iteration, steps=5)
+
+
+LOOP_MISTAKES = {
+    "running_loss_in_eval": "bounded_memory: the bytes held for backward grew",
+    "running_loss_in_training": "bounded_memory: the autograd nodes kept alive grew",
+}
+
+
+def test_the_loss_log_fix_passes_with_nothing_held():
+    trace = loss_log_loop("none")
+    assert list(trace) == [0] * 5 and trace.graph_nodes[0] == trace.graph_nodes[-1]
+
+
+@pytest.mark.parametrize("mistake", sorted(LOOP_MISTAKES))
+def test_both_forms_of_the_loss_log_leak_fail_bounded_memory(mistake):
+    with pytest.raises(AssertionError) as caught:
+        loss_log_loop(mistake)
+    assert str(caught.value).startswith(LOOP_MISTAKES[mistake]), str(caught.value)
+
+
+def test_the_eval_form_holds_one_forward_of_bytes_per_iteration_and_the_training_form_none():
+    """The consequence, exact: without backward each kept loss holds its forward's saved tensors
+    (the same bytes every iteration); with backward it holds 0 bytes but the same nodes."""
+    with pytest.raises(AssertionError, match=r"grew from ([\d,]+) to ([\d,]+) over 4 calls") as e:
+        loss_log_loop("running_loss_in_eval")
+    base, last = (int(v.replace(",", "")) for v in re.search(
+        r"grew from ([\d,]+) to ([\d,]+)", str(e.value)).groups())
+    assert base > 0 and last == 5 * base
+    with pytest.raises(AssertionError, match=r"about 7 per call"):
+        loss_log_loop("running_loss_in_training")

@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gallery.check import bounded_memory, constant, no_grad_reaches, unchanged
+from gallery.check import (
+    bounded_memory,
+    constant,
+    disjoint,
+    has_graph,
+    no_grad_reaches,
+    unchanged,
+)
 
 
 def gan_iteration(g, d, opt_g, opt_d, real, z, detach=True):
@@ -35,6 +42,13 @@ def test_my_d_step_does_not_train_g():
     g, d, opt_g, opt_d = gan_setup()
     with no_grad_reaches(generator=g, before=opt_d):  # only what runs before opt_d.step()
         gan_iteration(g, d, opt_g, opt_d, torch.randn(16, 2), torch.randn(16, 8))
+
+
+def test_my_gan_loop_never_trains_g_in_a_d_step(gallery_check):  # the fixture is gallery.check
+    g, d, opt_g, opt_d = gan_setup()
+    with gallery_check.no_grad_reaches(generator=g, before=opt_d):  # every D step in the block
+        for _ in range(3):
+            gan_iteration(g, d, opt_g, opt_d, torch.randn(16, 2), torch.randn(16, 8))
 
 
 def gan_without_detach():
@@ -115,13 +129,85 @@ def tbptt_without_detach():
 # --8<-- [end:tbptt]
 
 
-FAILING = {"gan": gan_without_detach, "dqn": dqn_target_with_grad, "tbptt": tbptt_without_detach}
+# --8<-- [start:loop]
+def training_loop(keep_the_loss=False):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    log = {"running_loss": 0.0}
+
+    def iteration():
+        x, y = torch.randn(32, 16), torch.randn(32, 1)
+        loss = F.mse_loss(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        log["running_loss"] += loss if keep_the_loss else loss.item()  # the line under test
+
+    return iteration
+
+
+def test_my_loss_log_keeps_no_graph():
+    bounded_memory(training_loop(), steps=5)
+
+
+def loss_log_keeps_every_graph():
+    # backward runs every iteration, so no byte stays saved for it; the nodes stay all the same
+    bounded_memory(training_loop(keep_the_loss=True), steps=5)
+# --8<-- [end:loop]
+
+
+# --8<-- [start:maml]
+def inner_step(model, x, y, lr=0.01, second_order=True):
+    params = dict(model.named_parameters())
+    loss = F.mse_loss(torch.func.functional_call(model, params, (x,)), y)
+    grads = torch.autograd.grad(loss, list(params.values()), create_graph=second_order)
+    has_graph(inner_grads=grads)  # the meta-gradient flows through these
+    return {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
+
+
+def test_my_inner_step_keeps_the_graph():
+    torch.manual_seed(0)
+    inner_step(nn.Linear(1, 1), torch.randn(10, 1), torch.randn(10, 1))
+
+
+def inner_step_without_create_graph():
+    torch.manual_seed(0)
+    inner_step(nn.Linear(1, 1), torch.randn(10, 1), torch.randn(10, 1), second_order=False)
+# --8<-- [end:maml]
+
+
+# --8<-- [start:alias]
+def make_target(online, copy_it=True):
+    import copy
+
+    target = copy.deepcopy(online) if copy_it else online  # the line under test
+    return target.requires_grad_(False) if copy_it else target
+
+
+def test_my_target_is_a_separate_network():
+    online = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 2))
+    disjoint(online=online, target=make_target(online))
+
+
+def target_is_the_online_net():
+    online = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 2))
+    disjoint(online=online, target=make_target(online, copy_it=False))
+# --8<-- [end:alias]
+
+
+FAILING = {"gan": gan_without_detach, "dqn": dqn_target_with_grad, "tbptt": tbptt_without_detach,
+           "loop": loss_log_keeps_every_graph, "maml": inner_step_without_create_graph,
+           "alias": target_is_the_online_net}
 
 
 @pytest.mark.parametrize("name,start", [
     ("gan", "no_grad_reaches: a backward before Adam.step() wrote a grad into generator"),
     ("dqn", "constant: td_target (grad_fn="),
     ("tbptt", "bounded_memory: the bytes held for backward grew"),
+    ("loop", "bounded_memory: the autograd nodes kept alive grew"),
+    ("maml", "has_graph: inner_grads[0], inner_grads[1] carry no graph"),
+    ("alias", "disjoint: online and target share 4 tensors"),
 ])
 def test_each_example_fails_on_its_mistake(name, start):
     with pytest.raises(AssertionError) as caught:
