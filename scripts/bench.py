@@ -39,7 +39,7 @@ from gallery.core.config import to_schema  # noqa: E402
 DEFAULT_THREADS = torch.get_num_threads()
 from gallery.core.device import resolve_device  # noqa: E402
 from gallery.core.probes import SavedTensorMeter  # noqa: E402
-from scripts.bench_check import bench_check  # noqa: E402
+from scripts.measure.check import bench_check  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

@@ -1,4 +1,5 @@
-"""What each gallery.check costs, and what the loss-logging leak costs: `scripts/bench.py check`.
+"""What each gallery.check costs, and what the loss-logging leak costs: `scripts/bench.py check`
+(scripts/measure/ holds measurements that bench.py runs; each is a module, not a script).
 
 - The graph checks (no_grad_reaches, gets_grad, constant, has_graph) around one training step of
   a small MLP and of a ResNet-18-sized CNN: the step's time with the check over its time without,
@@ -181,7 +182,7 @@ def loss_log_leak(iterations: int = 20_000) -> dict:
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     measured = {}
     for keep in ("item", "loss"):
         out = subprocess.run([sys.executable, "-c", LEAK_LOOP, keep, str(iterations)], cwd=root,
