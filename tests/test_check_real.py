@@ -168,6 +168,7 @@ def test_vq_learnable_codebook_gets_grad_from_its_loss_and_not_from_a_decoder_wi
 # --- pytorch/examples' dcgan and word_language_model, in our own words -------------------------
 
 def test_dcgan_shaped_loop_passes_and_its_third_iteration_without_detach_fails():
+    """before=opt_d judges every D step in the block, not only the first one."""
     torch.manual_seed(0)
     net_g = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 6), nn.Tanh())
     net_d = nn.Sequential(nn.Linear(6, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
