@@ -50,7 +50,7 @@ from gallery.core.device import compile_modules, fused
 from gallery.core.loop import Loop, rl_results
 from gallery.core.plots import draw_learning_curve
 from gallery.core.probes import Probe, state_hash
-from gallery.core.registry import Example, Mistake
+from gallery.core.registry import Cost, Example, Gate, Mistake, Panel, Runs, avg, span
 from gallery.core.setup import prepare
 from gallery.data.envs import (
     EnvConfig,
@@ -308,6 +308,33 @@ def tour_figure(runs: dict, fig) -> None:
                                 "pattern" if mistake == "none" else f"mistake={mistake}")
 
 
+# --- what the README, the hero figure, the gates and the check table read ---
+
+def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
+    runs = gate["runs"]
+    solved = [r["first_solved_step"] for r in runs["none solve"]]
+    return (f"CartPole solved by {span(solved)} env steps, {len(solved)} seeds",
+            f"value_item: the critic ends bit for bit as it began; return at 100k "
+            f"{avg(runs['value_item 100k'], 'eval_return_mean'):.0f} vs "
+            f"{avg(runs['none 100k'], 'eval_return_mean'):.0f}")
+
+
+def hero_panel(gate: dict, bench: dict) -> Panel:
+    runs = gate["runs"]
+    return Panel("eval return at 100k env steps", avg(runs["none 100k"], "eval_return_mean"),
+                 avg(runs["value_item 100k"], "eval_return_mean"), "value_item")
+
+
+def mistake_cost(gate: dict, bench: dict) -> Cost:
+    runs = gate["runs"]
+    return Cost("advantage_grad", avg(runs["none 100k"], "env_steps_per_sec")
+                / avg(runs["advantage_grad 100k"], "env_steps_per_sec"), None,
+                "time: scripts/gates.py a2c, seeds 0-2, 100k env steps each")
+
+
+AT_100K = ("stop_when_solved=false", "steps=100000", "eval_every=10000")
+
+
 QUICK = ["steps=8192", "eval_every=4096", "eval_episodes=2", "value_check_episodes=1"]
 EXAMPLE = Example(
     name="a2c",
@@ -320,17 +347,21 @@ EXAMPLE = Example(
             "the actor's loss reaches the critic's parameters (each step pushes every value up by "
             "log p / n); on CartPole the run itself stays within the pattern's seed spread",
             ("a2c_losses_advantage_grad",),
+            caught="no_grad_reaches: a backward wrote a grad into critic",
         ),
         "critic_through_gae": Mistake(
             "the GAE recursion run with grad (the critic's target keeps a graph)",
             "the target has a grad_fn and the value loss moves the values it regresses to: a "
             "larger value error and a lower return at a fixed budget",
             ("gae_with_grad",),
+            caught="constant: returns (grad_fn=",
         ),
         "value_item": Mistake(
             "the values stored as numbers (.item() / .tolist())",
             "the value loss has no grad_fn: the critic's weights end bit for bit as they began",
             ("rollout_value_item",),
+            caught=("gets_grad: no backward inside the block wrote a non-zero grad "
+                    "into critic"),
         ),
     },
     budgets={"full": {m: [] for m in BY_MISTAKE},
@@ -341,6 +372,28 @@ EXAMPLE = Example(
     smoke=("steps=256", "eval_every=256", "eval_episodes=1", "value_check_episodes=1"),
     report=("eval_return_mean", "first_solved_step", "env_steps", "value_bias",
             "critic_changed", "env_steps_per_sec"),
+    order=8,
+    groups={"env": "acrobot, cartpole"},
+    gate=Gate(
+        "CartPole-v1, the default config, seeds 0-4: greedy eval mean >= 475 within the default "
+        "300k env steps (about 3x the slowest seed measured), each run under 2 minutes. Beside it, "
+        "at a fixed 100k env steps (seeds 0-2): each mistake's return and its critic's error "
+        "against Monte-Carlo returns; value_item's critic must end bit for bit as it began",
+        runs={"none solve": Runs(seeds=(0, 1, 2, 3, 4)),
+              **{f"{m} 100k": Runs(m, overrides=AT_100K)
+                 for m in ("none", "advantage_grad", "critic_through_gae", "value_item")}},
+        keys=("first_solved_step", "eval_return_mean", "value_bias", "value_abs_error",
+              "critic_changed", "env_steps_per_sec", "wall_seconds"),
+        passes=lambda runs: all(r["first_solved_step"] is not None for r in runs["none solve"])
+        and all(not r["critic_changed"] for r in runs["value_item 100k"])
+        and all(r["critic_changed"] for r in runs["none 100k"])
+        and max(r["wall_seconds"] for r in runs["none solve"]) < 120,
+        figure_runs=("none 100k", "advantage_grad 100k", "critic_through_gae 100k",
+                     "value_item 100k"),
+        figure_title="a2c on CartPole-v1, 100k env steps, seed 0"),
+    readme_row=readme_row,
+    hero_panel=hero_panel,
+    mistake_cost=mistake_cost,
 )
 
 

@@ -45,7 +45,7 @@ from gallery.core.errors import ConfigError
 from gallery.core.loop import Counters, Loop, rl_results
 from gallery.core.plots import draw_learning_curve
 from gallery.core.probes import Probe, grads_absent
-from gallery.core.registry import Example, Mistake
+from gallery.core.registry import Cost, Example, Gate, Mistake, Panel, Runs, bench_row, span
 from gallery.core.setup import prepare
 from gallery.data.envs import (
     EnvConfig,
@@ -302,6 +302,30 @@ def tour_figure(runs: dict, fig) -> None:
         ax.axhline(runs["none"]["reward_threshold"], color="gray", ls="--", lw=1)
 
 
+# --- what the README, the hero figure, the gates and the check table read ---
+
+def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
+    solved = [r["first_solved_step"] for r in gate["runs"]["none"]]
+    return (f"CartPole solved by {span(solved)} env steps, {len(solved)} seeds",
+            "target_grad: the target gets .grad (a test asserts it)")
+
+
+def hero_panel(gate: dict, bench: dict) -> Panel:
+    row = bench_row(bench, "dqn", "bytes_ratio_target_grad_over_pattern")
+    return Panel("bytes saved per update", row["pattern_saved_bytes_per_update"],
+                 row["target_grad_saved_bytes_per_update"], "target_grad")
+
+
+def mistake_cost(gate: dict, bench: dict) -> Cost:
+    runs = gate["runs"]
+    return Cost("target_grad", runs["none 10k"][0]["env_steps_per_sec"]
+                / runs["target_grad 10k"][0]["env_steps_per_sec"],
+                bench_row(bench, "dqn", "bytes_ratio_target_grad_over_pattern")[
+                    "bytes_ratio_target_grad_over_pattern"],
+                "time: scripts/gates.py dqn, seed 0, 10k env steps each; bytes: "
+                "scripts/bench.py dqn")
+
+
 QUICK = ["steps=600", "learning_starts=200", "eval_every=300", "eval_episodes=2", "hidden=32"]
 EXAMPLE = Example(
     name="dqn",
@@ -312,17 +336,22 @@ EXAMPLE = Example(
             "bootstrap from the online network (still under no_grad)",
             "the regression target moves with every update; learning is slower and less stable",
             ("update_no_target",),
+            no_check=("bootstraps from the online net under no_grad: the target is a "
+                      "constant and nothing frozen moves; which net it came from is a choice, "
+                      "not a graph (the learning gate measures the cost)"),
         ),
         "target_grad": Mistake(
             "TD target computed with grad enabled through a target copy that requires grad",
             "target params accumulate .grad; more bytes saved for backward per update",
             ("make_target_with_grad", "update_target_grad"),
+            caught="no_grad_reaches: a backward wrote a grad into target",
         ),
         "no_target+target_grad": Mistake(
             "both: bootstrap from the online net with grad enabled",
             "the residual gradient: grad flows through both sides of the TD error, and each update "
             "saves about 3x the bytes for backward (measured)",
             ("update_no_target_target_grad",),
+            caught="constant: td_target (grad_fn=",
         ),
     },
     budgets={"full": {"none": ["stop_when_solved=false", "steps=30000"],
@@ -337,6 +366,22 @@ EXAMPLE = Example(
            "batch_size=32", "probe_every=10"),
     report=("eval_return_mean", "first_solved_step", "env_steps", "target_grad_seen",
             "env_steps_per_sec"),
+    order=1,
+    groups={"env": "acrobot, cartpole"},
+    gate=Gate(
+        "CartPole-v1 solved (greedy eval mean >= 475) within 50k env steps on seeds 0-4, each run "
+        "under 90 s; beside it, the pattern and target_grad for 10k env steps on seed 0 (time)",
+        runs={"none": Runs(seeds=(0, 1, 2, 3, 4)),
+              "none 10k": Runs(seeds=(0,), overrides=("stop_when_solved=false", "steps=10000")),
+              "target_grad 10k": Runs("target_grad", (0,), ("stop_when_solved=false",
+                                                            "steps=10000"))},
+        keys=("first_solved_step", "eval_return_mean", "env_steps_per_sec", "wall_seconds"),
+        passes=lambda runs: all(r["first_solved_step"] is not None
+                                and r["first_solved_step"] <= 50_000 and r["wall_seconds"] < 90
+                                for r in runs["none"])),
+    readme_row=readme_row,
+    hero_panel=hero_panel,
+    mistake_cost=mistake_cost,
 )
 
 

@@ -50,7 +50,7 @@ from gallery.core.config import (
 )
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe, graph_stats
-from gallery.core.registry import Example, Mistake
+from gallery.core.registry import Cost, Example, Gate, Mistake, Panel, Runs, avg
 from gallery.core.setup import prepare
 from gallery.data import images
 from gallery.nets import evaluating, sync_target
@@ -257,6 +257,36 @@ def tour_figure(runs: dict, fig) -> None:
         draw_curves(ax, runs[mistake]["curve"], "pattern" if mistake == "none" else mistake)
 
 
+# --- what the README, the hero figure, the gates and the check table read ---
+
+def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
+    runs = gate["runs"]
+    slower = (avg(runs["none 300 steps"], "steps_per_sec")
+              / avg(runs["ema_with_grad"], "steps_per_sec"))
+    return (f"EMA accuracy {avg(runs['none'], 'ema_accuracy'):.1%} (student "
+            f"{avg(runs['none'], 'student_accuracy'):.1%}), 10 labels per class",
+            f"skip_buffers: EMA accuracy {avg(runs['skip_buffers'], 'ema_accuracy'):.1%}; "
+            f"ema_with_grad: {slower:.0f}x slower by step 300")
+
+
+def hero_panel(gate: dict, bench: dict) -> Panel:
+    runs = gate["runs"]
+    return Panel("EMA held-out accuracy", avg(runs["none"], "ema_accuracy"),
+                 avg(runs["skip_buffers"], "ema_accuracy"), "skip_buffers")
+
+
+def mistake_cost(gate: dict, bench: dict) -> Cost:
+    runs = gate["runs"]
+    return Cost("ema_with_grad", avg(runs["none 300 steps"], "steps_per_sec")
+                / avg(runs["ema_with_grad"], "steps_per_sec"),
+                avg(runs["ema_with_grad"], "step_saved_bytes")
+                / avg(runs["none 300 steps"], "step_saved_bytes"),
+                "scripts/gates.py ema, seeds 0-2, 300 steps each")
+
+
+SHORT = ("steps=300", "eval_every=100")
+
+
 QUICK = ["steps=300", "eval_every=150", "ramp=100"]
 EXAMPLE = Example(
     name="ema",
@@ -269,18 +299,21 @@ EXAMPLE = Example(
             "the teacher normalises with the BatchNorm statistics it was born with: its accuracy "
             "falls far below the pattern's",
             ("sync_target_skip_buffers",),
+            caught="updated: the block left teacher (2.num_batches_tracked (buffer)",
         ),
         "ema_with_grad": Mistake(
             "the EMA update written outside no_grad",
             "every update adds a node per parameter to a graph nothing frees: the teacher's graph "
             "grows with every step",
             ("sync_target_with_grad",),
+            caught="constant: teacher_weights[0] (grad_fn=",
         ),
         "teacher_requires_grad": Mistake(
             "the EMA copy made without requires_grad_(False)",
             "the consistency loss backpropagates into the teacher: .grad written there every "
             "step, and more bytes held for backward",
             ("make_ema_requires_grad",),
+            caught="no_grad_reaches: a backward wrote a grad into teacher",
         ),
     },
     budgets={"full": {m: [] for m in BY_MISTAKE},
@@ -292,6 +325,34 @@ EXAMPLE = Example(
     smoke=("steps=20", "eval_every=10", "log_every=10", "ramp=10"),
     report=("ema_accuracy", "student_accuracy", "teacher_graph_nodes", "teacher_has_grad",
             "step_saved_bytes", "steps_per_sec"),
+    order=9,
+    groups={"data": "cifar10, digits, imagefolder"},
+    gate=Gate(
+        "digits with 10 labels per class, the default config, seeds 0-2: the EMA teacher's "
+        "held-out accuracy is at least the student's less 2 points (7 of 359 images) on every "
+        "seed; skip_buffers' EMA is at least 30 points below the pattern's; "
+        "teacher_requires_grad writes .grad into the teacher and holds more bytes per step; "
+        "ema_with_grad (300 steps: it slows as it goes) ends with a graph on the teacher",
+        runs={"none": Runs(), "skip_buffers": Runs("skip_buffers"),
+              "teacher_requires_grad": Runs("teacher_requires_grad"),
+              "ema_with_grad": Runs("ema_with_grad", overrides=SHORT),
+              "none 300 steps": Runs(overrides=SHORT)},
+        keys=("ema_accuracy", "student_accuracy", "teacher_graph_nodes", "teacher_has_grad",
+              "step_saved_bytes", "steps_per_sec", "wall_seconds"),
+        passes=lambda runs: all(r["ema_accuracy"] >= r["student_accuracy"] - 0.02
+                                for r in runs["none"])
+        and all(m["ema_accuracy"] <= p["ema_accuracy"] - 0.3
+                for p, m in zip(runs["none"], runs["skip_buffers"]))
+        and all(m["teacher_has_grad"] and m["step_saved_bytes"] > p["step_saved_bytes"]
+                for p, m in zip(runs["none"], runs["teacher_requires_grad"]))
+        and all(r["teacher_graph_nodes"] > 0 for r in runs["ema_with_grad"])
+        and all(r["teacher_graph_nodes"] == 0 and not r["teacher_has_grad"]
+                for r in runs["none"]),
+        figure_runs=("none", "skip_buffers"),
+        figure_title="ema on digits (10 labels per class), seed 0"),
+    readme_row=readme_row,
+    hero_panel=hero_panel,
+    mistake_cost=mistake_cost,
 )
 
 

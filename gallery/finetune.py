@@ -60,7 +60,7 @@ from gallery.core.device import amp_forward, compile_modules
 from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe, state_hash
-from gallery.core.registry import Example, Mistake
+from gallery.core.registry import Cost, Example, Gate, Mistake, Panel, Runs, span
 from gallery.core.seeding import seed_everything
 from gallery.core.setup import prepare
 from gallery.data import images
@@ -384,6 +384,32 @@ def tour_figure(runs: dict, fig) -> None:
         ax.tick_params(axis="x", labelsize=8)
 
 
+# --- what the README, the hero figure, the gates and the check table read ---
+
+def _digits(bench: dict) -> dict:
+    return next(r for r in bench["finetune"] if r["setup"].startswith("digits_cnn"))
+
+
+def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
+    digits = _digits(bench)
+    return (f"val acc {span([r['val_acc'] for r in gate['runs']['none']], '{:.3f}')}, backbone "
+            "hash unchanged",
+            f"no_freeze: {1 / digits['time_ratio_frozen_over_full']:.1f}x the time, "
+            f"{1 / digits['bytes_ratio_frozen_over_full']:.0f}x the bytes saved for backward")
+
+
+def hero_panel(gate: dict, bench: dict) -> Panel:
+    digits = _digits(bench)
+    return Panel("bytes saved for backward", digits["frozen_saved_bytes"],
+                 digits["full_saved_bytes"], "no_freeze")
+
+
+def mistake_cost(gate: dict, bench: dict) -> Cost:
+    digits = _digits(bench)
+    return Cost("no_freeze", 1 / digits["time_ratio_frozen_over_full"],
+                1 / digits["bytes_ratio_frozen_over_full"], "scripts/bench.py finetune (digits)")
+
+
 QUICK = ["steps=20", "eval_every=10", "log_every=10", "backbone.pretrain_steps=40"]
 CHECKPOINTING = ["checkpoint=true", "unfreeze_last=2"]  # the last conv block and the pooling train
 EXAMPLE = Example(
@@ -398,17 +424,21 @@ EXAMPLE = Example(
             "more time and bytes saved for backward per step; the pretraining task is no longer "
             "preserved",
             ("FrozenBackboneClassifierNoFreeze",),
+            caught="unchanged: the block changed frozen_blocks",
         ),
         "bn_train": Mistake(
             "params frozen but the backbone left in train mode",
             "BatchNorm running stats drift: the 'frozen' backbone's state hash changes",
             ("FrozenBackboneClassifierBnTrain",),
+            caught="unchanged: the block changed frozen_blocks (0.1.num_batches_tracked",
         ),
         "checkpoint_reentrant": Mistake(
             "gradient checkpointing with use_reentrant=True on blocks whose input needs no grad",
             "the checkpointed blocks silently get no gradient: their params never change (torch "
             "only warns)",
             ("CheckpointedReentrant",),
+            caught=("gets_grad: no backward inside the block wrote a non-zero "
+                    "grad into trainable_blocks"),
         ),
     },
     budgets={"full": {**{m: [] for m in BY_MISTAKE}, "checkpoint_reentrant": CHECKPOINTING},
@@ -423,6 +453,19 @@ EXAMPLE = Example(
     report=("val_acc", "old_task_acc", "backbone_unchanged", "frozen_state_drift",
             "unfrozen_blocks_changed", "trainable_params", "frozen_params", "sec_per_step",
             "saved_bytes_per_step", "checkpoint", "stage"),
+    order=4,
+    groups={"backbone": "digits_cnn, resnet18", "data": "cifar10, digits, imagefolder"},
+    gate=Gate(
+        "digits, a backbone pretrained on classes 0-4 and a new head on 5-9: val acc >= 0.95 with "
+        "the backbone hash unchanged on seeds 0-2; seed 0 pretrains the backbone first, in under "
+        "60 s all told",
+        runs={"none": Runs(overrides=("backbone.checkpoint_dir={tmp}/digits_cnn",))},
+        keys=("val_acc", "backbone_unchanged", "wall_seconds"),
+        passes=lambda runs: all(r["val_acc"] >= 0.95 and r["backbone_unchanged"]
+                                for r in runs["none"]) and runs["none"][0]["wall_seconds"] < 60),
+    readme_row=readme_row,
+    hero_panel=hero_panel,
+    mistake_cost=mistake_cost,
 )
 
 

@@ -46,7 +46,7 @@ from gallery.core.device import amp_forward, compile_modules
 from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop
 from gallery.core.probes import CrossStepProbe
-from gallery.core.registry import Example, Mistake
+from gallery.core.registry import Cost, Example, Gate, Mistake, Panel
 from gallery.core.schedule import SCHEDULES, lr_schedule
 from gallery.core.setup import prepare
 from gallery.data import images
@@ -390,6 +390,27 @@ def tour_figure(runs: dict, fig) -> None:
                      saved["title"])
 
 
+# --- what the README, the hero figure, the gates and the check table read ---
+
+def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
+    ring, shared = gate["ring8"], gate["ring8 mistake"]
+    return (f"ring8: {ring['mean_modes']:g}/8 modes, {ring['mean_high_quality']:.0%} high quality",
+            f"shared zero_grad: {shared['mean_modes']:g}/8 modes, "
+            f"{shared['mean_high_quality']:.0%} high quality")
+
+
+def hero_panel(gate: dict, bench: dict) -> Panel:
+    return Panel("modes of 8 covered (ring8)", gate["ring8"]["mean_modes"],
+                 gate["ring8 mistake"]["mean_modes"], "shared zero_grad")
+
+
+def mistake_cost(gate: dict, bench: dict) -> Cost:
+    row = next(r for r in bench["gan"] if r.get("data") == "digits")
+    return Cost("retain_graph", row["time_ratio_retain_graph_over_pattern"],
+                row["retain_graph_d_step_saved_bytes"] / row["pattern_d_step_saved_bytes"],
+                "scripts/bench.py gan (digits)")
+
+
 QUICK = ["steps=20", "eval_every=20", "log_every=10", "hidden=32", "eval_samples=500"]
 EXAMPLE = Example(
     name="gan",
@@ -401,22 +422,26 @@ EXAMPLE = Example(
             "D trains on `fake` without detach, so D's backward frees G's graph",
             "the G step raises 'Trying to backward through the graph a second time'",
             ("discriminator_step_no_detach", "gan_step_no_detach"),
+            caught="no_grad_reaches: a backward before Adam.step() wrote a grad into generator",
         ),
         "retain_graph": Mistake(
             "no detach, patched with d_loss.backward(retain_graph=True); G's step clears G's grads",
             "correct, but a wasted backward through G every D step and a graph kept alive",
             ("discriminator_step_retain_graph", "gan_step_retain_graph"),
+            caught="no_grad_reaches: a backward before Adam.step() wrote a grad into generator",
         ),
         "retain_graph_shared_zero_grad": Mistake(
             "retain_graph with one zero_grad for G at the top of the iteration",
             "G's update carries D's loss gradient too; fewer modes / fewer good samples",
             ("generator_step_shared_zero_grad", "gan_step_retain_graph_shared_zero_grad"),
+            caught="no_grad_reaches: a backward before Adam.step() wrote a grad into generator",
         ),
         "reuse_d_output": Mistake(
             "the G loss reuses the D-step output after opt_d.step()",
             "'modified by an inplace operation' at the G step's backward",
             ("discriminator_step_reuse_d_output", "generator_step_reuse_d_output",
              "gan_step_reuse_d_output"),
+            caught="no_grad_reaches: a backward before Adam.step() wrote a grad into generator",
         ),
         "penalty_no_create_graph": Mistake(
             "the R1 penalty's autograd.grad taken without create_graph=True (retain_graph only)",
@@ -424,6 +449,7 @@ EXAMPLE = Example(
             "does nothing",
             ("d_loss_fn_penalty_no_create_graph", "discriminator_step_penalty_no_create_graph",
              "gan_step_penalty_no_create_graph"),
+            caught="has_graph: r1_grad[0][0] carries no graph",
         ),
     },
     budgets={"full": {"none": [], "retain_graph": [], "retain_graph_shared_zero_grad": [],
@@ -440,6 +466,20 @@ EXAMPLE = Example(
             f"rings of up to {MEASURED_MODES['ring']} modes and grids of up to "
             f"{MEASURED_MODES['grid']} (scripts/gates.py gan_sizes). Past that a run warns once."),
     report=("modes_covered", "high_quality_frac", "g_grad_norm_after_d_step", "sec_per_step"),
+    order=0,
+    groups={"data": "cifar10, digits, fake, fashion_mnist, grid25, imagefolder, mixture, mnist, "
+                    "ring8"},
+    gate=Gate("one config: ring8 8/8 modes and grid25 >= 24 of 25 on average, both at >= 0.85 high "
+              "quality; mixtures of 12 and 16 modes on a ring covered alike (>= 96% of their modes "
+              "on average); each mixture's runs on average at most 5% slower than the old ring8 "
+              "default beside it (Hydra sweeps, two jobs at once)", measure="gan_gates:mixtures"),
+    more_gates={"sizes": Gate("rings of 8-24 modes and grids of 25-49 at PacGAN's std-to-spacing "
+                              "ratio, seeds 0-1: each >= 90% of its modes and >= 0.8 high quality "
+                              "on average, in at most 3x ring8's wall time",
+                              measure="gan_gates:sizes")},
+    readme_row=readme_row,
+    hero_panel=hero_panel,
+    mistake_cost=mistake_cost,
 )
 
 

@@ -47,7 +47,7 @@ from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop, rl_results
 from gallery.core.plots import draw_learning_curve
 from gallery.core.probes import Probe, graph_saved_bytes
-from gallery.core.registry import Example, Mistake
+from gallery.core.registry import Cost, Example, Gate, Mistake, Panel, Runs, avg, bench_row, span
 from gallery.core.setup import prepare
 from gallery.data.envs import (
     EnvConfig,
@@ -373,6 +373,37 @@ def tour_figure(runs: dict, fig) -> None:
                                 "pattern" if mistake == "none" else f"mistake={mistake}")
 
 
+# --- what the README, the hero figure, the gates and the check table read ---
+
+def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
+    runs = gate["runs"]
+    solved = [r["first_solved_step"] for r in runs["none"] if r["first_solved_step"] is not None]
+    return (f"CartPole solved by {span(solved)} env steps, value bias "
+            f"{avg(runs['none time_limit=100'], 'value_bias'):+.1f}",
+            f"truncation_as_terminal: value bias "
+            f"{avg(runs['truncation_as_terminal time_limit=100'], 'value_bias'):+.1f}")
+
+
+def hero_panel(gate: dict, bench: dict) -> Panel:
+    runs = gate["runs"]
+    return Panel("value bias, 100-step time limit", avg(runs["none time_limit=100"], "value_bias"),
+                 avg(runs["truncation_as_terminal time_limit=100"], "value_bias"),
+                 "truncation_as_terminal")
+
+
+def mistake_cost(gate: dict, bench: dict) -> Cost:
+    runs, row = gate["runs"], bench_row(bench, "ppo", "none: saved_bytes_per_update")
+    return Cost("advantage_grad", avg(runs["none"], "env_steps_per_sec")
+                / avg(runs["advantage_grad"], "env_steps_per_sec"),
+                row["advantage_grad: saved_bytes_per_update"] / row["none: saved_bytes_per_update"],
+                "time: scripts/gates.py ppo, seeds 0-4, 100k env steps each; bytes: "
+                "scripts/bench.py ppo")
+
+
+FULL_RUN = ("stop_when_solved=false", "eval_every=5000")
+TIME_LIMIT_100 = ("env.max_episode_steps=100", "stop_when_solved=false", "steps=30000")
+
+
 QUICK = ["steps=2048", "eval_every=1024", "eval_episodes=2", "value_check_episodes=1", "epochs=2"]
 TRUNCATED = ["env.max_episode_steps=100", "stop_when_solved=false", "steps=30000"]
 EXAMPLE = Example(
@@ -386,18 +417,22 @@ EXAMPLE = Example(
             "bytes held for backward grow with every rollout step; the second backward over the "
             "rollout raises 'Trying to backward through the graph a second time'",
             ("rollout_grad",),
+            caught="constant: logprobs (grad_fn=",
         ),
         "advantage_grad": Mistake(
             "advantages recomputed from the critic with grad (returns - V(s))",
             "the policy loss reaches the critic's parameters: the policy objective pushes the "
             "value function",
             ("ppo_update_advantage_grad",),
+            caught="constant: advantages[0] (grad_fn=",
         ),
         "truncation_as_terminal": Mistake(
             "a time-limit truncation treated as a terminal state (no bootstrap)",
             "the critic underestimates values against Monte-Carlo returns (measured with a "
             "100-step limit)",
             ("rollout_truncation_as_terminal",),
+            no_check=("a wrong value in a constant (no bootstrap at a time "
+                      "limit), not a graph: the value-bias measure in the tests catches it"),
         ),
     },
     budgets={"full": {**{m: [] for m in BY_MISTAKE}, "truncation_as_terminal": TRUNCATED},
@@ -408,6 +443,28 @@ EXAMPLE = Example(
     smoke=("steps=512", "eval_every=512", "eval_episodes=1", "value_check_episodes=1", "epochs=1"),
     report=("eval_return_mean", "first_solved_step", "env_steps", "value_bias",
             "rollout_saved_bytes", "env_steps_per_sec"),
+    order=2,
+    groups={"env": "acrobot, cartpole"},
+    gate=Gate(
+        "CartPole-v1 solved (greedy eval mean >= 475) by 100k env steps on seeds 0-4, each run "
+        "under 2 minutes; beside it, advantage_grad on the same seeds, and the critic's bias "
+        "against Monte-Carlo returns under a 100-step time limit, the pattern against "
+        "truncation_as_terminal (seeds 0-2)",
+        runs={"none": Runs(seeds=(0, 1, 2, 3, 4), overrides=FULL_RUN),
+              "advantage_grad": Runs("advantage_grad", (0, 1, 2, 3, 4), FULL_RUN),
+              "none time_limit=100": Runs(overrides=TIME_LIMIT_100),
+              "truncation_as_terminal time_limit=100": Runs("truncation_as_terminal",
+                                                            overrides=TIME_LIMIT_100)},
+        keys=("first_solved_step", "eval_return_mean", "value_bias", "value_abs_error",
+              "env_steps_per_sec", "wall_seconds"),
+        passes=lambda runs: all(r["first_solved_step"] is not None
+                                and r["first_solved_step"] <= 100_000 and r["wall_seconds"] < 120
+                                for r in runs["none"]),
+        figure_runs=("none", "advantage_grad"),
+        figure_title="ppo on CartPole-v1, default config, seed 0 (greedy eval, 10 episodes)"),
+    readme_row=readme_row,
+    hero_panel=hero_panel,
+    mistake_cost=mistake_cost,
 )
 
 

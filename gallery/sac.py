@@ -47,7 +47,7 @@ from gallery.core.errors import ConfigError
 from gallery.core.loop import Counters, Loop, rl_results
 from gallery.core.plots import draw_learning_curve
 from gallery.core.probes import Probe, grads_absent
-from gallery.core.registry import Example, Mistake
+from gallery.core.registry import Cost, Example, Gate, Mistake, Panel, Runs, avg, bench_row
 from gallery.core.setup import prepare
 from gallery.data.envs import (
     EnvConfig,
@@ -360,6 +360,30 @@ def tour_figure(runs: dict, fig) -> None:
     alphas.legend(fontsize=8)
 
 
+# --- what the README, the hero figure, the gates and the check table read ---
+
+def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
+    runs, row = gate["runs"], bench_row(bench, "sac", "target_grad_over_pattern")
+    return (f"Pendulum eval return {avg(runs['none'], 'eval_return_mean'):.0f} (mean of seeds)",
+            f"alpha_no_detach: {avg(runs['alpha_no_detach'], 'eval_return_mean'):.0f}; "
+            f"target_grad: {row['target_grad_over_pattern']:.2f}x the bytes per update")
+
+
+def hero_panel(gate: dict, bench: dict) -> Panel:
+    runs = gate["runs"]
+    return Panel("eval return", avg(runs["none"], "eval_return_mean"),
+                 avg(runs["alpha_no_detach"], "eval_return_mean"), "alpha_no_detach")
+
+
+def mistake_cost(gate: dict, bench: dict) -> Cost:
+    runs = gate["runs"]
+    return Cost("target_grad", runs["none"][0]["env_steps_per_sec"]
+                / runs["target_grad"][0]["env_steps_per_sec"],
+                bench_row(bench, "sac", "target_grad_over_pattern")["target_grad_over_pattern"],
+                "time: scripts/gates.py sac, seed 0, 20k env steps each; bytes: "
+                "scripts/bench.py sac")
+
+
 QUICK = ["steps=600", "learning_starts=200", "eval_every=300", "eval_episodes=1", "hidden=32",
          "batch_size=32", "probe_every=50"]
 EXAMPLE = Example(
@@ -374,17 +398,22 @@ EXAMPLE = Example(
             "target critics and the actor get .grad from the critic loss; more bytes saved for "
             "backward per update",
             ("make_targets_with_grad", "critic_step_target_grad"),
+            caught="no_grad_reaches: a backward wrote a grad into target_critics",
         ),
         "actor_updates_critic": Mistake(
             "one optimizer over actor and critics, and the critics left requiring grad in the "
             "actor step",
             "the actor's loss, which maximises Q, also moves the critics",
             ("make_optimizers_shared", "actor_alpha_step_updates_critic"),
+            caught="no_grad_reaches: a backward wrote a grad into critics",
         ),
         "alpha_no_detach": Mistake(
             "the temperature loss without log_prob.detach()",
             "its gradient reaches the actor, pushing the policy's entropy the wrong way",
             ("actor_alpha_step_alpha_no_detach",),
+            no_check=("the temperature loss shares one backward with the actor "
+                      "loss, so from outside the step the actor's grad cannot be split by loss; "
+                      "check it where that loss is built: constant(logp=...)"),
         ),
     },
     budgets={"full": {m: [] for m in BY_MISTAKE}, "quick": {m: QUICK for m in BY_MISTAKE}},
@@ -395,6 +424,25 @@ EXAMPLE = Example(
     smoke=("steps=300", "learning_starts=100", "eval_every=300", "eval_episodes=1", "hidden=16",
            "batch_size=32", "probe_every=10"),
     report=("eval_return_mean", "env_steps", "alpha", "target_grad_seen", "env_steps_per_sec"),
+    order=3,
+    groups={"env": "pendulum"},
+    gate=Gate(
+        "Pendulum-v1: mean eval return >= -200 at 20k env steps on seeds 0-2, each run under 5 "
+        "minutes; beside it, each mistake on seed 0",
+        runs={"none": Runs(), "target_grad": Runs("target_grad", (0,)),
+              "actor_updates_critic": Runs("actor_updates_critic", (0,)),
+              "alpha_no_detach": Runs("alpha_no_detach", (0,))},
+        keys=("eval_return_mean", "alpha", "target_grad_seen", "saved_bytes_per_update",
+              "env_steps_per_sec", "wall_seconds"),
+        derive=lambda s: {"final_entropy": s["evals"][-1]["entropy"]},
+        passes=lambda runs: all(r["eval_return_mean"] >= -200 and r["wall_seconds"] < 300
+                                for r in runs["none"]),
+        figure_runs=("none", "target_grad", "actor_updates_critic", "alpha_no_detach"),
+        figure_title="sac on Pendulum-v1, default config, seed 0 (deterministic eval, 5 "
+                     "episodes)"),
+    readme_row=readme_row,
+    hero_panel=hero_panel,
+    mistake_cost=mistake_cost,
 )
 
 

@@ -44,7 +44,7 @@ from gallery.core.device import amp_forward, compile_modules
 from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe, reached_parameters
-from gallery.core.registry import Example, Mistake
+from gallery.core.registry import Cost, Example, Gate, Mistake, Panel, Runs, avg
 from gallery.core.schedule import lr_schedule
 from gallery.core.setup import prepare
 from gallery.data import images
@@ -305,6 +305,32 @@ def tour_figure(runs: dict, fig) -> None:
         axes[2].legend(fontsize=8)
 
 
+# --- what the README, the hero figure, the gates and the check table read ---
+
+def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
+    runs = gate["runs"]
+    return (f"output std {avg(runs['none'], 'output_std_sqrt_d'):.2f}/sqrt(d), "
+            f"kNN {avg(runs['none'], 'knn_acc'):.3f}",
+            f"no_stop_grad: std {avg(runs['no_stop_grad'], 'output_std_sqrt_d'):.2f}/sqrt(d), "
+            f"kNN {avg(runs['no_stop_grad'], 'knn_acc'):.3f}: collapsed")
+
+
+def hero_panel(gate: dict, bench: dict) -> Panel:
+    runs = gate["runs"]
+    return Panel("output std x sqrt(d)", avg(runs["none"], "output_std_sqrt_d"),
+                 avg(runs["no_stop_grad"], "output_std_sqrt_d"), "no_stop_grad")
+
+
+def mistake_cost(gate: dict, bench: dict) -> Cost:
+    runs = gate["runs"]
+    return Cost("no_stop_grad", avg(runs["no_stop_grad"], "wall_seconds")
+                / avg(runs["none"], "wall_seconds"), None,
+                "time: scripts/gates.py simsiam, seeds 0-2, the same steps each")
+
+
+PROJECTOR_BN = ("projector_bn=true",)
+
+
 QUICK = ["steps=30", "eval_every=10", "log_every=10"]
 EXAMPLE = Example(
     name="simsiam",
@@ -317,12 +343,15 @@ EXAMPLE = Example(
             "collapse: the loss reaches -1 while the output std falls to about 0 and kNN accuracy "
             "drops",
             ("simsiam_loss_no_stop_grad",),
+            caught="constant: targets[0] (grad_fn=",
         ),
         "no_predictor": Mistake(
             "stop-gradient kept, predictor removed (p = z)",
             "collapse, as the paper reports: output std about 0 and kNN below the random encoder's "
             "(measured)",
             ("simsiam_loss_no_predictor",),
+            caught=("gets_grad: no backward inside the block wrote a non-zero grad "
+                    "into predictor"),
         ),
     },
     budgets={"full": {m: [] for m in BY_MISTAKE}, "quick": {m: QUICK for m in BY_MISTAKE}},
@@ -336,6 +365,31 @@ EXAMPLE = Example(
     smoke=("steps=4", "eval_every=2", "log_every=2", "batch_size=32"),
     report=("loss", "output_std_sqrt_d", "knn_acc", "knn_random_encoder", "knn_raw_pixels",
             "target_branch_grad_share", "sec_per_step"),
+    order=6,
+    groups={"data": "cifar10, digits, imagefolder"},
+    gate=Gate(
+        "digits, the default config, seeds 0-2: the pattern keeps its output spread (std >= "
+        "0.5/sqrt(d)) and beats the random encoder's kNN accuracy by >= 0.02; no_stop_grad "
+        "collapses (std <= 0.1/sqrt(d)) in the same steps; no_predictor is measured and reported, "
+        "whatever it does; each run under 2 minutes. Beside it, seed 0 with the paper's BatchNorm "
+        "on the projector output",
+        runs={"none": Runs(), "no_stop_grad": Runs("no_stop_grad"),
+              "no_predictor": Runs("no_predictor"),
+              "none projector_bn=true": Runs(seeds=(0,), overrides=PROJECTOR_BN),
+              "no_stop_grad projector_bn=true": Runs("no_stop_grad", (0,), PROJECTOR_BN)},
+        keys=("loss", "output_std_sqrt_d", "knn_acc", "knn_random_encoder", "knn_raw_pixels",
+              "target_branch_grad_share", "wall_seconds"),
+        passes=lambda runs: all(r["output_std_sqrt_d"] >= 0.5
+                                and r["knn_acc"] >= r["knn_random_encoder"] + 0.02
+                                for r in runs["none"])
+        and all(r["output_std_sqrt_d"] <= 0.1 for r in runs["no_stop_grad"])
+        and max(r["wall_seconds"] for rows in runs.values() for r in rows) < 120,
+        figure_runs=("none", "no_stop_grad", "no_predictor"),
+        figure_title="simsiam on digits, default config, seed 0",
+        figure_file="simsiam_collapse.png"),
+    readme_row=readme_row,
+    hero_panel=hero_panel,
+    mistake_cost=mistake_cost,
 )
 
 

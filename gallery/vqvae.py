@@ -46,7 +46,7 @@ from gallery.core.config import (
 from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe, state_hash
-from gallery.core.registry import Example, Mistake
+from gallery.core.registry import Cost, Example, Gate, Mistake, Panel, Runs, avg
 from gallery.core.setup import prepare
 from gallery.data import images
 from gallery.nets import evaluating
@@ -291,6 +291,30 @@ def tour_figure(runs: dict, fig) -> None:
         draw_curves(axes, runs[mistake]["curve"], "pattern" if mistake == "none" else mistake)
 
 
+# --- what the README, the hero figure, the gates and the check table read ---
+
+def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
+    runs = gate["runs"]
+    return (f"held-out MSE {avg(runs['none'], 'recon_mse'):.3f}, perplexity "
+            f"{avg(runs['none'], 'perplexity'):.0f} of 32",
+            f"no_straight_through: MSE {avg(runs['no_straight_through'], 'recon_mse'):.3f}, "
+            f"perplexity {avg(runs['no_straight_through'], 'perplexity'):.0f}; "
+            "codebook_on_st: codebook never moves")
+
+
+def hero_panel(gate: dict, bench: dict) -> Panel:
+    runs = gate["runs"]
+    return Panel("held-out reconstruction MSE", avg(runs["none"], "recon_mse"),
+                 avg(runs["no_straight_through"], "recon_mse"), "no_straight_through")
+
+
+def mistake_cost(gate: dict, bench: dict) -> Cost:
+    runs = gate["runs"]
+    return Cost("no_straight_through", avg(runs["none"], "steps_per_sec")
+                / avg(runs["no_straight_through"], "steps_per_sec"), None,
+                "time: scripts/gates.py vqvae, seeds 0-2, the same steps each")
+
+
 QUICK = ["steps=60", "eval_every=30", "log_every=30"]
 EXAMPLE = Example(
     name="vqvae",
@@ -303,12 +327,16 @@ EXAMPLE = Example(
             "the codebook gets no gradient and ends bit-for-bit as it started, while the "
             "reconstruction loss still falls",
             ("quantize_codebook_on_st",),
+            caught=("gets_grad: no backward inside the block wrote a non-zero grad "
+                    "into codebook"),
         ),
         "no_straight_through": Mistake(
             "the decoder reads the snapped codes e, with no straight-through line",
             "the encoder learns only from the commitment term; the codes collapse to one and "
             "reconstruction is far worse at the same budget (measured)",
             ("quantize_no_straight_through",),
+            caught=("gets_grad: no backward inside the block wrote a non-zero "
+                    "grad into encoder"),
         ),
     },
     budgets={"full": {m: [] for m in BY_MISTAKE}, "quick": {m: QUICK for m in BY_MISTAKE}},
@@ -318,6 +346,28 @@ EXAMPLE = Example(
     check=lambda s: None if not s["codebook_unchanged"] else "the codebook never moved",
     smoke=("steps=6", "eval_every=3", "log_every=3", "batch_size=32"),
     report=("recon_mse", "perplexity", "codes_used", "codebook_unchanged", "steps_per_sec"),
+    order=7,
+    groups={"data": "cifar10, digits, fashion_mnist, imagefolder, mnist"},
+    gate=Gate(
+        "digits, the default config, seeds 0-2: the pattern's held-out reconstruction MSE is at "
+        "least 30% below no_straight_through's on the same seed and uses at least half of the K "
+        "codes; codebook_on_st ends with its codebook bit for bit as it started, while its "
+        "reconstruction still falls; each run under 2 minutes",
+        runs={"none": Runs(), "no_straight_through": Runs("no_straight_through"),
+              "codebook_on_st": Runs("codebook_on_st")},
+        keys=("recon_mse", "recon_mse_at_start", "perplexity", "codes_used", "codebook_unchanged",
+              "steps_per_sec", "wall_seconds"),
+        passes=lambda runs: all(p["recon_mse"] <= 0.7 * m["recon_mse"]
+                                for p, m in zip(runs["none"], runs["no_straight_through"]))
+        and all(p["codes_used"] >= 0.5 for p in runs["none"])
+        and all(r["codebook_unchanged"] and r["recon_mse"] < r["recon_mse_at_start"]
+                for r in runs["codebook_on_st"])
+        and max(r["wall_seconds"] for rows in runs.values() for r in rows) < 120,
+        figure_runs=("none", "no_straight_through", "codebook_on_st"),
+        figure_title="vqvae on digits, default config, seed 0"),
+    readme_row=readme_row,
+    hero_panel=hero_panel,
+    mistake_cost=mistake_cost,
 )
 
 

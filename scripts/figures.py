@@ -44,69 +44,49 @@ def readme_with_table() -> str:
     return before + tables.gallery_table() + after
 
 
+def readable(value: float, is_bytes: bool) -> str:
+    """A figure's value as a reader says it: bytes in kB, MB or GB; other values to 3 figures."""
+    if is_bytes:
+        for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+            if abs(value) >= size:
+                return f"{value / size:.3g} {unit}"
+        return f"{value:.0f} B"
+    return f"{value:,.3g}"
+
+
 def hero(path: Path) -> None:
-    """One panel per example: the pattern's measured result next to its mistake's, from the JSON
-    files."""
-    from statistics import mean
+    """One panel per example, in a grid that reads at 900 px: the metric its `EXAMPLE.hero_panel`
+    names, the pattern's measured value against its mistake's, from the JSON files."""
+    import math
 
     import tables
 
     from gallery.core import plots
 
-    gates, bench = tables.load("gates.json"), tables.load("bench.json")
-    ss, ppo, sac = gates["simsiam"]["runs"], gates["ppo"]["runs"], gates["sac"]["runs"]
-    digits = next(r for r in bench["finetune"] if r["setup"].startswith("digits_cnn"))
-    panels = {
-        "gan: modes of 8 covered": (gates["gan"]["ring8"]["mean_modes"],
-                                    gates["gan"]["ring8 mistake"]["mean_modes"],
-                                    "shared zero_grad"),
-        "dqn: bytes saved per update": (
-            next(r for r in bench["dqn"] if "bytes_ratio_target_grad_over_pattern" in r)[
-                "pattern_saved_bytes_per_update"],
-            next(r for r in bench["dqn"] if "bytes_ratio_target_grad_over_pattern" in r)[
-                "target_grad_saved_bytes_per_update"], "target_grad"),
-        "ppo: value bias (100-step limit)": (
-            mean(r["value_bias"] for r in ppo["none time_limit=100"]),
-            mean(r["value_bias"] for r in ppo["truncation_as_terminal time_limit=100"]),
-            "truncation as terminal"),
-        "sac: eval return": (mean(r["eval_return_mean"] for r in sac["none"]),
-                             mean(r["eval_return_mean"] for r in sac["alpha_no_detach"]),
-                             "alpha_no_detach"),
-        "finetune: bytes saved for backward": (digits["frozen_saved_bytes"],
-                                               digits["full_saved_bytes"], "no_freeze"),
-        "tbptt: peak bytes, 16 chunks": (bench["tbptt"][0]["truncated_peak_bytes"],
-                                         bench["tbptt"][0]["untruncated_peak_bytes"],
-                                         "untruncated"),
-        "simsiam: output std x sqrt(d)": (mean(r["output_std_sqrt_d"] for r in ss["none"]),
-                                          mean(r["output_std_sqrt_d"] for r in ss["no_stop_grad"]),
-                                          "no_stop_grad"),
-        "vqvae: held-out reconstruction MSE": (
-            mean(r["recon_mse"] for r in gates["vqvae"]["runs"]["none"]),
-            mean(r["recon_mse"] for r in gates["vqvae"]["runs"]["no_straight_through"]),
-            "no straight-through"),
-        "a2c: eval return at 100k steps": (
-            mean(r["eval_return_mean"] for r in gates["a2c"]["runs"]["none 100k"]),
-            mean(r["eval_return_mean"] for r in gates["a2c"]["runs"]["value_item 100k"]),
-            "value_item"),
-        "ema: EMA held-out accuracy": (
-            mean(r["ema_accuracy"] for r in gates["ema"]["runs"]["none"]),
-            mean(r["ema_accuracy"] for r in gates["ema"]["runs"]["skip_buffers"]),
-            "skip_buffers"),
-    }
-
-    def draw(fig) -> None:
-        for i, (title, (pattern, mistake, label)) in enumerate(panels.items()):
-            ax = fig.add_subplot(1, len(panels), i + 1)
-            names, values = ["pattern"], [pattern]
-            if mistake is not None:
-                names, values = [*names, label], [*values, mistake]
-            ax.bar(range(len(values)), values, color=["tab:green", "tab:red"][: len(values)])
-            ax.set_xticks(range(len(values)), names, rotation=20, fontsize=7)
-            ax.set_title(title, fontsize=8)
-            ax.tick_params(axis="y", labelsize=7)
-
-    fig = plots.pyplot().figure(figsize=(23, 3))
-    draw(fig)
+    panels = tables.hero_panels()
+    columns = 2
+    rows = math.ceil(len(panels) / columns)
+    fig = plots.pyplot().figure(figsize=(9, 1.45 * rows + 0.3))
+    for i, (name, panel) in enumerate(panels.items()):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        values = [panel.pattern, panel.mistake]
+        ax.barh([0, 1], values, color=["tab:green", "tab:red"], height=0.6)
+        ax.set_yticks([0, 1], ["pattern", panel.mistake_label], fontsize=9)
+        ax.invert_yaxis()
+        ax.set_title(f"{name}: {panel.metric}", fontsize=10, loc="left")
+        ax.axvline(0, color="black", lw=0.6)
+        span = max(abs(v) for v in values) or 1.0
+        for y, value in enumerate(values):  # each value written at its bar's end: no axis needed
+            ax.text(value + (0.02 if value >= 0 else -0.02) * span, y,
+                    readable(value, "bytes" in panel.metric), va="center",
+                    ha="left" if value >= 0 else "right", fontsize=9)
+        low, high = min(0, *values), max(0, *values)
+        ax.set_xlim(low - 0.4 * span * (low < 0), high + 0.3 * span * (high > 0))
+        ax.set_xticks([])
+        for side in ("top", "right", "bottom"):
+            ax.spines[side].set_visible(False)
+    fig.suptitle("Each pattern next to its mistake, as measured (docs/gates.json, "
+                 "docs/bench.json)", fontsize=11)
     plots.save(fig, path)
 
 
@@ -146,14 +126,15 @@ def performance_figures(img: Path) -> None:
     width = 0.38
     for i, (key, label) in enumerate((("time", "time per step"),
                                       ("bytes", "bytes held for backward"))):
+        # from 1 (as costly as the pattern) to the ratio, so a mistake that costs less points left
         ax.barh([j + (i - 0.5) * width for j in range(len(costs))],
-                [c[key] or 0 for c in costs], width, label=label)
+                [(c[key] or 1) - 1 for c in costs], width, left=1, label=label)
     ax.set_yticks(range(len(costs)), [f"{c['example']}: {c['mistake']}" for c in costs],
                   fontsize=8)
     ax.set_xscale("log")
     ax.axvline(1.0, color="gray", ls="--", lw=1)
     ax.set(xlabel="the mistake's cost over the pattern's (x, log scale; no bar: not measured)",
-           title="what each mistake costs, measured side by side")
+           title="what each example's costliest mistake costs (sources: the performance page)")
     ax.invert_yaxis()
     ax.legend(fontsize=8)
     plots.save(fig, img / "mistake_costs.png")

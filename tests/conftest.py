@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
@@ -134,3 +136,44 @@ def pretrained_backbone(tmp_path_factory):
     summary = finetune.train(compose("finetune", overrides))
     assert summary["stage"] == "pretrain" and (folder / "last.pt").is_file()
     return folder
+
+
+# --- for each example's check_step (tests/test_<example>.py), the check table's runners ---
+
+@contextlib.contextmanager
+def arguments_of(module, name: str):
+    """Inside the block, every call of `module.name` also records its positional arguments."""
+    real, calls = getattr(module, name), []
+
+    def record(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    setattr(module, name, record)
+    try:
+        yield calls
+    finally:
+        setattr(module, name, real)
+
+@contextlib.contextmanager
+def results_of(namespace, name: str):
+    """Inside the block, every call of `namespace.name` also records what it returned."""
+    real, results = getattr(namespace, name), []
+
+    def record(*args, **kwargs):
+        results.append(real(*args, **kwargs))
+        return results[-1]
+
+    setattr(namespace, name, record)
+    try:
+        yield results
+    finally:
+        setattr(namespace, name, real)
+
+class StubEnvs:
+    """Two CartPole-shaped sub-envs that never end: enough for a rollout's graph."""
+
+    def step(self, actions):
+        n = len(actions)
+        return (np.random.randn(n, 4).astype(np.float32), np.ones(n, np.float32),
+                np.zeros(n, bool), np.zeros(n, bool), {})

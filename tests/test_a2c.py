@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from gallery import a2c
+from gallery.check import constant, gets_grad, no_grad_reaches
 from gallery.core.cli import compose
 from gallery.core.probes import reached_parameters, state_hash
-from tests.conftest import run_here, run_module
+from tests.conftest import StubEnvs, run_here, run_module
 
 
 def _envs(n=2, limit=None, seed=0):
@@ -179,3 +180,22 @@ def test_gpu_smoke(tmp_path):
     s = a2c.train(compose("a2c", ["device=cuda", "steps=512", "eval_every=512", "eval_episodes=1",
                                   "value_check_episodes=1", f"out_dir={tmp_path}"]))
     assert s["device"].startswith("cuda") and s["critic_changed"] is True
+
+
+# --- this example's row of the check table (tests/test_check.py) ---
+
+def check_step(mistake: str) -> None:
+    """This example's step under gallery.check, for the check table in tests/test_check.py: the
+    pattern passes every check; each mistake fails with its `caught` sentence."""
+    torch.manual_seed(0)
+    variant = a2c.BY_MISTAKE[mistake]
+    agent = a2c.Agent(4, 2, 16)
+    batch, obs = variant.rollout(agent, StubEnvs(), torch.randn(2, 4), 4, 0.99)
+    _, returns = variant.gae(batch, agent.value(obs), 0.99, 0.95)
+    constant(returns=returns)  # the critic's target
+    policy_loss, _, _ = variant.losses(batch, returns)
+    with no_grad_reaches(critic=agent.critic):  # the actor's loss alone trains the actor alone
+        policy_loss.backward(retain_graph=True)
+    with gets_grad(critic=agent.critic):  # and the update trains the critic
+        a2c.a2c_update(agent, torch.optim.Adam(agent.parameters()), batch, agent.value(obs),
+                       0.99, 0.95, targets=variant.gae, losses=variant.losses)

@@ -4,20 +4,19 @@ that catches it (or to a stated reason why none can), so a new mistake needs one
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import importlib
 import re
 import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gallery import a2c, check, dqn, ema, finetune, gan, ppo, sac, simsiam, tbptt, vqvae
+from gallery import check
 from gallery.check import (
     bounded_memory,
     constant,
@@ -401,250 +400,53 @@ def test_the_pytest_plugin_loads_by_its_entry_point_in_another_project(tmp_path)
 
 # --- the table: every mistake in the gallery is caught by a public check ----------------------
 
-@contextlib.contextmanager
-def arguments_of(module, name: str):
-    """Inside the block, every call of `module.name` also records its positional arguments."""
-    real, calls = getattr(module, name), []
-
-    def record(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    setattr(module, name, record)
-    try:
-        yield calls
-    finally:
-        setattr(module, name, real)
 
 
-@contextlib.contextmanager
-def results_of(namespace, name: str):
-    """Inside the block, every call of `namespace.name` also records what it returned."""
-    real, results = getattr(namespace, name), []
-
-    def record(*args, **kwargs):
-        results.append(real(*args, **kwargs))
-        return results[-1]
-
-    setattr(namespace, name, record)
-    try:
-        yield results
-    finally:
-        setattr(namespace, name, real)
 
 
-def gan_iteration(mistake: str) -> None:
-    torch.manual_seed(0)
-    g = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
-    d = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 1))
-    opt_g, opt_d = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
-    with results_of(torch.autograd, "grad") as penalty_grads:
-        with no_grad_reaches(generator=g, before=opt_d):  # the D step trains D only
-            gan.BY_MISTAKE[mistake](d, opt_d, opt_g, torch.randn(8, 2), g(torch.randn(8, 4)),
-                                    r1_gamma=1.0)
-    has_graph(r1_grad=penalty_grads)  # the R1 penalty is built on a gradient with a graph
 
 
-def dqn_update(mistake: str) -> None:
-    torch.manual_seed(0)
-    variant = dqn.BY_MISTAKE[mistake]
-    online = dqn.q_network(4, 2, 16)
-    target = variant.make_target(online)
-    disjoint(online=online, target=target)
-    optimizer = torch.optim.Adam(online.parameters(), lr=1e-3)
-    batch = {"obs": torch.randn(8, 4), "next_obs": torch.randn(8, 4),
-             "actions": torch.randint(2, (8,)), "rewards": torch.ones(8),
-             "terminated": torch.zeros(8)}
-    with arguments_of(F, "smooth_l1_loss") as calls, no_grad_reaches(target=target):
-        variant.update(online, target, optimizer, batch)
-    constant(td_target=calls[0][1])
 
 
-class StubEnvs:
-    """Two CartPole-shaped sub-envs that never end: enough for a rollout's graph."""
-
-    def step(self, actions):
-        n = len(actions)
-        return (np.random.randn(n, 4).astype(np.float32), np.ones(n, np.float32),
-                np.zeros(n, bool), np.zeros(n, bool), {})
 
 
-def ppo_iteration(mistake: str) -> None:
-    torch.manual_seed(0)
-    variant = ppo.BY_MISTAKE[mistake]
-    agent = ppo.Agent(4, 2, 16)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
-    batch, obs = variant.rollout(agent, StubEnvs(), torch.randn(2, 4), 4, 0.99)
-    constant(logprobs=batch["logprobs"], values=batch["values"])  # the rollout is data
-    with torch.no_grad():
-        advantages, returns = ppo.gae(batch, agent.value(obs), 0.99, 0.95)
-    with arguments_of(ppo, "ppo_loss") as calls:
-        variant.update(agent, optimizer, batch, advantages, returns, 1, 4, 0.2)
-    constant(advantages=[args[4] for args in calls])
 
 
-def sac_updates(mistake: str) -> None:
-    torch.manual_seed(0)
-    variant = sac.BY_MISTAKE[mistake]
-    actor = sac.Actor(3, 1, 16, np.array([-2.0]), np.array([2.0]))
-    critics = nn.ModuleList([sac.Critic(3, 1, 16) for _ in range(2)])
-    temperature = sac.Temperature()
-    targets = variant.make_targets(critics)
-    disjoint(critics=critics, target_critics=targets)
-    actor_opt, critic_opt, alpha_opt = variant.make_optimizers(actor, critics, temperature, 1e-3)
-    batch = {"obs": torch.randn(8, 3), "next_obs": torch.randn(8, 3), "actions": torch.rand(8, 1),
-             "rewards": torch.randn(8), "terminated": torch.zeros(8)}
-    with no_grad_reaches(target_critics=targets):
-        variant.critic_step(critics, targets, actor, critic_opt, batch, 0.2, 0.99)
-    with no_grad_reaches(critics=critics):
-        variant.actor_step(actor, critics, temperature, actor_opt, alpha_opt, batch["obs"],
-                                 -1.0)
 
 
-def finetune_steps(mistake: str) -> None:
-    torch.manual_seed(0)
-    block = lambda c_in: nn.Sequential(nn.Conv2d(c_in, 4, 3), nn.BatchNorm2d(4), nn.ReLU())  # noqa: E731
-    backbone = nn.Sequential(block(1, ), block(4), nn.Sequential(nn.AdaptiveAvgPool2d(1),
-                                                                  nn.Flatten()))
-    model = finetune.BY_MISTAKE[mistake](backbone, nn.Linear(4, 3), 2)
-    model = finetune.checkpoint_trainable(
-        model, finetune.CHECKPOINTED.get(mistake, finetune.Checkpointed))
-    optimizer = torch.optim.SGD(finetune.param_groups(model, 0.1), lr=0.1)
-    x, y = torch.randn(8, 1, 8, 8), torch.randint(3, (8,))
-    with unchanged(frozen_blocks=model.frozen), gets_grad(trainable_blocks=model.trainable):
-        for _ in range(2):
-            model.train()
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
 
 
-def tbptt_chunks(mistake: str) -> None:
-    torch.manual_seed(0)
-    model = tbptt.CharRNN(10, 4, 8, 1, "lstm")
-    optimizer = torch.optim.Adam(model.parameters())
-    data, state = torch.randint(10, (2, 41)), None
-    for i in range(4):
-        if state is not None:
-            constant(chunk_start_state=state)
-        x, y = data[:, i * 10:(i + 1) * 10], data[:, i * 10 + 1:(i + 1) * 10 + 1]
-        _, state = tbptt.BY_MISTAKE[mistake](model, optimizer, [(x, y)], state)
 
 
-def simsiam_step(mistake: str) -> None:
-    torch.manual_seed(0)
-    encoder = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(),
-                            nn.Linear(8, 4))
-    predictor = simsiam.make_predictor(4, 8)
-    optimizer = torch.optim.SGD([*encoder.parameters(), *predictor.parameters()], lr=0.1)
-    x1, x2 = torch.randn(8, 1, 4, 4), torch.randn(8, 1, 4, 4)
-    with arguments_of(simsiam, "negative_cosine") as calls, gets_grad(predictor=predictor):
-        loss = simsiam.BY_MISTAKE[mistake](encoder, predictor, x1, x2)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    constant(targets=[z for _, z in calls])
 
 
-def vqvae_step(mistake: str) -> None:
-    torch.manual_seed(0)
-    model = vqvae.VQVAE(1, 8, 4, 16, stages=1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    # beta=0: the encoder's only teacher is then the reconstruction, through the straight-through
-    with gets_grad(codebook=model.codebook, encoder=model.encoder):
-        vqvae.vq_step(model, optimizer, torch.randn(16, 1, 8, 8), beta=0.0,
-                      quantize=vqvae.BY_MISTAKE[mistake])
 
 
-def a2c_update(mistake: str) -> None:
-    torch.manual_seed(0)
-    variant = a2c.BY_MISTAKE[mistake]
-    agent = a2c.Agent(4, 2, 16)
-    batch, obs = variant.rollout(agent, StubEnvs(), torch.randn(2, 4), 4, 0.99)
-    _, returns = variant.gae(batch, agent.value(obs), 0.99, 0.95)
-    constant(returns=returns)  # the critic's target
-    policy_loss, _, _ = variant.losses(batch, returns)
-    with no_grad_reaches(critic=agent.critic):  # the actor's loss alone trains the actor alone
-        policy_loss.backward(retain_graph=True)
-    with gets_grad(critic=agent.critic):  # and the update trains the critic
-        a2c.a2c_update(agent, torch.optim.Adam(agent.parameters()), batch, agent.value(obs),
-                       0.99, 0.95, targets=variant.gae, losses=variant.losses)
 
 
-def ema_step(mistake: str) -> None:
-    torch.manual_seed(0)
-    variant = ema.BY_MISTAKE[mistake]
-    student = ema.classifier(16, 8, 3)
-    teacher = variant.make_ema(student)
-    disjoint(student=student, teacher=teacher)
-    optimizer = torch.optim.Adam(student.parameters())
-    x, y = torch.randn(24, 1, 4, 4), torch.randint(3, (8,))
-    with no_grad_reaches(teacher=teacher):
-        ema.mean_teacher_step(student, teacher, optimizer, x[:8], y, x[8:], 1.0,
-                              lambda v: v + 0.1 * torch.randn_like(v))
-    with updated(teacher=teacher):  # weights and BatchNorm statistics both move
-        variant.sync(teacher, student, tau=0.5)
-    constant(teacher_weights=list(teacher.parameters()))
 
 
-RUNNERS = {"a2c": a2c_update, "ema": ema_step, "gan": gan_iteration, "dqn": dqn_update,
-           "ppo": ppo_iteration, "sac": sac_updates, "finetune": finetune_steps,
-           "tbptt": tbptt_chunks, "simsiam": simsiam_step, "vqvae": vqvae_step}
-
-# (example, mistake) -> the sentence its check fails with, or why no check can catch it
-D_STEP_REACHES_G = "no_grad_reaches: a backward before Adam.step() wrote a grad into generator"
-CAUGHT = {
-    ("gan", "no_detach"): D_STEP_REACHES_G,
-    ("gan", "retain_graph"): D_STEP_REACHES_G,
-    ("gan", "retain_graph_shared_zero_grad"): D_STEP_REACHES_G,
-    ("gan", "reuse_d_output"): D_STEP_REACHES_G,
-    ("gan", "penalty_no_create_graph"): "has_graph: r1_grad[0][0] carries no graph",
-    ("dqn", "target_grad"): "no_grad_reaches: a backward wrote a grad into target",
-    ("dqn", "no_target+target_grad"): "constant: td_target (grad_fn=",
-    ("a2c", "advantage_grad"): "no_grad_reaches: a backward wrote a grad into critic",
-    ("a2c", "critic_through_gae"): "constant: returns (grad_fn=",
-    ("a2c", "value_item"): "gets_grad: no backward inside the block wrote a non-zero grad into "
-                           "critic",
-    ("ema", "skip_buffers"): "updated: the block left teacher (2.num_batches_tracked (buffer)",
-    ("ema", "ema_with_grad"): "constant: teacher_weights[0] (grad_fn=",
-    ("ema", "teacher_requires_grad"): "no_grad_reaches: a backward wrote a grad into teacher",
-    ("ppo", "rollout_grad"): "constant: logprobs (grad_fn=",
-    ("ppo", "advantage_grad"): "constant: advantages[0] (grad_fn=",
-    ("sac", "target_grad"): "no_grad_reaches: a backward wrote a grad into target_critics",
-    ("sac", "actor_updates_critic"): "no_grad_reaches: a backward wrote a grad into critics",
-    ("finetune", "no_freeze"): "unchanged: the block changed frozen_blocks",
-    ("finetune", "bn_train"): "unchanged: the block changed frozen_blocks (0.1.num_batches_tracked",
-    ("finetune", "checkpoint_reentrant"):
-        "gets_grad: no backward inside the block wrote a non-zero grad into trainable_blocks",
-    ("tbptt", "no_detach"): "constant: chunk_start_state[0] (grad_fn=",
-    ("tbptt", "retain_graph"): "constant: chunk_start_state[0] (grad_fn=",
-    ("simsiam", "no_stop_grad"): "constant: targets[0] (grad_fn=",
-    ("simsiam", "no_predictor"): "gets_grad: no backward inside the block wrote a non-zero grad "
-                                 "into predictor",
-    ("vqvae", "codebook_on_st"): "gets_grad: no backward inside the block wrote a non-zero grad "
-                                 "into codebook",
-    ("vqvae", "no_straight_through"): "gets_grad: no backward inside the block wrote a non-zero "
-                                      "grad into encoder",
-}
-NOT_A_CUT = {
-    ("dqn", "no_target"): "bootstraps from the online net under no_grad: the target is a "
-                          "constant and nothing frozen moves; which net it came from is a choice, "
-                          "not a graph (the learning gate measures the cost)",
-    ("ppo", "truncation_as_terminal"): "a wrong value in a constant (no bootstrap at a time "
-                                       "limit), not a graph: the value-bias measure in the tests "
-                                       "catches it",
-    ("sac", "alpha_no_detach"): "the temperature loss shares one backward with the actor loss, so "
-                                "from outside the step the actor's grad cannot be split by loss; "
-                                "check it where that loss is built: constant(logp=...)",
-}
-TABLE = [(name, m) for name, ex in sorted(examples().items()) for m in ex.mistakes]
+# Each example's step under the checks is `check_step(mistake)` in its own test file, and each
+# mistake names the check that catches it (`caught`, the sentence it fails with) or why none can
+# (`no_check`) in its EXAMPLE: a new example brings its row with it.
+EXAMPLES = examples()
+RUNNERS = {name: getattr(importlib.import_module(f"tests.test_{name}"), "check_step", None)
+           for name in EXAMPLES}
+CAUGHT = {(name, key): m.caught for name, ex in EXAMPLES.items()
+          for key, m in ex.mistakes.items() if m.caught}
+NOT_A_CUT = {(name, key): m.no_check for name, ex in EXAMPLES.items()
+             for key, m in ex.mistakes.items() if m.no_check}
 
 
-def test_the_table_names_every_mistake_of_every_example_once():
-    assert set(CAUGHT) | set(NOT_A_CUT) == set(TABLE), "a new mistake needs a check or a reason"
-    assert not set(CAUGHT) & set(NOT_A_CUT)
-    assert set(RUNNERS) == set(examples()), "a new example needs its runner in this table"
+def test_every_example_has_its_check_step_and_every_mistake_a_check_or_a_reason():
+    missing = [f"tests/test_{name}.py has no check_step(mistake)"
+               for name, runner in RUNNERS.items() if runner is None]
+    for name, example in EXAMPLES.items():
+        for key, mistake in example.mistakes.items():
+            if bool(mistake.caught) == bool(mistake.no_check):
+                missing.append(f"{name}: mistake {key} needs exactly one of caught= (the check's "
+                               "sentence) or no_check= (why no check can)")
+    assert not missing, "\n".join(missing)
 
 
 @pytest.mark.parametrize("name", sorted(RUNNERS))

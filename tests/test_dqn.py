@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from gallery import dqn
+from gallery.check import constant, disjoint, no_grad_reaches
 from gallery.core.cli import compose
 from gallery.core.probes import SavedTensorMeter, state_hash
+from tests.conftest import arguments_of
 
 
 def _nets(seed=0):
@@ -224,3 +226,22 @@ def test_batched_evaluation_scores_each_episode_as_a_sequential_one_would():
     assert len(set(returns)) > 1  # the episodes differ: each sub-env got its own seed
     assert batched["eval_return_mean"] == pytest.approx(np.mean(returns))
     assert batched["eval_return_std"] == pytest.approx(np.std(returns))
+
+
+# --- this example's row of the check table (tests/test_check.py) ---
+
+def check_step(mistake: str) -> None:
+    """This example's step under gallery.check, for the check table in tests/test_check.py: the
+    pattern passes every check; each mistake fails with its `caught` sentence."""
+    torch.manual_seed(0)
+    variant = dqn.BY_MISTAKE[mistake]
+    online = dqn.q_network(4, 2, 16)
+    target = variant.make_target(online)
+    disjoint(online=online, target=target)
+    optimizer = torch.optim.Adam(online.parameters(), lr=1e-3)
+    batch = {"obs": torch.randn(8, 4), "next_obs": torch.randn(8, 4),
+             "actions": torch.randint(2, (8,)), "rewards": torch.ones(8),
+             "terminated": torch.zeros(8)}
+    with arguments_of(F, "smooth_l1_loss") as calls, no_grad_reaches(target=target):
+        variant.update(online, target, optimizer, batch)
+    constant(td_target=calls[0][1])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gallery import ema
-from gallery.check import no_grad_reaches
+from gallery.check import constant, disjoint, no_grad_reaches, updated
 from gallery.core.cli import compose
 from gallery.core.probes import saved_bytes, state_hash
 from gallery.data import images
@@ -149,3 +149,23 @@ def test_gpu_smoke(tmp_path):
     s = ema.train(compose("ema", ["device=cuda", "steps=20", "eval_every=10", "log_every=10",
                                   f"out_dir={tmp_path}"]))
     assert s["device"].startswith("cuda") and s["teacher_graph_nodes"] == 0
+
+
+# --- this example's row of the check table (tests/test_check.py) ---
+
+def check_step(mistake: str) -> None:
+    """This example's step under gallery.check, for the check table in tests/test_check.py: the
+    pattern passes every check; each mistake fails with its `caught` sentence."""
+    torch.manual_seed(0)
+    variant = ema.BY_MISTAKE[mistake]
+    student = ema.classifier(16, 8, 3)
+    teacher = variant.make_ema(student)
+    disjoint(student=student, teacher=teacher)
+    optimizer = torch.optim.Adam(student.parameters())
+    x, y = torch.randn(24, 1, 4, 4), torch.randint(3, (8,))
+    with no_grad_reaches(teacher=teacher):
+        ema.mean_teacher_step(student, teacher, optimizer, x[:8], y, x[8:], 1.0,
+                              lambda v: v + 0.1 * torch.randn_like(v))
+    with updated(teacher=teacher):  # weights and BatchNorm statistics both move
+        variant.sync(teacher, student, tau=0.5)
+    constant(teacher_weights=list(teacher.parameters()))

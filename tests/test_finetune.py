@@ -3,8 +3,10 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from gallery import finetune as ft
+from gallery.check import gets_grad, unchanged
 from gallery.core.cli import compose
 from gallery.core.errors import DataError
 from gallery.core.probes import SavedTensorMeter, reached_parameters, state_hash
@@ -260,3 +262,26 @@ def test_offline_resnet18_weights_name_the_missing_file(tmp_path, monkeypatch):
 def test_gpu_smoke(tmp_path, pretrained):
     summary = ft.train(_tiny(tmp_path, pretrained, "device=cuda"))
     assert summary["device"].startswith("cuda") and summary["backbone_unchanged"] is True
+
+
+# --- this example's row of the check table (tests/test_check.py) ---
+
+def check_step(mistake: str) -> None:
+    """This example's step under gallery.check, for the check table in tests/test_check.py: the
+    pattern passes every check; each mistake fails with its `caught` sentence."""
+    torch.manual_seed(0)
+    block = lambda c_in: nn.Sequential(nn.Conv2d(c_in, 4, 3), nn.BatchNorm2d(4), nn.ReLU())  # noqa: E731
+    backbone = nn.Sequential(block(1, ), block(4), nn.Sequential(nn.AdaptiveAvgPool2d(1),
+                                                                  nn.Flatten()))
+    model = ft.BY_MISTAKE[mistake](backbone, nn.Linear(4, 3), 2)
+    model = ft.checkpoint_trainable(
+        model, ft.CHECKPOINTED.get(mistake, ft.Checkpointed))
+    optimizer = torch.optim.SGD(ft.param_groups(model, 0.1), lr=0.1)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(3, (8,))
+    with unchanged(frozen_blocks=model.frozen), gets_grad(trainable_blocks=model.trainable):
+        for _ in range(2):
+            model.train()
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()

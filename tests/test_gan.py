@@ -3,8 +3,10 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from gallery import gan, nets
+from gallery.check import has_graph, no_grad_reaches
 from gallery.core.cli import compose
 from gallery.core.errors import ExplainedMistake, GalleryError
 from gallery.core.probes import (
@@ -14,7 +16,7 @@ from gallery.core.probes import (
     reached_parameters,
     recording,
 )
-from tests.conftest import ROOT
+from tests.conftest import ROOT, results_of
 
 
 def _setup(seed=0):
@@ -268,3 +270,19 @@ def test_the_measured_sizes_are_those_the_gate_wrote():
             assert entry["pass"] == (entry["mean_modes"] >= 0.9 * modes
                                      and entry["mean_high_quality"] >= 0.8
                                      and entry["wall_over_ring8"] <= 3)
+
+
+# --- this example's row of the check table (tests/test_check.py) ---
+
+def check_step(mistake: str) -> None:
+    """This example's step under gallery.check, for the check table in tests/test_check.py: the
+    pattern passes every check; each mistake fails with its `caught` sentence."""
+    torch.manual_seed(0)
+    g = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    d = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt_g, opt_d = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+    with results_of(torch.autograd, "grad") as penalty_grads:
+        with no_grad_reaches(generator=g, before=opt_d):  # the D step trains D only
+            gan.BY_MISTAKE[mistake](d, opt_d, opt_g, torch.randn(8, 2), g(torch.randn(8, 4)),
+                                    r1_gamma=1.0)
+    has_graph(r1_grad=penalty_grads)  # the R1 penalty is built on a gradient with a graph

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from gallery import ppo
+from gallery.check import constant
 from gallery.core.cli import compose
 from gallery.core.errors import ExplainedMistake
 from gallery.core.probes import graph_saved_bytes, reached_parameters, state_hash
+from tests.conftest import StubEnvs, arguments_of
 
 
 def _envs(n=2, limit=None, seed=0):
@@ -194,3 +196,21 @@ def test_the_update_reports_means_over_every_minibatch_so_one_nan_minibatch_show
         assert math.isnan(float(value))
     finally:
         ppo.ppo_loss = real
+
+
+# --- this example's row of the check table (tests/test_check.py) ---
+
+def check_step(mistake: str) -> None:
+    """This example's step under gallery.check, for the check table in tests/test_check.py: the
+    pattern passes every check; each mistake fails with its `caught` sentence."""
+    torch.manual_seed(0)
+    variant = ppo.BY_MISTAKE[mistake]
+    agent = ppo.Agent(4, 2, 16)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    batch, obs = variant.rollout(agent, StubEnvs(), torch.randn(2, 4), 4, 0.99)
+    constant(logprobs=batch["logprobs"], values=batch["values"])  # the rollout is data
+    with torch.no_grad():
+        advantages, returns = ppo.gae(batch, agent.value(obs), 0.99, 0.95)
+    with arguments_of(ppo, "ppo_loss") as calls:
+        variant.update(agent, optimizer, batch, advantages, returns, 1, 4, 0.2)
+    constant(advantages=[args[4] for args in calls])

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from gallery import sac
+from gallery.check import disjoint, no_grad_reaches
 from gallery.core.cli import compose
 from gallery.core.probes import SavedTensorMeter, reached_parameters, state_hash
 
@@ -157,3 +158,25 @@ def test_compile_true_on_cuda_replays_graphs_and_keeps_the_stop_gradients(tmp_pa
     assert s["device"].startswith("cuda") and s["env_steps"] == 400
     assert s["target_grad_seen"] is False and s["saved_bytes_per_update"] > 0
     assert math.isfinite(s["eval_return_mean"])
+
+
+# --- this example's row of the check table (tests/test_check.py) ---
+
+def check_step(mistake: str) -> None:
+    """This example's step under gallery.check, for the check table in tests/test_check.py: the
+    pattern passes every check; each mistake fails with its `caught` sentence."""
+    torch.manual_seed(0)
+    variant = sac.BY_MISTAKE[mistake]
+    actor = sac.Actor(3, 1, 16, np.array([-2.0]), np.array([2.0]))
+    critics = nn.ModuleList([sac.Critic(3, 1, 16) for _ in range(2)])
+    temperature = sac.Temperature()
+    targets = variant.make_targets(critics)
+    disjoint(critics=critics, target_critics=targets)
+    actor_opt, critic_opt, alpha_opt = variant.make_optimizers(actor, critics, temperature, 1e-3)
+    batch = {"obs": torch.randn(8, 3), "next_obs": torch.randn(8, 3), "actions": torch.rand(8, 1),
+             "rewards": torch.randn(8), "terminated": torch.zeros(8)}
+    with no_grad_reaches(target_critics=targets):
+        variant.critic_step(critics, targets, actor, critic_opt, batch, 0.2, 0.99)
+    with no_grad_reaches(critics=critics):
+        variant.actor_step(actor, critics, temperature, actor_opt, alpha_opt, batch["obs"],
+                                 -1.0)

@@ -3,11 +3,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from gallery import simsiam as ss
+from gallery.check import constant, gets_grad
 from gallery.core.cli import compose
 from gallery.core.probes import reached_parameters
 from gallery.data import images
+from tests.conftest import arguments_of
 
 
 def _nets(seed=0, dim=16):
@@ -139,3 +142,22 @@ def test_gpu_smoke(tmp_path):
     s = ss.train(compose("simsiam", ["device=cuda", "steps=4", "eval_every=2", "log_every=2",
                                      "batch_size=32", f"out_dir={tmp_path}"]))
     assert s["device"].startswith("cuda") and s["target_branch_grad_share"] < 1e-2
+
+
+# --- this example's row of the check table (tests/test_check.py) ---
+
+def check_step(mistake: str) -> None:
+    """This example's step under gallery.check, for the check table in tests/test_check.py: the
+    pattern passes every check; each mistake fails with its `caught` sentence."""
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(),
+                            nn.Linear(8, 4))
+    predictor = ss.make_predictor(4, 8)
+    optimizer = torch.optim.SGD([*encoder.parameters(), *predictor.parameters()], lr=0.1)
+    x1, x2 = torch.randn(8, 1, 4, 4), torch.randn(8, 1, 4, 4)
+    with arguments_of(ss, "negative_cosine") as calls, gets_grad(predictor=predictor):
+        loss = ss.BY_MISTAKE[mistake](encoder, predictor, x1, x2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    constant(targets=[z for _, z in calls])

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gallery import tbptt
+from gallery.check import constant
 from gallery.core.cli import compose
 from gallery.core.errors import ExplainedMistake, GalleryError
 from gallery.core.probes import graph_stats
@@ -279,3 +280,19 @@ def test_offline_corpus_gives_a_clear_error(tmp_path, monkeypatch):
 def test_gpu_smoke(tmp_path):
     summary = tbptt.train(_tiny(tmp_path, "device=cuda"))
     assert summary["device"].startswith("cuda") and summary["val_bpc"] > 0
+
+
+# --- this example's row of the check table (tests/test_check.py) ---
+
+def check_step(mistake: str) -> None:
+    """This example's step under gallery.check, for the check table in tests/test_check.py: the
+    pattern passes every check; each mistake fails with its `caught` sentence."""
+    torch.manual_seed(0)
+    model = tbptt.CharRNN(10, 4, 8, 1, "lstm")
+    optimizer = torch.optim.Adam(model.parameters())
+    data, state = torch.randint(10, (2, 41)), None
+    for i in range(4):
+        if state is not None:
+            constant(chunk_start_state=state)
+        x, y = data[:, i * 10:(i + 1) * 10], data[:, i * 10 + 1:(i + 1) * 10 + 1]
+        _, state = tbptt.BY_MISTAKE[mistake](model, optimizer, [(x, y)], state)

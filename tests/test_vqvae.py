@@ -120,3 +120,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, override, message):
     assert ran.returncode == 2 and message in ran.stderr, ran.stderr
     assert len(ran.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+# --- this example's row of the check table (tests/test_check.py) ---
+
+def check_step(mistake: str) -> None:
+    """This example's step under gallery.check, for the check table in tests/test_check.py: the
+    pattern passes every check; each mistake fails with its `caught` sentence."""
+    torch.manual_seed(0)
+    model = vq.VQVAE(1, 8, 4, 16, stages=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # beta=0: the encoder's only teacher is then the reconstruction, through the straight-through
+    with gets_grad(codebook=model.codebook, encoder=model.encoder):
+        vq.vq_step(model, optimizer, torch.randn(16, 1, 8, 8), beta=0.0,
+                      quantize=vq.BY_MISTAKE[mistake])

@@ -212,10 +212,15 @@ def performance_page() -> str:
                  f"{x['fraction']:.2f} |" for x in limits]
     page += ["", "## What each mistake costs", "",
              "![What each mistake costs](img/mistake_costs.png)", "",
-             "| example | mistake | time per step | bytes held for backward |", "|---|---|---|---|"]
+             "Each example's own `EXAMPLE.mistake_cost`: its costliest mistake over its pattern. "
+             "Where the time comes from a gate, it is the mistake's runs against the pattern's, "
+             "one after another in one `scripts/gates.py` run, on the same steps.", "",
+             "| example | mistake | time per step | bytes held for backward | measured by |",
+             "|---|---|---|---|---|"]
     page += [f"| {c['example']} | `{c['mistake']}` | "
              f"{'' if c['time'] is None else format(c['time'], '.2f') + 'x'} | "
-             f"{'' if c['bytes'] is None else format(c['bytes'], '.2f') + 'x'} |" for c in costs]
+             f"{'' if c['bytes'] is None else format(c['bytes'], '.2f') + 'x'} | {c['source']} |"
+             for c in costs]
     page += ["", "## Every figure", "",
              "Each bench's rows as `scripts/bench.py <bench>` wrote them, under its name.", ""]
     for source in ("bench.json", "bench_cuda.json"):
@@ -362,16 +367,13 @@ def check_page() -> str:
         page += [f"### {title}", "", "```python", f'--8<-- "tests/test_check_docs.py:{key}"', "```",
                  "", "The mistake's message:", "", "```text", failure(docs.FAILING[key]), "```", ""]
     page += ["## Every mistake in the gallery, and the check that catches it", "",
-             "From the table in `tests/test_check.py`, which runs each mistake's own step under "
-             "its check (and the pattern's step under all of them).", "",
-             "| example | mistake | caught by |", "|---|---|---|"]
-    for (example, mistake), sentence in sorted(table.CAUGHT.items()):
-        page.append(f"| [{example}](examples/{example}.md) | `{mistake}` | "
-                    f"`{sentence.split(':')[0]}` |")
+             "From each mistake's entry in its example's `EXAMPLE` (`caught`, or `no_check` and "
+             "why); `tests/test_check.py` runs each mistake's own step under its check (and the "
+             "pattern's step under all of them), and the sentence it fails with is the one "
+             "`caught` names.", "", "| example | mistake | caught by |", "|---|---|---|",
+             *tables.check_table()]
     for mistake, sentence in sorted(table.LOOP_MISTAKES.items()):
         page.append(f"| any loop | `{mistake}` | `{sentence.split(':')[0]}` |")
-    for (example, mistake), reason in sorted(table.NOT_A_CUT.items()):
-        page.append(f"| [{example}](examples/{example}.md) | `{mistake}` | no check: {reason} |")
     page += ["", *check_costs(json.loads((ROOT / "docs" / "bench.json").read_text()))]
     return "\n".join(page) + "\n"
 

@@ -1,6 +1,8 @@
-"""What each example is, what its mistakes cost, and what the tour needs of it: the one place
-`python -m gallery`, `--help`, `show` and the tour read from. Each example module declares its own
-`EXAMPLE`; an example exists here only once its module does."""
+"""What each example is, what its mistakes cost, and what everything around it needs of it: the one
+place `python -m gallery`, `--help`, `show`, the tour, the learning gates (scripts/gates.py), the
+README's table, the hero figure, the site's nav and the check table read from. Each example module
+declares its own `EXAMPLE`; an example exists here only once its module does, and a test names any
+field an example leaves out (tests/test_registry.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from statistics import mean
+from typing import Any, NamedTuple
 
 import gallery
 
@@ -23,6 +26,72 @@ class Mistake:
     description: str  # what the code does wrong, in one line
     consequence: str  # what it costs, in one line
     variants: tuple[str, ...] = ()  # the functions that replace pattern functions, by name
+    # Which public check catches it: the start of the sentence the check fails with when the
+    # example's `check_step` (in tests/test_<example>.py) runs this mistake, "<check>: ...". Or,
+    # where no check can, why not (`no_check`). Exactly one of the two.
+    caught: str = ""
+    no_check: str = ""
+
+
+@dataclass(frozen=True)
+class Runs:
+    """One group of a gate's runs: one mistake at these seeds, with these overrides ({tmp}: the
+    gate's scratch folder)."""
+    mistake: str = "none"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A learning gate: what it runs, what each run keeps, and what passes. `scripts/gates.py
+    <example>` runs it and writes {"runs": {group: [row per seed]}, "pass": bool} to
+    docs/gates.json. A gate whose runs are not a table of seeds (a Hydra sweep, a curve) names a
+    function under scripts/measure/ instead: `measure="module:function"`."""
+    target: str  # what passes, in words
+    runs: dict[str, Runs] = field(default_factory=dict)
+    keys: tuple[str, ...] = ()  # what a row keeps of a run's summary
+    passes: Callable[[dict[str, list[dict]]], bool] | None = None
+    derive: Callable[[dict], dict] | None = None  # more columns for a row, from a summary
+    # The tour figure drawn from the first seed of these groups, and its title (scripts/gates.py
+    # --figures DIR writes it to DIR/<example>.png).
+    figure_runs: tuple[str, ...] = ()
+    figure_title: str = ""
+    figure_file: str = ""  # default: <example>.png
+    measure: str = ""
+
+
+class Panel(NamedTuple):
+    """One panel of the hero figure: a metric, the pattern's value and its mistake's."""
+    metric: str
+    pattern: float
+    mistake: float
+    mistake_label: str
+
+
+class Cost(NamedTuple):
+    """What one mistake costs against the pattern, as ratios (mistake over pattern), and where the
+    figures come from. None where it was not measured."""
+    mistake: str
+    time: float | None
+    bytes: float | None
+    source: str
+
+
+def avg(rows: list[dict], key: str) -> float:
+    """The mean of one column over a gate's rows (its seeds)."""
+    return mean(row[key] for row in rows)
+
+
+def span(values: list[float], fmt: str = "{:,.0f}") -> str:
+    """"low-high", or one value when they agree."""
+    low, high = min(values), max(values)
+    return fmt.format(low) if low == high else f"{fmt.format(low)}-{fmt.format(high)}"
+
+
+def bench_row(bench: dict, name: str, key: str) -> dict:
+    """The first row of `scripts/bench.py <name>` in bench.json that has `key`."""
+    return next(row for row in bench[name] if key in row)
 
 
 @dataclass(frozen=True)
@@ -42,6 +111,19 @@ class Example:
     smoke: tuple[str, ...] = ()
     limits: str = ""  # where the default config was measured to stop working, for --help
     report: tuple[str, ...] = ()  # the summary's keys the command line prints at the end
+    # Where it stands in the gallery's listings (README, site, hero), smallest first; ties by name.
+    order: int = 100
+    # The config groups its `--help` lists, with their options: {"env": "acrobot, cartpole"}.
+    groups: dict[str, str] = field(default_factory=dict)
+    # Its learning gate, and any more gates, each named f"{name}_{key}" in docs/gates.json.
+    gate: Gate | None = None
+    more_gates: dict[str, Gate] = field(default_factory=dict)
+    # From its gate's entry in docs/gates.json and from docs/bench.json: the README's row (what the
+    # pattern measured, what its best-known mistake measured, in words), its hero panel, and what
+    # its costliest mistake costs (the performance page).
+    readme_row: Callable[[dict, dict], tuple[str, str]] | None = None
+    hero_panel: Callable[[dict, dict], Panel] | None = None
+    mistake_cost: Callable[[dict, dict], Cost] | None = None
 
     @property
     def module(self):
@@ -116,7 +198,8 @@ _NOT_EXAMPLES = {"tour", "__main__", "lessons", "smoke", "nets", "check", "pytes
 
 
 def examples() -> dict[str, Example]:
-    """Every module in the gallery package that declares an `EXAMPLE`, in name order."""
+    """Every module in the gallery package that declares an `EXAMPLE`, in the gallery's order
+    (each one's `order`, then its name)."""
     found: dict[str, Example] = {}
     for info in sorted(pkgutil.iter_modules(gallery.__path__), key=lambda m: m.name):
         if info.ispkg or info.name in _NOT_EXAMPLES:
@@ -125,4 +208,4 @@ def examples() -> dict[str, Example]:
         example = getattr(module, "EXAMPLE", None)
         if isinstance(example, Example):
             found[example.name] = example
-    return found
+    return dict(sorted(found.items(), key=lambda item: (item[1].order, item[0])))

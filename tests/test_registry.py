@@ -1,0 +1,87 @@
+"""Each example's `EXAMPLE` is the one place the README, the site, the gates, the hero figure, the
+check table, the action and the tests read it from. These tests name the example and the field
+when something they need is missing, so an omission is never silent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gallery.core.registry import Cost, Example, Panel, examples
+from tests.conftest import ROOT
+
+EXAMPLES = examples()
+GATES = json.loads((ROOT / "docs" / "gates.json").read_text())
+BENCH = json.loads((ROOT / "docs" / "bench.json").read_text())
+
+
+def missing_fields(example: Example) -> list[str]:
+    """What the README, the site, the tour, the smoke run and the gates need of an example, and
+    it lacks, by field name."""
+    needs = {
+        "pattern_functions": "what a reader copies (the site's page, `show`)",
+        "mistakes": "at least one mistake, shown next to the pattern",
+        "smoke": "the overrides of a seconds-long run (`python -m gallery smoke`, the action)",
+        "check": "the probe on a smoke run's summary",
+        "headline": "the tour's one-line result",
+        "figure": "the tour's comparison figure",
+        "gate": "its learning gate (scripts/gates.py)",
+        "readme_row": "the README's row, from its gates.json entry",
+        "hero_panel": "its panel of the hero figure",
+        "mistake_cost": "its row of the performance page's mistake costs",
+    }
+    lacking = [f"{field}: {why}" for field, why in needs.items() if not getattr(example, field)]
+    lacking += [f"budgets[{b!r}]: the tour's {b} budget" for b in ("full", "quick")
+                if b not in example.budgets]
+    return lacking
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_the_example_declares_everything_the_gallery_reads_from_it(name):
+    lacking = missing_fields(EXAMPLES[name])
+    assert not lacking, f"{name}'s EXAMPLE lacks " + "; ".join(lacking)
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_its_gate_is_measured_and_the_readme_hero_and_costs_read_it(name):
+    example = EXAMPLES[name]
+    assert name in GATES, (f"{name}: docs/gates.json has no entry; run scripts/gates.py {name} "
+                           "--json docs/gates.json")
+    gate, entry = example.gate, GATES[name]
+    if not gate.measure:
+        assert set(entry["runs"]) == set(gate.runs), (
+            f"{name}: docs/gates.json's groups {sorted(entry['runs'])} are not the gate's "
+            f"{sorted(gate.runs)}; run scripts/gates.py {name} --json docs/gates.json")
+        assert all(r.mistake in {"none", *example.mistakes} for r in gate.runs.values()), name
+        assert set(gate.figure_runs) <= set(gate.runs), f"{name}: figure_runs names no group"
+        assert gate.passes(entry["runs"]) == entry["pass"], (
+            f"{name}: the gate's passes() disagrees with the verdict in docs/gates.json")
+    pattern, mistake = example.readme_row(entry, BENCH)
+    assert pattern and mistake, f"{name}: readme_row gave an empty cell"
+    assert isinstance(example.hero_panel(entry, BENCH), Panel), f"{name}: hero_panel"
+    cost = example.mistake_cost(entry, BENCH)
+    assert isinstance(cost, Cost) and cost.mistake in example.mistakes, f"{name}: mistake_cost"
+    assert cost.time is not None or cost.bytes is not None, f"{name}: a cost with no figure"
+
+
+def test_every_example_has_its_page_in_the_nav_in_the_gallerys_order():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "docs" / "gen"))
+    import tables
+
+    assert [next(iter(entry)) for entry in tables.nav()] == list(EXAMPLES)
+    assert all(f"examples/{name}.md" in entry.values()
+               for name, entry in zip(EXAMPLES, tables.nav()))
+
+
+def test_the_action_names_no_example_by_hand():
+    """The action runs `python -m gallery smoke`, which reads the registry; a list of examples
+    typed into action.yml would go stale when an example is added."""
+    import yaml
+
+    action = yaml.safe_load((ROOT / "action.yml").read_text())
+    described = action["inputs"]["examples"]["description"]
+    assert not [name for name in EXAMPLES if name in described], described
+    assert any("-m gallery smoke" in step.get("run", "") for step in action["runs"]["steps"])
