@@ -50,7 +50,7 @@ from gallery.core.device import compile_modules, fused
 from gallery.core.loop import Loop, rl_results
 from gallery.core.plots import draw_learning_curve
 from gallery.core.probes import Probe, state_hash
-from gallery.core.registry import Cost, Example, Gate, Mistake, Panel, Runs, avg, span
+from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, Runs, avg, span
 from gallery.core.setup import prepare
 from gallery.data.envs import (
     EnvConfig,
@@ -229,11 +229,12 @@ def rollout_value_item(agent, envs, obs, num_steps, gamma):
     return batch, obs
 
 
-Variant = namedtuple("Variant", ["rollout", "gae", "losses"])  # what a mistake swaps in, by name
-BY_MISTAKE = {"none": Variant(rollout, gae, a2c_losses),
-              "advantage_grad": Variant(rollout, gae, a2c_losses_advantage_grad),
-              "critic_through_gae": Variant(rollout, gae_with_grad, a2c_losses),
-              "value_item": Variant(rollout_value_item, gae, a2c_losses)}
+# the functions of a step that a mistake can swap, by name
+A2cSteps = namedtuple("A2cSteps", ["rollout", "gae", "losses"])
+BY_MISTAKE = {"none": A2cSteps(rollout, gae, a2c_losses),
+              "advantage_grad": A2cSteps(rollout, gae, a2c_losses_advantage_grad),
+              "critic_through_gae": A2cSteps(rollout, gae_with_grad, a2c_losses),
+              "value_item": A2cSteps(rollout_value_item, gae, a2c_losses)}
 
 
 # --- measurement (off the training path) ----------------------------------------------------------
@@ -247,7 +248,7 @@ def greedy(agent: Agent):
 # --- training loop ------------------------------------------------------------------------------
 
 def train(cfg) -> dict:
-    cfg, device = prepare(cfg, validate, small_model=lambda c: True)
+    cfg, device = prepare(cfg, validate, single_thread=lambda c: True)
     envs, eval_envs = make_envs(cfg.env, "A2C", cfg.eval_episodes,
                                 instead="CartPole-v1, Acrobot-v1; for Box actions, sac")
     threshold, (obs_dim, n_actions) = reward_threshold(cfg.env, envs), space_sizes(envs)
@@ -261,10 +262,10 @@ def train(cfg) -> dict:
     probe, per_rollout = Probe(device), cfg.rollout_steps * cfg.env.num_envs
     # a resumed run starts a fresh rollout: the one in flight is not saved
     with contextlib.closing(envs), contextlib.closing(eval_envs), \
-            Loop(cfg, "a2c", stateful, device, cfg.env.id, by=per_rollout,
+            Loop(cfg, EXAMPLE.name, stateful, device, cfg.env.id, by=per_rollout,
                  unit="env_steps") as loop:
-        if loop.finished:
-            return loop.finished
+        if loop.finished_summary:
+            return loop.finished_summary
         obs, _ = envs.reset(seed=cfg.seed + loop.step)
         obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
         for _ in loop:
@@ -308,28 +309,18 @@ def tour_figure(runs: dict, fig) -> None:
                                 "pattern" if mistake == "none" else f"mistake={mistake}")
 
 
-# --- what the README, the hero figure, the gates and the check table read ---
-
-def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
+def measured(gate: dict, bench: dict) -> Measured:
     runs = gate["runs"]
     solved = [r["first_solved_step"] for r in runs["none solve"]]
-    return (f"CartPole solved by {span(solved)} env steps, {len(solved)} seeds",
-            f"value_item: the critic ends bit for bit as it began; return at 100k "
-            f"{avg(runs['value_item 100k'], 'eval_return_mean'):.0f} vs "
-            f"{avg(runs['none 100k'], 'eval_return_mean'):.0f}")
-
-
-def hero_panel(gate: dict, bench: dict) -> Panel:
-    runs = gate["runs"]
-    return Panel("eval return at 100k env steps", avg(runs["none 100k"], "eval_return_mean"),
-                 avg(runs["value_item 100k"], "eval_return_mean"), "value_item")
-
-
-def mistake_cost(gate: dict, bench: dict) -> Cost:
-    runs = gate["runs"]
-    return Cost("advantage_grad", avg(runs["none 100k"], "env_steps_per_sec")
-                / avg(runs["advantage_grad 100k"], "env_steps_per_sec"), None,
-                "time: scripts/gates.py a2c, seeds 0-2, 100k env steps each")
+    pattern, item = (avg(runs[f"{m} 100k"], "eval_return_mean") for m in ("none", "value_item"))
+    return Measured(
+        (f"CartPole solved by {span(solved)} env steps, {len(solved)} seeds",
+         f"value_item: the critic ends bit for bit as it began; return at 100k {item:.0f} vs "
+         f"{pattern:.0f}"),
+        Panel("eval return at 100k env steps", pattern, item, "value_item"),
+        Cost("advantage_grad", avg(runs["none 100k"], "env_steps_per_sec")
+             / avg(runs["advantage_grad 100k"], "env_steps_per_sec"), None,
+             "time: scripts/gates.py a2c, seeds 0-2, 100k env steps each"))
 
 
 AT_100K = ("stop_when_solved=false", "steps=100000", "eval_every=10000")
@@ -391,9 +382,7 @@ EXAMPLE = Example(
         figure_runs=("none 100k", "advantage_grad 100k", "critic_through_gae 100k",
                      "value_item 100k"),
         figure_title="a2c on CartPole-v1, 100k env steps, seed 0"),
-    readme_row=readme_row,
-    hero_panel=hero_panel,
-    mistake_cost=mistake_cost,
+    measured=measured,
 )
 
 

@@ -45,7 +45,17 @@ from gallery.core.errors import ConfigError
 from gallery.core.loop import Counters, Loop, rl_results
 from gallery.core.plots import draw_learning_curve
 from gallery.core.probes import Probe, grads_absent
-from gallery.core.registry import Cost, Example, Gate, Mistake, Panel, Runs, bench_row, span
+from gallery.core.registry import (
+    Cost,
+    Example,
+    Gate,
+    Measured,
+    Mistake,
+    Panel,
+    Runs,
+    bench_row,
+    span,
+)
 from gallery.core.setup import prepare
 from gallery.data.envs import (
     EnvConfig,
@@ -187,11 +197,13 @@ def update_no_target_target_grad(online, target, optimizer, batch, gamma=0.99, d
     return loss.detach()
 
 
-Variant = namedtuple("Variant", ["make_target", "update"])  # what a mistake swaps in, by name
-BY_MISTAKE = {"none": Variant(make_target, update),
-              "no_target": Variant(make_target, update_no_target),
-              "target_grad": Variant(make_target_with_grad, update_target_grad),
-              "no_target+target_grad": Variant(make_target_with_grad, update_no_target_target_grad)}
+# the functions of a step that a mistake can swap, by name
+DqnSteps = namedtuple("DqnSteps", ["make_target", "update"])
+BY_MISTAKE = {"none": DqnSteps(make_target, update),
+              "no_target": DqnSteps(make_target, update_no_target),
+              "target_grad": DqnSteps(make_target_with_grad, update_target_grad),
+              "no_target+target_grad": DqnSteps(make_target_with_grad,
+                                                update_no_target_target_grad)}
 
 
 def epsilon_greedy(online: nn.Module, obs: np.ndarray, eps: float, rng: np.random.Generator,
@@ -231,7 +243,7 @@ def epsilon(cfg: DqnConfig, env_step: int) -> float:
 # --- training loop ------------------------------------------------------------------------------
 
 def train(cfg) -> dict:
-    cfg, device = prepare(cfg, validate, small_model=lambda c: True)
+    cfg, device = prepare(cfg, validate, single_thread=lambda c: True)
     envs, eval_envs = make_envs(cfg.env, "DQN", cfg.eval_episodes)
     threshold, (obs_dim, n_actions) = reward_threshold(cfg.env, envs), space_sizes(envs)
     n, variant = cfg.env.num_envs, BY_MISTAKE[cfg.mistake]
@@ -246,9 +258,9 @@ def train(cfg) -> dict:
                 "tally": tally}
     probe, loss, returns = Probe(device, "saved_bytes_per_update"), None, EpisodeReturns(n)
     with contextlib.closing(envs), contextlib.closing(eval_envs), \
-            Loop(cfg, "dqn", stateful, device, cfg.env.id, by=n, unit="env_steps") as loop:
-        if loop.finished:
-            return loop.finished
+            Loop(cfg, EXAMPLE.name, stateful, device, cfg.env.id, by=n, unit="env_steps") as loop:
+        if loop.finished_summary:
+            return loop.finished_summary
         act_rng = np.random.default_rng(cfg.seed + loop.step)  # a resume restarts episodes
         obs, _ = envs.reset(seed=cfg.seed + loop.step)
         for start in loop:
@@ -302,28 +314,18 @@ def tour_figure(runs: dict, fig) -> None:
         ax.axhline(runs["none"]["reward_threshold"], color="gray", ls="--", lw=1)
 
 
-# --- what the README, the hero figure, the gates and the check table read ---
-
-def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
-    solved = [r["first_solved_step"] for r in gate["runs"]["none"]]
-    return (f"CartPole solved by {span(solved)} env steps, {len(solved)} seeds",
-            "target_grad: the target gets .grad (a test asserts it)")
-
-
-def hero_panel(gate: dict, bench: dict) -> Panel:
-    row = bench_row(bench, "dqn", "bytes_ratio_target_grad_over_pattern")
-    return Panel("bytes saved per update", row["pattern_saved_bytes_per_update"],
-                 row["target_grad_saved_bytes_per_update"], "target_grad")
-
-
-def mistake_cost(gate: dict, bench: dict) -> Cost:
-    runs = gate["runs"]
-    return Cost("target_grad", runs["none 10k"][0]["env_steps_per_sec"]
-                / runs["target_grad 10k"][0]["env_steps_per_sec"],
-                bench_row(bench, "dqn", "bytes_ratio_target_grad_over_pattern")[
-                    "bytes_ratio_target_grad_over_pattern"],
-                "time: scripts/gates.py dqn, seed 0, 10k env steps each; bytes: "
-                "scripts/bench.py dqn")
+def measured(gate: dict, bench: dict) -> Measured:
+    runs, row = gate["runs"], bench_row(bench, "dqn", "bytes_ratio_target_grad_over_pattern")
+    solved = [r["first_solved_step"] for r in runs["none"]]
+    return Measured(
+        (f"CartPole solved by {span(solved)} env steps, {len(solved)} seeds",
+         "target_grad: the target gets .grad (a test asserts it)"),
+        Panel("bytes saved per update", row["pattern_saved_bytes_per_update"],
+              row["target_grad_saved_bytes_per_update"], "target_grad"),
+        Cost("target_grad", runs["none 10k"][0]["env_steps_per_sec"]
+             / runs["target_grad 10k"][0]["env_steps_per_sec"],
+             row["bytes_ratio_target_grad_over_pattern"],
+             "time: scripts/gates.py dqn, seed 0, 10k env steps each; bytes: scripts/bench.py dqn"))
 
 
 QUICK = ["steps=600", "learning_starts=200", "eval_every=300", "eval_episodes=2", "hidden=32"]
@@ -379,11 +381,8 @@ EXAMPLE = Example(
         passes=lambda runs: all(r["first_solved_step"] is not None
                                 and r["first_solved_step"] <= 50_000 and r["wall_seconds"] < 90
                                 for r in runs["none"])),
-    readme_row=readme_row,
-    hero_panel=hero_panel,
-    mistake_cost=mistake_cost,
+    measured=measured,
 )
-
 
 
 if __name__ == "__main__":

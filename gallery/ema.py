@@ -50,7 +50,7 @@ from gallery.core.config import (
 )
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe, graph_stats
-from gallery.core.registry import Cost, Example, Gate, Mistake, Panel, Runs, avg
+from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, Runs, avg
 from gallery.core.setup import prepare
 from gallery.data import images
 from gallery.nets import evaluating, sync_target
@@ -159,11 +159,12 @@ def make_ema_requires_grad(model):
     return copy.deepcopy(model).eval()  # MISTAKE: the copy still requires grad
 
 
-Variant = namedtuple("Variant", ["make_ema", "sync"])  # what a mistake swaps in, by name
-BY_MISTAKE = {"none": Variant(make_ema, sync_target),
-              "skip_buffers": Variant(make_ema, sync_target_skip_buffers),
-              "ema_with_grad": Variant(make_ema, sync_target_with_grad),
-              "teacher_requires_grad": Variant(make_ema_requires_grad, sync_target)}
+# the functions of a step that a mistake can swap, by name
+EmaSteps = namedtuple("EmaSteps", ["make_ema", "sync"])
+BY_MISTAKE = {"none": EmaSteps(make_ema, sync_target),
+              "skip_buffers": EmaSteps(make_ema, sync_target_skip_buffers),
+              "ema_with_grad": EmaSteps(make_ema, sync_target_with_grad),
+              "teacher_requires_grad": EmaSteps(make_ema_requires_grad, sync_target)}
 
 
 # --- data and measurement (off the training path) ---------------------------------------------
@@ -205,7 +206,7 @@ def draw_curves(ax, evals: list[dict], label: str) -> None:
 # --- training loop ------------------------------------------------------------------------------
 
 def train(cfg) -> dict:
-    cfg, device = prepare(cfg, validate, small_model=lambda c: c.data.name == "digits")
+    cfg, device = prepare(cfg, validate, single_thread=lambda c: c.data.name == "digits")
     xl, yl, xu, xv, yv = (t.to(device) for t in load_data(cfg))
     variant = BY_MISTAKE[cfg.mistake]
     student = classifier(xl[0].numel(), cfg.hidden, int(yl.max()) + 1).to(device)
@@ -215,9 +216,9 @@ def train(cfg) -> dict:
     stateful = {"student": student, "teacher": teacher, "optimizer": optimizer,
                 "batches": batches}
     probe = Probe(device, saved_bytes_name="step_saved_bytes")  # measured on log steps
-    with Loop(cfg, "ema", stateful, device, cfg.data.name) as loop:
-        if loop.finished:
-            return loop.finished
+    with Loop(cfg, EXAMPLE.name, stateful, device, cfg.data.name) as loop:
+        if loop.finished_summary:
+            return loop.finished_summary
         for _ in loop:
             weight = cfg.consistency * min(1.0, loop.step / max(cfg.ramp, 1))
             with probe.step(sampled=loop.sampled(cfg.log_every)):
@@ -257,31 +258,20 @@ def tour_figure(runs: dict, fig) -> None:
         draw_curves(ax, runs[mistake]["curve"], "pattern" if mistake == "none" else mistake)
 
 
-# --- what the README, the hero figure, the gates and the check table read ---
-
-def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
+def measured(gate: dict, bench: dict) -> Measured:
     runs = gate["runs"]
+    ema, skipped = (avg(runs[m], "ema_accuracy") for m in ("none", "skip_buffers"))
     slower = (avg(runs["none 300 steps"], "steps_per_sec")
               / avg(runs["ema_with_grad"], "steps_per_sec"))
-    return (f"EMA accuracy {avg(runs['none'], 'ema_accuracy'):.1%} (student "
-            f"{avg(runs['none'], 'student_accuracy'):.1%}), 10 labels per class",
-            f"skip_buffers: EMA accuracy {avg(runs['skip_buffers'], 'ema_accuracy'):.1%}; "
-            f"ema_with_grad: {slower:.0f}x slower by step 300")
-
-
-def hero_panel(gate: dict, bench: dict) -> Panel:
-    runs = gate["runs"]
-    return Panel("EMA held-out accuracy", avg(runs["none"], "ema_accuracy"),
-                 avg(runs["skip_buffers"], "ema_accuracy"), "skip_buffers")
-
-
-def mistake_cost(gate: dict, bench: dict) -> Cost:
-    runs = gate["runs"]
-    return Cost("ema_with_grad", avg(runs["none 300 steps"], "steps_per_sec")
-                / avg(runs["ema_with_grad"], "steps_per_sec"),
-                avg(runs["ema_with_grad"], "step_saved_bytes")
-                / avg(runs["none 300 steps"], "step_saved_bytes"),
-                "scripts/gates.py ema, seeds 0-2, 300 steps each")
+    return Measured(
+        (f"EMA accuracy {ema:.1%} (student {avg(runs['none'], 'student_accuracy'):.1%}), 10 "
+         "labels per class",
+         f"skip_buffers: EMA accuracy {skipped:.1%}; ema_with_grad: {slower:.0f}x slower by step "
+         "300"),
+        Panel("EMA held-out accuracy", ema, skipped, "skip_buffers"),
+        Cost("ema_with_grad", slower, avg(runs["ema_with_grad"], "step_saved_bytes")
+             / avg(runs["none 300 steps"], "step_saved_bytes"),
+             "scripts/gates.py ema, seeds 0-2, 300 steps each"))
 
 
 SHORT = ("steps=300", "eval_every=100")
@@ -350,9 +340,7 @@ EXAMPLE = Example(
                 for r in runs["none"]),
         figure_runs=("none", "skip_buffers"),
         figure_title="ema on digits (10 labels per class), seed 0"),
-    readme_row=readme_row,
-    hero_panel=hero_panel,
-    mistake_cost=mistake_cost,
+    measured=measured,
 )
 
 

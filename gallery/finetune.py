@@ -60,7 +60,7 @@ from gallery.core.device import amp_forward, compile_modules
 from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe, state_hash
-from gallery.core.registry import Cost, Example, Gate, Mistake, Panel, Runs, span
+from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, Runs, span
 from gallery.core.seeding import seed_everything
 from gallery.core.setup import prepare
 from gallery.data import images
@@ -305,7 +305,7 @@ def build(cfg, device: torch.device) -> tuple[nn.Module, nn.Module | None, list[
 
 
 def train(cfg) -> dict:
-    cfg, device = prepare(cfg, validate, small_model=lambda c: c.backbone.name == "digits_cnn")
+    cfg, device = prepare(cfg, validate, single_thread=lambda c: c.backbone.name == "digits_cnn")
     if cfg.stage == "pretrain":
         path = pretrain(cfg, device)
         return {"stage": "pretrain", "checkpoint": str(path), "out_dir": str(path.parent),
@@ -320,9 +320,9 @@ def train(cfg) -> dict:
     batches = images.IndexBatches(len(x), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
     stateful = {"model": model, "optimizer": optimizer, "batches": batches}
     probe = Probe(device, "saved_bytes_per_step")
-    with Loop(cfg, "finetune", stateful, device, cfg.backbone.name) as loop:
-        if loop.finished:
-            return loop.finished
+    with Loop(cfg, EXAMPLE.name, stateful, device, cfg.backbone.name) as loop:
+        if loop.finished_summary:
+            return loop.finished_summary
         for _ in loop:
             # what every training loop does; the pattern keeps the frozen blocks in eval
             model.train()
@@ -384,30 +384,16 @@ def tour_figure(runs: dict, fig) -> None:
         ax.tick_params(axis="x", labelsize=8)
 
 
-# --- what the README, the hero figure, the gates and the check table read ---
-
-def _digits(bench: dict) -> dict:
-    return next(r for r in bench["finetune"] if r["setup"].startswith("digits_cnn"))
-
-
-def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
-    digits = _digits(bench)
-    return (f"val acc {span([r['val_acc'] for r in gate['runs']['none']], '{:.3f}')}, backbone "
-            "hash unchanged",
-            f"no_freeze: {1 / digits['time_ratio_frozen_over_full']:.1f}x the time, "
-            f"{1 / digits['bytes_ratio_frozen_over_full']:.0f}x the bytes saved for backward")
-
-
-def hero_panel(gate: dict, bench: dict) -> Panel:
-    digits = _digits(bench)
-    return Panel("bytes saved for backward", digits["frozen_saved_bytes"],
-                 digits["full_saved_bytes"], "no_freeze")
-
-
-def mistake_cost(gate: dict, bench: dict) -> Cost:
-    digits = _digits(bench)
-    return Cost("no_freeze", 1 / digits["time_ratio_frozen_over_full"],
-                1 / digits["bytes_ratio_frozen_over_full"], "scripts/bench.py finetune (digits)")
+def measured(gate: dict, bench: dict) -> Measured:
+    digits = next(r for r in bench["finetune"] if r["setup"].startswith("digits_cnn"))
+    slower, heavier = (1 / digits[f"{m}_ratio_frozen_over_full"] for m in ("time", "bytes"))
+    return Measured(
+        (f"val acc {span([r['val_acc'] for r in gate['runs']['none']], '{:.3f}')}, backbone "
+         "hash unchanged",
+         f"no_freeze: {slower:.1f}x the time, {heavier:.0f}x the bytes saved for backward"),
+        Panel("bytes saved for backward", digits["frozen_saved_bytes"],
+              digits["full_saved_bytes"], "no_freeze"),
+        Cost("no_freeze", slower, heavier, "scripts/bench.py finetune (digits)"))
 
 
 QUICK = ["steps=20", "eval_every=10", "log_every=10", "backbone.pretrain_steps=40"]
@@ -463,11 +449,8 @@ EXAMPLE = Example(
         keys=("val_acc", "backbone_unchanged", "wall_seconds"),
         passes=lambda runs: all(r["val_acc"] >= 0.95 and r["backbone_unchanged"]
                                 for r in runs["none"]) and runs["none"][0]["wall_seconds"] < 60),
-    readme_row=readme_row,
-    hero_panel=hero_panel,
-    mistake_cost=mistake_cost,
+    measured=measured,
 )
-
 
 
 if __name__ == "__main__":

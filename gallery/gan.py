@@ -46,7 +46,7 @@ from gallery.core.device import amp_forward, compile_modules
 from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop
 from gallery.core.probes import CrossStepProbe
-from gallery.core.registry import Cost, Example, Gate, Mistake, Panel
+from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel
 from gallery.core.schedule import SCHEDULES, lr_schedule
 from gallery.core.setup import prepare
 from gallery.data import images
@@ -323,7 +323,7 @@ def evaluate(g: nn.Module, data, fixed_z: torch.Tensor, cfg: GanConfig) -> dict:
 # --- training loop ------------------------------------------------------------------------------
 
 def train(cfg) -> dict:
-    cfg, device = prepare(cfg, validate, small_model=lambda c: c.data.name in MIXTURES)
+    cfg, device = prepare(cfg, validate, single_thread=lambda c: c.data.name in MIXTURES)
     data = build_data(cfg, device)
     g, d = build_models(cfg, data, device)
     g, d = amp_forward(g, device, cfg.amp), amp_forward(d, device, cfg.amp)
@@ -342,9 +342,10 @@ def train(cfg) -> dict:
                 "sched_d": sched_d, "data_rng": data.generator}
     gan_step_fn = BY_MISTAKE[cfg.mistake]
     probe, last = CrossStepProbe(device, opt_d, g, prefix="d_step", into="g"), {}
-    with Loop(cfg, "gan", stateful, device, cfg.data.name, known_errors=KNOWN_ERRORS) as loop:
-        if loop.finished:
-            return loop.finished
+    with Loop(cfg, EXAMPLE.name, stateful, device, cfg.data.name,
+              known_errors=KNOWN_ERRORS) as loop:
+        if loop.finished_summary:
+            return loop.finished_summary
         for _ in loop:
             real = data.sample(cfg.batch_size)
             z = torch.randn(len(real), cfg.z_dim, device=device)
@@ -390,25 +391,18 @@ def tour_figure(runs: dict, fig) -> None:
                      saved["title"])
 
 
-# --- what the README, the hero figure, the gates and the check table read ---
-
-def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
+def measured(gate: dict, bench: dict) -> Measured:
     ring, shared = gate["ring8"], gate["ring8 mistake"]
-    return (f"ring8: {ring['mean_modes']:g}/8 modes, {ring['mean_high_quality']:.0%} high quality",
-            f"shared zero_grad: {shared['mean_modes']:g}/8 modes, "
-            f"{shared['mean_high_quality']:.0%} high quality")
-
-
-def hero_panel(gate: dict, bench: dict) -> Panel:
-    return Panel("modes of 8 covered (ring8)", gate["ring8"]["mean_modes"],
-                 gate["ring8 mistake"]["mean_modes"], "shared zero_grad")
-
-
-def mistake_cost(gate: dict, bench: dict) -> Cost:
     row = next(r for r in bench["gan"] if r.get("data") == "digits")
-    return Cost("retain_graph", row["time_ratio_retain_graph_over_pattern"],
-                row["retain_graph_d_step_saved_bytes"] / row["pattern_d_step_saved_bytes"],
-                "scripts/bench.py gan (digits)")
+    return Measured(
+        (f"ring8: {ring['mean_modes']:g}/8 modes, {ring['mean_high_quality']:.0%} high quality",
+         f"shared zero_grad: {shared['mean_modes']:g}/8 modes, "
+         f"{shared['mean_high_quality']:.0%} high quality"),
+        Panel("modes of 8 covered (ring8)", ring["mean_modes"], shared["mean_modes"],
+              "shared zero_grad"),
+        Cost("retain_graph", row["time_ratio_retain_graph_over_pattern"],
+             row["retain_graph_d_step_saved_bytes"] / row["pattern_d_step_saved_bytes"],
+             "scripts/bench.py gan (digits)"))
 
 
 QUICK = ["steps=20", "eval_every=20", "log_every=10", "hidden=32", "eval_samples=500"]
@@ -477,9 +471,7 @@ EXAMPLE = Example(
                               "ratio, seeds 0-1: each >= 90% of its modes and >= 0.8 high quality "
                               "on average, in at most 3x ring8's wall time",
                               measure="gan_gates:sizes")},
-    readme_row=readme_row,
-    hero_panel=hero_panel,
-    mistake_cost=mistake_cost,
+    measured=measured,
 )
 
 

@@ -1,7 +1,7 @@
 """Networks the examples share or load: the image GAN's (DCGAN-style, PacGAN packing), the
 fine-tuning backbones (digits_cnn, pretrained in-project; torchvision's ResNet-18). The 2-D
 mixtures' GAN is two `mlp`s. And the two patterns more than one example copies: `sync_target` (dqn,
-sac) and `frozen` (sac)."""
+sac and ema: a target network, and an EMA copy) and `frozen` (sac)."""
 
 from __future__ import annotations
 

@@ -47,7 +47,18 @@ from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop, rl_results
 from gallery.core.plots import draw_learning_curve
 from gallery.core.probes import Probe, graph_saved_bytes
-from gallery.core.registry import Cost, Example, Gate, Mistake, Panel, Runs, avg, bench_row, span
+from gallery.core.registry import (
+    Cost,
+    Example,
+    Gate,
+    Measured,
+    Mistake,
+    Panel,
+    Runs,
+    avg,
+    bench_row,
+    span,
+)
 from gallery.core.setup import prepare
 from gallery.data.envs import (
     EnvConfig,
@@ -275,11 +286,12 @@ def ppo_update_advantage_grad(agent, optimizer, batch, advantages, returns, epoc
     return tuple(torch.stack(losses).mean(0))  # means: a NaN in any minibatch stays a NaN
 
 
-Variant = namedtuple("Variant", ["rollout", "update"])  # what a mistake swaps in, by name
-BY_MISTAKE = {"none": Variant(rollout, ppo_update),
-              "rollout_grad": Variant(rollout_grad, ppo_update),
-              "advantage_grad": Variant(rollout, ppo_update_advantage_grad),
-              "truncation_as_terminal": Variant(rollout_truncation_as_terminal, ppo_update)}
+# the functions of a step that a mistake can swap, by name
+PpoSteps = namedtuple("PpoSteps", ["rollout", "update"])
+BY_MISTAKE = {"none": PpoSteps(rollout, ppo_update),
+              "rollout_grad": PpoSteps(rollout_grad, ppo_update),
+              "advantage_grad": PpoSteps(rollout, ppo_update_advantage_grad),
+              "truncation_as_terminal": PpoSteps(rollout_truncation_as_terminal, ppo_update)}
 KNOWN_ERRORS = {
     "rollout_grad": (
         "backward through the graph a second time",
@@ -302,7 +314,7 @@ def greedy(agent: Agent):
 # --- training loop ------------------------------------------------------------------------------
 
 def train(cfg) -> dict:
-    cfg, device = prepare(cfg, validate, small_model=lambda c: True)
+    cfg, device = prepare(cfg, validate, single_thread=lambda c: True)
     envs, eval_envs = make_envs(cfg.env, "PPO", cfg.eval_episodes,
                                 instead="CartPole-v1, Acrobot-v1; for Box actions, sac")
     threshold, (obs_dim, n_actions) = reward_threshold(cfg.env, envs), space_sizes(envs)
@@ -319,10 +331,10 @@ def train(cfg) -> dict:
     probe, rollout_bytes = Probe(device), None
     # a resumed run starts a fresh rollout: the one in flight is not saved
     with contextlib.closing(envs), contextlib.closing(eval_envs), \
-            Loop(cfg, "ppo", stateful, device, cfg.env.id, by=per_rollout, unit="env_steps",
+            Loop(cfg, EXAMPLE.name, stateful, device, cfg.env.id, by=per_rollout, unit="env_steps",
                  known_errors=KNOWN_ERRORS) as loop:
-        if loop.finished:
-            return loop.finished
+        if loop.finished_summary:
+            return loop.finished_summary
         obs, _ = envs.reset(seed=cfg.seed + loop.step)
         obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
         for start in loop:
@@ -373,39 +385,27 @@ def tour_figure(runs: dict, fig) -> None:
                                 "pattern" if mistake == "none" else f"mistake={mistake}")
 
 
-# --- what the README, the hero figure, the gates and the check table read ---
-
-def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
-    runs = gate["runs"]
-    solved = [r["first_solved_step"] for r in runs["none"] if r["first_solved_step"] is not None]
-    return (f"CartPole solved by {span(solved)} env steps, value bias "
-            f"{avg(runs['none time_limit=100'], 'value_bias'):+.1f}",
-            f"truncation_as_terminal: value bias "
-            f"{avg(runs['truncation_as_terminal time_limit=100'], 'value_bias'):+.1f}")
-
-
-def hero_panel(gate: dict, bench: dict) -> Panel:
-    runs = gate["runs"]
-    return Panel("value bias, 100-step time limit", avg(runs["none time_limit=100"], "value_bias"),
-                 avg(runs["truncation_as_terminal time_limit=100"], "value_bias"),
-                 "truncation_as_terminal")
-
-
-def mistake_cost(gate: dict, bench: dict) -> Cost:
+def measured(gate: dict, bench: dict) -> Measured:
     runs, row = gate["runs"], bench_row(bench, "ppo", "none: saved_bytes_per_update")
-    return Cost("advantage_grad", avg(runs["none"], "env_steps_per_sec")
-                / avg(runs["advantage_grad"], "env_steps_per_sec"),
-                row["advantage_grad: saved_bytes_per_update"] / row["none: saved_bytes_per_update"],
-                "time: scripts/gates.py ppo, seeds 0-4, 100k env steps each; bytes: "
-                "scripts/bench.py ppo")
+    solved = [r["first_solved_step"] for r in runs["none"] if r["first_solved_step"] is not None]
+    bias = avg(runs["none time_limit=100"], "value_bias")
+    truncated = avg(runs["truncation_as_terminal time_limit=100"], "value_bias")
+    return Measured(
+        (f"CartPole solved by {span(solved)} env steps, value bias {bias:+.1f}",
+         f"truncation_as_terminal: value bias {truncated:+.1f}"),
+        Panel("value bias, 100-step time limit", bias, truncated, "truncation_as_terminal"),
+        Cost("advantage_grad", avg(runs["none"], "env_steps_per_sec")
+             / avg(runs["advantage_grad"], "env_steps_per_sec"),
+             row["advantage_grad: saved_bytes_per_update"] / row["none: saved_bytes_per_update"],
+             "time: scripts/gates.py ppo, seeds 0-4, 100k env steps each; bytes: "
+             "scripts/bench.py ppo"))
 
 
 FULL_RUN = ("stop_when_solved=false", "eval_every=5000")
-TIME_LIMIT_100 = ("env.max_episode_steps=100", "stop_when_solved=false", "steps=30000")
 
 
 QUICK = ["steps=2048", "eval_every=1024", "eval_episodes=2", "value_check_episodes=1", "epochs=2"]
-TRUNCATED = ["env.max_episode_steps=100", "stop_when_solved=false", "steps=30000"]
+TIME_LIMIT_100 = ["env.max_episode_steps=100", "stop_when_solved=false", "steps=30000"]
 EXAMPLE = Example(
     name="ppo",
     pattern="the rollout and the advantages are data: acting and GAE under no_grad, stored "
@@ -435,7 +435,7 @@ EXAMPLE = Example(
                       "limit), not a graph: the value-bias measure in the tests catches it"),
         ),
     },
-    budgets={"full": {**{m: [] for m in BY_MISTAKE}, "truncation_as_terminal": TRUNCATED},
+    budgets={"full": {**{m: [] for m in BY_MISTAKE}, "truncation_as_terminal": TIME_LIMIT_100},
              "quick": {m: QUICK for m in BY_MISTAKE}},
     headline=headline,
     figure=tour_figure,
@@ -452,9 +452,9 @@ EXAMPLE = Example(
         "truncation_as_terminal (seeds 0-2)",
         runs={"none": Runs(seeds=(0, 1, 2, 3, 4), overrides=FULL_RUN),
               "advantage_grad": Runs("advantage_grad", (0, 1, 2, 3, 4), FULL_RUN),
-              "none time_limit=100": Runs(overrides=TIME_LIMIT_100),
+              "none time_limit=100": Runs(overrides=tuple(TIME_LIMIT_100)),
               "truncation_as_terminal time_limit=100": Runs("truncation_as_terminal",
-                                                            overrides=TIME_LIMIT_100)},
+                                                            overrides=tuple(TIME_LIMIT_100))},
         keys=("first_solved_step", "eval_return_mean", "value_bias", "value_abs_error",
               "env_steps_per_sec", "wall_seconds"),
         passes=lambda runs: all(r["first_solved_step"] is not None
@@ -462,11 +462,8 @@ EXAMPLE = Example(
                                 for r in runs["none"]),
         figure_runs=("none", "advantage_grad"),
         figure_title="ppo on CartPole-v1, default config, seed 0 (greedy eval, 10 episodes)"),
-    readme_row=readme_row,
-    hero_panel=hero_panel,
-    mistake_cost=mistake_cost,
+    measured=measured,
 )
-
 
 
 if __name__ == "__main__":

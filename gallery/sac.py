@@ -47,7 +47,17 @@ from gallery.core.errors import ConfigError
 from gallery.core.loop import Counters, Loop, rl_results
 from gallery.core.plots import draw_learning_curve
 from gallery.core.probes import Probe, grads_absent
-from gallery.core.registry import Cost, Example, Gate, Mistake, Panel, Runs, avg, bench_row
+from gallery.core.registry import (
+    Cost,
+    Example,
+    Gate,
+    Measured,
+    Mistake,
+    Panel,
+    Runs,
+    avg,
+    bench_row,
+)
 from gallery.core.setup import prepare
 from gallery.data.envs import (
     EnvConfig,
@@ -264,29 +274,29 @@ def actor_alpha_step_alpha_no_detach(actor, critics, temperature, actor_opt, alp
     return actor_loss.detach(), -logp.detach().mean()
 
 
-# what a mistake swaps in, by name
-Variant = namedtuple("Variant", ["make_targets", "make_optimizers", "critic_step", "actor_step"])
+# the step's functions a mistake swaps
+SacSteps = namedtuple("SacSteps", ["make_targets", "make_optimizers", "critic_step", "actor_step"])
 BY_MISTAKE = {
-    "none": Variant(make_targets, make_optimizers, critic_step, actor_alpha_step),
-    "target_grad": Variant(make_targets_with_grad, make_optimizers, critic_step_target_grad,
+    "none": SacSteps(make_targets, make_optimizers, critic_step, actor_alpha_step),
+    "target_grad": SacSteps(make_targets_with_grad, make_optimizers, critic_step_target_grad,
                            actor_alpha_step),
-    "actor_updates_critic": Variant(make_targets, make_optimizers_shared, critic_step,
+    "actor_updates_critic": SacSteps(make_targets, make_optimizers_shared, critic_step,
                                   actor_alpha_step_updates_critic),
-    "alpha_no_detach": Variant(make_targets, make_optimizers, critic_step,
+    "alpha_no_detach": SacSteps(make_targets, make_optimizers, critic_step,
                                actor_alpha_step_alpha_no_detach),
 }
 
 
 # --- training loop ------------------------------------------------------------------------------
 
-def small_model(cfg: SacConfig) -> bool:
+def single_thread(cfg: SacConfig) -> bool:
     """For threads=auto: at SB3's 256 units a batch's matmuls are big enough for a second core
     (1.3-1.5x on a 2-core CPU); at the default 128 a second thread gains nothing."""
     return cfg.hidden < 256
 
 
 def train(cfg) -> dict:
-    cfg, device = prepare(cfg, validate, small_model)
+    cfg, device = prepare(cfg, validate, single_thread)
     envs, eval_envs = make_envs(cfg.env, "SAC", cfg.eval_episodes, "Box", "Pendulum-v1, "
                                 "MountainCarContinuous-v0; for Discrete actions, dqn or ppo")
     (obs_dim, act_dim), space, n = space_sizes(envs), envs.single_action_space, cfg.env.num_envs
@@ -302,9 +312,9 @@ def train(cfg) -> dict:
                 "alpha_opt": alpha_opt, "buffer": buffer, "tally": (tally := Counters(updates=0))}
     probe, critic_loss, actor_loss, entropy = Probe(device, "saved_bytes_per_update"), 0.0, 0.0, 0.0
     with contextlib.closing(envs), contextlib.closing(eval_envs), \
-            Loop(cfg, "sac", stateful, device, cfg.env.id, by=n, unit="env_steps") as loop:
-        if loop.finished:
-            return loop.finished
+            Loop(cfg, EXAMPLE.name, stateful, device, cfg.env.id, by=n, unit="env_steps") as loop:
+        if loop.finished_summary:
+            return loop.finished_summary
         obs, _ = envs.reset(seed=cfg.seed + loop.step)  # a resume restarts the episodes
         act_rng = np.random.default_rng(cfg.seed + loop.step)  # random actions until learning
         for start in loop:
@@ -360,28 +370,17 @@ def tour_figure(runs: dict, fig) -> None:
     alphas.legend(fontsize=8)
 
 
-# --- what the README, the hero figure, the gates and the check table read ---
-
-def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
+def measured(gate: dict, bench: dict) -> Measured:
     runs, row = gate["runs"], bench_row(bench, "sac", "target_grad_over_pattern")
-    return (f"Pendulum eval return {avg(runs['none'], 'eval_return_mean'):.0f} (mean of seeds)",
-            f"alpha_no_detach: {avg(runs['alpha_no_detach'], 'eval_return_mean'):.0f}; "
-            f"target_grad: {row['target_grad_over_pattern']:.2f}x the bytes per update")
-
-
-def hero_panel(gate: dict, bench: dict) -> Panel:
-    runs = gate["runs"]
-    return Panel("eval return", avg(runs["none"], "eval_return_mean"),
-                 avg(runs["alpha_no_detach"], "eval_return_mean"), "alpha_no_detach")
-
-
-def mistake_cost(gate: dict, bench: dict) -> Cost:
-    runs = gate["runs"]
-    return Cost("target_grad", runs["none"][0]["env_steps_per_sec"]
-                / runs["target_grad"][0]["env_steps_per_sec"],
-                bench_row(bench, "sac", "target_grad_over_pattern")["target_grad_over_pattern"],
-                "time: scripts/gates.py sac, seed 0, 20k env steps each; bytes: "
-                "scripts/bench.py sac")
+    pattern, alpha = (avg(runs[m], "eval_return_mean") for m in ("none", "alpha_no_detach"))
+    return Measured(
+        (f"Pendulum eval return {pattern:.0f} (mean of seeds)",
+         f"alpha_no_detach: {alpha:.0f}; target_grad: {row['target_grad_over_pattern']:.2f}x the "
+         "bytes per update"),
+        Panel("eval return", pattern, alpha, "alpha_no_detach"),
+        Cost("target_grad", runs["none"][0]["env_steps_per_sec"]
+             / runs["target_grad"][0]["env_steps_per_sec"], row["target_grad_over_pattern"],
+             "time: scripts/gates.py sac, seed 0, 20k env steps each; bytes: scripts/bench.py sac"))
 
 
 QUICK = ["steps=600", "learning_starts=200", "eval_every=300", "eval_episodes=1", "hidden=32",
@@ -440,11 +439,8 @@ EXAMPLE = Example(
         figure_runs=("none", "target_grad", "actor_updates_critic", "alpha_no_detach"),
         figure_title="sac on Pendulum-v1, default config, seed 0 (deterministic eval, 5 "
                      "episodes)"),
-    readme_row=readme_row,
-    hero_panel=hero_panel,
-    mistake_cost=mistake_cost,
+    measured=measured,
 )
-
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from gallery.core.device import amp_forward, compile_modules
 from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe, reached_parameters
-from gallery.core.registry import Cost, Example, Gate, Mistake, Panel, Runs, avg
+from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, Runs, avg
 from gallery.core.schedule import lr_schedule
 from gallery.core.setup import prepare
 from gallery.data import images
@@ -219,7 +219,7 @@ def load_data(cfg):
 
 
 def train(cfg) -> dict:
-    cfg, device = prepare(cfg, validate, small_model=lambda c: c.data.name == "digits")
+    cfg, device = prepare(cfg, validate, single_thread=lambda c: c.data.name == "digits")
     xt, yt, xv, yv = (t.to(device) for t in load_data(cfg))
     if cfg.knn_k > len(xt):
         raise ConfigError(f"knn_k={cfg.knn_k}: the kNN bank holds only {len(xt)} images")
@@ -241,9 +241,9 @@ def train(cfg) -> dict:
     k = cfg.knn_k
     raw_pixels = knn_accuracy(xt.flatten(1), yt, xv.flatten(1), yv, k)
     probe = Probe(device)
-    with Loop(cfg, "simsiam", stateful, device, d.name) as loop:
-        if loop.finished:
-            return loop.finished
+    with Loop(cfg, EXAMPLE.name, stateful, device, d.name) as loop:
+        if loop.finished_summary:
+            return loop.finished_summary
         if not loop.evals:  # step 0: the random encoder, the baseline to beat
             loop.evals.append({"step": 0, "loss": None, **evaluate(encoder, xt, yt, xv, yv, k)})
         for _ in loop:
@@ -305,27 +305,18 @@ def tour_figure(runs: dict, fig) -> None:
         axes[2].legend(fontsize=8)
 
 
-# --- what the README, the hero figure, the gates and the check table read ---
-
-def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
+def measured(gate: dict, bench: dict) -> Measured:
     runs = gate["runs"]
-    return (f"output std {avg(runs['none'], 'output_std_sqrt_d'):.2f}/sqrt(d), "
-            f"kNN {avg(runs['none'], 'knn_acc'):.3f}",
-            f"no_stop_grad: std {avg(runs['no_stop_grad'], 'output_std_sqrt_d'):.2f}/sqrt(d), "
-            f"kNN {avg(runs['no_stop_grad'], 'knn_acc'):.3f}: collapsed")
-
-
-def hero_panel(gate: dict, bench: dict) -> Panel:
-    runs = gate["runs"]
-    return Panel("output std x sqrt(d)", avg(runs["none"], "output_std_sqrt_d"),
-                 avg(runs["no_stop_grad"], "output_std_sqrt_d"), "no_stop_grad")
-
-
-def mistake_cost(gate: dict, bench: dict) -> Cost:
-    runs = gate["runs"]
-    return Cost("no_stop_grad", avg(runs["no_stop_grad"], "wall_seconds")
-                / avg(runs["none"], "wall_seconds"), None,
-                "time: scripts/gates.py simsiam, seeds 0-2, the same steps each")
+    std, knn = ({m: avg(runs[m], key) for m in ("none", "no_stop_grad")}
+                for key in ("output_std_sqrt_d", "knn_acc"))
+    return Measured(
+        (f"output std {std['none']:.2f}/sqrt(d), kNN {knn['none']:.3f}",
+         f"no_stop_grad: std {std['no_stop_grad']:.2f}/sqrt(d), kNN {knn['no_stop_grad']:.3f}: "
+         "collapsed"),
+        Panel("output std x sqrt(d)", std["none"], std["no_stop_grad"], "no_stop_grad"),
+        Cost("no_stop_grad", avg(runs["no_stop_grad"], "wall_seconds")
+             / avg(runs["none"], "wall_seconds"), None,
+             "time: scripts/gates.py simsiam, seeds 0-2, the same steps each"))
 
 
 PROJECTOR_BN = ("projector_bn=true",)
@@ -387,11 +378,8 @@ EXAMPLE = Example(
         figure_runs=("none", "no_stop_grad", "no_predictor"),
         figure_title="simsiam on digits, default config, seed 0",
         figure_file="simsiam_collapse.png"),
-    readme_row=readme_row,
-    hero_panel=hero_panel,
-    mistake_cost=mistake_cost,
+    measured=measured,
 )
-
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from gallery.core.device import amp_forward, compile_modules
 from gallery.core.errors import ConfigError
 from gallery.core.loop import Counters, Loop
 from gallery.core.probes import Probe, graph_saved_bytes
-from gallery.core.registry import Cost, Example, Gate, Mistake, Panel
+from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel
 from gallery.core.schedule import SCHEDULES, lr_schedule
 from gallery.core.setup import prepare
 from gallery.data.text import CharVocab, load_text
@@ -331,7 +331,7 @@ def text_data(cfg: TbpttConfig):
 
 
 def train(cfg) -> dict:
-    cfg, device = prepare(cfg, validate, small_model=lambda c: c.hidden * c.batch_size <= 4096)
+    cfg, device = prepare(cfg, validate, single_thread=lambda c: c.hidden * c.batch_size <= 4096)
     vocab, (streams, n), val_ids, sizes = text_data(cfg)
     k1, k2 = cfg.bptt_len, cfg.k2 or cfg.bptt_len
     model = build_model(cfg, len(vocab), device)
@@ -343,11 +343,11 @@ def train(cfg) -> dict:
     stateful = {"model": model, "optimizer": optimizer, "schedule": schedule, "tally": tally,
                 "vocab": vocab}  # a resume checks it reads the same vocabulary
     probe, t_start = Probe(device), time.perf_counter()
-    with Loop(cfg, "tbptt", stateful, device, cfg.data.name, total=chunks_to_run(cfg),
+    with Loop(cfg, EXAMPLE.name, stateful, device, cfg.data.name, total=chunks_to_run(cfg),
               known_errors=KNOWN_ERRORS) as loop, warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")  # retain_graph
-        if loop.finished:
-            return loop.finished
+        if loop.finished_summary:
+            return loop.finished_summary
         for _ in loop:
             if tally.position + k1 + 1 > n:  # end of the streams: start over, from a fresh state
                 tally.position, tally.state, tally.window = 0, None, []
@@ -403,25 +403,15 @@ def tour_figure(runs: dict, fig) -> None:
             draw_held_bytes(ax, points, label)
 
 
-# --- what the README, the hero figure, the gates and the check table read ---
-
-def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
+def measured(gate: dict, bench: dict) -> Measured:
     row = bench["tbptt"][0]
-    return (f"val {gate['default']['val_bpc']:.2f} bits/char, bytes per chunk flat",
-            f"untruncated: {row['memory_ratio_untruncated_over_truncated']:.1f}x the memory, "
-            f"{row['time_ratio_untruncated_over_truncated']:.2f}x the time")
-
-
-def hero_panel(gate: dict, bench: dict) -> Panel:
-    row = bench["tbptt"][0]
-    return Panel("peak bytes over 16 chunks", row["truncated_peak_bytes"],
-                 row["untruncated_peak_bytes"], "retain_graph (untruncated)")
-
-
-def mistake_cost(gate: dict, bench: dict) -> Cost:
-    row = bench["tbptt"][0]
-    return Cost("retain_graph", row["time_ratio_untruncated_over_truncated"],
-                row["memory_ratio_untruncated_over_truncated"], "scripts/bench.py tbptt")
+    memory, time = (row[f"{m}_ratio_untruncated_over_truncated"] for m in ("memory", "time"))
+    return Measured(
+        (f"val {gate['default']['val_bpc']:.2f} bits/char, bytes per chunk flat",
+         f"untruncated: {memory:.1f}x the memory, {time:.2f}x the time"),
+        Panel("peak bytes over 16 chunks", row["truncated_peak_bytes"],
+              row["untruncated_peak_bytes"], "retain_graph (untruncated)"),
+        Cost("retain_graph", time, memory, "scripts/bench.py tbptt"))
 
 
 QUICK = ["steps=12", "eval_every=12", "log_every=6", "hidden=32", "retain_graph_max_chunks=12",
@@ -462,11 +452,8 @@ EXAMPLE = Example(
     gate=Gate("pydoc text, seed 0: validation bits per char <= 2.3 within 180 s of training, read "
               "off the curve of a 10,000-step run; the default config's own run beside it",
               measure="tbptt_gate:curve"),
-    readme_row=readme_row,
-    hero_panel=hero_panel,
-    mistake_cost=mistake_cost,
+    measured=measured,
 )
-
 
 
 if __name__ == "__main__":

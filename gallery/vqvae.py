@@ -46,7 +46,7 @@ from gallery.core.config import (
 from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe, state_hash
-from gallery.core.registry import Cost, Example, Gate, Mistake, Panel, Runs, avg
+from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, Runs, avg
 from gallery.core.setup import prepare
 from gallery.data import images
 from gallery.nets import evaluating
@@ -230,7 +230,7 @@ def draw_curves(axes, evals: list[dict], label: str) -> None:
 # --- training loop ------------------------------------------------------------------------------
 
 def train(cfg) -> dict:
-    cfg, device = prepare(cfg, validate, small_model=lambda c: c.data.name == "digits")
+    cfg, device = prepare(cfg, validate, single_thread=lambda c: c.data.name == "digits")
     xt, xv = (t.to(device) for t in load_data(cfg))
     stages = 1 if xt.shape[-1] <= 8 else 2
     if xt.shape[-1] % 2**stages:
@@ -242,9 +242,9 @@ def train(cfg) -> dict:
     stateful = {"model": model, "optimizer": optimizer, "batches": batches}
     codebook_at_start = state_hash_of(model.codebook)
     probe = Probe(device)
-    with Loop(cfg, "vqvae", stateful, device, cfg.data.name) as loop:
-        if loop.finished:
-            return loop.finished
+    with Loop(cfg, EXAMPLE.name, stateful, device, cfg.data.name) as loop:
+        if loop.finished_summary:
+            return loop.finished_summary
         if not loop.evals:  # step 0: the untrained model, the baseline
             loop.evals.append({"step": 0, **evaluate(model, xv, cfg.codebook_size)})
         for _ in loop:
@@ -291,28 +291,19 @@ def tour_figure(runs: dict, fig) -> None:
         draw_curves(axes, runs[mistake]["curve"], "pattern" if mistake == "none" else mistake)
 
 
-# --- what the README, the hero figure, the gates and the check table read ---
-
-def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
+def measured(gate: dict, bench: dict) -> Measured:
     runs = gate["runs"]
-    return (f"held-out MSE {avg(runs['none'], 'recon_mse'):.3f}, perplexity "
-            f"{avg(runs['none'], 'perplexity'):.0f} of 32",
-            f"no_straight_through: MSE {avg(runs['no_straight_through'], 'recon_mse'):.3f}, "
-            f"perplexity {avg(runs['no_straight_through'], 'perplexity'):.0f}; "
-            "codebook_on_st: codebook never moves")
-
-
-def hero_panel(gate: dict, bench: dict) -> Panel:
-    runs = gate["runs"]
-    return Panel("held-out reconstruction MSE", avg(runs["none"], "recon_mse"),
-                 avg(runs["no_straight_through"], "recon_mse"), "no_straight_through")
-
-
-def mistake_cost(gate: dict, bench: dict) -> Cost:
-    runs = gate["runs"]
-    return Cost("no_straight_through", avg(runs["none"], "steps_per_sec")
-                / avg(runs["no_straight_through"], "steps_per_sec"), None,
-                "time: scripts/gates.py vqvae, seeds 0-2, the same steps each")
+    mse = {m: avg(runs[m], "recon_mse") for m in ("none", "no_straight_through")}
+    return Measured(
+        (f"held-out MSE {mse['none']:.3f}, perplexity {avg(runs['none'], 'perplexity'):.0f} of 32",
+         f"no_straight_through: MSE {mse['no_straight_through']:.3f}, perplexity "
+         f"{avg(runs['no_straight_through'], 'perplexity'):.0f}; codebook_on_st: codebook never "
+         "moves"),
+        Panel("held-out reconstruction MSE", mse["none"], mse["no_straight_through"],
+              "no_straight_through"),
+        Cost("no_straight_through", avg(runs["none"], "steps_per_sec")
+             / avg(runs["no_straight_through"], "steps_per_sec"), None,
+             "time: scripts/gates.py vqvae, seeds 0-2, the same steps each"))
 
 
 QUICK = ["steps=60", "eval_every=30", "log_every=30"]
@@ -365,11 +356,8 @@ EXAMPLE = Example(
         and max(r["wall_seconds"] for rows in runs.values() for r in rows) < 120,
         figure_runs=("none", "no_straight_through", "codebook_on_st"),
         figure_title="vqvae on digits, default config, seed 0"),
-    readme_row=readme_row,
-    hero_panel=hero_panel,
-    mistake_cost=mistake_cost,
+    measured=measured,
 )
-
 
 
 if __name__ == "__main__":

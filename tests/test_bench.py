@@ -1,7 +1,9 @@
-"""scripts/bench.py's bookkeeping (the benches themselves are timed by hand, never in a test)."""
+"""scripts/bench.py's bookkeeping (its measurements live in scripts/measure/, one module each;
+the benches themselves are timed by hand, never in a test)."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 
@@ -17,7 +19,7 @@ def load(name: str):
 
 
 def test_a_partial_sb3_run_replaces_only_its_algorithms_rows_and_keeps_speed_rows_first():
-    bench = load("bench")
+    bench = importlib.import_module("scripts.measure.sb3")
     speed = {name: {"setting": f"{name}: speed", "gallery_speed_over_sb3": i}
              for i, name in enumerate(("dqn", "ppo", "a2c", "sac"))}
     solve = {name: {"setting": f"{name}: solve", "gallery_seconds_to_solve": i}
@@ -34,7 +36,7 @@ def test_a_partial_sb3_run_replaces_only_its_algorithms_rows_and_keeps_speed_row
 
 
 def test_the_sb3_peer_runs_the_algorithms_the_bench_compares_and_on_their_envs():
-    bench, peer = load("bench"), load("sb3_peer")
+    bench, peer = importlib.import_module("scripts.measure.sb3"), load("sb3_peer")
     assert set(bench.SB3_SPEED) == set(peer.ZOO)
     for name, (env_id, threshold, _every) in bench.SB3_SOLVE.items():
         assert peer.ZOO[name][1] == env_id and peer.THRESHOLD[env_id] == threshold

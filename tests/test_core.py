@@ -78,15 +78,15 @@ def test_amp_forward_leaves_a_cpu_module_untouched():
     assert net(torch.ones(1, 2)).dtype == torch.float32
 
 
-def test_threads_auto_is_one_for_small_models_and_a_number_sets_it():
+def test_threads_auto_is_one_for_single_threads_and_a_number_sets_it():
     before = torch.get_num_threads()
     try:
-        assert set_threads("auto", torch.device("cpu"), small_model=True) == 1
-        assert set_threads("2", torch.device("cpu"), small_model=True) == 2
-        assert set_threads(1, torch.device("cpu"), small_model=False) == 1
+        assert set_threads("auto", torch.device("cpu"), single_thread=True) == 1
+        assert set_threads("2", torch.device("cpu"), single_thread=True) == 2
+        assert set_threads(1, torch.device("cpu"), single_thread=False) == 1
         # a sweep's jobs share the cores: one thread each when there are as many jobs
         cores = os.cpu_count() or 1
-        assert set_threads("auto", torch.device("cpu"), small_model=False, jobs=cores) == 1
+        assert set_threads("auto", torch.device("cpu"), single_thread=False, jobs=cores) == 1
     finally:
         torch.set_num_threads(before)
 

@@ -131,7 +131,7 @@ def test_the_door_itself_refuses_in_one_line_and_leaves_the_working_folder_as_it
     module = importlib.import_module(f"gallery.{name}")
 
     def stand_in(cfg):
-        prepare(cfg, module.validate, small_model=lambda c: True)
+        prepare(cfg, module.validate, single_thread=lambda c: True)
         raise Reached
 
     keys = leaf_keys(name)

@@ -29,8 +29,8 @@ def run(cfg, by=4, solve_at=None, threshold=None):
     torch.nn.init.zeros_(weight.weight)
     log_steps = []
     with Loop(cfg, "toy", {"weight": weight, "tally": tally}, DEVICE, by=by) as loop:
-        if loop.finished:
-            return loop.finished, tally, log_steps
+        if loop.finished_summary:
+            return loop.finished_summary, tally, log_steps
         for start in loop:
             step = loop.step  # the units done once this iteration ends
             assert start == step - by

@@ -303,9 +303,14 @@ def test_no_pattern_function_or_loop_branches_on_the_mistake(name):
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_the_example_reads_in_one_sitting(name):
     module = EXAMPLES[name].module
-    # "about 400", at the 100 columns pyproject sets (lines ran to 130 before E501 wrapping began)
-    assert len(inspect.getsource(module).splitlines()) <= 450
-    assert len(inspect.getsource(module.train).splitlines()) <= 50  # DESIGN.md: "at most about 50"
+    lines = inspect.getsource(module).splitlines()
+    declared = next(i for i, line in enumerate(lines) if line.startswith("EXAMPLE = "))
+    # What a reader reads, top to bottom, up to the EXAMPLE: "around 400" at the 100 columns
+    # pyproject sets. The EXAMPLE below it is a declaration the gallery reads (its gate, its
+    # mistakes' checks, its README row), kept apart from the reading count but held short too.
+    assert declared <= 430, f"{name}: {declared} lines before its EXAMPLE"
+    assert len(lines) - declared <= 90, f"{name}: its EXAMPLE runs {len(lines) - declared} lines"
+    assert len(inspect.getsource(module.train).splitlines()) <= 50  # at most about 50
 
 
 # --- measurement stays off the hot path ----------------------------------------------------------

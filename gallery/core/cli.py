@@ -201,7 +201,8 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
     except (MemoryError, RuntimeError) as err:
         if not out_of_memory(err):
             raise
-        print(f"error: {out_of_memory_line(cfg, err, run_dir, existed)}", file=sys.stderr)
+        left = clear_failed_run(run_dir, existed)
+        print(f"error: {out_of_memory_line(cfg, err)}; {left}", file=sys.stderr)
         sys.exit(EXIT_STATUS["out_of_memory"])
     finally:
         dist.teardown()  # under torchrun: leave the process group before the process exits
@@ -219,22 +220,25 @@ def out_of_memory(err: BaseException) -> bool:
     return "out of memory" in text.lower() and "CUDA" in text
 
 
-def out_of_memory_line(cfg: Any, err: BaseException, run_dir: Path | None, existed: bool) -> str:
-    """One line: what ran out, the batch size, the advice, and what is left of the run (nothing, or
-    a checkpoint to resume from). A run dir this run made and that holds no checkpoint is
-    removed."""
+def out_of_memory_line(cfg: Any, err: BaseException) -> str:
+    """One line: what ran out, the batch size, and the advice."""
     batch = cfg.get("batch_size")  # run_cli's cfg: the composed DictConfig
     where = "CUDA" if "CUDA" in str(err) else "the CPU allocator"
-    line = (f"out of memory ({where}) at batch_size={batch}: lower batch_size (or the model's "
+    return (f"out of memory ({where}) at batch_size={batch}: lower batch_size (or the model's "
             f"size), or free the memory other processes hold")
+
+
+def clear_failed_run(run_dir: Path | None, existed: bool) -> str:
+    """After a run that failed: a run dir this run made and that holds no checkpoint is removed.
+    Says what is left of the run: nothing, or a checkpoint to resume from."""
     if run_dir is None or not run_dir.exists():
-        return f"{line}; nothing was written"
+        return "nothing was written"
     if (run_dir / "checkpoints" / "last.pt").is_file():
-        return f"{line}; {run_dir} keeps its last checkpoint (resume=true continues it)"
+        return f"{run_dir} keeps its last checkpoint (resume=true continues it)"
     if not existed:
         shutil.rmtree(run_dir, ignore_errors=True)
-        return f"{line}; nothing was kept (the empty run in {run_dir} was removed)"
-    return f"{line}; {run_dir} is as it was before this run"
+        return f"nothing was kept (the empty run in {run_dir} was removed)"
+    return f"{run_dir} is as it was before this run"
 
 
 def check_out_dir(out_dir: str | None) -> None:

@@ -42,7 +42,7 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
-def set_threads(spec: str | int, device: torch.device, small_model: bool, jobs: int = 1) -> int:
+def set_threads(spec: str | int, device: torch.device, single_thread: bool, jobs: int = 1) -> int:
     """Set torch's CPU intra-op threads and return the count.
 
     `auto`: one thread for the small models, where a second thread costs more in handoffs than it
@@ -57,7 +57,7 @@ def set_threads(spec: str | int, device: torch.device, small_model: bool, jobs: 
                   f"{cores} cores; "
                   "the jobs will slow each other down (threads=auto shares the cores out)",
                   file=sys.stderr)
-    elif small_model or device.type != "cpu":  # on a GPU the CPU threads only feed it
+    elif single_thread or device.type != "cpu":  # on a GPU the CPU threads only feed it
         torch.set_num_threads(1)
     else:
         torch.set_num_threads(max(1, min(torch.get_num_threads(), cores // jobs)))

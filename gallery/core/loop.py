@@ -1,8 +1,8 @@
 """The bookkeeping around every example's training loop, written once.
 
-    with Loop(cfg, "dqn", stateful, device, about=cfg.env.id, by=n) as loop:
-        if loop.finished:                       # a resumed run with nothing left to do
-            return loop.finished
+    with Loop(cfg, EXAMPLE.name, stateful, device, about=cfg.env.id, by=n) as loop:
+        if loop.finished_summary:               # a resumed run with nothing left to do
+            return loop.finished_summary
         for start in loop:                      # units done before this iteration; loop.step:
             ...the algorithm's lines...         #   the units done once it ends
             if loop.due(cfg.log_every):
@@ -12,10 +12,11 @@
                 loop.evaluated(**result)                      # kept in loop.evals, logged
                 if loop.solved(result["eval_return_mean"], threshold):
                     break                                     # stop_when_solved
-        return loop.summary(...)                # the last checkpoint, then summary.json
+        return loop.summary(...)                # summary.json; leaving the block saves the last
+                                                #   checkpoint of a run that stopped early
 
 Between two iterations the loop advances the progress bar, saves a checkpoint every `ckpt_every`
-units and after the last iteration (or, for a run stopped when solved, in `summary`), and stops
+units and after the last iteration (or, for a run stopped when solved, as the block ends), and stops
 cleanly on SIGINT/SIGTERM (after saving one). `sampled(every)` and `Probe.crosses` say which
 iterations a probe measures, so no probe arithmetic sits in a training loop. On
 `resume`, entering the loop restores every object in `stateful` (models, optimizers, `Counters`),
@@ -73,7 +74,8 @@ class Loop:
         self.known_errors = known_errors
         self.step, self.evals, self.first_solved = 0, [], None
         self._first_here: int | None = None  # this process's first iteration (its end step)
-        self.finished: dict | None = None
+        # the summary of a run resumed after it had already ended; None while there is work to do
+        self.finished_summary: dict | None = None
         self._saved_at: int | None = None
         self._exit = contextlib.ExitStack()
 
@@ -94,8 +96,8 @@ class Loop:
             if cfg.resume:
                 self.run.restore(self.stateful, map_location=self.device)
                 stopped_solved = self.first_solved is not None and self.stops_when_solved
-                self.finished = self.run.finished(self.total if stopped_solved else self.step,
-                                                  self.total)
+                self.finished_summary = self.run.finished_summary(
+                    self.total if stopped_solved else self.step, self.total)
             self.bar = stack.enter_context(
                 progress(self.total, self.label, cfg.progress, initial=self.step))
             if self.known_errors:  # the autograd error a mistake is known for, explained
@@ -104,6 +106,10 @@ class Loop:
         return self
 
     def __exit__(self, *exc: Any) -> bool | None:
+        if exc[0] is None and self._first_here is not None:
+            # a run that iterated here ends with its last step saved: a run stopped when solved
+            # (the loop saved the others already; `save` writes once per step)
+            self._exit.callback(self.save)
         return self._exit.__exit__(*exc)
 
     @property
@@ -166,9 +172,8 @@ class Loop:
             self._saved_at = self.step
 
     def summary(self, **values: Any) -> dict:
-        """Save the last checkpoint (once: a loop that ran to its end saved it already), then write
-        summary.json: which run this was, then `values`."""
-        self.save()
+        """Write summary.json: which run this was, then `values`. (Leaving the `with` block saves
+        the last checkpoint of a run that stopped early.)"""
         cfg = self.cfg
         return self.run.write_summary({"example": self.name, "mistake": cfg.mistake,
                                        "seed": cfg.seed, "device": str(self.device), **values})

@@ -78,6 +78,15 @@ class Cost(NamedTuple):
     source: str
 
 
+class Measured(NamedTuple):
+    """What an example's measurements say, for the README's row (what the pattern measured, what
+    its best-known mistake measured, in words), its panel of the hero figure, and what its
+    costliest mistake costs (the performance page)."""
+    readme: tuple[str, str]
+    hero: Panel
+    cost: Cost
+
+
 def avg(rows: list[dict], key: str) -> float:
     """The mean of one column over a gate's rows (its seeds)."""
     return mean(row[key] for row in rows)
@@ -118,12 +127,8 @@ class Example:
     # Its learning gate, and any more gates, each named f"{name}_{key}" in docs/gates.json.
     gate: Gate | None = None
     more_gates: dict[str, Gate] = field(default_factory=dict)
-    # From its gate's entry in docs/gates.json and from docs/bench.json: the README's row (what the
-    # pattern measured, what its best-known mistake measured, in words), its hero panel, and what
-    # its costliest mistake costs (the performance page).
-    readme_row: Callable[[dict, dict], tuple[str, str]] | None = None
-    hero_panel: Callable[[dict, dict], Panel] | None = None
-    mistake_cost: Callable[[dict, dict], Cost] | None = None
+    # What its measurements say, from its gate's entry in docs/gates.json and from docs/bench.json.
+    measured: Callable[[dict, dict], Measured] | None = None
 
     @property
     def module(self):

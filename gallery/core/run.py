@@ -146,26 +146,36 @@ class Run:
         if self.resume_from is not None and not self.resume_from.is_file():
             raise ConfigError(f"resume={resume}: there is no checkpoint at {self.resume_from}; "
                               f"start without resume")
+        self._claim(overwrite)
+        if config is not None and not self.continuing:  # a continued run keeps its first config
+            self._write_config(config)
+        self._open_logs(tensorboard)
+
+    def _claim(self, overwrite: bool) -> None:
+        """The folder, for this process alone: locked from before the first look at what it
+        holds, then a run it holds refused or (overwrite) cleared. Refused, it is left as found."""
         made = missing_folders(self.dir)
-        # one writer per run: held from before the first look at what the folder holds
         self._lock = lock_run_dir(self.dir)
         try:
             self._refuse_or_clear(overwrite)
         except GalleryError:
             unlock_run_dir(self._lock)
             self._lock = None
-            if made:  # refused: the folders this run made go again, lock file and all
+            if made:  # the folders this run made go again, lock file and all
                 (self.dir / LOCK).unlink(missing_ok=True)
                 remove_empty(made)
             raise
         self.dir.mkdir(parents=True, exist_ok=True)
-        # a continued run keeps the config it was started with
-        if config is not None and not self.continuing:
-            atomic_write(self.dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(config))
-            # the command line's overrides too: scripts/sweep_report.py groups a sweep's jobs by
-            # them
-            atomic_write(self.dir / ".hydra" / "overrides.yaml",
-                         OmegaConf.to_yaml(task_overrides()))
+
+    def _write_config(self, config: Any) -> None:
+        """The resolved config, and the command line's overrides (scripts/sweep_report.py groups a
+        sweep's jobs by them)."""
+        atomic_write(self.dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(config))
+        atomic_write(self.dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(task_overrides()))
+
+    def _open_logs(self, tensorboard: bool) -> None:
+        """metrics.jsonl (appended to when the run continues), and TensorBoard when asked for and
+        installed."""
         mode = "a" if self.continuing else "w"
         self._metrics = open(self.dir / "metrics.jsonl", mode)  # noqa: SIM115 - closed in close()
         if tensorboard:
@@ -229,7 +239,7 @@ class Run:
             self._metrics = open(self.dir / "metrics.jsonl", "a")  # noqa: SIM115 - close() does
         return step
 
-    def finished(self, step: int, steps: int) -> dict | None:
+    def finished_summary(self, step: int, steps: int) -> dict | None:
         """The run's summary, unchanged, when a resumed run has nothing left to do; else None."""
         if step < steps or not (self.dir / "summary.json").is_file():
             return None
