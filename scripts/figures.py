@@ -55,7 +55,7 @@ def readable(value: float, is_bytes: bool) -> str:
 
 
 def hero(path: Path) -> None:
-    """One panel per example, in a grid that reads at 900 px: the metric its `EXAMPLE.hero_panel`
+    """One panel per example, in a grid that reads at 900 px: the metric its `EXAMPLE.measured`
     names, the pattern's measured value against its mistake's, from the JSON files."""
     import math
 

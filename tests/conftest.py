@@ -14,6 +14,10 @@ from hydra.core.global_hydra import GlobalHydra
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# tests/recipe holds the "Add an example" page's example, which tests/test_recipe.py drops into a
+# scratch checkout: its files are not tests of this one
+collect_ignore = ["recipe"]
+
 
 @pytest.fixture(autouse=True)
 def _clean_hydra():

@@ -97,7 +97,8 @@ def test_run_sh_rejects_an_unknown_example():
     assert proc.returncode == 2 and "no example named 'nosuch'" in proc.stderr
 
 
-@pytest.mark.parametrize("name, groups", [(n, e.groups) for n, e in examples().items()])
+@pytest.mark.parametrize("name, groups", [(n, e.groups) for n, e in examples().items()],
+                         ids=list(examples()))
 def test_each_examples_help_lists_its_mistakes_and_only_its_own_config_groups(name, groups):
     proc = run_here(f"gallery.{name}", "--help")
     assert proc.returncode == 0, proc.stderr[-2000:]

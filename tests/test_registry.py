@@ -27,9 +27,8 @@ def missing_fields(example: Example) -> list[str]:
         "headline": "the tour's one-line result",
         "figure": "the tour's comparison figure",
         "gate": "its learning gate (scripts/gates.py)",
-        "readme_row": "the README's row, from its gates.json entry",
-        "hero_panel": "its panel of the hero figure",
-        "mistake_cost": "its row of the performance page's mistake costs",
+        "measured": "what its measurements say: the README's row, its hero panel, its mistake's "
+                    "cost",
     }
     lacking = [f"{field}: {why}" for field, why in needs.items() if not getattr(example, field)]
     lacking += [f"budgets[{b!r}]: the tour's {b} budget" for b in ("full", "quick")
@@ -57,11 +56,13 @@ def test_its_gate_is_measured_and_the_readme_hero_and_costs_read_it(name):
         assert set(gate.figure_runs) <= set(gate.runs), f"{name}: figure_runs names no group"
         assert gate.passes(entry["runs"]) == entry["pass"], (
             f"{name}: the gate's passes() disagrees with the verdict in docs/gates.json")
-    pattern, mistake = example.readme_row(entry, BENCH)
-    assert pattern and mistake, f"{name}: readme_row gave an empty cell"
-    assert isinstance(example.hero_panel(entry, BENCH), Panel), f"{name}: hero_panel"
-    cost = example.mistake_cost(entry, BENCH)
-    assert isinstance(cost, Cost) and cost.mistake in example.mistakes, f"{name}: mistake_cost"
+    measured = example.measured(entry, BENCH)
+    pattern, mistake = measured.readme
+    assert pattern and mistake, f"{name}: measured() gave an empty README cell"
+    assert isinstance(measured.hero, Panel), f"{name}: measured().hero is not a Panel"
+    cost = measured.cost
+    assert isinstance(cost, Cost) and cost.mistake in example.mistakes, (
+        f"{name}: measured().cost names no mistake of the example")
     assert cost.time is not None or cost.bytes is not None, f"{name}: a cost with no figure"
 
 

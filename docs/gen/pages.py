@@ -212,7 +212,8 @@ def performance_page() -> str:
                  f"{x['fraction']:.2f} |" for x in limits]
     page += ["", "## What each mistake costs", "",
              "![What each mistake costs](img/mistake_costs.png)", "",
-             "Each example's own `EXAMPLE.mistake_cost`: its costliest mistake over its pattern. "
+             "Each example's own `EXAMPLE.measured(...).cost`: its costliest mistake over its "
+             "pattern. "
              "Where the time comes from a gate, it is the mistake's runs against the pattern's, "
              "one after another in one `scripts/gates.py` run, on the same steps.", "",
              "| example | mistake | time per step | bytes held for backward | measured by |",

@@ -19,11 +19,11 @@ def load(name: str) -> dict:
 
 def headlines(gates: dict | None = None, bench: dict | None = None) -> dict[str, tuple[str, str]]:
     """example -> (what the pattern measured, what its best-known mistake measured), in words and
-    JSON numbers: each example's own `EXAMPLE.readme_row`, on its entry in gates.json."""
+    JSON numbers: each example's own `EXAMPLE.measured(...).readme`, on its entry in gates.json."""
     from gallery.core.registry import examples
 
     gates, bench = gates or load("gates.json"), bench or load("bench.json")
-    return {name: (example.readme_row(gates[name], bench) if name in gates else
+    return {name: (example.measured(gates[name], bench).readme if name in gates else
                    (f"not measured yet: `scripts/gates.py {name} --json docs/gates.json`", ""))
             for name, example in examples().items()}
 
@@ -89,14 +89,14 @@ def speed_limits(bench: dict | None = None) -> list[dict]:
 def mistake_costs(gates: dict | None = None, bench: dict | None = None) -> list[dict]:
     """What each example's costliest measured mistake costs against its pattern, as ratios
     (mistake over pattern) of time per step and of bytes held for backward: each example's own
-    `EXAMPLE.mistake_cost`, from gates.json and bench.json."""
+    `EXAMPLE.measured(...).cost`, from gates.json and bench.json."""
     from gallery.core.registry import examples
 
     gates, bench = gates or load("gates.json"), bench or load("bench.json")
     costs = []
     for name, example in examples().items():
         if name in gates:
-            cost = example.mistake_cost(gates[name], bench)
+            cost = example.measured(gates[name], bench).cost
             costs.append({"example": name, "mistake": cost.mistake, "time": cost.time,
                           "bytes": cost.bytes, "source": cost.source})
     return costs
@@ -104,11 +104,11 @@ def mistake_costs(gates: dict | None = None, bench: dict | None = None) -> list[
 
 def hero_panels(gates: dict | None = None, bench: dict | None = None) -> dict:
     """example -> its hero panel (the metric, the pattern's value, the mistake's), from its
-    `EXAMPLE.hero_panel`."""
+    `EXAMPLE.measured(...).hero`."""
     from gallery.core.registry import examples
 
     gates, bench = gates or load("gates.json"), bench or load("bench.json")
-    return {name: example.hero_panel(gates[name], bench)
+    return {name: example.measured(gates[name], bench).hero
             for name, example in examples().items() if name in gates}
 
 

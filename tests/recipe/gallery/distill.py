@@ -18,6 +18,7 @@ Run: python -m gallery.distill seed=0 out_dir=/tmp/distill
 from __future__ import annotations
 
 import copy
+from collections import namedtuple
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,8 @@ from torch import nn
 from gallery.core.cli import command_line
 from gallery.core.config import BaseConfig, register_schema, require_positive, validate_base
 from gallery.core.loop import Loop
-from gallery.core.registry import Cost, Example, Gate, Mistake, Panel, Runs, avg
+from gallery.core.probes import Probe
+from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, Runs, avg
 from gallery.core.setup import prepare
 
 # --- config schema -----------------------------------------------------------------------------
@@ -86,8 +88,10 @@ def distill_step_teacher_grad(student, teacher, optimizer, x):
     return loss.detach()
 
 
-BY_MISTAKE = {"none": (make_teacher, distill_step),
-              "teacher_grad": (make_teacher_grad, distill_step_teacher_grad)}
+# the functions of a step that a mistake can swap, by name
+DistillSteps = namedtuple("DistillSteps", ["make_teacher", "step"])
+BY_MISTAKE = {"none": DistillSteps(make_teacher, distill_step),
+              "teacher_grad": DistillSteps(make_teacher_grad, distill_step_teacher_grad)}
 
 
 # --- training loop ------------------------------------------------------------------------------
@@ -101,21 +105,26 @@ def train(cfg) -> dict:
     inputs = torch.Generator().manual_seed(cfg.seed)
     held_out = torch.randn(512, 8, generator=torch.Generator().manual_seed(1)).to(device)
     stateful = {"student": student, "teacher": teacher, "optimizer": optimizer}
+    probe = Probe(device)  # steps per second, from the steps it does not measure
+    mse = lambda: float(F.mse_loss(student(held_out), teacher(held_out)))  # noqa: E731
+    with torch.no_grad():
+        mse_at_start = mse()  # before any step
     with Loop(cfg, EXAMPLE.name, stateful, device) as loop:
         if loop.finished_summary:
             return loop.finished_summary
         for _ in loop:
-            loss = step(student, teacher, optimizer,
-                        torch.randn(cfg.batch_size, 8, generator=inputs).to(device))
+            with probe.step(sampled=False):
+                loss = step(student, teacher, optimizer,
+                            torch.randn(cfg.batch_size, 8, generator=inputs).to(device))
             if loop.due(cfg.log_every):
                 loop.log(losses={"mse": loss})
             if loop.due(cfg.eval_every, final=True):
                 with torch.no_grad():
-                    loop.evaluated(mse=float(F.mse_loss(student(held_out), teacher(held_out))))
+                    loop.evaluated(mse=mse())
         return loop.summary(
-            steps=cfg.steps, mse=loop.evals[-1]["mse"], mse_at_start=loop.evals[0]["mse"],
+            steps=cfg.steps, mse=loop.evals[-1]["mse"], mse_at_start=mse_at_start,
             teacher_has_grad=any(p.grad is not None for p in teacher.parameters()),
-            curve=loop.evals)
+            steps_per_sec=probe.units_per_sec, curve=loop.evals)
 
 
 # --- what the tour, the README, the hero figure, the gates and the check table read -----------
@@ -132,23 +141,16 @@ def tour_figure(runs: dict, fig) -> None:
     ax.legend(fontsize=8)
 
 
-def readme_row(gate: dict, bench: dict) -> tuple[str, str]:
+def measured(gate: dict, bench: dict) -> Measured:
     runs = gate["runs"]
-    return (f"held-out MSE {avg(runs['none'], 'mse'):.4f}",
-            f"teacher_grad: .grad in the teacher: {runs['teacher_grad'][0]['teacher_has_grad']}")
-
-
-def hero_panel(gate: dict, bench: dict) -> Panel:
-    runs = gate["runs"]
-    return Panel("held-out MSE", avg(runs["none"], "mse"), avg(runs["teacher_grad"], "mse"),
-                 "teacher_grad")
-
-
-def mistake_cost(gate: dict, bench: dict) -> Cost:
-    runs = gate["runs"]
-    return Cost("teacher_grad", avg(runs["none"], "steps_per_sec")
-                / avg(runs["teacher_grad"], "steps_per_sec"), None,
-                "time: scripts/gates.py distill, seed 0")
+    pattern, mistake = (avg(runs[m], "mse") for m in ("none", "teacher_grad"))
+    return Measured(
+        (f"held-out MSE {pattern:.4f}",
+         f"teacher_grad: .grad in the teacher: {runs['teacher_grad'][0]['teacher_has_grad']}"),
+        Panel("held-out MSE", pattern, mistake, "teacher_grad"),
+        Cost("teacher_grad", avg(runs["none"], "steps_per_sec")
+             / avg(runs["teacher_grad"], "steps_per_sec"), None,
+             "time: scripts/gates.py distill, seed 0"))
 
 
 EXAMPLE = Example(
@@ -178,9 +180,7 @@ EXAMPLE = Example(
               passes=lambda runs: all(r["mse"] < 0.5 * r["mse_at_start"]
                                       and not r["teacher_has_grad"] for r in runs["none"])
               and all(r["teacher_has_grad"] for r in runs["teacher_grad"])),
-    readme_row=readme_row,
-    hero_panel=hero_panel,
-    mistake_cost=mistake_cost,
+    measured=measured,
 )
 
 
