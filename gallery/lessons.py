@@ -207,6 +207,20 @@ def gumbel_softmax_hard_is_straight_through() -> str:
             f"(max difference {float((hard_grad - soft_grad).abs().max()):.1g})")
 
 
+def ratio_to_detached_self_is_one_with_the_policy_gradient() -> str:
+    """`torch.exp(logp - logp.detach())` is exactly 1, and its gradient is exactly the gradient of
+    `logp`: the first pass of a PPO or GRPO step over a fresh rollout is the plain policy gradient,
+    not a ratio "stuck at 1" that teaches nothing."""
+    logits = torch.randn(5, requires_grad=True)
+    logp = torch.log_softmax(logits, 0)[2]
+    ratio = torch.exp(logp - logp.detach())
+    assert ratio.item() == 1.0
+    (from_ratio,) = torch.autograd.grad(ratio, logits, retain_graph=True)
+    (from_logp,) = torch.autograd.grad(logp, logits)
+    assert torch.equal(from_ratio, from_logp)
+    return "value 1.0 exactly; gradient equal to d logp / d logits, element for element"
+
+
 def running_loss_sum_keeps_every_graph() -> str:
     """`total_loss += loss` across iterations keeps every iteration's graph alive, in both loops
     people write. In an eval loop without no_grad (no backward) it keeps the saved tensors, so the
@@ -253,7 +267,8 @@ LESSONS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     only_leaves_that_require_grad_get_grad, detach_does_not_free_the_graph,
     requires_grad_false_does_not_freeze_batchnorm, checkpointing_trades_bytes_for_recompute,
     running_loss_sum_keeps_every_graph, straight_through_is_value_of_f_gradient_of_identity,
-    gumbel_softmax_hard_is_straight_through)}
+    gumbel_softmax_hard_is_straight_through,
+    ratio_to_detached_self_is_one_with_the_policy_gradient)}
 
 
 # The claims where the seed tutorial was wrong or imprecise (the lesson's claim says what is true).

@@ -115,6 +115,9 @@ def pytest_collection_modifyitems(config, items):
 def _own_cache(tmp_path_factory):
     """Downloads and pretrained backbones go to a folder of this session, never the user's
     ~/.cache."""
+    from gallery.core.config import cache_root
+
+    os.environ.setdefault("GALLERY_PEERS", str(cache_root()))  # peers stay where they were put
     cache = tmp_path_factory.mktemp("gallery_cache")
     saved = os.environ.get("GALLERY_CACHE")
     os.environ["GALLERY_CACHE"] = str(cache)

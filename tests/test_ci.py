@@ -46,7 +46,8 @@ def test_the_workflow_runs_what_the_readme_promises():
     smoke_job = text.split("\n  smoke:\n")[1].split("\n  cpu:\n")[0]
     assert "- uses: ./" in smoke_job and "junit: smoke.xml" in smoke_job
     assert "path: smoke.xml" in smoke_job
-    for needed in ('"3.10"', '"3.12"', "cache: pip", 'pytest -m "not slow and not gpu" -n 2',
+    for needed in ('"3.10"', '"3.12"', "cache: pip",
+                   'pytest -m "not slow and not gpu and not peer" -n 2',
                    "ruff check", "--gpus all", "--shm-size", "nvidia-smi", "pytest -m gpu",
                    "device=cuda", "GALLERY_GPU_ONLY", "schedule", "pytest -m slow",
                    "download.pytorch.org/whl/cpu", "vars.GPU_RUNNER_LABEL"):

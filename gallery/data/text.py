@@ -129,3 +129,10 @@ class CharVocab:
         if state["chars"] != self.chars:
             raise ConfigError("resume: the checkpoint was trained on another vocabulary (data "
                               "changed?)")
+
+
+def text_windows(ids: torch.Tensor, n: int, length: int,
+                 generator: torch.Generator) -> torch.Tensor:
+    """`n` windows of `length` characters at random places in the text: (n, length)."""
+    starts = torch.randint(len(ids) - length, (n,), generator=generator)
+    return torch.stack([ids[s:s + length] for s in starts.tolist()])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import torch
 
 from scripts.measure.minimal_loops import in_process_loops
+from scripts.measure.peers import peer_path
 from scripts.measure.timing import ROOT, process_run
 
 SB3_PEER_DEPS = ("stable-baselines3==2.9.2", "cloudpickle", "pandas", "python-dateutil", "pytz",
@@ -55,19 +55,7 @@ NO_VALUE_CHECK = {"ppo": ["value_check_episodes=0"], "a2c": ["value_check_episod
 def sb3_peer_path() -> Path | None:
     """stable-baselines3 and what it imports beyond the gallery's dependencies, installed once
     with pip --target into the gallery's cache; None when it cannot be installed."""
-
-    from gallery.core.config import cache_root
-
-    deps = cache_root() / "sb3-peer-deps"
-    if not (deps / ".installed").is_file():
-        print(f"installing {' '.join(SB3_PEER_DEPS)} into {deps} (once)", flush=True)
-        done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                               "--target", str(deps), "--disable-pip-version-check",
-                               *SB3_PEER_DEPS], capture_output=True, text=True)
-        if done.returncode != 0:
-            return None
-        (deps / ".installed").write_text("")
-    return deps
+    return peer_path("sb3", SB3_PEER_DEPS)
 
 
 def bench_sb3(device: torch.device, algos: str | None = None, pairs: int = 3,

@@ -4,7 +4,6 @@ pip --target --no-deps, never a dependency)."""
 from __future__ import annotations
 
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 
 from gallery.core.cli import compose
 from gallery.core.config import to_schema
+from scripts.measure.peers import peer_path
 from scripts.measure.timing import sync
 
 VQ_PEER_DEPS = ("vector-quantize-pytorch", "einops", "einx", "frozendict", "loguru",
@@ -23,19 +23,7 @@ VQ_PEER_DEPS = ("vector-quantize-pytorch", "einops", "einx", "frozendict", "logu
 def vq_peer_path() -> Path | None:
     """vector-quantize-pytorch and what it imports, installed once with pip --target into the
     gallery's cache (never a dependency of the gallery); None when it cannot be installed."""
-
-    from gallery.core.config import cache_root
-
-    deps = cache_root() / "vq-peer-deps"
-    if not (deps / ".installed").is_file():
-        print(f"installing {' '.join(VQ_PEER_DEPS)} into {deps} (once)", flush=True)
-        done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                               "--target", str(deps), "--disable-pip-version-check",
-                               *VQ_PEER_DEPS], capture_output=True, text=True)
-        if done.returncode != 0:
-            return None
-        (deps / ".installed").write_text("")
-    return deps
+    return peer_path("vq", VQ_PEER_DEPS)
 
 
 def bench_vqvae(device: torch.device, seeds: int = 3) -> list[dict]:
