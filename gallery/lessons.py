@@ -221,6 +221,19 @@ def ratio_to_detached_self_is_one_with_the_policy_gradient() -> str:
     return "value 1.0 exactly; gradient equal to d logp / d logits, element for element"
 
 
+def grad_without_create_graph_is_a_constant() -> str:
+    """`torch.autograd.grad(loss, w)` returns a constant: no graph, so nothing after it can
+    differentiate through it. With `create_graph=True` the gradient has a graph of its own and its
+    own gradient exists: what MAML's inner step and the GAN's R1 penalty need."""
+    w = torch.tensor([1.5, -0.5], requires_grad=True)
+    (plain,) = torch.autograd.grad((w ** 3).sum(), w)
+    assert plain.grad_fn is None and not plain.requires_grad
+    (kept,) = torch.autograd.grad((w ** 3).sum(), w, create_graph=True)
+    (second,) = torch.autograd.grad(kept.sum(), w)  # d/dw of sum(3 w^2) = 6 w
+    assert kept.grad_fn is not None and torch.equal(second, 6 * w.detach())
+    return "without: grad_fn None, requires_grad False; with: a graph, and d(sum g)/dw == 6w"
+
+
 def running_loss_sum_keeps_every_graph() -> str:
     """`total_loss += loss` across iterations keeps every iteration's graph alive, in both loops
     people write. In an eval loop without no_grad (no backward) it keeps the saved tensors, so the
@@ -268,7 +281,8 @@ LESSONS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     requires_grad_false_does_not_freeze_batchnorm, checkpointing_trades_bytes_for_recompute,
     running_loss_sum_keeps_every_graph, straight_through_is_value_of_f_gradient_of_identity,
     gumbel_softmax_hard_is_straight_through,
-    ratio_to_detached_self_is_one_with_the_policy_gradient)}
+    ratio_to_detached_self_is_one_with_the_policy_gradient,
+    grad_without_create_graph_is_a_constant)}
 
 
 # The claims where the seed tutorial was wrong or imprecise (the lesson's claim says what is true).

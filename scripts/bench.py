@@ -15,7 +15,7 @@ import torch
 USAGE = """Speed and memory of each pattern against its mistake, as ratios measured side by side.
 
     scripts/bench.py [gan|dqn|dqn_envs|finetune|ppo|sac|tbptt|threads|smoke|compile|startup|
-                      cleanrl|cuda_graphs|vqvae|chain|sb3|check|all] [--device cpu|cuda]
+                      cleanrl|cuda_graphs|vqvae|chain|sb3|check|maml|all] [--device cpu|cuda]
                      [--json results.json] [--cleanrl CLONE]
 
 Times come from alternating blocks of the two variants in one process (median of the blocks), so a
@@ -35,6 +35,7 @@ from scripts.measure.compile import bench_compile, bench_cuda_graphs  # noqa: E4
 from scripts.measure.dqn import bench_dqn, bench_dqn_envs  # noqa: E402
 from scripts.measure.finetune import bench_finetune  # noqa: E402
 from scripts.measure.gan import bench_gan  # noqa: E402
+from scripts.measure.maml import bench_maml  # noqa: E402
 from scripts.measure.processes import bench_smoke, bench_startup  # noqa: E402
 from scripts.measure.rl_time import bench_ppo, bench_sac  # noqa: E402
 from scripts.measure.sb3 import bench_sb3, merge_rows  # noqa: E402
@@ -48,7 +49,8 @@ BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo"
            "threads": bench_threads, "smoke": bench_smoke, "compile": bench_compile,
            "startup": bench_startup, "cleanrl": bench_cleanrl,
            "cuda_graphs": bench_cuda_graphs, "vqvae": bench_vqvae, "chain": bench_chain,
-           "sb3": bench_sb3, "check": lambda device: bench_check(device, alternate)}
+           "sb3": bench_sb3, "check": lambda device: bench_check(device, alternate),
+           "maml": bench_maml}
 
 
 def machine(device: torch.device) -> str:

@@ -171,6 +171,8 @@ BENCH_TITLES = {  # each bench of scripts/bench.py, in words
     "vqvae": "VQ-VAE against vector-quantize-pytorch",
     "chain": "Hookless RL nets against nn.Sequential",
     "sb3": "Against Stable-Baselines3: RL Zoo's settings, and time to solve",
+    "check": "What each gallery.check costs",
+    "maml": "MAML against higher",
 }
 
 
