@@ -1,0 +1,100 @@
+import contextlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gallery import accumulate as acc
+from gallery.check import constant, gets_grad, updated
+from gallery.core.cli import compose
+from tests.conftest import ROOT
+
+SMOKE = [*acc.EXAMPLE.smoke, "device=cpu"]
+
+
+def setup(min_len=2, max_len=64, seed=0):
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(20, (5000,), generator=generator)
+    model = acc.CausalConvLM(20, 16)
+    return model, [acc.micro_batch(ids, 4, min_len, max_len, generator) for _ in range(4)]
+
+
+def error(accumulate, min_len=2, max_len=64) -> float:
+    model, micro_batches = setup(min_len, max_len)
+    return acc.relative_grad_error(model, model, micro_batches, accumulate)
+
+
+def test_the_accumulated_gradient_is_the_full_batchs():
+    assert error(acc.accumulate_grads) < 1e-6
+
+
+def test_mean_of_means_is_off_with_unequal_lengths_and_exact_with_equal_ones():
+    assert error(acc.accumulate_grads_mean_of_means) > 0.01
+    assert error(acc.accumulate_grads_mean_of_means, 32, 32) < 1e-6
+
+
+def test_clipping_a_scaled_gradient_hands_the_optimizer_a_gradient_scale_times_too_small():
+    norms = {}
+    for name, step in (("pattern", acc.clip_and_step), ("mistake", acc.clip_and_step_clip_scaled)):
+        model, micro_batches = setup()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        seen = []
+        optimizer.register_step_pre_hook(lambda *_, s=seen, m=model: s.append(float(torch.cat(
+            [p.grad.flatten() for p in m.parameters()]).norm())))
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+        acc.accumulate_grads(model, micro_batches, scaler, contextlib.nullcontext)
+        step(model, optimizer, scaler, 1.0)
+        norms[name] = seen[0]
+    assert norms["pattern"] <= 1.0 + 1e-5  # at most max_norm=1, in the gradient's own units
+    assert norms["mistake"] == pytest.approx(1.0 / 2 ** 16, rel=1e-3)  # max_norm / scale
+    assert norms["pattern"] > 1000 * norms["mistake"]
+
+
+def test_a_short_run_reports_an_exact_gradient(tmp_path):
+    s = acc.train(compose("accumulate", [*SMOKE, f"out_dir={tmp_path}"]))
+    assert acc.EXAMPLE.check(s) is None and s["grad_rel_error"] < 1e-5
+    assert (tmp_path / "val_loss.png").is_file()
+
+
+def test_amp_runs_with_a_grad_scaler_on_cpu(tmp_path):
+    s = acc.train(compose("accumulate", [*SMOKE, "amp=true", f"out_dir={tmp_path}"]))
+    assert 0 < s["optimizer_grad_norm"] <= 1.0 + 1e-5
+
+
+def torchrun(out, *overrides) -> dict:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "gallery.accumulate", f"out_dir={out}", "device=cpu", "threads=1", *SMOKE,
+           *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_on_two_processes_the_pattern_syncs_once_per_step_and_the_mistake_every_micro_batch(
+        tmp_path):
+    pattern = torchrun(tmp_path / "p")
+    every = torchrun(tmp_path / "m", "mistake=sync_every_micro_batch")
+    assert pattern["world_size"] == 2 and pattern["ranks_agree"]
+    assert pattern["grad_rel_error"] < 1e-5 and pattern["allreduces_per_step"] == 1
+    assert every["allreduces_per_step"] == 4  # micro_batches=4, one bucket each
+
+
+# --- this example's row of the check table (tests/test_check.py) ---
+
+def check_step(mistake: str) -> None:
+    """One accumulated step under gallery.check. No check sees these mistakes (their table rows
+    say why): the pattern and every mistake pass alike."""
+    steps = acc.BY_MISTAKE[mistake]
+    model, micro_batches = setup()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    with gets_grad(model=model):
+        tokens = steps.accumulate(model, micro_batches, scaler, contextlib.nullcontext)
+    constant(step_tokens=tokens)
+    with updated(model=model):
+        steps.step(model, optimizer, scaler, 1.0)
