@@ -349,7 +349,7 @@ def measured(gate: dict, bench: dict) -> Measured:
          f"mean_of_means: {error['mean_of_means']:.1%} off; sync_every_micro_batch: "
          f"{syncs['sync_every_micro_batch']:g} all-reduces per step; clip_scaled: validation "
          f"loss {loss['clip_scaled']:.2f} vs {loss['none']:.2f}"),
-        Panel("validation loss, fp16 with a GradScaler", loss["none"], loss["clip_scaled"],
+        Panel("validation loss, autocast with a GradScaler", loss["none"], loss["clip_scaled"],
               "clip_scaled"),
         Cost("sync_every_micro_batch", avg(runs["none 2 processes"], "steps_per_sec")
              / avg(runs["sync_every_micro_batch 2 processes"], "steps_per_sec"), None,
@@ -409,7 +409,7 @@ EXAMPLE = Example(
     gate=Gate("the pattern's accumulated gradient equals the full batch's (relative error <= "
               "1e-5) on 1 and 2 processes, with 1 all-reduce per step on 2; mean_of_means is off "
               "by >= 1% with unequal lengths; sync_every_micro_batch and no_sync_backward_only "
-              "make >= 2x the all-reduces; clip_scaled (fp16, GradScaler) ends with a validation "
+              "make >= 2x the all-reduces; clip_scaled (with a GradScaler) ends with a validation "
               "loss >= 0.3 nats above the pattern's", measure="accumulate_gate:measure"),
     measured=measured,
 )

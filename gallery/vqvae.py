@@ -44,7 +44,7 @@ from gallery.core.config import (
     validate_base,
 )
 from gallery.core.errors import ConfigError
-from gallery.core.loop import Loop
+from gallery.core.loop import Counters, Loop
 from gallery.core.probes import Probe, state_hash
 from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, Runs, avg
 from gallery.core.setup import prepare
@@ -74,6 +74,8 @@ class VqvaeConfig(BaseConfig):
     code_dim: int = 8  # each code's length
     hidden: int = 32  # conv channels
     beta: float = 0.25  # the commitment weight (the paper's)
+    revive_after: int = 0  # re-seed a code no vector chose for this many steps (0: never; 200
+    # keeps nearly every code alive at 256 codes, and costs about 2.5% of the MSE at 32)
     eval_every: int = 250
     log_every: int = 100
     ckpt_every: int = 500
@@ -84,6 +86,7 @@ def validate(cfg: VqvaeConfig) -> None:
     require_choice(cfg, "data.name", ["digits", "mnist", "fashion_mnist", "cifar10",
                                       "imagefolder"])
     require_positive(cfg, "lr", "codebook_size", "code_dim", "hidden", "batch_size", "data.limit")
+    require_non_negative(cfg, "revive_after")
     require_non_negative(cfg, "beta")
     require_range(cfg, "data.val_fraction", 0.05, 0.9)
 
@@ -146,7 +149,34 @@ def code_usage(codes, codebook_size):
     return float(entropy.exp()), float((counts > 0).float().mean())
 
 
+@torch.no_grad()  # PATTERN: a repair of the codebook's values, not a training signal
+def revive_dead_codes(codebook, idle_steps, codes, encoder, x, patience):
+    """Codes that no vector chose for `patience` steps are re-seeded from this batch's encoder
+    outputs, where the data are: dead codes are VQ's best-known failure as K grows. Returns how
+    many were revived (the encoder runs only when one is)."""
+    idle_steps += 1
+    idle_steps[codes.unique()] = 0
+    dead = (idle_steps > patience).nonzero().flatten()
+    if len(dead):
+        z = encoder(x)
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        codebook[dead] = flat[torch.randint(len(flat), (len(dead),), device=flat.device)]
+        idle_steps[dead] = 0
+    return len(dead)
+
+
 # --- the mistakes -------------------------------------------------------------------------------
+
+def quantize_no_sg_codebook(z, codebook):
+    b, d, h, w = z.shape
+    flat = z.permute(0, 2, 3, 1).reshape(-1, d)
+    codes = torch.cdist(flat, codebook).argmin(1)  # no gradient: an index
+    e = codebook[codes].view(b, h, w, d).permute(0, 3, 1, 2)
+    codebook_loss = F.mse_loss(e, z)  # MISTAKE: no sg: it pulls the encoder too, with weight 1
+    commitment_loss = F.mse_loss(z, e.detach())
+    z_q = z + (e - z).detach()
+    return z_q, codes.view(b, h, w), codebook_loss, commitment_loss
+
 
 def quantize_codebook_on_st(z, codebook):
     b, d, h, w = z.shape
@@ -171,7 +201,8 @@ def quantize_no_straight_through(z, codebook):
 
 
 BY_MISTAKE = {"none": quantize, "codebook_on_st": quantize_codebook_on_st,
-              "no_straight_through": quantize_no_straight_through}
+              "no_straight_through": quantize_no_straight_through,
+              "no_sg_codebook": quantize_no_sg_codebook}
 
 
 # --- data, evaluation, figures ------------------------------------------------------------------
@@ -239,8 +270,11 @@ def train(cfg) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     batches = images.IndexBatches(len(xt), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
     quantizer = BY_MISTAKE[cfg.mistake]
-    stateful = {"model": model, "optimizer": optimizer, "batches": batches}
-    codebook_at_start = state_hash_of(model.codebook)
+    # for each code, the steps since a vector last chose it
+    usage = Counters(idle=torch.zeros(cfg.codebook_size, dtype=torch.long, device=device),
+                     revived=0)
+    stateful = {"model": model, "optimizer": optimizer, "batches": batches, "usage": usage}
+    codebook_at_start, start = state_hash_of(model.codebook), model.codebook.detach().clone()
     probe = Probe(device)
     with Loop(cfg, EXAMPLE.name, stateful, device, cfg.data.name) as loop:
         if loop.finished_summary:
@@ -250,7 +284,10 @@ def train(cfg) -> dict:
         for _ in loop:
             x = xt[next(batches).to(device)]
             with probe.step(sampled=False):
-                reconstruction, _ = vq_step(model, optimizer, x, cfg.beta, quantizer)
+                reconstruction, codes = vq_step(model, optimizer, x, cfg.beta, quantizer)
+                if cfg.revive_after:
+                    usage.revived += revive_dead_codes(model.codebook, usage.idle, codes,
+                                                       model.encoder, x, cfg.revive_after)
             if loop.due(cfg.log_every):
                 loop.log(losses={"recon_loss": reconstruction})
             if loop.due(cfg.eval_every, final=True):
@@ -266,7 +303,15 @@ def train(cfg) -> dict:
             recon_mse=last["recon_mse"], recon_mse_at_start=loop.evals[0]["recon_mse"],
             perplexity=last["perplexity"], codes_used=last["codes_used"],
             codebook_unchanged=state_hash_of(model.codebook) == codebook_at_start,
+            codebook_moved=float((model.codebook.detach() - start).pow(2).mean().sqrt()),
+            encoder_output_rms=encoder_rms(model, xv), codes_revived=usage.revived,
             steps_per_sec=probe.units_per_sec, curve=loop.evals)
+
+
+@torch.no_grad()
+def encoder_rms(model, xv) -> float:
+    """The encoder's output scale on the held-out images (the commitment weight sets it)."""
+    return float(model.encoder(xv[:512]).pow(2).mean().sqrt())
 
 
 def state_hash_of(parameter: torch.Tensor) -> str:
@@ -306,12 +351,28 @@ def measured(gate: dict, bench: dict) -> Measured:
              "time: scripts/gates.py vqvae, seeds 0-2, the same steps each"))
 
 
+def draw_usage_by_size(runs: dict, fig) -> None:
+    """Codes used and reconstruction against the codebook size, with and without the remedy."""
+    axes = [fig.add_subplot(1, 2, i) for i in (1, 2)]
+    for remedy, label in (("", "no revival"), (" revive", "revive_after=200")):
+        sizes = [k for k in (32, 128, 256, 512) if f"K={k}{remedy}" in runs]
+        for ax, key in zip(axes, ("codes_used", "recon_mse")):
+            ax.plot(sizes, [runs[f"K={k}{remedy}"][0][key] for k in sizes], marker="o",
+                    label=label)
+    for ax, name in zip(axes, ("share of the codes used", "held-out reconstruction MSE")):
+        ax.set_xscale("log", base=2)
+        ax.minorticks_off()
+        ax.set(xlabel="codebook size K", ylabel=name, xticks=[32, 128, 256, 512],
+               xticklabels=["32", "128", "256", "512"])
+    axes[0].legend(fontsize=7)
+
+
 QUICK = ["steps=60", "eval_every=30", "log_every=30"]
 EXAMPLE = Example(
     name="vqvae",
     pattern="the straight-through estimator z + (e - z).detach(), with the codebook loss on sg[z] "
             "and the commitment loss on sg[e]",
-    pattern_functions=("quantize", "vq_step", "code_usage"),
+    pattern_functions=("quantize", "vq_step", "code_usage", "revive_dead_codes"),
     mistakes={
         "codebook_on_st": Mistake(
             "codebook and commitment losses computed on the straight-through output",
@@ -329,6 +390,15 @@ EXAMPLE = Example(
             caught=("gets_grad: no backward inside the block wrote a non-zero "
                     "grad into encoder"),
         ),
+        "no_sg_codebook": Mistake(
+            "the codebook loss mse(e, z) with no stop-gradient on z",
+            "the codebook loss pulls the encoder too, with weight 1 against beta's 0.25: beta no "
+            "longer sets how hard the encoder commits; on digits that costs no reconstruction, "
+            "but the encoder's outputs shrink to about half their scale and the codebook moves "
+            "less (measured)",
+            ("quantize_no_sg_codebook",),
+            caught="no_grad_reaches: a backward wrote a grad into encoder",
+        ),
     },
     budgets={"full": {m: [] for m in BY_MISTAKE}, "quick": {m: QUICK for m in BY_MISTAKE}},
     headline=headline,
@@ -337,25 +407,41 @@ EXAMPLE = Example(
     check=lambda s: None if not s["codebook_unchanged"] else "the codebook never moved",
     smoke=("steps=6", "eval_every=3", "log_every=3", "batch_size=32"),
     report=("recon_mse", "perplexity", "codes_used", "codebook_unchanged", "steps_per_sec"),
+    limits="At the default 32 codes every code is used. Past that, most codes die unless "
+           "revive_after is set (the page's usage-by-size figure, from scripts/gates.py "
+           "vqvae_sizes): it re-seeds a code no vector chose for that many steps from the "
+           "encoder's outputs. It is off by default because at 32 codes it costs a little "
+           "reconstruction.",
     order=7,
     groups={"data": "cifar10, digits, fashion_mnist, imagefolder, mnist"},
     gate=Gate(
         "digits, the default config, seeds 0-2: the pattern's held-out reconstruction MSE is at "
         "least 30% below no_straight_through's on the same seed and uses at least half of the K "
         "codes; codebook_on_st ends with its codebook bit for bit as it started, while its "
-        "reconstruction still falls; each run under 2 minutes",
+        "reconstruction still falls; no_sg_codebook measured beside it; each run under 2 minutes",
         runs={"none": Runs(), "no_straight_through": Runs("no_straight_through"),
-              "codebook_on_st": Runs("codebook_on_st")},
+              "codebook_on_st": Runs("codebook_on_st"), "no_sg_codebook": Runs("no_sg_codebook")},
         keys=("recon_mse", "recon_mse_at_start", "perplexity", "codes_used", "codebook_unchanged",
-              "steps_per_sec", "wall_seconds"),
+              "codebook_moved", "encoder_output_rms", "steps_per_sec", "wall_seconds"),
         passes=lambda runs: all(p["recon_mse"] <= 0.7 * m["recon_mse"]
                                 for p, m in zip(runs["none"], runs["no_straight_through"]))
         and all(p["codes_used"] >= 0.5 for p in runs["none"])
         and all(r["codebook_unchanged"] and r["recon_mse"] < r["recon_mse_at_start"]
                 for r in runs["codebook_on_st"])
         and max(r["wall_seconds"] for rows in runs.values() for r in rows) < 120,
-        figure_runs=("none", "no_straight_through", "codebook_on_st"),
+        figure_runs=("none", "no_straight_through", "codebook_on_st", "no_sg_codebook"),
         figure_title="vqvae on digits, default config, seed 0"),
+    more_gates={"sizes": Gate(
+        "digits, seed 0, 32-512 codes, with and without revive_after=200: at 256 codes the "
+        "remedy keeps at least half the codes in use with a reconstruction no worse than at 32",
+        runs={f"K={k}{' revive' * r}": Runs(overrides=(f"codebook_size={k}",
+                                                       f"revive_after={200 * r}"), seeds=(0,))
+              for r in (0, 1) for k in (32, 128, 256, 512)},
+        keys=("recon_mse", "perplexity", "codes_used", "codes_revived", "steps_per_sec"),
+        passes=lambda runs: runs["K=256 revive"][0]["codes_used"] >= 0.5
+        and runs["K=256 revive"][0]["recon_mse"] <= runs["K=32"][0]["recon_mse"],
+        rows_figure=draw_usage_by_size, figure_file="vqvae_sizes.png",
+        figure_title="vqvae on digits, seed 0: code usage as the codebook grows")},
     measured=measured,
 )
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from gallery import vqvae as vq
-from gallery.check import gets_grad, unchanged
+from gallery.check import gets_grad, no_grad_reaches, unchanged
 from gallery.core.cli import compose
 from gallery.core.probes import reached_parameters
 from gallery.data import images
@@ -122,6 +122,34 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, override, message):
     assert not (tmp_path / "run").exists()
 
 
+def test_revive_dead_codes_reseeds_only_codes_idle_past_patience_from_encoder_outputs():
+    torch.manual_seed(0)
+    model = vq.VQVAE(1, 8, 4, 16, stages=1)
+    x = torch.randn(4, 1, 8, 8)
+    codebook_before = model.codebook.detach().clone()
+    idle = torch.zeros(16, dtype=torch.long)
+    idle[:3] = 5  # codes 0-2 idle for 5 steps; the others chosen just now
+    used = torch.arange(3, 16)
+    assert vq.revive_dead_codes(model.codebook, idle, used, model.encoder, x, 5) == 3
+    outputs = model.encoder(x).detach().permute(0, 2, 3, 1).reshape(-1, 4)
+    for code in range(3):  # each revived code is one of this batch's encoder outputs
+        assert (outputs == model.codebook[code].detach()).all(1).any()
+    assert torch.equal(model.codebook[3:].detach(), codebook_before[3:])
+    assert idle.tolist() == [0] * 16
+
+
+def test_no_sg_codebook_lets_the_codebook_loss_pull_the_encoder():
+    torch.manual_seed(0)
+    model = vq.VQVAE(1, 8, 4, 16, stages=1)
+    z = model.encoder(torch.randn(4, 1, 8, 8))
+    for quantize, reaches in ((vq.quantize, False), (vq.quantize_no_sg_codebook, True)):
+        _, _, codebook_loss, _ = quantize(z, model.codebook)
+        grads = torch.autograd.grad(codebook_loss, [model.codebook, *model.encoder.parameters()],
+                                    retain_graph=True, allow_unused=True)
+        assert grads[0] is not None  # the codebook moves either way
+        assert any(g is not None and g.abs().sum() > 0 for g in grads[1:]) is reaches
+
+
 # --- this example's row of the check table (tests/test_check.py) ---
 
 def check_step(mistake: str) -> None:
@@ -134,3 +162,8 @@ def check_step(mistake: str) -> None:
     with gets_grad(codebook=model.codebook, encoder=model.encoder):
         vq.vq_step(model, optimizer, torch.randn(16, 1, 8, 8), beta=0.0,
                       quantize=vq.BY_MISTAKE[mistake])
+    # the codebook loss alone trains the codebook alone
+    z = model.encoder(torch.randn(16, 1, 8, 8))
+    _, _, codebook_loss, _ = vq.BY_MISTAKE[mistake](z, model.codebook)
+    with no_grad_reaches(encoder=model.encoder):
+        codebook_loss.backward()

@@ -58,6 +58,8 @@ class Gate:
     figure_runs: tuple[str, ...] = ()
     figure_title: str = ""
     figure_file: str = ""  # default: <example>.png
+    # or a figure drawn from the gate's rows themselves: (rows by group, a matplotlib figure)
+    rows_figure: Callable[[dict[str, list[dict]], Any], None] | None = None
     measure: str = ""
 
 

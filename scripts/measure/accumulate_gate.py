@@ -75,8 +75,9 @@ def measure(tmp: Path, figures: Path | None) -> dict:
 
 
 def draw(first: dict[str, dict], path: Path) -> None:
-    """Seed 0: the validation loss of fp16/bf16 runs, the pattern against clip_scaled; and the
-    accumulated gradient's error against the full batch's as the lengths grow unequal."""
+    """Seed 0: the validation loss under autocast with a GradScaler, the pattern against
+    clip_scaled; and the accumulated gradient's error against the full batch's as the lengths grow
+    unequal."""
     from gallery import accumulate
     from gallery.core import plots
 

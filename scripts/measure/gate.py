@@ -53,6 +53,11 @@ def run_gate(name: str, example: Example, gate: Gate, tmp: Path, figures: Path |
         example.figure({gate.runs[label].mistake: first[label] for label in gate.figure_runs}, fig)
         fig.suptitle(gate.figure_title, fontsize=9)
         plots.save(fig, figures / (gate.figure_file or f"{example.name}.png"))
+    if figures is not None and gate.rows_figure is not None:
+        fig = plots.pyplot().figure(figsize=example.figure_size)
+        gate.rows_figure(rows, fig)
+        fig.suptitle(gate.figure_title, fontsize=9)
+        plots.save(fig, figures / (gate.figure_file or f"{name}.png"))
     return {"runs": rows, "pass": bool(gate.passes(rows))}
 
 
