@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed
 import torch.nn.functional as F
-from omegaconf import MISSING
 from torch import nn
 
 from gallery.core import dist, plots
@@ -59,23 +58,16 @@ from gallery.core.loop import Loop
 from gallery.core.probes import Probe
 from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, avg
 from gallery.core.setup import prepare
-from gallery.data.text import CharVocab, load_text
+from gallery.data.text import CharVocab, TextSource, load_text
 
 PAD = -100  # the targets' padding: cross_entropy's ignore_index
 
 # --- config schema -----------------------------------------------------------------------------
 
-@dataclass
-class AccumulateData:
-    name: str = MISSING  # pydoc (embedded) | file (data.path) | tiny_shakespeare | wikitext2
-    path: str | None = None
-    root: str = "${cache_dir:}"
-
-
 @register_schema("accumulate")
 @dataclass
 class AccumulateConfig(BaseConfig):
-    data: AccumulateData = field(default_factory=AccumulateData)
+    data: TextSource = field(default_factory=TextSource)
     steps: int = 300  # optimizer steps
     micro_batches: int = 4  # per optimizer step, on each process
     micro_batch_size: int = 8  # sequences per micro-batch

@@ -42,7 +42,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import MISSING
 from torch import nn
 
 from gallery.backbones import pretrain_language_model
@@ -62,21 +61,14 @@ from gallery.core.loop import Counters, Loop
 from gallery.core.probes import Probe, graph_saved_bytes
 from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, Runs, avg
 from gallery.core.setup import prepare
-from gallery.data.text import CharVocab, load_text, text_windows
+from gallery.data.text import CharVocab, TextSource, load_text, text_windows
 
 # --- config schema -----------------------------------------------------------------------------
-
-@dataclass
-class GrpoData:
-    name: str = MISSING  # pydoc (embedded) | file (data.path) | tiny_shakespeare | wikitext2
-    path: str | None = None
-    root: str = "${cache_dir:}"
-
 
 @register_schema("grpo")
 @dataclass
 class GrpoConfig(BaseConfig):
-    data: GrpoData = field(default_factory=GrpoData)
+    data: TextSource = field(default_factory=TextSource)
     steps: int = 120  # GRPO iterations: one rollout each
     prompts: int = 16  # prompts per rollout
     group: int = 8  # completions per prompt: each one's advantage is relative to its group

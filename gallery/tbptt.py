@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from omegaconf import MISSING
 from torch import nn
 
 from gallery.core import dist, plots
@@ -50,15 +49,12 @@ from gallery.core.probes import Probe, graph_saved_bytes
 from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel
 from gallery.core.schedule import SCHEDULES, lr_schedule
 from gallery.core.setup import prepare
-from gallery.data.text import CharVocab, load_text
+from gallery.data.text import CharVocab, TextSource, load_text
 
 # --- config schema -----------------------------------------------------------------------------
 
 @dataclass
-class TextData:
-    name: str = MISSING  # pydoc | file | tiny_shakespeare | wikitext2
-    path: str | None = None  # data=file: any UTF-8 text file
-    root: str = "${cache_dir:}"  # where online corpora are downloaded
+class TextData(TextSource):
     val_fraction: float = 0.1
 
 

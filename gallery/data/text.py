@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import MISSING
 
 from gallery.core.errors import ConfigError, DataError
 from gallery.core.io import download_timeout
@@ -31,6 +32,14 @@ ONLINE = {
         "sha256": "ef7edb566e3e2b2d31b29c1fdb0c89a4cc683597484c3dc2517919c615435a11",
     },
 }
+
+
+@dataclass
+class TextSource:
+    """A text example's `data` group (configs/<example>/data/): which text, and where."""
+    name: str = MISSING  # pydoc (embedded) | file (data.path) | tiny_shakespeare | wikitext2
+    path: str | None = None  # data=file: any UTF-8 text file
+    root: str = "${cache_dir:}"  # where online corpora are downloaded
 
 
 def pydoc_text() -> str:
