@@ -54,7 +54,7 @@ from gallery.core.config import (
     validate_base,
 )
 from gallery.core.errors import ConfigError
-from gallery.core.loop import Loop
+from gallery.core.loop import Counters, Loop
 from gallery.core.probes import Probe
 from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, avg
 from gallery.core.setup import prepare
@@ -253,6 +253,19 @@ def relative_grad_error(module, model, micro_batches, accumulate) -> float:
     return float((got - reference).norm() / reference.norm())
 
 
+def watch_grad_norm(optimizer, module) -> Counters:
+    """The gradient norm each optimizer.step() is handed (after any unscale and clip): the last,
+    and a running sum over the run's steps that a checkpoint keeps."""
+    seen = Counters(last=0.0, total=0.0, steps=0)
+
+    def record(*_) -> None:
+        seen.last = float(torch.cat([p.grad.flatten() for p in module.parameters()]).norm())
+        seen.total, seen.steps = seen.total + seen.last, seen.steps + 1
+
+    optimizer.register_step_pre_hook(record)
+    return seen
+
+
 @torch.no_grad()
 def validation_loss(module, batches) -> float:
     tokens = sum(int((m["targets"] != PAD).sum()) for m in batches)
@@ -286,12 +299,11 @@ def train(cfg) -> dict:
                                      cfg.max_len, rng) for _ in range(cfg.micro_batches)]
     held_out = batch(torch.Generator().manual_seed(10_000))
     grad_error = relative_grad_error(module, model, batch(data_rng), steps.accumulate)
-    syncs, seen = dist.AllReduceCounter(model, step=optimizer), []
-    optimizer.register_step_pre_hook(lambda *_: seen.append(float(torch.cat(
-        [p.grad.flatten() for p in module.parameters()]).norm())))
+    syncs, seen = dist.AllReduceCounter(model, step=optimizer), watch_grad_norm(optimizer, module)
+    stateful = {"model": module, "optimizer": optimizer, "scaler": scaler, "data_rng": data_rng,
+                "seen": seen}
     probe = Probe(device)
-    with Loop(cfg, EXAMPLE.name, {"model": module, "optimizer": optimizer, "scaler": scaler},
-              device, cfg.data.name) as loop:
+    with Loop(cfg, EXAMPLE.name, stateful, device, cfg.data.name) as loop:
         if loop.finished_summary:
             return loop.finished_summary
         for _ in loop:
@@ -300,14 +312,14 @@ def train(cfg) -> dict:
                 steps.accumulate(model, micro_batches, scaler, autocast)
                 norm = steps.step(module, optimizer, scaler, cfg.max_norm)
             if loop.due(cfg.log_every):
-                loop.log(losses={"grad_norm": norm}, optimizer_grad_norm=seen[-1] if seen else None)
+                loop.log(losses={"grad_norm": norm}, optimizer_grad_norm=seen.last)
             if loop.due(cfg.eval_every, final=True):
                 loop.evaluated(val_loss=validation_loss(module, held_out))
         plots.figure(loop.run.path("val_loss.png"), draw_loss, loop.evals, loop.label)
         return loop.summary(
             val_loss=loop.evals[-1]["val_loss"], curve=loop.evals, grad_rel_error=grad_error,
-            optimizer_grad_norm=sum(seen) / max(len(seen), 1),
-            allreduces_per_step=syncs.by_step["step"] / max(len(seen), 1),
+            optimizer_grad_norm=seen.total / max(seen.steps, 1),
+            allreduces_per_step=syncs.per_step("step"),
             steps_per_sec=probe.units_per_sec,
             **dist.ddp_report({"model": module}, probe.record))
 

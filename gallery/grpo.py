@@ -329,7 +329,8 @@ def train(cfg) -> dict:
     held_out = text_windows(ids, cfg.eval_prompts, cfg.prompt_len,
                             torch.Generator().manual_seed(10_000)).to(device)
     counts = Counters(clip_fraction_sums=[0.0] * cfg.passes, rollouts=0, reference_held_bytes=0)
-    stateful = {"policy": policy, "reference": reference, "optimizer": optimizer, "counts": counts}
+    stateful = {"policy": policy, "reference": reference, "optimizer": optimizer, "counts": counts,
+                "prompts_rng": prompts_rng}
     probe = Probe(device, saved_bytes_name="saved_bytes_per_rollout")  # on log steps only
     start = evaluate(policy, original, held_out, cfg, targets)
     with Loop(cfg, EXAMPLE.name, stateful, device, cfg.data.name,

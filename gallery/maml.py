@@ -246,8 +246,8 @@ def train(cfg) -> dict:
     held_out = sine_tasks(cfg.eval_tasks, cfg.shots, torch.Generator().manual_seed(10_000))
     start, probe = [t.detach().clone() for t in model.parameters()], Probe(device)
     mse_at_start = adapted_mse(model, held_out, cfg.inner_lr, 1)
-    with Loop(cfg, EXAMPLE.name, {"model": model, "optimizer": optimizer}, device,
-              "baseline" if cfg.baseline else adapt_fn.__name__) as loop:
+    with Loop(cfg, EXAMPLE.name, {"model": model, "optimizer": optimizer, "tasks_rng": tasks_rng},
+              device, "baseline" if cfg.baseline else adapt_fn.__name__) as loop:
         if loop.finished_summary:
             return loop.finished_summary
         for _ in loop:

@@ -4,6 +4,7 @@ exact."""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import random
 import shlex
@@ -644,3 +645,21 @@ def test_out_of_memory_after_a_checkpoint_keeps_it_and_says_how_to_resume(tmp_pa
     assert "out of memory (CUDA) at batch_size=" in proc.stderr
     assert f"{out} keeps its last checkpoint (resume=true continues it)" in proc.stderr
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 20
+
+
+# Their data streams (prompts, tasks, micro-batches) come from generators of their own, which must
+# ride in the checkpoint: a resume that restarted them would train on other data than the
+# straight run.
+@pytest.mark.parametrize("name, steps", [("grpo", 8), ("maml", 20), ("accumulate", 10)])
+def test_a_resumed_run_trains_on_the_same_data_and_ends_where_the_straight_run_does(
+        tmp_path, name, steps):
+    module = importlib.import_module(f"gallery.{name}")
+    args = [*module.EXAMPLE.smoke, "device=cpu", f"steps={steps}", f"ckpt_every={steps // 2}",
+            f"log_every={steps // 4}", f"eval_every={steps // 2}"]
+    straight = module.train(compose(name, [*args, f"out_dir={tmp_path}/a"]))
+    module.train(compose(name, [*args, f"steps={steps // 2}", f"out_dir={tmp_path}/b"]))
+    resumed = module.train(compose(name, [*args, f"out_dir={tmp_path}/b", "resume=true"]))
+    assert rows(tmp_path / "b" / "metrics.jsonl") == rows(tmp_path / "a" / "metrics.jsonl")
+    speed = {"steps_per_sec", "meta_iterations_per_sec", "out_dir", "curve", *TIMING}
+    assert ({k: v for k, v in resumed.items() if k not in speed}
+            == {k: v for k, v in straight.items() if k not in speed})

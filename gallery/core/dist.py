@@ -135,6 +135,7 @@ class AllReduceCounter:
 
     def __init__(self, ddp: nn.Module, **optimizers: torch.optim.Optimizer):
         self.calls, self._booked, self.by_step = 0, 0, {name: 0 for name in optimizers}
+        self.steps = {name: 0 for name in optimizers}  # the steps booked, per name
         if active():  # run alone: no hooks at all
             for name, optimizer in optimizers.items():
                 self.attribute(optimizer, name)
@@ -145,13 +146,18 @@ class AllReduceCounter:
             ddp.register_comm_hook(None, counting_hook)
 
     def attribute(self, optimizer: torch.optim.Optimizer, name: str) -> None:
-        self.by_step[name] = 0
+        self.by_step[name], self.steps[name] = 0, 0
 
         def book(*_: Any) -> None:
             self.by_step[name] += self.calls - self._booked
+            self.steps[name] += 1
             self._booked = self.calls
 
         optimizer.register_step_post_hook(book)
+
+    def per_step(self, name: str) -> float:
+        """All-reduces per booked step of `name` in this process (0 when run alone)."""
+        return self.by_step[name] / max(self.steps[name], 1)
 
 
 def ddp_report(modules: dict[str, nn.Module], probe_record: dict, **per_rank: Any) -> dict:
