@@ -1,8 +1,4 @@
 import contextlib
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,7 +6,7 @@ import torch
 from gallery import accumulate as acc
 from gallery.check import constant, gets_grad, updated
 from gallery.core.cli import compose
-from tests.conftest import ROOT
+from tests.test_ddp import torchrun
 
 SMOKE = [*acc.EXAMPLE.smoke, "device=cpu"]
 
@@ -65,20 +61,13 @@ def test_amp_runs_with_a_grad_scaler_on_cpu(tmp_path):
     assert 0 < s["optimizer_grad_norm"] <= 1.0 + 1e-5
 
 
-def torchrun(out, *overrides) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "gallery.accumulate", f"out_dir={out}", "device=cpu", "threads=1", *SMOKE,
-           *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((out / "summary.json").read_text())
-
-
 def test_on_two_processes_the_pattern_syncs_once_per_step_and_the_mistake_every_micro_batch(
         tmp_path):
-    pattern = torchrun(tmp_path / "p")
-    every = torchrun(tmp_path / "m", "mistake=sync_every_micro_batch")
+    # tests/test_ddp.py's launcher: 2 gloo processes, every rank's weights compared, the known
+    # abort at exit retried once with a warning
+    pattern = torchrun("gallery.accumulate", tmp_path / "p", *acc.EXAMPLE.smoke, nproc=2)
+    every = torchrun("gallery.accumulate", tmp_path / "m", *acc.EXAMPLE.smoke,
+                     "mistake=sync_every_micro_batch", nproc=2)
     assert pattern["world_size"] == 2 and pattern["ranks_agree"]
     assert pattern["grad_rel_error"] < 1e-5 and pattern["allreduces_per_step"] == 1
     assert every["allreduces_per_step"] == 4  # micro_batches=4, one bucket each

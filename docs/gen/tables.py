@@ -17,15 +17,25 @@ def load(name: str) -> dict:
     return json.loads((DOCS / name).read_text())
 
 
-def headlines(gates: dict | None = None, bench: dict | None = None) -> dict[str, tuple[str, str]]:
-    """example -> (what the pattern measured, what its best-known mistake measured), in words and
-    JSON numbers: each example's own `EXAMPLE.measured(...).readme`, on its entry in gates.json."""
+def measurements(gates: dict | None = None, bench: dict | None = None) -> dict:
+    """example -> what its measurements say (`EXAMPLE.measured` on its gates.json entry and
+    bench.json: the README row, the hero panel, the mistake's cost), for the examples measured."""
     from gallery.core.registry import examples
 
     gates, bench = gates or load("gates.json"), bench or load("bench.json")
-    return {name: (example.measured(gates[name], bench).readme if name in gates else
-                   (f"not measured yet: `scripts/gates.py {name} --json docs/gates.json`", ""))
-            for name, example in examples().items()}
+    return {name: example.measured(gates[name], bench)
+            for name, example in examples().items() if name in gates}
+
+
+def headlines(gates: dict | None = None, bench: dict | None = None) -> dict[str, tuple[str, str]]:
+    """example -> (what the pattern measured, what its best-known mistake measured), in words and
+    JSON numbers; an example not measured yet says how to measure it."""
+    from gallery.core.registry import examples
+
+    measured = measurements(gates, bench)
+    return {name: measured[name].readme if name in measured else
+            (f"not measured yet: `scripts/gates.py {name} --json docs/gates.json`", "")
+            for name in examples()}
 
 
 def gallery_table(link=lambda name: f"gallery/{name}.py") -> str:
@@ -92,28 +102,15 @@ def speed_limits(bench: dict | None = None) -> list[dict]:
 
 def mistake_costs(gates: dict | None = None, bench: dict | None = None) -> list[dict]:
     """What each example's costliest measured mistake costs against its pattern, as ratios
-    (mistake over pattern) of time per step and of bytes held for backward: each example's own
-    `EXAMPLE.measured(...).cost`, from gates.json and bench.json."""
-    from gallery.core.registry import examples
-
-    gates, bench = gates or load("gates.json"), bench or load("bench.json")
-    costs = []
-    for name, example in examples().items():
-        if name in gates:
-            cost = example.measured(gates[name], bench).cost
-            costs.append({"example": name, "mistake": cost.mistake, "time": cost.time,
-                          "bytes": cost.bytes, "source": cost.source})
-    return costs
+    (mistake over pattern) of time per step and of bytes held for backward."""
+    return [{"example": name, "mistake": m.cost.mistake, "time": m.cost.time,
+             "bytes": m.cost.bytes, "source": m.cost.source}
+            for name, m in measurements(gates, bench).items()]
 
 
 def hero_panels(gates: dict | None = None, bench: dict | None = None) -> dict:
-    """example -> its hero panel (the metric, the pattern's value, the mistake's), from its
-    `EXAMPLE.measured(...).hero`."""
-    from gallery.core.registry import examples
-
-    gates, bench = gates or load("gates.json"), bench or load("bench.json")
-    return {name: example.measured(gates[name], bench).hero
-            for name, example in examples().items() if name in gates}
+    """example -> its hero panel (the metric, the pattern's value, the mistake's)."""
+    return {name: m.hero for name, m in measurements(gates, bench).items()}
 
 
 def nav() -> list[dict]:

@@ -48,14 +48,13 @@ def run_gate(name: str, example: Example, gate: Gate, tmp: Path, figures: Path |
             rows.setdefault(label, []).append(row)
             first.setdefault(label, summary)
             print(f"{name} {label} seed={seed}: {row}", flush=True)
-    if figures is not None and gate.figure_runs:
+    if figures is not None and (gate.figure_runs or gate.rows_figure is not None):
         fig = plots.pyplot().figure(figsize=example.figure_size)
-        example.figure({gate.runs[label].mistake: first[label] for label in gate.figure_runs}, fig)
-        fig.suptitle(gate.figure_title, fontsize=9)
-        plots.save(fig, figures / (gate.figure_file or f"{example.name}.png"))
-    if figures is not None and gate.rows_figure is not None:
-        fig = plots.pyplot().figure(figsize=example.figure_size)
-        gate.rows_figure(rows, fig)
+        if gate.rows_figure is not None:  # drawn from the rows themselves
+            gate.rows_figure(rows, fig)
+        else:  # the tour's figure, from the first seed of the named groups
+            example.figure({gate.runs[label].mistake: first[label]
+                            for label in gate.figure_runs}, fig)
         fig.suptitle(gate.figure_title, fontsize=9)
         plots.save(fig, figures / (gate.figure_file or f"{name}.png"))
     return {"runs": rows, "pass": bool(gate.passes(rows))}
