@@ -18,14 +18,14 @@ from gallery.core.run import progress
 from gallery.core.seeding import seed_everything
 from gallery.data import images
 from gallery.data.text import text_windows
-from gallery.nets import digits_cnn, evaluating, resnet18_backbone
+from gallery.nets import digits_cnn, eval_mode, resnet18_backbone
 
 PRETRAIN_CLASSES, FINETUNE_CLASSES = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 
 
 @torch.no_grad()
 def feature_dim(backbone: nn.Module, sample: torch.Tensor) -> int:
-    with evaluating(backbone):
+    with eval_mode(backbone):
         return backbone(sample[:1]).shape[1]
 
 

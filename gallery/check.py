@@ -1,7 +1,8 @@
 """Checks for your own training step: is the autograd graph still cut where the pattern cuts it?
 
     from gallery.check import (bounded_memory, constant, disjoint, gets_grad, has_graph,
-                               no_grad_reaches, unchanged, updated)
+                               modes_restored, no_grad_reaches, runs_in_eval_mode,
+                               runs_in_train_mode, unchanged, updated)
 
     with no_grad_reaches(generator=g, before=opt_d):   # each D step writes no grad into G
         for _ in range(3):
@@ -17,6 +18,10 @@
     has_graph(inner_grads=grads)                       # MAML: create_graph=True kept the graph
     disjoint(target=target_net, online=online_net)     # two networks, not one under two names
     bounded_memory(lambda: train_iteration(...), steps=5)  # nothing keeps each call's graph
+    with modes_restored(model), runs_in_eval_mode(model):  # an evaluation: eval inside, and
+        metrics = evaluate(model, val_batches)              #   every module's mode back after
+    with runs_in_train_mode(model, ignore=["backbone"]):   # the step trains in train mode
+        train_step(...)
 
 Each check raises `AssertionError` with one sentence that names the module or tensor and what it
 saw, and ends by pointing at its own docstring (`help(gallery.check.<check>)`). A check that is
@@ -53,7 +58,8 @@ from gallery.core.probes import SavedTensorMeter, live_graph_nodes  # torch only
 Watched = nn.Module | torch.Tensor  # a module, a bare parameter (a codebook) or one tensor
 
 __all__ = ["MemoryTrace", "bounded_memory", "constant", "disjoint", "gets_grad", "has_graph",
-           "no_grad_reaches", "unchanged", "updated"]
+           "modes_restored", "no_grad_reaches", "runs_in_eval_mode", "runs_in_train_mode",
+           "unchanged", "updated"]
 
 
 def _see(check: str) -> str:
@@ -480,10 +486,13 @@ def disjoint(*modules: Watched, ignore: Collection[str] = (), **named: Watched) 
 
 # --- tensors: a graph where there must be none, or none where there must be one ---------------
 
-def _tensors(value: Any, name: str) -> Iterator[tuple[str, torch.Tensor]]:
+def _tensors(value: Any, name: str) -> Iterator[tuple[str, torch.Tensor | float]]:
     """The tensors in a value: itself, or those inside a tuple, list or dict (an LSTM's (h, c), a
-    batch)."""
+    batch). A Python number (a metric taken with `.item()`, a count in a rollout dict) is data, so
+    it comes out as itself; anything else that is not a tensor (a string, None) is skipped."""
     if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, (bool, int, float)):
         yield name, value
     elif isinstance(value, Mapping):
         for key, item in value.items():
@@ -491,13 +500,10 @@ def _tensors(value: Any, name: str) -> Iterator[tuple[str, torch.Tensor]]:
     elif isinstance(value, (tuple, list)):
         for i, item in enumerate(value):
             yield from _tensors(item, f"{name}[{i}]")
-    else:
-        raise TypeError(f"{name}: expected a tensor (or a tuple, list or dict of them), got "
-                        f"{type(value).__name__}")
 
 
 def _all_tensors(check: str, tensors: tuple[Any, ...],
-                 named: Mapping[str, Any]) -> list[tuple[str, torch.Tensor]]:
+                 named: Mapping[str, Any]) -> list[tuple[str, torch.Tensor | float]]:
     values = {f"tensor {i}": t for i, t in enumerate(tensors)} | dict(named)
     if not values:
         raise TypeError(f"{check}: name at least one tensor to check")
@@ -505,7 +511,8 @@ def _all_tensors(check: str, tensors: tuple[Any, ...],
     for name, value in values.items():
         inside = list(_tensors(value, name))
         if not inside:
-            raise ValueError(f"{check}: {name} holds no tensor, so there is nothing to check")
+            raise ValueError(f"{check}: {name} holds no tensor or number "
+                             f"({type(value).__name__}), so there is nothing to check")
         found += inside
     return found
 
@@ -513,11 +520,14 @@ def _all_tensors(check: str, tensors: tuple[Any, ...],
 def constant(*tensors: Any, **named: Any) -> None:
     """Each tensor carries no graph: no `grad_fn` and no `requires_grad`. Guards TD targets,
     advantages and returns, stored log-probs, a teacher's output, and a hidden state at the start
-    of a chunk. Tuples, lists and dicts of tensors are looked into; an empty one raises
-    `ValueError`."""
+    of a chunk, and the metrics an evaluation returns. Tuples, lists and dicts of tensors are
+    looked into. A Python number is data and passes (`loss.item()` is the fix for a metric that
+    kept its graph); a string or None inside a container is skipped; a value with no tensor and no
+    number in it raises `ValueError`."""
     found = _all_tensors("constant", tensors, named)
     graphs = [f"{name} (grad_fn={type(t.grad_fn).__name__})" if t.grad_fn is not None
-              else f"{name} (requires_grad=True)" for name, t in found if t.requires_grad]
+              else f"{name} (requires_grad=True)" for name, t in found
+              if isinstance(t, torch.Tensor) and t.requires_grad]
     if graphs:
         raise AssertionError(
             f"constant: {_listed(graphs)} {'carries' if len(graphs) == 1 else 'carry'} a graph: "
@@ -532,7 +542,7 @@ def has_graph(*tensors: Any, **named: Any) -> None:
     `create_graph=True`, `torch.autograd.grad` returns constants, and the penalty or meta-gradient
     silently loses its second-order term. Tuples, lists and dicts are looked into."""
     found = _all_tensors("has_graph", tensors, named)
-    cut = [name for name, t in found if not t.requires_grad]
+    cut = [name for name, t in found if not (isinstance(t, torch.Tensor) and t.requires_grad)]
     if cut:
         raise AssertionError(
             f"has_graph: {_listed(cut)} {'carries' if len(cut) == 1 else 'carry'} no graph: a "
@@ -540,6 +550,148 @@ def has_graph(*tensors: Any, **named: Any) -> None:
             f"so what should flow through it (a second-order term, a meta-gradient) is silently "
             f"dropped; take the gradient with create_graph=True and do not .detach() it "
             f"{_see('has_graph')}")
+
+
+# --- modes: train and eval ------------------------------------------------------------------------
+
+def _modules(check: str, modules: tuple[Watched, ...], named: Mapping[str, Watched],
+             ignore: Collection[str]) -> dict[str, dict[str, nn.Module]]:
+    """Each watched module's submodules (itself included, as ""), by name, less those `ignore=`
+    leaves out. A tensor has no mode."""
+    out: dict[str, dict[str, nn.Module]] = {}
+    for name, value in _watched(check, modules, named).items():
+        if not isinstance(value, nn.Module):
+            raise TypeError(f"{check}: {name} is a tensor, which has no train or eval mode; "
+                            f"name the module it belongs to")
+        # the watched module itself always stays: ignore= names what is inside it
+        out[name] = {sub: m for sub, m in value.named_modules()
+                     if not sub or not _left_out(sub, ignore)}
+    return out
+
+
+def _mode_matters(module: nn.Module) -> bool:
+    """Dropout and the norms: the layers whose output depends on the mode, named first."""
+    return any(kind in type(module).__name__ for kind in ("Dropout", "Norm"))
+
+
+def _module_label(sub: str, module: nn.Module) -> str:
+    return f"{sub or 'itself'} ({type(module).__name__})"
+
+
+@contextlib.contextmanager
+def modes_restored(*modules: Watched, ignore: Collection[str] = (),
+                   **named: Watched) -> Iterator[None]:
+    """After the block, every submodule of the watched modules is in the mode (`training`) it was
+    in before: the check for an evaluation that calls `model.eval()` and never gives the model its
+    mode back, so dropout stays off and BatchNorm stops learning its statistics for the rest of
+    training. A plain `model.train()` afterwards fails it too when a submodule was in eval mode by
+    design (a frozen backbone): that flag is not given back either.
+
+    The check holds when the block raises: an evaluation that leaves the mode behind on an error
+    fails it (the error is chained). `ignore=` leaves submodules out by name (a prefix covers what
+    is inside).
+
+    Cost: one read of each submodule's flag before and after the block."""
+    watched = _modules("modes_restored", modules, named, ignore)
+    before = {name: {sub: m.training for sub, m in subs.items()} for name, subs in watched.items()}
+    error: Exception | None = None
+    try:
+        yield
+    except Exception as err:  # judged below, then raised again
+        error = err
+    changed: dict[str, list[str]] = {}
+    for name, subs in watched.items():
+        moved = [f"{_module_label(sub, m)} {'train' if before[name][sub] else 'eval'} -> "
+                 f"{'train' if m.training else 'eval'}"
+                 for sub, m in sorted(subs.items(), key=lambda item: not _mode_matters(item[1]))
+                 if m.training != before[name][sub]]
+        if moved:
+            changed[name] = moved
+    if changed:
+        where = "; ".join(f"{name}: {_listed(moved)}" for name, moved in changed.items())
+        raise AssertionError(
+            f"modes_restored: the block did not give back the modes it found ({where}): "
+            f"training goes on in the wrong mode (dropout off, BatchNorm frozen) or a module kept "
+            f"in eval by design is put back in train; keep each module's own flag and restore it "
+            f"in a finally {_see('modes_restored')}") from error
+    if error is not None:
+        raise error
+
+
+@contextlib.contextmanager
+def _forwards_in_mode(check: str, training: bool, modules: tuple[Watched, ...],
+                      named: Mapping[str, Watched], ignore: Collection[str]) -> Iterator[None]:
+    watched = _modules(check, modules, named, ignore)
+    ran: set[tuple[str, str]] = set()
+    wrong: dict[str, list[str]] = {}
+
+    def on_forward(name: str, sub: str) -> Callable[..., None]:
+        def hook(module: nn.Module, _: Any) -> None:
+            ran.add((name, sub))
+            if module.training != training:
+                label = _module_label(sub, module)
+                if label not in wrong.setdefault(name, []):
+                    wrong[name].append(label)
+                    # dropout and the norms first: the layers the mode changes
+                    wrong[name].sort(key=lambda text: not any(
+                        kind in text.rsplit("(", 1)[-1] for kind in ("Dropout", "Norm")))
+        return hook
+
+    handles = [m.register_forward_pre_hook(on_forward(name, sub))
+               for name, subs in watched.items() for sub, m in subs.items()]
+    error: Exception | None = None
+    try:
+        yield
+    except Exception as err:  # judged below, then raised again
+        error = err
+    finally:
+        for handle in handles:
+            handle.remove()
+    want, other = ("train", "eval") if training else ("eval", "train")
+    if wrong:
+        where = "; ".join(f"{name}: {_listed(labels)}" for name, labels in wrong.items())
+        fix = ("an evaluation before it left the model in eval mode (see modes_restored), so "
+               "dropout is off and BatchNorm stops learning; call model.train() before the step, "
+               "or leave out by name a module kept in eval by design (ignore=[...])"
+               if training else
+               "dropout drops and BatchNorm normalises with this batch's statistics and updates "
+               "its running ones, so the metric is noisy and evaluating changes the model; call "
+               "model.eval() for the block")
+        raise AssertionError(f"runs_in_{want}_mode: {where} ran in {other} mode: {fix} "
+                             f"{_see(f'runs_in_{want}_mode')}") from error
+    if error is not None:
+        raise error
+    silent = [name for name in watched if not any(n == name for n, _ in ran)]
+    if silent:
+        raise ValueError(f"runs_in_{want}_mode: {_listed(silent)} never ran a forward inside the "
+                         f"block, so there is nothing to check")
+
+
+def runs_in_train_mode(*modules: Watched, ignore: Collection[str] = (),
+                       **named: Watched) -> contextlib.AbstractContextManager[None]:
+    """Every forward of the watched modules and their submodules inside the block runs in train
+    mode: the check for a training step that follows an evaluation which never put the model back
+    (dropout silently off, BatchNorm's statistics frozen). A submodule kept in eval by design (a
+    frozen backbone with its BatchNorm) is left out by name with `ignore=`.
+
+    A watched module that runs no forward inside the block raises `ValueError`. Submodules called
+    through `module.forward(x)` rather than `module(x)` run no hook and are not seen.
+
+    Cost: a forward pre-hook on every watched submodule while the block runs."""
+    return _forwards_in_mode("runs_in_train_mode", True, modules, named, ignore)
+
+
+def runs_in_eval_mode(*modules: Watched, ignore: Collection[str] = (),
+                      **named: Watched) -> contextlib.AbstractContextManager[None]:
+    """Every forward of the watched modules and their submodules inside the block runs in eval
+    mode: the check for an evaluation, a frozen teacher or reference, and a target network. In
+    train mode dropout drops and BatchNorm normalises by the batch and updates its running
+    statistics: the metric depends on the batch size and evaluating changes the model.
+
+    A watched module that runs no forward inside the block raises `ValueError`.
+
+    Cost: a forward pre-hook on every watched submodule while the block runs."""
+    return _forwards_in_mode("runs_in_eval_mode", False, modules, named, ignore)
 
 
 # --- memory across calls --------------------------------------------------------------------------

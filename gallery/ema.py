@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from omegaconf import MISSING
 from torch import nn
 
 from gallery.core import plots
@@ -53,19 +52,13 @@ from gallery.core.probes import Probe, graph_stats
 from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, Runs, avg
 from gallery.core.setup import prepare
 from gallery.data import images
-from gallery.nets import evaluating, sync_target
+from gallery.nets import eval_mode, sync_target
 
 # --- config schema -----------------------------------------------------------------------------
 
 @dataclass
-class EmaData:
-    name: str = MISSING  # digits | cifar10 | imagefolder
-    root: str = "${cache_dir:}"  # where torchvision downloads, or the imagefolder root
-    image_size: int | None = None  # None: 8 for digits, 32 otherwise
-    limit: int = 10000  # online data: at most this many images
-    val_fraction: float = 0.2  # held out: accuracy is measured there
+class EmaData(images.LabelledImages):  # name, root, image_size, limit, val_fraction, split_seed
     labels_per_class: int = 10  # the labelled few; the rest of the training split is unlabelled
-    split_seed: int = 0
 
 
 @register_schema("ema")
@@ -86,7 +79,7 @@ class EmaConfig(BaseConfig):
 
 def validate(cfg: EmaConfig) -> None:
     validate_base(cfg, BY_MISTAKE)
-    require_choice(cfg, "data.name", ["digits", "cifar10", "imagefolder"])
+    require_choice(cfg, "data.name", images.LABELLED)
     require_positive(cfg, "lr", "hidden", "batch_size", "data.limit", "data.labels_per_class")
     require_non_negative(cfg, "consistency", "ramp")
     require_range(cfg, "ema_decay", 0.0, 1.0)
@@ -172,11 +165,7 @@ BY_MISTAKE = {"none": EmaSteps(make_ema, sync_target),
 def load_data(cfg):
     """(labelled x, y), unlabelled x, (held-out x, y): a fixed split for every run seed."""
     d = cfg.data
-    if d.name == "digits":
-        x, y = images.load_digits_tensors()
-    else:
-        x, y = images.dataset_to_tensors(
-            images.torchvision_dataset(d.name, d.root, d.image_size or 32), limit=d.limit)
+    x, y = images.labelled_tensors(d)
     xt, yt, xv, yv = images.stratified_split(x, y, d.val_fraction, d.split_seed, None)
     xl, yl, xu, _ = images.stratified_split(xt, yt, 0.0, d.split_seed, d.labels_per_class)
     return xl, yl, xt, xv, yv
@@ -184,7 +173,7 @@ def load_data(cfg):
 
 @torch.no_grad()
 def accuracy(model, x, y) -> float:
-    with evaluating(model):
+    with eval_mode(model):
         return float((model(x).argmax(1) == y).float().mean())
 
 

@@ -274,6 +274,35 @@ def running_loss_sum_keeps_every_graph() -> str:
             f"(gallery.check.bounded_memory counts both)")
 
 
+def eval_and_no_grad_are_independent() -> str:
+    """`model.eval()` and `torch.no_grad()` do different things, and an evaluation needs both.
+    eval() changes what the layers compute (dropout off, BatchNorm reads its running statistics)
+    but autograd still records a graph; no_grad() stops the graph but dropout still drops and
+    BatchNorm still normalises by the batch and updates its running statistics. Either one alone
+    leaves the other problem."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Dropout(0.5), nn.Linear(16, 2))
+    x = torch.randn(32, 8)
+
+    def evaluated(eval_mode: bool, no_grad: bool) -> tuple[bool, bool, bool]:
+        """(a graph was recorded, the running mean moved, two passes disagree)"""
+        net.train(not eval_mode)
+        before = net[1].running_mean.clone()
+        with torch.set_grad_enabled(not no_grad):
+            first, second = net(x), net(x)
+        net.train()
+        return (first.requires_grad, not torch.equal(before, net[1].running_mean),
+                not torch.equal(first, second))
+
+    only_eval, only_no_grad, both = (evaluated(True, False), evaluated(False, True),
+                                     evaluated(True, True))
+    assert only_eval == (True, False, False)  # a graph, but the layers behave
+    assert only_no_grad == (False, True, True)  # no graph, but the layers train and drop
+    assert both == (False, False, False)
+    return ("eval() alone: a graph recorded, statistics unchanged, repeatable; no_grad() alone: "
+            "no graph, but the running mean moved and two passes disagreed; both: neither")
+
+
 LESSONS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     detach_shares_storage, inplace_on_detached_breaks_backward, clone_detach_is_independent,
     data_is_not_detach, no_grad_cuts_every_operation, inference_mode_is_stricter,
@@ -282,7 +311,7 @@ LESSONS: dict[str, Callable[[], str]] = {f.__name__: f for f in (
     running_loss_sum_keeps_every_graph, straight_through_is_value_of_f_gradient_of_identity,
     gumbel_softmax_hard_is_straight_through,
     ratio_to_detached_self_is_one_with_the_policy_gradient,
-    grad_without_create_graph_is_a_constant)}
+    grad_without_create_graph_is_a_constant, eval_and_no_grad_are_independent)}
 
 
 # The claims where the seed tutorial was wrong or imprecise (the lesson's claim says what is true).

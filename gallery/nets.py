@@ -44,17 +44,19 @@ def frozen(module):
 
 
 @contextlib.contextmanager
-def evaluating(*modules):
+def eval_mode(*modules):
     """The modules in eval mode inside the block (BatchNorm reads its running statistics and leaves
-    them alone), each back in its own mode afterwards, even when the block raises."""
-    modes = [m.training for m in modules]
+    them alone), every submodule back in its own mode afterwards, even when the block raises. Mode
+    only: autograd records as the caller chose (simsiam's measurement takes gradients in eval
+    mode). An evaluation wants no graph as well: gallery.evaluate.evaluating is both."""
+    modes = {sub: sub.training for m in modules for sub in m.modules()}
     for m in modules:
         m.eval()
     try:
         yield
     finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
+        for sub, mode in modes.items():
+            sub.train(mode)
 
 
 class Chain(nn.Sequential):

@@ -48,7 +48,7 @@ from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel,
 from gallery.core.schedule import lr_schedule
 from gallery.core.setup import prepare
 from gallery.data import images
-from gallery.nets import conv_block, evaluating
+from gallery.nets import conv_block, eval_mode
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -180,7 +180,7 @@ def target_branch_grad_share(loss_fn, encoder, predictor, x1, x2) -> float:
     share of its norm: 0 with the stop-gradient. The reference loss holds both targets constant
     explicitly. In eval mode, so BatchNorm's running statistics do not move."""
     params = [p for p in encoder.parameters() if p.requires_grad]
-    with evaluating(encoder, predictor):
+    with eval_mode(encoder, predictor):
         loss = loss_fn(encoder, predictor, x1, x2)
         uses_predictor = reached_parameters(loss, predictor)
         online = predictor if uses_predictor else nn.Identity()  # no_predictor: p = z
@@ -198,7 +198,7 @@ def target_branch_grad_share(loss_fn, encoder, predictor, x1, x2) -> float:
 def evaluate(encoder, xt, yt, xv, yv, k: int, batch: int = 512) -> dict:
     """kNN accuracy of the backbone's features (train split as the bank, held-out split as queries),
     and the collapse monitor on the held-out outputs."""
-    with evaluating(encoder):
+    with eval_mode(encoder):
         bank = torch.cat([encoder[0](xt[i : i + batch]) for i in range(0, len(xt), batch)])
         queries = torch.cat([encoder[0](xv[i : i + batch]) for i in range(0, len(xv), batch)])
         z = encoder[1](queries)

@@ -49,7 +49,7 @@ from gallery.core.probes import Probe, state_hash
 from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, Runs, avg
 from gallery.core.setup import prepare
 from gallery.data import images
-from gallery.nets import evaluating
+from gallery.nets import eval_mode
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -224,7 +224,7 @@ def load_data(cfg):
 @torch.no_grad()
 def evaluate(model, xv, codebook_size, batch: int = 512) -> dict:
     """Held-out reconstruction error, and how the held-out images use the codebook."""
-    with evaluating(model):
+    with eval_mode(model):
         errors, codes = [], []
         for i in range(0, len(xv), batch):
             x = xv[i:i + batch]
@@ -238,7 +238,7 @@ def evaluate(model, xv, codebook_size, batch: int = 512) -> dict:
 
 def draw_reconstructions(axes, model, x, label: str) -> None:
     """Top row: the images; bottom row: their reconstructions through the codebook."""
-    with torch.no_grad(), evaluating(model):
+    with torch.no_grad(), eval_mode(model):
         z_q, _, _, _ = quantize(model.encoder(x), model.codebook)
         out = model.decoder(z_q)
     n = len(x)

@@ -15,7 +15,8 @@ import torch
 USAGE = """Speed and memory of each pattern against its mistake, as ratios measured side by side.
 
     scripts/bench.py [gan|dqn|dqn_envs|finetune|ppo|sac|tbptt|threads|smoke|compile|startup|
-                      cleanrl|cuda_graphs|vqvae|chain|sb3|check|maml|all] [--device cpu|cuda]
+                      cleanrl|cuda_graphs|vqvae|chain|sb3|check|maml|evaluate|all]
+                     [--device cpu|cuda]
                      [--json results.json] [--cleanrl CLONE]
 
 Times come from alternating blocks of the two variants in one process (median of the blocks), so a
@@ -33,6 +34,7 @@ from scripts.measure.check import bench_check  # noqa: E402
 from scripts.measure.cleanrl import bench_cleanrl  # noqa: E402
 from scripts.measure.compile import bench_compile, bench_cuda_graphs  # noqa: E402
 from scripts.measure.dqn import bench_dqn, bench_dqn_envs  # noqa: E402
+from scripts.measure.evaluate import bench_evaluate  # noqa: E402
 from scripts.measure.finetune import bench_finetune  # noqa: E402
 from scripts.measure.gan import bench_gan  # noqa: E402
 from scripts.measure.maml import bench_maml  # noqa: E402
@@ -50,7 +52,7 @@ BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo"
            "startup": bench_startup, "cleanrl": bench_cleanrl,
            "cuda_graphs": bench_cuda_graphs, "vqvae": bench_vqvae, "chain": bench_chain,
            "sb3": bench_sb3, "check": lambda device: bench_check(device, alternate),
-           "maml": bench_maml}
+           "maml": bench_maml, "evaluate": bench_evaluate}
 
 
 def machine(device: torch.device) -> str:

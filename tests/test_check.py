@@ -23,7 +23,10 @@ from gallery.check import (
     disjoint,
     gets_grad,
     has_graph,
+    modes_restored,
     no_grad_reaches,
+    runs_in_eval_mode,
+    runs_in_train_mode,
     unchanged,
     updated,
 )
@@ -146,8 +149,15 @@ def test_constant_looks_into_tuples_and_dicts():
         constant(state=(torch.zeros(2), w * 2))
     with pytest.raises(AssertionError, match=r"tensor 0 \(requires_grad=True\)"):
         constant(w)
-    with pytest.raises(TypeError, match="expected a tensor"):
-        constant(x=3.0)
+    # a Python number is data (a metric taken with .item()); strings and None are skipped
+    constant(metrics={"loss": 0.25, "accuracy": 1, "split": "val", "note": None})
+    constant(batch={"group": 4, "obs": torch.ones(2)})
+    with pytest.raises(ValueError, match=r"^constant: x holds no tensor or number \(NoneType\)"):
+        constant(x=None)
+    with pytest.raises(ValueError, match=r"^constant: batch holds no tensor or number"):
+        constant(batch={"split": "val"})
+    with pytest.raises(AssertionError, match=r"^has_graph: x carries no graph"):
+        has_graph(x=3.0)
 
 
 def test_bounded_memory_sees_a_running_sum_of_losses_grow_and_item_stay_flat():
@@ -264,6 +274,76 @@ def test_disjoint_names_the_shared_tensors():
         disjoint(online=online, other=half)
     with pytest.raises(ValueError, match="name at least two modules"):
         disjoint(online=online)
+
+
+def mode_model() -> nn.Module:
+    """A backbone kept in eval by design (its BatchNorm frozen) under a head with dropout."""
+    model = nn.Sequential()
+    model.backbone = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+    model.head = nn.Sequential(nn.Dropout(0.5), nn.Linear(8, 2))
+    model.backbone.eval()
+    return model
+
+
+def test_modes_restored_wants_each_modules_own_flag_back_even_when_the_block_raises():
+    model = mode_model()
+    with modes_restored(model=model):
+        modes = {m: m.training for m in model.modules()}
+        model.eval()
+        for m, mode in modes.items():
+            m.train(mode)
+    with pytest.raises(AssertionError, match=r"^modes_restored: the block did not give back the "
+                                             r"modes it found \(model: head.0 \(Dropout\) "
+                                             r"train -> eval"):
+        with modes_restored(model=model):
+            model.eval()  # never undone
+    model.train()  # a plain train() afterwards puts the frozen backbone's BatchNorm in train
+    model.backbone.eval()
+    with pytest.raises(AssertionError, match=r"backbone.1 \(BatchNorm1d\) eval -> train"):
+        with modes_restored(model=model):
+            model.eval()
+            model.train()
+    model.backbone.eval()
+    with pytest.raises(AssertionError, match="modes_restored") as caught:
+        with modes_restored(model=model):
+            model.eval()
+            raise RuntimeError("mid-evaluation")  # the mode is left behind on the error
+    assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+def test_runs_in_train_mode_sees_dropout_off_and_leaves_out_a_backbone_by_name():
+    model = mode_model()
+    x = torch.randn(4, 4)
+    with runs_in_train_mode(model=model, ignore=["backbone"]):
+        model(x)
+    with pytest.raises(AssertionError, match=r"^runs_in_train_mode: model: backbone.1 "
+                                             r"\(BatchNorm1d\)"):
+        with runs_in_train_mode(model=model):
+            model(x)
+    model.head.eval()  # what an evaluation that never restored the mode leaves behind
+    with pytest.raises(AssertionError, match=r"^runs_in_train_mode: model: backbone.1 "
+                                             r"\(BatchNorm1d\), head.0 \(Dropout\)"):
+        with runs_in_train_mode(model=model):
+            model(x)
+    with pytest.raises(ValueError, match=r"^runs_in_train_mode: model never ran a forward"):
+        with runs_in_train_mode(model=model):
+            pass
+    with pytest.raises(TypeError, match="has no train or eval mode"):
+        with runs_in_train_mode(w=torch.ones(2)):
+            pass
+
+
+def test_runs_in_eval_mode_sees_batchnorm_learning_from_an_evaluation():
+    model = mode_model()
+    with runs_in_eval_mode(model=model), torch.no_grad():
+        model.eval()
+        model(torch.randn(4, 4))
+    model.train()
+    with pytest.raises(AssertionError, match=r"^runs_in_eval_mode: model: backbone.1 "
+                                             r"\(BatchNorm1d\), head.0 \(Dropout\), .*ran in "
+                                             r"train mode"):
+        with runs_in_eval_mode(model=model), torch.no_grad():
+            model(torch.randn(4, 4))
 
 
 def test_has_graph_sees_a_missing_create_graph():

@@ -14,7 +14,9 @@ from gallery.check import (
     constant,
     disjoint,
     has_graph,
+    modes_restored,
     no_grad_reaches,
+    runs_in_eval_mode,
     unchanged,
 )
 
@@ -196,9 +198,40 @@ def target_is_the_online_net():
 # --8<-- [end:alias]
 
 
+# --8<-- [start:evaluation]
+def my_evaluate(model, x, y, restore=True):
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(x).argmax(1) == y).float().mean().item()
+    if restore:  # the line under test
+        model.train(was_training)
+    return accuracy
+
+
+def eval_setup():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2),
+                          nn.Linear(16, 3))
+    return model, torch.randn(32, 4), torch.randint(3, (32,))
+
+
+def test_my_evaluation_changes_nothing_and_gives_the_mode_back():
+    model, x, y = eval_setup()
+    with modes_restored(model=model), runs_in_eval_mode(model=model), unchanged(model=model):
+        constant(accuracy=my_evaluate(model, x, y))
+
+
+def evaluation_leaves_eval_mode():
+    model, x, y = eval_setup()
+    with modes_restored(model=model):
+        my_evaluate(model, x, y, restore=False)
+# --8<-- [end:evaluation]
+
+
 FAILING = {"gan": gan_without_detach, "dqn": dqn_target_with_grad, "tbptt": tbptt_without_detach,
            "loop": loss_log_keeps_every_graph, "maml": inner_step_without_create_graph,
-           "alias": target_is_the_online_net}
+           "alias": target_is_the_online_net, "evaluation": evaluation_leaves_eval_mode}
 
 
 @pytest.mark.parametrize("name,start", [
@@ -208,6 +241,8 @@ FAILING = {"gan": gan_without_detach, "dqn": dqn_target_with_grad, "tbptt": tbpt
     ("loop", "bounded_memory: the autograd nodes kept alive grew"),
     ("maml", "has_graph: inner_grads[0], inner_grads[1] carry no graph"),
     ("alias", "disjoint: online and target share 4 tensors"),
+    ("evaluation", "modes_restored: the block did not give back the modes it found (model: 1 "
+                   "(BatchNorm1d) train -> eval, 3 (Dropout) train -> eval"),
 ])
 def test_each_example_fails_on_its_mistake(name, start):
     with pytest.raises(AssertionError) as caught:

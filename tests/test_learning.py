@@ -11,6 +11,7 @@ from gallery import (
     accumulate,
     dqn,
     ema,
+    evaluate,
     finetune,
     gan,
     grpo,
@@ -187,3 +188,13 @@ def test_accumulate_is_the_full_batch_and_clip_scaled_halts(tmp_path):
                                                      f"out_dir={tmp_path}/m"]))
     assert pattern["grad_rel_error"] <= 1e-5
     assert scaled["val_loss"] >= pattern["val_loss"] + 0.3
+
+
+def test_evaluate_gate_holds_on_seed_0(tmp_path):
+    """The gate's own criteria (EXAMPLE.gate.passes) on seed 0 of each of its runs."""
+    gate = evaluate.EXAMPLE.gate
+    rows = {label: [evaluate.train(compose("evaluate", [
+        "device=cpu", "seed=0", f"mistake={runs.mistake}", *runs.overrides,
+        f"out_dir={tmp_path}/{label}"]))] for label, runs in gate.runs.items()}
+    assert gate.passes(rows), {label: {k: r[0].get(k) for k in gate.keys}
+                               for label, r in rows.items()}

@@ -226,7 +226,7 @@ def test_pasted_sync_target_averages_parameters_and_copies_batchnorm_buffers_ali
         assert all(p.grad_fn is None for p in target.parameters())
 
 
-def test_frozen_and_evaluating_give_every_flag_and_mode_back_even_when_the_block_raises():
+def test_frozen_and_eval_mode_give_every_flag_and_mode_back_even_when_the_block_raises():
     net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
     net[1].weight.requires_grad_(False)  # a mixed module: each parameter gets its own flag back
     with pytest.raises(RuntimeError, match="inside"):
@@ -236,7 +236,7 @@ def test_frozen_and_evaluating_give_every_flag_and_mode_back_even_when_the_block
     assert [p.requires_grad for p in net.parameters()] == [True, True, False, True]
     head = nn.Linear(2, 2).eval()
     with pytest.raises(RuntimeError, match="inside"):
-        with nets.evaluating(net, head):
+        with nets.eval_mode(net, head):
             assert not net.training and not head.training
             raise RuntimeError("raised inside the block")
     assert net.training and not head.training

@@ -173,6 +173,7 @@ BENCH_TITLES = {  # each bench of scripts/bench.py, in words
     "sb3": "Against Stable-Baselines3: RL Zoo's settings, and time to solve",
     "check": "What each gallery.check costs",
     "maml": "MAML against higher",
+    "evaluate": "Evaluation: no_grad against inference_mode and no no_grad; against Lightning",
 }
 
 
@@ -290,7 +291,7 @@ pytorch/examples' dcgan and word_language_model, CleanRL's dqn and ppo and the S
 """
 
 CHECKS = ("no_grad_reaches", "gets_grad", "unchanged", "updated", "constant", "has_graph",
-          "disjoint", "bounded_memory")
+          "disjoint", "bounded_memory", "modes_restored", "runs_in_eval_mode", "runs_in_train_mode")
 
 
 def check_costs(bench: dict) -> list[str]:
@@ -364,7 +365,8 @@ def check_page() -> str:
               "tbptt": "A TBPTT loop: memory stays flat chunk after chunk",
               "loop": "A training loop: the loss log keeps no graph",
               "maml": "A MAML inner step: the inner gradient keeps its graph",
-              "alias": "A target network: a copy, not the online network under a new name"}
+              "alias": "A target network: a copy, not the online network under a new name",
+              "evaluation": "An evaluation: eval mode inside, nothing changed, every mode back"}
     page += ["## Examples", ""]
     for key, title in titles.items():
         page += [f"### {title}", "", "```python", f'--8<-- "tests/test_check_docs.py:{key}"', "```",

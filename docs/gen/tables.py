@@ -54,18 +54,21 @@ def gallery_table(link=lambda name: f"gallery/{name}.py") -> str:
 
 def peer_speeds(bench: dict | None = None) -> list[dict]:
     """The gallery's speed over each peer's, per algorithm, at the peer's own settings, from the
-    `cleanrl`, `sb3`, `vqvae` and `maml` benches (whole processes or training loops, side by
-    side)."""
+    `cleanrl`, `sb3`, `vqvae`, `maml` and `evaluate` benches (whole processes, training loops
+    or evaluation passes, side by side)."""
     bench = bench or load("bench.json")
     found = []
     for key, peer, field, settings in (
             ("cleanrl", "CleanRL", "gallery_speed_over_cleanrl", "CleanRL's"),
             ("sb3", "Stable-Baselines3", "gallery_speed_over_sb3", "RL Zoo's"),
             ("vqvae", "vector-quantize-pytorch", "speed_gallery_over_library_learned", "the same"),
-            ("maml", "higher", "speed_gallery_over_higher", "the same")):
+            ("maml", "higher", "speed_gallery_over_higher", "the same"),
+            ("evaluate", "Lightning (Trainer.validate)", "speed_gallery_over_lightning",
+             "the same")):
         for row in bench.get(key, []):
             if field in row:
-                algorithm = key if key in ("vqvae", "maml") else row["setting"].split(":")[0]
+                algorithm = key if key in ("vqvae", "maml", "evaluate") else \
+                    row["setting"].split(":")[0]
                 if key == "vqvae":
                     algorithm += f" K={row.get('codebook_size', 32)}"
                 found.append({"algorithm": algorithm, "peer": peer, "settings": settings,

@@ -10,11 +10,13 @@ import ast
 import difflib
 import importlib
 import inspect
+import json
 import pkgutil
 import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from statistics import mean
 from typing import Any, NamedTuple
 
@@ -174,12 +176,46 @@ class Example:
         lines = [f"# {self.name}: {self.pattern}", "", "## the pattern", ""]
         for name in self.pattern_functions:
             lines += [self.source(name).rstrip(), ""]
+        gate = _gate_entry(self.name)
         for key, mistake in self.mistakes.items():
             lines += [f"## mistake={key}: {mistake.description}",
-                      f"## consequence: {mistake.consequence}", ""]
+                      f"## consequence: {mistake.consequence}",
+                      *(f"## {line}" for line in measured_against_pattern(gate, key)), ""]
             for variant in mistake.variants:
                 lines += [*self.diff(variant), ""]
         return "\n".join(lines)
+
+
+def _gate_entry(name: str) -> dict:
+    """The example's entry in docs/gates.json, in a checkout (an installed wheel has no docs)."""
+    path = Path(gallery.__file__).resolve().parents[1] / "docs" / "gates.json"
+    return json.loads(path.read_text()).get(name, {}) if path.is_file() else {}
+
+
+def measured_against_pattern(gate: dict, mistake: str, limit: int = 6) -> list[str]:
+    """Where a gate ran a mistake beside the pattern (groups named after them), what it measured:
+    each kept value the two differ in, as the pattern's mean -> the mistake's over the seeds."""
+    runs = gate.get("runs", {})
+    if not isinstance(runs, dict) or mistake not in runs or "none" not in runs:
+        return []
+    pattern, theirs = runs["none"], runs[mistake]
+    lines = []
+    for key in pattern[0]:
+        values = [[row.get(key) for row in rows] for rows in (pattern, theirs)]
+        if key in ("wall_seconds", "steps_per_sec") or not all(
+                isinstance(v, (int, float)) for group in values for v in group):
+            continue
+        means = [mean(float(v) for v in group) for group in values]
+        if abs(means[0] - means[1]) > 1e-3 * max(abs(means[0]), abs(means[1])):  # not rounding
+            lines.append(f"{key}: {_shown(means[0])} -> {_shown(means[1])}")
+    if not lines:
+        return []
+    return [f"measured (docs/gates.json, pattern -> mistake, mean of {len(theirs)} seeds):",
+            *(f"  {line}" for line in lines[:limit])]
+
+
+def _shown(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 or value == int(value) else f"{value:.4g}"
 
 
 def _code_lines(source: str) -> list[str]:

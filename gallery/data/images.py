@@ -1,5 +1,5 @@
-"""Image data for the GAN, fine-tuning and SimSiam examples, scaled to [-1, 1], and random views for
-SimSiam.
+"""Image data for the GAN, fine-tuning, SimSiam, EMA and evaluation examples, scaled to [-1, 1], and
+random views for SimSiam.
 
 `digits` (scikit-learn's bundled 8x8 digits) works offline. The torchvision datasets download
 on first use and check their archives' MD5 sums (torchvision does this); offline they fail with a
@@ -8,9 +8,11 @@ message that names the dataset, the directory and an embedded alternative.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import MISSING
 
 from gallery.core.errors import DataError
 from gallery.core.io import download_timeout
@@ -29,6 +31,30 @@ def load_digits_tensors(classes: list[int] | None = None) -> tuple[torch.Tensor,
         keep = torch.isin(labels, torch.tensor(classes))
         images, labels = images[keep], labels[keep]
     return images, labels
+
+
+@dataclass
+class LabelledImages:
+    """The data group of a classifier trained on labelled images (ema, evaluate): digits offline,
+    or CIFAR-10 or an image folder. Each example extends it with how many images per class it
+    keeps."""
+    name: str = MISSING  # digits | cifar10 | imagefolder
+    root: str = "${cache_dir:}"  # where torchvision downloads, or the imagefolder root
+    image_size: int | None = None  # None: 8 for digits, 32 otherwise
+    limit: int = 10000  # online data: at most this many images
+    val_fraction: float = 0.2  # held out: accuracy is measured there
+    split_seed: int = 0
+
+
+LABELLED = ["digits", "cifar10", "imagefolder"]
+
+
+def labelled_tensors(d: LabelledImages) -> tuple[torch.Tensor, torch.Tensor]:
+    """All the images of `d` and their labels, in memory."""
+    if d.name == "digits":
+        return load_digits_tensors()
+    return dataset_to_tensors(torchvision_dataset(d.name, d.root, d.image_size or 32),
+                              limit=d.limit)
 
 
 def torchvision_dataset(name: str, root: str, image_size: int | None, train: bool = True,
