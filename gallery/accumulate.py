@@ -360,7 +360,9 @@ def measured(gate: dict, bench: dict) -> Measured:
              "scripts/gates.py accumulate, 2 gloo processes on this CPU, seed 0"))
 
 
-QUICK = ["steps=40", "eval_every=20", "log_every=20"]
+QUICK = ["steps=20", "eval_every=20", "log_every=10"]
+TWO_PROCESSES = ("two processes: torchrun --standalone --nproc_per_node=2 -m gallery.accumulate "
+                 "mistake=<this mistake>")
 EXAMPLE = Example(
     name="accumulate",
     pattern="where the gradient goes at step time: one token-weighted divisor, no_sync around "
@@ -382,6 +384,7 @@ EXAMPLE = Example(
             ("accumulate_grads_sync_every_micro_batch",),
             no_check="only a process group shows it: the all-reduces per step, counted by a DDP "
                      "communication hook under torchrun",
+            needs=TWO_PROCESSES,
         ),
         "no_sync_backward_only": Mistake(
             "no_sync around the backward only, the forward outside it",
@@ -389,6 +392,7 @@ EXAMPLE = Example(
             ("accumulate_grads_no_sync_backward_only",),
             no_check="only a process group shows it: the all-reduces per step, counted by a DDP "
                      "communication hook under torchrun",
+            needs=TWO_PROCESSES,
         ),
         "clip_scaled": Mistake(
             "the gradient clipped before scaler.unscale_",

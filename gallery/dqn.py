@@ -341,6 +341,8 @@ EXAMPLE = Example(
             no_check=("bootstraps from the online net under no_grad: the target is a "
                       "constant and nothing frozen moves; which net it came from is a choice, "
                       "not a graph (the learning gate measures the cost)"),
+            needs="a run long enough to learn: the full tour (budget=full) or scripts/gates.py "
+                  "dqn",
         ),
         "target_grad": Mistake(
             "TD target computed with grad enabled through a target copy that requires grad",

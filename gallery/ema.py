@@ -266,7 +266,7 @@ def measured(gate: dict, bench: dict) -> Measured:
 SHORT = ("steps=300", "eval_every=100")
 
 
-QUICK = ["steps=300", "eval_every=150", "ramp=100"]
+QUICK = ["steps=150", "eval_every=75", "ramp=50"]
 EXAMPLE = Example(
     name="ema",
     pattern="an EMA copy, frozen and in eval mode, updated under no_grad with its buffers; it "

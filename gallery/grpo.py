@@ -419,7 +419,8 @@ def gate_passes(runs: dict) -> bool:
                         runs["none passes=1"], runs["reference_with_grad passes=1"])))
 
 
-QUICK = ["steps=20", "eval_every=10", "log_every=10", "pretrain_steps=200"]
+QUICK = ["steps=6", "eval_every=6", "log_every=3", "pretrain_steps=200", "prompts=8", "group=4",
+         "eval_prompts=16"]
 EXAMPLE = Example(
     name="grpo",
     pattern="RL on a tiny language model: the old log-probs stored once per rollout, the reference "

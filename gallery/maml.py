@@ -326,7 +326,7 @@ def gate_passes(runs: dict) -> bool:
 
 
 SHORT = ("steps=300", "eval_every=300")
-QUICK = ["steps=200", "eval_every=100", "log_every=100", "eval_tasks=20"]
+QUICK = ["steps=100", "eval_every=100", "log_every=50", "eval_tasks=10"]
 EXAMPLE = Example(
     name="maml",
     pattern="where the graph must not be cut: the inner gradient with create_graph=True, fast "

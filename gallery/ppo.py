@@ -404,7 +404,7 @@ def measured(gate: dict, bench: dict) -> Measured:
 FULL_RUN = ("stop_when_solved=false", "eval_every=5000")
 
 
-QUICK = ["steps=2048", "eval_every=1024", "eval_episodes=2", "value_check_episodes=1", "epochs=2"]
+QUICK = ["steps=4096", "eval_every=2048", "eval_episodes=2", "value_check_episodes=1", "epochs=2"]
 TIME_LIMIT_100 = ["env.max_episode_steps=100", "stop_when_solved=false", "steps=30000"]
 EXAMPLE = Example(
     name="ppo",
@@ -433,6 +433,8 @@ EXAMPLE = Example(
             ("rollout_truncation_as_terminal",),
             no_check=("a wrong value in a constant (no bootstrap at a time "
                       "limit), not a graph: the value-bias measure in the tests catches it"),
+            needs="episodes that reach a time limit: a 100-step limit and a long run (the full "
+                  "tour, budget=full)",
         ),
     },
     budgets={"full": {**{m: [] for m in BY_MISTAKE}, "truncation_as_terminal": TIME_LIMIT_100},

@@ -322,7 +322,7 @@ def measured(gate: dict, bench: dict) -> Measured:
 PROJECTOR_BN = ("projector_bn=true",)
 
 
-QUICK = ["steps=30", "eval_every=10", "log_every=10"]
+QUICK = ["steps=15", "eval_every=15", "log_every=5"]
 EXAMPLE = Example(
     name="simsiam",
     pattern="SimSiam's stop-gradient: each view's prediction chases the other view's output, held "

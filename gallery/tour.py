@@ -1,7 +1,7 @@
 """The tour: every pattern run next to its mistakes, with a report and figures.
 
     python -m gallery tour                   # about 10 minutes on a 2-core CPU
-    python -m gallery tour budget=quick      # a minute: tiny runs that exercise every path
+    python -m gallery tour budget=quick      # under a minute: tiny runs that show every path
     python -m gallery tour examples=[gan,tbptt] device=cuda
 
 Writes `report.md`, `tour.json` and one comparison figure per example to the run dir, and each
@@ -79,7 +79,7 @@ def tour(cfg) -> dict:
             if mistake != "none":
                 m = example.mistakes[mistake]
                 print(f"        {m.description}\n        expected: {m.consequence}", flush=True)
-            print(f"        {headline(example, results[name][mistake])}", flush=True)
+            print(f"        {headline(example, results[name][mistake], mistake)}", flush=True)
         fig = plots.pyplot().figure(figsize=example.figure_size)
         example.figure(results[name], fig)
         fig.suptitle(f"{name}: pattern vs mistake", fontsize=10)
@@ -102,10 +102,12 @@ class TourFailed(GalleryError):
     """A pattern's probe or a lesson failed: the tour is a check, not only a demo."""
 
 
-def headline(example: Example, s: dict) -> str:
+def headline(example: Example, s: dict, mistake: str = "none") -> str:
     if s["outcome"] == "raised":
         return f"raised, as expected: {s['cause'].split('. ')[0].split(' (or ')[0]}"
-    return f"{example.headline(s)} ({s['wall_seconds']:.1f} s)"
+    shown = f"{example.headline(s)} ({s['wall_seconds']:.1f} s)"
+    needs = example.mistakes[mistake].needs if mistake != "none" else ""
+    return f"{shown}; this mistake shows only with {needs}" if needs else shown
 
 
 def report(results: dict, known: dict, cfg: TourConfig, taught: dict) -> str:
@@ -124,10 +126,11 @@ def report(results: dict, known: dict, cfg: TourConfig, taught: dict) -> str:
             what = "the pattern" if mistake == "none" else example.mistakes[mistake].description
             expected = "" if mistake == "none" else example.mistakes[mistake].consequence
             ran = s.get("env_steps", s.get("steps"))
-            budget = "stopped by its error" if ran is None else f"{ran:,} steps on {s['device']}"
+            budget = ("stopped by its error" if s["outcome"] == "raised" else
+                      f"{ran:,} steps on {s['device']}" if ran is not None else s["device"])
             budget += f" (`{' '.join(s['overrides'])}`)" if s["overrides"] else " (defaults)"
-            lines.append(f"| `{mistake}` | {budget} | {what} | {expected} | {headline(example, s)} "
-                         f"|")
+            lines.append(f"| `{mistake}` | {budget} | {what} | {expected} | "
+                         f"{headline(example, s, mistake)} |")
         lines += ["", "The mistakes, as diffs against the pattern (`python -m gallery show "
                   f"{name}` prints the pattern functions too):", ""]
         for mistake in runs:

@@ -367,7 +367,7 @@ def draw_usage_by_size(runs: dict, fig) -> None:
     axes[0].legend(fontsize=7)
 
 
-QUICK = ["steps=60", "eval_every=30", "log_every=30"]
+QUICK = ["steps=30", "eval_every=30", "log_every=15"]
 EXAMPLE = Example(
     name="vqvae",
     pattern="the straight-through estimator z + (e - z).detach(), with the codebook loss on sg[z] "

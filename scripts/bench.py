@@ -15,7 +15,7 @@ import torch
 USAGE = """Speed and memory of each pattern against its mistake, as ratios measured side by side.
 
     scripts/bench.py [gan|dqn|dqn_envs|finetune|ppo|sac|tbptt|threads|smoke|compile|startup|
-                      cleanrl|cuda_graphs|vqvae|chain|sb3|check|maml|evaluate|all]
+                      cleanrl|cuda_graphs|vqvae|chain|sb3|check|maml|evaluate|tour|all]
                      [--device cpu|cuda]
                      [--json results.json] [--cleanrl CLONE]
 
@@ -44,6 +44,7 @@ from scripts.measure.sb3 import bench_sb3, merge_rows  # noqa: E402
 from scripts.measure.tbptt import bench_tbptt  # noqa: E402
 from scripts.measure.threads import bench_threads  # noqa: E402
 from scripts.measure.timing import DEFAULT_THREADS, alternate  # noqa: E402
+from scripts.measure.tour import bench_tour  # noqa: E402
 from scripts.measure.vqvae import bench_vqvae  # noqa: E402
 
 BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo": bench_ppo,
@@ -52,7 +53,7 @@ BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo"
            "startup": bench_startup, "cleanrl": bench_cleanrl,
            "cuda_graphs": bench_cuda_graphs, "vqvae": bench_vqvae, "chain": bench_chain,
            "sb3": bench_sb3, "check": lambda device: bench_check(device, alternate),
-           "maml": bench_maml, "evaluate": bench_evaluate}
+           "maml": bench_maml, "evaluate": bench_evaluate, "tour": bench_tour}
 
 
 def machine(device: torch.device) -> str:

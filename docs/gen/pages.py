@@ -174,6 +174,7 @@ BENCH_TITLES = {  # each bench of scripts/bench.py, in words
     "check": "What each gallery.check costs",
     "maml": "MAML against higher",
     "evaluate": "Evaluation: no_grad against inference_mode and no no_grad; against Lightning",
+    "tour": "The quick tour (scripts/run.sh): its time, and each example's share",
 }
 
 

@@ -33,6 +33,10 @@ class Mistake:
     # where no check can, why not (`no_check`). Exactly one of the two.
     caught: str = ""
     no_check: str = ""
+    # What its consequence needs that a run in one process at the tour's budget lacks (two
+    # processes, a GPU): the tour says so instead of printing the pattern's numbers as if they
+    # were the mistake's.
+    needs: str = ""
 
 
 @dataclass(frozen=True)
