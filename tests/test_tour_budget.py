@@ -12,7 +12,9 @@ REMEASURE = "run scripts/bench.py tour --json docs/bench.json"
 
 
 def recorded() -> dict:
-    return json.loads((ROOT / "docs" / "bench.json").read_text())["tour"][0]
+    """The whole tour's row, with each example's row under "examples"."""
+    rows = json.loads((ROOT / "docs" / "bench.json").read_text())["tour"]
+    return {**rows[0], "examples": {row["example"]: row for row in rows[1:]}}
 
 
 def test_every_example_has_a_current_quick_tour_record():
@@ -34,4 +36,4 @@ def test_the_recorded_quick_tour_keeps_the_budget_rule():
     over = {name: e["share"] for name, e in row["examples"].items()
             if e["share"] > row["target_share"]}
     assert not over, f"more than a fifth of the quick tour: {over}"
-    assert sum(e["seconds"] for e in row["examples"].values()) < row["seconds"]
+    assert sum(e["runs_seconds"] for e in row["examples"].values()) < row["seconds"]
