@@ -1,8 +1,8 @@
 """Checks for your own training step: is the autograd graph still cut where the pattern cuts it?
 
-    from gallery.check import (bounded_memory, constant, disjoint, gets_grad, has_graph,
-                               modes_restored, no_grad_reaches, runs_in_eval_mode,
-                               runs_in_train_mode, unchanged, updated)
+    from gallery.check import (bounded_memory, constant, disjoint, finite, frozen, gets_grad,
+                               has_graph, modes_restored, no_grad_reaches, optimizer_covers,
+                               runs_in_eval_mode, runs_in_train_mode, unchanged, updated)
 
     with no_grad_reaches(generator=g, before=opt_d):   # each D step writes no grad into G
         for _ in range(3):
@@ -22,12 +22,21 @@
         metrics = evaluate(model, val_batches)              #   every module's mode back after
     with runs_in_train_mode(model, ignore=["backbone"]):   # the step trains in train mode
         train_step(...)
+    with finite(model=model):                          # no NaN or inf appears, buffers included
+        for _ in range(10):
+            train_step(...)
+    optimizer_covers(optimizer, model=model)           # all that trains is in it; no frozen
+                                                       #   parameter in it has a grad
+    with frozen(backbone=backbone):                    # no grad reaches it, nothing in it changes
+        train_step(...)
 
 Each check raises `AssertionError` with one sentence that names the module or tensor and what it
 saw, and ends by pointing at its own docstring (`help(gallery.check.<check>)`). A check that is
-handed nothing it could judge (a module with no trainable parameter, an optimizer that never
-stepped, an empty list) raises `ValueError` instead of passing: a check that cannot fail would
-only look like a test.
+handed nothing it could judge (no module or tensor at all, a module with no trainable parameter for
+`gets_grad`, an optimizer that never stepped, an empty list) raises `ValueError` (with nothing
+named at all, `NothingToCheck`, which is also a `TypeError`) instead of passing: a check that
+cannot fail would only look like a test. A module whose parameters are all frozen passes
+`no_grad_reaches`: no backward can write into it, which is what that check asks.
 
 What can be watched: a module, a bare parameter (a VQ codebook, a temperature) or a single tensor
 (one buffer), passed positionally (named by its class, or `tensor 0`, ...) or by keyword (named by
@@ -54,12 +63,18 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from gallery.core.probes import SavedTensorMeter, live_graph_nodes  # torch only, like this module
+from gallery.core.probes import leaf_tensors as _leaves
 
 Watched = nn.Module | torch.Tensor  # a module, a bare parameter (a codebook) or one tensor
 
-__all__ = ["MemoryTrace", "bounded_memory", "constant", "disjoint", "gets_grad", "has_graph",
-           "modes_restored", "no_grad_reaches", "runs_in_eval_mode", "runs_in_train_mode",
-           "unchanged", "updated"]
+__all__ = ["MemoryTrace", "NothingToCheck", "bounded_memory", "constant", "disjoint", "finite",
+           "frozen", "gets_grad", "has_graph", "modes_restored", "no_grad_reaches",
+           "optimizer_covers", "runs_in_eval_mode", "runs_in_train_mode", "unchanged", "updated"]
+
+
+class NothingToCheck(ValueError, TypeError):
+    """A check handed nothing it could judge. A `ValueError`, as the checks promise; also a
+    `TypeError`, which a call with no arguments raised before."""
 
 
 def _see(check: str) -> str:
@@ -92,7 +107,7 @@ def _watched(check: str, modules: tuple[Watched, ...],
     for name, value in named.items():
         out[name] = _accepted(value, name)
     if not out:
-        raise TypeError(f"{check}: name at least one module or tensor to check")
+        raise NothingToCheck(f"{check}: name at least one module or tensor to check")
     return out
 
 
@@ -412,6 +427,15 @@ def unchanged(*modules: Watched, buffers: bool = True, ignore: Collection[str] =
             f"schedule) {_see('unchanged')}")
 
 
+def _not_state(part: _Part, state: set[str] | None) -> bool:
+    """A buffer of a watched module that no average moves: not floating point (a step counter, a
+    relative-position index, an "initialised" flag) or not in the state dict (non-persistent)."""
+    if state is None or not part.buffer:
+        return False
+    floating = part.tensor.is_floating_point() or part.tensor.is_complex()
+    return not floating or part.label.removesuffix(" (buffer)") not in state
+
+
 @contextlib.contextmanager
 def updated(*modules: Watched, buffers: bool = True, ignore: Collection[str] = (),
             **named: Watched) -> Iterator[None]:
@@ -426,15 +450,21 @@ def updated(*modules: Watched, buffers: bool = True, ignore: Collection[str] = (
     parameters and constant buffers it copies, and on integer counters. One blind spot: a write
     through `.data` does not move the version counter, so it is seen only when the value moves.
 
-    `ignore=` leaves out what is meant to stay as it is (an "initialised" flag that an update
-    never writes); a watched module with nothing left to check raises `ValueError`."""
+    A buffer of a watched module that is not floating point (BatchNorm's step counter, a
+    relative-position index, an "initialised" flag) or not in its state dict (non-persistent) is
+    not state an average must move, and is excused; watch it as a tensor of its own
+    (`updated(counter=bn.num_batches_tracked)`) to require its write. `ignore=` leaves out anything
+    else that is meant to stay as it is; a watched module with nothing left to check raises
+    `ValueError`."""
     snapshot = _Snapshot("updated", _watched("updated", modules, named), buffers, ignore)
     yield
     stale: dict[str, list[_Part]] = {}
     wrote_params: dict[str, bool] = {}
     for name, parts in snapshot.now().items():
+        value = snapshot.watched[name]
+        state = set(value.state_dict(keep_vars=True)) if isinstance(value, nn.Module) else None
         stale[name] = [before for before, after in parts.values()
-                       if not snapshot.written(before, after)]
+                       if not snapshot.written(before, after) and not _not_state(before, state)]
         wrote_params[name] = any(not before.buffer and snapshot.written(before, after)
                                  for before, after in parts.values())
     stale = {name: parts for name, parts in stale.items() if parts}
@@ -506,7 +536,7 @@ def _all_tensors(check: str, tensors: tuple[Any, ...],
                  named: Mapping[str, Any]) -> list[tuple[str, torch.Tensor | float]]:
     values = {f"tensor {i}": t for i, t in enumerate(tensors)} | dict(named)
     if not values:
-        raise TypeError(f"{check}: name at least one tensor to check")
+        raise NothingToCheck(f"{check}: name at least one tensor to check")
     found = []
     for name, value in values.items():
         inside = list(_tensors(value, name))
@@ -535,14 +565,34 @@ def constant(*tensors: Any, **named: Any) -> None:
             f"torch.no_grad() or .detach() it {_see('constant')}")
 
 
-def has_graph(*tensors: Any, **named: Any) -> None:
+def has_graph(*tensors: Any, reaches: Watched | None = None, **named: Any) -> None:
     """Each tensor carries a graph (`requires_grad`): the opposite of `constant`. Guards where the
     graph must *not* be cut: an inner-loop gradient made with `create_graph=True` (MAML), the
     gradient an R1 or WGAN-GP penalty is built from, fast weights a meta-loss must reach. Without
     `create_graph=True`, `torch.autograd.grad` returns constants, and the penalty or meta-gradient
-    silently loses its second-order term. Tuples, lists and dicts are looked into."""
+    silently loses its second-order term. Tuples, lists and dicts are looked into.
+
+    `reaches=module` (or a parameter) says where the graph must lead: each tensor's graph must
+    reach at least one of its parameters. Fast weights made with `.detach().requires_grad_()`
+    require grad, yet their graph is a leaf that reaches nothing the meta-step trains."""
     found = _all_tensors("has_graph", tensors, named)
     cut = [name for name, t in found if not (isinstance(t, torch.Tensor) and t.requires_grad)]
+    if reaches is not None and not cut:
+        target = _accepted(reaches, "reaches")
+        params = list(target.parameters()) if isinstance(target, nn.Module) else [target]
+        if not params:
+            raise ValueError("has_graph: reaches= names a module with no parameters, so there is "
+                             "nothing a graph could reach")
+        ids = {id(p) for p in params}
+        short = [name for name, t in found if not any(id(leaf) in ids for leaf in _leaves(t))]
+        if short:
+            label = type(target).__name__
+            raise AssertionError(
+                f"has_graph: {_listed(short)} {'carries' if len(short) == 1 else 'carry'} a graph "
+                f"that does not reach {label}: it starts at a new leaf (a .detach() followed by "
+                f".requires_grad_(), or a copy), so the gradient of what is built on it never "
+                f"arrives where it should; build it from the parameters themselves "
+                f"{_see('has_graph')}")
     if cut:
         raise AssertionError(
             f"has_graph: {_listed(cut)} {'carries' if len(cut) == 1 else 'carry'} no graph: a "
@@ -694,11 +744,178 @@ def runs_in_eval_mode(*modules: Watched, ignore: Collection[str] = (),
     return _forwards_in_mode("runs_in_eval_mode", False, modules, named, ignore)
 
 
+# --- values that must stay finite ----------------------------------------------------------------
+
+def _first_not_finite(parts: dict[str, list[_Part]], grads: bool) -> str | None:
+    """`model: 1.running_var (buffer) holds 3 NaN of 16` for the first tensor (a parameter, its
+    grad, a buffer) with a NaN or an infinity, in the order the module lists them; None if none."""
+    for name, found in parts.items():
+        for part in found:
+            candidates = [(part.label, part.tensor)]
+            tensor = part.tensor
+            if grads and tensor.is_leaf and tensor.requires_grad and tensor.grad is not None:
+                candidates.append((f"{part.label or name}.grad", part.tensor.grad))
+            for label, tensor in candidates:
+                if not (tensor.is_floating_point() or tensor.is_complex()):
+                    continue
+                bad = ~torch.isfinite(tensor.detach())
+                if bool(bad.any()):
+                    nans = int(tensor.detach().isnan().sum())
+                    kind = (f"{nans} NaN" if nans == int(bad.sum())
+                            else f"{int(bad.sum())} NaN or infinite values")
+                    where = _where(name, [label]) if label != part.label or part.label else name
+                    return f"{where} holds {kind} of {tensor.numel():,}"
+    return None
+
+
+class finite(contextlib.AbstractContextManager):  # noqa: N801 (a check, named like the others)
+    """Every parameter, its grad (with `grads=True`) and every buffer of the watched modules, or the
+    watched tensors, is finite: no NaN, no infinity. Buffers count: a NaN in BatchNorm's running
+    statistics never shows in `named_parameters()`, and it turns every evaluation into NaN.
+
+    Two forms:
+    - `finite(model=model)`: checked at once.
+    - `with finite(model=model): for ...: train_step(...)`: checked at once, then after every
+      optimizer step inside the block and at its end; the failure names the first bad tensor and
+      the step (the n-th `optimizer.step()` in the block) after which it appeared.
+
+    `ignore=` leaves tensors out by name; a watched module with nothing left raises `ValueError`.
+
+    Cost: one `isfinite` pass over every watched tensor per check (per optimizer step in the block
+    form)."""
+
+    def __init__(self, *modules: Watched, grads: bool = True, ignore: Collection[str] = (),
+                 **named: Watched):
+        watched = _watched("finite", modules, named)
+        self.parts = {name: _parts("finite", name, value, ignore=ignore)
+                      for name, value in watched.items()}
+        self.grads, self.steps, self._handle = grads, 0, None
+        self._judge("when the check began")
+
+    def _judge(self, when: str) -> None:
+        found = _first_not_finite(self.parts, self.grads)
+        if found:
+            raise AssertionError(
+                f"finite: {found} {when}: a learning rate too large, a log or a division of 0, or "
+                f"a NaN in the data, and every later step spreads it {_see('finite')}")
+
+    def __enter__(self) -> finite:
+        def after_step(optimizer: torch.optim.Optimizer, *_: Any) -> None:
+            self.steps += 1
+            self._judge(f"after optimizer step {self.steps} in the block "
+                        f"({type(optimizer).__name__}.step())")
+        self._handle = register_optimizer_step_post_hook(after_step)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._handle.remove()
+        if exc[0] is None:
+            self._judge(f"at the end of the block ({self.steps} optimizer steps)")
+        return None
+
+
+# --- the optimizer: what it holds ----------------------------------------------------------------
+
+def _held(optimizer: torch.optim.Optimizer) -> dict[int, dict]:
+    return {id(p): group for group in optimizer.param_groups for p in group["params"]}
+
+
+class optimizer_covers(contextlib.AbstractContextManager):  # noqa: N801
+    """The optimizer holds every parameter of the watched modules that is meant to train
+    (`requires_grad=True`), and moves none that is frozen.
+
+    A trainable parameter in no param group never learns (a head added after the optimizer was
+    built). A frozen parameter that sits in the optimizer is left alone only while its grad is
+    None: with a grad, even a stale zero one (`zero_grad(set_to_none=False)`, or a grad from
+    before it was frozen), weight decay and momentum still move it on every step.
+
+    Two forms:
+    - `optimizer_covers(optimizer, model=model)`: checked at once: the missing trainable
+      parameters, and the frozen ones it holds that have a grad.
+    - `with optimizer_covers(optimizer, model=model): ...`: the same at once, then at the end of
+      the block, the frozen parameters it holds must have the same value as before.
+
+    `ignore=` leaves parameters out by name. Cost: one copy of the frozen parameters the optimizer
+    holds, in the block form."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *modules: Watched,
+                 ignore: Collection[str] = (), **named: Watched):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer_covers: the first argument is the optimizer, got "
+                            f"{type(optimizer).__name__}")
+        watched = _watched("optimizer_covers", modules, named)
+        self.optimizer = optimizer
+        self.parts = {name: [p for p in _parts("optimizer_covers", name, value, buffers=False,
+                                               ignore=ignore)]
+                      for name, value in watched.items()}
+        held = _held(optimizer)
+        missing = {name: [p.label for p in parts
+                          if p.tensor.requires_grad and id(p.tensor) not in held]
+                   for name, parts in self.parts.items()}
+        missing = {name: labels for name, labels in missing.items() if labels}
+        if missing:
+            where = "; ".join(_where(name, labels) for name, labels in missing.items())
+            raise AssertionError(
+                f"optimizer_covers: {type(optimizer).__name__} does not hold {where}, which "
+                f"require grad: they get grads and never learn (a module added after the optimizer "
+                f"was built?); build the optimizer from the trainable parameters "
+                f"{_see('optimizer_covers')}")
+        self.frozen = {name: [p for p in parts if not p.tensor.requires_grad
+                              and id(p.tensor) in held] for name, parts in self.parts.items()}
+        stale = {name: [p.label for p in parts if p.tensor.grad is not None]
+                 for name, parts in self.frozen.items()}
+        stale = {name: labels for name, labels in stale.items() if labels}
+        if stale:
+            where = "; ".join(_where(name, labels) for name, labels in stale.items())
+            self._fail_frozen(where, "frozen, yet with a grad and in the optimizer: its next "
+                                     "step moves them (weight decay, momentum)")
+        self.copies: dict[int, torch.Tensor] = {}
+
+    def _fail_frozen(self, where: str, what: str) -> None:
+        raise AssertionError(
+            f"optimizer_covers: {where}: {what}; build the optimizer from the trainable parameters "
+            f"only, or set their grads to None {_see('optimizer_covers')}")
+
+    def __enter__(self) -> optimizer_covers:
+        with torch.no_grad():
+            self.copies = {id(p): p.tensor.detach().clone()
+                           for parts in self.frozen.values() for p in parts}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is not None:
+            return None
+        moved = {name: [p.label for p in parts
+                        if not _same_bits(self.copies[id(p)], p.tensor.detach())]
+                 for name, parts in self.frozen.items()}
+        moved = {name: labels for name, labels in moved.items() if labels}
+        if moved:
+            where = "; ".join(_where(name, labels) for name, labels in moved.items())
+            self._fail_frozen(where, f"frozen, yet held by {type(self.optimizer).__name__} and "
+                                     f"moved inside the block (a stale grad under weight decay "
+                                     f"or momentum)")
+        return None
+
+
+# --- intents: what a module is meant to be --------------------------------------------------------
+
+@contextlib.contextmanager
+def frozen(*modules: Watched, ignore: Collection[str] = (), **named: Watched) -> Iterator[None]:
+    """The watched modules are frozen inside the block: no backward writes a grad into them
+    (`no_grad_reaches`) and their parameters and buffers keep their values (`unchanged`). The check
+    for a frozen backbone, a teacher, a reference model and a target network between syncs: it
+    fails whether the harm is a grad (a teacher that requires grad) or a value (BatchNorm left in
+    train mode, a teacher in the optimizer)."""
+    with unchanged(*modules, ignore=ignore, **named), \
+            no_grad_reaches(*modules, ignore=ignore, **named):
+        yield
+
+
 # --- memory across calls --------------------------------------------------------------------------
 
 class MemoryTrace(list):
-    """What `bounded_memory` returns: a list of the bytes still held for backward after each call
-    (as it always was), with `graph_nodes`, the autograd nodes still alive after the last warm-up
+    """What `bounded_memory` returns: a list of the bytes still held for backward after each call,
+    with `graph_nodes`, the autograd nodes still alive after the last warm-up
     call and after the last call."""
 
     graph_nodes: list[int]

@@ -278,7 +278,7 @@ EXAMPLE = Example(
             "the teacher normalises with the BatchNorm statistics it was born with: its accuracy "
             "falls far below the pattern's",
             ("sync_target_skip_buffers",),
-            caught="updated: the block left teacher (2.num_batches_tracked (buffer)",
+            caught="updated: the block left teacher (2.running_mean (buffer)",
         ),
         "ema_with_grad": Mistake(
             "the EMA update written outside no_grad",

@@ -18,13 +18,17 @@ from torch import nn
 
 from gallery import check
 from gallery.check import (
+    NothingToCheck,
     bounded_memory,
     constant,
     disjoint,
+    finite,
+    frozen,
     gets_grad,
     has_graph,
     modes_restored,
     no_grad_reaches,
+    optimizer_covers,
     runs_in_eval_mode,
     runs_in_train_mode,
     unchanged,
@@ -346,6 +350,104 @@ def test_runs_in_eval_mode_sees_batchnorm_learning_from_an_evaluation():
             model(torch.randn(4, 4))
 
 
+def test_finite_names_the_first_nan_and_the_step_it_appeared_after():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e30)  # a learning rate far too large
+    finite(model=model)  # the immediate form
+    with pytest.raises(AssertionError, match=r"^finite: model \(.+\) holds .* after optimizer "
+                                             r"step \d in the block \(SGD.step\(\)\)"):
+        with finite(model=model):
+            for _ in range(5):
+                optimizer.zero_grad()
+                model(torch.randn(16, 4)).pow(2).mean().backward()
+                optimizer.step()
+    bn = nn.BatchNorm1d(3)  # a NaN only a buffer holds: named_parameters() never shows it
+    bn.running_var[1] = float("nan")
+    with pytest.raises(AssertionError, match=r"^finite: bn \(running_var \(buffer\)\) holds 1 "
+                                             r"NaN of 3 when the check began"):
+        finite(bn=bn)
+    finite(bn=bn, ignore=["running_var"])
+    w = torch.ones(2, requires_grad=True)
+    (w * float("inf")).sum().backward()
+    with pytest.raises(AssertionError, match=r"^finite: w \(w.grad\) holds 2 NaN or infinite"):
+        finite(w=w)
+    finite(w=w, grads=False)
+
+
+def test_optimizer_covers_a_missing_head_and_a_frozen_part_with_a_stale_grad():
+    torch.manual_seed(0)
+    backbone, head = nn.Linear(4, 4), nn.Linear(4, 2)
+    model = nn.Sequential(backbone, head)
+    with pytest.raises(AssertionError, match=r"^optimizer_covers: Adam does not hold model "
+                                             r"\(1.weight, 1.bias\), which require grad"):
+        optimizer_covers(torch.optim.Adam(backbone.parameters()), model=model)
+    optimizer = torch.optim.AdamW(model.parameters(), weight_decay=0.1)
+    backbone.requires_grad_(False)
+
+    def step():
+        optimizer.zero_grad(set_to_none=False)  # a frozen grad stays a zero tensor, not None
+        F.mse_loss(model(torch.randn(8, 4)), torch.zeros(8, 2)).backward()
+        optimizer.step()
+
+    with optimizer_covers(optimizer, model=model):  # a grad of None: AdamW leaves it alone
+        step()
+    backbone.weight.grad = torch.zeros_like(backbone.weight)  # a stale zero grad
+    before = backbone.weight.detach().clone()
+    with pytest.raises(AssertionError, match=r"^optimizer_covers: model \(0.weight\): frozen, yet "
+                                             r"with a grad and in the optimizer"):
+        optimizer_covers(optimizer, model=model)
+    step()  # the consequence: weight decay moves the frozen weight
+    assert (backbone.weight - before).abs().max() > 0
+    with pytest.raises(TypeError, match="the first argument is the optimizer"):
+        optimizer_covers(model, model=model)
+
+
+def test_frozen_fails_on_a_grad_and_on_a_value_and_passes_a_frozen_teacher():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    student = nn.Linear(4, 2)
+    x = torch.randn(16, 4)
+    teacher.requires_grad_(False).eval()
+    with frozen(teacher=teacher):
+        with torch.no_grad():
+            target = teacher(x)
+        F.mse_loss(student(x), target).backward()
+    teacher.train()  # BatchNorm learns from the batch: a value moves, no grad is written
+    with pytest.raises(AssertionError, match=r"^unchanged: the block changed teacher "
+                                             r"\(1.num_batches_tracked"):
+        with frozen(teacher=teacher), torch.no_grad():
+            teacher(x)
+    teacher.eval().requires_grad_(True)  # the teacher left trainable
+    with pytest.raises(AssertionError, match=r"^no_grad_reaches: a backward wrote a grad into "
+                                             r"teacher"):
+        with frozen(teacher=teacher):
+            F.mse_loss(student(x), teacher(x)).backward()
+
+
+def test_has_graph_reaches_tells_fast_weights_from_detached_copies():
+    w = nn.Linear(2, 2)
+    grads = torch.autograd.grad(w(torch.randn(3, 2)).sum(), list(w.parameters()),
+                                create_graph=True)
+    fast = [p - 0.1 * g for p, g in zip(w.parameters(), grads)]
+    has_graph(fast=fast, reaches=w)
+    detached = [f.detach().requires_grad_() for f in fast]  # requires grad, reaches nothing
+    has_graph(fast=detached)  # without reaches= this passes: a leaf that requires grad
+    with pytest.raises(AssertionError, match=r"^has_graph: fast\[0\], fast\[1\] carry a graph "
+                                             r"that does not reach Linear"):
+        has_graph(fast=detached, reaches=w)
+
+
+def test_a_check_handed_nothing_raises_value_error_which_is_also_a_type_error():
+    assert issubclass(NothingToCheck, ValueError) and issubclass(NothingToCheck, TypeError)
+    for immediate in (constant, has_graph, disjoint, finite, gets_grad):
+        with pytest.raises(NothingToCheck, match="name at least one"):
+            immediate()
+    for block in (no_grad_reaches, unchanged, updated, modes_restored, runs_in_eval_mode, frozen):
+        with pytest.raises(ValueError, match="name at least one"), block():
+            pass
+
+
 def test_has_graph_sees_a_missing_create_graph():
     """MAML's inner gradient: with create_graph=True it carries the graph the meta-gradient needs;
     without it, autograd.grad returns constants and every other check passes."""
@@ -405,10 +507,10 @@ def test_updated_says_what_it_saw():
     Another part skipped: the message says it was not written, and does not blame buffers."""
     model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
     ema_model = copy.deepcopy(model)
-    with pytest.raises(AssertionError, match=r"^updated: the block left ema \(1.num_batches_tracked"
-                                             r" \(buffer\), 1.running_mean \(buffer\), "
-                                             r"1.running_var \(buffer\)\) as they were: the "
-                                             r"parameters were written and these buffers were not"):
+    with pytest.raises(AssertionError, match=r"^updated: the block left ema \(1.running_mean "
+                                             r"\(buffer\), 1.running_var \(buffer\)\) as they "
+                                             r"were: the parameters were written and these buffers "
+                                             r"were not"):
         with updated(ema=ema_model), torch.no_grad():
             for e, m in zip(ema_model.parameters(), model.parameters()):
                 e.lerp_(m, 0.1)

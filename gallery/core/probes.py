@@ -37,7 +37,7 @@ def _named(params: Params) -> dict[str, torch.Tensor]:
     return {str(i): p for i, p in enumerate(params)}
 
 
-def _leaf_tensors(output: torch.Tensor) -> list[torch.Tensor]:
+def leaf_tensors(output: torch.Tensor) -> list[torch.Tensor]:
     """Every leaf tensor that `output.backward()` would accumulate a grad into."""
     root = output.grad_fn
     if root is None:
@@ -57,7 +57,7 @@ def _leaf_tensors(output: torch.Tensor) -> list[torch.Tensor]:
 def reached_parameters(output: torch.Tensor, params) -> set[str]:
     """Names of the given parameters that `output`'s graph reaches."""
     by_id = {id(p): name for name, p in _named(params).items()}
-    return {by_id[id(t)] for t in _leaf_tensors(output) if id(t) in by_id}
+    return {by_id[id(t)] for t in leaf_tensors(output) if id(t) in by_id}
 
 
 @dataclass(frozen=True)
