@@ -374,9 +374,7 @@ EXAMPLE = Example(
             "not the full batch's gradient: a short sequence's tokens weigh more than a long "
             "one's (exact only when every micro-batch holds the same number of tokens)",
             ("accumulate_grads_mean_of_means",),
-            no_check="every tensor is what a check expects: the gradient has the wrong weights, "
-                     "a value; the relative error against the full batch's gradient (in the "
-                     "summary) catches it",
+            caught="same_grad_as: the block's gradient is",
         ),
         "sync_every_micro_batch": Mistake(
             "no no_sync: DDP all-reduces after every micro-batch",

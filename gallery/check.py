@@ -2,7 +2,8 @@
 
     from gallery.check import (bounded_memory, constant, disjoint, finite, frozen, gets_grad,
                                has_graph, modes_restored, no_grad_reaches, optimizer_covers,
-                               runs_in_eval_mode, runs_in_train_mode, unchanged, updated)
+                               runs_in_eval_mode, runs_in_train_mode, same_grad_as, unchanged,
+                               updated)
 
     with no_grad_reaches(generator=g, before=opt_d):   # each D step writes no grad into G
         for _ in range(3):
@@ -29,6 +30,8 @@
                                                        #   parameter in it has a grad
     with frozen(backbone=backbone):                    # no grad reaches it, nothing in it changes
         train_step(...)
+    with same_grad_as(full_batch_step, model=model):   # the micro-batches sum to the full batch's
+        accumulate_grads(...)                          #   gradient
 
 Each check raises `AssertionError` with one sentence that names the module or tensor and what it
 saw, and ends by pointing at its own docstring (`help(gallery.check.<check>)`). A check that is
@@ -69,7 +72,8 @@ Watched = nn.Module | torch.Tensor  # a module, a bare parameter (a codebook) or
 
 __all__ = ["MemoryTrace", "NothingToCheck", "bounded_memory", "constant", "disjoint", "finite",
            "frozen", "gets_grad", "has_graph", "modes_restored", "no_grad_reaches",
-           "optimizer_covers", "runs_in_eval_mode", "runs_in_train_mode", "unchanged", "updated"]
+           "optimizer_covers", "runs_in_eval_mode", "runs_in_train_mode", "same_grad_as",
+           "unchanged", "updated"]
 
 
 class NothingToCheck(ValueError, TypeError):
@@ -895,6 +899,58 @@ class optimizer_covers(contextlib.AbstractContextManager):  # noqa: N801
                                      f"moved inside the block (a stale grad under weight decay "
                                      f"or momentum)")
         return None
+
+
+# --- the gradient a step hands the optimizer ------------------------------------------------------
+
+@contextlib.contextmanager
+def same_grad_as(reference: Callable[[], Any], *modules: Watched, rtol: float = 1e-4,
+                 ignore: Collection[str] = (), **named: Watched) -> Iterator[None]:
+    """The gradient the block leaves in the watched modules' `.grad` equals the one `reference()`
+    leaves there, within `rtol` relative to the reference's norm: the check for an accumulated
+    step, which must hand the optimizer the full batch's gradient. `reference` runs the plain
+    step (one backward of the whole batch's mean loss) before the block.
+
+    Both start from no gradient: the check sets every watched `.grad` to None before the reference
+    and again before the block, and leaves the block's gradient in place. A parameter whose grad is
+    None counts as zero. A mean of micro-batch means fails it whenever the micro-batches hold
+    different numbers of tokens (or samples).
+
+    Cost: one extra step (the reference) and one copy of the gradient."""
+    watched = _watched("same_grad_as", modules, named)
+    params = [part for name, value in watched.items()
+              for part in _parts("same_grad_as", name, value, buffers=False, trainable_only=True,
+                                 ignore=ignore)]
+    owner = {id(part): name for name, value in watched.items() for part in params}
+
+    def grads() -> list[torch.Tensor]:
+        return [torch.zeros_like(p.tensor) if p.tensor.grad is None else p.tensor.grad.detach()
+                .clone() for p in params]
+
+    def clear() -> None:
+        for p in params:
+            p.tensor.grad = None
+
+    clear()
+    reference()
+    expected = grads()
+    clear()
+    yield
+    got = grads()
+    norm = torch.sqrt(sum((e.double() ** 2).sum() for e in expected))
+    if float(norm) == 0.0:
+        raise ValueError("same_grad_as: the reference step left no gradient in the watched "
+                         "modules, so there is nothing to compare with")
+    diff = torch.sqrt(sum(((g - e).double() ** 2).sum() for g, e in zip(got, expected)))
+    error = float(diff / norm)
+    if error > rtol:
+        worst = max(range(len(params)), key=lambda i: float((got[i] - expected[i]).norm()))
+        where = _where(owner[id(params[worst])], [params[worst].label])
+        raise AssertionError(
+            f"same_grad_as: the block's gradient is {error:.3g} off the reference step's "
+            f"(relative to its norm; rtol={rtol:g}), most in {where}: the step is not the full "
+            f"batch's (a mean of micro-batch means weighs a short micro-batch's tokens more; a "
+            f"loss not divided once by the whole step's count) {_see('same_grad_as')}")
 
 
 # --- intents: what a module is meant to be --------------------------------------------------------

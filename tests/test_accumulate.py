@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gallery import accumulate as acc
-from gallery.check import constant, gets_grad, updated
+from gallery.check import constant, gets_grad, same_grad_as, updated
 from gallery.core.cli import compose
 from tests.test_ddp import torchrun
 
@@ -76,13 +76,19 @@ def test_on_two_processes_the_pattern_syncs_once_per_step_and_the_mistake_every_
 # --- this example's row of the check table (tests/test_check.py) ---
 
 def check_step(mistake: str) -> None:
-    """One accumulated step under gallery.check. No check sees these mistakes (their table rows
-    say why): the pattern and every mistake pass alike."""
+    """One accumulated step under gallery.check: its gradient is the full batch's (same_grad_as,
+    which catches mean_of_means); the sync and clip mistakes pass here, as their table rows say
+    why."""
     steps = acc.BY_MISTAKE[mistake]
     model, micro_batches = setup()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    with gets_grad(model=model):
+
+    def full_batch():  # the plain step: one backward of the whole batch's mean token loss
+        tokens = sum(int((m["targets"] != acc.PAD).sum()) for m in micro_batches)
+        (sum(acc.token_loss_sum(model, m) for m in micro_batches) / tokens).backward()
+
+    with same_grad_as(full_batch, model=model), gets_grad(model=model):
         tokens = steps.accumulate(model, micro_batches, scaler, contextlib.nullcontext)
     constant(step_tokens=tokens)
     with updated(model=model):

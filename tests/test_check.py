@@ -31,6 +31,7 @@ from gallery.check import (
     optimizer_covers,
     runs_in_eval_mode,
     runs_in_train_mode,
+    same_grad_as,
     unchanged,
     updated,
 )
@@ -438,12 +439,36 @@ def test_has_graph_reaches_tells_fast_weights_from_detached_copies():
         has_graph(fast=detached, reaches=w)
 
 
+def test_same_grad_as_holds_an_accumulated_step_to_the_full_batchs_gradient():
+    torch.manual_seed(0)
+    net = nn.Linear(3, 1)
+    x, y = torch.randn(10, 3), torch.randn(10, 1)
+    sizes = (2, 8)  # unequal micro-batches: where a mean of means goes wrong
+    parts = list(zip(x.split(sizes), y.split(sizes)))
+
+    def full_batch():
+        F.mse_loss(net(x), y).backward()
+
+    with same_grad_as(full_batch, net=net):  # each micro-batch's sum over the whole count
+        for xb, yb in parts:
+            (F.mse_loss(net(xb), yb, reduction="sum") / len(x)).backward()
+    with pytest.raises(AssertionError, match=r"^same_grad_as: the block's gradient is [\d.]+ off "
+                                             r"the reference step's"):
+        with same_grad_as(full_batch, net=net):
+            for xb, yb in parts:
+                (F.mse_loss(net(xb), yb) / len(parts)).backward()
+    with pytest.raises(ValueError, match="the reference step left no gradient"):
+        with same_grad_as(lambda: None, net=net):
+            pass
+
+
 def test_a_check_handed_nothing_raises_value_error_which_is_also_a_type_error():
     assert issubclass(NothingToCheck, ValueError) and issubclass(NothingToCheck, TypeError)
     for immediate in (constant, has_graph, disjoint, finite, gets_grad):
         with pytest.raises(NothingToCheck, match="name at least one"):
             immediate()
-    for block in (no_grad_reaches, unchanged, updated, modes_restored, runs_in_eval_mode, frozen):
+    for block in (no_grad_reaches, unchanged, updated, modes_restored, runs_in_eval_mode, frozen,
+                  lambda: same_grad_as(lambda: None)):
         with pytest.raises(ValueError, match="name at least one"), block():
             pass
 

@@ -280,7 +280,8 @@ nothing it could judge raises `ValueError` instead of passing.
 ```python
 from gallery.check import (bounded_memory, constant, disjoint, finite, frozen, gets_grad,
                            has_graph, modes_restored, no_grad_reaches, optimizer_covers,
-                           runs_in_eval_mode, runs_in_train_mode, unchanged, updated)
+                           runs_in_eval_mode, runs_in_train_mode, same_grad_as, unchanged,
+                           updated)
 ```
 
 In pytest, the same module is also the `gallery_check` fixture (the plugin loads by pytest's entry
@@ -316,13 +317,15 @@ SITUATIONS = [
      "around it; `constant(metrics=...)`"),
     ("a MAML meta-step", "the graph kept, and reaching the initialisation",
      "`has_graph(fast_weights=..., reaches=model)`"),
+    ("an accumulated step", "the full batch's gradient, whatever the micro-batches hold",
+     "`same_grad_as(full_batch_step, model=...)` around the micro-batches"),
     ("any training step", "what must learn gets a grad; nothing turns NaN",
      "`gets_grad(model=...)`; `finite(model=...)` around the loop (buffers and grads included)"),
 ]
 
 CHECKS = ("no_grad_reaches", "gets_grad", "unchanged", "updated", "constant", "has_graph",
           "disjoint", "bounded_memory", "modes_restored", "runs_in_eval_mode", "runs_in_train_mode",
-          "finite", "optimizer_covers", "frozen")
+          "finite", "optimizer_covers", "frozen", "same_grad_as")
 
 
 def check_costs(bench: dict) -> list[str]:
