@@ -752,23 +752,32 @@ def runs_in_eval_mode(*modules: Watched, ignore: Collection[str] = (),
 
 def _first_not_finite(parts: dict[str, list[_Part]], grads: bool) -> str | None:
     """`model: 1.running_var (buffer) holds 3 NaN of 16` for the first tensor (a parameter, its
-    grad, a buffer) with a NaN or an infinity, in the order the module lists them; None if none."""
+    grad, a buffer) with a NaN or an infinity, in the order the module lists them; None if none.
+    One sum per tensor decides (a NaN or an infinity makes the sum non-finite); only a tensor whose
+    sum is not finite is looked at entry by entry (its sum may have overflowed)."""
+    candidates: list[tuple[str, str, torch.Tensor]] = []
     for name, found in parts.items():
         for part in found:
-            candidates = [(part.label, part.tensor)]
             tensor = part.tensor
+            if tensor.is_floating_point() or tensor.is_complex():
+                candidates.append((name, part.label, tensor.detach()))
             if grads and tensor.is_leaf and tensor.requires_grad and tensor.grad is not None:
-                candidates.append((f"{part.label or name}.grad", part.tensor.grad))
-            for label, tensor in candidates:
-                if not (tensor.is_floating_point() or tensor.is_complex()):
-                    continue
-                bad = ~torch.isfinite(tensor.detach())
-                if bool(bad.any()):
-                    nans = int(tensor.detach().isnan().sum())
-                    kind = (f"{nans} NaN" if nans == int(bad.sum())
-                            else f"{int(bad.sum())} NaN or infinite values")
-                    where = _where(name, [label]) if label != part.label or part.label else name
-                    return f"{where} holds {kind} of {tensor.numel():,}"
+                candidates.append((name, f"{part.label or name}.grad", tensor.grad.detach()))
+    if not candidates:
+        return None
+    with torch.no_grad():
+        sums = torch.stack([t.sum(dtype=torch.float64 if t.dtype == torch.float64
+                                  else torch.float32).to("cpu", torch.float64)
+                            if not t.is_complex() else t.abs().sum().to("cpu", torch.float64)
+                            for _, _, t in candidates])
+    for i in torch.nonzero(~torch.isfinite(sums)).flatten().tolist():
+        name, label, tensor = candidates[i]
+        bad = ~torch.isfinite(tensor)
+        if bool(bad.any()):
+            nans = int(tensor.isnan().sum())
+            kind = (f"{nans} NaN" if nans == int(bad.sum())
+                    else f"{int(bad.sum())} NaN or infinite values")
+            return f"{_where(name, [label])} holds {kind} of {tensor.numel():,}"
     return None
 
 

@@ -15,7 +15,8 @@ import torch
 USAGE = """Speed and memory of each pattern against its mistake, as ratios measured side by side.
 
     scripts/bench.py [gan|dqn|dqn_envs|finetune|ppo|sac|tbptt|threads|smoke|compile|startup|
-                      cleanrl|cuda_graphs|vqvae|chain|sb3|check|maml|evaluate|tour|all]
+                      cleanrl|cuda_graphs|vqvae|chain|sb3|check|check_peers|maml|evaluate|tour|
+                      all]
                      [--device cpu|cuda]
                      [--json results.json] [--cleanrl CLONE]
 
@@ -31,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from gallery.core.device import resolve_device  # noqa: E402
 from scripts.measure.chain import bench_chain  # noqa: E402
 from scripts.measure.check import bench_check  # noqa: E402
+from scripts.measure.check_peers import bench_check_peers  # noqa: E402
 from scripts.measure.cleanrl import bench_cleanrl  # noqa: E402
 from scripts.measure.compile import bench_compile, bench_cuda_graphs  # noqa: E402
 from scripts.measure.dqn import bench_dqn, bench_dqn_envs  # noqa: E402
@@ -53,7 +55,8 @@ BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo"
            "startup": bench_startup, "cleanrl": bench_cleanrl,
            "cuda_graphs": bench_cuda_graphs, "vqvae": bench_vqvae, "chain": bench_chain,
            "sb3": bench_sb3, "check": lambda device: bench_check(device, alternate),
-           "maml": bench_maml, "evaluate": bench_evaluate, "tour": bench_tour}
+           "maml": bench_maml, "evaluate": bench_evaluate, "tour": bench_tour,
+           "check_peers": lambda device: bench_check_peers(device, alternate)}
 
 
 def machine(device: torch.device) -> str:

@@ -725,3 +725,20 @@ def test_the_eval_form_holds_one_forward_of_bytes_per_iteration_and_the_training
     assert base > 0 and last == 5 * base
     with pytest.raises(AssertionError, match=r"about 7 per call"):
         loss_log_loop("running_loss_in_training")
+
+
+# --- beside the other check libraries (scripts/bench.py check_peers) ----------------------------
+
+def test_gallery_check_is_right_on_every_pair_of_the_peer_comparison():
+    """Live, with no peer installed: the comparison's own adapter for gallery.check passes each
+    correct step and fails each mistake; docs/bench.json's record lists the same pairs."""
+    import json
+
+    from scripts.measure import check_peers
+
+    for name in check_peers.PAIRS:
+        assert check_peers.verdict(check_peers.gallery_check, name) == "right", name
+    rows = json.loads((ROOT / "docs" / "bench.json").read_text())["check_peers"]
+    assert [row["pair"] for row in rows[1:]] == list(check_peers.PAIRS), \
+        "run scripts/bench.py check_peers --json docs/bench.json"
+    assert rows[0]["gallery.check_right"] == rows[0]["gallery.check_expresses"] == len(rows) - 1

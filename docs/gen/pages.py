@@ -174,6 +174,7 @@ BENCH_TITLES = {  # each bench of scripts/bench.py, in words
     "check": "What each gallery.check costs",
     "maml": "MAML against higher",
     "evaluate": "Evaluation: no_grad against inference_mode and no no_grad; against Lightning",
+    "check_peers": "gallery.check beside torcheck, tinytorchtest and pytest-torch",
     "tour": "The quick tour (scripts/run.sh): its time, and each example's share",
 }
 
@@ -328,6 +329,12 @@ CHECKS = ("no_grad_reaches", "gets_grad", "unchanged", "updated", "constant", "h
           "finite", "optimizer_covers", "frozen", "same_grad_as")
 
 
+# The checks measured around one training step (scripts/measure/check.py), in the page's order.
+# same_grad_as runs a whole reference step by design, so the 5% goal leaves it out.
+STEP_CHECKS = ("no_grad_reaches", "gets_grad", "constant", "has_graph", "modes_restored",
+               "runs_in_train_mode", "finite", "optimizer_covers", "frozen", "same_grad_as")
+
+
 def check_costs(bench: dict) -> list[str]:
     """What each check costs, from docs/bench.json (`scripts/bench.py check`)."""
     rows = {row["setting"]: row for row in bench.get("check", [])}
@@ -341,14 +348,15 @@ def check_costs(bench: dict) -> list[str]:
             return f"within the noise ({row[name + '_step_ratio']:.2f}x the step)"
         return f"{row[name + '_step_ratio']:.2f}x the step (+{row[name + '_added_us']:,.0f} µs)"
 
+    around_a_step = [name for name in STEP_CHECKS if name + "_step_ratio" in steps[0]]
     body = [f"| `{name}` | " + " | ".join(cost(row, name) for row in steps) + " |"
-            for name in ("no_grad_reaches", "gets_grad", "constant", "has_graph")]
+            for name in around_a_step]
     body += [f"| `{name}` | " + " | ".join(f"{row[name + '_ms_per_million']:.2f} ms per million "
                                            f"parameters and buffers" for row in steps) + " |"
              for name in ("unchanged", "updated")]
     largest = max(steps, key=lambda row: row["step_ms"])
-    over = [name for name in ("no_grad_reaches", "gets_grad", "constant", "has_graph")
-            if largest[name + "_step_ratio"] > 1.05]
+    over = [name for name in around_a_step
+            if name != "same_grad_as" and largest[name + "_step_ratio"] > 1.05]
     graph_verdict = f"missed by {', '.join(over)}" if over else "met by every graph check"
     slow = sorted({name for row in steps for name in ("unchanged", "updated")
                    if row[name + "_ms_per_million"] > 1.0})
@@ -365,7 +373,8 @@ def check_costs(bench: dict) -> list[str]:
         f"- The goal is at most 5% on the largest step "
         f"({largest['setting'].removeprefix('check: ')}): {graph_verdict}. On a step of half a "
         f"millisecond the fixed cost of a block (hooks registered and removed once) shows as a "
-        f"ratio.",
+        f"ratio. `same_grad_as` runs a whole reference step by design, and is left out of the "
+        f"goal.",
         f"- `unchanged` and `updated` copy every watched tensor before the block and compare after "
         f"it, bit for bit: no hashing. The goal is at most 1 ms per million: {copy_verdict}. The "
         f"copy lands in fresh memory, and on this CPU the page faults of that fresh memory are "
@@ -382,6 +391,44 @@ def check_costs(bench: dict) -> list[str]:
         f"iteration, against {leak['fixed_resident_bytes_per_iteration']:,} bytes with "
         f"`loss.item()` ({leak['setting'].removeprefix('any loop: ')}). `bounded_memory` counts "
         f"those nodes and fails; the example above is that loop.", ""]
+
+
+def check_peers(bench: dict) -> list[str]:
+    """gallery.check beside torcheck, tinytorchtest and pytest-torch on the same step pairs, from
+    docs/bench.json (`scripts/bench.py check_peers`)."""
+    rows = bench.get("check_peers")
+    if not rows or "pairs" not in rows[0]:
+        raise RuntimeError("docs/bench.json has no check_peers rows: run scripts/bench.py "
+                           "check_peers")
+    summary, pairs = rows[0], rows[1:]
+    tools = [key.removesuffix("_expresses") for key in summary if key.endswith("_expresses")]
+    page = ["## Beside the other check libraries", "",
+            f"`scripts/bench.py check_peers` ({bench['machine']}): {len(pairs)} small steps, each "
+            "written correctly and with one mistake, judged by each library through its own "
+            "natural API (installed with `pip --target --no-deps`, never a dependency). *right*: "
+            "it passes the correct step and fails the mistake; *false alarm*: it fails the correct "
+            "step; *miss*: it passes the mistake; *cannot express*: it has no way to state the "
+            "property.", "",
+            "| step pair | " + " | ".join(tools) + " |", "|---|" + "---|" * len(tools)]
+    page += [f"| {row['pair']} | " + " | ".join(row[tool] for tool in tools) + " |"
+             for row in pairs]
+    page += ["| **right, of those it can express** | " + " | ".join(
+        f"**{summary[tool + '_right']} of {summary[tool + '_expresses']}**" for tool in tools)
+        + " |",
+        "| time of its check over the plain step | " + " | ".join(
+            f"{summary[tool + '_step_ratio']:.2f}x" for tool in tools) + " |", ""]
+    ours = tools[0]
+    wins = [f"{tool} on *{row['pair']}*" for row in pairs for tool in tools[1:]
+            if row[tool] == "right" and row[ours] != "right"]
+    page.append(("Where a peer is right and gallery.check is not: " + "; ".join(wins) + ".")
+                if wins else "No peer is right on a pair where gallery.check is not.")
+    page += ["", "The time row is one pair every library judges (a layer detached in the forward): "
+             "building the step and judging it, over building it and running it plain, in "
+             "alternating blocks. The libraries that run a training step of their own "
+             "(tinytorchtest, pytest-torch's `assert_frozen`) judge that step, not yours: they "
+             "cannot see a mistake that lives in your loop (a BatchNorm kept in eval by your "
+             "step, a stale grad your `zero_grad` left)."]
+    return page
 
 
 def check_page() -> str:
@@ -417,7 +464,8 @@ def check_page() -> str:
              *tables.check_table()]
     for mistake, sentence in sorted(table.LOOP_MISTAKES.items()):
         page.append(f"| any loop | `{mistake}` | `{sentence.split(':')[0]}` |")
-    page += ["", *check_costs(json.loads((ROOT / "docs" / "bench.json").read_text()))]
+    bench = json.loads((ROOT / "docs" / "bench.json").read_text())
+    page += ["", *check_costs(bench), "", *check_peers(bench)]
     return "\n".join(page) + "\n"
 
 

@@ -1,9 +1,11 @@
 """What each gallery.check costs, and what the loss-logging leak costs: `scripts/bench.py check`
 (scripts/measure/ holds measurements that bench.py runs; each is a module, not a script).
 
-- The graph checks (no_grad_reaches, gets_grad, constant, has_graph) around one training step of
-  a small MLP and of a ResNet-18-sized CNN: the step's time with the check over its time without,
-  in alternating blocks in one process.
+- The checks that wrap or follow one training step (no_grad_reaches, gets_grad, constant,
+  has_graph, modes_restored, runs_in_train_mode, finite, optimizer_covers, frozen, same_grad_as)
+  around one training step of a small MLP and of a ResNet-18-sized CNN: the step's time with the
+  check over its time without, in alternating blocks in one process. same_grad_as runs a whole
+  reference backward: it costs a step by design.
 - unchanged and updated: milliseconds per million watched parameters (the snapshot and the
   comparison), measured on the same two models.
 - bounded_memory: its five calls against five plain calls of a small LSTM chunk.
@@ -24,9 +26,15 @@ from torch import nn
 from gallery.check import (
     bounded_memory,
     constant,
+    finite,
+    frozen,
     gets_grad,
     has_graph,
+    modes_restored,
     no_grad_reaches,
+    optimizer_covers,
+    runs_in_train_mode,
+    same_grad_as,
     unchanged,
     updated,
 )
@@ -54,6 +62,9 @@ def graph_check_overheads(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
     target = copy.deepcopy(model)  # watched, never reached: the cost of a check that passes
 
+    def reference():  # same_grad_as's reference: the same step's backward, once more
+        F.cross_entropy(model(x), y).backward()
+
     def step(wrap=None, after=None):
         def run():
             with wrap() if wrap else _nothing():
@@ -71,6 +82,12 @@ def graph_check_overheads(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         "gets_grad": step(lambda: gets_grad(model=model)),
         "constant": step(after=lambda loss: constant(labels=y, loss_value=loss.detach())),
         "has_graph": step(after=lambda loss: has_graph(loss=loss)),
+        "modes_restored": step(lambda: modes_restored(model=model)),
+        "runs_in_train_mode": step(lambda: runs_in_train_mode(model=model)),
+        "finite": step(lambda: finite(model=model)),
+        "optimizer_covers": step(lambda: optimizer_covers(optimizer, model=model)),
+        "frozen": step(lambda: frozen(target=target)),
+        "same_grad_as": step(lambda: same_grad_as(reference, model=model)),
     }
     seconds = alternate(variants, rounds, per_round, device)
     checks = [name for name in variants if name != "plain"]
