@@ -2,7 +2,7 @@
 an example is its file, its YAML and its test, and everything else finds it through its
 `EXAMPLE`. Two ways in, as a contributor would take them:
 
-- the recipe's own example, `distill` (tests/recipe/: its file, its YAML, its test), dropped in
+- the recipe's own example, `mimic` (tests/recipe/: its file, its YAML, its test), dropped in
   and measured by its gate;
 - an existing example copied to a new name: its file and its YAML copied, `name=` changed.
 
@@ -57,7 +57,7 @@ def checkout(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("name", ["distill", "dqn_copy"])
+@pytest.mark.parametrize("name", ["mimic", "dqn_copy"])
 def test_a_new_example_shows_in_list_and_show(checkout, name):
     listing = in_checkout(checkout, "-m", "gallery", "list")
     assert listing.returncode == 0, listing.stderr[-2000:]
@@ -69,10 +69,10 @@ def test_a_new_example_shows_in_list_and_show(checkout, name):
 
 def test_the_smoke_run_runs_both_with_their_probes(checkout):
     proc = in_checkout(checkout, "-m", "gallery", "smoke", "device=cpu", "junit=smoke.xml",
-                       "examples=distill,dqn_copy")
+                       "examples=mimic,dqn_copy")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     junit = (checkout / "smoke.xml").read_text()
-    assert 'name="distill' in junit and 'name="dqn_copy' in junit
+    assert 'name="mimic' in junit and 'name="dqn_copy' in junit
 
 
 def test_the_nav_the_check_table_and_the_readme_derive_both(checkout):
@@ -82,9 +82,9 @@ def test_the_nav_the_check_table_and_the_readme_derive_both(checkout):
     assert proc.returncode == 0, proc.stderr[-2000:]
     derived = json.loads(proc.stdout)
     nav = [next(iter(entry)) for entry in derived["nav"]]
-    assert "distill" in nav and "dqn_copy" in nav
-    assert nav.index("dqn_copy") < nav.index("distill")  # by `order`: the copy's 1, then 50
-    assert ("| [distill](examples/distill.md) | `teacher_grad` | `no_grad_reaches` |"
+    assert "mimic" in nav and "dqn_copy" in nav
+    assert nav.index("dqn_copy") < nav.index("mimic")  # by `order`: the copy's 1, then 50
+    assert ("| [mimic](examples/mimic.md) | `teacher_grad` | `no_grad_reaches` |"
             in derived["checks"])
     assert any(row.startswith("| [dqn_copy](examples/dqn_copy.md) | `target_grad` |")
                for row in derived["checks"])
@@ -93,13 +93,13 @@ def test_the_nav_the_check_table_and_the_readme_derive_both(checkout):
 def test_the_tests_name_what_the_copy_still_lacks_and_the_recipe_passes_them(checkout):
     """The recipe's example, measured by its own gate, passes every test that enumerates
     examples; the bare copy fails them by name: no gates.json entry, no check_step."""
-    gate = in_checkout(checkout, "scripts/gates.py", "distill", "--json", "docs/gates.json")
+    gate = in_checkout(checkout, "scripts/gates.py", "mimic", "--json", "docs/gates.json")
     assert gate.returncode == 0, gate.stdout[-2000:] + gate.stderr[-2000:]
-    assert "## distill: PASS" in gate.stdout
+    assert "## mimic: PASS" in gate.stdout
     proc = in_checkout(checkout, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-p",
                        "no:xdist", "tests/test_registry.py", "tests/test_check.py",
                        "tests/test_gallery_cli.py", "tests/test_patterns.py",
-                       "tests/test_distill.py", "-k", "distill or dqn_copy or every_example",
+                       "tests/test_mimic.py", "-k", "mimic or dqn_copy or every_example",
                        timeout=600)
     out = proc.stdout
     assert proc.returncode == 1, out[-3000:]
@@ -111,6 +111,6 @@ def test_the_tests_name_what_the_copy_still_lacks_and_the_recipe_passes_them(che
     assert failed and all("dqn_copy" in test or test.startswith(table) for test in failed), failed
     assert "dqn_copy: docs/gates.json has no entry" in out
     assert "tests/test_dqn_copy.py has no check_step(mistake)" in out
-    ran = [test for test in passed if "distill" in test]
+    ran = [test for test in passed if "mimic" in test]
     assert len(ran) >= 9, passed  # the registry's, the check table's, --help's, the patterns'
     #                               and its own tests

@@ -13,7 +13,7 @@ TRL = ("trl==1.16.0", "transformers", "accelerate", "datasets", "huggingface_hub
        "safetensors", "regex", "dill", "xxhash", "multiprocess", "fsspec", "pyarrow", "pandas",
        "hf-xet", "httpx2", "httpcore2", "truststore", "h11")
 # The peers a test compares against (marker `peer`): `scripts/test.sh --peers` installs them first
-TEST_PEERS = {"trl": TRL}
+TEST_PEERS = {"trl": TRL, "torchdistill": ("torchdistill==1.1.5",)}
 
 
 def folder(name: str) -> Path:

@@ -1,4 +1,4 @@
-"""Distillation from a frozen teacher: the smallest example, the one the "Add an example" page
+"""Mimic a frozen teacher: the smallest example, the one the "Add an example" page
 builds step by step (tests/test_recipe.py copies it into a scratch checkout and sees it appear
 everywhere).
 
@@ -12,7 +12,7 @@ The mistake (`mistake=`), and what it costs:
 - teacher_grad: the teacher keeps requires_grad and its forward runs with grad: every backward
   writes .grad into the teacher and holds its activations for nothing.
 
-Run: python -m gallery.distill seed=0 out_dir=/tmp/distill
+Run: python -m gallery.mimic seed=0 out_dir=/tmp/mimic
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from gallery.core.setup import prepare
 
 # --- config schema -----------------------------------------------------------------------------
 
-@register_schema("distill")
+@register_schema("mimic")
 @dataclass
-class DistillConfig(BaseConfig):
+class MimicConfig(BaseConfig):
     steps: int = 300
     batch_size: int = 64
     lr: float = 1e-2
@@ -46,7 +46,7 @@ class DistillConfig(BaseConfig):
     ckpt_every: int = 100
 
 
-def validate(cfg: DistillConfig) -> None:
+def validate(cfg: MimicConfig) -> None:
     validate_base(cfg, BY_MISTAKE)
     require_positive(cfg, "lr", "hidden", "batch_size")
 
@@ -62,7 +62,7 @@ def make_teacher(model):
     return copy.deepcopy(model).requires_grad_(False).eval()  # PATTERN: frozen
 
 
-def distill_step(student, teacher, optimizer, x):
+def mimic_step(student, teacher, optimizer, x):
     """One student step towards the teacher's outputs, which are constants."""
     with torch.no_grad():  # PATTERN: the target holds no graph
         target = teacher(x)
@@ -79,7 +79,7 @@ def make_teacher_grad(model):
     return copy.deepcopy(model).eval()  # MISTAKE: the copy still requires grad
 
 
-def distill_step_teacher_grad(student, teacher, optimizer, x):
+def mimic_step_teacher_grad(student, teacher, optimizer, x):
     target = teacher(x)  # MISTAKE: forward with grad, through a teacher that requires it
     loss = F.mse_loss(student(x), target)
     optimizer.zero_grad(set_to_none=True)
@@ -89,9 +89,9 @@ def distill_step_teacher_grad(student, teacher, optimizer, x):
 
 
 # the functions of a step that a mistake can swap, by name
-DistillSteps = namedtuple("DistillSteps", ["make_teacher", "step"])
-BY_MISTAKE = {"none": DistillSteps(make_teacher, distill_step),
-              "teacher_grad": DistillSteps(make_teacher_grad, distill_step_teacher_grad)}
+MimicSteps = namedtuple("MimicSteps", ["make_teacher", "step"])
+BY_MISTAKE = {"none": MimicSteps(make_teacher, mimic_step),
+              "teacher_grad": MimicSteps(make_teacher_grad, mimic_step_teacher_grad)}
 
 
 # --- training loop ------------------------------------------------------------------------------
@@ -150,18 +150,18 @@ def measured(gate: dict, bench: dict) -> Measured:
         Panel("held-out MSE", pattern, mistake, "teacher_grad"),
         Cost("teacher_grad", avg(runs["none"], "steps_per_sec")
              / avg(runs["teacher_grad"], "steps_per_sec"), None,
-             "time: scripts/gates.py distill, seed 0"))
+             "time: scripts/gates.py mimic, seed 0"))
 
 
 EXAMPLE = Example(
-    name="distill",
+    name="mimic",
     pattern="the teacher's outputs are constants: a frozen copy, its forward under no_grad",
-    pattern_functions=("make_teacher", "distill_step"),
+    pattern_functions=("make_teacher", "mimic_step"),
     mistakes={
         "teacher_grad": Mistake(
             "the teacher keeps requires_grad and its forward runs with grad",
             "every backward writes .grad into the teacher",
-            ("make_teacher_grad", "distill_step_teacher_grad"),
+            ("make_teacher_grad", "mimic_step_teacher_grad"),
             caught="no_grad_reaches: a backward wrote a grad into teacher",
         ),
     },
