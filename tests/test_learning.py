@@ -191,16 +191,6 @@ def test_accumulate_is_the_full_batch_and_clip_scaled_halts(tmp_path):
     assert scaled["val_loss"] >= pattern["val_loss"] + 0.3
 
 
-def test_evaluate_gate_holds_on_seed_0(tmp_path):
-    """The gate's own criteria (EXAMPLE.gate.passes) on seed 0 of each of its runs."""
-    gate = evaluate.EXAMPLE.gate
-    rows = {label: [evaluate.train(compose("evaluate", [
-        "device=cpu", "seed=0", f"mistake={runs.mistake}", *runs.overrides,
-        f"out_dir={tmp_path}/{label}"]))] for label, runs in gate.runs.items()}
-    assert gate.passes(rows), {label: {k: r[0].get(k) for k in gate.keys}
-                               for label, r in rows.items()}
-
-
 def test_vqvae_default_keeps_half_the_codes_alive_at_256_codes(tmp_path):
     """The shipped default revives dead codes after its warm-up: on the machine of
     docs/gates.json, 99% of 256 codes are in use at seed 0, where no revival leaves 15%."""
@@ -209,10 +199,12 @@ def test_vqvae_default_keeps_half_the_codes_alive_at_256_codes(tmp_path):
     assert s["codes_used"] >= 0.5 and s["codes_revived"] > 0
 
 
-def test_distill_gate_holds_on_seed_0(tmp_path):
-    """The gate's own criteria (EXAMPLE.gate.passes) on seed 0 of each of its runs."""
-    gate = distill.EXAMPLE.gate
-    rows = {label: [distill.train(compose("distill", [
+@pytest.mark.parametrize("example", [evaluate, distill], ids=lambda m: m.__name__.split(".")[-1])
+def test_the_gate_holds_on_seed_0(tmp_path, example):
+    """The example's gate, its own criteria (EXAMPLE.gate.passes), on seed 0 of each of its
+    runs."""
+    gate, name = example.EXAMPLE.gate, example.EXAMPLE.name
+    rows = {label: [example.train(compose(name, [
         "device=cpu", "seed=0", f"mistake={runs.mistake}", *runs.overrides,
         f"out_dir={tmp_path}/{label.replace(' ', '_')}"]))] for label, runs in gate.runs.items()}
     assert gate.passes(rows), {label: {k: r[0].get(k) for k in gate.keys}
