@@ -133,6 +133,7 @@ def pretrain_language_model(model: nn.Module, ids: torch.Tensor, context: int, s
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(seed)
     bar = progress(steps, "pretrain the character model", show)
+    loss = torch.tensor(float("nan"))  # pretrain_steps=0: the untrained model, kept as it is
     for _ in range(steps):
         batch = text_windows(ids, 64, context + 1, generator).to(device)
         logits = model(batch[:, :-1])

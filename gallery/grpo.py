@@ -100,6 +100,9 @@ def validate(cfg: GrpoConfig) -> None:
     require_non_negative(cfg, "beta", "pretrain_steps")
     if not cfg.target_chars:
         raise ConfigError("target_chars must name at least one character, got ''")
+    if cfg.d_model % cfg.heads:
+        raise ConfigError(f"d_model={cfg.d_model} must be a multiple of heads={cfg.heads}: each "
+                          f"head takes d_model / heads of every vector")
 
 
 # --- model --------------------------------------------------------------------------------------
@@ -318,6 +321,12 @@ def draw_curves(axes, evals: list[dict], label: str) -> None:
 def train(cfg) -> dict:
     cfg, device = prepare(cfg, validate, single_thread=lambda c: c.d_model <= 128)
     text = load_text(cfg.data.name, cfg.data.path, cfg.data.root)
+    if cfg.prompt_len + cfg.completion_len >= len(text):
+        raise ConfigError(f"prompt_len + completion_len = {cfg.prompt_len + cfg.completion_len} "
+                          f"must be shorter than the text ({len(text):,} characters)")
+    if not set(cfg.target_chars) & set(text):
+        raise ConfigError(f"target_chars={cfg.target_chars!r}: no character of it is in the "
+                          f"text, so every reward is 0 and nothing can be learned")
     vocab = CharVocab.build(text)
     ids, steps = vocab.encode(text), BY_MISTAKE[cfg.mistake]
     targets = vocab.encode(cfg.target_chars).to(device)

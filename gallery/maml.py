@@ -2,8 +2,9 @@
 differentiates through the inner step to the initialisation.
 
     params = dict(model.named_parameters())                       # the initialisation
-    grads = autograd.grad(inner_loss, params, create_graph=True)  # a graph of its own
-    fast = {k: p - alpha * g for (k, p), g in zip(params, grads)} # functions of params
+    grads = autograd.grad(inner_loss, list(params.values()),      # a graph of its own
+                          create_graph=True)
+    fast = {k: p - alpha * g for (k, p), g in zip(params.items(), grads)}  # of the params
     outer = mse(functional_call(model, fast, x_query), y_query)   # backward reaches params
                                                                   # through g as well
 
@@ -81,6 +82,10 @@ def validate(cfg: MamlConfig) -> None:
     if cfg.baseline and (cfg.first_order or cfg.mistake != "none"):
         raise ConfigError(f"baseline=true trains no MAML, so first_order={cfg.first_order} and "
                           f"mistake={cfg.mistake} mean nothing with it: leave them out")
+    if cfg.first_order and cfg.mistake != "none":
+        raise ConfigError(f"first_order=true already drops the second-order term, so "
+                          f"mistake={cfg.mistake} would run first-order MAML and show nothing: "
+                          f"choose one of the two")
 
 
 # --- model and tasks ----------------------------------------------------------------------------

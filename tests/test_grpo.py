@@ -6,7 +6,7 @@ from gallery.check import constant, disjoint
 from gallery.core.cli import compose
 from gallery.core.errors import ExplainedMistake
 from gallery.core.probes import state_hash
-from tests.conftest import run_module
+from tests.conftest import run_here, run_module
 
 SMOKE = [*grpo.EXAMPLE.smoke, "device=cpu"]
 
@@ -123,6 +123,26 @@ def test_reference_with_grad_and_several_passes_is_explained(tmp_path):
     with pytest.raises(ExplainedMistake, match="mistake=reference_with_grad"):
         grpo.train(compose("grpo", [*SMOKE, "mistake=reference_with_grad", "passes=2",
                                     f"out_dir={tmp_path}"]))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("heads=3", "d_model=64 must be a multiple of heads=3"),
+    ("completion_len=500000", "prompt_len + completion_len = 500008 must be shorter than the text"),
+    ("target_chars='\u2603'", "no character of it is in the text"),
+    ("target_chars=\u2603", "quote it: target_chars='\u2603'"),
+])
+def test_keys_the_model_or_the_text_cannot_take_are_one_line_and_exit_2(tmp_path, override,
+                                                                         message):
+    ran = run_here("gallery.grpo", *SMOKE, override, f"out_dir={tmp_path}/run")
+    assert ran.returncode == 2 and message in ran.stderr, ran.stderr
+    assert len(ran.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_no_pretraining_keeps_the_untrained_model(tmp_path):
+    s = grpo.train(compose("grpo", [*SMOKE, "pretrain_steps=0", f"pretrain_dir={tmp_path}/cache",
+                                    f"out_dir={tmp_path}/run"]))
+    assert s["reward_at_start"] >= 0 and s["exact_kl"] >= 0  # it ran, from the untrained model
+    assert list((tmp_path / "cache").glob("seed0-*/last.pt"))
 
 
 def test_the_command_line_runs_the_pattern(tmp_path):

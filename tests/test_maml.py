@@ -6,7 +6,7 @@ from torch.func import functional_call
 from gallery import maml
 from gallery.check import gets_grad, has_graph
 from gallery.core.cli import compose
-from tests.conftest import results_of, run_module
+from tests.conftest import results_of, run_here, run_module
 
 SMOKE = [*maml.EXAMPLE.smoke, "device=cpu"]
 
@@ -86,6 +86,16 @@ def test_baseline_and_a_mistake_together_is_refused_naming_the_keys(tmp_path):
     assert proc.returncode == 2
     assert "baseline=true" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_first_order_and_a_mistake_together_is_refused_in_one_line(tmp_path):
+    """first_order=true already drops the second-order term: no_create_graph beside it would run
+    first-order MAML and show nothing."""
+    ran = run_here("gallery.maml", *SMOKE, "first_order=true", "mistake=no_create_graph",
+                   f"out_dir={tmp_path}/run")
+    assert ran.returncode == 2 and "first_order=true" in ran.stderr, ran.stderr
+    assert "mistake=no_create_graph" in ran.stderr
+    assert len(ran.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
 # --- this example's row of the check table (tests/test_check.py) ---

@@ -343,6 +343,10 @@ def explain_override_error(name: str, err: Exception) -> str:
     if match := re.search(r"Error parsing override '([^']*)'", text):
         return (f"cannot read the override {match.group(1)!r}: write key=value (for example "
                 f"steps=100)")
+    if match := re.search(r"LexerNoViableAltException: ([^=\s]+)=(.*)", text):
+        key, value = match.groups()
+        return (f"{key}={value}: Hydra cannot read this value unquoted; quote it: "
+                f"{key}='{value}' (and quote the whole override for the shell)")
     cause = str(err.__cause__ or "").splitlines()
     line = text.splitlines()[0] + (f" {cause[0]}" if cause else "")
     key = getattr(err, "full_key", None) or getattr(err.__cause__, "full_key", None)
