@@ -282,7 +282,8 @@ def train(cfg) -> dict:
         last = loop.evals[-1]
         return loop.summary(
             data=cfg.data.name, steps=cfg.steps, labels=len(yl), alpha=cfg.alpha,
-            temperature=cfg.temperature, student_accuracy=last["student_accuracy"],
+            temperature=cfg.temperature, final_loss=float(loss.detach()),
+            student_accuracy=last["student_accuracy"],
             teacher_accuracy_at_start=teacher_accuracy, teacher_accuracy=last["teacher_accuracy"],
             teacher_changed=state_hash(teacher) != teacher_at_start,
             teacher_has_grad=any(p.grad is not None for p in teacher.parameters()),
@@ -294,7 +295,8 @@ def train(cfg) -> dict:
 
 def headline(s: dict) -> str:
     return (f"student accuracy {s['student_accuracy']:.1%} ({s['labels']} labels, alpha "
-            f"{s['alpha']:g}); teacher {s['teacher_accuracy_at_start']:.1%} -> "
+            f"{s['alpha']:g}, loss at the last step {s['final_loss']:.3f}); teacher "
+            f"{s['teacher_accuracy_at_start']:.1%} -> "
             f"{s['teacher_accuracy']:.1%}, changed: {s['teacher_changed']}, .grad written: "
             f"{s['teacher_has_grad']}; bytes a step holds for backward {s['step_saved_bytes']:,}")
 
