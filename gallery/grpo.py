@@ -61,7 +61,7 @@ from gallery.core.loop import Counters, Loop
 from gallery.core.probes import Probe, graph_saved_bytes
 from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, Runs, avg
 from gallery.core.setup import prepare
-from gallery.data.text import CharVocab, TextSource, load_text, text_windows
+from gallery.data.text import CharVocab, TextSource, load_text, require_learnable, text_windows
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -321,12 +321,7 @@ def draw_curves(axes, evals: list[dict], label: str) -> None:
 def train(cfg) -> dict:
     cfg, device = prepare(cfg, validate, single_thread=lambda c: c.d_model <= 128)
     text = load_text(cfg.data.name, cfg.data.path, cfg.data.root)
-    if cfg.prompt_len + cfg.completion_len >= len(text):
-        raise ConfigError(f"prompt_len + completion_len = {cfg.prompt_len + cfg.completion_len} "
-                          f"must be shorter than the text ({len(text):,} characters)")
-    if not set(cfg.target_chars) & set(text):
-        raise ConfigError(f"target_chars={cfg.target_chars!r}: no character of it is in the "
-                          f"text, so every reward is 0 and nothing can be learned")
+    require_learnable(text, cfg.prompt_len + cfg.completion_len, cfg.target_chars)
     vocab = CharVocab.build(text)
     ids, steps = vocab.encode(text), BY_MISTAKE[cfg.mistake]
     targets = vocab.encode(cfg.target_chars).to(device)

@@ -145,3 +145,14 @@ def text_windows(ids: torch.Tensor, n: int, length: int,
     """`n` windows of `length` characters at random places in the text: (n, length)."""
     starts = torch.randint(len(ids) - length, (n,), generator=generator)
     return torch.stack([ids[s:s + length] for s in starts.tolist()])
+
+
+def require_learnable(text: str, window: int, target_chars: str) -> None:
+    """Refuse, naming the keys, a text too short for a prompt and its completion, or a reward
+    that no character of the text can earn (every reward 0: nothing to learn)."""
+    if window >= len(text):
+        raise ConfigError(f"prompt_len + completion_len = {window} must be shorter than the text "
+                          f"({len(text):,} characters)")
+    if not set(target_chars) & set(text):
+        raise ConfigError(f"target_chars={target_chars!r}: no character of it is in the text, so "
+                          f"every reward is 0 and nothing can be learned")
