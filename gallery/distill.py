@@ -66,7 +66,7 @@ from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel,
 from gallery.core.run import progress
 from gallery.core.setup import prepare
 from gallery.data import images
-from gallery.nets import eval_mode
+from gallery.nets import accuracy
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -227,12 +227,6 @@ def pretrained_teacher(cfg, xt, yt, device) -> nn.Sequential:
     save_checkpoint(cached, {"model": model.state_dict(), "steps": cfg.teacher_steps})
     optimizer.zero_grad(set_to_none=True)  # a teacher starts with no grad, cached or not
     return model
-
-
-@torch.no_grad()
-def accuracy(model, x, y) -> float:
-    with eval_mode(model):
-        return float((model(x).argmax(1) == y).float().mean())
 
 
 def draw_curves(ax, evals: list[dict], label: str) -> None:

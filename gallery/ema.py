@@ -52,7 +52,7 @@ from gallery.core.probes import Probe, graph_stats
 from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, Runs, avg
 from gallery.core.setup import prepare
 from gallery.data import images
-from gallery.nets import eval_mode, sync_target
+from gallery.nets import accuracy, sync_target
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -169,12 +169,6 @@ def load_data(cfg):
     xt, yt, xv, yv = images.stratified_split(x, y, d.val_fraction, d.split_seed, None)
     xl, yl, xu, _ = images.stratified_split(xt, yt, 0.0, d.split_seed, d.labels_per_class)
     return xl, yl, xt, xv, yv
-
-
-@torch.no_grad()
-def accuracy(model, x, y) -> float:
-    with eval_mode(model):
-        return float((model(x).argmax(1) == y).float().mean())
 
 
 def graph_nodes(module) -> int:

@@ -59,6 +59,14 @@ def eval_mode(*modules):
             sub.train(mode)
 
 
+@torch.no_grad()
+def accuracy(model, x, y) -> float:
+    """The share of `x` whose highest logit is the label, in eval mode and without a graph (ema's
+    and distill's held-out accuracy)."""
+    with eval_mode(model):
+        return float((model(x).argmax(1) == y).float().mean())
+
+
 class Chain(nn.Sequential):
     """nn.Sequential that calls each layer's `forward` itself: the same math and state_dict keys,
     without the hook dispatch nn.Module wraps around every call. For the RL nets, which act on a
