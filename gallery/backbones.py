@@ -134,14 +134,18 @@ def pretrain_language_model(model: nn.Module, ids: torch.Tensor, context: int, s
     generator = torch.Generator().manual_seed(seed)
     bar = progress(steps, "pretrain the character model", show)
     loss = torch.tensor(float("nan"))  # pretrain_steps=0: the untrained model, kept as it is
-    for _ in range(steps):
-        batch = text_windows(ids, 64, context + 1, generator).to(device)
-        logits = model(batch[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        bar.update(1)
+    # dropout draws from the global RNG: a run that pretrains first and one that reads the cache
+    # must go on from the same RNG state
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for _ in range(steps):
+            batch = text_windows(ids, 64, context + 1, generator).to(device)
+            logits = model(batch[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                   batch[:, 1:].reshape(-1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.update(1)
     bar.close()
     save_checkpoint(cached, {"model": model.state_dict(), "loss": loss.item(), "steps": steps})
     return model

@@ -9,9 +9,8 @@
         ratio = exp(logp - old)                                 # 1 in the first pass, then moves
         loss = -min(ratio * A, clip(ratio) * A) + beta * k3(ref, logp)
 
-In the first pass `old` equals `logp.detach()` in value: the ratio is exactly 1 and its gradient
-that of logp, the policy gradient itself, not a ratio "stuck at 1" (`python -m gallery lessons`).
-Later passes move the policy and the clip bites. The k3 term keeps it near the frozen reference.
+In the first pass the ratio is exactly 1 and its gradient the policy gradient itself, not a ratio
+"stuck at 1" (`python -m gallery lessons`). Later passes move the policy and the clip bites.
 
 The task: a character transformer pretrained on CPython's reference docs (tbptt's text), then
 trained by GRPO to keep its completions to a character set (the vowels), which it scores poorly on.
@@ -25,8 +24,7 @@ The mistakes (`mistake=`), and what they cost (scripts/gates.py grpo):
 - reference_is_policy: the reference is the policy itself: the KL is to the policy as it was at
   the rollout, never to the pretrained model, so the exact KL to it drifts.
 - reference_with_grad: the reference copied without requires_grad_(False), its forward outside
-  no_grad: the KL term writes .grad into the reference and holds its activations for backward;
-  with more than one pass, the second backward raises.
+  no_grad: .grad in the reference, its activations held; with passes > 1 the 2nd backward raises.
 - k1_kl_loss: the k1 estimate (logp - ref) used as the loss: its gradient is zero in expectation,
   so the KL drifts as if beta were 0.
 
@@ -110,10 +108,11 @@ def validate(cfg: GrpoConfig) -> None:
 class CharTransformer(nn.Module):
     """A causal character-level transformer: a few pre-norm layers, learned positions."""
 
-    def __init__(self, vocab: int, d_model: int, layers: int, heads: int, context: int):
+    def __init__(self, vocab: int, d_model: int, layers: int, heads: int, context: int,
+                 dropout: float = 0.0):
         super().__init__()
         self.embed, self.position = nn.Embedding(vocab, d_model), nn.Embedding(context, d_model)
-        layer = nn.TransformerEncoderLayer(d_model, heads, 2 * d_model, dropout=0.0,
+        layer = nn.TransformerEncoderLayer(d_model, heads, 2 * d_model, dropout=dropout,
                                            batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm, self.head = nn.LayerNorm(d_model), nn.Linear(d_model, vocab)
@@ -172,19 +171,20 @@ def rollout(policy, reference, prompts, group, length, targets):
             "old_logprobs": old, "ref_logprobs": ref}
 
 
-def grpo_loss(logp, old_logprobs, ref_logprobs, advantages, clip, beta):
-    """The clipped surrogate with the k3 KL penalty, per completion then over the batch, and the
-    share of characters the clip held. exp(logp - old): in the first pass old == logp.detach() in
-    value, so the ratio is 1 and its gradient that of logp, the policy gradient itself. k3 is >= 0
-    and unbiased for KL(policy || ref); as a loss its gradient is that of KL(ref || policy), which
-    also vanishes only at the reference."""
+def grpo_loss(logp, old_logprobs, ref_logprobs, advantages, clip, beta, mask=None):
+    """The clipped surrogate with the k3 KL penalty, averaged over each completion's own characters
+    (`mask`: 0 on padding; None: all, as in these fixed-length rollouts), then over the batch; and
+    the share of characters clipped. In the first pass the ratio is 1 and its gradient the policy
+    gradient. k3 is >= 0 and unbiased for KL(policy || ref); its gradient is KL(ref || policy)'s."""
+    mask = torch.ones_like(logp) if mask is None else mask
     ratio = torch.exp(logp - old_logprobs)
     a = advantages[:, None]
     surrogate = torch.min(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
     log_ref_over_policy = ref_logprobs - logp
     kl = torch.exp(log_ref_over_policy) - log_ref_over_policy - 1  # PATTERN: k3
-    clipped = ((ratio - 1).abs() > clip).float().mean()
-    return -(surrogate - beta * kl).mean(1).mean(), clipped.detach()
+    clipped = (((ratio - 1).abs() > clip).float() * mask).sum() / mask.sum()
+    per_completion = ((surrogate - beta * kl) * mask).sum(1) / mask.sum(1).clamp(min=1)  # PATTERN
+    return -per_completion.mean(), clipped.detach()
 
 
 def grpo_update(
@@ -254,14 +254,16 @@ def rollout_reference_with_grad(policy, reference, prompts, group, length, targe
             "old_logprobs": old, "ref_logprobs": ref}
 
 
-def grpo_loss_k1_kl_loss(logp, old_logprobs, ref_logprobs, advantages, clip, beta):
+def grpo_loss_k1_kl_loss(logp, old_logprobs, ref_logprobs, advantages, clip, beta, mask=None):
+    mask = torch.ones_like(logp) if mask is None else mask
     ratio = torch.exp(logp - old_logprobs)
     a = advantages[:, None]
     surrogate = torch.min(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
     log_ref_over_policy = ref_logprobs - logp
     kl = -log_ref_over_policy  # MISTAKE: k1, whose gradient is zero in expectation
-    clipped = ((ratio - 1).abs() > clip).float().mean()
-    return -(surrogate - beta * kl).mean(1).mean(), clipped.detach()
+    clipped = (((ratio - 1).abs() > clip).float() * mask).sum() / mask.sum()
+    per_completion = ((surrogate - beta * kl) * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return -per_completion.mean(), clipped.detach()
 
 
 # the functions of a step that a mistake can swap, by name
@@ -288,10 +290,12 @@ KNOWN_ERRORS = {
 # --- data, pretraining and measurement (off the training path) --------------------------------
 
 def pretrained(cfg, vocab: CharVocab, ids: torch.Tensor, device) -> CharTransformer:
-    """The reference and the policy's start, cached per seed and shape under pretrain_dir."""
-    context = cfg.prompt_len + cfg.completion_len
-    model = CharTransformer(len(vocab), cfg.d_model, cfg.layers, cfg.heads, context).to(device)
-    shape = (vocab.chars, cfg.d_model, cfg.layers, cfg.heads, context, cfg.pretrain_steps)
+    """The reference and the policy's start (dpo's with dropout), cached per seed and shape."""
+    context, dropout = cfg.prompt_len + cfg.completion_len, getattr(cfg, "dropout", 0.0)
+    model = CharTransformer(len(vocab), cfg.d_model, cfg.layers, cfg.heads, context, dropout)
+    model = model.to(device)
+    shape = (vocab.chars, cfg.d_model, cfg.layers, cfg.heads, context, cfg.pretrain_steps,
+             *([dropout] if dropout else []))
     return pretrain_language_model(model, ids, context, cfg.pretrain_steps, cfg.seed, shape,
                                    Path(cfg.pretrain_dir), cfg.progress)
 
@@ -309,8 +313,7 @@ def evaluate(policy, original, prompts, cfg, targets) -> dict:
 
 def draw_curves(axes, evals: list[dict], label: str) -> None:
     steps = [e["step"] for e in evals]
-    for ax, key, name in zip(axes, ("reward", "exact_kl"), ("mean reward", "exact KL to the "
-                                                               "pretrained model")):
+    for ax, key, name in zip(axes, ("reward", "exact_kl"), ("mean reward", "exact KL to start")):
         ax.plot(steps, [e[key] for e in evals], marker="o", ms=3, label=label)
         ax.set(xlabel="GRPO step", ylabel=name)
     axes[0].legend(fontsize=7)

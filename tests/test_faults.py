@@ -397,6 +397,8 @@ def test_a_learning_rate_that_diverges_exits_3_with_one_line(tmp_path):
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "diverged at step" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+    # it diverged before the first checkpoint: the line points at none
+    assert "no checkpoint was saved yet" in proc.stderr and "last good" not in proc.stderr
 
 
 # What each example's summary must hold, and the headline its command line prints.

@@ -111,6 +111,9 @@ def test_each_examples_help_lists_its_mistakes_and_only_its_own_config_groups(na
     assert proc.returncode == 0, proc.stderr[-2000:]
     # the pattern and every mistake, before Hydra's help
     assert proc.stdout.startswith(examples()[name].describe())
+    if not groups:  # no empty section (maml)
+        assert "== Configuration groups ==" not in proc.stdout
+        return
     listed = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     lines = {line.split(": ", 1)[0]: line.split(": ",
                                                 1)[1] for line in listed.splitlines()
@@ -179,3 +182,11 @@ def test_the_command_line_composes_its_config_once_and_reaches_train_through_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert composed == ["dqn"]
     assert frames[:2] == ["run_cli", "run_and_report"] and frames[-1] == "command_line"
+
+
+def test_the_report_rounds_each_value_of_a_list(capsys):
+    from gallery.core.cli import report
+
+    report({"clip_fraction_per_pass": [0.0, 0.123456789, 0.5], "steps": 1200},
+           "clip_fraction_per_pass", "steps")
+    assert capsys.readouterr().out.strip() == "clip_fraction_per_pass=[0, 0.1235, 0.5] steps=1,200"

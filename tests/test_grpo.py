@@ -189,8 +189,9 @@ class _OneProcess:
 @pytest.mark.peer
 def test_our_grpo_loss_is_trls_in_value_and_gradient():
     """TRL's GRPOTrainer._compute_loss (loss_type="grpo", token-level ratios, beta > 0), called on
-    the same log-probs, old log-probs, reference log-probs and advantages as `grpo_loss`: the
-    clipped ratio, the k3 KL and the per-completion mean agree in value and in gradient."""
+    the same log-probs, old log-probs, reference log-probs, advantages and completion masks (of
+    unequal lengths) as `grpo_loss`: the clipped ratio, the k3 KL and the mean over each
+    completion's own characters agree in value and in gradient."""
     import sys
     from collections import defaultdict
     from types import SimpleNamespace
@@ -207,7 +208,9 @@ def test_our_grpo_loss_is_trls_in_value_and_gradient():
     logp_leaf = (torch.randn(n, t) * 0.5 - 2.0).requires_grad_(True)
     old = (logp_leaf + 0.3 * torch.randn(n, t)).detach()  # ratios on both sides of the clip
     ref, advantages = (logp_leaf + 0.5 * torch.randn(n, t)).detach(), torch.randn(n)
-    ours, _ = grpo.grpo_loss(logp_leaf, old, ref, advantages, clip, beta)
+    lengths = torch.tensor([9, 3, 5, 9, 1, 7, 9, 2, 8, 9, 4, 6])  # completions end at their stop
+    mask = (torch.arange(t)[None] < lengths[:, None]).long()
+    ours, _ = grpo.grpo_loss(logp_leaf, old, ref, advantages, clip, beta, mask)
     (our_grad,) = torch.autograd.grad(ours, logp_leaf)
 
     trainer = SimpleNamespace(
@@ -222,7 +225,7 @@ def test_our_grpo_loss_is_trls_in_value_and_gradient():
     inputs = {"prompt_ids": torch.zeros(n, 3, dtype=torch.long),
               "prompt_mask": torch.ones(n, 3, dtype=torch.long),
               "completion_ids": torch.zeros(n, t, dtype=torch.long),
-              "completion_mask": torch.ones(n, t, dtype=torch.long),
+              "completion_mask": mask,
               "advantages": advantages, "old_per_token_logps": old, "ref_per_token_logps": ref}
     theirs = GRPOTrainer._compute_loss(trainer, None, inputs)
     (their_grad,) = torch.autograd.grad(theirs, logp_leaf)
@@ -230,6 +233,8 @@ def test_our_grpo_loss_is_trls_in_value_and_gradient():
         ratio.max())  # the clip is active on both sides
     assert torch.allclose(ours, theirs, atol=1e-6)
     assert torch.allclose(our_grad, their_grad, atol=1e-7)
-    # and the k1 mistake is not TRL's loss
-    k1, _ = grpo.grpo_loss_k1_kl_loss(logp_leaf, old, ref, advantages, clip, beta)
+    # and neither the k1 mistake nor the padding counted is TRL's loss
+    k1, _ = grpo.grpo_loss_k1_kl_loss(logp_leaf, old, ref, advantages, clip, beta, mask)
+    unmasked, _ = grpo.grpo_loss(logp_leaf, old, ref, advantages, clip, beta)
+    assert not torch.allclose(unmasked, theirs, atol=1e-3)
     assert not torch.allclose(k1, theirs, atol=1e-3)

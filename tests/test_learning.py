@@ -10,6 +10,7 @@ from gallery import (
     a2c,
     accumulate,
     distill,
+    dpo,
     dqn,
     ema,
     evaluate,
@@ -199,7 +200,8 @@ def test_vqvae_default_keeps_half_the_codes_alive_at_256_codes(tmp_path):
     assert s["codes_used"] >= 0.5 and s["codes_revived"] > 0
 
 
-@pytest.mark.parametrize("example", [evaluate, distill], ids=lambda m: m.__name__.split(".")[-1])
+@pytest.mark.parametrize("example", [evaluate, distill, dpo],
+                         ids=lambda m: m.__name__.split(".")[-1])
 def test_the_gate_holds_on_seed_0(tmp_path, example):
     """The example's gate, its own criteria (EXAMPLE.gate.passes), on seed 0 of each of its
     runs."""

@@ -296,9 +296,10 @@ def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
     except Exception:  # a bad override: the one line every bad input gets, exit 2
         composed_or_exit(example.name, overrides)
         raise
-    print(example.describe(), "", "== Configuration groups ==",
-          "Compose the config from these groups (group=option)", "",
-          *(f"{group}: {', '.join(options)}" for group, options in groups.items() if options), "",
+    listed = [f"{group}: {', '.join(options)}" for group, options in groups.items() if options]
+    print(example.describe(), "", *(["== Configuration groups ==",  # maml has none
+                                     "Compose the config from these groups (group=option)", "",
+                                     *listed, ""] if listed else []),
           "== Config ==", "Override anything in the config (key=value, nested.key=value)", "",
           config, "", f"Hydra's own flags (-m sweeps, --cfg job, ...): python -m "
                       f"gallery.{example.name} --hydra-help", sep="\n")
@@ -315,6 +316,8 @@ def report(summary: dict, *keys: str) -> None:
         if isinstance(value, float):
             return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
         counted = isinstance(value, int) and not isinstance(value, bool)
+        if isinstance(value, list):  # a value per pass, per seed: each one rounded
+            return "[" + ", ".join(fmt(v) for v in value) + "]"
         return f"{value:,}" if counted else str(value)
 
     print(" ".join(f"{k}={fmt(summary[k])}" for k in keys if summary.get(k) is not None))

@@ -262,8 +262,9 @@ class Run:
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
             values = ", ".join(f"{k}={v}" for k, v in bad.items())
-            raise Diverged(f"diverged at step {step}: {values}; the last "
-                           f"good checkpoint is in {self.checkpoint_dir} (try a smaller learning "
+            saved = (f"the last good checkpoint is in {self.checkpoint_dir}"
+                     if (self.checkpoint_dir / LAST).is_file() else "no checkpoint was saved yet")
+            raise Diverged(f"diverged at step {step}: {values}; {saved} (try a smaller learning "
                            f"rate)")
 
     def log(self, step: int, **metrics: Any) -> None:

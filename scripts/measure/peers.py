@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-# TRL and exactly what `from trl import GRPOTrainer` imports beyond the gallery's dependencies
+# TRL and exactly what `from trl import GRPOTrainer, DPOTrainer` imports beyond the gallery's
+# dependencies (DPOTrainer alone needs psutil)
 TRL = ("trl==1.16.0", "transformers", "accelerate", "datasets", "huggingface_hub", "tokenizers",
        "safetensors", "regex", "dill", "xxhash", "multiprocess", "fsspec", "pyarrow", "pandas",
-       "hf-xet", "httpx2", "httpcore2", "truststore", "h11")
+       "hf-xet", "httpx2", "httpcore2", "truststore", "h11", "psutil")
 # The peers a test compares against (marker `peer`): `scripts/test.sh --peers` installs them first
 TEST_PEERS = {"trl": TRL, "torchdistill": ("torchdistill==1.1.5",)}
 
@@ -27,18 +28,20 @@ def folder(name: str) -> Path:
 
 
 def peer_path(name: str, packages: tuple[str, ...]) -> Path | None:
-    """The folder `packages` are installed in (once: a marker file says it is complete), for
-    `sys.path`; None when pip cannot install them (no network, no wheel)."""
-    deps = folder(name)
-    if not (deps / ".installed").is_file():
-        print(f"installing {' '.join(packages)} into {deps} (once)", flush=True)
+    """The folder `packages` are installed in (once: a marker file lists what is installed, and a
+    longer list installs again), for `sys.path`; None when pip cannot install them (no network,
+    no wheel)."""
+    deps, listed = folder(name), " ".join(packages)
+    marker = deps / ".installed"
+    if not marker.is_file() or marker.read_text() != listed:
+        print(f"installing {listed} into {deps} (once)", flush=True)
         done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
                                "--target", str(deps), "--disable-pip-version-check", *packages],
                               capture_output=True, text=True)
         if done.returncode != 0:
             print(done.stderr[-2000:], file=sys.stderr)
             return None
-        (deps / ".installed").write_text("")
+        marker.write_text(listed)
     return deps
 
 
