@@ -326,7 +326,7 @@ def measured(gate: dict, bench: dict) -> Measured:
 AT_100K = ("stop_when_solved=false", "steps=100000", "eval_every=10000")
 
 
-QUICK = ["steps=8192", "eval_every=4096", "eval_episodes=2", "value_check_episodes=1"]
+QUICK = ["steps=6144", "eval_every=3072", "eval_episodes=2", "value_check_episodes=1"]
 EXAMPLE = Example(
     name="a2c",
     pattern="the advantage is a constant for the actor; the critic regresses to a target "

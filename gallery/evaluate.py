@@ -356,7 +356,7 @@ def measured(gate: dict, bench: dict) -> Measured:
              "scripts/gates.py evaluate, seeds 0-2 (time of one validation pass)"))
 
 
-QUICK = ["steps=300", "eval_every=150"]
+QUICK = ["steps=200", "eval_every=100"]
 EXAMPLE = Example(
     name="evaluate",
     pattern="the evaluation loop: eval mode and no graph inside the block, every module's mode "

@@ -426,7 +426,7 @@ def gate_passes(runs: dict) -> bool:
                         runs["none passes=1"], runs["reference_with_grad passes=1"])))
 
 
-QUICK = ["steps=6", "eval_every=6", "log_every=3", "pretrain_steps=200", "prompts=8", "group=4",
+QUICK = ["steps=6", "eval_every=6", "log_every=3", "pretrain_steps=100", "prompts=8", "group=4",
          "eval_prompts=16"]
 EXAMPLE = Example(
     name="grpo",

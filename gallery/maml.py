@@ -331,7 +331,7 @@ def gate_passes(runs: dict) -> bool:
 
 
 SHORT = ("steps=300", "eval_every=300")
-QUICK = ["steps=100", "eval_every=100", "log_every=50", "eval_tasks=10"]
+QUICK = ["steps=60", "eval_every=60", "log_every=30", "eval_tasks=10"]
 EXAMPLE = Example(
     name="maml",
     pattern="where the graph must not be cut: the inner gradient with create_graph=True, fast "

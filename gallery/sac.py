@@ -383,7 +383,7 @@ def measured(gate: dict, bench: dict) -> Measured:
              "time: scripts/gates.py sac, seed 0, 20k env steps each; bytes: scripts/bench.py sac"))
 
 
-QUICK = ["steps=600", "learning_starts=200", "eval_every=300", "eval_episodes=1", "hidden=32",
+QUICK = ["steps=450", "learning_starts=150", "eval_every=225", "eval_episodes=1", "hidden=32",
          "batch_size=32", "probe_every=50"]
 EXAMPLE = Example(
     name="sac",
