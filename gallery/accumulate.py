@@ -3,7 +3,8 @@ it has to be the full batch's gradient by the time `optimizer.step()` runs.
 
     tokens = all_reduce(sum of real tokens in this step's micro-batches)   # the count, first
     for i, micro in enumerate(micro_batches):
-        with model.no_sync() if i < last else nullcontext():    # forward AND backward inside
+        with sync_if(model, last=i == n - 1):       # DDP's no_sync() but on the last: forward
+                                                     # AND backward inside
             loss = token_loss_sum(model, micro) * world_size / tokens
             scaler.scale(loss).backward()
     scaler.unscale_(optimizer)                                  # before clipping
@@ -128,31 +129,42 @@ def micro_batch(ids, n, min_len, max_len, generator) -> dict:
 
 # --- the pattern --------------------------------------------------------------------------------
 
-def token_loss_sum(model, micro):
-    """The summed loss of the micro-batch's real tokens (padding ignored)."""
+def world_size():
+    """The processes training together: 1 without a process group."""
+    grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if grouped else 1
+
+
+def token_loss_sum(model, micro, pad_id=-100):
+    """The summed loss of the micro-batch's real tokens (padding, `pad_id`, ignored)."""
     logits = model(micro["inputs"])
     return F.cross_entropy(logits.flatten(0, 1).float(), micro["targets"].flatten(),
-                           ignore_index=PAD, reduction="sum")
+                           ignore_index=pad_id, reduction="sum")
 
 
-def step_tokens(micro_batches):
+def step_tokens(micro_batches, pad_id=-100):
     """The real tokens of the whole step, on every process: the divisor, known before any
     backward."""
-    tokens = torch.tensor(float(sum(int((m["targets"] != PAD).sum()) for m in micro_batches)))
-    if dist.active():
+    tokens = torch.tensor(float(sum(int((m["targets"] != pad_id).sum()) for m in micro_batches)))
+    if world_size() > 1:
         torch.distributed.all_reduce(tokens)
     return tokens
+
+
+def sync_if(model, last):
+    """DDP's no_sync() for every micro-batch but the last, whose backward then all-reduces the
+    summed gradient once; nothing to skip without DDP. (nanoGPT sets
+    `model.require_backward_grad_sync = last` instead: the same switch, but an attribute DDP keeps
+    for itself, where no_sync() is its documented API.)"""
+    return contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
 
 
 def accumulate_grads(model, micro_batches, scaler, autocast):
     """The full batch's gradient, summed into .grad micro-batch by micro-batch; under DDP synced
     once, with the last micro-batch's backward."""
-    tokens, world = step_tokens(micro_batches), dist.world_size()
+    tokens, world = step_tokens(micro_batches), world_size()
     for i, micro in enumerate(micro_batches):
-        last = i == len(micro_batches) - 1
-        skip_sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") \
-            else model.no_sync()
-        with skip_sync:  # PATTERN: the forward AND the backward inside no_sync
+        with sync_if(model, last=i == len(micro_batches) - 1):  # PATTERN: forward AND backward
             with autocast():
                 loss = token_loss_sum(model, micro) * world / tokens  # PATTERN: one divisor
             scaler.scale(loss).backward()
@@ -174,10 +186,7 @@ def clip_and_step(model, optimizer, scaler, max_norm):
 def accumulate_grads_mean_of_means(model, micro_batches, scaler, autocast):
     tokens = step_tokens(micro_batches)
     for i, micro in enumerate(micro_batches):
-        last = i == len(micro_batches) - 1
-        skip_sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") \
-            else model.no_sync()
-        with skip_sync:
+        with sync_if(model, last=i == len(micro_batches) - 1):
             with autocast():
                 loss = token_loss_sum(model, micro) / int((micro["targets"] != PAD).sum()) \
                     / len(micro_batches)  # MISTAKE: each micro-batch's mean, averaged
@@ -186,12 +195,9 @@ def accumulate_grads_mean_of_means(model, micro_batches, scaler, autocast):
 
 
 def accumulate_grads_sync_every_micro_batch(model, micro_batches, scaler, autocast):
-    tokens, world = step_tokens(micro_batches), dist.world_size()
-    for i, micro in enumerate(micro_batches):
-        last = i == len(micro_batches) - 1
-        skip_sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") \
-            else contextlib.nullcontext()  # MISTAKE: never no_sync
-        with skip_sync:
+    tokens, world = step_tokens(micro_batches), world_size()
+    for micro in micro_batches:
+        with contextlib.nullcontext():  # MISTAKE: never no_sync: an all-reduce per backward
             with autocast():
                 loss = token_loss_sum(model, micro) * world / tokens
             scaler.scale(loss).backward()
@@ -199,14 +205,11 @@ def accumulate_grads_sync_every_micro_batch(model, micro_batches, scaler, autoca
 
 
 def accumulate_grads_no_sync_backward_only(model, micro_batches, scaler, autocast):
-    tokens, world = step_tokens(micro_batches), dist.world_size()
+    tokens, world = step_tokens(micro_batches), world_size()
     for i, micro in enumerate(micro_batches):
-        last = i == len(micro_batches) - 1
-        skip_sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") \
-            else model.no_sync()
         with autocast():  # MISTAKE: the forward outside no_sync
             loss = token_loss_sum(model, micro) * world / tokens
-        with skip_sync:
+        with sync_if(model, last=i == len(micro_batches) - 1):
             scaler.scale(loss).backward()
     return tokens
 
@@ -367,7 +370,8 @@ EXAMPLE = Example(
     name="accumulate",
     pattern="where the gradient goes at step time: one token-weighted divisor, no_sync around "
             "forward and backward, unscale_ before clipping",
-    pattern_functions=("token_loss_sum", "step_tokens", "accumulate_grads", "clip_and_step"),
+    pattern_functions=("world_size", "token_loss_sum", "step_tokens", "sync_if",
+                       "accumulate_grads", "clip_and_step"),
     mistakes={
         "mean_of_means": Mistake(
             "each micro-batch's mean loss, averaged over the micro-batches",

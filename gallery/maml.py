@@ -37,7 +37,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from gallery.core import plots
 from gallery.core.cli import command_line
@@ -111,7 +110,7 @@ def sine_tasks(n: int, shots: int, generator: torch.Generator) -> list[tuple[tor
 def adapt(model, params, x, y, inner_lr, steps):
     """The fast weights after `steps` SGD steps on (x, y), as functions of `params`."""
     for _ in range(steps):
-        loss = F.mse_loss(functional_call(model, params, (x,)), y)
+        loss = F.mse_loss(torch.func.functional_call(model, params, (x,)), y)
         grads = torch.autograd.grad(loss, list(params.values()),
                                     create_graph=True)  # PATTERN: the inner step keeps its graph
         params = {name: p - inner_lr * g for (name, p), g in zip(params.items(), grads)}
@@ -122,7 +121,7 @@ def adapt_first_order(model, params, x, y, inner_lr, steps):
     """First-order MAML, chosen (`first_order=true`): the inner gradient is a constant, so the
     meta-gradient is the query loss's gradient at the fast weights, applied to the start."""
     for _ in range(steps):
-        loss = F.mse_loss(functional_call(model, params, (x,)), y)
+        loss = F.mse_loss(torch.func.functional_call(model, params, (x,)), y)
         grads = torch.autograd.grad(loss, list(params.values()))  # a constant, on purpose
         params = {name: p - inner_lr * g for (name, p), g in zip(params.items(), grads)}
     return params
@@ -131,8 +130,9 @@ def adapt_first_order(model, params, x, y, inner_lr, steps):
 def meta_loss(model, tasks, inner_lr, steps, adapt_fn=adapt):
     """The query loss after adapting, averaged over a meta-batch of tasks."""
     params = dict(model.named_parameters())
-    losses = [F.mse_loss(functional_call(model, adapt_fn(model, params, xs, ys, inner_lr, steps),
-                                         (xq,)), yq) for xs, ys, xq, yq, *_ in tasks]
+    losses = [F.mse_loss(torch.func.functional_call(
+        model, adapt_fn(model, params, xs, ys, inner_lr, steps), (xq,)), yq)
+        for xs, ys, xq, yq, *_ in tasks]
     return torch.stack(losses).mean()
 
 
@@ -148,7 +148,7 @@ def meta_step(model, optimizer, tasks, inner_lr, steps, adapt_fn=adapt):
 
 def adapt_no_create_graph(model, params, x, y, inner_lr, steps):
     for _ in range(steps):
-        loss = F.mse_loss(functional_call(model, params, (x,)), y)
+        loss = F.mse_loss(torch.func.functional_call(model, params, (x,)), y)
         grads = torch.autograd.grad(loss, list(params.values()))  # MISTAKE: no create_graph
         params = {name: p - inner_lr * g for (name, p), g in zip(params.items(), grads)}
     return params
@@ -156,7 +156,7 @@ def adapt_no_create_graph(model, params, x, y, inner_lr, steps):
 
 def adapt_detached_fast_weights(model, params, x, y, inner_lr, steps):
     for _ in range(steps):
-        loss = F.mse_loss(functional_call(model, params, (x,)), y)
+        loss = F.mse_loss(torch.func.functional_call(model, params, (x,)), y)
         grads = torch.autograd.grad(loss, list(params.values()),
                                     create_graph=True)
         params = {name: (p - inner_lr * g).detach().requires_grad_()  # MISTAKE: cut from params
@@ -168,7 +168,7 @@ def adapt_deepcopy_inner_step(model, params, x, y, inner_lr, steps):
     params = dict(copy.deepcopy(model).named_parameters())  # MISTAKE: a copy's: new leaves
     inner = torch.optim.SGD(params.values(), lr=inner_lr)
     for _ in range(steps):
-        loss = F.mse_loss(functional_call(model, params, (x,)), y)
+        loss = F.mse_loss(torch.func.functional_call(model, params, (x,)), y)
         inner.zero_grad()
         loss.backward()
         inner.step()
@@ -200,7 +200,7 @@ def adapted_mse(model, tasks, inner_lr, steps) -> float:
     for xs, ys, xq, yq, *_ in tasks:
         fast = adapt_first_order(model, params, xs, ys, inner_lr, steps)  # values only
         with torch.no_grad():
-            total += float(F.mse_loss(functional_call(model, fast, (xq,)), yq))
+            total += float(F.mse_loss(torch.func.functional_call(model, fast, (xq,)), yq))
     return total / len(tasks)
 
 
@@ -227,7 +227,8 @@ def adapted_curves(model, task, inner_lr) -> dict:
     for steps in (0, 1, 10):
         fast = adapt_first_order(model, params, xs, ys, inner_lr, steps)
         with torch.no_grad():
-            curves[f"{steps} steps"] = functional_call(model, fast, (grid,)).flatten().tolist()
+            curves[f"{steps} steps"] = torch.func.functional_call(
+                model, fast, (grid,)).flatten().tolist()
     return curves
 
 

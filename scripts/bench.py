@@ -16,7 +16,7 @@ USAGE = """Speed and memory of each pattern against its mistake, as ratios measu
 
     scripts/bench.py [gan|dqn|dqn_envs|finetune|ppo|sac|tbptt|threads|smoke|compile|startup|
                       cleanrl|cuda_graphs|vqvae|chain|sb3|check|check_peers|maml|evaluate|tour|
-                      all]
+                      trl|all]
                      [--device cpu|cuda]
                      [--json results.json] [--cleanrl CLONE]
 
@@ -47,6 +47,7 @@ from scripts.measure.tbptt import bench_tbptt  # noqa: E402
 from scripts.measure.threads import bench_threads  # noqa: E402
 from scripts.measure.timing import DEFAULT_THREADS, alternate  # noqa: E402
 from scripts.measure.tour import bench_tour  # noqa: E402
+from scripts.measure.trl_trainers import bench_trl  # noqa: E402
 from scripts.measure.vqvae import bench_vqvae  # noqa: E402
 
 BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo": bench_ppo,
@@ -56,7 +57,7 @@ BENCHES = {"gan": bench_gan, "dqn": bench_dqn, "finetune": bench_finetune, "ppo"
            "cuda_graphs": bench_cuda_graphs, "vqvae": bench_vqvae, "chain": bench_chain,
            "sb3": bench_sb3, "check": lambda device: bench_check(device, alternate),
            "maml": bench_maml, "evaluate": bench_evaluate, "tour": bench_tour,
-           "check_peers": lambda device: bench_check_peers(device, alternate)}
+           "check_peers": lambda device: bench_check_peers(device, alternate), "trl": bench_trl}
 
 
 def machine(device: torch.device) -> str:

@@ -578,7 +578,7 @@ def test_resume_from_a_path_starts_a_new_run_there_and_a_foreign_checkpoint_is_r
                     f"out_dir={tbptt_run}").returncode == 0
     foreign = run_here("gallery.gan", *GAN, f"out_dir={tmp_path / 'third'}",
                        f"resume={tbptt_run}/checkpoints/last.pt")
-    assert foreign.returncode == 2 and "the checkpoint has no 'g'" in foreign.stderr
+    assert foreign.returncode == 2 and "was written by tbptt, not gan" in foreign.stderr
     assert len(foreign.stderr.strip().splitlines()) == 1 and not (tmp_path / "third").exists()
 
 
@@ -665,3 +665,16 @@ def test_a_resumed_run_trains_on_the_same_data_and_ends_where_the_straight_run_d
     speed = {"steps_per_sec", "meta_iterations_per_sec", "out_dir", "curve", *TIMING}
     assert ({k: v for k, v in resumed.items() if k not in speed}
             == {k: v for k, v in straight.items() if k not in speed})
+
+
+def test_resume_from_a_checkpoint_of_another_shape_names_the_keys_and_writes_nothing(tmp_path):
+    assert run_here("gallery.gan", *GAN, "steps=20", f"out_dir={tmp_path}/a").returncode == 0
+    other = tmp_path / "a" / "checkpoints" / "last.pt"
+    proc = run_here("gallery.gan", *GAN, "steps=40", "hidden=32", f"resume={other}",
+                    f"out_dir={tmp_path}/b")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "does not fit this gan run: hidden=16 there, 32 here" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
+    # the same shape goes on from it
+    assert run_here("gallery.gan", *GAN, "steps=40", f"resume={other}",
+                    f"out_dir={tmp_path}/b").returncode == 0

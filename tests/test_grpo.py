@@ -119,6 +119,16 @@ def test_the_pretrained_model_is_cached_per_seed(tmp_path):
     assert cached[0].stat().st_mtime_ns == stamp  # read, not trained again
 
 
+def test_a_mistake_that_raises_is_one_line_exit_2_and_keeps_nothing(tmp_path):
+    """On the command line: the explanation, exit 2, no folder left; the next run goes there."""
+    ran = run_here("gallery.grpo", *SMOKE, "mistake=reference_with_grad", "passes=2",
+                   f"out_dir={tmp_path}/run")
+    assert ran.returncode == 2 and "mistake=reference_with_grad" in ran.stderr, ran.stderr
+    assert ran.stderr.strip().endswith("nothing was kept")
+    assert len(ran.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    assert run_here("gallery.grpo", *SMOKE, f"out_dir={tmp_path}/run").returncode == 0
+
+
 def test_reference_with_grad_and_several_passes_is_explained(tmp_path):
     with pytest.raises(ExplainedMistake, match="mistake=reference_with_grad"):
         grpo.train(compose("grpo", [*SMOKE, "mistake=reference_with_grad", "passes=2",

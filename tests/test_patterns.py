@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import copy
+import importlib
 import inspect
 
 import numpy as np
@@ -37,15 +38,64 @@ from gallery.core.registry import changed_lines, examples
 EXAMPLES = examples()
 
 
+def borrowed(example) -> list[tuple[object, str]]:
+    """The pattern functions of other examples that this example's pattern calls by name (dpo
+    samples and scores with grpo's): a reader copies those along with it."""
+    pattern = {other.module: other.pattern_functions for other in EXAMPLES.values()}
+    found = []
+    for name in example.pattern_functions:
+        code = getattr(getattr(example.module, name), "__code__", None)
+        for used in code.co_names if code else ():
+            source = inspect.getmodule(getattr(example.module, used, None))
+            if source is not example.module and used in pattern.get(source, ()):
+                found.append((source, used))
+    return found
+
+
 def pasted(example_name: str) -> dict:
-    """Every pattern function of an example, executed from its source text in a bare namespace."""
+    """Every pattern function of an example (and those it borrows from another example's pattern),
+    executed from its source text in a bare namespace."""
     example = EXAMPLES[example_name]
     namespace = {"torch": torch, "nn": nn, "F": F, "copy": copy, "contextlib": contextlib,
                  "np": np}
-    for name in example.pattern_functions:
-        exec(compile(inspect.getsource(getattr(example.module, name)), f"<pasted {name}>", "exec"),
+    for module, name in [*borrowed(example),
+                         *((example.module, name) for name in example.pattern_functions)]:
+        exec(compile(inspect.getsource(getattr(module, name)), f"<pasted {name}>", "exec"),
              namespace)
     return namespace
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_the_pattern_pasted_alone_passes_the_examples_own_check_step(name, monkeypatch):
+    """Every example, found through the registry: its pattern functions, pasted from their source
+    into a bare namespace, take the originals' place in the example's `check_step`
+    (tests/test_<name>.py: the pattern under gallery.check), which must pass with them and call
+    them. A new example is held to this by name."""
+    example, namespace, called = EXAMPLES[name], pasted(name), set()
+
+    def counted(function_name, function):
+        def wrapper(*args, **kwargs):
+            called.add(function_name)
+            return function(*args, **kwargs)
+        return wrapper
+
+    def through_module(function_name):  # so that arguments_of(module, name) still sees calls
+        return lambda *args, **kwargs: getattr(example.module, function_name)(*args, **kwargs)
+
+    for function_name in example.pattern_functions:
+        function = namespace[function_name]
+        if inspect.isfunction(function):  # classes (finetune's) stay themselves
+            function = counted(function_name, function)
+            namespace[function_name] = through_module(function_name)
+        monkeypatch.setattr(example.module, function_name, function)
+    pasted_names = set(example.pattern_functions)
+    swap = lambda f: getattr(example.module, f.__name__) if getattr(  # noqa: E731
+        f, "__name__", None) in pasted_names else f
+    steps = example.module.BY_MISTAKE["none"]
+    monkeypatch.setitem(example.module.BY_MISTAKE, "none",
+                        type(steps)(*map(swap, steps)) if isinstance(steps, tuple) else swap(steps))
+    importlib.import_module(f"tests.test_{name}").check_step("none")
+    assert called, f"{name}: check_step ran none of the pasted pattern functions"
 
 
 # --- the copy test -------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The gallery's headline numbers, pattern against mistake, read from docs/gates.json
 (scripts/gates.py) and docs/bench.json (scripts/bench.py). One place for the README's table
-(scripts/figures.py writes it between its markers), the site's home page and the hero figure;
-nothing here is typed by hand."""
+(scripts/figures.py writes it between its markers), the site's home page and the hero figure.
+No figure here is typed by hand; the one list kept by hand is `peer_speeds`'s peers (a new peer
+benchmark adds its line there)."""
 
 from __future__ import annotations
 
@@ -54,8 +55,8 @@ def gallery_table(link=lambda name: f"gallery/{name}.py") -> str:
 
 def peer_speeds(bench: dict | None = None) -> list[dict]:
     """The gallery's speed over each peer's, per algorithm, at the peer's own settings, from the
-    `cleanrl`, `sb3`, `vqvae`, `maml` and `evaluate` benches (whole processes, training loops
-    or evaluation passes, side by side)."""
+    `cleanrl`, `sb3`, `vqvae`, `maml`, `evaluate` and `trl` benches (whole processes, training
+    loops or evaluation passes, side by side)."""
     bench = bench or load("bench.json")
     found = []
     for key, peer, field, settings in (
@@ -64,14 +65,16 @@ def peer_speeds(bench: dict | None = None) -> list[dict]:
             ("vqvae", "vector-quantize-pytorch", "speed_gallery_over_library_learned", "the same"),
             ("maml", "higher", "speed_gallery_over_higher", "the same"),
             ("evaluate", "Lightning (Trainer.validate)", "speed_gallery_over_lightning",
-             "the same")):
+             "the same"),
+            ("trl", None, "speed_gallery_over_trl", "the same")):  # None: the row's own peer
         for row in bench.get(key, []):
             if field in row:
                 algorithm = key if key in ("vqvae", "maml", "evaluate") else \
                     row["setting"].split(":")[0]
                 if key == "vqvae":
                     algorithm += f" K={row.get('codebook_size', 32)}"
-                found.append({"algorithm": algorithm, "peer": peer, "settings": settings,
+                found.append({"algorithm": algorithm, "peer": peer or row["peer"],
+                              "settings": settings,
                               "speed": row[field]})
     return found
 

@@ -31,6 +31,50 @@ def capture(objects: dict[str, Any]) -> dict[str, Any]:
             for name, obj in objects.items()}
 
 
+# what a run may change between a checkpoint and its resumption: none of it sets a tensor's shape
+RUN_KEYS = {"steps", "out_dir", "resume", "overwrite", "device", "threads", "progress",
+            "tensorboard", "seed", "mistake", "deterministic", "log_every", "eval_every",
+            "ckpt_every", "stop_when_solved", "pretrain_dir", "checkpoint_dir", "data.root",
+            "data.path"}
+
+
+def settings(config: Any) -> dict[str, Any]:
+    """A config's plain values, flattened to "group.key": what a checkpoint keeps of the run that
+    wrote it, to name the keys that differ when it does not fit."""
+    from omegaconf import OmegaConf
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value,
+                                                                       f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node} if isinstance(node, (int, float, str, bool)) else {}
+
+    node = config if OmegaConf.is_config(config) else OmegaConf.structured(config)
+    return flat(OmegaConf.to_container(node, resolve=False))
+
+
+def check_fits(objects: dict[str, Any], state: dict[str, Any], path: Path | str, example: str,
+               config: Any) -> None:
+    """Refuse, in one line, a checkpoint another example wrote, or one whose tensors do not fit
+    these objects (another `hidden`, another model): naming both examples, or the keys whose
+    values differ between the run that wrote it and this one. Loads it into `objects` when it
+    fits (the caller loads it again, after claiming the run's folder)."""
+    written_by = state.get("example")
+    if written_by not in (None, example):
+        raise CheckpointError(f"{path} was written by {written_by}, not {example}: resume "
+                              f"{example} from one of its own checkpoints")
+    try:
+        restore(objects, state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        if isinstance(err, CheckpointError) and written_by is None:
+            raise
+        saved, now = state.get("config", {}), settings(config)
+        differ = [f"{k}={saved[k]} there, {now[k]} here" for k in sorted(saved)
+                  if k in now and saved[k] != now[k] and k not in RUN_KEYS]
+        what = "; ".join(differ) if differ else "its tensors have other shapes than this run's"
+        raise CheckpointError(f"{path} does not fit this {example} run: {what}") from None
+
+
 def restore(objects: dict[str, Any], state: dict[str, Any]) -> None:
     """Load what `capture` saved back into the same objects."""
     for name, obj in objects.items():

@@ -40,6 +40,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gallery.core import dist
 from gallery.core.config import config_dir as example_dir
+from gallery.core.config import normalize_resume
 from gallery.core.errors import (
     EXIT_STATUS,
     ConfigError,
@@ -51,6 +52,7 @@ from gallery.core.errors import (
 )
 from gallery.core.io import missing_folders, remove_empty
 from gallery.core.job import hydra_run_dir, multirun
+from gallery.core.run import LOCK, Run
 
 
 def compose(name: str, overrides: list[str] | tuple[str, ...] = (),
@@ -181,9 +183,11 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_STATUS["diverged"])
     except ExplainedMistake as err:
-        print(f"error: {err}", file=sys.stderr)
-        if multirun():
+        if multirun():  # the sweep goes on; this job's summary.json records it
+            print(f"error: {err}", file=sys.stderr)
             return {"status": "raised", "error": str(err)}
+        print(f"error: {str(err).rstrip('.')}; {discard_raised_run(run_dir, existed, cfg)}",
+              file=sys.stderr)
         sys.exit(EXIT_STATUS["bad_input"])
     except RunFault as err:  # a full disk, an env that raised: the last checkpoint stays
         kept = run_dir is not None and (run_dir / "checkpoints" / "last.pt").is_file()
@@ -226,6 +230,24 @@ def out_of_memory_line(cfg: Any, err: BaseException) -> str:
     where = "CUDA" if "CUDA" in str(err) else "the CPU allocator"
     return (f"out of memory ({where}) at batch_size={batch}: lower batch_size (or the model's "
             f"size), or free the memory other processes hold")
+
+
+def discard_raised_run(run_dir: Path | None, existed: bool, cfg: Any) -> str:
+    """A single run whose mistake raised the error it is known for: it would raise again on
+    resume, so what it wrote goes (a continued run keeps its folder as it was), and the next run
+    into its folder is not refused for it. Says so."""
+    if run_dir is None or not run_dir.exists():
+        return "nothing was written"
+    if normalize_resume(getattr(cfg, "resume", "")):
+        return f"{run_dir} keeps the run it continued"
+    if not existed:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        for name in (*Run.RESULTS, ".hydra", LOCK):
+            path = run_dir / name
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(
+                missing_ok=True)
+    return "nothing was kept"
 
 
 def clear_failed_run(run_dir: Path | None, existed: bool) -> str:

@@ -26,12 +26,14 @@ the RNGs and the loop's own step, evaluations and first solved step.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from gallery.core import plots
+from gallery.core.checkpoint import LAST, check_fits, load_checkpoint, load_latest, settings
 from gallery.core.errors import explained
 from gallery.core.run import Run, progress, resolve_out_dir
 
@@ -89,8 +91,15 @@ class Loop:
 
     def __enter__(self) -> Loop:
         cfg = self.cfg
+        out_dir = resolve_out_dir(cfg.out_dir, self.name)
+        continuing = cfg.resume in (True, "true")
+        source = out_dir / "checkpoints" / LAST if continuing else Path(cfg.resume or "")
+        if cfg.resume and source.is_file():  # not this run's: refused before anything is written
+            state = (load_latest(source.parent, self.device) if continuing
+                     else load_checkpoint(source, self.device))
+            check_fits(self.stateful, state, source, self.name, cfg)
         with self._exit as stack:  # a failure while entering closes what was opened
-            run = Run(resolve_out_dir(cfg.out_dir, self.name), cfg, cfg.tensorboard, cfg.resume,
+            run = Run(out_dir, cfg, cfg.tensorboard, cfg.resume,
                       cfg.overwrite)
             self.run = stack.enter_context(run)
             if cfg.resume:
@@ -166,9 +175,11 @@ class Loop:
         return False
 
     def save(self) -> None:
-        """A checkpoint now (once per step: a signal right after the last one saves nothing new)."""
+        """A checkpoint now (once per step: a signal right after the last one saves nothing new),
+        with the example's name and config, so that a resume can say whose it is."""
         if self._saved_at != self.step:
-            self.run.save(self.stateful, self.step)
+            self.run.save(self.stateful, self.step, example=self.name,
+                          config=settings(self.cfg))
             self._saved_at = self.step
 
     def summary(self, **values: Any) -> dict:

@@ -34,7 +34,8 @@ from gallery.data.text import CharVocab, load_text, text_windows
 from scripts.measure.peers import TRL, peer_path
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "USE_HUB_KERNELS": "0", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
+           "USE_HUB_KERNELS": "0", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true",
+           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 SIZE = {"d_model": 64, "layers": 2, "heads": 4}
 GRPO = {"prompts": 16, "group": 8, "prompt_len": 8, "completion_len": 16, "lr": 2e-3, "clip": 0.2,
         "beta": 0.3}
@@ -223,6 +224,7 @@ def bench_trl(device: torch.device, seeds: tuple[int, ...] = (0, 1, 2), grpo_ste
     import trl
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     text = load_text("pydoc")
     vocab = CharVocab.build(text)
     ids = vocab.encode(text)
@@ -255,6 +257,7 @@ def bench_trl(device: torch.device, seeds: tuple[int, ...] = (0, 1, 2), grpo_ste
         {"setting": f"grpo: {GRPO['prompts']} prompts x {GRPO['group']} completions of "
                     f"{GRPO['completion_len']} characters per step, one pass, {grpo_steps} steps; "
                     + where,
+         "peer": f"TRL {trl.__version__} GRPOTrainer",
          "trl_completions_per_sec": completions / per_step["trl_grpo"],
          "gallery_completions_per_sec": completions / per_step["ours_grpo"],
          "speed_gallery_over_trl": per_step["trl_grpo"] / per_step["ours_grpo"],
@@ -262,6 +265,7 @@ def bench_trl(device: torch.device, seeds: tuple[int, ...] = (0, 1, 2), grpo_ste
          "gallery_reward_last_5_steps": statistics.mean(r["reward"] for r in runs["ours_grpo"])},
         {"setting": f"dpo: {DPO['batch_size']} pairs per step, the reference per batch, "
                     f"{dpo_steps} steps; " + where,
+         "peer": f"TRL {trl.__version__} DPOTrainer",
          "trl_pairs_per_sec": DPO["batch_size"] / per_step["trl_dpo"],
          "gallery_pairs_per_sec": DPO["batch_size"] / per_step["ours_dpo"],
          "speed_gallery_over_trl": per_step["trl_dpo"] / per_step["ours_dpo"],
