@@ -383,6 +383,7 @@ EXAMPLE = Example(
                      "value_item 100k"),
         figure_title="a2c on CartPole-v1, 100k env steps, seed 0"),
     measured=measured,
+    size_keys=("env.num_envs", "rollout_steps"),
 )
 
 

@@ -36,6 +36,7 @@ Run: python -m gallery.accumulate seed=0 out_dir=/tmp/accumulate
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import namedtuple
 from dataclasses import dataclass, field
 
@@ -96,6 +97,14 @@ def validate(cfg: AccumulateConfig) -> None:
     if cfg.min_len > cfg.max_len:
         raise ConfigError(f"min_len={cfg.min_len} is above max_len={cfg.max_len}: the lengths are "
                           "drawn from [min_len, max_len]")
+    # a mistake whose consequence these settings cannot show would print the pattern's numbers
+    if cfg.mistake == "clip_scaled" and not cfg.amp:
+        raise ConfigError("mistake=clip_scaled needs amp=true: without a GradScaler there is no "
+                          "scale to clip, and the run would be the pattern's")
+    if EXAMPLE.mistakes.get(cfg.mistake, None) is not None and \
+            EXAMPLE.mistakes[cfg.mistake].needs and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise ConfigError(f"mistake={cfg.mistake} needs {EXAMPLE.mistakes[cfg.mistake].needs}: in "
+                          f"one process there is no all-reduce, and the run would be the pattern's")
 
 
 # --- model and data -----------------------------------------------------------------------------
@@ -422,6 +431,7 @@ EXAMPLE = Example(
               "make >= 2x the all-reduces; clip_scaled (with a GradScaler) ends with a validation "
               "loss >= 0.3 nats above the pattern's", measure="accumulate_gate:measure"),
     measured=measured,
+    size_keys=("micro_batch_size", "max_len"),
 )
 
 

@@ -133,6 +133,9 @@ def pretrain_language_model(model: nn.Module, ids: torch.Tensor, context: int, s
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(seed)
     bar = progress(steps, "pretrain the character model", show)
+    if bar.disable and steps:  # no bar (stderr is not a terminal): one line says what the wait is
+        print(f"pretraining the character model: {steps} steps, once per seed and shape "
+              f"(cached in {cached})", flush=True)
     loss = torch.tensor(float("nan"))  # pretrain_steps=0: the untrained model, kept as it is
     # dropout draws from the global RNG: a run that pretrains first and one that reads the cache
     # must go on from the same RNG state

@@ -433,6 +433,7 @@ EXAMPLE = Example(
         figure_runs=tuple(BY_MISTAKE),
         figure_title="dpo on pydoc, default config, seed 0"),
     measured=measured,
+    size_keys=("batch_size", "completion_len"),
 )
 
 

@@ -504,6 +504,7 @@ EXAMPLE = Example(
                      "reference_is_policy", "k1_kl_loss"),
         figure_title="grpo on pydoc, default config, seed 0"),
     measured=measured,
+    size_keys=("prompts", "group", "completion_len"),
 )
 
 

@@ -389,6 +389,7 @@ EXAMPLE = Example(
         figure_runs=("none", "no_create_graph", "detached_fast_weights"),
         figure_title="maml on sine tasks, default config, seed 0"),
     measured=measured,
+    size_keys=("meta_batch", "shots"),
 )
 
 

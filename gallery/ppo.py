@@ -465,6 +465,7 @@ EXAMPLE = Example(
         figure_runs=("none", "advantage_grad"),
         figure_title="ppo on CartPole-v1, default config, seed 0 (greedy eval, 10 episodes)"),
     measured=measured,
+    size_keys=("env.num_envs", "rollout_steps", "minibatch_size"),
 )
 
 

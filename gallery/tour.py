@@ -50,6 +50,10 @@ def run_one(example: Example, mistake: str, overrides: list[str], cfg: TourConfi
     start = time.perf_counter()
     try:
         summary, outcome = example.module.train(composed), "ran"
+    except ConfigError as err:  # a mistake this run cannot show (two processes), refused
+        if mistake == "none" or not example.mistakes[mistake].needs:
+            raise
+        summary, outcome = {"error": str(err)}, "not run"
     except ExplainedMistake as err:
         if mistake == "none":
             raise
@@ -105,8 +109,10 @@ class TourFailed(GalleryError):
 def headline(example: Example, s: dict, mistake: str = "none") -> str:
     if s["outcome"] == "raised":
         return f"raised, as expected: {s['cause'].split('. ')[0].split(' (or ')[0]}"
-    shown = f"{example.headline(s)} ({s['wall_seconds']:.1f} s)"
     needs = example.mistakes[mistake].needs if mistake != "none" else ""
+    if s["outcome"] == "not run":
+        return f"not run here: this mistake shows only with {needs}"
+    shown = f"{example.headline(s)} ({s['wall_seconds']:.1f} s)"
     return f"{shown}; this mistake shows only with {needs}" if needs else shown
 
 
@@ -127,6 +133,7 @@ def report(results: dict, known: dict, cfg: TourConfig, taught: dict) -> str:
             expected = "" if mistake == "none" else example.mistakes[mistake].consequence
             ran = s.get("env_steps", s.get("steps"))
             budget = ("stopped by its error" if s["outcome"] == "raised" else
+                      "refused in one process" if s["outcome"] == "not run" else
                       f"{ran:,} steps on {s['device']}" if ran is not None else s["device"])
             budget += f" (`{' '.join(s['overrides'])}`)" if s["overrides"] else " (defaults)"
             lines.append(f"| `{mistake}` | {budget} | {what} | {expected} | "

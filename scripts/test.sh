@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The tests, bootstrapping .venv first.
 #   scripts/test.sh              the fast tier: everything but the learning gates and the GPU tests
-#                                (about 4 minutes on 2 cores, two pytest workers)
-#   scripts/test.sh --gates      the learning gates (marker slow, fixed seeds; about 12 minutes on 2 cores)
+#                                (about 8 minutes on 2 cores, two pytest workers)
+#   scripts/test.sh --gates      the learning gates (marker slow, fixed seeds; about 15 minutes on 2 cores)
 #   scripts/test.sh --gpu        the GPU tests (a missing GPU fails them instead of skipping)
 #   scripts/test.sh --peers      the tests against peer libraries (TRL), installing them first with
 #                                pip --target into the gallery's cache (never a dependency)

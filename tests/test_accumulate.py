@@ -6,6 +6,7 @@ import torch
 from gallery import accumulate as acc
 from gallery.check import constant, gets_grad, same_grad_as, updated
 from gallery.core.cli import compose
+from tests.conftest import run_here
 from tests.test_ddp import torchrun
 
 SMOKE = [*acc.EXAMPLE.smoke, "device=cpu"]
@@ -93,3 +94,17 @@ def check_step(mistake: str) -> None:
     constant(step_tokens=tokens)
     with updated(model=model):
         steps.step(model, optimizer, scaler, 1.0)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("mistake=clip_scaled", "mistake=clip_scaled needs amp=true"),
+    ("mistake=sync_every_micro_batch", "mistake=sync_every_micro_batch needs two processes"),
+    ("mistake=no_sync_backward_only", "mistake=no_sync_backward_only needs two processes"),
+])
+def test_a_mistake_these_settings_cannot_show_is_refused_in_one_line(tmp_path, override, message):
+    """At the defaults (no amp, one process) these mistakes would print the pattern's numbers
+    while --help promises a consequence: refused, saying what they need, nothing written."""
+    ran = run_here("gallery.accumulate", *acc.EXAMPLE.smoke, "device=cpu", override,
+                   f"out_dir={tmp_path}/run")
+    assert ran.returncode == 2 and message in ran.stderr, ran.stderr
+    assert len(ran.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

@@ -678,3 +678,14 @@ def test_resume_from_a_checkpoint_of_another_shape_names_the_keys_and_writes_not
     # the same shape goes on from it
     assert run_here("gallery.gan", *GAN, "steps=40", f"resume={other}",
                     f"out_dir={tmp_path}/b").returncode == 0
+
+
+def test_out_of_memory_names_the_examples_own_size_keys(tmp_path):
+    """accumulate has no batch_size: the line names micro_batch_size and max_len instead."""
+    out = tmp_path / "run"
+    smoke = importlib.import_module("gallery.accumulate").EXAMPLE.smoke
+    proc = run_here("gallery.accumulate", *smoke, "device=cpu", "micro_batch_size=1000000000000",
+                    f"out_dir={out}")
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert "at micro_batch_size=1000000000000, max_len=" in proc.stderr
+    assert "batch_size=None" not in proc.stderr and not out.exists()

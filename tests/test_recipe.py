@@ -96,16 +96,18 @@ def test_the_tests_name_what_the_copy_still_lacks_and_the_recipe_passes_them(che
     gate = in_checkout(checkout, "scripts/gates.py", "mimic", "--json", "docs/gates.json")
     assert gate.returncode == 0, gate.stdout[-2000:] + gate.stderr[-2000:]
     assert "## mimic: PASS" in gate.stdout
-    proc = in_checkout(checkout, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-p",
+    proc = in_checkout(checkout, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p",
                        "no:xdist", "tests/test_registry.py", "tests/test_check.py",
                        "tests/test_gallery_cli.py", "tests/test_patterns.py",
                        "tests/test_mimic.py", "-k", "mimic or dqn_copy or every_example",
                        timeout=600)
     out = proc.stdout
     assert proc.returncode == 1, out[-3000:]
-    verdicts = [line.split() for line in out.splitlines() if line.startswith("tests/")]
-    failed = [test for test, verdict, *_ in verdicts if verdict == "FAILED"]
-    passed = [test for test, verdict, *_ in verdicts if verdict == "PASSED"]
+    # -rA's summary: one "<VERDICT> <test>" line per test, however long its name
+    verdicts = [line.split()[:2] for line in out.splitlines()
+                if line.startswith(("PASSED tests/", "FAILED tests/"))]
+    failed = [test for verdict, test in verdicts if verdict == "FAILED"]
+    passed = [test for verdict, test in verdicts if verdict == "PASSED"]
     # only the copy fails: its own tests, and the one table test that lists what it lacks
     table = "tests/test_check.py::test_every_example_has_its_check_step_and_every_mistake_a_check"
     assert failed and all("dqn_copy" in test or test.startswith(table) for test in failed), failed

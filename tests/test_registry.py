@@ -86,3 +86,15 @@ def test_the_action_names_no_example_by_hand():
     described = action["inputs"]["examples"]["description"]
     assert not [name for name in EXAMPLES if name in described], described
     assert any("-m gallery smoke" in step.get("run", "") for step in action["runs"]["steps"])
+
+
+@pytest.mark.parametrize("name", sorted(examples()))
+def test_its_size_keys_are_keys_of_its_config(name):
+    """Out of memory names EXAMPLE.size_keys with their values: each must be in the config."""
+    from omegaconf import OmegaConf
+
+    from gallery.core.cli import compose
+
+    cfg = compose(name, [])
+    for key in examples()[name].size_keys:
+        assert OmegaConf.select(cfg, key, default="missing") != "missing", f"{name}: {key}"

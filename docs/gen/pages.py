@@ -62,6 +62,47 @@ def table(node) -> str:
     return "\n".join(lines)
 
 
+def cell(values: list) -> str | None:
+    """One run's column over its seeds: the mean, with the range beneath when the seeds differ;
+    a flag as how many seeds hold it. None for what is not a number or a flag (lists, text)."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return "-"
+    if all(isinstance(v, bool) for v in present):
+        held = sum(present)
+        return "true" if held == len(present) else "false" if not held else \
+            f"{held} of {len(present)}"
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        low, high = min(present), max(present)
+        mean = fmt(sum(present) / len(present))
+        return mean if low == high else f"{mean}<br><small>{fmt(low)} to {fmt(high)}</small>"
+    return None
+
+
+def runs_table(entry: dict, keys: tuple[str, ...], width: int = 5) -> list[str]:
+    """A gate's runs as tables of one row per run (the pattern, then each mistake) and one column
+    per key the gate reads (`width` keys a table, so that a page reads at 900 px without a
+    sideways scroll). Empty for a gate whose entry is not runs of seeds."""
+    runs = entry.get("runs") if isinstance(entry, dict) else None
+    if not isinstance(runs, dict) or not all(isinstance(rows, list) and rows and all(
+            isinstance(r, dict) for r in rows) for rows in runs.values()):
+        return []
+    keys = tuple(keys or runs[next(iter(runs))][0])
+    shown = [k for k in keys if all(cell([r.get(k) for r in rows]) is not None
+                                    for rows in runs.values())
+             and any(k in r for rows in runs.values() for r in rows)]
+    lines = []
+    for start in range(0, len(shown), width):
+        chunk = shown[start:start + width]
+        lines += ["| run | " + " | ".join(k.replace("_", " ") for k in chunk) + " |",
+                  "|---|" + "---|" * len(chunk)]
+        lines += [f"| {'the pattern' if label == 'none' else f'`{label}`'} | "
+                  + " | ".join(cell([r.get(k) for r in rows]) for k in chunk) + " |"
+                  for label, rows in runs.items()]
+        lines.append("")
+    return lines
+
+
 def bench_table(value) -> str:
     """A bench's entry: each row was measured in a setting of its own (a setting, a command, the
     data), so each row is its own group, named by its first text field, with all its figures; rows
@@ -129,19 +170,26 @@ for name, example in examples().items():
         for variant in mistake.variants:
             page += ["```diff", *example.diff(variant), "```", ""]
     page += ["## Measured", ""]
+    figures = sorted(p.name for p in (DOCS / "img").glob(f"{name}*.png"))
+    page += [f"![{figure}](../img/{figure}){{ width=100% }}" for figure in figures] + [""]
     if name in gates:
+        keys = example.gate.keys if example.gate else ()
+        by_run = runs_table(gates[name], keys)
         page += [f"From `docs/gates.json`, written by `scripts/gates.py {name}` (fixed seeds, on "
-                 "the machine named in `docs/bench.json`).", "", table(gates[name]), ""]
+                 "the machine named in `docs/bench.json`)"
+                 + (": each run's mean over its seeds, the range beneath." if by_run else "."),
+                 "", *by_run]
+        page += ['??? note "Every run, seed by seed"' if by_run else "", "",
+                 *(("    " if by_run else "") + line for line in table(gates[name]).splitlines()),
+                 ""]
     else:
         page += [f"No gate entry yet: `scripts/gates.py {name} --json docs/gates.json` writes one.",
                  ""]
     for key in (key for key in gates if key.startswith(f"{name}_")):  # e.g. gan_sizes
-        page += [f"### `scripts/gates.py {key}`", "", table(gates[key]), ""]
+        page += [f"### `scripts/gates.py {key}`", "",
+                 *(runs_table(gates[key], ()) or [table(gates[key])]), ""]
     if example.limits:
         page += ["## Limits of the default config", "", example.limits, ""]
-    figures = sorted(p.name for p in (DOCS / "img").glob(f"{name}*.png"))
-    if figures:
-        page += ["## Figures", ""] + [f"![{figure}](../img/{figure})" for figure in figures] + [""]
     functions = ", ".join(f"`{f}`" for f in example.pattern_functions)
     page += ["## What to copy", "", f"{functions} above; `python -m gallery show {name}` prints "
              "them with every mistake as a diff.", ""]
@@ -176,6 +224,7 @@ BENCH_TITLES = {  # each bench of scripts/bench.py, in words
     "evaluate": "Evaluation: no_grad against inference_mode and no no_grad; against Lightning",
     "check_peers": "gallery.check beside torcheck, tinytorchtest and pytest-torch",
     "tour": "The quick tour (scripts/run.sh): its time, and each example's share",
+    "trl": "grpo and dpo against TRL's GRPOTrainer and DPOTrainer",
 }
 
 

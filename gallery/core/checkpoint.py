@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from gallery.core.errors import CheckpointError, CheckpointWriteError
 from gallery.core.io import atomic_write, torch_bytes
@@ -41,8 +42,6 @@ RUN_KEYS = {"steps", "out_dir", "resume", "overwrite", "device", "threads", "pro
 def settings(config: Any) -> dict[str, Any]:
     """A config's plain values, flattened to "group.key": what a checkpoint keeps of the run that
     wrote it, to name the keys that differ when it does not fit."""
-    from omegaconf import OmegaConf
-
     def flat(node: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(node, dict):
             return {k: v for key, value in node.items() for k, v in flat(value,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import functools
 import gc
+import inspect
 import os
 import re
 import shlex
@@ -38,6 +39,7 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gallery.core import config as config_module
 from gallery.core import dist
 from gallery.core.config import config_dir as example_dir
 from gallery.core.config import normalize_resume
@@ -206,7 +208,9 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
         if not out_of_memory(err):
             raise
         left = clear_failed_run(run_dir, existed)
-        print(f"error: {out_of_memory_line(cfg, err)}; {left}", file=sys.stderr)
+        keys = getattr(sys.modules[train.__module__], "EXAMPLE", None)
+        line = out_of_memory_line(cfg, err, *([keys.size_keys] if keys else []))
+        print(f"error: {line}; {left}", file=sys.stderr)
         sys.exit(EXIT_STATUS["out_of_memory"])
     finally:
         dist.teardown()  # under torchrun: leave the process group before the process exits
@@ -224,11 +228,14 @@ def out_of_memory(err: BaseException) -> bool:
     return "out of memory" in text.lower() and "CUDA" in text
 
 
-def out_of_memory_line(cfg: Any, err: BaseException) -> str:
-    """One line: what ran out, the batch size, and the advice."""
-    batch = cfg.get("batch_size")  # run_cli's cfg: the composed DictConfig
+def out_of_memory_line(cfg: Any, err: BaseException, keys: tuple[str, ...] = ("batch_size",)
+                       ) -> str:
+    """One line: what ran out, the example's own size keys (EXAMPLE.size_keys) with their values,
+    and the advice."""
+    sizes = [f"{key}={OmegaConf.select(cfg, key)}" for key in keys]  # the composed DictConfig
     where = "CUDA" if "CUDA" in str(err) else "the CPU allocator"
-    return (f"out of memory ({where}) at batch_size={batch}: lower batch_size (or the model's "
+    lower = " or ".join(keys)
+    return (f"out of memory ({where}) at {', '.join(sizes)}: lower {lower} (or the model's "
             f"size), or free the memory other processes hold")
 
 
@@ -318,6 +325,7 @@ def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
     except Exception:  # a bad override: the one line every bad input gets, exit 2
         composed_or_exit(example.name, overrides)
         raise
+    config = annotated(config, example)
     listed = [f"{group}: {', '.join(options)}" for group, options in groups.items() if options]
     print(example.describe(), "", *(["== Configuration groups ==",  # maml has none
                                      "Compose the config from these groups (group=option)", "",
@@ -327,6 +335,26 @@ def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
                       f"gallery.{example.name} --hydra-help", sep="\n")
     sys.stdout.flush()
     sys.exit(0)
+
+
+def annotated(config_yaml: str, example: Any) -> str:
+    """The config's top-level lines, each followed by what its key means: the comment beside (or
+    above) the field in the example's schema or in BaseConfig, where there is one."""
+    said: dict[str, str] = {}
+    for source in (inspect.getsource(config_module), inspect.getsource(example.module)):
+        above = ""
+        for line in source.splitlines():
+            if match := re.match(r"^    # (.+)$", line):
+                above = match.group(1)
+            elif match := re.match(r"^    (\w+): [^=]+=[^#]*?(?:#\s*(.+))?$", line):
+                if meaning := match.group(2) or above:
+                    said.setdefault(match.group(1), meaning)
+                above = ""
+            else:
+                above = ""
+    return "\n".join(f"{line}  # {said[key]}" if (key := line.split(":", 1)[0]) in said
+                     and not line.startswith(" ") and ":" in line else line
+                     for line in config_yaml.splitlines())
 
 
 def report(summary: dict, *keys: str) -> None:

@@ -168,5 +168,7 @@ def ddp_report(modules: dict[str, nn.Module], probe_record: dict, **per_rank: An
     if not active():
         return {}
     hashes = gather({name: state_hash(m, buffers=False) for name, m in modules.items()})
+    probes = gather(probe_record)
     return {"world_size": dist.get_world_size(), "ranks_agree": all(h == hashes[0] for h in hashes),
-            "probe_by_rank": gather(probe_record), **{k: gather(v) for k, v in per_rank.items()}}
+            **({"probe_by_rank": probes} if any(probes) else {}),  # none: nothing was probed
+            **{k: gather(v) for k, v in per_rank.items()}}

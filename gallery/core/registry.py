@@ -137,6 +137,8 @@ class Example:
     more_gates: dict[str, Gate] = field(default_factory=dict)
     # What its measurements say, from its gate's entry in docs/gates.json and from docs/bench.json.
     measured: Callable[[dict, dict], Measured] | None = None
+    # The keys that set how much memory a step takes: out of memory names them, with their values.
+    size_keys: tuple[str, ...] = ("batch_size",)
 
     @property
     def module(self):
