@@ -92,8 +92,9 @@ def runs_table(entry: dict, keys: tuple[str, ...], width: int = 5) -> list[str]:
                                     for rows in runs.values())
              and any(k in r for rows in runs.values() for r in rows)]
     lines = []
-    for start in range(0, len(shown), width):
-        chunk = shown[start:start + width]
+    per = -(-len(shown) // -(-len(shown) // width)) if shown else width  # even tables
+    for start in range(0, len(shown), per):
+        chunk = shown[start:start + per]
         lines += ["| run | " + " | ".join(k.replace("_", " ") for k in chunk) + " |",
                   "|---|" + "---|" * len(chunk)]
         lines += [f"| {'the pattern' if label == 'none' else f'`{label}`'} | "
