@@ -50,7 +50,6 @@ from gallery.core.cli import command_line
 from gallery.core.config import (
     BaseConfig,
     register_schema,
-    require_choice,
     require_non_negative,
     require_positive,
     require_range,
@@ -61,7 +60,14 @@ from gallery.core.loop import Loop
 from gallery.core.probes import Probe
 from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, Runs, avg
 from gallery.core.setup import prepare
-from gallery.data.text import CharVocab, TextSource, load_text, require_learnable, text_windows
+from gallery.data.text import (
+    CharVocab,
+    TextSource,
+    load_text,
+    require_learnable,
+    text_windows,
+    validate_char_model,
+)
 from gallery.grpo import completion_logprobs, pretrained, sample_group
 from gallery.nets import eval_mode
 
@@ -95,17 +101,12 @@ class DpoConfig(BaseConfig):
 
 def validate(cfg: DpoConfig) -> None:
     validate_base(cfg, BY_MISTAKE)
-    require_choice(cfg, "data.name", ["pydoc", "file", "tiny_shakespeare", "wikitext2"])
-    require_positive(cfg, "steps", "pairs", "held_out_pairs", "batch_size", "prompt_len",
-                     "completion_len", "lr", "d_model", "layers", "heads", "eval_prompts")
-    require_non_negative(cfg, "beta", "pretrain_steps")
+    validate_char_model(cfg)
+    require_positive(cfg, "steps", "pairs", "held_out_pairs", "batch_size", "lr")
+    require_non_negative(cfg, "beta")
     require_range(cfg, "dropout", 0.0, 0.9)
-    for key in ("target_chars", "stop_chars"):
-        if not getattr(cfg, key):
-            raise ConfigError(f"{key} must name at least one character, got ''")
-    if cfg.d_model % cfg.heads:
-        raise ConfigError(f"d_model={cfg.d_model} must be a multiple of heads={cfg.heads}: each "
-                          f"head takes d_model / heads of every vector")
+    if not cfg.stop_chars:
+        raise ConfigError("stop_chars must name at least one character, got ''")
 
 
 # --- the pattern --------------------------------------------------------------------------------

@@ -48,18 +48,23 @@ from gallery.core.cli import command_line
 from gallery.core.config import (
     BaseConfig,
     register_schema,
-    require_choice,
     require_non_negative,
     require_positive,
     require_range,
     validate_base,
 )
-from gallery.core.errors import ConfigError
 from gallery.core.loop import Counters, Loop
 from gallery.core.probes import Probe, graph_saved_bytes
 from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, Runs, avg
 from gallery.core.setup import prepare
-from gallery.data.text import CharVocab, TextSource, load_text, require_learnable, text_windows
+from gallery.data.text import (
+    CharVocab,
+    TextSource,
+    load_text,
+    require_learnable,
+    text_windows,
+    validate_char_model,
+)
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -90,17 +95,11 @@ class GrpoConfig(BaseConfig):
 
 def validate(cfg: GrpoConfig) -> None:
     validate_base(cfg, BY_MISTAKE)
-    require_choice(cfg, "data.name", ["pydoc", "file", "tiny_shakespeare", "wikitext2"])
-    require_positive(cfg, "prompts", "prompt_len", "completion_len", "passes", "lr", "d_model",
-                     "layers", "heads", "eval_prompts")
+    validate_char_model(cfg)
+    require_positive(cfg, "prompts", "passes", "lr")
     require_range(cfg, "group", 2, 1024)
     require_range(cfg, "clip", 0.0, 1.0)
-    require_non_negative(cfg, "beta", "pretrain_steps")
-    if not cfg.target_chars:
-        raise ConfigError("target_chars must name at least one character, got ''")
-    if cfg.d_model % cfg.heads:
-        raise ConfigError(f"d_model={cfg.d_model} must be a multiple of heads={cfg.heads}: each "
-                          f"head takes d_model / heads of every vector")
+    require_non_negative(cfg, "beta")
 
 
 # --- model --------------------------------------------------------------------------------------

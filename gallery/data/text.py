@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import MISSING
 
+from gallery.core.config import require_choice, require_non_negative, require_positive
 from gallery.core.errors import ConfigError, DataError
 from gallery.core.io import download_timeout
 
@@ -156,3 +157,16 @@ def require_learnable(text: str, window: int, target_chars: str) -> None:
     if not set(target_chars) & set(text):
         raise ConfigError(f"target_chars={target_chars!r}: no character of it is in the text, so "
                           f"every reward is 0 and nothing can be learned")
+
+
+def validate_char_model(cfg) -> None:
+    """What grpo and dpo share: the text, the character model's shape, the target characters."""
+    require_choice(cfg, "data.name", ["pydoc", "file", "tiny_shakespeare", "wikitext2"])
+    require_positive(cfg, "prompt_len", "completion_len", "d_model", "layers", "heads",
+                     "eval_prompts")
+    require_non_negative(cfg, "pretrain_steps")
+    if not cfg.target_chars:
+        raise ConfigError("target_chars must name at least one character, got ''")
+    if cfg.d_model % cfg.heads:
+        raise ConfigError(f"d_model={cfg.d_model} must be a multiple of heads={cfg.heads}: each "
+                          f"head takes d_model / heads of every vector")
