@@ -5,10 +5,8 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 USAGE = """Every picture in docs/img and the README's gallery table, from today's defaults and
@@ -17,18 +15,14 @@ measured JSON.
     scripts/figures.py                 the hero figure (docs/img/hero.png), the README table and
                                        the performance page's peers.png and mistake_costs.png,
                                        from docs/gates.json and docs/bench.json (seconds)
-    scripts/figures.py --tour gan sac  also each named example's comparison figure,
-                                       docs/img/<name>.png, from a full-budget tour of it
-                                       (minutes to tens of minutes each)
-    scripts/figures.py --gates gan     also the figures of those gates (docs/img/gan_mixtures.png,
-                                       tbptt_bpc.png, simsiam_collapse.png), re-measuring
-                                       docs/gates.json
+    scripts/figures.py --gates gan     also the figures of those gates (docs/img/gan.png,
+                                       gan_mixtures.png, ...), re-measuring docs/gates.json
     scripts/figures.py --check         exit 1 when the README's table is not what the JSON files
                                        say
 
 Every picture in docs/img comes from one of these: hero.png, peers.png and mistake_costs.png from
-the JSON files, <example>.png from the tour at its full budget, the rest from scripts/gates.py
---figures docs/img.
+the JSON files; <example>.png and the rest from the gates' own runs (scripts/gates.py --figures
+docs/img, which --gates calls), so that each figure has one source.
 """
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,20 +134,9 @@ def performance_figures(img: Path) -> None:
     plots.save(fig, img / "mistake_costs.png")
 
 
-def tour_figures(names: list[str]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "gallery", "tour", "budget=full",
-                        f"examples=[{','.join(names)}]", f"out_dir={tmp}/tour"], cwd=ROOT,
-                       check=True)
-        for name in names:
-            shutil.copy(Path(tmp) / "tour" / f"{name}.png", ROOT / "docs" / "img" / f"{name}.png")
-            print(f"wrote docs/img/{name}.png")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=USAGE,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tour", nargs="*", default=[], metavar="EXAMPLE")
     parser.add_argument("--gates", nargs="*", default=[], metavar="EXAMPLE")
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
@@ -167,8 +150,6 @@ def main() -> int:
     hero(ROOT / "docs" / "img" / "hero.png")
     performance_figures(ROOT / "docs" / "img")
     print("wrote README.md's gallery table, docs/img/hero.png, peers.png and mistake_costs.png")
-    if args.tour:
-        tour_figures(args.tour)
     # the gate's own figure, and its entry in docs/gates.json, measured again
     for name in args.gates:
         subprocess.run([sys.executable, str(ROOT / "scripts" / "gates.py"), name, "--json",
