@@ -170,17 +170,12 @@ def test_our_dpo_loss_is_trls_in_value_and_gradient_on_completions_of_unequal_le
     model whose per-token log-probs come from the same logits as ours: the masked sums, the margin
     and -logsigmoid(beta * margin) agree in value and in gradient, with padding after each
     completion's stop."""
-    import sys
     from collections import defaultdict
     from types import SimpleNamespace
 
-    from scripts.measure.peers import installed
-    from tests.test_grpo import _OneProcess
+    from tests.test_grpo import _OneProcess, _trl
 
-    folder = installed("trl")
-    assert folder is not None, "TRL is not installed: scripts/test.sh --peers installs it first"
-    sys.path.insert(0, str(folder))
-    from trl import DPOTrainer
+    DPOTrainer = _trl().DPOTrainer  # noqa: N806 (TRL's class)
 
     torch.manual_seed(0)
     n, prompt_len, length, vocab, beta = 4, 3, 7, 9, 0.2

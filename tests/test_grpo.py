@@ -184,6 +184,20 @@ def check_step(mistake: str) -> None:
 
 # --- against TRL (a peer, installed by scripts/test.sh --peers, never a dependency) ------------
 
+def _trl():
+    """The trl package from its peer folder (scripts/test.sh --peers installs it there)."""
+    import sys
+
+    from scripts.measure.peers import installed
+
+    folder = installed("trl")
+    assert folder is not None, "TRL is not installed: scripts/test.sh --peers installs it first"
+    sys.path.insert(0, str(folder))
+    import trl
+
+    return trl
+
+
 class _OneProcess:
     """What TRL's loss asks of its accelerator, for one process: every reduction is the identity."""
 
@@ -202,16 +216,10 @@ def test_our_grpo_loss_is_trls_in_value_and_gradient():
     the same log-probs, old log-probs, reference log-probs, advantages and completion masks (of
     unequal lengths) as `grpo_loss`: the clipped ratio, the k3 KL and the mean over each
     completion's own characters agree in value and in gradient."""
-    import sys
     from collections import defaultdict
     from types import SimpleNamespace
 
-    from scripts.measure.peers import installed
-
-    folder = installed("trl")
-    assert folder is not None, "TRL is not installed: scripts/test.sh --peers installs it first"
-    sys.path.insert(0, str(folder))
-    from trl import GRPOTrainer
+    GRPOTrainer = _trl().GRPOTrainer  # noqa: N806 (TRL's class)
 
     torch.manual_seed(0)
     n, t, clip, beta = 12, 9, 0.2, 0.3

@@ -26,16 +26,15 @@ the RNGs and the loop's own step, evaluations and first solved step.
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from gallery.core import plots
-from gallery.core.checkpoint import LAST, check_fits, load_checkpoint, load_latest, settings
+from gallery.core.checkpoint import check_fits, load_checkpoint, load_latest, settings
 from gallery.core.errors import explained
-from gallery.core.run import Run, progress, resolve_out_dir
+from gallery.core.run import Run, progress, resolve_out_dir, resume_source
 
 
 class Counters(SimpleNamespace):
@@ -92,11 +91,10 @@ class Loop:
     def __enter__(self) -> Loop:
         cfg = self.cfg
         out_dir = resolve_out_dir(cfg.out_dir, self.name)
-        continuing = cfg.resume in (True, "true")
-        source = out_dir / "checkpoints" / LAST if continuing else Path(cfg.resume or "")
-        if cfg.resume and source.is_file():  # not this run's: refused before anything is written
-            state = (load_latest(source.parent, self.device) if continuing
-                     else load_checkpoint(source, self.device))
+        source = resume_source(out_dir, cfg.resume)
+        if source is not None and source.is_file():  # not this run's: refused before anything
+            state = (load_latest(source.parent, self.device)  # is written
+                     if cfg.resume in (True, "true") else load_checkpoint(source, self.device))
             check_fits(self.stateful, state, source, self.name, cfg)
         with self._exit as stack:  # a failure while entering closes what was opened
             run = Run(out_dir, cfg, cfg.tensorboard, cfg.resume,

@@ -97,6 +97,14 @@ def resolve_out_dir(out_dir: str | None, example: str) -> Path:
     return Path(dist.agree(str(run_dir)))
 
 
+def resume_source(out_dir: Path, resume: str | bool) -> Path | None:
+    """The checkpoint a run resumes from: `out_dir`'s last one for resume=true, the path given
+    otherwise; None when it does not resume."""
+    if resume in (True, "true"):
+        return Path(out_dir) / "checkpoints" / LAST
+    return Path(resume) if resume else None
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -130,10 +138,7 @@ class Run:
         # checkpoint.
         self.resume, self.config = resume, config
         self.continuing = resume == "true"
-        if self.continuing:
-            self.resume_from = self.checkpoint_dir / LAST
-        else:
-            self.resume_from = Path(resume) if resume else None
+        self.resume_from = resume_source(self.dir, resume)
         self.stop_signal: int | None = None
         # a summary's wall_seconds: this process's time in the run
         self.started = time.perf_counter()
