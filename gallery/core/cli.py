@@ -122,20 +122,12 @@ def composed_or_exit(name: str, argv: list[str]) -> DictConfig:
     except (HydraException, OmegaConfBaseException) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        say(f"error: {explain_override_error(name, err)}")
+        print(f"error: {explain_override_error(name, err)}", file=sys.stderr)
         sys.exit(EXIT_STATUS["bad_input"])
     except GalleryError as err:
-        say(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_STATUS["bad_input"])
     return cfg
-
-
-def say(line: str) -> None:
-    """A bad input's one line on stderr, from rank 0 alone: under torchrun every rank finds the
-    same bad input, and one line is enough. (torchrun itself then exits 1 with its own report of
-    the failed workers: the status 2 is each worker's.)"""
-    if dist.rank() == 0:
-        print(line, file=sys.stderr)
 
 
 def hydra_main(name: str, task: Callable[[DictConfig], Any], argv: list[str]) -> None:
@@ -206,7 +198,7 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
         print(f"error: {err}{after}", file=sys.stderr)
         sys.exit(EXIT_STATUS["fault"])
     except GalleryError as err:
-        say(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
         # a sweep's job folder (a single run's folders are command_line's to remove)
         if multirun() and run_dir is not None and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
