@@ -58,7 +58,18 @@ from gallery.core.config import (
 from gallery.core.errors import ConfigError
 from gallery.core.loop import Counters, Loop
 from gallery.core.probes import Probe
-from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, avg
+from gallery.core.registry import (
+    Cost,
+    Criterion,
+    Example,
+    Gate,
+    Measured,
+    Mistake,
+    Panel,
+    Runs,
+    avg,
+    each,
+)
 from gallery.core.setup import prepare
 from gallery.data.text import CharVocab, TextSource, load_text
 
@@ -372,6 +383,28 @@ def measured(gate: dict, bench: dict) -> Measured:
              "scripts/gates.py accumulate, 2 gloo processes on this CPU, seed 0"))
 
 
+def gate_figure(rows: dict, first: dict, fig) -> None:
+    """Seed 0: the validation loss under autocast with a GradScaler, the pattern against
+    clip_scaled; and the accumulated gradient's error against the full batch's as the lengths in
+    a micro-batch grow unequal."""
+    fig.set_size_inches(10, 3.4)
+    ax = fig.add_subplot(1, 2, 1)
+    for label in ("none amp", "clip_scaled amp"):
+        draw_loss(ax, first[label]["curve"], label.replace("none", "pattern"))
+    ax = fig.add_subplot(1, 2, 2)
+    for mistake in ("none", "mean_of_means"):
+        ax.plot(range(len(SPREADS)), [rows[f"{mistake} {s}"][0]["grad_rel_error"] for s in SPREADS],
+                marker="o", label="pattern" if mistake == "none" else mistake)
+    ax.set_xticks(range(len(SPREADS)), [s.removeprefix("lengths ") for s in SPREADS])
+    ax.set(yscale="log", xlabel="sequence lengths in a micro-batch",
+           ylabel="relative error vs the full batch")
+    ax.legend(fontsize=7)
+
+
+# The gate's spreads of lengths in a micro-batch: equal, then wider and wider (one step each).
+SPREADS = {f"lengths {a}-{b}": (f"min_len={a}", f"max_len={b}")
+           for a, b in ((64, 64), (32, 96), (8, 128), (2, 128))}
+SHORT = ("steps=100", "eval_every=100")
 QUICK = ["steps=20", "eval_every=20", "log_every=10"]
 TWO_PROCESSES = ("two processes: torchrun --standalone --nproc_per_node=2 -m gallery.accumulate "
                  "mistake=<this mistake>")
@@ -425,11 +458,35 @@ EXAMPLE = Example(
             "steps_per_sec"),
     order=12,
     groups={"data": "file, pydoc, tiny_shakespeare, wikitext2"},
-    gate=Gate("the pattern's accumulated gradient equals the full batch's (relative error <= "
-              "1e-5) on 1 and 2 processes, with 1 all-reduce per step on 2; mean_of_means is off "
-              "by >= 1% with unequal lengths; sync_every_micro_batch and no_sync_backward_only "
-              "make >= 2x the all-reduces; clip_scaled (with a GradScaler) ends with a validation "
-              "loss >= 0.3 nats above the pattern's", measure="accumulate_gate:measure"),
+    gate=Gate(
+        "pydoc, seeds 0-2 in one process; one step of seed 0 at each spread of lengths; 100 steps "
+        "of seed 0 on 2 gloo processes",
+        runs={"none": Runs(), "mean_of_means": Runs("mean_of_means"),
+              **{f"{m} {spread}": Runs(m, (0,), ("steps=1", *lengths))
+                 for m in ("none", "mean_of_means") for spread, lengths in SPREADS.items()},
+              "none amp": Runs(overrides=("amp=true",)),
+              "clip_scaled amp": Runs("clip_scaled", overrides=("amp=true",)),
+              **{f"{m} 2 processes": Runs(m, (0,), SHORT, processes=2)
+                 for m in ("none", "sync_every_micro_batch", "no_sync_backward_only")}},
+        keys=("grad_rel_error", "optimizer_grad_norm", "val_loss", "allreduces_per_step",
+              "steps_per_sec", "wall_seconds"),
+        criteria=(
+            Criterion("the pattern's accumulated gradient equals the full batch's (relative error "
+                      "<= 1e-5) on 1 and 2 processes, with 1 all-reduce per step on 2",
+                      ("none", "none 2 processes"), lambda one, two: all(
+                          r["grad_rel_error"] <= 1e-5 for r in one + two)
+                      and all(r["allreduces_per_step"] == 1 for r in two)),
+            Criterion("mean_of_means is off by >= 1% with unequal lengths", ("mean_of_means",),
+                      each(lambda r: r["grad_rel_error"] >= 0.01)),
+            Criterion("sync_every_micro_batch and no_sync_backward_only make >= 2x the "
+                      "all-reduces", ("none 2 processes", "sync_every_micro_batch 2 processes",
+                                      "no_sync_backward_only 2 processes"), each(
+                          lambda p, *ms: all(m["allreduces_per_step"]
+                                             >= 2 * p["allreduces_per_step"] for m in ms))),
+            Criterion("clip_scaled (with a GradScaler) ends with a validation loss >= 0.3 nats "
+                      "above the pattern's", ("none amp", "clip_scaled amp"),
+                      each(lambda p, m: m["val_loss"] >= p["val_loss"] + 0.3))),
+        rows_figure=gate_figure, figure_title="accumulate on pydoc, seed 0"),
     measured=measured,
     size_keys=("micro_batch_size", "max_len"),
 )

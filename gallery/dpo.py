@@ -58,7 +58,18 @@ from gallery.core.config import (
 from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe
-from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, Runs, avg
+from gallery.core.registry import (
+    Cost,
+    Criterion,
+    Example,
+    Gate,
+    Measured,
+    Mistake,
+    Panel,
+    Runs,
+    avg,
+    each,
+)
 from gallery.core.setup import prepare
 from gallery.data.text import (
     CharVocab,
@@ -357,21 +368,6 @@ def measured(gate: dict, bench: dict) -> Measured:
              / avg(runs["none"], "step_saved_bytes"), "scripts/gates.py dpo, seeds 0-2"))
 
 
-def gate_passes(runs: dict) -> bool:
-    pattern = runs["none"]
-    return (all(r["reward"] >= r["reward_at_start"] + 0.15 and r["held_out_accuracy"] >= 0.7
-                and r["exact_kl"] <= 2.0 and r["reference_noise"] == 0
-                and not r["reference_has_grad"] for r in pattern)
-            and all(abs(m["held_out_loss"] - math.log(2)) < 1e-5 and m["held_out_accuracy"] == 0
-                    and m["exact_kl"] >= 1.3 * p["exact_kl"]
-                    for p, m in zip(pattern, runs["reference_is_policy"]))
-            and all(m["reference_has_grad"] and m["step_saved_bytes"] > p["step_saved_bytes"]
-                    for p, m in zip(pattern, runs["reference_with_grad"]))
-            and all(r["reference_noise"] > 0 for r in runs["reference_train_mode"])
-            and all(m["exact_kl"] > p["exact_kl"]
-                    for p, m in zip(pattern, runs["unmasked_logprobs"])))
-
-
 QUICK = ["steps=12", "eval_every=12", "log_every=6", "pretrain_steps=100", "pairs=96",
          "held_out_pairs=32", "batch_size=16", "eval_prompts=8"]
 EXAMPLE = Example(
@@ -419,18 +415,34 @@ EXAMPLE = Example(
     order=10,
     groups={"data": "file, pydoc, tiny_shakespeare, wikitext2"},
     gate=Gate(
-        "pydoc, seeds 0-2: the pattern's reward rises by >= 0.15 over the pretrained model's, "
-        "its held-out preference accuracy reaches 70% with an exact KL <= 2 nats per character, "
-        "and its reference is noiseless with no .grad; reference_is_policy's held-out loss is "
-        "log 2 with no margin positive, and ends >= 1.3x the pattern's exact KL on the same seed; "
-        "reference_with_grad writes .grad into the reference and holds more bytes per step; "
-        "reference_train_mode's reference differs between two calls on the same pairs; "
-        "unmasked_logprobs ends with a larger exact KL than the pattern on the same seed",
+        "pydoc, seeds 0-2",
         runs={m: Runs(m) for m in BY_MISTAKE},
         keys=("reward_at_start", "reward", "held_out_accuracy", "held_out_loss", "exact_kl",
               "length_at_start", "length", "final_loss", "pairs", "reference_noise",
               "reference_has_grad", "step_saved_bytes", "steps_per_sec", "wall_seconds"),
-        passes=gate_passes,
+        criteria=(
+            Criterion("the pattern's reward rises by >= 0.15 over the pretrained model's, its "
+                      "held-out preference accuracy reaches 70% with an exact KL <= 2 nats per "
+                      "character, and its reference is noiseless with no .grad", ("none",), each(
+                          lambda r: r["reward"] >= r["reward_at_start"] + 0.15
+                          and r["held_out_accuracy"] >= 0.7 and r["exact_kl"] <= 2.0
+                          and r["reference_noise"] == 0 and not r["reference_has_grad"])),
+            Criterion("reference_is_policy's held-out loss is log 2 with no margin positive, and "
+                      "ends >= 1.3x the pattern's exact KL on the same seed",
+                      ("none", "reference_is_policy"), each(
+                          lambda p, m: abs(m["held_out_loss"] - math.log(2)) < 1e-5
+                          and m["held_out_accuracy"] == 0
+                          and m["exact_kl"] >= 1.3 * p["exact_kl"])),
+            Criterion("reference_with_grad writes .grad into the reference and holds more bytes "
+                      "per step", ("none", "reference_with_grad"), each(
+                          lambda p, m: m["reference_has_grad"]
+                          and m["step_saved_bytes"] > p["step_saved_bytes"])),
+            Criterion("reference_train_mode's reference differs between two calls on the same "
+                      "pairs", ("reference_train_mode",),
+                      each(lambda r: r["reference_noise"] > 0)),
+            Criterion("unmasked_logprobs ends with a larger exact KL than the pattern on the same "
+                      "seed", ("none", "unmasked_logprobs"),
+                      each(lambda p, m: m["exact_kl"] > p["exact_kl"]))),
         figure_runs=tuple(BY_MISTAKE),
         figure_title="dpo on pydoc, default config, seed 0"),
     measured=measured,

@@ -53,7 +53,18 @@ from gallery.core.config import (
 )
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe, SavedTensorMeter, graph_stats, state_hash
-from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, Runs, avg
+from gallery.core.registry import (
+    Cost,
+    Criterion,
+    Example,
+    Gate,
+    Measured,
+    Mistake,
+    Panel,
+    Runs,
+    avg,
+    each,
+)
 from gallery.core.setup import prepare
 from gallery.data import images
 
@@ -405,13 +416,7 @@ EXAMPLE = Example(
     order=0,
     groups={"data": "cifar10, digits, imagefolder"},
     gate=Gate(
-        "digits with 20 training images per class, the default config, seeds 0-2: the pattern "
-        "reaches 88% validation accuracy, overfits (final val loss >= 1.2x its best), and its "
-        "evaluation holds 0 bytes, repeats exactly, leaves the model unchanged and gives the same "
-        "accuracy at batch 4 (within 1 point: another batch size rounds differently); "
-        "eval_with_grad holds bytes that grow with the validation set "
-        "(all >= 1.8x half); no_eval_mode changes the model, does not repeat and loses >= 5 points "
-        "at batch 4; train_not_restored trains in eval mode after every evaluation",
+        "digits with 20 training images per class, the default config, seeds 0-2",
         runs={"none": Runs(), "eval_with_grad": Runs("eval_with_grad"),
               "no_eval_mode": Runs("no_eval_mode"),
               "train_not_restored": Runs("train_not_restored")},
@@ -419,19 +424,28 @@ EXAMPLE = Example(
               "val_accuracy_batch4", "eval_held_bytes_half", "eval_held_bytes_all",
               "eval_graph_nodes_all", "eval_ms", "eval_repeat_gap", "eval_changed_state",
               "trained_in_eval_mode", "evaluations", "steps_per_sec", "wall_seconds"),
-        passes=lambda runs: all(
-            r["val_accuracy"] >= 0.88 and r["val_loss"] >= 1.2 * r["best_val_loss"]
-            and r["eval_held_bytes_all"] == 0 and r["eval_repeat_gap"] == 0
-            and not r["eval_changed_state"]
-            and abs(r["val_accuracy_batch4"] - r["val_accuracy"]) <= 0.01
-            and r["trained_in_eval_mode"] == 0 for r in runs["none"])
-        and all(r["eval_held_bytes_half"] > 0
-                and r["eval_held_bytes_all"] >= 1.8 * r["eval_held_bytes_half"]
-                for r in runs["eval_with_grad"])
-        and all(m["eval_changed_state"] and m["eval_repeat_gap"] > 0
-                and m["val_accuracy_batch4"] <= p["val_accuracy"] - 0.05
-                for p, m in zip(runs["none"], runs["no_eval_mode"]))
-        and all(r["trained_in_eval_mode"] == r["evaluations"] for r in runs["train_not_restored"]),
+        criteria=(
+            Criterion("the pattern reaches 88% validation accuracy and overfits (final val loss "
+                      ">= 1.2x its best)", ("none",), each(lambda r: r["val_accuracy"] >= 0.88
+                                                           and r["val_loss"] >= 1.2
+                                                           * r["best_val_loss"])),
+            Criterion("its evaluation holds 0 bytes, repeats exactly, leaves the model unchanged "
+                      "and gives the same accuracy at batch 4 (within 1 point: another batch size "
+                      "rounds differently)", ("none",), each(
+                          lambda r: r["eval_held_bytes_all"] == 0 and r["eval_repeat_gap"] == 0
+                          and not r["eval_changed_state"] and r["trained_in_eval_mode"] == 0
+                          and abs(r["val_accuracy_batch4"] - r["val_accuracy"]) <= 0.01)),
+            Criterion("eval_with_grad holds bytes that grow with the validation set (all >= "
+                      "1.8x half)", ("eval_with_grad",), each(
+                          lambda r: r["eval_held_bytes_half"] > 0
+                          and r["eval_held_bytes_all"] >= 1.8 * r["eval_held_bytes_half"])),
+            Criterion("no_eval_mode changes the model, does not repeat and loses >= 5 points at "
+                      "batch 4", ("none", "no_eval_mode"), each(
+                          lambda p, m: m["eval_changed_state"] and m["eval_repeat_gap"] > 0
+                          and m["val_accuracy_batch4"] <= p["val_accuracy"] - 0.05)),
+            Criterion("train_not_restored trains in eval mode after every evaluation",
+                      ("train_not_restored",),
+                      each(lambda r: r["trained_in_eval_mode"] == r["evaluations"]))),
         figure_runs=("none", "no_eval_mode", "train_not_restored", "eval_with_grad"),
         figure_title="evaluate on digits (20 training images per class), seed 0"),
     measured=measured,

@@ -29,7 +29,7 @@ passes). tests/test_learning.py checks a subset of these within the test budget;
 every seed a gate names, one run after another, so the wall times are the ones a user would see.
 --json updates the named gates' entries in the file and keeps the others.
 
-""" + "\n".join(textwrap.fill(f"{name}: {gate.target}", 98, initial_indent="  ",
+""" + "\n".join(textwrap.fill(f"{name}: {gate.text}", 98, initial_indent="  ",
                                 subsequent_indent="      ") for name, (_, gate) in GATES.items())
 
 

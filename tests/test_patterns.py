@@ -357,9 +357,10 @@ def test_the_example_reads_in_one_sitting(name):
     declared = next(i for i, line in enumerate(lines) if line.startswith("EXAMPLE = "))
     # What a reader reads, top to bottom, up to the EXAMPLE: "around 400" at the 100 columns
     # pyproject sets. The EXAMPLE below it is a declaration the gallery reads (its gate, its
-    # mistakes' checks, its README row), kept apart from the reading count but held short too.
+    # mistakes' checks, its README row), kept apart from the reading count but held short too: a
+    # gate's criteria, each a sentence beside the predicate that decides it, fill most of it.
     assert declared <= 430, f"{name}: {declared} lines before its EXAMPLE"
-    assert len(lines) - declared <= 90, f"{name}: its EXAMPLE runs {len(lines) - declared} lines"
+    assert len(lines) - declared <= 100, f"{name}: its EXAMPLE runs {len(lines) - declared} lines"
     assert len(inspect.getsource(module.train).splitlines()) <= 50  # at most about 50
 
 

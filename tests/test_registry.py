@@ -9,9 +9,11 @@ import json
 import pytest
 
 from gallery.core.registry import Cost, Example, Panel, examples
+from scripts.measure.gate import gates
 from tests.conftest import ROOT
 
 EXAMPLES = examples()
+DECLARED = gates(EXAMPLES)  # every gate, by its name in docs/gates.json
 GATES = json.loads((ROOT / "docs" / "gates.json").read_text())
 BENCH = json.loads((ROOT / "docs" / "bench.json").read_text())
 
@@ -48,14 +50,14 @@ def test_its_gate_is_measured_and_the_readme_hero_and_costs_read_it(name):
     assert name in GATES, (f"{name}: docs/gates.json has no entry; run scripts/gates.py {name} "
                            "--json docs/gates.json")
     gate, entry = example.gate, GATES[name]
-    if not gate.measure:
+    if not gate.measure:  # a measure adds groups of its own
         assert set(entry["runs"]) == set(gate.runs), (
             f"{name}: docs/gates.json's groups {sorted(entry['runs'])} are not the gate's "
             f"{sorted(gate.runs)}; run scripts/gates.py {name} --json docs/gates.json")
-        assert all(r.mistake in {"none", *example.mistakes} for r in gate.runs.values()), name
-        assert set(gate.figure_runs) <= set(gate.runs), f"{name}: figure_runs names no group"
-        assert gate.passes(entry["runs"]) == entry["pass"], (
-            f"{name}: the gate's passes() disagrees with the verdict in docs/gates.json")
+    assert all(r.mistake in {"none", *example.mistakes} for r in gate.runs.values()), name
+    assert set(gate.figure_runs) <= set(gate.runs), f"{name}: figure_runs names no group"
+
+
     measured = example.measured(entry, BENCH)
     pattern, mistake = measured.readme
     assert pattern and mistake, f"{name}: measured() gave an empty README cell"
@@ -64,6 +66,25 @@ def test_its_gate_is_measured_and_the_readme_hero_and_costs_read_it(name):
     assert isinstance(cost, Cost) and cost.mistake in example.mistakes, (
         f"{name}: measured().cost names no mistake of the example")
     assert cost.time is not None or cost.bytes is not None, f"{name}: a cost with no figure"
+
+
+@pytest.mark.parametrize("name", DECLARED)
+def test_each_gates_criteria_are_its_verdict_in_gates_json(name):
+    """The verdict, the gate's text and the seed-0 test all read one list of criteria; here the
+    verdict docs/gates.json keeps is what those criteria say of the rows it keeps, so neither can
+    change without the other."""
+    gate = DECLARED[name][1]
+    assert name in GATES, f"{name}: not in docs/gates.json; run scripts/gates.py {name} --json ..."
+    entry = GATES[name]
+    assert gate.criteria, f"{name}: a gate with no criterion passes anything"
+    read = {g for c in gate.criteria for g in c.reads}
+    assert read <= set(entry["runs"]), (
+        f"{name}: its criteria read {sorted(read - set(entry['runs']))}, which docs/gates.json "
+        f"lacks; run scripts/gates.py {name} --json docs/gates.json")
+    assert gate.passes(entry["runs"]) == entry["pass"], (
+        f"{name}: the gate's criteria disagree with the verdict in docs/gates.json: "
+        f"{gate.failures(entry['runs'])}")
+    assert all(c.says in gate.text for c in gate.criteria)
 
 
 def test_every_example_has_its_page_in_the_nav_in_the_gallerys_order():

@@ -104,6 +104,21 @@ def runs_table(entry: dict, keys: tuple[str, ...], width: int = 5) -> list[str]:
     return lines
 
 
+def criteria_list(gate, entry: dict) -> list[str]:
+    """The gate in words, from its criteria: what it runs, then each criterion and whether it holds
+    on the rows docs/gates.json keeps."""
+    runs = entry.get("runs", {})
+    lines = [f"**The gate:** {gate.target}. It passes when:", ""]
+    for c in gate.criteria:
+        read = all(g in runs for g in c.reads)
+        verdict = ("holds" if c.holds(*(runs[g] for g in c.reads)) else "**does not hold**"
+                   ) if read else "not measured yet"
+        timed = " (a bound on wall time: `scripts/gates.py` holds it, the tests do not)" \
+            if c.timed else ""
+        lines.append(f"- {c.says}: {verdict}{timed}")
+    return [*lines, ""]
+
+
 def bench_table(value) -> str:
     """A bench's entry: each row was measured in a setting of its own (a setting, a command, the
     data), so each row is its own group, named by its first text field, with all its figures; rows
@@ -179,16 +194,18 @@ for name, example in examples().items():
         page += [f"From `docs/gates.json`, written by `scripts/gates.py {name}` (fixed seeds, on "
                  "the machine named in `docs/bench.json`)"
                  + (": each run's mean over its seeds, the range beneath." if by_run else "."),
-                 "", *by_run]
+                 "", *by_run, *criteria_list(example.gate, gates[name])]
         page += ['??? note "Every run, seed by seed"' if by_run else "", "",
                  *(("    " if by_run else "") + line for line in table(gates[name]).splitlines()),
                  ""]
     else:
         page += [f"No gate entry yet: `scripts/gates.py {name} --json docs/gates.json` writes one.",
                  ""]
-    for key in (key for key in gates if key.startswith(f"{name}_")):  # e.g. gan_sizes
-        page += [f"### `scripts/gates.py {key}`", "",
-                 *(runs_table(gates[key], ()) or [table(gates[key])]), ""]
+    for key, more in example.more_gates.items():  # e.g. gan_sizes
+        entry = gates.get(f"{name}_{key}", {})
+        page += [f"### `scripts/gates.py {name}_{key}`", "",
+                 *(runs_table(entry, more.keys) or [table(entry)]), "",
+                 *criteria_list(more, entry)]
     if example.limits:
         page += ["## Limits of the default config", "", example.limits, ""]
     functions = ", ".join(f"`{f}`" for f in example.pattern_functions)

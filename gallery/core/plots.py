@@ -86,3 +86,14 @@ def draw_learning_curve(ax, evals: list[dict], label: str, threshold: float | No
         ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"solved ({threshold:g})")
     ax.set(xlabel="env steps", ylabel="greedy eval return")
     ax.legend(fontsize=8)
+
+
+def draw_learning_curves(fig, runs: dict, order, pattern: str = "pattern"):
+    """The tour's comparison of an RL example: each run's greedy eval return against env steps,
+    in `order` (the pattern, then its mistakes), on one axis, which it returns."""
+    ax = fig.add_subplot(1, 1, 1)
+    for mistake in order:
+        if runs.get(mistake, {}).get("evals"):
+            draw_learning_curve(ax, runs[mistake]["evals"],
+                                pattern if mistake == "none" else f"mistake={mistake}")
+    return ax

@@ -46,27 +46,77 @@ class Runs:
     mistake: str = "none"
     seeds: tuple[int, ...] = (0, 1, 2)
     overrides: tuple[str, ...] = ()
+    processes: int = 1  # more than 1: each run under torchrun, that many gloo processes
+
+
+class Criterion(NamedTuple):
+    """One thing a gate asserts: the sentence that says it, the groups of runs it reads, and the
+    predicate that decides it, given those groups' rows (one list per group, in `reads` order;
+    `each` makes one from a predicate on one seed's rows). `timed` marks a bound on wall time:
+    scripts/gates.py holds it, and the test tier leaves it alone (a test never asserts a
+    wall-clock time)."""
+    says: str
+    reads: tuple[str, ...]
+    holds: Callable[..., bool]
+    timed: bool = False
+
+
+def each(predicate: Callable[..., bool]) -> Callable[..., bool]:
+    """A criterion's predicate that holds on every seed: it takes one row of each group the
+    criterion reads, the same seed's (groups list their rows in seed order)."""
+    def holds(*groups: list[dict]) -> bool:
+        return all(predicate(*rows) for rows in zip(*groups))
+    return holds
 
 
 @dataclass(frozen=True)
 class Gate:
-    """A learning gate: what it runs, what each run keeps, and what passes. `scripts/gates.py
-    <example>` runs it and writes {"runs": {group: [row per seed]}, "pass": bool} to
-    docs/gates.json. A gate whose runs are not a table of seeds (a Hydra sweep, a curve) names a
-    function under scripts/measure/ instead: `measure="module:function"`."""
-    target: str  # what passes, in words
+    """A learning gate: what it runs, what each run keeps, and what passes, each criterion written
+    once. `scripts/gates.py <example>` runs it and writes {"runs": {group: [row per seed]}, "pass":
+    bool} to docs/gates.json; the verdict, the gate's text and the seed-0 learning test
+    (tests/test_learning.py) all read `criteria`. A gate whose runs are not a table of seeds in one
+    process (Hydra sweeps two jobs at a time, a curve) names the function under scripts/measure/
+    that runs them instead, `measure="module:function"`, and its criteria read the groups that
+    function returns."""
+    target: str  # what it runs, in words; the criteria's sentences follow it
     runs: dict[str, Runs] = field(default_factory=dict)
     keys: tuple[str, ...] = ()  # what a row keeps of a run's summary
-    passes: Callable[[dict[str, list[dict]]], bool] | None = None
+    criteria: tuple[Criterion, ...] = ()
     derive: Callable[[dict], dict] | None = None  # more columns for a row, from a summary
     # The tour figure drawn from the first seed of these groups, and its title (scripts/gates.py
     # --figures DIR writes it to DIR/<example>.png).
     figure_runs: tuple[str, ...] = ()
     figure_title: str = ""
     figure_file: str = ""  # default: <example>.png
-    # or a figure drawn from the gate's rows themselves: (rows by group, a matplotlib figure)
-    rows_figure: Callable[[dict[str, list[dict]], Any], None] | None = None
+    # or a figure drawn from the gate's rows and each group's first full summary:
+    # (rows by group, first summary by group, a matplotlib figure)
+    rows_figure: Callable[[dict[str, list[dict]], dict[str, dict], Any], None] | None = None
     measure: str = ""
+
+    @property
+    def text(self) -> str:
+        """What the gate runs and what passes, in words."""
+        return f"{self.target}: {'; '.join(c.says for c in self.criteria)}"
+
+    def failures(self, runs: dict[str, list[dict]], *, untimed: bool = False) -> list[str]:
+        """The sentences of the criteria that do not hold on these rows. `untimed`: leave out the
+        bounds on wall time, and any criterion reading a group that is not in `runs` (the test
+        tier runs a subset)."""
+        chosen = [c for c in self.criteria if not untimed
+                  or (not c.timed and all(g in runs for g in c.reads))]
+        if untimed and not chosen:
+            raise ValueError(f"no criterion of the gate '{self.target}' reads only {sorted(runs)}")
+        return [c.says for c in chosen if not c.holds(*(runs[g] for g in c.reads))]
+
+    def passes(self, runs: dict[str, list[dict]]) -> bool:
+        """Every criterion holds on these rows."""
+        return not self.failures(runs)
+
+    def tested(self) -> dict[str, Runs]:
+        """The groups the test tier runs at seed 0: those its untimed criteria read."""
+        read = {g for c in self.criteria if not c.timed for g in c.reads}
+        return {label: runs for label, runs in self.runs.items()
+                if label in read and 0 in runs.seeds}
 
 
 class Panel(NamedTuple):

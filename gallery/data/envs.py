@@ -166,3 +166,23 @@ def value_bias(act, value, env_id: str, time_limit: int, episodes: int, gamma: f
             errors.append(values - returns[:n])
     errors = np.concatenate(errors)
     return {"value_bias": float(errors.mean()), "value_abs_error": float(np.abs(errors).mean())}
+
+
+def greedy(net):
+    """The evaluation policy of a discrete-action agent: in each sub-env, the action with the
+    highest output (a logit, a Q-value), with no graph."""
+    @torch.no_grad()
+    def act(obs: torch.Tensor) -> torch.Tensor:
+        return net(obs).argmax(1)
+    return act
+
+
+def outcome(s: dict) -> str:
+    """A CartPole-style run's result in words: its eval return, when it first solved (or how many
+    env steps it ran without), and its critic's bias where measured."""
+    solved = (f"first solved at {s['first_solved_step']:,} env steps"
+              if s["first_solved_step"] is not None
+              else f"not solved in {s['env_steps']:,} env steps")
+    bias = "" if s.get("value_bias") is None else (f", value bias vs Monte-Carlo "
+                                                   f"{s['value_bias']:+.1f}")
+    return f"eval return {s['eval_return_mean']:.1f}, {solved}{bias}"

@@ -5,13 +5,17 @@ group, in this process, one after another, so the wall times are the ones a user
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from gallery.core import plots
 from gallery.core.cli import compose
-from gallery.core.registry import Example, Gate
+from gallery.core.registry import Example, Gate, Runs
 
 
 def run(example: str, *overrides: str) -> dict:
@@ -24,40 +28,70 @@ def run(example: str, *overrides: str) -> dict:
     return summary
 
 
+def torchrun(example: str, processes: int, out: Path, *overrides: str) -> dict:
+    """One training run under torchrun, `processes` gloo processes on the CPU, one thread each; its
+    summary is rank 0's."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={processes}", "-m", f"gallery.{example}", f"out_dir={out}",
+           "device=cpu", "threads=1", *overrides]
+    print("$", " ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads((out / "summary.json").read_text())
+
+
 def folder(label: str) -> str:
     """A group's label as a folder name: Hydra reads `=` and spaces in an override's value."""
     return re.sub(r"[^\w.-]+", "_", label)
 
 
-def run_gate(name: str, example: Example, gate: Gate, tmp: Path, figures: Path | None) -> dict:
-    """{"runs": {group: [one row per seed]}, "pass": bool}, or what the gate's own measure
-    returns."""
-    if gate.measure:
-        module, function = gate.measure.split(":")
-        return getattr(importlib.import_module(f"scripts.measure.{module}"), function)(tmp, figures)
+def run_groups(name: str, example: Example, gate: Gate, groups: dict[str, Runs], tmp: Path,
+               seeds: tuple[int, ...] | None = None) -> tuple[dict[str, list[dict]], dict]:
+    """Each group's runs, one after another in this process (under torchrun for a group of more
+    processes): {group: [one row per seed]}, and each group's first full summary. `seeds`: only
+    these of each group's seeds."""
     rows: dict[str, list[dict]] = {}
     first: dict[str, dict] = {}
-    for label, group in gate.runs.items():
-        for seed in group.seeds:
-            summary = run(example.name, f"seed={seed}", f"mistake={group.mistake}",
-                          *(o.format(tmp=tmp) for o in group.overrides),
-                          f"out_dir={tmp}/{name}/{folder(label)}/{seed}")
-            row = {key: summary[key] for key in gate.keys}
+    for label, group in groups.items():
+        for seed in (s for s in group.seeds if seeds is None or s in seeds):
+            overrides = (f"seed={seed}", f"mistake={group.mistake}",
+                         *(o.format(tmp=tmp) for o in group.overrides))
+            out = tmp / name / folder(label) / str(seed)
+            summary = (run(example.name, *overrides, f"out_dir={out}") if group.processes == 1
+                       else torchrun(example.name, group.processes, out, *overrides))
+            row = {key: summary.get(key) for key in gate.keys}
             if gate.derive is not None:
                 row.update(gate.derive(summary))
             rows.setdefault(label, []).append(row)
             first.setdefault(label, summary)
             print(f"{name} {label} seed={seed}: {row}", flush=True)
+    return rows, first
+
+
+def run_gate(name: str, example: Example, gate: Gate, tmp: Path, figures: Path | None) -> dict:
+    """{"runs": {group: [one row per seed]}, "pass": bool}: the declared runs, then what the gate's
+    own measure adds (its groups join the runs; anything else it returns is kept beside them). The
+    verdict is the gate's criteria on the rows."""
+    rows, first = run_groups(name, example, gate, gate.runs, tmp)
+    result: dict = {}
+    if gate.measure:
+        module, function = gate.measure.split(":")
+        result = getattr(importlib.import_module(f"scripts.measure.{module}"), function)(tmp,
+                                                                                       figures)
+        rows.update(result.pop("runs", {}))
     if figures is not None and (gate.figure_runs or gate.rows_figure is not None):
         fig = plots.pyplot().figure(figsize=example.figure_size)
-        if gate.rows_figure is not None:  # drawn from the rows themselves
-            gate.rows_figure(rows, fig)
+        if gate.rows_figure is not None:  # drawn from the rows and first summaries
+            gate.rows_figure(rows, first, fig)
         else:  # the tour's figure, from the first seed of the named groups
             example.figure({gate.runs[label].mistake: first[label]
                             for label in gate.figure_runs}, fig)
         fig.suptitle(gate.figure_title, fontsize=9)
         plots.save(fig, figures / (gate.figure_file or f"{name}.png"))
-    return {"runs": rows, "pass": bool(gate.passes(rows))}
+    failed = gate.failures(rows)
+    for says in failed:
+        print(f"{name}: does not hold: {says}", flush=True)
+    return {"runs": rows, **result, "pass": not failed}
 
 
 def gates(found: dict[str, Example]) -> dict[str, tuple[Example, Gate]]:
