@@ -503,6 +503,7 @@ EXAMPLE = Example(
                                  and avg(rows, "wall_seconds") <= 3 * avg(ring, "wall_seconds"),
                                  timed=True) for name, (_, modes) in SIZES.items()),
         measure="gan_gates:sizes")},
+    lr_keys=("lr_d", "lr_g"),
     measured=measured,
 )
 

@@ -397,6 +397,7 @@ EXAMPLE = Example(
         figure_title="maml on sine tasks, default config, seed 0"),
     measured=measured,
     size_keys=("meta_batch", "shots"),
+    lr_keys=("inner_lr", "lr"),
 )
 
 

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -29,18 +28,8 @@ def torchrun(module: str, out_dir, *overrides: str, nproc: int = NPROC) -> dict:
            f"--nproc_per_node={nproc}", "-m", module, f"out_dir={out_dir}", f"device={DEVICE}",
            "threads=1", *overrides]
 
-    def launch(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-    proc = launch()
-    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
-        # Seen once in CI (finetune, rank 0 aborted by std::terminate at exit; not reproduced in 5
-        # reruns): one retry, reported as a warning so it is never silent. Any other failure fails
-        # at once.
-        warnings.warn(f"{module} under torchrun aborted at exit, retried "
-                      f"once:\n{proc.stderr[-1500:]}", stacklevel=2)
-        proc = launch("overwrite=true")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("outputs:") == 1, "only rank 0 reports"
     summary = json.loads((out_dir / "summary.json").read_text())
@@ -51,6 +40,22 @@ def torchrun(module: str, out_dir, *overrides: str, nproc: int = NPROC) -> dict:
     assert steps == sorted(steps) and len(rows) == len({json.dumps(
         r, sort_keys=True) for r in rows})
     return summary
+
+
+def test_bad_input_under_torchrun_is_one_line_from_rank_0_and_writes_nothing(tmp_path):
+    """Every worker finds the same bad input; rank 0 says it and exits 2, and torchrun stops the
+    other worker, which waits for that instead of racing rank 0 to the exit."""
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", "-m", "gallery.accumulate", f"out_dir={out}",
+                           "device=cpu", "threads=1", "micro_batch_size=0"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(said) == 1 and "micro_batch_size" in said[0], proc.stderr[-3000:]
+    assert proc.returncode == 1  # torchrun's own status for a failed worker
+    assert "exitcode  : 2" in proc.stderr  # rank 0's, the first failure torchrun reports
+    assert not out.exists(), sorted(out.rglob("*"))
 
 
 # One process too: torchrun --nproc_per_node=1 (the one-GPU nccl smoke's launch) must run DDP in a

@@ -111,6 +111,9 @@ def stop_with_sigterm(module: str, command: list[str], out: Path, at_random: boo
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err[-2000:]
     assert "Traceback" not in err and (out / "checkpoints" / "last.pt").is_file()
+    # stderr is a pipe here, as in a log: the stop's lines follow the run's with no blank line
+    assert "\n\nSIGTERM: stopping after this step" not in "\n" + err, err[-2000:]
+    assert "SIGTERM: stopping after this step" in err
     resume = err.split("Resume with: ")[1].strip().splitlines()[0]
     assert resume.startswith(f"python -m {module} ")
     assert resume.endswith(f"out_dir={out} resume=true")
@@ -399,6 +402,16 @@ def test_a_learning_rate_that_diverges_exits_3_with_one_line(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
     # it diverged before the first checkpoint: the line points at none
     assert "no checkpoint was saved yet" in proc.stderr and "last good" not in proc.stderr
+    # the line names the example's own step sizes (EXAMPLE.lr_keys), with their values
+    assert "(try a smaller lr_d=1e+30 or lr_g=1e+30)" in proc.stderr, proc.stderr
+
+
+def test_maml_diverging_names_its_inner_step_size(tmp_path):
+    from gallery import maml
+
+    proc = run_here("gallery.maml", *maml.EXAMPLE.smoke, "inner_lr=1e6", f"out_dir={tmp_path}")
+    assert proc.returncode == 3 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert "(try a smaller inner_lr=1000000.0 or lr=0.001)" in proc.stderr, proc.stderr
 
 
 # What each example's summary must hold, and the headline its command line prints.

@@ -110,12 +110,13 @@ def test_the_action_names_no_example_by_hand():
 
 
 @pytest.mark.parametrize("name", sorted(examples()))
-def test_its_size_keys_are_keys_of_its_config(name):
-    """Out of memory names EXAMPLE.size_keys with their values: each must be in the config."""
+def test_its_size_keys_and_lr_keys_are_keys_of_its_config(name):
+    """Out of memory names EXAMPLE.size_keys with their values, and divergence names
+    EXAMPLE.lr_keys: each must be in the config."""
     from omegaconf import OmegaConf
 
     from gallery.core.cli import compose
 
     cfg = compose(name, [])
-    for key in examples()[name].size_keys:
+    for key in (*examples()[name].size_keys, *examples()[name].lr_keys):
         assert OmegaConf.select(cfg, key, default="missing") != "missing", f"{name}: {key}"

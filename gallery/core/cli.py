@@ -21,9 +21,10 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import torch
@@ -122,12 +123,29 @@ def composed_or_exit(name: str, argv: list[str]) -> DictConfig:
     except (HydraException, OmegaConfBaseException) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {explain_override_error(name, err)}", file=sys.stderr)
-        sys.exit(EXIT_STATUS["bad_input"])
+        refuse(f"error: {explain_override_error(name, err)}")
     except GalleryError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_STATUS["bad_input"])
+        refuse(f"error: {err}")
     return cfg
+
+
+# How long a worker other than rank 0 waits, on bad input under torchrun, for rank 0's exit: when
+# rank 0 fails, torchrun stops the others at once (it checks every 0.1 s by default).
+PEER_WAIT_SECONDS = 20
+
+
+def refuse(line: str) -> NoReturn:
+    """Bad input: its one line on stderr, exit status 2. Under torchrun every worker finds the same
+    bad input, and rank 0 alone says it: another rank waits for rank 0's exit, upon which torchrun
+    stops it, so the line is never lost to a worker that exited first (torchrun then exits 1 with
+    its own report, whose first failure is rank 0's status 2). A rank that is still running after
+    the wait found something rank 0 did not, and says it."""
+    if dist.rank() != 0 and dist.launched():
+        # torchrun's SIGTERM ends the wait as an exit, so the empty folders this run made still go
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_STATUS["bad_input"]))
+        time.sleep(PEER_WAIT_SECONDS)
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(EXIT_STATUS["bad_input"])
 
 
 def hydra_main(name: str, task: Callable[[DictConfig], Any], argv: list[str]) -> None:
@@ -165,8 +183,11 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
     """
     run_dir = hydra_run_dir()
     existed = run_dir is not None and run_dir.exists() and any(run_dir.iterdir())
+    finished = False
     try:
-        return train(cfg)
+        summary = train(cfg)
+        finished = True
+        return summary
     except Interrupted as stop:
         name = signal.Signals(stop.signum).name
         if stop.resumable:
@@ -182,7 +203,10 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
         print("interrupted before training started; nothing was saved", file=sys.stderr)
         sys.exit(130)
     except Diverged as err:  # summary.json says "status": "diverged"
-        print(f"error: {err}", file=sys.stderr)
+        example = getattr(sys.modules[train.__module__], "EXAMPLE", None)
+        keys = example.lr_keys if example else ("lr",)
+        rates = " or ".join(f"{key}={OmegaConf.select(cfg, key)}" for key in keys)
+        print(f"error: {err} (try a smaller {rates})", file=sys.stderr)
         sys.exit(EXIT_STATUS["diverged"])
     except ExplainedMistake as err:
         if multirun():  # the sweep goes on; this job's summary.json records it
@@ -198,11 +222,10 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
         print(f"error: {err}{after}", file=sys.stderr)
         sys.exit(EXIT_STATUS["fault"])
     except GalleryError as err:
-        print(f"error: {err}", file=sys.stderr)
         # a sweep's job folder (a single run's folders are command_line's to remove)
         if multirun() and run_dir is not None and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
-        sys.exit(EXIT_STATUS["bad_input"])
+        refuse(f"error: {err}")
     # after GalleryError: DataError and DeviceError are RuntimeErrors too
     except (MemoryError, RuntimeError) as err:
         if not out_of_memory(err):
@@ -213,7 +236,7 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
         print(f"error: {line}; {left}", file=sys.stderr)
         sys.exit(EXIT_STATUS["out_of_memory"])
     finally:
-        dist.teardown()  # under torchrun: leave the process group before the process exits
+        dist.teardown(finished)  # under torchrun: leave the process group before the process exits
         empty = run_dir is not None and run_dir.is_dir() and not any(run_dir.iterdir())
         if dist.rank() != 0 and empty:
             run_dir.rmdir()  # the folder Hydra made for a non-zero rank that started a second later

@@ -12,6 +12,7 @@ when it wraps a module, so the models still start equal.
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import os
 from typing import Any
@@ -56,9 +57,17 @@ def setup(device: torch.device) -> torch.device:
     return device
 
 
-def teardown() -> None:
-    if active():
-        dist.destroy_process_group()
+def teardown(finished: bool = True) -> None:
+    """Leave the process group before the process exits. After a finished run: first free what the
+    run left behind (DDP's reducer and the work it launched, which the group's threads may still
+    touch: freed only at interpreter exit, it can abort the process), then meet every rank at a
+    barrier, so that no peer is still talking when the group goes. After a failed run the process
+    just exits: a peer that failed never reaches the barrier, and torchrun stops the others."""
+    if not active() or not finished:
+        return
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def wrap(module: nn.Module, device: torch.device, sync_buffers: bool = True) -> nn.Module:

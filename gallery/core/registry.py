@@ -189,6 +189,8 @@ class Example:
     measured: Callable[[dict, dict], Measured] | None = None
     # The keys that set how much memory a step takes: out of memory names them, with their values.
     size_keys: tuple[str, ...] = ("batch_size",)
+    # The step sizes to lower when a run diverges: the line that says so names them, with values.
+    lr_keys: tuple[str, ...] = ("lr",)
 
     @property
     def module(self):

@@ -269,8 +269,7 @@ class Run:
             values = ", ".join(f"{k}={v}" for k, v in bad.items())
             saved = (f"the last good checkpoint is in {self.checkpoint_dir}"
                      if (self.checkpoint_dir / LAST).is_file() else "no checkpoint was saved yet")
-            raise Diverged(f"diverged at step {step}: {values}; {saved} (try a smaller learning "
-                           f"rate)")
+            raise Diverged(f"diverged at step {step}: {values}; {saved}")
 
     def log(self, step: int, **metrics: Any) -> None:
         if self._metrics is None:
@@ -320,9 +319,10 @@ class Run:
         if self.stop_signal is not None:
             os._exit(128 + signum)
         self.stop_signal = signum
-        print(f"\n{signal.Signals(signum).name}: stopping after this step (send it again to stop "
-              f"at once)",
-              file=sys.stderr, flush=True)
+        # at a terminal, off the line the bar and the echoed ^C hold; in a log, no blank line
+        start = "\n" if sys.stderr.isatty() else ""
+        print(f"{start}{signal.Signals(signum).name}: stopping after this step (send it again to "
+              f"stop at once)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> Run:
         if threading.current_thread() is threading.main_thread():
