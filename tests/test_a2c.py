@@ -9,7 +9,7 @@ from gallery import a2c
 from gallery.check import constant, gets_grad, no_grad_reaches
 from gallery.core.cli import compose
 from gallery.core.probes import reached_parameters, state_hash
-from tests.conftest import StubEnvs, run_here, run_module
+from tests.conftest import StubEnvs
 
 
 def _envs(n=2, limit=None, seed=0):
@@ -154,25 +154,6 @@ def test_resume_continues_from_the_checkpoint_to_the_end(tmp_path):
     resumed = a2c.train(compose("a2c", ["steps=1024", *args, "resume=true"]))
     assert resumed["env_steps"] == 1024 and [e["env_steps"] for e in resumed["evals"]] == [
         512, 1024]
-
-
-def test_the_command_line_trains_and_reports(tmp_path):
-    proc = run_module("gallery.a2c", "steps=256", "eval_every=256", "eval_episodes=1",
-                      "value_check_episodes=0", "mistake=value_item", f"out_dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "critic_changed=False" in proc.stdout
-
-
-@pytest.mark.parametrize("override,message", [
-    ("gae_lambda=1.5", "gae_lambda must be in [0.0, 1.0]"),
-    ("env.id=Pendulum-v1", "A2C needs a Discrete one"),
-    ("mistake=advantage_detach", "mistake"),
-])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, override, message):
-    ran = run_here("gallery.a2c", override, f"out_dir={tmp_path}/run")
-    assert ran.returncode == 2 and message in ran.stderr, ran.stderr
-    assert len(ran.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.gpu

@@ -11,7 +11,6 @@ from gallery import distill
 from gallery.check import constant, frozen, no_grad_reaches, runs_in_eval_mode
 from gallery.core.cli import compose
 from gallery.core.probes import saved_bytes, state_hash
-from tests.conftest import run_here, run_module
 
 
 def _setup(mistake="none", seed=0):
@@ -123,25 +122,6 @@ def test_resume_continues_from_the_checkpoint_to_the_end(tmp_path):
     straight = distill.train(compose("distill", ["steps=40", *args,
                                                  f"out_dir={tmp_path}/straight"]))
     assert resumed["curve"] == straight["curve"]
-
-
-def test_the_command_line_trains_and_reports(tmp_path):
-    proc = run_module("gallery.distill", *ARGS[1:], "mistake=teacher_with_grad",
-                      f"teacher_dir={tmp_path}/teacher", f"out_dir={tmp_path}/run")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "teacher_has_grad=True" in proc.stdout
-
-
-@pytest.mark.parametrize("override,message", [
-    ("alpha=1.5", "alpha must be in [0.0, 1.0]"),
-    ("temperature=0", "temperature"),
-    ("data=mnist", "data=mnist is not a data option of distill"),
-])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, override, message):
-    ran = run_here("gallery.distill", override, f"out_dir={tmp_path}/run")
-    assert ran.returncode == 2 and message in ran.stderr, ran.stderr
-    assert len(ran.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.gpu

@@ -10,7 +10,6 @@ from gallery.core.cli import compose
 from gallery.core.probes import saved_bytes, state_hash
 from gallery.data import images
 from gallery.nets import sync_target
-from tests.conftest import run_here, run_module
 
 
 def _setup(mistake="none", seed=0):
@@ -124,24 +123,6 @@ def test_resume_continues_from_the_checkpoint_to_the_end(tmp_path):
                                          "device=cpu"]))
     assert first["steps"] == 20 and [e["step"] for e in resumed["curve"]] == [20, 40]
     assert resumed["ema_accuracy"] == straight["ema_accuracy"]
-
-
-def test_the_command_line_trains_and_reports(tmp_path):
-    proc = run_module("gallery.ema", "steps=10", "eval_every=10", "log_every=10",
-                      "mistake=teacher_requires_grad", f"out_dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "teacher_has_grad=True" in proc.stdout
-
-
-@pytest.mark.parametrize("override,message", [
-    ("ema_decay=1.5", "ema_decay must be in [0.0, 1.0]"),
-    ("data=mnist", "data=mnist is not a data option of ema"),
-])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, override, message):
-    ran = run_here("gallery.ema", override, f"out_dir={tmp_path}/run")
-    assert ran.returncode == 2 and message in ran.stderr, ran.stderr
-    assert len(ran.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.gpu

@@ -17,7 +17,6 @@ from gallery.core.cli import compose
 from gallery.core.errors import ExplainedMistake
 from gallery.core.probes import SavedTensorMeter, state_hash
 from gallery.data import images
-from tests.conftest import run_here, run_module
 
 
 @pytest.fixture(scope="module")
@@ -173,25 +172,6 @@ def test_resume_continues_from_the_checkpoint_to_the_end(tmp_path):
     straight = evaluate.train(compose("evaluate", ["steps=60", *args[:-2], "device=cpu",
                                                    f"out_dir={tmp_path}/straight"]))
     assert resumed["curve"] == straight["curve"]
-
-
-def test_the_command_line_trains_and_reports(tmp_path):
-    proc = run_module("gallery.evaluate", "steps=20", "eval_every=10", "log_every=10",
-                      "mistake=no_eval_mode", f"out_dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "eval_changed_state=True" in proc.stdout
-
-
-@pytest.mark.parametrize("override,message", [
-    ("dropout=0.95", "dropout must be in [0.0, 0.9]"),
-    ("replay=-1", "replay"),
-    ("mistake=no_eval", "mistake"),
-])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, override, message):
-    ran = run_here("gallery.evaluate", override, f"out_dir={tmp_path}/run")
-    assert ran.returncode == 2 and message in ran.stderr, ran.stderr
-    assert len(ran.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.gpu

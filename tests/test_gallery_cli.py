@@ -190,3 +190,45 @@ def test_the_report_rounds_each_value_of_a_list(capsys):
     report({"clip_fraction_per_pass": [0.0, 0.123456789, 0.5], "steps": 1200},
            "clip_fraction_per_pass", "steps")
     assert capsys.readouterr().out.strip() == "clip_fraction_per_pass=[0, 0.1235, 0.5] steps=1,200"
+
+
+# Each example's own refusals, beside the door's (tests/test_fuzz.py): a value out of its range, an
+# option of another example's group, a mistake it does not have.
+@pytest.mark.parametrize("name,override,message", [
+    ("a2c", "gae_lambda=1.5", "gae_lambda must be in [0.0, 1.0]"),
+    ("a2c", "env.id=Pendulum-v1", "A2C needs a Discrete one"),
+    ("a2c", "mistake=advantage_detach", "mistake"),
+    ("distill", "alpha=1.5", "alpha must be in [0.0, 1.0]"),
+    ("distill", "temperature=0", "temperature"),
+    ("distill", "data=mnist", "data=mnist is not a data option of distill"),
+    ("ema", "ema_decay=1.5", "ema_decay must be in [0.0, 1.0]"),
+    ("ema", "data=mnist", "data=mnist is not a data option of ema"),
+    ("evaluate", "dropout=0.95", "dropout must be in [0.0, 0.9]"),
+    ("evaluate", "replay=-1", "replay"),
+    ("evaluate", "mistake=no_eval", "mistake"),
+    ("vqvae", "codebook_size=0", "codebook_size must be > 0"),
+    ("vqvae", "data=ring8", "data=ring8 is not a data option of vqvae"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, name, override, message):
+    ran = run_here(f"gallery.{name}", override, f"out_dir={tmp_path}/run")
+    assert ran.returncode == 2 and message in ran.stderr, ran.stderr
+    assert len(ran.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", sorted(examples()))
+def test_the_command_line_trains_and_prints_the_examples_report(tmp_path, name,
+                                                                  pretrained_backbone):
+    """Its smoke config through `python -m gallery.<name>` (in this process): exit 0, and each key
+    of EXAMPLE.report that its summary holds a value for printed as key=value (a seconds-long run
+    has no first_solved_step; finetune's pretraining stage reports keys of its own)."""
+    example = examples()[name]
+    args = [a.replace("{tmp}", str(tmp_path)) for a in example.smoke]
+    if name == "finetune":  # one pretrained backbone for every test
+        args = [a for a in args if not a.startswith("backbone.checkpoint_dir=")]
+        args.append(f"backbone.checkpoint_dir={pretrained_backbone}")
+    ran = run_here(f"gallery.{name}", *args, "device=cpu", f"out_dir={tmp_path}/run")
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    printed = [k for k in example.report if summary.get(k) is not None]
+    assert printed and all(f"{k}=" in ran.stdout for k in printed), (printed, ran.stdout)

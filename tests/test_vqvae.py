@@ -3,7 +3,6 @@ real process."""
 
 import json
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -12,7 +11,6 @@ from gallery.check import gets_grad, no_grad_reaches, unchanged
 from gallery.core.cli import compose
 from gallery.core.probes import reached_parameters
 from gallery.data import images
-from tests.conftest import run_module
 
 
 def _model(seed=0):
@@ -100,26 +98,6 @@ def test_a_smoke_run_writes_its_summary_and_figures(tmp_path):
     assert (tmp_path / "curves.png").is_file() and (tmp_path / "reconstructions.png").is_file()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "recon_loss" in r] == [10, 20]
-
-
-def test_the_command_line_trains_and_reports(tmp_path):
-    proc = run_module("gallery.vqvae", "steps=10", "eval_every=10", "batch_size=16",
-                      "mistake=codebook_on_st", f"out_dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "codebook_unchanged=True" in proc.stdout
-
-
-@pytest.mark.parametrize("override,message", [
-    ("codebook_size=0", "codebook_size must be > 0"),
-    ("data=ring8", "data=ring8 is not a data option of vqvae"),
-])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, override, message):
-    from tests.conftest import run_here
-
-    ran = run_here("gallery.vqvae", override, f"out_dir={tmp_path}/run")
-    assert ran.returncode == 2 and message in ran.stderr, ran.stderr
-    assert len(ran.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "run").exists()
 
 
 def test_revive_dead_codes_reseeds_only_codes_idle_past_patience_from_encoder_outputs():
