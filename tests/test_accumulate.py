@@ -64,14 +64,78 @@ def test_amp_runs_with_a_grad_scaler_on_cpu(tmp_path):
 
 def test_on_two_processes_the_pattern_syncs_once_per_step_and_the_mistake_every_micro_batch(
         tmp_path):
-    # tests/test_ddp.py's launcher: 2 gloo processes, every rank's weights compared, the known
-    # abort at exit retried once with a warning
+    # tests/test_ddp.py's launcher: 2 gloo processes, every rank's weights compared
     pattern = torchrun("gallery.accumulate", tmp_path / "p", *acc.EXAMPLE.smoke, nproc=2)
     every = torchrun("gallery.accumulate", tmp_path / "m", *acc.EXAMPLE.smoke,
                      "mistake=sync_every_micro_batch", nproc=2)
     assert pattern["world_size"] == 2 and pattern["ranks_agree"]
     assert pattern["grad_rel_error"] < 1e-5 and pattern["allreduces_per_step"] == 1
     assert every["allreduces_per_step"] == 4  # micro_batches=4, one bucket each
+
+
+# A reader's script on 2 processes: the pattern functions pasted from their source, with torch
+# alone, a model of the reader's own, and the full batch's gradient to compare with.
+READER_DRIVER = """
+import copy, json
+import torch.distributed
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+torch.distributed.init_process_group("gloo")
+rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+torch.manual_seed(0)
+model = nn.Sequential(nn.Embedding(11, 8), nn.Linear(8, 11))
+alone = copy.deepcopy(model)
+ddp = torch.nn.parallel.DistributedDataParallel(model)
+gen = torch.Generator().manual_seed(1)
+batches = []
+for length in (3, 9, 5, 12):  # unequal micro-batches, padded with -100
+    targets = torch.randint(11, (2, 12), generator=gen)
+    targets[:, length:] = -100
+    batches.append({"inputs": torch.randint(11, (2, 12), generator=gen), "targets": targets})
+mine = batches[rank::world]
+allreduces = []
+
+
+def counted(state, bucket):  # DDP's own all-reduce, counted
+    allreduces.append(bucket.index())
+    return allreduce_hook(state, bucket)
+
+
+ddp.register_comm_hook(None, counted)
+accumulate_grads(ddp, mine, torch.amp.GradScaler("cpu", enabled=False), contextlib.nullcontext)
+tokens = sum(int((m["targets"] != -100).sum()) for m in batches)
+(sum(token_loss_sum(alone, m) for m in batches) / tokens).backward()
+error = max(float((a.grad - b.grad).norm() / b.grad.norm())
+            for a, b in zip(model.parameters(), alone.parameters()))
+if rank == 0:
+    print(json.dumps({"world": world, "error": error, "allreduces": len(allreduces)}))
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_the_pattern_pasted_into_a_readers_script_is_the_full_batch_on_two_processes(tmp_path):
+    """accumulate's pattern functions, pasted from their source into a file that imports torch
+    and nothing of the gallery, run under torchrun on 2 processes: each process accumulates its
+    share of unequal micro-batches, and DDP's one all-reduce leaves every rank with the gradient
+    of the whole batch on one process."""
+    import inspect
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pattern = "\n\n".join(inspect.getsource(getattr(acc, name))
+                           for name in acc.EXAMPLE.pattern_functions)
+    script = tmp_path / "reader.py"
+    script.write_text("import contextlib\nimport torch\nimport torch.nn.functional as F\n"
+                      "from torch import nn\n\n" + pattern + "\n" + READER_DRIVER)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", str(script)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # one bucket for so small a model: one all-reduce for the step's two micro-batches
+    assert result["world"] == 2 and result["error"] < 1e-5 and result["allreduces"] == 1, result
 
 
 # --- this example's row of the check table (tests/test_check.py) ---
