@@ -120,3 +120,25 @@ def test_its_size_keys_and_lr_keys_are_keys_of_its_config(name):
     cfg = compose(name, [])
     for key in (*examples()[name].size_keys, *examples()[name].lr_keys):
         assert OmegaConf.select(cfg, key, default="missing") != "missing", f"{name}: {key}"
+
+
+def test_an_example_is_its_module_its_config_and_its_test():
+    """The registry finds examples by their primary config (configs/<name>/<name>.yaml) and keeps
+    those that declare an EXAMPLE: no list of modules that are not examples to keep by hand. Every
+    module that declares one is found, and has its test file; the tour is the one module with a
+    config of its own that is not an example."""
+    import pkgutil
+    import re
+    from pathlib import Path
+
+    import gallery
+    from gallery.core.config import config_root
+
+    package = Path(gallery.__file__).parent
+    modules = {m.name for m in pkgutil.iter_modules(gallery.__path__) if not m.ispkg}
+    declaring = {m for m in modules
+                 if re.search(r"^EXAMPLE = ", (package / f"{m}.py").read_text(), re.M)}
+    configured = {m for m in modules if (config_root() / m / f"{m}.yaml").is_file()}
+    assert declaring == set(EXAMPLES), declaring ^ set(EXAMPLES)
+    assert configured - declaring == {"tour"}
+    assert not [m for m in declaring if not (ROOT / "tests" / f"test_{m}.py").is_file()]

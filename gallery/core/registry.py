@@ -295,15 +295,15 @@ def changed_lines(diff: list[str]) -> int:
     return sum(1 for line in diff[2:] if line[:1] in "+-")
 
 
-_NOT_EXAMPLES = {"tour", "__main__", "lessons", "smoke", "nets", "check", "pytest_plugin"}
-
-
 def examples() -> dict[str, Example]:
-    """Every module in the gallery package that declares an `EXAMPLE`, in the gallery's order
-    (each one's `order`, then its name)."""
+    """Every example, in the gallery's order (each one's `order`, then its name): a module of the
+    gallery package with a primary config of its own, configs/<name>/<name>.yaml, that declares an
+    `EXAMPLE` (tests/test_registry.py names a module with the one and not the other)."""
+    from gallery.core.config import config_root
+
     found: dict[str, Example] = {}
     for info in sorted(pkgutil.iter_modules(gallery.__path__), key=lambda m: m.name):
-        if info.ispkg or info.name in _NOT_EXAMPLES:
+        if info.ispkg or not (config_root() / info.name / f"{info.name}.yaml").is_file():
             continue
         module = importlib.import_module(f"gallery.{info.name}")
         example = getattr(module, "EXAMPLE", None)
