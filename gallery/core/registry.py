@@ -21,6 +21,7 @@ from statistics import mean
 from typing import Any, NamedTuple
 
 import gallery
+from gallery.core.config import config_root
 
 
 @dataclass(frozen=True)
@@ -299,8 +300,6 @@ def examples() -> dict[str, Example]:
     """Every example, in the gallery's order (each one's `order`, then its name): a module of the
     gallery package with a primary config of its own, configs/<name>/<name>.yaml, that declares an
     `EXAMPLE` (tests/test_registry.py names a module with the one and not the other)."""
-    from gallery.core.config import config_root
-
     found: dict[str, Example] = {}
     for info in sorted(pkgutil.iter_modules(gallery.__path__), key=lambda m: m.name):
         if info.ispkg or not (config_root() / info.name / f"{info.name}.yaml").is_file():

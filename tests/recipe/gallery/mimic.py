@@ -29,7 +29,18 @@ from gallery.core.cli import command_line
 from gallery.core.config import BaseConfig, register_schema, require_positive, validate_base
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe
-from gallery.core.registry import Cost, Example, Gate, Measured, Mistake, Panel, Runs, avg
+from gallery.core.registry import (
+    Cost,
+    Criterion,
+    Example,
+    Gate,
+    Measured,
+    Mistake,
+    Panel,
+    Runs,
+    avg,
+    each,
+)
 from gallery.core.setup import prepare
 
 # --- config schema -----------------------------------------------------------------------------
@@ -173,13 +184,17 @@ EXAMPLE = Example(
     smoke=("steps=20", "eval_every=10", "log_every=10"),
     report=("mse", "teacher_has_grad", "steps_per_sec"),
     order=50,
-    gate=Gate("seed 0: the student's held-out MSE falls below half of where it started; "
-              "teacher_grad writes .grad into the teacher",
-              runs={"none": Runs(seeds=(0,)), "teacher_grad": Runs("teacher_grad", (0,))},
-              keys=("mse", "mse_at_start", "teacher_has_grad", "steps_per_sec"),
-              passes=lambda runs: all(r["mse"] < 0.5 * r["mse_at_start"]
-                                      and not r["teacher_has_grad"] for r in runs["none"])
-              and all(r["teacher_has_grad"] for r in runs["teacher_grad"])),
+    gate=Gate(
+        "seed 0",
+        runs={"none": Runs(seeds=(0,)), "teacher_grad": Runs("teacher_grad", (0,))},
+        keys=("mse", "mse_at_start", "teacher_has_grad", "steps_per_sec"),
+        criteria=(
+            Criterion("the student's held-out MSE falls below half of where it started, with no "
+                      ".grad in the teacher", ("none",), each(
+                          lambda r: r["mse"] < 0.5 * r["mse_at_start"]
+                          and not r["teacher_has_grad"])),
+            Criterion("teacher_grad writes .grad into the teacher", ("teacher_grad",),
+                      each(lambda r: r["teacher_has_grad"])))),
     measured=measured,
 )
 
