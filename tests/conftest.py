@@ -84,7 +84,7 @@ def pytest_addoption(parser):
     parser.addoption("--require-gpu", action="store_true",
                      help="a missing CUDA device is an error, not a reason to skip "
                           "(GALLERY_GPU_ONLY=1 implies it)")
-    parser.addoption("--fuzz-examples", type=int, default=100,
+    parser.addoption("--fuzz-examples", type=int, default=60,
                      help="cases per example in tests/test_fuzz.py (derandomized: the same cases "
                           "every run)")
     parser.addoption("--fuzz-long", action="store_const", const=2000, dest="fuzz_examples",
