@@ -142,3 +142,21 @@ def test_an_example_is_its_module_its_config_and_its_test():
     assert declaring == set(EXAMPLES), declaring ^ set(EXAMPLES)
     assert configured - declaring == {"tour"}
     assert not [m for m in declaring if not (ROOT / "tests" / f"test_{m}.py").is_file()]
+
+
+def test_the_text_examples_read_one_set_of_data_options():
+    """Each example keeps its config groups in its own folder, so that its `--help` lists its own
+    options and no other's. The examples on CPython's text share one data schema
+    (gallery/data/text.py), and their data/ folders hold the same few lines: kept byte for byte
+    the same here, so that a fix to one cannot miss the others."""
+    from gallery.core.config import config_root
+
+    text = [name for name, example in EXAMPLES.items()
+            if "pydoc" in example.groups.get("data", "")]
+    assert len(text) >= 2, text
+    folders = {name: {p.name: p.read_bytes() for p in (config_root() / name / "data").iterdir()}
+               for name in text}
+    first = folders[text[0]]
+    assert all(folder == first for folder in folders.values()), {
+        name: sorted(k for k in set(first) | set(f) if first.get(k) != f.get(k))
+        for name, f in folders.items()}
