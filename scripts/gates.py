@@ -24,10 +24,12 @@ USAGE = f"""The learning gates in full, at fixed seeds, with each run's wall tim
     scripts/gates.py [{'|'.join([*GATES, 'all'])}]
                      [--json gates.json] [--figures DIR] [--keep DIR]
 
-Each example declares its gate in its own file (EXAMPLE.gate: what it runs, its seeds, what
-passes). tests/test_learning.py checks a subset of these within the test budget; this script runs
-every seed a gate names, one run after another, so the wall times are the ones a user would see.
---json updates the named gates' entries in the file and keeps the others.
+Each example declares its gate in its own file (EXAMPLE.gate: what it runs, its seeds, and its
+criteria, each a sentence and the predicate that decides it). tests/test_learning.py holds each
+gate's criteria on seed 0, all but the bounds on wall time; this script runs every seed a gate
+names, one run after another, so the wall times are the ones a user would see, and prints each
+criterion that does not hold. --json updates the named gates' entries in the file and keeps the
+others.
 
 """ + "\n".join(textwrap.fill(f"{name}: {gate.text}", 98, initial_indent="  ",
                                 subsequent_indent="      ") for name, (_, gate) in GATES.items())
