@@ -31,7 +31,7 @@ def run(device: str = "auto", names: list[str] | None = None) -> list[dict]:
         example = known[name]
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            overrides = [o.replace("{tmp}", tmp) for o in example.smoke]
+            overrides = example.smoke_overrides(tmp)
             try:
                 summary = example.module.train(compose(name,
                                                        [*overrides, f"device={device}",

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gallery.core.registry import examples  # noqa: E402
+from scripts.measure.gate import ONE_THREAD, torchrun_command  # noqa: E402
 
 USAGE = """Consecutive two-process runs under torchrun, each exit status counted: a worker that
 aborts at exit (std::terminate, SIGABRT) after a run that finished shows here as a run that did not
@@ -39,13 +39,10 @@ def spin() -> None:
         pass
 
 
-def launch(name: str, out: Path, smoke: tuple[str, ...]) -> subprocess.CompletedProcess:
-    overrides = [o.replace("{tmp}", str(out.parent)) for o in smoke]
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node=2", "-m", f"gallery.{name}", *overrides,
-                           f"out_dir={out}", "device=cpu", "threads=1"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+def launch(example, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(torchrun_command(example.name, 2, *example.smoke_overrides(out.parent),
+                                           f"out_dir={out}"),
+                          capture_output=True, text=True, cwd=ROOT, timeout=600, env=ONE_THREAD)
 
 
 def main() -> int:
@@ -71,7 +68,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(args.runs):
                 name = args.examples[i % len(args.examples)]
-                proc = launch(name, Path(tmp) / str(i) / "run", known[name].smoke)
+                proc = launch(known[name], Path(tmp) / str(i) / "run")
                 statuses[proc.returncode] += 1
                 aborted = "terminate called" in proc.stderr or "SIGABRT" in proc.stderr
                 print(f"run {i + 1}/{args.runs} {name}: exit {proc.returncode}"

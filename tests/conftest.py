@@ -145,6 +145,16 @@ def pretrained_backbone(tmp_path_factory):
     return folder
 
 
+def smoke_args(example, tmp_path, backbone) -> list[str]:
+    """An example's smoke overrides in `tmp_path`; finetune's read the session's pretrained
+    backbone (`pretrained_backbone`) instead of pretraining one of their own."""
+    args = example.smoke_overrides(tmp_path)
+    if example.name == "finetune":
+        args = [a for a in args if not a.startswith("backbone.checkpoint_dir=")]
+        args.append(f"backbone.checkpoint_dir={backbone}")
+    return args
+
+
 # --- for each example's check_step (tests/test_<example>.py), the check table's runners ---
 
 @contextlib.contextmanager

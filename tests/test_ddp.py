@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,19 +16,18 @@ import torch
 from gallery.core import dist
 from gallery.core.registry import examples
 from gallery.core.run import read_metrics
-from tests.conftest import ROOT, run_here
+from scripts.measure.gate import ONE_THREAD, torchrun_command
+from tests.conftest import ROOT, run_here, smoke_args
 
 NPROC = int(os.environ.get("GALLERY_DDP_NPROC", "2"))
 DEVICE = os.environ.get("GALLERY_DDP_DEVICE", "cpu")
 
 
 def torchrun(module: str, out_dir, *overrides: str, nproc: int = NPROC) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", module, f"out_dir={out_dir}", f"device={DEVICE}",
-           "threads=1", *overrides]
-
+    cmd = torchrun_command(module.removeprefix("gallery."), nproc, f"out_dir={out_dir}",
+                           *overrides, device=DEVICE)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("outputs:") == 1, "only rank 0 reports"
     summary = json.loads((out_dir / "summary.json").read_text())
@@ -46,11 +44,8 @@ def test_bad_input_under_torchrun_is_one_line_from_rank_0_and_writes_nothing(tmp
     """Every worker finds the same bad input; rank 0 says it and exits 2, and torchrun stops the
     other worker, which waits for that instead of racing rank 0 to the exit."""
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node=2", "-m", "gallery.accumulate", f"out_dir={out}",
-                           "device=cpu", "threads=1", "micro_batch_size=0"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(torchrun_command("accumulate", 2, f"out_dir={out}", "micro_batch_size=0"),
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=ONE_THREAD)
     said = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(said) == 1 and "micro_batch_size" in said[0], proc.stderr[-3000:]
     assert proc.returncode == 1  # torchrun's own status for a failed worker
@@ -96,10 +91,8 @@ def test_a_non_zero_rank_writes_nothing(name, tmp_path, monkeypatch, pretrained_
     every write it makes (metrics, checkpoints, figures, samples, summary) is rank 0's to make, so
     the folder stays empty."""
     example = examples()[name]
-    smoke = [o.replace("{tmp}", str(tmp_path)) for o in example.smoke]
-    if name == "finetune":  # rank 0 pretrains the backbone into the cache; here it is there already
-        smoke = [o for o in smoke if not o.startswith("backbone.checkpoint_dir=")]
-        smoke.append(f"backbone.checkpoint_dir={pretrained_backbone}")
+    # rank 0 pretrains finetune's backbone into the cache; here it is there already
+    smoke = smoke_args(example, tmp_path, pretrained_backbone)
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "1")
     proc = run_here(f"gallery.{name}", *smoke, f"out_dir={tmp_path / 'run'}", "device=cpu",

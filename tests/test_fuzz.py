@@ -205,8 +205,7 @@ def near(value) -> list:
 def movable(name: str) -> dict[str, list]:
     """The smoke config's numeric leaf keys a case may move, with the values it may move them to."""
     example = examples()[name]
-    cfg = OmegaConf.to_container(compose(name, [o.replace("{tmp}", "/tmp") for o in example.smoke]),
-                                 resolve=True)
+    cfg = OmegaConf.to_container(compose(name, example.smoke_overrides("/tmp")), resolve=True)
 
     def walk(node, prefix=""):
         for key, value in node.items():
@@ -223,9 +222,8 @@ def train_case(name: str, tmp_path, moved: dict[str, object]):
     from tests.conftest import run_here
 
     example = examples()[name]
-    smoke = [o.replace("{tmp}", str(tmp_path)) for o in example.smoke]
-    args = [*smoke, *(f"{k}={v}" for k, v in moved.items()), f"out_dir={tmp_path}/run",
-            "progress=false"]
+    args = [*example.smoke_overrides(tmp_path), *(f"{k}={v}" for k, v in moved.items()),
+            f"out_dir={tmp_path}/run", "progress=false"]
 
     def stop(*_):
         raise TookTooLong
@@ -308,7 +306,7 @@ def foreign_checkpoints(tmp_path_factory) -> dict[str, str]:
     written = {}
     for name in ("maml", "tbptt"):
         out = tmp_path_factory.mktemp(name)
-        smoke = [o.replace("{tmp}", str(out)) for o in examples()[name].smoke]
+        smoke = examples()[name].smoke_overrides(out)
         assert run_here(f"gallery.{name}", *smoke, f"out_dir={out}/run").returncode == 0
         written[name] = str(out / "run" / "checkpoints" / "last.pt")
     return written
@@ -320,7 +318,7 @@ def test_resuming_from_another_examples_checkpoint_is_one_line_and_writes_nothin
     from tests.conftest import run_here
 
     path = foreign_checkpoints["tbptt" if name == "maml" else "maml"]
-    smoke = [o.replace("{tmp}", str(tmp_path)) for o in examples()[name].smoke]
+    smoke = examples()[name].smoke_overrides(tmp_path)
     ran = run_here(f"gallery.{name}", *smoke, f"resume={path}", f"out_dir={tmp_path}/run")
     assert ran.returncode == 2 and ran.stderr.count("\n") == 1, ran.stderr[-2000:]
     assert ran.stderr.startswith("error: ") and path in ran.stderr, ran.stderr

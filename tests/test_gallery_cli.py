@@ -3,7 +3,7 @@ import json
 import pytest
 
 from gallery.core.registry import examples
-from tests.conftest import ROOT, run_here
+from tests.conftest import ROOT, run_here, smoke_args
 
 
 def test_listing_comes_from_the_registry():
@@ -223,11 +223,8 @@ def test_the_command_line_trains_and_prints_the_examples_report(tmp_path, name,
     of EXAMPLE.report that its summary holds a value for printed as key=value (a seconds-long run
     has no first_solved_step; finetune's pretraining stage reports keys of its own)."""
     example = examples()[name]
-    args = [a.replace("{tmp}", str(tmp_path)) for a in example.smoke]
-    if name == "finetune":  # one pretrained backbone for every test
-        args = [a for a in args if not a.startswith("backbone.checkpoint_dir=")]
-        args.append(f"backbone.checkpoint_dir={pretrained_backbone}")
-    ran = run_here(f"gallery.{name}", *args, "device=cpu", f"out_dir={tmp_path}/run")
+    ran = run_here(f"gallery.{name}", *smoke_args(example, tmp_path, pretrained_backbone),
+                   "device=cpu", f"out_dir={tmp_path}/run")
     assert ran.returncode == 0, ran.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     printed = [k for k in example.report if summary.get(k) is not None]

@@ -17,7 +17,7 @@ from gallery.core import run as run_module
 from gallery.core.checkpoint import load_checkpoint
 from gallery.core.errors import EXIT_STATUS
 from gallery.core.registry import examples
-from tests.conftest import run_here
+from tests.conftest import run_here, smoke_args
 from tests.test_faults import GAN, rows
 
 FULL = OSError(errno.ENOSPC, "No space left on device")
@@ -157,11 +157,8 @@ def test_a_damaged_last_checkpoint_resumes_from_the_previous_one(tmp_path, name,
                                                                  pretrained_backbone):
     example = examples()[name]
     out = tmp_path / "run"
-    args = [a.replace("{tmp}", str(tmp_path)) for a in example.smoke]
-    if name == "finetune":  # one pretrained backbone for every test
-        args = [a for a in args if not a.startswith("backbone.checkpoint_dir=")]
-        args.append(f"backbone.checkpoint_dir={pretrained_backbone}")
-    args += ["ckpt_every=1", "device=cpu", f"out_dir={out}"]
+    args = [*smoke_args(example, tmp_path, pretrained_backbone), "ckpt_every=1", "device=cpu",
+            f"out_dir={out}"]
     assert run_here(f"gallery.{name}", *args).returncode == 0
     before = rows(out / "metrics.jsonl")
     previous = torch.load(out / "checkpoints" / "previous.pt", weights_only=True)["step"]

@@ -110,9 +110,8 @@ def criteria_list(gate, entry: dict) -> list[str]:
     runs = entry.get("runs", {})
     lines = [f"**The gate:** {gate.target}. It passes when:", ""]
     for c in gate.criteria:
-        read = all(g in runs for g in c.reads)
-        verdict = ("holds" if c.holds(*(runs[g] for g in c.reads)) else "**does not hold**"
-                   ) if read else "not measured yet"
+        verdict = {True: "holds", False: "**does not hold**", None: "not measured yet"}[
+            c.holds_on(runs)]
         timed = " (a bound on wall time: `scripts/gates.py` holds it, the tests do not)" \
             if c.timed else ""
         lines.append(f"- {c.says}: {verdict}{timed}")

@@ -183,6 +183,8 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
     """
     run_dir = hydra_run_dir()
     existed = run_dir is not None and run_dir.exists() and any(run_dir.iterdir())
+    # the keys its lines name: the example's own where it declares them (EXAMPLE)
+    example = getattr(sys.modules[train.__module__], "EXAMPLE", None)
     finished = False
     try:
         summary = train(cfg)
@@ -203,7 +205,6 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
         print("interrupted before training started; nothing was saved", file=sys.stderr)
         sys.exit(130)
     except Diverged as err:  # summary.json says "status": "diverged"
-        example = getattr(sys.modules[train.__module__], "EXAMPLE", None)
         keys = example.lr_keys if example else ("lr",)
         rates = " or ".join(f"{key}={OmegaConf.select(cfg, key)}" for key in keys)
         print(f"error: {err} (try a smaller {rates})", file=sys.stderr)
@@ -231,8 +232,7 @@ def run_cli(train: Callable[[Any], dict], cfg: DictConfig) -> dict:
         if not out_of_memory(err):
             raise
         left = clear_failed_run(run_dir, existed)
-        keys = getattr(sys.modules[train.__module__], "EXAMPLE", None)
-        line = out_of_memory_line(cfg, err, *([keys.size_keys] if keys else []))
+        line = out_of_memory_line(cfg, err, *([example.size_keys] if example else []))
         print(f"error: {line}; {left}", file=sys.stderr)
         sys.exit(EXIT_STATUS["out_of_memory"])
     finally:

@@ -61,6 +61,12 @@ class Criterion(NamedTuple):
     holds: Callable[..., bool]
     timed: bool = False
 
+    def holds_on(self, runs: dict[str, list[dict]]) -> bool | None:
+        """Whether it holds on these rows by group; None when a group it reads is not there."""
+        if not all(group in runs for group in self.reads):
+            return None
+        return bool(self.holds(*(runs[group] for group in self.reads)))
+
 
 def each(predicate: Callable[..., bool]) -> Callable[..., bool]:
     """A criterion's predicate that holds on every seed: it takes one row of each group the
@@ -107,7 +113,7 @@ class Gate:
                   or (not c.timed and all(g in runs for g in c.reads))]
         if untimed and not chosen:
             raise ValueError(f"no criterion of the gate '{self.target}' reads only {sorted(runs)}")
-        return [c.says for c in chosen if not c.holds(*(runs[g] for g in c.reads))]
+        return [c.says for c in chosen if not c.holds_on(runs)]
 
     def passes(self, runs: dict[str, list[dict]]) -> bool:
         """Every criterion holds on these rows."""
@@ -196,6 +202,10 @@ class Example:
     @property
     def module(self):
         return importlib.import_module(f"gallery.{self.name}")
+
+    def smoke_overrides(self, tmp: str | Path) -> list[str]:
+        """The smoke run's overrides, with `tmp` as its scratch folder."""
+        return [o.replace("{tmp}", str(tmp)) for o in self.smoke]
 
     def describe(self) -> str:
         lines = [f"{self.name}: {self.pattern}", "",

@@ -83,8 +83,6 @@ def mixtures(tmp: Path, figures: Path | None) -> dict:
 # The mixtures no config was tuned for (gan.SIZES), at PacGAN's std-to-spacing ratio (std = spacing
 # / 40, the spacing being the distance between neighbouring centres): rings on radius 2 and grids
 # with spacing 2, the default config, seeds 0 and 1 of each.
-
-
 def spacing(layout: str, modes: int, radius: float = 2.0) -> float:
     return 2 * radius * math.sin(math.pi / modes) if layout == "ring" else radius
 
@@ -115,7 +113,7 @@ def sizes(tmp: Path, figures: Path | None) -> dict:
                      "wall_over_ring8": mean["wall_seconds"] / reference}
         criterion = next(c for c in gan.EXAMPLE.more_gates["sizes"].criteria
                          if c.reads[0] == name)
-        out[name]["pass"] = criterion.holds(*(out["runs"][g] for g in criterion.reads))
+        out[name]["pass"] = criterion.holds_on(out["runs"])
         print(f"{name}: {out[name]}", flush=True)
     out["holds_up_to"] = {}
     for layout in ("ring", "grid"):  # gan.SIZES lists each layout smallest first

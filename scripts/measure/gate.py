@@ -28,15 +28,25 @@ def run(example: str, *overrides: str) -> dict:
     return summary
 
 
+ROOT = Path(__file__).resolve().parents[2]
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # each of several processes on a small CPU
+
+
+def torchrun_command(example: str, processes: int, *overrides: str, device: str = "cpu"
+                     ) -> list[str]:
+    """`torchrun --standalone` of an example's command line, `processes` processes of one thread
+    each (run it with env=ONE_THREAD)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={processes}", "-m", f"gallery.{example}", f"device={device}",
+            "threads=1", *overrides]
+
+
 def torchrun(example: str, processes: int, out: Path, *overrides: str) -> dict:
-    """One training run under torchrun, `processes` gloo processes on the CPU, one thread each; its
-    summary is rank 0's."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={processes}", "-m", f"gallery.{example}", f"out_dir={out}",
-           "device=cpu", "threads=1", *overrides]
+    """One training run under torchrun, `processes` gloo processes on the CPU; its summary is rank
+    0's."""
+    cmd = torchrun_command(example, processes, f"out_dir={out}", *overrides)
     print("$", " ".join(cmd[2:]), flush=True)
-    subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[2], capture_output=True,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, env=ONE_THREAD)
     return json.loads((out / "summary.json").read_text())
 
 
