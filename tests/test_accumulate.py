@@ -76,7 +76,7 @@ def test_on_two_processes_the_pattern_syncs_once_per_step_and_the_mistake_every_
 # A reader's script on 2 processes: the pattern functions pasted from their source, with torch
 # alone, a model of the reader's own, and the full batch's gradient to compare with.
 READER_DRIVER = """
-import copy, json
+import copy, gc, json
 import torch.distributed
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
@@ -109,6 +109,11 @@ error = max(float((a.grad - b.grad).norm() / b.grad.norm())
             for a, b in zip(model.parameters(), alone.parameters()))
 if rank == 0:
     print(json.dumps({"world": world, "error": error, "allreduces": len(allreduces)}))
+# leave as gallery/core/dist.py's teardown does: without it, DDP's reducer outlives the group and
+# a rank can abort at exit ("terminate called without an active exception")
+del ddp
+gc.collect()
+torch.distributed.barrier()
 torch.distributed.destroy_process_group()
 """
 
