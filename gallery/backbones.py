@@ -1,11 +1,9 @@
 """What the fine-tuning example starts from: its data (digits split by class, or a torchvision set),
 and its backbones (digits_cnn pretrained here on digits 0-4, built on first use; or ResNet-18).
-And what it measures at the end: that the frozen blocks did not change, and the pretraining task.
-Also grpo's start: a character language model pretrained here on the text, cached per seed."""
+And what it measures at the end: that the frozen blocks did not change, and the pretraining task."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -17,7 +15,6 @@ from gallery.core.probes import drift, float_state, state_hash
 from gallery.core.run import progress
 from gallery.core.seeding import seed_everything
 from gallery.data import images
-from gallery.data.text import text_windows
 from gallery.nets import digits_cnn, eval_mode, resnet18_backbone
 
 PRETRAIN_CLASSES, FINETUNE_CLASSES = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
@@ -119,36 +116,3 @@ def old_task_accuracy(cfg, model: nn.Module, old_head: nn.Module | None, device)
     *_, xo, yo = (t.to(device) for t in load_data(cfg, PRETRAIN_CLASSES))
     model.eval()
     return accuracy(nn.Sequential(model.backbone, old_head), xo, yo)
-
-
-def pretrain_language_model(model: nn.Module, ids: torch.Tensor, context: int, steps: int,
-                            seed: int, shape: tuple, folder: Path, show: bool) -> nn.Module:
-    """Train `model` to predict the next character of the text (batches of 64 random windows),
-    once per seed and `shape`: the weights are cached in folder/seed<seed>-<hash of shape>/."""
-    cached = folder / f"seed{seed}-{hashlib.sha256(repr(shape).encode()).hexdigest()[:12]}"
-    device = next(model.parameters()).device
-    if (cached / "last.pt").is_file():
-        model.load_state_dict(load_checkpoint(cached / "last.pt", device)["model"])
-        return model
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(seed)
-    bar = progress(steps, "pretrain the character model", show)
-    if bar.disable and steps:  # no bar (stderr is not a terminal): one line says what the wait is
-        print(f"pretraining the character model: {steps} steps, once per seed and shape "
-              f"(cached in {cached})", flush=True)
-    loss = torch.tensor(float("nan"))  # pretrain_steps=0: the untrained model, kept as it is
-    # dropout draws from the global RNG: a run that pretrains first and one that reads the cache
-    # must go on from the same RNG state
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for _ in range(steps):
-            batch = text_windows(ids, 64, context + 1, generator).to(device)
-            logits = model(batch[:, :-1])
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                   batch[:, 1:].reshape(-1))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            bar.update(1)
-    bar.close()
-    save_checkpoint(cached, {"model": model.state_dict(), "loss": loss.item(), "steps": steps})
-    return model

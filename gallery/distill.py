@@ -39,17 +39,15 @@ Run: python -m gallery.distill seed=0 out_dir=/tmp/distill
 
 from __future__ import annotations
 
-import hashlib
 from collections import namedtuple
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gallery.core import plots
-from gallery.core.checkpoint import load_checkpoint, save_checkpoint
+from gallery.core.checkpoint import cache_folder, trained_once
 from gallery.core.cli import command_line
 from gallery.core.config import (
     BaseConfig,
@@ -217,26 +215,25 @@ def pretrained_teacher(cfg, xt, yt, device) -> nn.Sequential:
     """The teacher, trained on every training label once per seed and shape, then cached."""
     shape = (xt.shape[1:], cfg.teacher_hidden, cfg.teacher_dropout, cfg.teacher_steps,
              cfg.data.name, cfg.data.val_fraction, cfg.data.split_seed)
-    key = hashlib.sha256(repr(shape).encode()).hexdigest()[:12]
-    cached = Path(cfg.teacher_dir) / f"seed{cfg.seed}-{key}"
     torch.manual_seed(cfg.seed)
     model = teacher_net(xt[0].numel(), cfg.teacher_hidden, int(yt.max()) + 1,
                         cfg.teacher_dropout).to(device)
-    if (cached / "last.pt").is_file():
-        model.load_state_dict(load_checkpoint(cached / "last.pt", device)["model"])
-        return model
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = images.IndexBatches(len(yt), 128, torch.Generator().manual_seed(cfg.seed))
-    with progress(cfg.teacher_steps, "pretrain the teacher", cfg.progress) as bar:
-        for _ in range(cfg.teacher_steps):
-            i = next(batches).to(device)
-            loss = F.cross_entropy(model(xt[i]), yt[i])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            bar.update(1)
-    save_checkpoint(cached, {"model": model.state_dict(), "steps": cfg.teacher_steps})
-    optimizer.zero_grad(set_to_none=True)  # a teacher starts with no grad, cached or not
+
+    def train() -> dict:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        batches = images.IndexBatches(len(yt), 128, torch.Generator().manual_seed(cfg.seed))
+        with progress(cfg.teacher_steps, "pretrain the teacher", cfg.progress) as bar:
+            for _ in range(cfg.teacher_steps):
+                i = next(batches).to(device)
+                loss = F.cross_entropy(model(xt[i]), yt[i])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                bar.update(1)
+        optimizer.zero_grad(set_to_none=True)  # a teacher starts with no grad, cached or not
+        return {"steps": cfg.teacher_steps}
+
+    trained_once(cache_folder(cfg.teacher_dir, cfg.seed, shape), {"model": model}, train, device)
     return model
 
 

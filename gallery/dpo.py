@@ -10,12 +10,12 @@
 A completion's log-prob is the sum over its own characters only: completions end at a stop
 character, and what follows it is padding that a completion mask leaves out.
 
-The task: grpo's character transformer pretrained on CPython's reference docs, with dropout. The
-preference pairs are built offline, once: two completions sampled from the pretrained model for
-each prompt, the one with the larger share of target characters (the vowels) chosen. DPO then
-trains on them, and the run reports the reward of completions sampled from the policy, the exact
-KL to the pretrained model, and the preference accuracy on held-out pairs (the share whose
-implicit reward margin is positive).
+The task: grpo's character transformer (gallery/lm.py) pretrained on CPython's reference docs,
+with dropout. The preference pairs are built offline, once: two completions sampled from the
+pretrained model for each prompt, the one with the larger share of target characters (the vowels)
+chosen. DPO then trains on them, and the run reports the reward of completions sampled from the
+policy, the exact KL to the pretrained model, and the preference accuracy on held-out pairs (the
+share whose implicit reward margin is positive).
 
 The mistakes (`mistake=`), and what they cost (scripts/gates.py dpo):
 
@@ -79,7 +79,7 @@ from gallery.data.text import (
     text_windows,
     validate_char_model,
 )
-from gallery.grpo import completion_logprobs, pretrained, sample_group
+from gallery.lm import completion_logprobs, pretrained, sample
 from gallery.nets import eval_mode
 
 # --- config schema -----------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def sampled(model, prompts, group, cfg, stop_ids):
     """`group` completions per prompt from the model in eval mode, each cut at its first stop
     character and padded with it after; their masks."""
     with eval_mode(model):
-        seq = sample_group(model, prompts, group, cfg.completion_len)
+        seq = sample(model, prompts.repeat_interleave(group, 0), cfg.completion_len)
     mask = completion_mask(seq, cfg.prompt_len, stop_ids)
     seq[:, cfg.prompt_len:] = torch.where(mask.bool(), seq[:, cfg.prompt_len:], stop_ids[0])
     return seq, mask
@@ -292,7 +292,7 @@ def train(cfg) -> dict:
     vocab = CharVocab.build(text)
     ids, steps = vocab.encode(text), BY_MISTAKE[cfg.mistake]
     targets, stop_ids = (vocab.encode(c).to(device) for c in (cfg.target_chars, cfg.stop_chars))
-    policy = pretrained(cfg, vocab, ids, device)
+    policy = pretrained(cfg, vocab, ids, device, cfg.dropout)
     original = copy.deepcopy(policy).requires_grad_(False).eval()  # measurement only
     generator = torch.Generator().manual_seed(cfg.seed)
     pairs, held_out = (preference_pairs(original, text_windows(ids, n, cfg.prompt_len, g).to(

@@ -36,13 +36,9 @@ from __future__ import annotations
 import copy
 from collections import namedtuple
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from gallery.backbones import pretrain_language_model
 from gallery.core import plots
 from gallery.core.cli import command_line
 from gallery.core.config import (
@@ -76,6 +72,7 @@ from gallery.data.text import (
     text_windows,
     validate_char_model,
 )
+from gallery.lm import completion_logprobs, pretrained, sample
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -113,43 +110,12 @@ def validate(cfg: GrpoConfig) -> None:
     require_non_negative(cfg, "beta")
 
 
-# --- model --------------------------------------------------------------------------------------
-
-class CharTransformer(nn.Module):
-    """A causal character-level transformer: a few pre-norm layers, learned positions."""
-
-    def __init__(self, vocab: int, d_model: int, layers: int, heads: int, context: int,
-                 dropout: float = 0.0):
-        super().__init__()
-        self.embed, self.position = nn.Embedding(vocab, d_model), nn.Embedding(context, d_model)
-        layer = nn.TransformerEncoderLayer(d_model, heads, 2 * d_model, dropout=dropout,
-                                           batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm, self.head = nn.LayerNorm(d_model), nn.Linear(d_model, vocab)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (N, T) -> logits (N, T, vocab)
-        t = ids.shape[1]
-        mask = nn.Transformer.generate_square_subsequent_mask(t, device=ids.device)
-        h = self.embed(ids) + self.position(torch.arange(t, device=ids.device))
-        return self.head(self.norm(self.blocks(h, mask=mask, is_causal=True)))
-
-
 # --- the pattern --------------------------------------------------------------------------------
 
 @torch.no_grad()  # PATTERN: sampling builds no graph
 def sample_group(policy, prompts, group, length):
     """Each prompt repeated `group` times and continued by `length` sampled characters."""
-    seq = prompts.repeat_interleave(group, 0)
-    for _ in range(length):
-        probs = F.softmax(policy(seq)[:, -1], dim=-1)
-        seq = torch.cat([seq, torch.multinomial(probs, 1)], 1)
-    return seq
-
-
-def completion_logprobs(model, seq, prompt_len):
-    """log pi(character | prefix) of every completion character: (N, completion length)."""
-    logits = model(seq[:, :-1])[:, prompt_len - 1:]
-    return torch.log_softmax(logits, -1).gather(-1, seq[:, prompt_len:, None]).squeeze(-1)
+    return sample(policy, prompts.repeat_interleave(group, 0), length)
 
 
 def reward(seq, prompt_len, targets):
@@ -298,17 +264,6 @@ KNOWN_ERRORS = {
 
 
 # --- data, pretraining and measurement (off the training path) --------------------------------
-
-def pretrained(cfg, vocab: CharVocab, ids: torch.Tensor, device) -> CharTransformer:
-    """The reference and the policy's start (dpo's with dropout), cached per seed and shape."""
-    context, dropout = cfg.prompt_len + cfg.completion_len, getattr(cfg, "dropout", 0.0)
-    model = CharTransformer(len(vocab), cfg.d_model, cfg.layers, cfg.heads, context, dropout)
-    model = model.to(device)
-    shape = (vocab.chars, cfg.d_model, cfg.layers, cfg.heads, context, cfg.pretrain_steps,
-             *([dropout] if dropout else []))
-    return pretrain_language_model(model, ids, context, cfg.pretrain_steps, cfg.seed, shape,
-                                   Path(cfg.pretrain_dir), cfg.progress)
-
 
 @torch.no_grad()
 def evaluate(policy, original, prompts, cfg, targets) -> dict:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from gallery import dpo, grpo
+from gallery import dpo, lm
 from gallery.check import constant, disjoint, runs_in_eval_mode, unchanged
 from gallery.core.cli import compose
 from gallery.core.probes import state_hash
@@ -17,7 +17,7 @@ def tiny(seed: int = 0):
     """A 10-character policy with dropout, and a batch of 6 pairs of 4-character prompts and
     8-character completions, each cut at its first stop character and padded with it."""
     torch.manual_seed(seed)
-    policy = grpo.CharTransformer(10, 16, 1, 2, 12, dropout=0.2)
+    policy = lm.CharTransformer(10, 16, 1, 2, 12, dropout=0.2)
     seq = torch.randint(1, 10, (12, 12))
     seq[::3, 7] = 0  # every third completion stops after 4 characters
     mask = dpo.completion_mask(seq, 4, STOP)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gallery import grpo
+from gallery import grpo, lm
 from gallery.check import constant, disjoint
 from gallery.core.cli import compose
 from gallery.core.errors import ExplainedMistake
@@ -14,7 +14,7 @@ SMOKE = [*grpo.EXAMPLE.smoke, "device=cpu"]
 def tiny(seed: int = 0):
     """A 10-character policy, its frozen reference, prompts and the target characters."""
     torch.manual_seed(seed)
-    policy = grpo.CharTransformer(10, 16, 1, 2, 12)
+    policy = lm.CharTransformer(10, 16, 1, 2, 12)
     return policy, torch.randint(10, (3, 4)), torch.tensor([1, 2, 3])
 
 
@@ -59,7 +59,7 @@ def test_old_logprobs_with_grad_gives_the_policy_no_gradient_so_it_never_moves()
 def test_old_logprobs_recomputed_never_clips_while_the_pattern_does_in_later_passes():
     policy, prompts, targets = tiny()
     batch = grpo.rollout(policy, grpo.make_reference(policy), prompts, 4, 8, targets)
-    twin = grpo.CharTransformer(10, 16, 1, 2, 12)
+    twin = lm.CharTransformer(10, 16, 1, 2, 12)
     twin.load_state_dict(policy.state_dict())
     _, pattern = grpo.grpo_update(policy, torch.optim.Adam(policy.parameters(), lr=3e-2), batch,
                                   0.2, 0.0, 4, 4)

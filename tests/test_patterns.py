@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gallery import a2c, dqn, ema, gan, nets, ppo, sac, simsiam, tbptt, vqvae
+from gallery import a2c, dqn, ema, gan, lm, nets, ppo, sac, simsiam, tbptt, vqvae
 from gallery.core.cli import compose
 from gallery.core.probes import (
     CrossStepProbe,
@@ -38,22 +38,25 @@ from gallery.core.registry import changed_lines, examples
 EXAMPLES = examples()
 
 
+LIBRARY = (lm,)  # what a reader copies along with a pattern that calls it: the language model's
+
+
 def borrowed(example) -> list[tuple[object, str]]:
-    """The pattern functions of other examples that this example's pattern calls by name (dpo
-    samples and scores with grpo's): a reader copies those along with it."""
-    pattern = {other.module: other.pattern_functions for other in EXAMPLES.values()}
+    """The library functions this example's pattern calls by name (grpo and dpo sample and score
+    with gallery/lm.py's): a reader copies those along with it."""
     found = []
     for name in example.pattern_functions:
-        code = getattr(getattr(example.module, name), "__code__", None)
+        code = getattr(inspect.unwrap(getattr(example.module, name)), "__code__", None)
         for used in code.co_names if code else ():
             source = inspect.getmodule(getattr(example.module, used, None))
-            if source is not example.module and used in pattern.get(source, ()):
+            if source in LIBRARY and used not in example.pattern_functions and inspect.isfunction(
+                    getattr(source, used)):
                 found.append((source, used))
     return found
 
 
 def pasted(example_name: str) -> dict:
-    """Every pattern function of an example (and those it borrows from another example's pattern),
+    """Every pattern function of an example (and the library functions it calls),
     executed from its source text in a bare namespace."""
     example = EXAMPLES[example_name]
     namespace = {"torch": torch, "nn": nn, "F": F, "copy": copy, "contextlib": contextlib,

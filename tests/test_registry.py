@@ -160,3 +160,33 @@ def test_the_text_examples_read_one_set_of_data_options():
     assert all(folder == first for folder in folders.values()), {
         name: sorted(k for k in set(first) | set(f) if first.get(k) != f.get(k))
         for name, f in folders.items()}
+
+
+def test_no_example_imports_another_or_reads_a_config_key_it_lacks():
+    """An example imports the library (gallery/core, gallery/data, nets.py, lm.py, backbones.py),
+    never another example: what two examples share lives in the library. And it reads its config
+    by attribute, never with getattr(cfg, key, default), which would read another example's key
+    (grpo once read dpo's `dropout` that way)."""
+    import ast
+
+    import gallery
+
+    package = ROOT / "gallery"
+    found = []
+    for name in EXAMPLES:
+        tree = ast.parse((package / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "getattr"
+                  and getattr(node.args[0], "id", "") == "cfg"):
+                found.append(f"{name}: getattr(cfg, ...) at line {node.lineno}")
+                continue
+            else:
+                continue
+            found += [f"{name} imports {m}" for m in modules
+                      if m.startswith(f"{gallery.__name__}.") and m.split(".")[1] in EXAMPLES
+                      and m.split(".")[1] != name]
+    assert not found, found

@@ -9,10 +9,12 @@ Each example lists its stateful pieces once, as a dict of objects (anything with
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +146,26 @@ def load_latest(directory: Path | str, map_location: Any = "cpu") -> dict[str, A
             return load_checkpoint(directory / PREVIOUS, map_location)
         except CheckpointError as older:
             raise CheckpointError(f"neither checkpoint can be used: {err}; and {older}") from older
+
+
+def cache_folder(root: Path | str, seed: int, shape: tuple) -> Path:
+    """Where a model pretrained at this seed and shape is cached: root/seed<seed>-<shape hash>."""
+    return Path(root) / f"seed{seed}-{hashlib.sha256(repr(shape).encode()).hexdigest()[:12]}"
+
+
+def trained_once(folder: Path | str, modules: dict[str, Any], train: Callable[[], dict],
+                 map_location: Any = "cpu") -> dict[str, Any]:
+    """Pretraining, once: `modules` read from folder/last.pt where an earlier run saved them;
+    otherwise `train()` trains them in place, and their state is saved there with the plain
+    values it returns (the last loss, the steps). Returns what the checkpoint holds. One helper
+    for every cached start: the character model (gallery/lm.py) and distill's teacher."""
+    path = Path(folder) / LAST
+    if path.is_file():
+        state = load_checkpoint(path, map_location)
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+        return state
+    record = train()
+    state = {**{name: module.state_dict() for name, module in modules.items()}, **record}
+    save_checkpoint(folder, state)
+    return state

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from gallery import dpo, grpo
+from gallery import dpo, grpo, lm
 from gallery.data.text import CharVocab, load_text, text_windows
 from scripts.measure.peers import TRL, peer_path
 
@@ -134,7 +134,7 @@ def trl_grpo(model_path: str, prompts: list[str], steps: int, seed: int, folder:
 def ours_grpo(vocab: CharVocab, ids: torch.Tensor, steps: int, seed: int) -> dict:
     torch.manual_seed(seed)
     context = GRPO["prompt_len"] + GRPO["completion_len"]
-    policy = grpo.CharTransformer(len(vocab), SIZE["d_model"], SIZE["layers"], SIZE["heads"],
+    policy = lm.CharTransformer(len(vocab), SIZE["d_model"], SIZE["layers"], SIZE["heads"],
                                   context)
     reference = grpo.make_reference(policy)
     optimizer = torch.optim.Adam(policy.parameters(), lr=GRPO["lr"])
@@ -156,7 +156,7 @@ def preference_data(vocab: CharVocab, ids: torch.Tensor, n: int, seed: int) -> d
     """dpo's own pairs, sampled from an untrained CharTransformer (both sides train on them)."""
     torch.manual_seed(seed)
     cfg = dpo.DpoConfig(prompt_len=GRPO["prompt_len"], completion_len=GRPO["completion_len"])
-    model = grpo.CharTransformer(len(vocab), SIZE["d_model"], SIZE["layers"], SIZE["heads"],
+    model = lm.CharTransformer(len(vocab), SIZE["d_model"], SIZE["layers"], SIZE["heads"],
                                  cfg.prompt_len + cfg.completion_len)
     prompts = text_windows(ids, n, cfg.prompt_len, torch.Generator().manual_seed(seed))
     return dpo.preference_pairs(model, prompts, cfg, vocab.encode(cfg.stop_chars),
@@ -190,7 +190,7 @@ def trl_dpo(model_path: str, texts: dict, steps: int, seed: int, folder: Path) -
 def ours_dpo(vocab: CharVocab, pairs: dict, steps: int, seed: int) -> dict:
     torch.manual_seed(seed)
     context = GRPO["prompt_len"] + GRPO["completion_len"]
-    policy = grpo.CharTransformer(len(vocab), SIZE["d_model"], SIZE["layers"], SIZE["heads"],
+    policy = lm.CharTransformer(len(vocab), SIZE["d_model"], SIZE["layers"], SIZE["heads"],
                                   context)
     reference = dpo.make_reference(policy)
     optimizer = torch.optim.Adam(policy.parameters(), lr=DPO["lr"])
