@@ -310,7 +310,7 @@ def tour_figure(runs: dict, fig) -> None:
             draw_curves(ax, s["curve"], "pattern" if mistake == "none" else mistake)
 
 
-def gate_figure(rows: dict, fig) -> None:
+def gate_figure(rows: dict, first: dict, fig) -> None:
     """The student's accuracy by run, mean over seeds with each seed as a dot; the student alone
     is the line distillation must clear."""
     ax = fig.add_subplot(1, 1, 1)

@@ -352,7 +352,7 @@ def train(cfg) -> dict:
                      f"mistake={cfg.mistake}")
         unchanged = state_hash(model.frozen) == before.frozen_hash  # params and buffers
         return loop.summary(
-            backbone=cfg.backbone.name, data=cfg.data.name, steps=cfg.steps,
+            stage="finetune", backbone=cfg.backbone.name, data=cfg.data.name, steps=cfg.steps,
             val_acc=loop.evals[-1]["val_acc"] if loop.evals else 0.0, backbone_unchanged=unchanged,
             **before.changes(model, cfg), **probe.record, sec_per_step=probe.sec_per_step,
             old_task_acc=old_task_accuracy(cfg, model, old_head, device), train_size=len(x),
@@ -449,7 +449,7 @@ EXAMPLE = Example(
            "backbone.checkpoint_dir={tmp}/bb"),
     report=("val_acc", "old_task_acc", "backbone_unchanged", "frozen_state_drift",
             "unfrozen_blocks_changed", "trainable_params", "frozen_params", "sec_per_step",
-            "saved_bytes_per_step", "checkpoint", "stage"),
+            "saved_bytes_per_step", "stage"),
     order=4,
     groups={"backbone": "digits_cnn, resnet18", "data": "cifar10, digits, imagefolder"},
     gate=Gate(

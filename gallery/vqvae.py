@@ -368,7 +368,7 @@ def measured(gate: dict, bench: dict) -> Measured:
              "time: scripts/gates.py vqvae, seeds 0-2, the same steps each"))
 
 
-def draw_usage_by_size(runs: dict, fig) -> None:
+def draw_usage_by_size(runs: dict, first: dict, fig) -> None:
     """Codes used and reconstruction against the codebook size, the shipped default against no
     revival: the mean over seeds, and each seed as a dot."""
     axes = [fig.add_subplot(1, 2, i) for i in (1, 2)]

@@ -4,6 +4,7 @@ import pytest
 
 from gallery.core.registry import examples
 from tests.conftest import ROOT, run_here, smoke_args
+from tests.test_registry import assert_declaration_holds
 
 
 def test_listing_comes_from_the_registry():
@@ -229,3 +230,5 @@ def test_the_command_line_trains_and_prints_the_examples_report(tmp_path, name,
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     printed = [k for k in example.report if summary.get(k) is not None]
     assert printed and all(f"{k}=" in ran.stdout for k in printed), (printed, ran.stdout)
+    if summary.get("stage") != "pretrain":
+        assert_declaration_holds(example, summary, tmp_path)

@@ -58,7 +58,11 @@ def test_its_gate_is_measured_and_the_readme_hero_and_costs_read_it(name):
     assert set(gate.figure_runs) <= set(gate.runs), f"{name}: figure_runs names no group"
 
 
-    measured = example.measured(entry, BENCH)
+    try:
+        measured = example.measured(entry, BENCH)
+    except KeyError as key:
+        pytest.fail(f"{name}: measured() reads {key}, which docs/gates.json's entry or "
+                    "docs/bench.json lacks", pytrace=False)
     pattern, mistake = measured.readme
     assert pattern and mistake, f"{name}: measured() gave an empty README cell"
     assert isinstance(measured.hero, Panel), f"{name}: measured().hero is not a Panel"
@@ -81,6 +85,12 @@ def test_each_gates_criteria_are_its_verdict_in_gates_json(name):
     assert read <= set(entry["runs"]), (
         f"{name}: its criteria read {sorted(read - set(entry['runs']))}, which docs/gates.json "
         f"lacks; run scripts/gates.py {name} --json docs/gates.json")
+    for criterion in gate.criteria:
+        try:
+            criterion.holds_on(entry["runs"])
+        except KeyError as key:
+            pytest.fail(f"{name}: the criterion '{criterion.says}' reads {key}, which the rows "
+                        "in docs/gates.json lack", pytrace=False)
     assert gate.passes(entry["runs"]) == entry["pass"], (
         f"{name}: the gate's criteria disagree with the verdict in docs/gates.json: "
         f"{gate.failures(entry['runs'])}")
@@ -190,3 +200,43 @@ def test_no_example_imports_another_or_reads_a_config_key_it_lacks():
                       if m.startswith(f"{gallery.__name__}.") and m.split(".")[1] in EXAMPLES
                       and m.split(".")[1] != name]
     assert not found, found
+
+
+def missing_keys(example: Example, summary: dict) -> list[str]:
+    """The keys an example's declaration names that a run's summary lacks: its report's, and each
+    gate's `keys` (a row is the summary's values at them, beside what `derive` adds and the wall
+    time the gate runner adds)."""
+    lacking = [f"report= names {k!r}" for k in example.report if k not in summary]
+    for name, (_, gate) in gates({example.name: example}).items():
+        derived = set(gate.derive(summary)) if gate.derive is not None else set()
+        lacking += [f"the gate {name}'s keys= names {k!r}" for k in gate.keys
+                    if k not in summary and k not in derived and k != "wall_seconds"]
+    return lacking
+
+
+def assert_declaration_holds(example: Example, summary: dict, tmp_path) -> None:
+    """Every callback an example declares, called with the arguments its caller passes, and every
+    key it names, found: headline and check on a run's summary (the tour, `smoke`); the tour
+    figure with that summary as each mistake's run; each gate's `derive` on it, and its figure on
+    its rows in docs/gates.json with that summary as each group's first (scripts/gates.py
+    --figures). One line names the example and what failed."""
+    from gallery.core import plots
+
+    lacking = missing_keys(example, summary)
+    assert not lacking, f"{example.name}: a run's summary lacks what its EXAMPLE names: {lacking}"
+    assert isinstance(example.headline(summary), str), f"{example.name}: headline()"
+    assert example.check(summary) is None, f"{example.name}: check() on a pattern run"
+    for name, (_, gate) in gates({example.name: example}).items():
+        fig = plots.pyplot().figure(figsize=example.figure_size)
+        if gate.rows_figure is not None:
+            gate.rows_figure(GATES[name]["runs"], {label: summary for label in GATES[name]["runs"]},
+                             fig)
+        elif gate.figure_runs:
+            example.figure({gate.runs[label].mistake: summary for label in gate.figure_runs}, fig)
+        else:
+            continue
+        plots.save(fig, tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").stat().st_size > 0, name
+    fig = plots.pyplot().figure(figsize=example.figure_size)
+    example.figure({m: summary for m in ("none", *example.mistakes)}, fig)
+    plots.save(fig, tmp_path / "tour.png")

@@ -18,10 +18,56 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import gallery
 from gallery.core.config import config_root
+
+# --- what each callback an example declares is called with: checked when it is declared ----------
+
+class Headline(Protocol):
+    def __call__(self, summary: dict, /) -> str: ...  # the tour's one-line result of a run
+
+
+class Check(Protocol):
+    def __call__(self, summary: dict, /) -> str | None: ...  # None when the pattern held
+
+
+class TourFigure(Protocol):
+    # each mistake's summary (the tour's runs, or a gate's first seed), and the figure to draw on
+    def __call__(self, runs: dict[str, dict], fig: Any, /) -> None: ...
+
+
+class RowsFigure(Protocol):
+    # a gate's rows by group, each group's first full summary, and the figure to draw on
+    def __call__(self, rows: dict[str, list[dict]], first: dict[str, dict], fig: Any, /) -> None:
+        ...
+
+
+class Derive(Protocol):
+    def __call__(self, summary: dict, /) -> dict: ...  # more columns for a gate's row
+
+
+class MeasuredFrom(Protocol):
+    # the example's entry in docs/gates.json, and docs/bench.json
+    def __call__(self, gate: dict, bench: dict, /) -> Measured: ...
+
+
+def require_callable_as(owner: str, field_name: str, function: Any, protocol: type) -> None:
+    """Refuse a callback that cannot take the arguments its caller passes, when it is declared
+    (not after a gate's last run): one line naming the declaration, the field and both
+    signatures."""
+    if function is None:
+        return
+    wanted = inspect.signature(protocol.__call__)
+    arguments = [p for p in wanted.parameters.values() if p.name != "self"]
+    try:
+        inspect.signature(function).bind(*(object() for _ in arguments))
+    except TypeError as error:
+        shown = ", ".join(p.name for p in arguments)
+        raise TypeError(f"{owner}: {field_name}={getattr(function, '__name__', function)!s} is "
+                        f"called with ({shown}) but its signature is "
+                        f"{inspect.signature(function)}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -89,7 +135,7 @@ class Gate:
     runs: dict[str, Runs] = field(default_factory=dict)
     keys: tuple[str, ...] = ()  # what a row keeps of a run's summary
     criteria: tuple[Criterion, ...] = ()
-    derive: Callable[[dict], dict] | None = None  # more columns for a row, from a summary
+    derive: Derive | None = None  # more columns for a row, from a summary
     # The tour figure drawn from the first seed of these groups, and its title (scripts/gates.py
     # --figures DIR writes it to DIR/<example>.png).
     figure_runs: tuple[str, ...] = ()
@@ -97,8 +143,21 @@ class Gate:
     figure_file: str = ""  # default: <example>.png
     # or a figure drawn from the gate's rows and each group's first full summary:
     # (rows by group, first summary by group, a matplotlib figure)
-    rows_figure: Callable[[dict[str, list[dict]], dict[str, dict], Any], None] | None = None
+    rows_figure: RowsFigure | None = None
     measure: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"the gate '{self.target}'"
+        require_callable_as(where, "derive", self.derive, Derive)
+        require_callable_as(where, "rows_figure", self.rows_figure, RowsFigure)
+        if not self.measure:  # a measure's groups are known only once it runs
+            unknown = sorted({g for c in self.criteria for g in c.reads} - set(self.runs))
+            if unknown:
+                raise ValueError(f"{where}: a criterion reads {unknown}, which are not its runs "
+                                 f"{sorted(self.runs)}")
+        if set(self.figure_runs) - set(self.runs):
+            raise ValueError(f"{where}: figure_runs names "
+                             f"{sorted(set(self.figure_runs) - set(self.runs))}, not its runs")
 
     @property
     def text(self) -> str:
@@ -176,12 +235,12 @@ class Example:
     mistakes: dict[str, Mistake] = field(default_factory=dict)
     # The tour: overrides per budget ("full", "quick") and mistake; a one-line result; a figure.
     budgets: dict[str, dict[str, list[str]]] = field(default_factory=dict)
-    headline: Callable[[dict], str] | None = None
-    figure: Callable[[dict, Any], None] | None = None  # (runs by mistake, a matplotlib figure)
+    headline: Headline | None = None
+    figure: TourFigure | None = None
     figure_size: tuple[float, float] = (9, 3.6)
     # The pattern's probe on a run's summary: None when it holds, else what failed. `smoke` are the
     # overrides of a seconds-long run on embedded data ({tmp} is a scratch folder).
-    check: Callable[[dict], str | None] | None = None
+    check: Check | None = None
     smoke: tuple[str, ...] = ()
     limits: str = ""  # where the default config was measured to stop working, for --help
     report: tuple[str, ...] = ()  # the summary's keys the command line prints at the end
@@ -193,11 +252,17 @@ class Example:
     gate: Gate | None = None
     more_gates: dict[str, Gate] = field(default_factory=dict)
     # What its measurements say, from its gate's entry in docs/gates.json and from docs/bench.json.
-    measured: Callable[[dict, dict], Measured] | None = None
+    measured: MeasuredFrom | None = None
     # The keys that set how much memory a step takes: out of memory names them, with their values.
     size_keys: tuple[str, ...] = ("batch_size",)
     # The step sizes to lower when a run diverges: the line that says so names them, with values.
     lr_keys: tuple[str, ...] = ("lr",)
+
+    def __post_init__(self) -> None:
+        for field_name, protocol in (("headline", Headline), ("check", Check),
+                                     ("figure", TourFigure), ("measured", MeasuredFrom)):
+            require_callable_as(f"{self.name}'s EXAMPLE", field_name, getattr(self, field_name),
+                                protocol)
 
     @property
     def module(self):
