@@ -152,13 +152,12 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
     return -F.logsigmoid(beta * margin).mean()
 
 
-def dpo_step(policy, reference, optimizer, batch, beta, prompt_len, logps=sequence_logprobs,
-             ref_logps=reference_logprobs):
+def dpo_step(policy, reference, optimizer, batch, beta, prompt_len):
     """One optimizer step on a batch of pairs; the chosen and rejected in one forward."""
-    ref_chosen, ref_rejected = ref_logps(reference, batch, prompt_len)
+    ref_chosen, ref_rejected = reference_logprobs(reference, batch, prompt_len)
     seq = torch.cat([batch["chosen"], batch["rejected"]])
     mask = torch.cat([batch["chosen_mask"], batch["rejected_mask"]])
-    chosen, rejected = logps(policy, seq, mask, prompt_len).chunk(2)
+    chosen, rejected = sequence_logprobs(policy, seq, mask, prompt_len).chunk(2)
     loss = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -176,29 +175,46 @@ def make_reference_with_grad(policy):
     return copy.deepcopy(policy).eval()  # MISTAKE: the copy still requires grad
 
 
-def reference_logprobs_with_grad(reference, batch, prompt_len):  # MISTAKE: no no_grad: a graph
-    return (sequence_logprobs(reference, batch["chosen"], batch["chosen_mask"], prompt_len),
-            sequence_logprobs(reference, batch["rejected"], batch["rejected_mask"], prompt_len))
+def dpo_step_reference_with_grad(policy, reference, optimizer, batch, beta, prompt_len):
+    ref_chosen = sequence_logprobs(  # MISTAKE: outside no_grad: a graph through the reference
+        reference, batch["chosen"], batch["chosen_mask"], prompt_len)
+    ref_rejected = sequence_logprobs(reference, batch["rejected"], batch["rejected_mask"],
+                                     prompt_len)
+    seq = torch.cat([batch["chosen"], batch["rejected"]])
+    mask = torch.cat([batch["chosen_mask"], batch["rejected_mask"]])
+    chosen, rejected = sequence_logprobs(policy, seq, mask, prompt_len).chunk(2)
+    loss = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def make_reference_train_mode(policy):
     return copy.deepcopy(policy).requires_grad_(False)  # MISTAKE: still in train mode: dropout
 
 
-def sequence_logprobs_unmasked_logprobs(model, seq, mask, prompt_len):
-    return completion_logprobs(model, seq, prompt_len).sum(1)  # MISTAKE: padding counted
+def dpo_step_unmasked_logprobs(policy, reference, optimizer, batch, beta, prompt_len):
+    ref_chosen, ref_rejected = reference_logprobs(reference, batch, prompt_len)
+    seq = torch.cat([batch["chosen"], batch["rejected"]])
+    chosen, rejected = completion_logprobs(  # MISTAKE: every position summed, padding too
+        policy, seq, prompt_len).sum(1).chunk(2)
+    loss = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
-# the functions of a step that a mistake can swap, by name
-DpoSteps = namedtuple("DpoSteps", ["make_reference", "ref_logps", "logps"])
-PATTERN = DpoSteps(make_reference, reference_logprobs, sequence_logprobs)
+# the functions of a run that a mistake can swap, by name: the loop calls these
+DpoSteps = namedtuple("DpoSteps", ["make_reference", "step"])
+PATTERN = DpoSteps(make_reference, dpo_step)
 BY_MISTAKE = {
     "none": PATTERN,
     "reference_is_policy": PATTERN._replace(make_reference=make_reference_is_policy),
-    "reference_with_grad": PATTERN._replace(make_reference=make_reference_with_grad,
-                                            ref_logps=reference_logprobs_with_grad),
+    "reference_with_grad": DpoSteps(make_reference_with_grad, dpo_step_reference_with_grad),
     "reference_train_mode": PATTERN._replace(make_reference=make_reference_train_mode),
-    "unmasked_logprobs": PATTERN._replace(logps=sequence_logprobs_unmasked_logprobs),
+    "unmasked_logprobs": PATTERN._replace(step=dpo_step_unmasked_logprobs),
 }
 
 
@@ -243,20 +259,20 @@ def batch_of(pairs: dict, size: int, generator: torch.Generator) -> dict:
 
 
 @torch.no_grad()
-def evaluate(policy, reference, original, prompts, held_out, cfg, stop_ids, targets,
-             ref_logps=reference_logprobs, logps=sequence_logprobs) -> dict:
+def evaluate(policy, reference, original, prompts, held_out, cfg, stop_ids, targets) -> dict:
     """The mean reward and length of completions sampled from the policy; the exact KL(policy ||
     pretrained model) over the whole vocabulary at their own characters, per character; and, on
     held-out pairs against the run's own reference, the loss and the preference accuracy (the
-    share whose implicit reward margin is positive)."""
+    share whose implicit reward margin is positive, every log-prob masked: scored the pattern's
+    way whatever the run's mistake)."""
     seq, mask = sampled(policy, prompts, 1, cfg, stop_ids)
     with eval_mode(policy):
         logp = torch.log_softmax(policy(seq[:, :-1])[:, cfg.prompt_len - 1:], -1)
         logq = torch.log_softmax(original(seq[:, :-1])[:, cfg.prompt_len - 1:], -1)
         kl = ((logp.exp() * (logp - logq)).sum(-1) * mask).sum() / mask.sum()
-        ref_chosen, ref_rejected = ref_logps(reference, held_out, cfg.prompt_len)
-        chosen = logps(policy, held_out["chosen"], held_out["chosen_mask"], cfg.prompt_len)
-        rejected = logps(policy, held_out["rejected"], held_out["rejected_mask"], cfg.prompt_len)
+        ref_chosen, ref_rejected = reference_logprobs(reference, held_out, cfg.prompt_len)
+        chosen, rejected = (sequence_logprobs(policy, held_out[k], held_out[f"{k}_mask"],
+                                              cfg.prompt_len) for k in ("chosen", "rejected"))
     margin = (chosen - ref_chosen) - (rejected - ref_rejected)
     return {"reward": float(rewards(seq, mask, cfg.prompt_len, targets).mean()),
             "exact_kl": float(kl), "length": float(mask.sum(1).mean()),
@@ -265,11 +281,10 @@ def evaluate(policy, reference, original, prompts, held_out, cfg, stop_ids, targ
 
 
 @torch.no_grad()
-def reference_noise(reference, held_out, cfg, ref_logps=reference_logprobs) -> float:
+def reference_noise(reference, held_out, prompt_len) -> float:
     """The mean |difference| between two calls of the reference on the same held-out pairs, in
     nats: 0 for a reference in eval mode."""
-    first, second = ref_logps(reference, held_out, cfg.prompt_len), ref_logps(
-        reference, held_out, cfg.prompt_len)
+    first, second = (reference_logprobs(reference, held_out, prompt_len) for _ in range(2))
     return float((first[0] - second[0]).abs().mean())
 
 
@@ -306,7 +321,7 @@ def train(cfg) -> dict:
                 "generator": generator}
     probe = Probe(device, saved_bytes_name="step_saved_bytes")  # on log steps only
     measure = lambda: evaluate(policy, reference, original, prompts, held_out, cfg,  # noqa: E731
-                               stop_ids, targets, steps.ref_logps, steps.logps)
+                               stop_ids, targets)
     start = measure()
     with Loop(cfg, EXAMPLE.name, stateful, device, cfg.data.name) as loop:
         if loop.finished_summary:
@@ -314,8 +329,7 @@ def train(cfg) -> dict:
         for _ in loop:
             with probe.step(sampled=loop.sampled(cfg.log_every)):
                 batch = batch_of(pairs, cfg.batch_size, generator)
-                loss = dpo_step(policy, reference, optimizer, batch, cfg.beta, cfg.prompt_len,
-                                steps.logps, steps.ref_logps)
+                loss = steps.step(policy, reference, optimizer, batch, cfg.beta, cfg.prompt_len)
             if loop.due(cfg.log_every):
                 loop.log(losses={"loss": loss})
             if loop.due(cfg.eval_every, final=True):
@@ -328,7 +342,7 @@ def train(cfg) -> dict:
             **{k: loop.evals[-1][k] for k in ("held_out_accuracy", "held_out_loss", "length")},
             length_at_start=start["length"], final_loss=float(loss),
             pairs=len(pairs["chosen"]), curve=loop.evals,
-            reference_noise=reference_noise(reference, held_out, cfg, steps.ref_logps),
+            reference_noise=reference_noise(reference, held_out, cfg.prompt_len),
             reference_has_grad=any(p.grad is not None for p in reference.parameters()),
             **probe.record, steps_per_sec=probe.units_per_sec)
 
@@ -387,8 +401,8 @@ EXAMPLE = Example(
             "the reference copied without requires_grad_(False), its log-probs outside no_grad",
             "every backward runs through the reference too: .grad in the reference, more bytes "
             "held per step",
-            ("make_reference_with_grad", "reference_logprobs_with_grad"),
-            caught="constant: ref_chosen (grad_fn="),
+            ("make_reference_with_grad", "dpo_step_reference_with_grad"),
+            caught="no_grad_reaches: a backward wrote a grad into reference"),
         "reference_train_mode": Mistake(
             "the reference frozen but left in train mode",
             "dropout in the reference's log-probs: the same pair gets another reference value on "
@@ -399,7 +413,7 @@ EXAMPLE = Example(
             "a completion's log-prob summed over every position, its padding included",
             "the padding's log-probs enter every margin: the policy drifts further from the "
             "pretrained model and, on some seeds, ends its completions sooner",
-            ("sequence_logprobs_unmasked_logprobs",),
+            ("dpo_step_unmasked_logprobs",),
             no_check="a sum over the wrong positions: a value, not a graph; the held-out "
                      "accuracy, scored with masks, measures it"),
     },

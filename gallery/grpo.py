@@ -163,15 +163,14 @@ def grpo_loss(logp, old_logprobs, ref_logprobs, advantages, clip, beta, mask=Non
     return -per_completion.mean(), clipped.detach()
 
 
-def grpo_update(
-        policy, optimizer, batch, clip, beta, passes, prompt_len, loss_fn=grpo_loss):
+def grpo_update(policy, optimizer, batch, clip, beta, passes, prompt_len):
     """`passes` optimizer steps on one rollout, against its stored old and reference log-probs.
     Returns the last loss and each pass's clip fraction."""
     clipped = []
     for _ in range(passes):
         logp = completion_logprobs(policy, batch["seq"], prompt_len)
-        loss, share = loss_fn(logp, batch["old_logprobs"], batch["ref_logprobs"],
-                              batch["advantages"], clip, beta)
+        loss, share = grpo_loss(logp, batch["old_logprobs"], batch["ref_logprobs"],
+                                batch["advantages"], clip, beta)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -181,14 +180,13 @@ def grpo_update(
 
 # --- the mistakes -------------------------------------------------------------------------------
 
-def grpo_update_old_logprobs_with_grad(
-        policy, optimizer, batch, clip, beta, passes, prompt_len, loss_fn=grpo_loss):
+def grpo_update_old_logprobs_with_grad(policy, optimizer, batch, clip, beta, passes, prompt_len):
     clipped = []
     for _ in range(passes):
         logp = completion_logprobs(policy, batch["seq"], prompt_len)
         old = completion_logprobs(policy, batch["seq"], prompt_len)  # MISTAKE: a graph, each pass
-        loss, share = loss_fn(logp, old, batch["ref_logprobs"],
-                              batch["advantages"], clip, beta)
+        loss, share = grpo_loss(logp, old, batch["ref_logprobs"],
+                                batch["advantages"], clip, beta)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -197,13 +195,13 @@ def grpo_update_old_logprobs_with_grad(
 
 
 def grpo_update_old_logprobs_recomputed(
-        policy, optimizer, batch, clip, beta, passes, prompt_len, loss_fn=grpo_loss):
+        policy, optimizer, batch, clip, beta, passes, prompt_len):
     clipped = []
     for _ in range(passes):
         logp = completion_logprobs(policy, batch["seq"], prompt_len)
         old = logp.detach()  # MISTAKE: recomputed in every pass, from the policy as it is now
-        loss, share = loss_fn(logp, old, batch["ref_logprobs"],
-                              batch["advantages"], clip, beta)
+        loss, share = grpo_loss(logp, old, batch["ref_logprobs"],
+                                batch["advantages"], clip, beta)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -242,9 +240,22 @@ def grpo_loss_k1_kl_loss(logp, old_logprobs, ref_logprobs, advantages, clip, bet
     return -per_completion.mean(), clipped.detach()
 
 
-# the functions of a step that a mistake can swap, by name
-GrpoSteps = namedtuple("GrpoSteps", ["make_reference", "rollout", "loss", "update"])
-PATTERN = GrpoSteps(make_reference, rollout, grpo_loss, grpo_update)
+def grpo_update_k1_kl_loss(policy, optimizer, batch, clip, beta, passes, prompt_len):
+    clipped = []
+    for _ in range(passes):
+        logp = completion_logprobs(policy, batch["seq"], prompt_len)
+        loss, share = grpo_loss_k1_kl_loss(  # MISTAKE: the loss with k1 as its KL term
+            logp, batch["old_logprobs"], batch["ref_logprobs"], batch["advantages"], clip, beta)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        clipped.append(share)
+    return loss.detach(), clipped
+
+
+# the functions of a run that a mistake can swap, by name: the loop calls these
+GrpoSteps = namedtuple("GrpoSteps", ["make_reference", "rollout", "update"])
+PATTERN = GrpoSteps(make_reference, rollout, grpo_update)
 BY_MISTAKE = {
     "none": PATTERN,
     "old_logprobs_with_grad": PATTERN._replace(update=grpo_update_old_logprobs_with_grad),
@@ -252,7 +263,7 @@ BY_MISTAKE = {
     "reference_is_policy": PATTERN._replace(make_reference=make_reference_is_policy),
     "reference_with_grad": PATTERN._replace(make_reference=make_reference_with_grad,
                                             rollout=rollout_reference_with_grad),
-    "k1_kl_loss": PATTERN._replace(loss=grpo_loss_k1_kl_loss),
+    "k1_kl_loss": PATTERN._replace(update=grpo_update_k1_kl_loss),
 }
 KNOWN_ERRORS = {
     "reference_with_grad": ("backward through the graph a second time",
@@ -316,7 +327,7 @@ def train(cfg) -> dict:
                                       targets)
                 counts.reference_held_bytes = graph_saved_bytes(batch["ref_logprobs"])
                 loss, clipped = steps.update(policy, optimizer, batch, cfg.clip, cfg.beta,
-                                             cfg.passes, cfg.prompt_len, steps.loss)
+                                             cfg.passes, cfg.prompt_len)
             counts.rollouts += 1
             counts.clip_fraction_sums = [s + float(c) for s, c in
                                          zip(counts.clip_fraction_sums, clipped)]
@@ -415,7 +426,7 @@ EXAMPLE = Example(
         "k1_kl_loss": Mistake(
             "the k1 estimate (logp - ref) used as the KL loss",
             "its gradient is zero in expectation: the KL to the reference drifts as if beta were 0",
-            ("grpo_loss_k1_kl_loss",),
+            ("grpo_loss_k1_kl_loss", "grpo_update_k1_kl_loss"),
             no_check="a correct graph with the wrong estimator: every tensor is what its check "
                      "expects; the exact KL in the summary catches it",
         ),

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from gallery import dpo, lm
-from gallery.check import constant, disjoint, runs_in_eval_mode, unchanged
+from gallery.check import disjoint, no_grad_reaches, runs_in_eval_mode, unchanged
 from gallery.core.cli import compose
-from gallery.core.probes import state_hash
+from gallery.core.probes import SavedTensorMeter, state_hash
 from tests.conftest import run_here, run_module
 
 SMOKE = [*dpo.EXAMPLE.smoke, "device=cpu"]
@@ -35,7 +35,7 @@ def test_a_completion_ends_at_its_first_stop_character_and_padding_is_not_scored
     padded[0, 8:] = 7  # other characters after the stop
     masked = [dpo.sequence_logprobs(policy, s, batch["chosen_mask"], 4)
               for s in (batch["chosen"], padded)]
-    unmasked = [dpo.sequence_logprobs_unmasked_logprobs(policy, s, batch["chosen_mask"], 4)
+    unmasked = [dpo.completion_logprobs(policy, s, 4).sum(1)  # dpo_step_unmasked_logprobs's
                 for s in (batch["chosen"], padded)]
     assert torch.equal(masked[0], masked[1])
     assert not torch.allclose(unmasked[0][0], unmasked[1][0])
@@ -96,11 +96,14 @@ def test_reference_with_grad_writes_grad_into_the_reference_and_holds_its_graph(
     steps = dpo.BY_MISTAKE["reference_with_grad"]
     policy, batch = tiny()
     reference = steps.make_reference(policy)
-    ref = steps.ref_logps(reference, batch, 4)
-    assert all(t.grad_fn is not None for t in ref)
-    dpo.dpo_step(policy, reference, torch.optim.Adam(policy.parameters()), batch, 0.1, 4,
-                 ref_logps=steps.ref_logps)
+    with SavedTensorMeter() as held:
+        steps.step(policy, reference, torch.optim.Adam(policy.parameters()), batch, 0.1, 4)
     assert any(p.grad is not None for p in reference.parameters())
+    pattern = tiny()[0]
+    frozen = dpo.make_reference(pattern)
+    with SavedTensorMeter() as kept:
+        dpo.dpo_step(pattern, frozen, torch.optim.Adam(pattern.parameters()), batch, 0.1, 4)
+    assert held.total > kept.total and all(p.grad is None for p in frozen.parameters())
 
 
 def test_reference_train_mode_gives_the_same_pair_another_value_on_each_call():
@@ -154,12 +157,9 @@ def check_step(mistake: str) -> None:
     policy, batch = tiny()
     reference = steps.make_reference(policy)
     disjoint(policy=policy, reference=reference)
-    with runs_in_eval_mode(reference=reference):
-        ref_chosen, ref_rejected = steps.ref_logps(reference, batch, 4)
-    constant(ref_chosen=ref_chosen, ref_rejected=ref_rejected)
-    with unchanged(reference=reference):
-        dpo.dpo_step(policy, reference, torch.optim.Adam(policy.parameters()), batch, 0.1, 4,
-                     steps.logps, steps.ref_logps)
+    with runs_in_eval_mode(reference=reference), no_grad_reaches(reference=reference), \
+            unchanged(reference=reference):
+        steps.step(policy, reference, torch.optim.Adam(policy.parameters()), batch, 0.1, 4)
 
 
 # --- against TRL (a peer, installed by scripts/test.sh --peers, never a dependency) ------------

@@ -1,3 +1,5 @@
+from unittest import mock
+
 import pytest
 import torch
 
@@ -174,11 +176,15 @@ def check_step(mistake: str) -> None:
     constant(ref_logprobs=batch["ref_logprobs"], advantages=batch["advantages"])
     seen = []
 
-    def loss_fn(logp, old, *args):
-        seen.append(old)
-        return steps.loss(logp, old, *args)
+    def watched(loss):  # what each pass hands its loss as the old log-probs
+        def loss_with_its_inputs_seen(logp, old, *args):
+            seen.append(old)
+            return loss(logp, old, *args)
+        return loss_with_its_inputs_seen
 
-    steps.update(policy, torch.optim.Adam(policy.parameters()), batch, 0.2, 0.1, 2, 4, loss_fn)
+    with mock.patch.object(grpo, "grpo_loss", watched(grpo.grpo_loss)), \
+            mock.patch.object(grpo, "grpo_loss_k1_kl_loss", watched(grpo.grpo_loss_k1_kl_loss)):
+        steps.update(policy, torch.optim.Adam(policy.parameters()), batch, 0.2, 0.1, 2, 4)
     constant(old_logprobs=seen)
 
 
