@@ -183,17 +183,13 @@ def a2c_losses(batch, returns):
     return policy_loss, value_loss, batch["entropies"].mean()
 
 
-def a2c_update(agent, optimizer, batch, next_value, gamma, lam, vf_coef=0.5, ent_coef=0.01,
-               max_grad_norm=0.5, targets=gae, losses=a2c_losses):
-    """One gradient step on one rollout; the policy and value losses, detached. (`targets` and
-    `losses` can be swapped for other estimators and losses.)"""
-    _, returns = targets(batch, next_value, gamma, lam)
-    policy_loss, value_loss, entropy = losses(batch, returns)
+def a2c_update(agent, optimizer, policy_loss, value_loss, entropy, vf_coef=0.5, ent_coef=0.01,
+               max_grad_norm=0.5):
+    """One gradient step on one rollout's losses: actor and critic share the optimizer."""
     optimizer.zero_grad(set_to_none=True)
     (policy_loss + vf_coef * value_loss - ent_coef * entropy).backward()
     nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
     optimizer.step()
-    return policy_loss.detach(), value_loss.detach()
 
 
 # --- the mistakes -------------------------------------------------------------------------------
@@ -279,11 +275,13 @@ def train(cfg) -> dict:
         for _ in loop:
             with probe.step(sampled=False, units=per_rollout):
                 batch, obs = variant.rollout(agent, envs, obs, cfg.rollout_steps, cfg.gamma)
-                policy_loss, value_loss = a2c_update(
-                    agent, optimizer, batch, agent.value(obs), cfg.gamma, cfg.gae_lambda,
-                    cfg.vf_coef, cfg.ent_coef, cfg.max_grad_norm, variant.gae, variant.losses)
+                _, returns = variant.gae(batch, agent.value(obs), cfg.gamma, cfg.gae_lambda)
+                policy_loss, value_loss, entropy = variant.losses(batch, returns)
+                a2c_update(agent, optimizer, policy_loss, value_loss, entropy, cfg.vf_coef,
+                           cfg.ent_coef, cfg.max_grad_norm)
             if loop.due(cfg.log_every):
-                loop.log(losses={"policy_loss": policy_loss, "value_loss": value_loss})
+                loop.log(losses={"policy_loss": policy_loss.detach(),
+                                 "value_loss": value_loss.detach()})
             if loop.due(cfg.eval_every, final=True):
                 result = evaluate(greedy(agent.actor), eval_envs, cfg.seed + 10_000, device)
                 loop.evaluated(**result)

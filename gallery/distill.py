@@ -152,7 +152,7 @@ def distill_loss(student_logits, teacher_logits, labels, temperature, alpha):
     return (1 - alpha) * hard + alpha * temperature**2 * soft  # PATTERN: T² restores the scale
 
 
-def make_optimizer(student, teacher, lr):
+def make_optimizer(student, lr):
     """The optimizer holds the student's parameters, and only those."""
     return torch.optim.Adam(student.parameters(), lr=lr)  # PATTERN: the student alone
 
@@ -184,10 +184,12 @@ def make_optimizer_with_teacher(student, teacher, lr):
     return torch.optim.Adam(params, lr=lr)
 
 
-# the functions of a run that a mistake can swap, by name
+# the functions of a run that a mistake can swap, by name; the loop hands make_optimizer both
+# models, and the pattern's takes the student's parameters alone
 DistillSteps = namedtuple("DistillSteps", ["make_teacher", "soft_targets", "distill_loss",
                                            "make_optimizer"])
-PATTERN = DistillSteps(make_teacher, soft_targets, distill_loss, make_optimizer)
+PATTERN = DistillSteps(make_teacher, soft_targets, distill_loss,
+                       lambda student, teacher, lr: make_optimizer(student, lr))
 BY_MISTAKE = {
     "none": PATTERN,
     "teacher_train_mode": PATTERN._replace(make_teacher=make_teacher_train_mode),

@@ -138,17 +138,16 @@ def adapt_first_order(model, params, x, y, inner_lr, steps):
     return params
 
 
-def meta_loss(model, tasks, inner_lr, steps, adapt_fn=adapt):
-    """The query loss after adapting, averaged over a meta-batch of tasks."""
-    params = dict(model.named_parameters())
-    losses = [F.mse_loss(torch.func.functional_call(
-        model, adapt_fn(model, params, xs, ys, inner_lr, steps), (xq,)), yq)
-        for xs, ys, xq, yq, *_ in tasks]
+def meta_loss(model, tasks, fast_weights):
+    """The query loss at each task's fast weights (`adapt`'s, one per task), averaged over the
+    meta-batch."""
+    losses = [F.mse_loss(torch.func.functional_call(model, fast, (xq,)), yq)
+              for (_, _, xq, yq, *_), fast in zip(tasks, fast_weights)]
     return torch.stack(losses).mean()
 
 
-def meta_step(model, optimizer, tasks, inner_lr, steps, adapt_fn=adapt):
-    loss = meta_loss(model, tasks, inner_lr, steps, adapt_fn)
+def meta_step(model, optimizer, tasks, fast_weights):
+    loss = meta_loss(model, tasks, fast_weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # through the inner step, to the initialisation
     optimizer.step()
@@ -215,11 +214,18 @@ def adapted_mse(model, tasks, inner_lr, steps) -> float:
     return total / len(tasks)
 
 
+def adapted_to(tasks, adapt_fn, model, inner_lr, steps) -> list[dict]:
+    """Each task's fast weights after `adapt_fn` on its support points, from the model's own."""
+    params = dict(model.named_parameters())
+    return [adapt_fn(model, params, xs, ys, inner_lr, steps) for xs, ys, *_ in tasks]
+
+
 def meta_gradient_cosine(model, tasks, inner_lr, steps, adapt_fn) -> float:
     """The cosine between this run's meta-gradient and the exact second-order one, on `tasks`."""
     params = list(model.parameters())
-    exact = torch.autograd.grad(meta_loss(model, tasks, inner_lr, steps), params)
-    loss = meta_loss(model, tasks, inner_lr, steps, adapt_fn)
+    exact = torch.autograd.grad(
+        meta_loss(model, tasks, adapted_to(tasks, adapt, model, inner_lr, steps)), params)
+    loss = meta_loss(model, tasks, adapted_to(tasks, adapt_fn, model, inner_lr, steps))
     ours = torch.autograd.grad(loss, params, allow_unused=True)
     a = torch.cat([g.flatten() for g in exact])
     b = torch.cat([(torch.zeros_like(p) if g is None else g).flatten()
@@ -273,8 +279,8 @@ def train(cfg) -> dict:
                 if cfg.baseline:
                     loss = baseline_step(model, optimizer, tasks)
                 else:
-                    loss = meta_step(model, optimizer, tasks, cfg.inner_lr, cfg.inner_steps,
-                                     adapt_fn)
+                    fast = adapted_to(tasks, adapt_fn, model, cfg.inner_lr, cfg.inner_steps)
+                    loss = meta_step(model, optimizer, tasks, fast)
             if loop.due(cfg.log_every):
                 loop.log(losses={"meta_loss": loss})
             if loop.due(cfg.eval_every, final=True):

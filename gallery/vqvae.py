@@ -145,16 +145,15 @@ def quantize(z, codebook):
     return z_q, codes.view(b, h, w), codebook_loss, commitment_loss
 
 
-def vq_step(model, optimizer, x, beta=0.25, quantize=quantize):
-    """One update: reconstruct through the straight-through output, plus both VQ losses. Returns
-    the reconstruction error (detached) and the codes."""
-    z_q, codes, codebook_loss, commitment_loss = quantize(model.encoder(x), model.codebook)
+def vq_step(model, optimizer, x, z_q, codebook_loss, commitment_loss, beta=0.25):
+    """One update on `quantize`'s outputs for x: reconstruct through the straight-through output
+    z_q, plus both VQ losses. Returns the reconstruction error, detached."""
     reconstruction = F.mse_loss(model.decoder(z_q), x)
     loss = reconstruction + codebook_loss + beta * commitment_loss
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return reconstruction.detach(), codes
+    return reconstruction.detach()
 
 
 def code_usage(codes, codebook_size):
@@ -301,7 +300,10 @@ def train(cfg) -> dict:
         for _ in loop:
             x = xt[next(batches).to(device)]
             with probe.step(sampled=False):
-                reconstruction, codes = vq_step(model, optimizer, x, cfg.beta, quantizer)
+                z_q, codes, codebook_loss, commitment_loss = quantizer(model.encoder(x),
+                                                                       model.codebook)
+                reconstruction = vq_step(model, optimizer, x, z_q, codebook_loss,
+                                         commitment_loss, cfg.beta)
                 if cfg.revive_after and loop.step > cfg.revive_warmup:
                     usage.revived += revive_dead_codes(model.codebook, usage.idle, codes,
                                                        model.encoder, x, cfg.revive_after)

@@ -76,9 +76,9 @@ def _one_update(variant_name: str, vf_coef: float, seed=0):
     agent, (envs, obs) = _agent(seed), _envs(4)
     batch, next_obs = variant.rollout(agent, envs, obs, 16, 0.99)
     before = state_hash(agent.critic), state_hash(agent.actor)
-    a2c.a2c_update(agent, torch.optim.Adam(agent.parameters(), lr=1e-2), batch,
-                   agent.value(next_obs), 0.99, 0.95, vf_coef=vf_coef, ent_coef=0.0,
-                   targets=variant.gae, losses=variant.losses)
+    _, returns = variant.gae(batch, agent.value(next_obs), 0.99, 0.95)
+    a2c.a2c_update(agent, torch.optim.Adam(agent.parameters(), lr=1e-2),
+                   *variant.losses(batch, returns), vf_coef=vf_coef, ent_coef=0.0)
     return before, (state_hash(agent.critic), state_hash(agent.actor))
 
 
@@ -174,9 +174,9 @@ def check_step(mistake: str) -> None:
     batch, obs = variant.rollout(agent, StubEnvs(), torch.randn(2, 4), 4, 0.99)
     _, returns = variant.gae(batch, agent.value(obs), 0.99, 0.95)
     constant(returns=returns)  # the critic's target
-    policy_loss, _, _ = variant.losses(batch, returns)
+    policy_loss, value_loss, entropy = variant.losses(batch, returns)
     with no_grad_reaches(critic=agent.critic):  # the actor's loss alone trains the actor alone
         policy_loss.backward(retain_graph=True)
     with gets_grad(critic=agent.critic):  # and the update trains the critic
-        a2c.a2c_update(agent, torch.optim.Adam(agent.parameters()), batch, agent.value(obs),
-                       0.99, 0.95, targets=variant.gae, losses=variant.losses)
+        a2c.a2c_update(agent, torch.optim.Adam(agent.parameters()), policy_loss, value_loss,
+                       entropy)

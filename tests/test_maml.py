@@ -17,7 +17,7 @@ def setup(seed: int = 0):
 
 
 def meta_gradient(model, tasks, adapt_fn):
-    loss = maml.meta_loss(model, tasks, 0.05, 1, adapt_fn)
+    loss = maml.meta_loss(model, tasks, maml.adapted_to(tasks, adapt_fn, model, 0.05, 1))
     grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
     return torch.cat([(torch.zeros_like(p) if g is None else g).flatten()
                       for p, g in zip(model.parameters(), grads)])
@@ -60,7 +60,8 @@ def test_no_meta_gradient_reaches_the_initialisation(mistake):
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(3):
-        maml.meta_step(model, optimizer, tasks, 0.05, 1, maml.BY_MISTAKE[mistake])
+        maml.meta_step(model, optimizer, tasks,
+                       maml.adapted_to(tasks, maml.BY_MISTAKE[mistake], model, 0.05, 1))
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
@@ -106,5 +107,6 @@ def check_step(mistake: str) -> None:
     model, tasks = setup()
     optimizer = torch.optim.Adam(model.parameters())
     with results_of(torch.autograd, "grad") as inner_grads, gets_grad(initialisation=model):
-        maml.meta_step(model, optimizer, tasks, 0.05, 1, maml.BY_MISTAKE[mistake])
+        maml.meta_step(model, optimizer, tasks,
+                       maml.adapted_to(tasks, maml.BY_MISTAKE[mistake], model, 0.05, 1))
     has_graph(inner_grad=inner_grads)

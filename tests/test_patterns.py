@@ -218,11 +218,11 @@ def test_pasted_a2c_functions_give_the_actor_a_constant_advantage_and_the_critic
     assert batch["values"].grad_fn is not None and batch["dones"].sum() >= 2
     _, returns = ns["gae"](batch, agent.value(obs), 0.99, 0.95)
     assert returns.grad_fn is None
-    policy_loss, value_loss, _ = ns["a2c_losses"](batch, returns)
+    policy_loss, value_loss, entropy = ns["a2c_losses"](batch, returns)
     assert reached_parameters(policy_loss, agent.critic) == set()
     before = state_hash(agent.critic)
-    ns["a2c_update"](agent, torch.optim.Adam(agent.parameters()), batch, agent.value(obs), 0.99,
-                     0.95, vf_coef=0.0, ent_coef=0.0)
+    ns["a2c_update"](agent, torch.optim.Adam(agent.parameters()), policy_loss, value_loss,
+                     entropy, vf_coef=0.0, ent_coef=0.0)
     assert state_hash(agent.critic) == before  # no value loss: nothing else reaches the critic
 
 
@@ -325,7 +325,9 @@ def test_pasted_quantize_and_vq_step_train_the_codebook_and_pass_the_identity_to
     assert reached_parameters(commitment_loss, {"codebook": model.codebook}) == set()  # sg[e]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     before = model.codebook.detach().clone()
-    ns["vq_step"](model, optimizer, torch.randn(8, 1, 8, 8))
+    x = torch.randn(8, 1, 8, 8)
+    z_q, _, codebook_loss, commitment_loss = ns["quantize"](model.encoder(x), model.codebook)
+    ns["vq_step"](model, optimizer, x, z_q, codebook_loss, commitment_loss)
     assert not torch.equal(model.codebook, before) and model.codebook.grad is not None
     assert ns["code_usage"](codes, 16)[1] > 0
 
@@ -437,3 +439,25 @@ def test_the_gallery_uses_public_torch_api_only():
     found = [f"{path.relative_to(package)}:{number}" for path in sorted(package.rglob("*.py"))
              for number, line in enumerate(path.read_text().splitlines(), 1) if "torch._" in line]
     assert len(list(package.rglob("*.py"))) > 20 and not found, found
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_a_pattern_function_has_the_signature_a_user_would_write(name):
+    """No pattern function takes a function as a default argument (a hook for a mistake to swap
+    in: the loop composes the steps instead, and a mistake replaces a whole one), and none takes a
+    parameter it never uses."""
+    import textwrap
+
+    example, found = EXAMPLES[name], []
+    for function_name in example.pattern_functions:
+        function = inspect.unwrap(getattr(example.module, function_name))
+        if not inspect.isfunction(function):
+            continue  # a class (finetune's): its methods are torch's protocol
+        for parameter in inspect.signature(function).parameters.values():
+            if callable(parameter.default) and parameter.default is not inspect.Parameter.empty:
+                found.append(f"{function_name}({parameter.name}={parameter.default.__name__})")
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+        used = {node.id for node in ast.walk(tree.body[0]) if isinstance(node, ast.Name)}
+        found += [f"{function_name}: {p} is never used"
+                  for p in inspect.signature(function).parameters if p not in used]
+    assert not found, f"{name}: {found}"

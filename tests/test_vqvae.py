@@ -42,11 +42,18 @@ def test_each_stop_gradient_loss_trains_only_its_own_side():
     assert reached_parameters(commitment_loss, encoder) == set(encoder)
 
 
+def step(model, optimizer, x, quantize=vq.quantize, beta=0.25):
+    """One training step as vqvae's loop composes it: the quantizer, then vq_step on its outputs;
+    the reconstruction error and the codes."""
+    z_q, codes, codebook_loss, commitment_loss = quantize(model.encoder(x), model.codebook)
+    return vq.vq_step(model, optimizer, x, z_q, codebook_loss, commitment_loss, beta), codes
+
+
 def test_a_pattern_step_trains_the_encoder_the_decoder_and_the_codebook():
     model, x = _model()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     with gets_grad(encoder=model.encoder, decoder=model.decoder):
-        vq.vq_step(model, optimizer, x)
+        step(model, optimizer, x)
     assert model.codebook.grad is not None and bool(model.codebook.grad.ne(0).any())
 
 
@@ -65,7 +72,7 @@ def test_codebook_on_st_leaves_the_codebook_unchanged_while_reconstruction_still
     first = None
     with unchanged(codebook_holder=_Holder(model.codebook)):
         for _ in range(60):
-            recon, _ = vq.vq_step(model, optimizer, x, quantize=vq.quantize_codebook_on_st)
+            recon, _ = step(model, optimizer, x, vq.quantize_codebook_on_st)
             first = float(recon) if first is None else first
     assert model.codebook.grad is None  # exactly zero: no graph ever reached it
     assert float(recon) < 0.8 * first  # the trap: the reconstruction loss still falls
@@ -138,8 +145,7 @@ def check_step(mistake: str) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     # beta=0: the encoder's only teacher is then the reconstruction, through the straight-through
     with gets_grad(codebook=model.codebook, encoder=model.encoder):
-        vq.vq_step(model, optimizer, torch.randn(16, 1, 8, 8), beta=0.0,
-                      quantize=vq.BY_MISTAKE[mistake])
+        step(model, optimizer, torch.randn(16, 1, 8, 8), vq.BY_MISTAKE[mistake], beta=0.0)
     # the codebook loss alone trains the codebook alone
     z = model.encoder(torch.randn(16, 1, 8, 8))
     _, _, codebook_loss, _ = vq.BY_MISTAKE[mistake](z, model.codebook)

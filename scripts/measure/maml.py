@@ -22,8 +22,9 @@ HIGHER = ("higher==0.2.1",)
 def gallery_loop(model, tasks_rng, steps, meta_batch, shots, inner_lr) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(steps):
-        maml.meta_step(model, optimizer, maml.sine_tasks(meta_batch, shots, tasks_rng), inner_lr,
-                       1)
+        tasks = maml.sine_tasks(meta_batch, shots, tasks_rng)
+        maml.meta_step(model, optimizer, tasks,
+                       maml.adapted_to(tasks, maml.adapt, model, inner_lr, 1))
 
 
 def higher_loop(model, tasks_rng, steps, meta_batch, shots, inner_lr) -> None:

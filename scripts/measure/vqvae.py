@@ -66,7 +66,9 @@ def bench_vqvae(device: torch.device, seeds: int = 3) -> list[dict]:
         for _ in range(cfg.steps):
             x = xt[next(batches).to(device)]
             if peer is None:
-                _, codes = vq.vq_step(model, optimizer, x, cfg.beta)
+                z_q, codes, codebook_loss, commitment_loss = vq.quantize(model.encoder(x),
+                                                                         model.codebook)
+                vq.vq_step(model, optimizer, x, z_q, codebook_loss, commitment_loss, cfg.beta)
                 if revive_after:
                     vq.revive_dead_codes(model.codebook, idle, codes, model.encoder, x,
                                          revive_after)
