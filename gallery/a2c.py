@@ -360,7 +360,6 @@ EXAMPLE = Example(
     report=("eval_return_mean", "first_solved_step", "env_steps", "value_bias",
             "critic_changed", "env_steps_per_sec"),
     order=8,
-    groups={"env": "acrobot, cartpole"},
     gate=Gate(
         "CartPole-v1, the default config, seeds 0-4, and beside it each mistake at a fixed 100k "
         "env steps (seeds 0-2), measured for its return and its critic's error against "

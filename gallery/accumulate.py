@@ -361,7 +361,7 @@ def tour_figure(runs: dict, fig) -> None:
     ax = fig.add_subplot(1, 1, 1)
     for mistake, s in runs.items():
         if "curve" in s:
-            draw_loss(ax, s["curve"], "pattern" if mistake == "none" else mistake)
+            draw_loss(ax, s["curve"], plots.label(mistake))
 
 
 def measured(gate: dict, bench: dict) -> Measured:
@@ -394,7 +394,7 @@ def gate_figure(rows: dict, first: dict, fig) -> None:
     ax = fig.add_subplot(1, 2, 2)
     for mistake in ("none", "mean_of_means"):
         ax.plot(range(len(SPREADS)), [rows[f"{mistake} {s}"][0]["grad_rel_error"] for s in SPREADS],
-                marker="o", label="pattern" if mistake == "none" else mistake)
+                marker="o", label=plots.label(mistake))
     ax.set_xticks(range(len(SPREADS)), [s.removeprefix("lengths ") for s in SPREADS])
     ax.set(yscale="log", xlabel="sequence lengths in a micro-batch",
            ylabel="relative error vs the full batch")
@@ -457,7 +457,6 @@ EXAMPLE = Example(
     report=("grad_rel_error", "optimizer_grad_norm", "val_loss", "allreduces_per_step",
             "steps_per_sec"),
     order=12,
-    groups={"data": "file, pydoc, tiny_shakespeare, wikitext2"},
     gate=Gate(
         "pydoc, seeds 0-2 in one process; one step of seed 0 at each spread of lengths; 100 steps "
         "of seed 0 on 2 gloo processes",

@@ -309,7 +309,7 @@ def tour_figure(runs: dict, fig) -> None:
     ax = fig.add_subplot(1, 1, 1)
     for mistake, s in runs.items():
         if "curve" in s:
-            draw_curves(ax, s["curve"], "pattern" if mistake == "none" else mistake)
+            draw_curves(ax, s["curve"], plots.label(mistake))
 
 
 def gate_figure(rows: dict, first: dict, fig) -> None:
@@ -323,7 +323,7 @@ def gate_figure(rows: dict, first: dict, fig) -> None:
                "tab:gray" if label == "student alone" else "tab:red")
         ax.scatter([i] * len(values), values, color="black", s=10, zorder=3)
     ax.axhline(avg(rows["student alone"], "student_accuracy"), color="gray", ls="--", lw=1)
-    ax.set_xticks(range(len(labels)), ["pattern" if n == "none" else n for n in labels],
+    ax.set_xticks(range(len(labels)), [plots.label(n) for n in labels],
                   fontsize=8, rotation=15)
     ax.set(ylabel="student's held-out accuracy", ylim=(0.0, 1.0))
 
@@ -385,7 +385,6 @@ EXAMPLE = Example(
     report=("student_accuracy", "teacher_accuracy", "teacher_changed", "teacher_has_grad",
             "step_saved_bytes", "steps_per_sec"),
     order=10,
-    groups={"data": "cifar10, digits, imagefolder"},
     gate=Gate(
         "digits with 5 labels per class, the default config, seeds 0-2, no_t_squared measured "
         "beside the others",

@@ -360,7 +360,7 @@ def tour_figure(runs: dict, fig) -> None:
     axes = [fig.add_subplot(1, 3, i) for i in (1, 2, 3)]
     for mistake, s in runs.items():
         if "curve" in s:
-            draw_curves(axes, s["curve"], "pattern" if mistake == "none" else mistake)
+            draw_curves(axes, s["curve"], plots.label(mistake))
 
 
 def measured(gate: dict, bench: dict) -> Measured:
@@ -427,7 +427,6 @@ EXAMPLE = Example(
     report=("reward_at_start", "reward", "held_out_accuracy", "exact_kl", "final_loss",
             "reference_noise", "reference_has_grad", "steps_per_sec"),
     order=10,
-    groups={"data": "file, pydoc, tiny_shakespeare, wikitext2"},
     gate=Gate(
         "pydoc, seeds 0-2",
         runs={m: Runs(m) for m in BY_MISTAKE},

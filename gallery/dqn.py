@@ -363,7 +363,6 @@ EXAMPLE = Example(
     report=("eval_return_mean", "first_solved_step", "env_steps", "target_grad_seen",
             "env_steps_per_sec"),
     order=1,
-    groups={"env": "acrobot, cartpole"},
     gate=Gate(
         "CartPole-v1, the default config, seeds 0-4; beside it, the pattern and target_grad for "
         "10k env steps on seed 0 (time), and no_target for 20k",

@@ -249,7 +249,7 @@ def headline(s: dict) -> str:
 def tour_figure(runs: dict, fig) -> None:
     ax = fig.add_subplot(1, 1, 1)
     for mistake in (m for m in BY_MISTAKE if m in runs and "curve" in runs[m]):
-        draw_curves(ax, runs[mistake]["curve"], "pattern" if mistake == "none" else mistake)
+        draw_curves(ax, runs[mistake]["curve"], plots.label(mistake))
 
 
 def measured(gate: dict, bench: dict) -> Measured:
@@ -310,7 +310,6 @@ EXAMPLE = Example(
     report=("ema_accuracy", "student_accuracy", "teacher_graph_nodes", "teacher_has_grad",
             "step_saved_bytes", "steps_per_sec"),
     order=9,
-    groups={"data": "cifar10, digits, imagefolder"},
     gate=Gate(
         "digits with 10 labels per class, the default config, seeds 0-2 (ema_with_grad 300 "
         "steps: it slows as it goes)",

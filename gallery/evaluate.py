@@ -133,7 +133,7 @@ def evaluating(model):
             yield
     finally:
         for module, mode in modes.items():  # PATTERN: given back, even on an exception
-            module.train(mode)
+            module.training = mode  # its own flag: train(mode) would set its children's too
 
 
 def evaluate(model, batches):
@@ -339,7 +339,7 @@ def tour_figure(runs: dict, fig) -> None:
     for mistake in (m for m in BY_MISTAKE if m in runs and "curve" in runs[m]
                     and m != "eval_with_grad"):
         draw_curves(curves, runs[mistake]["curve"],
-                    "pattern" if mistake == "none" else mistake, train_too=mistake == "none")
+                    plots.label(mistake), train_too=mistake == "none")
     curves.set_yscale("log")
     names = [m for m in BY_MISTAKE if m in runs and "eval_held_bytes_all" in runs[m]]
     for i, share in enumerate(("half", "all")):
@@ -348,7 +348,7 @@ def tour_figure(runs: dict, fig) -> None:
                         label=f"{share} of the validation set")
         held.bar_label(bars, [f"{v:.1f}" if v else "0" for v in mib], fontsize=7)
     held.set_xticks([j + 0.2 for j in range(len(names))],
-                    ["pattern" if m == "none" else m for m in names], fontsize=7, rotation=15)
+                    [plots.label(m) for m in names], fontsize=7, rotation=15)
     held.set(ylabel="MiB one evaluation holds for backward")
     held.legend(fontsize=8)
 
@@ -414,7 +414,6 @@ EXAMPLE = Example(
     report=("val_accuracy", "val_accuracy_batch4", "eval_held_bytes_all", "eval_changed_state",
             "trained_in_eval_mode", "steps_per_sec"),
     order=0,
-    groups={"data": "cifar10, digits, imagefolder"},
     gate=Gate(
         "digits with 20 training images per class, the default config, seeds 0-2",
         runs={"none": Runs(), "eval_with_grad": Runs("eval_with_grad"),

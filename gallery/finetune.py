@@ -451,7 +451,6 @@ EXAMPLE = Example(
             "unfrozen_blocks_changed", "trainable_params", "frozen_params", "sec_per_step",
             "saved_bytes_per_step", "stage"),
     order=4,
-    groups={"backbone": "digits_cnn, resnet18", "data": "cifar10, digits, imagefolder"},
     gate=Gate(
         "digits, a backbone pretrained on classes 0-4 and a new head on 5-9, seeds 0-2",
         runs={"none": Runs(overrides=("backbone.checkpoint_dir={tmp}/digits_cnn",))},

@@ -469,8 +469,6 @@ EXAMPLE = Example(
             f"{MEASURED_MODES['grid']} (scripts/gates.py gan_sizes). Past that a run warns once."),
     report=("modes_covered", "high_quality_frac", "g_grad_norm_after_d_step", "sec_per_step"),
     order=0,
-    groups={"data": "cifar10, digits, fake, fashion_mnist, grid25, imagefolder, mixture, mnist, "
-                    "ring8"},
     gate=Gate(
         "one config, seeds 0-4 on ring8, grid25 and rings of 12 and 16 modes, as Hydra sweeps two "
         "jobs at once, beside the old ring8 default and retain_graph_shared_zero_grad",

@@ -363,7 +363,7 @@ def tour_figure(runs: dict, fig) -> None:
     for mistake, s in runs.items():
         if "curve" not in s:
             continue
-        label = "pattern" if mistake == "none" else mistake
+        label = plots.label(mistake)
         draw_curves(axes[:2], s["curve"], label)
         axes[2].plot(range(1, len(s["clip_fraction_per_pass"]) + 1), s["clip_fraction_per_pass"],
                      marker="o", label=label)
@@ -443,7 +443,6 @@ EXAMPLE = Example(
     report=("reward_at_start", "reward", "exact_kl", "clip_fraction_per_pass",
             "reference_has_grad", "steps_per_sec"),
     order=10,
-    groups={"data": "file, pydoc, tiny_shakespeare, wikitext2"},
     gate=Gate(
         "pydoc, seeds 0-2",
         runs={"none": Runs(), **{m: Runs(m) for m in ("old_logprobs_with_grad",

@@ -313,12 +313,12 @@ def tour_figure(runs: dict, fig) -> None:
     ax = fig.add_subplot(1, 1 + len(shown), 1)
     for mistake, s in shown:
         ax.plot([e["step"] for e in s["curve"]], [e["mse_10_steps"] for e in s["curve"]],
-                marker="o", ms=3, label="pattern" if mistake == "none" else mistake)
+                marker="o", ms=3, label=plots.label(mistake))
     ax.set(xlabel="meta-iteration", ylabel="held-out MSE after 10 steps", yscale="log")
     ax.legend(fontsize=7)
     for i, (mistake, s) in enumerate(shown, start=2):
         draw_adapted(fig.add_subplot(1, 1 + len(shown), i), s["adapted"],
-                     "pattern" if mistake == "none" else mistake)
+                     plots.label(mistake))
 
 
 def measured(gate: dict, bench: dict) -> Measured:

@@ -56,7 +56,7 @@ def eval_mode(*modules):
         yield
     finally:
         for sub, mode in modes.items():
-            sub.train(mode)
+            sub.training = mode  # each its own flag, in any order
 
 
 @torch.no_grad()

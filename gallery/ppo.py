@@ -435,7 +435,6 @@ EXAMPLE = Example(
     report=("eval_return_mean", "first_solved_step", "env_steps", "value_bias",
             "rollout_saved_bytes", "env_steps_per_sec"),
     order=2,
-    groups={"env": "acrobot, cartpole"},
     gate=Gate(
         "CartPole-v1, the default config, seeds 0-4, advantage_grad beside it; and under a "
         "100-step time limit (seeds 0-2), the pattern against truncation_as_terminal",

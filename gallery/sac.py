@@ -426,7 +426,6 @@ EXAMPLE = Example(
            "batch_size=32", "probe_every=10"),
     report=("eval_return_mean", "env_steps", "alpha", "target_grad_seen", "env_steps_per_sec"),
     order=3,
-    groups={"env": "pendulum"},
     gate=Gate(
         "Pendulum-v1, the default config, seeds 0-2; beside it, each mistake on seed 0",
         runs={"none": Runs(), "target_grad": Runs("target_grad", (0,)),

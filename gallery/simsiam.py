@@ -309,7 +309,7 @@ def headline(s: dict) -> str:
 def tour_figure(runs: dict, fig) -> None:
     axes = fig.subplots(1, 3)
     for mistake in (m for m in BY_MISTAKE if m in runs and "curve" in runs[m]):
-        draw_curves(axes, runs[mistake]["curve"], "pattern" if mistake == "none" else mistake,
+        draw_curves(axes, runs[mistake]["curve"], plots.label(mistake),
                     runs[mistake]["dim"])
     if "none" in runs and "curve" in runs["none"]:
         axes[2].axhline(runs["none"]["knn_raw_pixels"], color="gray", ls=":", label="raw pixels")
@@ -368,7 +368,6 @@ EXAMPLE = Example(
     report=("loss", "output_std_sqrt_d", "knn_acc", "knn_random_encoder", "knn_raw_pixels",
             "target_branch_grad_share", "sec_per_step"),
     order=6,
-    groups={"data": "cifar10, digits, imagefolder"},
     gate=Gate(
         "digits, the default config, seeds 0-2, no_predictor measured and reported whatever it "
         "does; beside it, seed 0 with the paper's BatchNorm on the projector output",

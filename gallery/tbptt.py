@@ -454,7 +454,6 @@ EXAMPLE = Example(
            "bptt_len=8", "probe_every=2", "eval_streams=64", "sample_len=10"),
     report=("val_bpc", "chars_per_sec", "steps"),
     order=5,
-    groups={"data": "file, pydoc, tiny_shakespeare, wikitext2"},
     gate=Gate(
         "pydoc text, seed 0: the default config, and a 10,000-step run evaluated every 500",
         runs={"default": Runs(seeds=(0,))}, keys=("val_bpc", "wall_seconds"),

@@ -352,7 +352,7 @@ def headline(s: dict) -> str:
 def tour_figure(runs: dict, fig) -> None:
     axes = fig.subplots(1, 2)
     for mistake in (m for m in BY_MISTAKE if m in runs and "curve" in runs[m]):
-        draw_curves(axes, runs[mistake]["curve"], "pattern" if mistake == "none" else mistake)
+        draw_curves(axes, runs[mistake]["curve"], plots.label(mistake))
 
 
 def measured(gate: dict, bench: dict) -> Measured:
@@ -441,7 +441,6 @@ EXAMPLE = Example(
            "warm-up keeps it from reseeding codes that are still settling, which at 32 codes "
            "cost reconstruction; revive_after=0 switches revival off.",
     order=7,
-    groups={"data": "cifar10, digits, fashion_mnist, imagefolder, mnist"},
     gate=Gate(
         "digits, the default config, seeds 0-2, no_sg_codebook measured beside the others. The "
         "mistakes run with revive_after=0 (at 32 codes the pattern revives none, so it is the "

@@ -338,9 +338,6 @@ def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if "--help" not in argv and "-h" not in argv:
         return
-    folder = Path(example_dir(example.name))
-    groups = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in sorted(folder.iterdir())
-              if d.is_dir()}
     overrides = [arg for arg in argv
                  if not arg.startswith("-") and not arg.startswith(("hydra.", "hydra/"))]
     try:
@@ -349,7 +346,7 @@ def print_help_if_asked(example: Any, argv: list[str] | None = None) -> None:
         composed_or_exit(example.name, overrides)
         raise
     config = annotated(config, example)
-    listed = [f"{group}: {', '.join(options)}" for group, options in groups.items() if options]
+    listed = [f"{group}: {options}" for group, options in example.groups.items()]
     print(example.describe(), "", *(["== Configuration groups ==",  # maml has none
                                      "Compose the config from these groups (group=option)", "",
                                      *listed, ""] if listed else []),

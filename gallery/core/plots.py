@@ -11,6 +11,11 @@ import torch
 from gallery.core import dist
 
 
+def label(mistake: str) -> str:
+    """What a figure calls a run: "pattern" for mistake=none, else the mistake's name."""
+    return "pattern" if mistake == "none" else mistake
+
+
 def pyplot():
     """matplotlib.pyplot on the Agg backend (headless CI machines have no display)."""
     import matplotlib  # heavy and optional: imported when a figure is drawn

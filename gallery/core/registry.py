@@ -246,8 +246,6 @@ class Example:
     report: tuple[str, ...] = ()  # the summary's keys the command line prints at the end
     # Where it stands in the gallery's listings (README, site, hero), smallest first; ties by name.
     order: int = 100
-    # The config groups its `--help` lists, with their options: {"env": "acrobot, cartpole"}.
-    groups: dict[str, str] = field(default_factory=dict)
     # Its learning gate, and any more gates, each named f"{name}_{key}" in docs/gates.json.
     gate: Gate | None = None
     more_gates: dict[str, Gate] = field(default_factory=dict)
@@ -263,6 +261,15 @@ class Example:
                                      ("figure", TourFigure), ("measured", MeasuredFrom)):
             require_callable_as(f"{self.name}'s EXAMPLE", field_name, getattr(self, field_name),
                                 protocol)
+
+    @property
+    def groups(self) -> dict[str, str]:
+        """Its config groups and their options, read from its configs folder (what `--help`
+        lists): {"env": "acrobot, cartpole"}."""
+        folder = config_root() / self.name
+        found = {d.name: ", ".join(sorted(f.stem for f in d.glob("*.yaml")))
+                 for d in sorted(folder.iterdir()) if d.is_dir()}
+        return {group: options for group, options in found.items() if options}
 
     @property
     def module(self):
