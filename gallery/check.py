@@ -26,12 +26,18 @@
     with finite(model=model):                          # no NaN or inf appears, buffers included
         for _ in range(10):
             train_step(...)
+    finite(loss=loss)                                  # the loss itself (NaN before the model is)
     optimizer_covers(optimizer, model=model)           # all that trains is in it; no frozen
                                                        #   parameter in it has a grad
     with frozen(backbone=backbone):                    # no grad reaches it, nothing in it changes
         train_step(...)
     with same_grad_as(full_batch_step, model=model):   # the micro-batches sum to the full batch's
         accumulate_grads(...)                          #   gradient
+
+The block checks (`with ...:` above) check only when entered: one made as a plain statement
+checks nothing, and says so with a `CheckNotEntered` warning (the gallery's pytest plugin fails
+the test that made it). `gets_grad(..., loss=...)`, `constant`, `has_graph`, `disjoint`,
+`optimizer_covers`, `finite` and `bounded_memory` check at once.
 
 Each check raises `AssertionError` with one sentence that names the module or tensor and what it
 saw, and ends by pointing at its own docstring (`help(gallery.check.<check>)`). A check that is
@@ -55,8 +61,12 @@ hooks are on, and with them autograd does not check saved tensors for in-place c
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fnmatch
+import functools
+import sys
+import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -70,15 +80,73 @@ from gallery.core.probes import leaf_tensors as _leaves
 
 Watched = nn.Module | torch.Tensor  # a module, a bare parameter (a codebook) or one tensor
 
-__all__ = ["MemoryTrace", "NothingToCheck", "bounded_memory", "constant", "disjoint", "finite",
-           "frozen", "gets_grad", "has_graph", "modes_restored", "no_grad_reaches",
-           "optimizer_covers", "runs_in_eval_mode", "runs_in_train_mode", "same_grad_as",
-           "unchanged", "updated"]
+__all__ = ["CheckNotEntered", "MemoryTrace", "NothingToCheck", "bounded_memory", "constant",
+           "disjoint", "finite", "frozen", "gets_grad", "has_graph", "modes_restored",
+           "no_grad_reaches", "optimizer_covers", "runs_in_eval_mode", "runs_in_train_mode",
+           "same_grad_as", "unchanged", "updated"]
 
 
 class NothingToCheck(ValueError, TypeError):
     """A check handed nothing it could judge. A `ValueError`, as the checks promise; also a
     `TypeError`, which a call with no arguments raised before."""
+
+
+class CheckNotEntered(UserWarning):
+    """A block check (`frozen`, `no_grad_reaches`, `unchanged`, `updated`, `gets_grad` without
+    `loss=`, `modes_restored`, `runs_in_eval_mode`, `runs_in_train_mode`, `same_grad_as`) was made
+    and never entered with `with`, so it checked nothing. The gallery's pytest plugin turns it
+    into a failure of the test that made it."""
+
+
+# what each block check made and never entered said, for the pytest plugin to fail the test with
+_never_entered: collections.deque[str] = collections.deque(maxlen=64)
+
+
+class _Block(contextlib.AbstractContextManager):
+    """A block check: the context manager its function returns, which knows whether it was
+    entered. Called as a plain statement, a block check runs nothing; when such a check is
+    collected unentered it warns (`CheckNotEntered`), naming itself, where it was made and the
+    fix."""
+
+    def __init__(self, check: str, manager: contextlib.AbstractContextManager):
+        self._check, self._manager, self._entered = check, manager, False
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename == __file__:
+            frame = frame.f_back
+        self._made_at = (f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None
+                         else "an unknown line")
+
+    def __enter__(self) -> Any:
+        self._entered = True
+        return self._manager.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._manager.__exit__(*exc)
+
+    def __del__(self) -> None:
+        if getattr(self, "_entered", True):
+            return
+        message = (f"{self._check}: made at {self._made_at} and never entered, so it checked "
+                   f"nothing: a block check runs only as `with gallery.check.{self._check}(...):`"
+                   f" around the step")
+        _never_entered.append(message)
+        try:
+            warnings.warn(message, CheckNotEntered, stacklevel=2)
+        except Exception:  # noqa: BLE001 (an error filter, or interpreter shutdown: it is recorded)
+            pass
+
+
+def _block(check: str) -> Callable[[Callable[..., Iterator[None]]], Callable[..., _Block]]:
+    """`contextlib.contextmanager` for a block check, whose result knows whether it was
+    entered."""
+    def wrap(generator: Callable[..., Iterator[None]]) -> Callable[..., _Block]:
+        manager = contextlib.contextmanager(generator)
+
+        @functools.wraps(generator)
+        def check_block(*args: Any, **kwargs: Any) -> _Block:
+            return _Block(check, manager(*args, **kwargs))
+        return check_block
+    return wrap
 
 
 def _see(check: str) -> str:
@@ -178,7 +246,7 @@ def _parts(check: str, name: str, value: Watched, *, params: bool = True, buffer
 
 # --- the graph: what a backward reaches -----------------------------------------------------------
 
-@contextlib.contextmanager
+@_block("no_grad_reaches")
 def no_grad_reaches(*modules: Watched, before: torch.optim.Optimizer | None = None,
                     ignore: Collection[str] = (), **named: Watched) -> Iterator[None]:
     """No backward inside the block writes a gradient into these modules' parameters.
@@ -285,7 +353,7 @@ def gets_grad(*modules: Watched, loss: torch.Tensor | None = None, ignore: Colle
                            ignore=ignore)
               for name, value in watched.items()}
     if loss is None:
-        return _gets_grad_in_block(params)
+        return _Block("gets_grad", _gets_grad_in_block(params))
     if not isinstance(loss, torch.Tensor):
         raise TypeError(f"gets_grad: loss= expects a tensor, got {type(loss).__name__}")
     flat = [part for parts in params.values() for part in parts]
@@ -407,7 +475,7 @@ def _parts_or_none(check: str, name: str, value: Watched, buffers: bool,
         return []
 
 
-@contextlib.contextmanager
+@_block("unchanged")
 def unchanged(*modules: Watched, buffers: bool = True, ignore: Collection[str] = (),
               **named: Watched) -> Iterator[None]:
     """The parameters, and with `buffers=True` the buffers (BatchNorm's running statistics), of
@@ -440,7 +508,7 @@ def _not_state(part: _Part, state: set[str] | None) -> bool:
     return not floating or part.label.removesuffix(" (buffer)") not in state
 
 
-@contextlib.contextmanager
+@_block("updated")
 def updated(*modules: Watched, buffers: bool = True, ignore: Collection[str] = (),
             **named: Watched) -> Iterator[None]:
     """The block writes every parameter, and with `buffers=True` every buffer, of the watched
@@ -578,7 +646,13 @@ def has_graph(*tensors: Any, reaches: Watched | None = None, **named: Any) -> No
 
     `reaches=module` (or a parameter) says where the graph must lead: each tensor's graph must
     reach at least one of its parameters. Fast weights made with `.detach().requires_grad_()`
-    require grad, yet their graph is a leaf that reaches nothing the meta-step trains."""
+    require grad, yet their graph is a leaf that reaches nothing the meta-step trains.
+
+    What `reaches=` does not catch: an inner gradient taken without `create_graph=True`. The fast
+    weights `p - lr * g` still reach `p` through the identity, so `has_graph(fast_weights=...,
+    reaches=model)` passes while the second-order term is gone (first-order MAML, silently).
+    Check the inner gradients themselves, `has_graph(inner_grads=grads)`: without
+    `create_graph=True` they carry no graph. For a meta-step, check both."""
     found = _all_tensors("has_graph", tensors, named)
     cut = [name for name, t in found if not (isinstance(t, torch.Tensor) and t.requires_grad)]
     if reaches is not None and not cut:
@@ -632,7 +706,7 @@ def _module_label(sub: str, module: nn.Module) -> str:
     return f"{sub or 'itself'} ({type(module).__name__})"
 
 
-@contextlib.contextmanager
+@_block("modes_restored")
 def modes_restored(*modules: Watched, ignore: Collection[str] = (),
                    **named: Watched) -> Iterator[None]:
     """After the block, every submodule of the watched modules is in the mode (`training`) it was
@@ -732,7 +806,8 @@ def runs_in_train_mode(*modules: Watched, ignore: Collection[str] = (),
     through `module.forward(x)` rather than `module(x)` run no hook and are not seen.
 
     Cost: a forward pre-hook on every watched submodule while the block runs."""
-    return _forwards_in_mode("runs_in_train_mode", True, modules, named, ignore)
+    return _Block("runs_in_train_mode",
+                  _forwards_in_mode("runs_in_train_mode", True, modules, named, ignore))
 
 
 def runs_in_eval_mode(*modules: Watched, ignore: Collection[str] = (),
@@ -745,7 +820,8 @@ def runs_in_eval_mode(*modules: Watched, ignore: Collection[str] = (),
     A watched module that runs no forward inside the block raises `ValueError`.
 
     Cost: a forward pre-hook on every watched submodule while the block runs."""
-    return _forwards_in_mode("runs_in_eval_mode", False, modules, named, ignore)
+    return _Block("runs_in_eval_mode",
+                  _forwards_in_mode("runs_in_eval_mode", False, modules, named, ignore))
 
 
 # --- values that must stay finite ----------------------------------------------------------------
@@ -786,8 +862,13 @@ class finite(contextlib.AbstractContextManager):  # noqa: N801 (a check, named l
     watched tensors, is finite: no NaN, no infinity. Buffers count: a NaN in BatchNorm's running
     statistics never shows in `named_parameters()`, and it turns every evaluation into NaN.
 
+    What it sees: what it is handed. A module: its parameters, their grads and its buffers. A
+    tensor (`finite(loss=loss)`): that tensor's values. A loss of `log` of a negative number is NaN
+    while every parameter and grad stays finite until the next backward: watch the loss as well as
+    the model to see it at the step it appears.
+
     Two forms:
-    - `finite(model=model)`: checked at once.
+    - `finite(model=model)`, `finite(loss=loss)`: checked at once.
     - `with finite(model=model): for ...: train_step(...)`: checked at once, then after every
       optimizer step inside the block and at its end; the failure names the first bad tensor and
       the step (the n-th `optimizer.step()` in the block) after which it appeared.
@@ -912,7 +993,7 @@ class optimizer_covers(contextlib.AbstractContextManager):  # noqa: N801
 
 # --- the gradient a step hands the optimizer ------------------------------------------------------
 
-@contextlib.contextmanager
+@_block("same_grad_as")
 def same_grad_as(reference: Callable[[], Any], *modules: Watched, rtol: float = 1e-4,
                  ignore: Collection[str] = (), **named: Watched) -> Iterator[None]:
     """The gradient the block leaves in the watched modules' `.grad` equals the one `reference()`
@@ -926,6 +1007,12 @@ def same_grad_as(reference: Callable[[], Any], *modules: Watched, rtol: float = 
     different numbers of tokens (or samples).
 
     Cost: one extra step (the reference) and one copy of the gradient."""
+    if isinstance(reference, nn.Module) or not callable(reference):
+        raise TypeError(
+            f"same_grad_as: its first argument is the reference step, a function of no "
+            f"arguments that runs the plain step (one backward of the whole batch), got "
+            f"{type(reference).__name__}; pass the modules to watch after it: "
+            f"same_grad_as(lambda: full_batch_step(), model=model)")
     watched = _watched("same_grad_as", modules, named)
     params = [part for name, value in watched.items()
               for part in _parts("same_grad_as", name, value, buffers=False, trainable_only=True,
@@ -945,6 +1032,7 @@ def same_grad_as(reference: Callable[[], Any], *modules: Watched, rtol: float = 
     expected = grads()
     clear()
     yield
+    written = any(p.tensor.grad is not None for p in params)
     got = grads()
     norm = torch.sqrt(sum((e.double() ** 2).sum() for e in expected))
     if float(norm) == 0.0:
@@ -952,6 +1040,11 @@ def same_grad_as(reference: Callable[[], Any], *modules: Watched, rtol: float = 
                          "modules, so there is nothing to compare with")
     diff = torch.sqrt(sum(((g - e).double() ** 2).sum() for g, e in zip(got, expected)))
     error = float(diff / norm)
+    if not written:
+        raise AssertionError(
+            f"same_grad_as: no backward inside the block wrote a gradient into the watched "
+            f"modules, so the block's step hands the optimizer nothing; run the micro-batches' "
+            f"forward and backward inside the `with` block {_see('same_grad_as')}")
     if error > rtol:
         worst = max(range(len(params)), key=lambda i: float((got[i] - expected[i]).norm()))
         where = _where(owner[id(params[worst])], [params[worst].label])
@@ -964,16 +1057,32 @@ def same_grad_as(reference: Callable[[], Any], *modules: Watched, rtol: float = 
 
 # --- intents: what a module is meant to be --------------------------------------------------------
 
-@contextlib.contextmanager
+@_block("frozen")
 def frozen(*modules: Watched, ignore: Collection[str] = (), **named: Watched) -> Iterator[None]:
     """The watched modules are frozen inside the block: no backward writes a grad into them
     (`no_grad_reaches`) and their parameters and buffers keep their values (`unchanged`). The check
     for a frozen backbone, a teacher, a reference model and a target network between syncs: it
     fails whether the harm is a grad (a teacher that requires grad) or a value (BatchNorm left in
-    train mode, a teacher in the optimizer)."""
-    with unchanged(*modules, ignore=ignore, **named), \
-            no_grad_reaches(*modules, ignore=ignore, **named):
-        yield
+    train mode, a teacher in the optimizer). Its failures are theirs, told as its own."""
+    _watched("frozen", modules, named)  # nothing named: the one line says frozen, not another
+    from_block: list[BaseException] = []
+    try:
+        with unchanged(*modules, ignore=ignore, **named), \
+                no_grad_reaches(*modules, ignore=ignore, **named):
+            try:
+                yield
+            except BaseException as error:  # the block's own: passed on as it is
+                from_block.append(error)
+                raise
+    except (AssertionError, ValueError) as failure:
+        if failure in from_block:
+            raise
+        text = str(failure)
+        for inner in ("unchanged", "no_grad_reaches"):
+            if text.startswith(f"{inner}: "):
+                raise type(failure)(f"frozen: {text.removeprefix(f'{inner}: ')}".replace(
+                    _see(inner), _see("frozen"))) from failure.__cause__
+        raise
 
 
 # --- memory across calls --------------------------------------------------------------------------

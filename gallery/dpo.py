@@ -29,8 +29,8 @@ The mistakes (`mistake=`), and what they cost (scripts/gates.py dpo):
   so the same pair gets another reference value on every call.
 - unmasked_logprobs: a completion's log-prob summed over every position, padding included: the
   padding's log-probs enter every margin, and a short completion carries more of them. The policy
-  leaves the pretrained model further (a larger exact KL) and, on some seeds, learns to end its
-  completions sooner.
+  leaves the pretrained model further (a larger exact KL), ranks held-out pairs worse when they are
+  scored with masks, and, on some seeds, learns to end its completions sooner.
 
 Run: python -m gallery.dpo seed=0 out_dir=/tmp/dpo
 """
@@ -412,7 +412,8 @@ EXAMPLE = Example(
         "unmasked_logprobs": Mistake(
             "a completion's log-prob summed over every position, its padding included",
             "the padding's log-probs enter every margin: the policy drifts further from the "
-            "pretrained model and, on some seeds, ends its completions sooner",
+            "pretrained model, ranks held-out pairs worse when they are scored with masks and, "
+            "on some seeds, ends its completions sooner",
             ("dpo_step_unmasked_logprobs",),
             no_check="a sum over the wrong positions: a value, not a graph; the held-out "
                      "accuracy, scored with masks, measures it"),
@@ -453,9 +454,11 @@ EXAMPLE = Example(
             Criterion("reference_train_mode's reference differs between two calls on the same "
                       "pairs", ("reference_train_mode",),
                       each(lambda r: r["reference_noise"] > 0)),
-            Criterion("unmasked_logprobs ends with a larger exact KL than the pattern on the same "
-                      "seed", ("none", "unmasked_logprobs"),
-                      each(lambda p, m: m["exact_kl"] > p["exact_kl"]))),
+            Criterion("unmasked_logprobs ends with a larger exact KL and a lower held-out "
+                      "preference accuracy (scored with masks) than the pattern on the same seed",
+                      ("none", "unmasked_logprobs"),
+                      each(lambda p, m: m["exact_kl"] > p["exact_kl"]
+                           and m["held_out_accuracy"] < p["held_out_accuracy"]))),
         figure_runs=tuple(BY_MISTAKE),
         figure_title="dpo on pydoc, default config, seed 0"),
     measured=measured,

@@ -350,7 +350,7 @@ EXAMPLE = Example(
             "silently first-order: the meta-gradient loses its second-order term (its cosine to "
             "the exact one falls below 1)",
             ("adapt_no_create_graph",),
-            caught="has_graph: inner_grad[0][0], inner_grad[0][1]",
+            caught="has_graph: inner_grads[0][0], inner_grads[0][1]",
         ),
         "detached_fast_weights": Mistake(
             "the fast weights detached and made leaves again",

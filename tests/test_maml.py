@@ -109,4 +109,4 @@ def check_step(mistake: str) -> None:
     with results_of(torch.autograd, "grad") as inner_grads, gets_grad(initialisation=model):
         maml.meta_step(model, optimizer, tasks,
                        maml.adapted_to(tasks, maml.BY_MISTAKE[mistake], model, 0.05, 1))
-    has_graph(inner_grad=inner_grads)
+    has_graph(inner_grads=inner_grads)

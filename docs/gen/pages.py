@@ -360,36 +360,6 @@ pytorch/examples' dcgan and word_language_model, CleanRL's dqn and ppo and the S
 `tests/test_check_real.py`.
 """
 
-# Which check for which situation: (the situation, what the module or value is meant to be, the
-# checks that say so). The check page renders it as a table.
-SITUATIONS = [
-    ("a frozen backbone", "frozen here, and not trained by the optimizer",
-     '`frozen(backbone=...)` around a step; `optimizer_covers(optimizer, model=...)`; '
-     '`runs_in_train_mode(model=..., ignore=["backbone"])`'),
-    ("a target network", "a copy, not an alias; frozen between syncs; its target is data",
-     "`disjoint(online=..., target=...)`; `frozen(target=...)` around an update; "
-     "`constant(td_target=...)`"),
-    ("a teacher or a reference model", "frozen, in eval mode, its outputs data",
-     "`frozen(teacher=...)` around a student step; `runs_in_eval_mode(teacher=...)`; "
-     "`constant(soft_targets=...)`"),
-    ("an EMA", "a copy that every update writes, weights and floating-point buffers, no graph",
-     "`disjoint(...)`; `updated(ema=...)` around the update; "
-     "`constant(ema_weights=list(ema.parameters()))`"),
-    ("a hidden state carried across chunks", "data at each chunk's start; memory flat",
-     "`constant(state=...)`; `bounded_memory(lambda: chunk_step(...))`"),
-    ("a logged loss or metric", "a number, not a graph",
-     "`constant(metrics=...)`; `bounded_memory(lambda: iteration())`"),
-    ("an evaluation", "eval mode inside, the model unchanged, every mode back, floats out",
-     "`modes_restored(model=...)`, `runs_in_eval_mode(model=...)` and `unchanged(model=...)` "
-     "around it; `constant(metrics=...)`"),
-    ("a MAML meta-step", "the graph kept, and reaching the initialisation",
-     "`has_graph(fast_weights=..., reaches=model)`"),
-    ("an accumulated step", "the full batch's gradient, whatever the micro-batches hold",
-     "`same_grad_as(full_batch_step, model=...)` around the micro-batches"),
-    ("any training step", "what must learn gets a grad; nothing turns NaN",
-     "`gets_grad(model=...)`; `finite(model=...)` around the loop (buffers and grads included)"),
-]
-
 CHECKS = ("no_grad_reaches", "gets_grad", "unchanged", "updated", "constant", "has_graph",
           "disjoint", "bounded_memory", "modes_restored", "runs_in_eval_mode", "runs_in_train_mode",
           "finite", "optimizer_covers", "frozen", "same_grad_as")
@@ -505,7 +475,7 @@ def check_page() -> str:
     page = [CHECK_INTRO, "## Which check, for which situation", "",
             "Think in intents: what is this module or value meant to be here?", "",
             "| situation | the intent | the checks |", "|---|---|---|",
-            *(f"| {situation} | {intent} | {checks} |" for situation, intent, checks in SITUATIONS),
+            *(f"| {row.situation} | {row.intent} | {row.checks} |" for row in tables.SITUATIONS),
             "", "## The checks", ""]
     for name in CHECKS:
         signature = inspect.signature(getattr(check, name), eval_str=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 DOCS = Path(__file__).resolve().parents[1]
 START = "<!-- gallery-table:start (scripts/figures.py writes this block) -->"
@@ -138,3 +139,74 @@ def check_table() -> list[str]:
                    else f"no check: {mistake.no_check}")
             rows.append(f"| [{name}](examples/{name}.md) | `{key}` | {how} |")
     return rows
+
+
+class Situation(NamedTuple):
+    """A row of the check page's "which check, for which situation" table: the situation, what the
+    module or value is meant to be there, the checks that say so (as a user writes them), and the
+    gallery's mistakes it is for ("example:mistake"). tests/test_check_advice.py holds the advice
+    to those mistakes: each one's step fails the check the row advises, in the form it advises."""
+    situation: str
+    intent: str
+    checks: str
+    mistakes: tuple[str, ...]
+
+
+SITUATIONS = [
+    Situation("a frozen backbone", "frozen here, and not trained by the optimizer",
+              '`frozen(backbone=...)` around a step; `optimizer_covers(optimizer, model=...)`; '
+              '`runs_in_train_mode(model=..., ignore=["backbone"])`',
+              ("finetune:no_freeze", "finetune:bn_train")),
+    Situation("a target network", "a copy, not an alias; frozen between syncs; its target is data",
+              "`disjoint(online=..., target=...)`; `frozen(target=...)` around an update; "
+              "`constant(td_target=...)`",
+              ("dqn:target_grad", "dqn:no_target+target_grad", "sac:target_grad")),
+    Situation("a teacher or a reference model", "its own copy, frozen, in eval mode, its outputs "
+              "data", "`disjoint(policy=..., reference=...)`; `frozen(teacher=...)` around a "
+              "student step; `runs_in_eval_mode(teacher=...)`; `constant(ref_logprobs=...)`",
+              ("distill:teacher_train_mode", "distill:teacher_with_grad",
+               "distill:teacher_in_optimizer", "dpo:reference_is_policy",
+               "dpo:reference_with_grad", "dpo:reference_train_mode", "grpo:reference_is_policy",
+               "grpo:reference_with_grad", "ema:teacher_requires_grad")),
+    Situation("an EMA", "a copy that every update writes, weights and floating-point buffers, no "
+              "graph", "`disjoint(...)`; `updated(ema=...)` around the update; "
+              "`constant(ema_weights=list(ema.parameters()))`",
+              ("ema:skip_buffers", "ema:ema_with_grad")),
+    Situation("one loss that must not train another network", "the D step and G, the actor's loss "
+              "and the critic, the codebook loss and the encoder",
+              "`no_grad_reaches(generator=..., before=opt_d)` around the loop; "
+              "`no_grad_reaches(critic=...)` around the loss's backward",
+              ("gan:no_detach", "gan:retain_graph", "gan:retain_graph_shared_zero_grad",
+               "gan:reuse_d_output", "a2c:advantage_grad", "sac:actor_updates_critic",
+               "vqvae:no_sg_codebook")),
+    Situation("a regression target, a rollout's stored values", "data: no graph behind them",
+              "`constant(returns=..., advantages=..., old_logprobs=...)`",
+              ("ppo:rollout_grad", "ppo:advantage_grad", "a2c:critic_through_gae",
+               "simsiam:no_stop_grad", "grpo:old_logprobs_with_grad")),
+    Situation("a hidden state carried across chunks", "data at each chunk's start; memory flat",
+              "`constant(state=...)`; `bounded_memory(lambda: chunk_step(...))`",
+              ("tbptt:no_detach", "tbptt:retain_graph")),
+    Situation("a logged loss or metric", "a number, not a graph",
+              "`constant(metrics=...)`; `bounded_memory(lambda: iteration())`",
+              ("evaluate:eval_with_grad",)),
+    Situation("an evaluation", "eval mode inside, the model unchanged, every mode back, floats out",
+              "`modes_restored(model=...)`, `runs_in_eval_mode(model=...)` and "
+              "`unchanged(model=...)` around it; `constant(metrics=...)`",
+              ("evaluate:eval_with_grad", "evaluate:no_eval_mode", "evaluate:train_not_restored")),
+    Situation("a MAML meta-step", "the inner gradient keeps its graph, and the meta-gradient "
+              "reaches the initialisation",
+              "`has_graph(inner_grads=grads)` on each inner gradient (not `reaches=`, which a "
+              "first-order step passes); `gets_grad(initialisation=model)` around the meta-step",
+              ("maml:no_create_graph", "maml:detached_fast_weights",
+               "maml:deepcopy_inner_step")),
+    Situation("a gradient penalty (R1, WGAN-GP)", "the penalty's gradient keeps its graph",
+              "`has_graph(r1_grad=grads)`", ("gan:penalty_no_create_graph",)),
+    Situation("an accumulated step", "the full batch's gradient, whatever the micro-batches hold",
+              "`same_grad_as(full_batch_step, model=...)` around the micro-batches",
+              ("accumulate:mean_of_means",)),
+    Situation("any training step", "what must learn gets a grad; nothing turns NaN",
+              "`gets_grad(model=...)` around the step; `finite(loss=loss)` on the loss and "
+              "`finite(model=...)` around the loop (buffers and grads included)",
+              ("a2c:value_item", "vqvae:codebook_on_st", "vqvae:no_straight_through",
+               "simsiam:no_predictor", "finetune:checkpoint_reentrant")),
+]
