@@ -8,15 +8,14 @@ import argparse
 import json
 import platform
 import sys
+import textwrap
 from pathlib import Path
 
 import torch
 
 USAGE = """Speed and memory of each pattern against its mistake, as ratios measured side by side.
 
-    scripts/bench.py [gan|dqn|dqn_envs|finetune|ppo|sac|tbptt|threads|smoke|compile|startup|
-                      cleanrl|cuda_graphs|vqvae|chain|sb3|check|check_peers|maml|evaluate|tour|
-                      trl|all]
+    scripts/bench.py [{benches}|all]
                      [--device cpu|cuda]
                      [--json results.json] [--cleanrl CLONE]
 
@@ -78,7 +77,9 @@ def fmt(value) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=USAGE,
+    lines = [line.replace(" ", "|") for line in textwrap.wrap(" ".join(BENCHES), 72)]
+    benches = "|\n                      ".join(lines)
+    parser = argparse.ArgumentParser(description=USAGE.format(benches=benches),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="?", default="all", choices=[*BENCHES, "all"])
     parser.add_argument("--device", default="auto")
