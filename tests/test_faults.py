@@ -676,6 +676,7 @@ def test_a_resumed_run_trains_on_the_same_data_and_ends_where_the_straight_run_d
     resumed = module.train(compose(name, [*args, f"out_dir={tmp_path}/b", "resume=true"]))
     assert rows(tmp_path / "b" / "metrics.jsonl") == rows(tmp_path / "a" / "metrics.jsonl")
     speed = {"steps_per_sec", "meta_iterations_per_sec", "out_dir", "curve", *TIMING}
+    assert resumed.pop("resumed_with") == {"steps": [steps // 2, steps]}  # said, not hidden
     assert ({k: v for k, v in resumed.items() if k not in speed}
             == {k: v for k, v in straight.items() if k not in speed})
 

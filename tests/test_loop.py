@@ -73,6 +73,7 @@ def test_the_last_iteration_saves_a_checkpoint_and_a_resume_continues_every_coun
     resumed, tally, _ = run(config(tmp_path / "split", steps=80, resume="true"))
     assert tally.iterations == 20 and tally.seen == list(range(4, 81, 4))
     drop = ("out_dir", "wall_seconds")
+    assert resumed.pop("resumed_with") == {"steps": [36, 80]}
     assert {k: v for k, v in resumed.items() if k not in drop} == \
         {k: v for k, v in straight.items() if k not in drop}
     assert summary_evals(tmp_path / "split") == summary_evals(tmp_path / "straight")

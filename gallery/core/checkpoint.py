@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from gallery.core.errors import CheckpointError, CheckpointWriteError
+from gallery.core.errors import CheckpointError, CheckpointWriteError, ConfigError
 from gallery.core.io import atomic_write, torch_bytes
 
 FORMAT = "detach-gallery/1"
@@ -39,6 +39,35 @@ RUN_KEYS = {"steps", "out_dir", "resume", "overwrite", "device", "threads", "pro
             "tensorboard", "seed", "mistake", "deterministic", "log_every", "eval_every",
             "ckpt_every", "stop_when_solved", "pretrain_dir", "checkpoint_dir", "data.root",
             "data.path"}
+
+
+# what a resume may change, recorded in its summary: keys that extend the run (steps) or only
+# observe it, or say where things are; every other key changes what the run is, and a resume that
+# asks for another value of one is refused (docs/faults.md)
+MAY_CHANGE_ON_RESUME = {"steps", "out_dir", "resume", "overwrite", "device", "threads",
+                        "progress", "tensorboard", "log_every", "eval_every", "ckpt_every",
+                        "stop_when_solved", "deterministic", "pretrain_dir", "checkpoint_dir",
+                        "teacher_dir", "data.root", "data.path", "backbone.checkpoint_dir"}
+
+
+def resume_changes(state: dict[str, Any], config: Any, path: Path | str, steps: int,
+                   step: int) -> dict[str, list[Any]]:
+    """What this resume changes of the run whose checkpoint `state` is: {key: [there, here]} for
+    the keys that may change. Refuses, in one line naming each key and both values, a change to a
+    key that changes what the run is (the mistake, the model's shape, the data, the optimizer's
+    settings), and a checkpoint already at or past `steps`, which leaves nothing to train."""
+    saved, now = state.get("config", {}), settings(config)
+    differ = {k: [saved[k], now[k]] for k in sorted(saved) if k in now and saved[k] != now[k]}
+    fixed = [f"{k}={there} there, {here} here" for k, (there, here) in differ.items()
+             if k not in MAY_CHANGE_ON_RESUME]
+    if fixed:
+        raise ConfigError(f"resume: {path} is of a run made with other settings "
+                          f"({'; '.join(fixed)}): a resume goes on with the run's own; leave them "
+                          f"out, or start a new run in another out_dir")
+    if step >= steps:
+        raise ConfigError(f"resume: {path} is at step {step:,}, and steps={steps:,} leaves "
+                          f"nothing to train; ask for steps greater than {step:,} to go on")
+    return {k: v for k, v in differ.items() if k not in ("resume", "overwrite", "out_dir")}
 
 
 def settings(config: Any) -> dict[str, Any]:

@@ -147,6 +147,9 @@ def validate_base(cfg: BaseConfig, mistakes: Iterable[str]) -> None:
     require_positive(cfg, "steps", "log_every", "eval_every")
     require_non_negative(cfg, "ckpt_every", "seed")
     require_choice(cfg, "mistake", ["none", *(m for m in mistakes if m != "none")])
+    if normalize_resume(cfg.resume) and cfg.overwrite:
+        raise ConfigError("resume and overwrite=true contradict each other: resume goes on with "
+                          "the run in out_dir, overwrite starts it again; pick one")
     threads = str(cfg.threads)
     if threads != "auto" and not (threads.isdigit() and 1 <= int(threads) <= MAX_THREADS):
         raise ConfigError(f"threads={threads!r} must be auto or a whole number from 1 to "

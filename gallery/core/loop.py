@@ -26,13 +26,20 @@ the RNGs and the loop's own step, evaluations and first solved step.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from gallery.core import plots
-from gallery.core.checkpoint import check_fits, load_checkpoint, load_latest, settings
+from gallery.core.checkpoint import (
+    check_fits,
+    load_checkpoint,
+    load_latest,
+    resume_changes,
+    settings,
+)
 from gallery.core.errors import explained
 from gallery.core.run import Run, progress, resolve_out_dir, resume_source
 
@@ -79,6 +86,8 @@ class Loop:
         self.finished_summary: dict | None = None
         self._saved_at: int | None = None
         self._exit = contextlib.ExitStack()
+        # what a resume changed of the run ({key: [before, now]}): steps, a cadence, the device
+        self.resumed_with: dict[str, list] = {}
 
     # what a checkpoint holds of the loop itself
     def state_dict(self) -> dict:
@@ -96,6 +105,9 @@ class Loop:
             state = (load_latest(source.parent, self.device)  # is written
                      if cfg.resume in (True, "true") else load_checkpoint(source, self.device))
             check_fits(self.stateful, state, source, self.name, cfg)
+            finished = (Path(out_dir) / "summary.json").is_file() and cfg.resume in (True, "true")
+            if not finished or state["step"] < self.total:  # a finished run: its summary, below
+                self.resumed_with = resume_changes(state, cfg, source, self.total, state["step"])
         with self._exit as stack:  # a failure while entering closes what was opened
             run = Run(out_dir, cfg, cfg.tensorboard, cfg.resume,
                       cfg.overwrite)
@@ -184,8 +196,10 @@ class Loop:
         """Write summary.json: which run this was, then `values`. (Leaving the `with` block saves
         the last checkpoint of a run that stopped early.)"""
         cfg = self.cfg
+        resumed = {"resumed_with": self.resumed_with} if self.resumed_with else {}
         return self.run.write_summary({"example": self.name, "mistake": cfg.mistake,
-                                       "seed": cfg.seed, "device": str(self.device), **values})
+                                       "seed": cfg.seed, "device": str(self.device), **values,
+                                       **resumed})
 
     def _show(self, values: dict) -> None:
         self._shown.update({key: f"{value:.4g}" for key, value in values.items()
