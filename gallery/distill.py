@@ -53,7 +53,6 @@ from gallery.core.config import (
     BaseConfig,
     register_schema,
     require_choice,
-    require_non_negative,
     require_positive,
     require_range,
     validate_base,
@@ -108,8 +107,9 @@ def validate(cfg: DistillConfig) -> None:
     require_choice(cfg, "data.name", images.LABELLED)
     require_positive(cfg, "lr", "hidden", "batch_size", "temperature", "teacher_hidden",
                      "teacher_steps", "data.limit", "data.labels_per_class")
-    require_non_negative(cfg, "alpha")
     require_range(cfg, "alpha", 0.0, 1.0)
+    # softer than this, the teacher's distribution is uniform to float precision: nothing to learn
+    require_range(cfg, "temperature", 0.0, 100.0)
     require_range(cfg, "teacher_dropout", 0.0, 0.9)
     require_range(cfg, "data.val_fraction", 0.05, 0.9)
 
@@ -144,8 +144,9 @@ def soft_targets(teacher, x):
 
 def distill_loss(student_logits, teacher_logits, labels, temperature, alpha):
     """Hinton's loss: cross-entropy on the labelled examples (label -1: none) plus T² times the KL
-    between the softened distributions."""
-    hard = F.cross_entropy(student_logits, labels, ignore_index=-1)
+    between the softened distributions. A batch with no label (a transfer set) has no hard term."""
+    hard = F.cross_entropy(student_logits, labels, ignore_index=-1, reduction="sum") / (
+        labels >= 0).sum().clamp(min=1)  # PATTERN: 0, not 0/0, when no example is labelled
     soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
                     F.log_softmax(teacher_logits / temperature, dim=1), reduction="batchmean",
                     log_target=True)
@@ -172,7 +173,8 @@ def soft_targets_with_grad(teacher, x):
 
 
 def distill_loss_no_t_squared(student_logits, teacher_logits, labels, temperature, alpha):
-    hard = F.cross_entropy(student_logits, labels, ignore_index=-1)
+    hard = F.cross_entropy(student_logits, labels, ignore_index=-1, reduction="sum") / (
+        labels >= 0).sum().clamp(min=1)
     soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
                     F.log_softmax(teacher_logits / temperature, dim=1), reduction="batchmean",
                     log_target=True)

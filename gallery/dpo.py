@@ -50,7 +50,6 @@ from gallery.core.cli import command_line
 from gallery.core.config import (
     BaseConfig,
     register_schema,
-    require_non_negative,
     require_positive,
     require_range,
     validate_base,
@@ -113,8 +112,8 @@ class DpoConfig(BaseConfig):
 def validate(cfg: DpoConfig) -> None:
     validate_base(cfg, BY_MISTAKE)
     validate_char_model(cfg)
-    require_positive(cfg, "steps", "pairs", "held_out_pairs", "batch_size", "lr")
-    require_non_negative(cfg, "beta")
+    # beta=0: the loss is log 2 whatever the margin, and its gradient 0: nothing trains
+    require_positive(cfg, "steps", "pairs", "held_out_pairs", "batch_size", "lr", "beta")
     require_range(cfg, "dropout", 0.0, 0.9)
     if not cfg.stop_chars:
         raise ConfigError("stop_chars must name at least one character, got ''")
@@ -251,6 +250,14 @@ def preference_pairs(model, prompts, cfg, stop_ids, targets) -> dict:
     return pairs
 
 
+def require_pairs(pairs: dict, asked: str, target_chars: str) -> None:
+    """Refuse, naming the key, a set where every sampled pair tied: nothing to prefer."""
+    if len(pairs["chosen"]) == 0:
+        raise ConfigError(f"{asked}: every sampled pair scored the same share of "
+                          f"target_chars={target_chars!r}, so no preference pair is left; ask for "
+                          f"more pairs, or target characters the text holds")
+
+
 def batch_of(pairs: dict, size: int, generator: torch.Generator) -> dict:
     """`size` pairs drawn at random (the generator's state is the whole data position, so a
     resumed run draws what the straight run would)."""
@@ -313,6 +320,8 @@ def train(cfg) -> dict:
     pairs, held_out = (preference_pairs(original, text_windows(ids, n, cfg.prompt_len, g).to(
         device), cfg, stop_ids, targets) for n, g in ((cfg.pairs, generator), (
             cfg.held_out_pairs, torch.Generator().manual_seed(10_000))))
+    require_pairs(pairs, f"pairs={cfg.pairs}", cfg.target_chars)
+    require_pairs(held_out, f"held_out_pairs={cfg.held_out_pairs}", cfg.target_chars)
     prompts = text_windows(ids, cfg.eval_prompts, cfg.prompt_len,
                            torch.Generator().manual_seed(20_000)).to(device)
     reference = steps.make_reference(policy)

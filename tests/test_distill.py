@@ -11,6 +11,7 @@ from gallery import distill
 from gallery.check import constant, frozen, no_grad_reaches, runs_in_eval_mode
 from gallery.core.cli import compose
 from gallery.core.probes import saved_bytes, state_hash
+from tests.conftest import run_here
 
 
 def _setup(mistake="none", seed=0):
@@ -166,3 +167,42 @@ def check_step(mistake: str) -> None:
     with frozen(teacher=teacher):
         _step(steps, teacher, student, optimizer, x, y)
     constant(soft_targets=target)
+
+
+def test_the_loss_on_a_batch_with_no_label_is_the_soft_term_alone_and_finite():
+    """An unlabelled transfer set is the usual case in distillation: every label -1. The hard
+    term is then 0 (a mean over no example would be 0/0 = NaN), and the gradient reaches the
+    student's logits through the soft term only."""
+    torch.manual_seed(0)
+    student = torch.randn(6, 4, requires_grad=True)
+    teacher = torch.randn(6, 4)
+    none = torch.full((6,), -1)
+    loss = distill.distill_loss(student, teacher, none, 2.0, 0.5)
+    soft = distill.distill_loss(student, teacher, none, 2.0, 1.0)
+    assert torch.isfinite(loss) and torch.allclose(loss, 0.5 * soft)
+    loss.backward()
+    assert torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+    some = torch.tensor([1, -1, 2, -1, -1, 0])  # and with labels: the mean over those alone
+    hard = distill.distill_loss(student, teacher, some, 2.0, 0.0)
+    assert torch.allclose(hard, F.cross_entropy(student[some >= 0], some[some >= 0]))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("temperature=1e9", "temperature must be in [0.0, 100.0], got 1000000000.0"),
+    ("alpha=1.5", "alpha must be in [0.0, 1.0], got 1.5"),
+    ("alpha=-0.1", "alpha must be in [0.0, 1.0], got -0.1"),
+])
+def test_a_value_out_of_its_bound_is_one_line_naming_the_bound(tmp_path, override, message):
+    ran = run_here("gallery.distill", *distill.EXAMPLE.smoke_overrides(tmp_path), override,
+                   f"out_dir={tmp_path}/run")
+    assert ran.returncode == 2 and message in ran.stderr, ran.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_key_given_a_file_is_refused_before_anything_runs(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    ran = run_here("gallery.distill", *distill.EXAMPLE.smoke_overrides(tmp_path),
+                   f"teacher_dir={tmp_path}/a_file", f"out_dir={tmp_path}/run")
+    assert ran.returncode == 2, ran.stderr[-2000:]
+    assert ran.stderr.strip().startswith(f"error: teacher_dir={tmp_path}/a_file is a file")
+    assert not (tmp_path / "run").exists()

@@ -218,3 +218,14 @@ def test_our_dpo_loss_is_trls_in_value_and_gradient_on_completions_of_unequal_le
     unmasked = per_token[:, prompt_len - 1:].sum(1)
     assert not torch.allclose(dpo.dpo_loss(*unmasked.chunk(2), *ref.chunk(2), beta), theirs,
                               atol=1e-3)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("target_chars='~'", "pairs=32: every sampled pair scored the same share of "
+                         "target_chars='~', so no preference pair is left"),
+    ("beta=0", "beta must be > 0"),
+])
+def test_a_setting_that_can_never_train_is_one_line_and_exit_2(tmp_path, override, message):
+    ran = run_here("gallery.dpo", *SMOKE, override, f"out_dir={tmp_path}/run")
+    assert ran.returncode == 2 and message in ran.stderr, ran.stderr[-2000:]
+    assert len(ran.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

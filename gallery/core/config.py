@@ -150,10 +150,27 @@ def validate_base(cfg: BaseConfig, mistakes: Iterable[str]) -> None:
     if normalize_resume(cfg.resume) and cfg.overwrite:
         raise ConfigError("resume and overwrite=true contradict each other: resume goes on with "
                           "the run in out_dir, overwrite starts it again; pick one")
+    for key, value in _folder_keys(cfg):
+        if value and Path(str(value)).exists() and not Path(str(value)).is_dir():
+            raise ConfigError(f"{key}={value} is a file; it names a folder (give a folder, or a "
+                              f"path that does not exist yet)")
     threads = str(cfg.threads)
     if threads != "auto" and not (threads.isdigit() and 1 <= int(threads) <= MAX_THREADS):
         raise ConfigError(f"threads={threads!r} must be auto or a whole number from 1 to "
                           f"{MAX_THREADS}")
+
+
+def _folder_keys(cfg: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every key of the config that names a folder (`out_dir`, `pretrain_dir`,
+    `backbone.checkpoint_dir`, ...), with its value, nested groups included."""
+    found = []
+    for f in fields(cfg) if is_dataclass(cfg) else ():
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            found += _folder_keys(value, f"{prefix}{f.name}.")
+        elif f.name.endswith("_dir"):
+            found.append((f"{prefix}{f.name}", value))
+    return found
 
 
 def normalize_resume(value: Any) -> str:
