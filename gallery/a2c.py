@@ -62,6 +62,7 @@ from gallery.core.registry import (
     avg,
     each,
     span,
+    tour_budgets,
 )
 from gallery.core.setup import prepare
 from gallery.data.envs import (
@@ -351,8 +352,7 @@ EXAMPLE = Example(
                     "into critic"),
         ),
     },
-    budgets={"full": {m: [] for m in BY_MISTAKE},
-             "quick": {m: QUICK for m in BY_MISTAKE}},
+    budgets=tour_budgets(BY_MISTAKE, QUICK),
     headline=headline,
     figure=tour_figure,
     check=lambda s: None if s["critic_changed"] else "the critic never trained",

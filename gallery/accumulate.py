@@ -69,6 +69,7 @@ from gallery.core.registry import (
     Runs,
     avg,
     each,
+    tour_budgets,
 )
 from gallery.core.setup import prepare
 from gallery.data.text import CharVocab, TextSource, load_text
@@ -357,13 +358,6 @@ def headline(s: dict) -> str:
                                       if s.get("world_size") else ""))
 
 
-def tour_figure(runs: dict, fig) -> None:
-    ax = fig.add_subplot(1, 1, 1)
-    for mistake, s in runs.items():
-        if "curve" in s:
-            draw_loss(ax, s["curve"], plots.label(mistake))
-
-
 def measured(gate: dict, bench: dict) -> Measured:
     runs = gate["runs"]
     error = {m: avg(runs[m], "grad_rel_error") for m in ("none", "mean_of_means")}
@@ -447,10 +441,9 @@ EXAMPLE = Example(
                      "catches it",
         ),
     },
-    budgets={"full": {**{m: [] for m in BY_MISTAKE}, "clip_scaled": ["amp=true"]},
-             "quick": {**{m: QUICK for m in BY_MISTAKE}, "clip_scaled": [*QUICK, "amp=true"]}},
+    budgets=tour_budgets(BY_MISTAKE, QUICK, clip_scaled=["amp=true"]),
     headline=headline,
-    figure=tour_figure,
+    figure=plots.curves_by_run(draw_loss),
     check=lambda s: None if s["grad_rel_error"] < 1e-4 else "the accumulated gradient is not the "
                                                              "full batch's",
     smoke=("steps=10", "eval_every=5", "log_every=5", "micro_batch_size=4", "max_len=32"),

@@ -70,6 +70,7 @@ from gallery.core.registry import (
     Runs,
     avg,
     each,
+    tour_budgets,
 )
 from gallery.core.run import progress
 from gallery.core.setup import prepare
@@ -307,13 +308,6 @@ def headline(s: dict) -> str:
             f"{s['teacher_has_grad']}; bytes a step holds for backward {s['step_saved_bytes']:,}")
 
 
-def tour_figure(runs: dict, fig) -> None:
-    ax = fig.add_subplot(1, 1, 1)
-    for mistake, s in runs.items():
-        if "curve" in s:
-            draw_curves(ax, s["curve"], plots.label(mistake))
-
-
 def gate_figure(rows: dict, first: dict, fig) -> None:
     """The student's accuracy by run, mean over seeds with each seed as a dot; the student alone
     is the line distillation must clear."""
@@ -377,9 +371,9 @@ EXAMPLE = Example(
             ("make_teacher_with_grad", "soft_targets_with_grad", "make_optimizer_with_teacher"),
             caught="no_grad_reaches: a backward wrote a grad into teacher"),
     },
-    budgets={"full": {m: [] for m in BY_MISTAKE}, "quick": {m: QUICK for m in BY_MISTAKE}},
+    budgets=tour_budgets(BY_MISTAKE, QUICK),
     headline=headline,
-    figure=tour_figure,
+    figure=plots.curves_by_run(draw_curves),
     check=lambda s: None if not s["teacher_changed"] and not s["teacher_has_grad"]
     else "the teacher changed or got a grad",
     smoke=("steps=20", "eval_every=10", "log_every=10", "teacher_steps=20",

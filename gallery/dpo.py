@@ -19,9 +19,10 @@ share whose implicit reward margin is positive).
 
 The mistakes (`mistake=`), and what they cost (scripts/gates.py dpo):
 
-- reference_is_policy: the live policy as its own reference: the margin is 0 in value, the loss
-  reads log 2 = 0.693 at every step, the held-out accuracy is 0 (no margin is positive), and with
-  nothing to hold it the policy drifts far from the pretrained model.
+- reference_is_policy: the live policy as its own reference: the margin is 0 in value, the
+  held-out loss reads log 2 = 0.693 at every evaluation (the training loss moves off it only by the
+  policy's dropout), the held-out accuracy is 0 (no margin is positive), and with nothing to hold
+  it the policy drifts far from the pretrained model.
 - reference_with_grad: the reference copied without requires_grad_(False) and its forward outside
   no_grad: every backward runs through the reference too, writes .grad into it and holds its
   activations.
@@ -68,6 +69,7 @@ from gallery.core.registry import (
     Runs,
     avg,
     each,
+    tour_budgets,
 )
 from gallery.core.setup import prepare
 from gallery.data.text import (
@@ -365,13 +367,6 @@ def headline(s: dict) -> str:
             f"reference .grad: {s['reference_has_grad']}")
 
 
-def tour_figure(runs: dict, fig) -> None:
-    axes = [fig.add_subplot(1, 3, i) for i in (1, 2, 3)]
-    for mistake, s in runs.items():
-        if "curve" in s:
-            draw_curves(axes, s["curve"], plots.label(mistake))
-
-
 def measured(gate: dict, bench: dict) -> Measured:
     runs = gate["runs"]
     kl = {m: avg(runs[m], "exact_kl") for m in ("none", "reference_is_policy")}
@@ -402,7 +397,7 @@ EXAMPLE = Example(
     mistakes={
         "reference_is_policy": Mistake(
             "the live policy used as its own reference",
-            "the margin is 0: the loss reads log 2 at every step, no held-out margin is positive, "
+            "the margin is 0: the held-out loss reads log 2, no held-out margin is positive, "
             "and nothing holds the policy near the pretrained model",
             ("make_reference_is_policy",),
             caught="disjoint: policy and reference share"),
@@ -427,9 +422,9 @@ EXAMPLE = Example(
             no_check="a sum over the wrong positions: a value, not a graph; the held-out "
                      "accuracy, scored with masks, measures it"),
     },
-    budgets={"full": {m: [] for m in BY_MISTAKE}, "quick": {m: QUICK for m in BY_MISTAKE}},
+    budgets=tour_budgets(BY_MISTAKE, QUICK),
     headline=headline,
-    figure=tour_figure,
+    figure=plots.curves_by_run(draw_curves, panels=3),
     figure_size=(12, 3.6),
     check=lambda s: "the reference got .grad" if s["reference_has_grad"] else None,
     smoke=("steps=4", "eval_every=2", "log_every=2", "pretrain_steps=20", "pairs=32",
@@ -471,7 +466,7 @@ EXAMPLE = Example(
         figure_runs=tuple(BY_MISTAKE),
         figure_title="dpo on pydoc, default config, seed 0"),
     measured=measured,
-    size_keys=("batch_size", "completion_len"),
+    size_keys=("batch_size", "completion_len", "pairs"),
 )
 
 

@@ -60,6 +60,7 @@ from gallery.core.registry import (
     Runs,
     avg,
     each,
+    tour_budgets,
 )
 from gallery.core.setup import prepare
 from gallery.data import images
@@ -246,12 +247,6 @@ def headline(s: dict) -> str:
             f"{s['step_saved_bytes']:,}")
 
 
-def tour_figure(runs: dict, fig) -> None:
-    ax = fig.add_subplot(1, 1, 1)
-    for mistake in (m for m in BY_MISTAKE if m in runs and "curve" in runs[m]):
-        draw_curves(ax, runs[mistake]["curve"], plots.label(mistake))
-
-
 def measured(gate: dict, bench: dict) -> Measured:
     runs = gate["runs"]
     ema, skipped = (avg(runs[m], "ema_accuracy") for m in ("none", "skip_buffers"))
@@ -300,10 +295,9 @@ EXAMPLE = Example(
             caught="no_grad_reaches: a backward wrote a grad into teacher",
         ),
     },
-    budgets={"full": {m: [] for m in BY_MISTAKE},
-             "quick": {m: QUICK for m in BY_MISTAKE}},
+    budgets=tour_budgets(BY_MISTAKE, QUICK),
     headline=headline,
-    figure=tour_figure,
+    figure=plots.curves_by_run(draw_curves),
     check=lambda s: None if s["teacher_graph_nodes"] == 0 and not s["teacher_has_grad"]
     else "the teacher holds a graph or a grad",
     smoke=("steps=20", "eval_every=10", "log_every=10", "ramp=10"),

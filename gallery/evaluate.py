@@ -64,6 +64,7 @@ from gallery.core.registry import (
     Runs,
     avg,
     each,
+    tour_budgets,
 )
 from gallery.core.setup import prepare
 from gallery.data import images
@@ -403,8 +404,7 @@ EXAMPLE = Example(
                      "uses an inference tensor",
         ),
     },
-    budgets={"full": {m: [] for m in BY_MISTAKE},
-             "quick": {m: QUICK for m in BY_MISTAKE}},
+    budgets=tour_budgets(BY_MISTAKE, QUICK),
     headline=headline,
     figure=tour_figure,
     check=lambda s: None if s["eval_held_bytes_all"] == 0 and not s["eval_changed_state"]
@@ -448,6 +448,7 @@ EXAMPLE = Example(
         figure_runs=("none", "no_eval_mode", "train_not_restored", "eval_with_grad"),
         figure_title="evaluate on digits (20 training images per class), seed 0"),
     measured=measured,
+    size_keys=("batch_size", "eval_batch_size", "hidden"),
 )
 
 

@@ -71,6 +71,7 @@ from gallery.core.registry import (
     Runs,
     each,
     span,
+    tour_budgets,
 )
 from gallery.core.seeding import seed_everything
 from gallery.core.setup import prepare
@@ -438,9 +439,7 @@ EXAMPLE = Example(
                     "grad into trainable_blocks"),
         ),
     },
-    budgets={"full": {**{m: [] for m in BY_MISTAKE}, "checkpoint_reentrant": CHECKPOINTING},
-             "quick": {**{m: QUICK for m in BY_MISTAKE},
-                       "checkpoint_reentrant": [*QUICK, *CHECKPOINTING]}},
+    budgets=tour_budgets(BY_MISTAKE, QUICK, checkpoint_reentrant=CHECKPOINTING),
     headline=headline,
     figure=tour_figure,
     figure_size=(12, 3.6),

@@ -62,6 +62,7 @@ from gallery.core.registry import (
     Runs,
     avg,
     each,
+    tour_budgets,
 )
 from gallery.core.setup import prepare
 from gallery.data.text import (
@@ -431,9 +432,7 @@ EXAMPLE = Example(
                      "expects; the exact KL in the summary catches it",
         ),
     },
-    budgets={"full": {**{m: [] for m in BY_MISTAKE}, "reference_with_grad": ["passes=1"]},
-             "quick": {**{m: QUICK for m in BY_MISTAKE},
-                       "reference_with_grad": [*QUICK, "passes=1"]}},
+    budgets=tour_budgets(BY_MISTAKE, QUICK, reference_with_grad=["passes=1"]),
     headline=headline,
     figure=tour_figure,
     figure_size=(12, 3.6),

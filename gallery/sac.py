@@ -59,6 +59,7 @@ from gallery.core.registry import (
     avg,
     bench_row,
     each,
+    tour_budgets,
 )
 from gallery.core.setup import prepare
 from gallery.data.envs import (
@@ -417,7 +418,7 @@ EXAMPLE = Example(
                       "check it where that loss is built: constant(logp=...)"),
         ),
     },
-    budgets={"full": {m: [] for m in BY_MISTAKE}, "quick": {m: QUICK for m in BY_MISTAKE}},
+    budgets=tour_budgets(BY_MISTAKE, QUICK),
     headline=headline,
     figure=tour_figure,
     check=lambda s: "a target critic got .grad" if s["target_grad_seen"] else (

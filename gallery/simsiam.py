@@ -55,6 +55,7 @@ from gallery.core.registry import (
     Runs,
     avg,
     each,
+    tour_budgets,
 )
 from gallery.core.schedule import lr_schedule
 from gallery.core.setup import prepare
@@ -356,7 +357,7 @@ EXAMPLE = Example(
                     "into predictor"),
         ),
     },
-    budgets={"full": {m: [] for m in BY_MISTAKE}, "quick": {m: QUICK for m in BY_MISTAKE}},
+    budgets=tour_budgets(BY_MISTAKE, QUICK),
     headline=headline,
     figure=tour_figure,
     figure_size=(12, 3.6),

@@ -349,12 +349,6 @@ def headline(s: dict) -> str:
             f"{s['codebook_unchanged']}")
 
 
-def tour_figure(runs: dict, fig) -> None:
-    axes = fig.subplots(1, 2)
-    for mistake in (m for m in BY_MISTAKE if m in runs and "curve" in runs[m]):
-        draw_curves(axes, runs[mistake]["curve"], plots.label(mistake))
-
-
 def measured(gate: dict, bench: dict) -> Measured:
     runs = gate["runs"]
     mse = {m: avg(runs[m], "recon_mse") for m in ("none", "no_straight_through")}
@@ -429,7 +423,7 @@ EXAMPLE = Example(
     budgets={"full": {m: [] if m == "none" else list(NO_REVIVAL) for m in BY_MISTAKE},
              "quick": {m: QUICK for m in BY_MISTAKE}},
     headline=headline,
-    figure=tour_figure,
+    figure=plots.curves_by_run(draw_curves, panels=2),
     figure_size=(9, 3.4),
     check=lambda s: None if not s["codebook_unchanged"] else "the codebook never moved",
     smoke=("steps=6", "eval_every=3", "log_every=3", "batch_size=32"),

@@ -93,6 +93,17 @@ def draw_learning_curve(ax, evals: list[dict], label: str, threshold: float | No
     ax.legend(fontsize=8)
 
 
+def curves_by_run(draw, panels: int = 1):
+    """A tour figure of the runs' curves: `draw(axes, curve, label)` for each run that has one
+    (its "curve"), on `panels` panels side by side (one panel: `draw` gets the axis itself)."""
+    def figure(runs: dict, fig) -> None:
+        axes = [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
+        for mistake, summary in runs.items():
+            if "curve" in summary:
+                draw(axes if panels > 1 else axes[0], summary["curve"], label(mistake))
+    return figure
+
+
 def draw_learning_curves(fig, runs: dict, order, pattern: str = "pattern"):
     """The tour's comparison of an RL example: each run's greedy eval return against env steps,
     in `order` (the pattern, then its mistakes), on one axis, which it returns."""

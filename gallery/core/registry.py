@@ -14,7 +14,7 @@ import json
 import pkgutil
 import re
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
@@ -209,6 +209,14 @@ class Measured(NamedTuple):
     readme: tuple[str, str]
     hero: Panel
     cost: Cost
+
+
+def tour_budgets(mistakes: Iterable[str], quick: Sequence[str], **needs: Sequence[str]
+                 ) -> dict[str, dict[str, list[str]]]:
+    """The tour's two budgets: each run at the example's defaults ("full") or with `quick`'s
+    overrides, and a mistake that `needs` a setting to show its consequence given it in both."""
+    return {"full": {m: [*needs.get(m, ())] for m in mistakes},
+            "quick": {m: [*quick, *needs.get(m, ())] for m in mistakes}}
 
 
 def avg(rows: list[dict], key: str) -> float:
