@@ -159,7 +159,7 @@ def grpo_loss(logp, old_logprobs, ref_logprobs, advantages, clip, beta, mask=Non
     surrogate = torch.min(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
     log_ref_over_policy = ref_logprobs - logp
     kl = torch.exp(log_ref_over_policy) - log_ref_over_policy - 1  # PATTERN: k3
-    clipped = (((ratio - 1).abs() > clip).float() * mask).sum() / mask.sum()
+    clipped = (((ratio - 1).abs() > clip).float() * mask).sum() / mask.sum().clamp(min=1)
     per_completion = ((surrogate - beta * kl) * mask).sum(1) / mask.sum(1).clamp(min=1)  # PATTERN
     return -per_completion.mean(), clipped.detach()
 
@@ -236,7 +236,7 @@ def grpo_loss_k1_kl_loss(logp, old_logprobs, ref_logprobs, advantages, clip, bet
     surrogate = torch.min(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
     log_ref_over_policy = ref_logprobs - logp
     kl = -log_ref_over_policy  # MISTAKE: k1, whose gradient is zero in expectation
-    clipped = (((ratio - 1).abs() > clip).float() * mask).sum() / mask.sum()
+    clipped = (((ratio - 1).abs() > clip).float() * mask).sum() / mask.sum().clamp(min=1)
     per_completion = ((surrogate - beta * kl) * mask).sum(1) / mask.sum(1).clamp(min=1)
     return -per_completion.mean(), clipped.detach()
 
