@@ -12,9 +12,11 @@ the encoder towards each other, each with the other held constant. The mistakes 
 what they cost on digits (scripts/gates.py vqvae):
 
 - codebook_on_st: the codebook and commitment losses are computed on the straight-through output
-  z_q, whose graph runs to z and never to the codebook. The codebook gets no gradient and ends the
-  run bit-for-bit as it started, while the reconstruction loss still falls: the trap is that
-  nothing looks wrong.
+  z_q, whose graph runs to z and never to the codebook. The codebook gets no gradient: with
+  revival off (revive_after=0, as the gate and the tour run the mistakes) it ends the run
+  bit-for-bit as it started, while the reconstruction loss still falls: the trap is that nothing
+  looks wrong. At the defaults only revival moves it, re-seeding codes from an encoder that no
+  loss commits to them, and the reconstruction can blow up.
 - no_straight_through: the decoder reads e itself. The reconstruction's gradient stops at the
   codebook; the encoder learns only from the commitment term, the codes collapse to one (perplexity
   1), and reconstruction is far worse at the same budget.
@@ -396,8 +398,9 @@ EXAMPLE = Example(
     mistakes={
         "codebook_on_st": Mistake(
             "codebook and commitment losses computed on the straight-through output",
-            "the codebook gets no gradient and ends bit-for-bit as it started, while the "
-            "reconstruction loss still falls",
+            "the codebook gets no gradient: with revive_after=0 it ends bit-for-bit as it "
+            "started while the reconstruction loss still falls; at the defaults only revival "
+            "moves it, and the reconstruction can blow up",
             ("quantize_codebook_on_st",),
             caught=("gets_grad: no backward inside the block wrote a non-zero grad "
                     "into codebook"),

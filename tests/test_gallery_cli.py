@@ -209,6 +209,7 @@ def test_the_report_rounds_each_value_of_a_list(capsys):
     ("evaluate", "mistake=no_eval", "mistake"),
     ("vqvae", "codebook_size=0", "codebook_size must be > 0"),
     ("vqvae", "data=ring8", "data=ring8 is not a data option of vqvae"),
+    ("distill", "data=imagefolder", "data=imagefolder needs data.root=/path/to/images/"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, name, override, message):
     ran = run_here(f"gallery.{name}", override, f"out_dir={tmp_path}/run")

@@ -151,3 +151,11 @@ def check_step(mistake: str) -> None:
     _, _, codebook_loss, _ = vq.BY_MISTAKE[mistake](z, model.codebook)
     with no_grad_reaches(encoder=model.encoder):
         codebook_loss.backward()
+
+
+def test_codebook_on_st_at_the_defaults_moves_its_codebook_only_by_revival(tmp_path):
+    """What the mistake's words say of the defaults (revival on): no gradient reaches the
+    codebook, so only revival moves it. Seed 3 revives most of the codes here."""
+    summary = vq.train(compose("vqvae", ["mistake=codebook_on_st", "seed=3", "device=cpu",
+                                         f"out_dir={tmp_path}"]))
+    assert summary["codes_revived"] > 0 and not summary["codebook_unchanged"]

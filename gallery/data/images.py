@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import MISSING
 
+from gallery.core.config import cache_root
 from gallery.core.errors import DataError
 from gallery.core.io import download_timeout
 
@@ -77,6 +78,9 @@ def torchvision_dataset(name: str, root: str, image_size: int | None, train: boo
         return datasets.FakeData(size=512, image_size=(channels or 3, size, size), num_classes=10,
                                  transform=tf, random_offset=0)
     if name == "imagefolder":
+        if root and Path(root).resolve() == cache_root().resolve():  # the default: not images
+            raise DataError(f"data=imagefolder needs data.root=/path/to/images/<class>/*.png; "
+                            f"data.root is now the gallery's download cache, {root}")
         if not root or not Path(root).is_dir():
             raise DataError(f"data.root={root!r} is not a directory; imagefolder needs "
                             f"data.root=/path/to/images/<class>/*.png")
