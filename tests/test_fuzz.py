@@ -323,3 +323,51 @@ def test_resuming_from_another_examples_checkpoint_is_one_line_and_writes_nothin
     assert ran.returncode == 2 and ran.stderr.count("\n") == 1, ran.stderr[-2000:]
     assert ran.stderr.startswith("error: ") and path in ran.stderr, ran.stderr
     assert not (tmp_path / "run").exists(), sorted((tmp_path / "run").rglob("*"))
+
+
+# The fourth profile: a resume of the example's own run with one or two keys moved. What a resume
+# may change (steps, the cadences) trains on; a key that changes what the run is, or a step count
+# that leaves nothing to train, is refused in one line naming it. CI's deeper fuzz runs it (each
+# example trains its own run first, which the fast tier's time cannot hold).
+@pytest.mark.parametrize("name", sorted(examples()))
+def test_a_resume_with_keys_moved_trains_on_or_is_refused_naming_a_key(name, request, tmp_path):
+    from tests.conftest import run_here
+
+    if request.config.getoption("--fuzz-examples") < 400:
+        pytest.skip("CI's deeper fuzz (--fuzz-examples 400) runs this profile")
+    example = examples()[name]
+    smoke = example.smoke_overrides(tmp_path)
+    assert run_here(f"gallery.{name}", *smoke, f"out_dir={tmp_path}/own").returncode == 0
+    steps = int(OmegaConf.select(compose(name, smoke), "steps"))
+    last = f"{tmp_path}/own/checkpoints/last.pt"
+
+    @settings(max_examples=4, derandomize=True, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(moved=cases(name), share=st.sampled_from([2.0, 1.0, 0.5]))
+    def check(moved: dict, share: float) -> None:
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+        # twice the run's own steps to train on, or a share of them that leaves nothing to train
+        moved = {"steps": int(share * steps), **moved}
+        ran = run_here(f"gallery.{name}", *smoke, *(f"{k}={v}" for k, v in moved.items()),
+                       f"resume={last}", f"out_dir={tmp_path}/run", "progress=false")
+        check_trained(name, moved, (ran.returncode, ran.stderr))
+        if ran.returncode == 2:
+            assert not (tmp_path / "run").exists(), sorted((tmp_path / "run").rglob("*"))
+
+    check()
+
+
+@pytest.mark.parametrize("name", sorted(examples()))
+def test_every_folder_key_given_a_file_is_one_line_naming_it(name, tmp_path):
+    from gallery.core.config import _folder_keys
+    from tests.conftest import run_here
+
+    (tmp_path / "a_file").write_text("a file, not a folder")
+    cfg = to_schema(compose(name, examples()[name].smoke_overrides(tmp_path)))
+    keys = [key for key, _ in _folder_keys(cfg)]
+    assert "out_dir" in keys, keys
+    for key in keys:
+        ran = run_here(f"gallery.{name}", *examples()[name].smoke_overrides(tmp_path),
+                       f"{key}={tmp_path}/a_file")
+        assert ran.returncode == 2 and ran.stderr.count("\n") == 1, (key, ran.stderr[-2000:])
+        assert f"{key}={tmp_path}/a_file" in ran.stderr, ran.stderr
