@@ -37,7 +37,8 @@ def load_data(cfg, classes: list[int]):
         size = d.image_size or 224
         ds = images.torchvision_dataset(d.name, d.root, size, channels=3)
         x, y = images.dataset_to_tensors(ds, limit=10000)
-    return images.stratified_split(x, y, d.val_fraction, d.split_seed, d.labels_per_class)
+    return images.stratified_split(x, y, d.val_fraction, d.split_seed, d.labels_per_class,
+                                   key="data.labels_per_class")
 
 
 @torch.no_grad()

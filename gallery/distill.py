@@ -212,7 +212,8 @@ def load_data(cfg):
     d = cfg.data
     x, y = images.labelled_tensors(d)
     xt, yt, xv, yv = images.stratified_split(x, y, d.val_fraction, d.split_seed, None)
-    xl, yl, _, _ = images.stratified_split(xt, yt, 0.0, d.split_seed, d.labels_per_class)
+    xl, yl, _, _ = images.stratified_split(xt, yt, 0.0, d.split_seed, d.labels_per_class,
+                                             key="data.labels_per_class")
     return xl, yl, xt, yt, xv, yv
 
 

@@ -231,7 +231,8 @@ def load_data(cfg):
     """(training x, y), (validation x, y): a fixed split for every run seed."""
     d = cfg.data
     x, y = images.labelled_tensors(d)
-    return images.stratified_split(x, y, d.val_fraction, d.split_seed, d.train_per_class)
+    return images.stratified_split(x, y, d.val_fraction, d.split_seed, d.train_per_class,
+                                   key="data.train_per_class")
 
 
 def plain(value) -> float:

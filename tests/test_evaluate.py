@@ -17,6 +17,7 @@ from gallery.core.cli import compose
 from gallery.core.errors import ExplainedMistake
 from gallery.core.probes import SavedTensorMeter, state_hash
 from gallery.data import images
+from tests.conftest import run_here
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +200,12 @@ def check_step(mistake: str) -> None:
     with unchanged(model=model):  # evaluating leaves the weights and BatchNorm's buffers alone
         steps.evaluate(model, batches)
     constant(hard=steps.hardest(model, x, y, 8))  # data, for the replay step
+
+
+def test_a_count_above_what_the_data_holds_and_an_ignored_size_are_said(tmp_path):
+    """Capped or ignored, never in silence: one line each, and the run goes on."""
+    ran = run_here("gallery.evaluate", *evaluate.EXAMPLE.smoke, "device=cpu",
+                   "data.train_per_class=1000", "data.image_size=4", f"out_dir={tmp_path}/run")
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "note: data.train_per_class=1000 is more than 10 classes hold" in ran.stderr
+    assert "note: data.image_size=4 is ignored on digits" in ran.stderr

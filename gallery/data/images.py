@@ -8,6 +8,7 @@ message that names the dataset, the directory and an embedded alternative.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,9 @@ LABELLED = ["digits", "cifar10", "imagefolder"]
 def labelled_tensors(d: LabelledImages) -> tuple[torch.Tensor, torch.Tensor]:
     """All the images of `d` and their labels, in memory."""
     if d.name == "digits":
+        if d.image_size:
+            print(f"note: data.image_size={d.image_size} is ignored on digits: its images are 8x8",
+                  file=sys.stderr)
         return load_digits_tensors()
     return dataset_to_tensors(torchvision_dataset(d.name, d.root, d.image_size or 32),
                               limit=d.limit)
@@ -137,16 +141,22 @@ class ImageBatches:
 
 
 def stratified_split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int,
-                     per_class: int | None):
-    """Stratified and deterministic: the same split for every run seed."""
+                     per_class: int | None, key: str = "per_class"):
+    """Stratified and deterministic: the same split for every run seed. Asked for more images per
+    class (`key`) than a class holds, each class keeps all it has, and one line says so."""
     g = torch.Generator().manual_seed(seed)
-    train_idx, val_idx = [], []
+    train_idx, val_idx, short = [], [], []
     for c in y.unique():
         idx = (y == c).nonzero().squeeze(1)
         idx = idx[torch.randperm(len(idx), generator=g)]
         n_val = int(round(len(idx) * val_fraction))
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:][:per_class] if per_class else idx[n_val:])
+        short += [len(idx) - n_val] if per_class and len(idx) - n_val < per_class else []
+    if short:
+        print(f"note: {key}={per_class} is more than {len(short)} classes hold after the "
+              f"held-out split (the smallest: {min(short)}); each class keeps all it has",
+              file=sys.stderr)
     tr, va = torch.cat(train_idx), torch.cat(val_idx)
     return x[tr], y[tr], x[va], y[va]
 
