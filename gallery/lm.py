@@ -4,6 +4,7 @@ completion, and its pretraining on the text, cached per seed and shape. Library 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -15,29 +16,100 @@ from gallery.core.run import progress
 from gallery.data.text import CharVocab, text_windows
 
 
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention that can keep each layer's keys and values (`cache`), so
+    that sampling runs only the new character through the model. Its parameters are named and
+    initialised as nn.MultiheadAttention's, so a checkpoint of either loads into the other."""
+
+    def __init__(self, d_model: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        n, t, d = x.shape
+        q, k, v = (part.view(n, t, self.heads, d // self.heads).transpose(1, 2) for part in
+                   F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1))
+        first = cache is None or "k" not in cache
+        if cache is not None:  # the keys and values of every earlier position, then these
+            if not first:
+                if t > 1:
+                    raise ValueError("a cached forward takes one new character at a time")
+                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+            cache["k"], cache["v"] = k, v
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=first and t > 1,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(y.transpose(1, 2).reshape(n, t, d))
+
+
+class Block(nn.Module):
+    """A pre-norm transformer layer, named as nn.TransformerEncoderLayer(norm_first=True)."""
+
+    def __init__(self, d_model: int, heads: int, dropout: float):
+        super().__init__()
+        self.self_attn = CausalSelfAttention(d_model, heads, dropout)
+        self.linear1, self.linear2 = nn.Linear(d_model, 2 * d_model), nn.Linear(2 * d_model,
+                                                                                 d_model)
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.dropout, self.dropout1, self.dropout2 = (nn.Dropout(dropout) for _ in range(3))
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        x = x + self.dropout1(self.self_attn(self.norm1(x), cache))
+        return x + self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(self.norm2(x))))))
+
+
 class CharTransformer(nn.Module):
-    """A causal character-level transformer: a few pre-norm layers, learned positions."""
+    """A causal character-level transformer: a few pre-norm layers, learned positions. Given a
+    `cache` (a list with a dict per layer, `new_cache()`), a forward takes only the characters
+    after those it has seen and keeps their keys and values."""
 
     def __init__(self, vocab: int, d_model: int, layers: int, heads: int, context: int,
                  dropout: float = 0.0):
         super().__init__()
+        if d_model % heads:
+            raise ValueError(f"d_model={d_model} must be a multiple of heads={heads}")
         self.embed, self.position = nn.Embedding(vocab, d_model), nn.Embedding(context, d_model)
-        layer = nn.TransformerEncoderLayer(d_model, heads, 2 * d_model, dropout=dropout,
-                                           batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        block = Block(d_model, heads, dropout)  # the layers start equal, as TransformerEncoder's
+        self.blocks = nn.ModuleDict({"layers": nn.ModuleList(
+            [copy.deepcopy(block) for _ in range(layers)])})
         self.norm, self.head = nn.LayerNorm(d_model), nn.Linear(d_model, vocab)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (N, T) -> logits (N, T, vocab)
-        t = ids.shape[1]
-        mask = nn.Transformer.generate_square_subsequent_mask(t, device=ids.device)
-        h = self.embed(ids) + self.position(torch.arange(t, device=ids.device))
-        return self.head(self.norm(self.blocks(h, mask=mask, is_causal=True)))
+    def new_cache(self) -> list[dict]:
+        return [{} for _ in self.blocks["layers"]]
+
+    def forward(self, ids: torch.Tensor, cache: list[dict] | None = None) -> torch.Tensor:
+        """(N, T) -> logits (N, T, vocab); with a cache, T new characters after those it holds."""
+        start = cache[0]["k"].shape[2] if cache and "k" in cache[0] else 0
+        h = self.embed(ids) + self.position(torch.arange(start, start + ids.shape[1],
+                                                         device=ids.device))
+        for layer, kept in zip(self.blocks["layers"], cache or [None] * len(self.blocks["layers"])):
+            h = layer(h, kept)
+        return self.head(self.norm(h))
 
 
 def sample(model, seq, length):
     """`seq` (N, T) continued by `length` characters, each drawn from the model's next-character
-    distribution. The caller decides whether a graph is built (grpo's and dpo's sampling run under
-    no_grad)."""
+    distribution. The keys and values of the characters so far are kept, so each new character
+    costs one position's forward, not the whole prefix's. The caller decides whether a graph is
+    built (grpo's and dpo's sampling run under no_grad)."""
+    cache = model.new_cache()
+    logits = model(seq, cache)
+    for i in range(length):
+        chosen = torch.multinomial(F.softmax(logits[:, -1], dim=-1), 1)
+        seq = torch.cat([seq, chosen], 1)
+        if i + 1 < length:
+            logits = model(chosen, cache)
+    return seq
+
+
+def sample_uncached(model, seq, length):
+    """`sample` without the cache: the whole prefix through the model for every new character.
+    What the cached sampler must draw exactly (tests/test_lm.py)."""
     for _ in range(length):
         probs = F.softmax(model(seq)[:, -1], dim=-1)
         seq = torch.cat([seq, torch.multinomial(probs, 1)], 1)

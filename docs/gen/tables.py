@@ -71,7 +71,7 @@ def peer_speeds(bench: dict | None = None) -> list[dict]:
         for row in bench.get(key, []):
             if field in row:
                 algorithm = key if key in ("vqvae", "maml", "evaluate") else \
-                    row["setting"].split(":")[0]
+                    row.get("label") or row["setting"].split(":")[0]
                 if key == "vqvae":
                     algorithm += f" K={row.get('codebook_size', 32)}"
                 found.append({"algorithm": algorithm, "peer": peer or row["peer"],

@@ -53,7 +53,7 @@ def site_packages(deps: Path) -> Path:
     return link
 
 
-def tiny_gpt2(vocab: CharVocab, context: int, folder: Path) -> str:
+def tiny_gpt2(vocab: CharVocab, context: int, folder: Path, d_model: int = SIZE["d_model"]) -> str:
     """A GPT-2 of our model's size and a tokenizer with one token per character, saved to disk
     (the trainers rebuild their reference from the path)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -67,8 +67,8 @@ def tiny_gpt2(vocab: CharVocab, context: int, folder: Path) -> str:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>",
                                         eos_token="<eos>", pad_token="<pad>")
     config = GPT2Config(vocab_size=len(chars) + 3, n_positions=context + 1,
-                        n_embd=SIZE["d_model"], n_layer=SIZE["layers"], n_head=SIZE["heads"],
-                        n_inner=2 * SIZE["d_model"], resid_pdrop=0.0, embd_pdrop=0.0,
+                        n_embd=d_model, n_layer=SIZE["layers"], n_head=SIZE["heads"],
+                        n_inner=2 * d_model, resid_pdrop=0.0, embd_pdrop=0.0,
                         attn_pdrop=0.0, bos_token_id=specials["<eos>"],
                         eos_token_id=specials["<eos>"], pad_token_id=specials["<pad>"])
     GPT2LMHeadModel(config).save_pretrained(folder)
@@ -109,7 +109,8 @@ def common_args(folder: Path, steps: int, seed: int, lr: float, batch: int) -> d
             "adam_beta1": 0.9, "adam_beta2": 0.999, "weight_decay": 0.0, "max_grad_norm": 1e9}
 
 
-def trl_grpo(model_path: str, prompts: list[str], steps: int, seed: int, folder: Path) -> dict:
+def trl_grpo(model_path: str, prompts: list[str], steps: int, seed: int, folder: Path,
+             completion_len: int = GRPO["completion_len"]) -> dict:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -119,7 +120,7 @@ def trl_grpo(model_path: str, prompts: list[str], steps: int, seed: int, folder:
     timer = StepTimes()
     args = GRPOConfig(**common_args(folder, steps, seed, GRPO["lr"],
                                     GRPO["prompts"] * GRPO["group"]),
-                      num_generations=GRPO["group"], max_completion_length=GRPO["completion_len"],
+                      num_generations=GRPO["group"], max_completion_length=completion_len,
                       beta=GRPO["beta"], epsilon=GRPO["clip"], num_iterations=1,
                       loss_type="grpo", scale_rewards="group", temperature=1.0, top_p=1.0,
                       mask_truncated_completions=False)
@@ -131,11 +132,12 @@ def trl_grpo(model_path: str, prompts: list[str], steps: int, seed: int, folder:
     return {"step_seconds": timer.times, "reward": statistics.mean(rewards[-5:])}
 
 
-def ours_grpo(vocab: CharVocab, ids: torch.Tensor, steps: int, seed: int) -> dict:
+def ours_grpo(vocab: CharVocab, ids: torch.Tensor, steps: int, seed: int,
+              completion_len: int = GRPO["completion_len"], d_model: int = SIZE["d_model"]
+              ) -> dict:
     torch.manual_seed(seed)
-    context = GRPO["prompt_len"] + GRPO["completion_len"]
-    policy = lm.CharTransformer(len(vocab), SIZE["d_model"], SIZE["layers"], SIZE["heads"],
-                                  context)
+    policy = lm.CharTransformer(len(vocab), d_model, SIZE["layers"], SIZE["heads"],
+                                GRPO["prompt_len"] + completion_len)
     reference = grpo.make_reference(policy)
     optimizer = torch.optim.Adam(policy.parameters(), lr=GRPO["lr"])
     targets, generator = vocab.encode(TARGETS), torch.Generator().manual_seed(seed)
@@ -143,8 +145,7 @@ def ours_grpo(vocab: CharVocab, ids: torch.Tensor, steps: int, seed: int) -> dic
     for _ in range(steps):
         start = time.perf_counter()
         prompts = text_windows(ids, GRPO["prompts"], GRPO["prompt_len"], generator)
-        batch = grpo.rollout(policy, reference, prompts, GRPO["group"], GRPO["completion_len"],
-                             targets)
+        batch = grpo.rollout(policy, reference, prompts, GRPO["group"], completion_len, targets)
         grpo.grpo_update(policy, optimizer, batch, GRPO["clip"], GRPO["beta"], 1,
                          GRPO["prompt_len"])
         times.append(time.perf_counter() - start)
@@ -212,8 +213,12 @@ def median_after(times: list[float], warmup: int) -> float:
     return statistics.median(times[warmup:])
 
 
+# grpo again with longer completions on a wider model: where the cached sampler's saving grows
+LONG = {"completion_len": 64, "d_model": 128}
+
+
 def bench_trl(device: torch.device, seeds: tuple[int, ...] = (0, 1, 2), grpo_steps: int = 25,
-              dpo_steps: int = 60, warmup: int = 3) -> list[dict]:
+              dpo_steps: int = 60, warmup: int = 3, long_steps: int = 15) -> list[dict]:
     deps = peer_path("trl", TRL)
     if deps is None:
         return [{"setting": "trl", "skipped": "TRL would not install (pip needs the index)"}]
@@ -229,7 +234,8 @@ def bench_trl(device: torch.device, seeds: tuple[int, ...] = (0, 1, 2), grpo_ste
     vocab = CharVocab.build(text)
     ids = vocab.encode(text)
     context = GRPO["prompt_len"] + GRPO["completion_len"]
-    runs: dict[str, list[dict]] = {"trl_grpo": [], "ours_grpo": [], "trl_dpo": [], "ours_dpo": []}
+    runs: dict[str, list[dict]] = {"trl_grpo": [], "ours_grpo": [], "trl_dpo": [], "ours_dpo": [],
+                                   "trl_grpo_long": [], "ours_grpo_long": []}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), \
             contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -246,25 +252,37 @@ def bench_trl(device: torch.device, seeds: tuple[int, ...] = (0, 1, 2), grpo_ste
             runs["trl_dpo"].append(trl_dpo(model_path, pair_texts(vocab, pairs), dpo_steps, seed,
                                            folder))
             runs["ours_dpo"].append(ours_dpo(vocab, pairs, dpo_steps, seed))
+            long_path = tiny_gpt2(vocab, GRPO["prompt_len"] + LONG["completion_len"],
+                                  folder / "long", LONG["d_model"])
+            runs["trl_grpo_long"].append(trl_grpo(long_path, prompts, long_steps, seed, folder,
+                                                  LONG["completion_len"]))
+            runs["ours_grpo_long"].append(ours_grpo(vocab, ids, long_steps, seed, **LONG))
     per_step = {k: statistics.median(median_after(r["step_seconds"], warmup) for r in rows)
                 for k, rows in runs.items()}
     completions = GRPO["prompts"] * GRPO["group"]
     where = (f"TRL {trl.__version__}, transformers {transformers.__version__}; a GPT-2 and our "
-             f"CharTransformer of d_model {SIZE['d_model']}, {SIZE['layers']} layers, "
-             f"{SIZE['heads']} heads, from untrained weights; pydoc text; 1 thread; seeds "
+             f"CharTransformer of the same size, {SIZE['layers']} layers, {SIZE['heads']} heads, "
+             f"from untrained weights; pydoc text; 1 thread; seeds "
              f"{', '.join(map(str, seeds))}; medians of step times after {warmup} warm-up steps")
+
+    def grpo_row(key: str, length: int, steps: int, d_model: int) -> dict:
+        return {
+            "label": "grpo" if key == "grpo" else f"grpo, {length} characters, d_model {d_model}",
+            "setting": f"grpo: {GRPO['prompts']} prompts x {GRPO['group']} completions of "
+                       f"{length} characters per step, one pass, {steps} steps, d_model "
+                       f"{d_model}; " + where,
+            "peer": f"TRL {trl.__version__} GRPOTrainer",
+            "trl_completions_per_sec": completions / per_step[f"trl_{key}"],
+            "gallery_completions_per_sec": completions / per_step[f"ours_{key}"],
+            "speed_gallery_over_trl": per_step[f"trl_{key}"] / per_step[f"ours_{key}"],
+            "trl_reward_last_5_steps": statistics.mean(r["reward"] for r in runs[f"trl_{key}"]),
+            "gallery_reward_last_5_steps": statistics.mean(r["reward"]
+                                                           for r in runs[f"ours_{key}"])}
+
     return [
-        {"setting": f"grpo: {GRPO['prompts']} prompts x {GRPO['group']} completions of "
-                    f"{GRPO['completion_len']} characters per step, one pass, {grpo_steps} steps; "
-                    + where,
-         "peer": f"TRL {trl.__version__} GRPOTrainer",
-         "trl_completions_per_sec": completions / per_step["trl_grpo"],
-         "gallery_completions_per_sec": completions / per_step["ours_grpo"],
-         "speed_gallery_over_trl": per_step["trl_grpo"] / per_step["ours_grpo"],
-         "trl_reward_last_5_steps": statistics.mean(r["reward"] for r in runs["trl_grpo"]),
-         "gallery_reward_last_5_steps": statistics.mean(r["reward"] for r in runs["ours_grpo"])},
+        grpo_row("grpo", GRPO["completion_len"], grpo_steps, SIZE["d_model"]),
         {"setting": f"dpo: {DPO['batch_size']} pairs per step, the reference per batch, "
-                    f"{dpo_steps} steps; " + where,
+                    f"{dpo_steps} steps, d_model {SIZE['d_model']}; " + where,
          "peer": f"TRL {trl.__version__} DPOTrainer",
          "trl_pairs_per_sec": DPO["batch_size"] / per_step["trl_dpo"],
          "gallery_pairs_per_sec": DPO["batch_size"] / per_step["ours_dpo"],
@@ -272,4 +290,5 @@ def bench_trl(device: torch.device, seeds: tuple[int, ...] = (0, 1, 2), grpo_ste
          "trl_accuracy_last_5_steps": statistics.mean(r["accuracy"] for r in runs["trl_dpo"]),
          "gallery_accuracy_last_5_steps": statistics.mean(r["accuracy"]
                                                           for r in runs["ours_dpo"])},
+        grpo_row("grpo_long", LONG["completion_len"], long_steps, LONG["d_model"]),
     ]
