@@ -35,14 +35,17 @@ class CausalSelfAttention(nn.Module):
         n, t, d = x.shape
         q, k, v = (part.view(n, t, self.heads, d // self.heads).transpose(1, 2) for part in
                    F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1))
-        first = cache is None or "k" not in cache
+        start = cache["length"] if cache is not None else 0
         if cache is not None:  # the keys and values of every earlier position, then these
-            if not first:
-                if t > 1:
-                    raise ValueError("a cached forward takes one new character at a time")
-                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
-            cache["k"], cache["v"] = k, v
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=first and t > 1,
+            if start and t > 1:
+                raise ValueError("a cached forward takes one new character at a time")
+            if "k" not in cache:  # room for the whole context, written in place as it grows
+                cache["k"], cache["v"] = (k.new_empty(n, self.heads, cache["size"], d // self.heads)
+                                          for _ in range(2))
+            cache["k"][:, :, start:start + t], cache["v"][:, :, start:start + t] = k, v
+            cache["length"] = start + t
+            k, v = cache["k"][:, :, :start + t], cache["v"][:, :, :start + t]
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=start == 0 and t > 1,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(y.transpose(1, 2).reshape(n, t, d))
 
@@ -80,11 +83,11 @@ class CharTransformer(nn.Module):
         self.norm, self.head = nn.LayerNorm(d_model), nn.Linear(d_model, vocab)
 
     def new_cache(self) -> list[dict]:
-        return [{} for _ in self.blocks["layers"]]
+        return [{"length": 0, "size": self.position.num_embeddings} for _ in self.blocks["layers"]]
 
     def forward(self, ids: torch.Tensor, cache: list[dict] | None = None) -> torch.Tensor:
         """(N, T) -> logits (N, T, vocab); with a cache, T new characters after those it holds."""
-        start = cache[0]["k"].shape[2] if cache and "k" in cache[0] else 0
+        start = cache[0]["length"] if cache else 0
         h = self.embed(ids) + self.position(torch.arange(start, start + ids.shape[1],
                                                          device=ids.device))
         for layer, kept in zip(self.blocks["layers"], cache or [None] * len(self.blocks["layers"])):
