@@ -3,6 +3,7 @@ real process."""
 
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -153,9 +154,11 @@ def check_step(mistake: str) -> None:
         codebook_loss.backward()
 
 
+@pytest.mark.slow
 def test_codebook_on_st_at_the_defaults_moves_its_codebook_only_by_revival(tmp_path):
     """What the mistake's words say of the defaults (revival on): no gradient reaches the
-    codebook, so only revival moves it. Seed 3 revives most of the codes here."""
+    codebook, so only revival moves it. A whole default run (1,000 steps: codes die only late),
+    so it runs with the learning gates (marker slow)."""
     summary = vq.train(compose("vqvae", ["mistake=codebook_on_st", "seed=3", "device=cpu",
                                          f"out_dir={tmp_path}"]))
     assert summary["codes_revived"] > 0 and not summary["codebook_unchanged"]
