@@ -34,13 +34,6 @@ def capture(objects: dict[str, Any]) -> dict[str, Any]:
             for name, obj in objects.items()}
 
 
-# what a run may change between a checkpoint and its resumption: none of it sets a tensor's shape
-RUN_KEYS = {"steps", "out_dir", "resume", "overwrite", "device", "threads", "progress",
-            "tensorboard", "seed", "mistake", "deterministic", "log_every", "eval_every",
-            "ckpt_every", "stop_when_solved", "pretrain_dir", "checkpoint_dir", "data.root",
-            "data.path"}
-
-
 # what a resume may change, recorded in its summary: keys that extend the run (steps) or only
 # observe it, or say where things are; every other key changes what the run is, and a resume that
 # asks for another value of one is refused (docs/faults.md)
@@ -48,6 +41,8 @@ MAY_CHANGE_ON_RESUME = {"steps", "out_dir", "resume", "overwrite", "device", "th
                         "progress", "tensorboard", "log_every", "eval_every", "ckpt_every",
                         "stop_when_solved", "deterministic", "pretrain_dir", "checkpoint_dir",
                         "teacher_dir", "data.root", "data.path", "backbone.checkpoint_dir"}
+# none of these sets a tensor's shape: a checkpoint that does not fit names the other keys
+RUN_KEYS = MAY_CHANGE_ON_RESUME | {"seed", "mistake"}
 
 
 def resume_changes(state: dict[str, Any], config: Any, path: Path | str, steps: int,
