@@ -59,7 +59,6 @@ from gallery.core.errors import ConfigError
 from gallery.core.loop import Counters, Loop
 from gallery.core.probes import Probe
 from gallery.core.registry import (
-    Cost,
     Criterion,
     Example,
     Gate,
@@ -68,6 +67,7 @@ from gallery.core.registry import (
     Panel,
     Runs,
     avg,
+    cost_of,
     each,
     tour_budgets,
 )
@@ -372,9 +372,10 @@ def measured(gate: dict, bench: dict) -> Measured:
          f"loss {loss['clip_scaled']:.2f} vs {loss['none']:.2f}"),
         Panel("validation loss, autocast with a GradScaler", loss["none"], loss["clip_scaled"],
               "clip_scaled"),
-        Cost("sync_every_micro_batch", avg(runs["none 2 processes"], "steps_per_sec")
-             / avg(runs["sync_every_micro_batch 2 processes"], "steps_per_sec"), None,
-             "scripts/gates.py accumulate, 2 gloo processes on this CPU, seed 0"))
+        cost_of("sync_every_micro_batch", runs["none 2 processes"],
+                runs["sync_every_micro_batch 2 processes"],
+                "scripts/gates.py accumulate, 2 gloo processes on this CPU, seed 0",
+                "steps_per_sec"))
 
 
 def gate_figure(rows: dict, first: dict, fig) -> None:
@@ -461,7 +462,7 @@ EXAMPLE = Example(
               **{f"{m} 2 processes": Runs(m, (0,), SHORT, processes=2)
                  for m in ("none", "sync_every_micro_batch", "no_sync_backward_only")}},
         keys=("grad_rel_error", "optimizer_grad_norm", "val_loss", "allreduces_per_step",
-              "steps_per_sec", "wall_seconds"),
+              "steps_per_sec"),
         criteria=(
             Criterion("the pattern's accumulated gradient equals the full batch's (relative error "
                       "<= 1e-5) on 1 and 2 processes, with 1 all-reduce per step on 2",

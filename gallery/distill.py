@@ -60,7 +60,6 @@ from gallery.core.config import (
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe, state_hash
 from gallery.core.registry import (
-    Cost,
     Criterion,
     Example,
     Gate,
@@ -69,6 +68,7 @@ from gallery.core.registry import (
     Panel,
     Runs,
     avg,
+    cost_of,
     each,
     tour_budgets,
 )
@@ -335,10 +335,8 @@ def measured(gate: dict, bench: dict) -> Measured:
          f"{avg(runs['teacher_in_optimizer'], 'teacher_accuracy'):.1%}, the student "
          f"{drifted:.1%}"),
         Panel("student's held-out accuracy", pattern, drifted, "teacher_in_optimizer"),
-        Cost("teacher_with_grad", avg(runs["none"], "steps_per_sec")
-             / avg(runs["teacher_with_grad"], "steps_per_sec"),
-             avg(runs["teacher_with_grad"], "step_saved_bytes")
-             / avg(runs["none"], "step_saved_bytes"), "scripts/gates.py distill, seeds 0-2"))
+        cost_of("teacher_with_grad", runs["none"], runs["teacher_with_grad"],
+                "scripts/gates.py distill, seeds 0-2", "steps_per_sec", "step_saved_bytes"))
 
 
 QUICK = ["steps=150", "eval_every=75", "log_every=75", "teacher_steps=300"]
@@ -388,8 +386,7 @@ EXAMPLE = Example(
         runs={"none": Runs(), "student alone": Runs(overrides=("alpha=0",)),
               **{m: Runs(m) for m in BY_MISTAKE if m != "none"}},
         keys=("student_accuracy", "teacher_accuracy_at_start", "teacher_accuracy",
-              "teacher_changed", "teacher_has_grad", "step_saved_bytes", "steps_per_sec",
-              "wall_seconds"),
+              "teacher_changed", "teacher_has_grad", "step_saved_bytes", "steps_per_sec"),
         criteria=(
             Criterion("the distilled student beats the student alone (alpha=0) by at least 5 "
                       "points on every seed, and leaves its teacher unchanged with no grad",

@@ -59,7 +59,6 @@ from gallery.core.errors import ConfigError
 from gallery.core.loop import Loop
 from gallery.core.probes import Probe
 from gallery.core.registry import (
-    Cost,
     Criterion,
     Example,
     Gate,
@@ -68,6 +67,7 @@ from gallery.core.registry import (
     Panel,
     Runs,
     avg,
+    cost_of,
     each,
     tour_budgets,
 )
@@ -376,14 +376,11 @@ def measured(gate: dict, bench: dict) -> Measured:
         (f"reward {start:.2f} -> {end:.2f}, held-out preference accuracy "
          f"{avg(runs['none'], 'held_out_accuracy'):.0%}, exact KL {kl['none']:.2f} nats/char",
          f"reference_is_policy: held-out loss {avg(same, 'held_out_loss'):.3f}, accuracy "
-         f"{avg(same, 'held_out_accuracy'):.0%}, "
-         f"KL {kl['reference_is_policy']:.2f}"),
+         f"{avg(same, 'held_out_accuracy'):.0%}, KL {kl['reference_is_policy']:.2f}"),
         Panel("exact KL to the pretrained model", kl["none"], kl["reference_is_policy"],
               "reference_is_policy"),
-        Cost("reference_with_grad", avg(runs["none"], "steps_per_sec")
-             / avg(runs["reference_with_grad"], "steps_per_sec"),
-             avg(runs["reference_with_grad"], "step_saved_bytes")
-             / avg(runs["none"], "step_saved_bytes"), "scripts/gates.py dpo, seeds 0-2"))
+        cost_of("reference_with_grad", runs["none"], runs["reference_with_grad"],
+                "scripts/gates.py dpo, seeds 0-2", "steps_per_sec", "step_saved_bytes"))
 
 
 QUICK = ["steps=12", "eval_every=12", "log_every=6", "pretrain_steps=100", "pairs=96",
@@ -437,7 +434,7 @@ EXAMPLE = Example(
         runs={m: Runs(m) for m in BY_MISTAKE},
         keys=("reward_at_start", "reward", "held_out_accuracy", "held_out_loss", "exact_kl",
               "length_at_start", "length", "final_loss", "pairs", "reference_noise",
-              "reference_has_grad", "step_saved_bytes", "steps_per_sec", "wall_seconds"),
+              "reference_has_grad", "step_saved_bytes", "steps_per_sec"),
         criteria=(
             Criterion("the pattern's reward rises by >= 0.15 over the pretrained model's, its "
                       "held-out preference accuracy reaches 70% with an exact KL <= 2 nats per "

@@ -371,8 +371,7 @@ EXAMPLE = Example(
               "target_grad 10k": Runs("target_grad", (0,), ("stop_when_solved=false",
                                                             "steps=10000")),
               "no_target 20k": Runs("no_target", (0,), ("steps=20000",))},
-        keys=("first_solved_step", "eval_return_mean", "target_grad_seen", "env_steps_per_sec",
-              "wall_seconds"),
+        keys=("first_solved_step", "eval_return_mean", "target_grad_seen", "env_steps_per_sec"),
         criteria=(
             Criterion("solved (greedy eval mean >= 475) within 50k env steps, ending at >= 475, "
                       "with no .grad ever in the target network", ("none",),

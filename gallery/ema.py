@@ -313,7 +313,7 @@ EXAMPLE = Example(
               "ema_with_grad": Runs("ema_with_grad", overrides=SHORT),
               "none 300 steps": Runs(overrides=SHORT)},
         keys=("ema_accuracy", "student_accuracy", "teacher_graph_nodes", "teacher_has_grad",
-              "step_saved_bytes", "steps_per_sec", "wall_seconds"),
+              "step_saved_bytes", "steps_per_sec"),
         criteria=(
             Criterion("the EMA teacher's held-out accuracy is at least 90% and at least the "
                       "student's less 2 points (7 of 359 images), with no graph and no .grad",

@@ -423,7 +423,7 @@ EXAMPLE = Example(
         keys=("val_accuracy", "val_loss", "best_val_loss", "best_step", "train_loss",
               "val_accuracy_batch4", "eval_held_bytes_half", "eval_held_bytes_all",
               "eval_graph_nodes_all", "eval_ms", "eval_repeat_gap", "eval_changed_state",
-              "trained_in_eval_mode", "evaluations", "steps_per_sec", "wall_seconds"),
+              "trained_in_eval_mode", "evaluations", "steps_per_sec"),
         criteria=(
             Criterion("the pattern reaches 88% validation accuracy and overfits (final val loss "
                       ">= 1.2x its best)", ("none",), each(lambda r: r["val_accuracy"] >= 0.88

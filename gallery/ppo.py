@@ -444,7 +444,7 @@ EXAMPLE = Example(
               "truncation_as_terminal time_limit=100": Runs("truncation_as_terminal",
                                                             overrides=tuple(TIME_LIMIT_100))},
         keys=("first_solved_step", "eval_return_mean", "value_bias", "value_abs_error",
-              "env_steps_per_sec", "wall_seconds"),
+              "env_steps_per_sec"),
         criteria=(
             Criterion("solved (greedy eval mean >= 475) by 100k env steps, ending at >= 475",
                       ("none",), each(lambda r: r["first_solved_step"] is not None

@@ -433,7 +433,7 @@ EXAMPLE = Example(
               "actor_updates_critic": Runs("actor_updates_critic", (0,)),
               "alpha_no_detach": Runs("alpha_no_detach", (0,))},
         keys=("eval_return_mean", "alpha", "target_grad_seen", "saved_bytes_per_update",
-              "env_steps_per_sec", "wall_seconds"),
+              "env_steps_per_sec"),
         derive=lambda s: {"final_entropy": s["evals"][-1]["entropy"]},
         criteria=(
             Criterion("mean eval return >= -200 at 20k env steps, with no .grad ever in the "

@@ -377,7 +377,7 @@ EXAMPLE = Example(
               "none projector_bn=true": Runs(seeds=(0,), overrides=PROJECTOR_BN),
               "no_stop_grad projector_bn=true": Runs("no_stop_grad", (0,), PROJECTOR_BN)},
         keys=("loss", "output_std_sqrt_d", "knn_acc", "knn_random_encoder", "knn_raw_pixels",
-              "target_branch_grad_share", "wall_seconds"),
+              "target_branch_grad_share"),
         criteria=(
             Criterion("the pattern keeps its output spread (std >= 0.5/sqrt(d)) and beats the "
                       "random encoder's kNN accuracy by >= 0.02", ("none",), each(

@@ -54,7 +54,6 @@ from gallery.core.errors import ConfigError
 from gallery.core.loop import Counters, Loop
 from gallery.core.probes import Probe, state_hash
 from gallery.core.registry import (
-    Cost,
     Criterion,
     Example,
     Gate,
@@ -63,6 +62,7 @@ from gallery.core.registry import (
     Panel,
     Runs,
     avg,
+    cost_of,
     each,
 )
 from gallery.core.setup import prepare
@@ -361,9 +361,8 @@ def measured(gate: dict, bench: dict) -> Measured:
          "moves"),
         Panel("held-out reconstruction MSE", mse["none"], mse["no_straight_through"],
               "no_straight_through"),
-        Cost("no_straight_through", avg(runs["none"], "steps_per_sec")
-             / avg(runs["no_straight_through"], "steps_per_sec"), None,
-             "time: scripts/gates.py vqvae, seeds 0-2, the same steps each"))
+        cost_of("no_straight_through", runs["none"], runs["no_straight_through"],
+                "time: scripts/gates.py vqvae, seeds 0-2, the same steps each", "steps_per_sec"))
 
 
 def draw_usage_by_size(runs: dict, first: dict, fig) -> None:
@@ -446,7 +445,7 @@ EXAMPLE = Example(
         runs={"none": Runs(), **{m: Runs(m, overrides=NO_REVIVAL) for m in
                                  ("no_straight_through", "codebook_on_st", "no_sg_codebook")}},
         keys=("recon_mse", "recon_mse_at_start", "perplexity", "codes_used", "codebook_unchanged",
-              "codebook_moved", "encoder_output_rms", "steps_per_sec", "wall_seconds"),
+              "codebook_moved", "encoder_output_rms", "steps_per_sec"),
         criteria=(
             Criterion("the pattern's held-out reconstruction MSE is at least 30% below "
                       "no_straight_through's on the same seed, using at least half of the K codes",

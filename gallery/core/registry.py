@@ -133,7 +133,7 @@ class Gate:
     function returns."""
     target: str  # what it runs, in words; the criteria's sentences follow it
     runs: dict[str, Runs] = field(default_factory=dict)
-    keys: tuple[str, ...] = ()  # what a row keeps of a run's summary
+    keys: tuple[str, ...] = ()  # what a row keeps of a run's summary, beside its wall time
     criteria: tuple[Criterion, ...] = ()
     derive: Derive | None = None  # more columns for a row, from a summary
     # The tour figure drawn from the first seed of these groups, and its title (scripts/gates.py
@@ -148,6 +148,8 @@ class Gate:
 
     def __post_init__(self) -> None:
         where = f"the gate '{self.target}'"
+        if isinstance(self.keys, str):  # ("key") is a string, read one character at a time
+            raise TypeError(f"{where}: keys=({self.keys!r}) is a string; write ({self.keys!r},)")
         require_callable_as(where, "derive", self.derive, Derive)
         require_callable_as(where, "rows_figure", self.rows_figure, RowsFigure)
         if not self.measure:  # a measure's groups are known only once it runs
@@ -222,6 +224,15 @@ def tour_budgets(mistakes: Iterable[str], quick: Sequence[str], **needs: Sequenc
 def avg(rows: list[dict], key: str) -> float:
     """The mean of one column over a gate's rows (its seeds)."""
     return mean(row[key] for row in rows)
+
+
+def cost_of(mistake: str, pattern: list[dict], rows: list[dict], source: str,
+            rate: str | None = None, held: str | None = None) -> Cost:
+    """What a mistake costs from a gate's rows (the pattern's group and the mistake's): how many
+    times slower it runs (the pattern's `rate` over its own) and how many times the bytes it holds
+    (its `held` over the pattern's); None where the key is not given."""
+    return Cost(mistake, avg(pattern, rate) / avg(rows, rate) if rate else None,
+                avg(rows, held) / avg(pattern, held) if held else None, source)
 
 
 def span(values: list[float], fmt: str = "{:,.0f}") -> str:

@@ -69,7 +69,7 @@ def run_groups(name: str, example: Example, gate: Gate, groups: dict[str, Runs],
             out = tmp / name / folder(label) / str(seed)
             summary = (run(example.name, *overrides, f"out_dir={out}") if group.processes == 1
                        else torchrun(example.name, group.processes, out, *overrides))
-            row = {key: summary.get(key) for key in gate.keys}
+            row = {key: summary.get(key) for key in (*gate.keys, "wall_seconds")}
             if gate.derive is not None:
                 row.update(gate.derive(summary))
             rows.setdefault(label, []).append(row)
