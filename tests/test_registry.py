@@ -240,3 +240,25 @@ def assert_declaration_holds(example: Example, summary: dict, tmp_path) -> None:
     fig = plots.pyplot().figure(figsize=example.figure_size)
     example.figure({m: summary for m in ("none", *example.mistakes)}, fig)
     plots.save(fig, tmp_path / "tour.png")
+
+
+def test_the_median_declaration_is_no_longer_than_the_lesson():
+    """What the tour, `show`, the pages and the gates read of an example (from its "# --- what
+    the tour ..." section to the end of its file) stays no longer, in the median example, than
+    what a reader copies and compares: its pattern and its mistakes sections together."""
+    from statistics import median
+
+    def section_lines(lines: list[str], starts: str) -> int:
+        heads = [i for i, line in enumerate(lines) if line.startswith("# --- ")] + [len(lines)]
+        first = next(i for i in heads if i < len(lines) and lines[i].startswith(starts))
+        return heads[heads.index(first) + 1] - first
+
+    ratios = {}
+    for name in EXAMPLES:
+        lines = (ROOT / "gallery" / f"{name}.py").read_text().splitlines()
+        tour = next(i for i, line in enumerate(lines)
+                    if line.startswith("# --- what the tour"))
+        lesson = section_lines(lines, "# --- the pattern") + section_lines(lines,
+                                                                          "# --- the mistakes")
+        ratios[name] = (len(lines) - tour) / lesson
+    assert median(ratios.values()) <= 1.0, sorted(ratios.items(), key=lambda item: item[1])
