@@ -197,7 +197,8 @@ def gae(batch, next_value, gamma, lam):
 def ppo_loss(agent, obs, actions, old_logprobs, advantages, returns, clip):
     """The clipped surrogate, the value loss and the entropy for one minibatch."""
     logprob, entropy, value = agent.evaluate(obs, actions)
-    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    # a minibatch of one has no spread (its std is NaN): its advantage normalises to 0
+    advantages = (advantages - advantages.mean()) / (advantages.std().nan_to_num() + 1e-8)
     ratio = (logprob - old_logprobs).exp()  # PATTERN: the stored log-probs are constants
     clipped = ratio.clamp(1 - clip, 1 + clip)
     policy_loss = -torch.min(ratio * advantages, clipped * advantages).mean()

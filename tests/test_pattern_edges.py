@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gallery import accumulate, distill, dpo, grpo, lm, simsiam, vqvae
+from gallery import accumulate, distill, dpo, grpo, lm, ppo, simsiam, vqvae
 
 EDGES = settings(max_examples=25, deadline=None, derandomize=True)
 
@@ -101,3 +101,24 @@ def test_simsiam_loss_and_quantize_on_a_batch_of_one_and_up(batch):
     (z_q.sum() + codebook_loss + commitment_loss).backward()
     assert codes.shape == (batch, 2, 2) and torch.isfinite(z.grad).all()
     assert torch.isfinite(codebook.grad).all()
+
+
+@EDGES
+@given(batch=st.integers(1, 6))
+def test_ppo_loss_on_a_minibatch_of_one_and_up(batch):
+    """A minibatch of one has no spread to normalise its advantage by: the loss stays finite (the
+    normalised advantage is 0), where the std of one value would be NaN."""
+    import warnings
+
+    torch.manual_seed(batch)
+    agent = ppo.Agent(4, 2, 8)
+    obs, actions = torch.randn(batch, 4), torch.randint(2, (batch,))
+    with torch.no_grad():
+        old = agent.evaluate(obs, actions)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch says the std of one has no dof
+        losses = ppo.ppo_loss(agent, obs, actions, old, torch.randn(batch), torch.randn(batch),
+                              0.2)
+    sum(losses).backward()
+    assert all(torch.isfinite(x) for x in losses)
+    assert all(torch.isfinite(p.grad).all() for p in agent.parameters() if p.grad is not None)
