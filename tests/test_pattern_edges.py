@@ -1,5 +1,5 @@
 """The edges a reader's own loop gives a pasted loss: no labelled example, a completion of length
-0, a micro-batch of one token, a batch of one. Drawn by Hypothesis over shapes and masks: the
+0, a micro-batch of one token, a batch or minibatch of one. Drawn by Hypothesis over shapes and masks: the
 loss is finite, and its gradient reaches what the pattern says it reaches, and only that."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gallery import accumulate, distill, dpo, grpo, lm, ppo, simsiam, vqvae
+from gallery import a2c, accumulate, distill, dpo, gan, grpo, lm, ppo, simsiam, vqvae
 
 EDGES = settings(max_examples=25, deadline=None, derandomize=True)
 
@@ -122,3 +122,25 @@ def test_ppo_loss_on_a_minibatch_of_one_and_up(batch):
     sum(losses).backward()
     assert all(torch.isfinite(x) for x in losses)
     assert all(torch.isfinite(p.grad).all() for p in agent.parameters() if p.grad is not None)
+
+
+@EDGES
+@given(steps=st.integers(1, 4), envs=st.integers(1, 3), r1_gamma=st.sampled_from([0.0, 1.0]))
+def test_a2c_losses_and_the_gan_steps_on_a_batch_of_one_and_up(steps, envs, r1_gamma):
+    torch.manual_seed(steps * 3 + envs)
+    agent = a2c.Agent(4, 2, 8)
+    obs = torch.randn(steps, envs, 4)
+    dist = agent.policy(obs)
+    actions = dist.sample()
+    batch = {"logprobs": dist.log_prob(actions), "entropies": dist.entropy(),
+             "values": agent.value(obs)}
+    policy_loss, value_loss, entropy = a2c.a2c_losses(batch, torch.randn(steps, envs))
+    (policy_loss + value_loss - 0.01 * entropy).backward()
+    assert all(torch.isfinite(x) for x in (policy_loss, value_loss, entropy))
+    g, d = torch.nn.Linear(3, 2), torch.nn.Linear(2, 1)
+    opt_g, opt_d = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+    fake = g(torch.randn(envs, 3))  # a batch of one when envs is 1
+    d_loss = gan.discriminator_step(d, opt_d, torch.randn(envs, 2), fake, r1_gamma)
+    assert torch.isfinite(d_loss) and all(p.grad is None for p in g.parameters())
+    g_loss = gan.generator_step(d, opt_g, fake)
+    assert torch.isfinite(g_loss) and all(torch.isfinite(p.grad).all() for p in g.parameters())
