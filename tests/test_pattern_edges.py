@@ -1,6 +1,7 @@
 """The edges a reader's own loop gives a pasted loss: no labelled example, a completion of length
-0, a micro-batch of one token, a batch or minibatch of one. Drawn by Hypothesis over shapes and masks: the
-loss is finite, and its gradient reaches what the pattern says it reaches, and only that."""
+0, a micro-batch of one token, a batch or minibatch of one. Drawn by Hypothesis over shapes and
+masks: the loss is finite, and its gradient reaches what the pattern says it reaches, and only
+that."""
 
 from __future__ import annotations
 
