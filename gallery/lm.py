@@ -110,15 +110,6 @@ def sample(model, seq, length):
     return seq
 
 
-def sample_uncached(model, seq, length):
-    """`sample` without the cache: the whole prefix through the model for every new character.
-    What the cached sampler must draw exactly (tests/test_lm.py)."""
-    for _ in range(length):
-        probs = F.softmax(model(seq)[:, -1], dim=-1)
-        seq = torch.cat([seq, torch.multinomial(probs, 1)], 1)
-    return seq
-
-
 def completion_logprobs(model, seq, prompt_len):
     """log pi(character | prefix) of every completion character: (N, completion length)."""
     logits = model(seq[:, :-1])[:, prompt_len - 1:]

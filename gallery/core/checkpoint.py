@@ -45,8 +45,8 @@ MAY_CHANGE_ON_RESUME = {"steps", "out_dir", "resume", "overwrite", "device", "th
 RUN_KEYS = MAY_CHANGE_ON_RESUME | {"seed", "mistake"}
 
 
-def resume_changes(state: dict[str, Any], config: Any, path: Path | str, steps: int,
-                   step: int) -> dict[str, list[Any]]:
+def resume_changes(state: dict[str, Any], config: Any, path: Path | str,
+                   steps: int) -> dict[str, list[Any]]:
     """What this resume changes of the run whose checkpoint `state` is: {key: [there, here]} for
     the keys that may change. Refuses, in one line naming each key and both values, a change to a
     key that changes what the run is (the mistake, the model's shape, the data, the optimizer's
@@ -59,6 +59,7 @@ def resume_changes(state: dict[str, Any], config: Any, path: Path | str, steps: 
         raise ConfigError(f"resume: {path} is of a run made with other settings "
                           f"({'; '.join(fixed)}): a resume goes on with the run's own; leave them "
                           f"out, or start a new run in another out_dir")
+    step = state["step"]
     if step >= steps:
         raise ConfigError(f"resume: {path} is at step {step:,}, and steps={steps:,} leaves "
                           f"nothing to train; ask for steps greater than {step:,} to go on")

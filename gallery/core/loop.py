@@ -107,7 +107,7 @@ class Loop:
             check_fits(self.stateful, state, source, self.name, cfg)
             finished = (Path(out_dir) / "summary.json").is_file() and cfg.resume in (True, "true")
             if not finished or state["step"] < self.total:  # a finished run: its summary, below
-                self.resumed_with = resume_changes(state, cfg, source, self.total, state["step"])
+                self.resumed_with = resume_changes(state, cfg, source, self.total)
         with self._exit as stack:  # a failure while entering closes what was opened
             run = Run(out_dir, cfg, cfg.tensorboard, cfg.resume,
                       cfg.overwrite)
