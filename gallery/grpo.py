@@ -1,16 +1,17 @@
 """GRPO on a tiny language model: the rollout, its old log-probs and the reference model are data.
 
-    seq = sample_group(policy, prompts, group, length)          # under no_grad
+    seq, old = sample_group(policy, prompts, group, length)     # under no_grad, ONCE per rollout:
+                                                                # old = each character's log-prob
     advantages = group_advantages(reward(seq), group)           # a constant per completion
-    old = completion_logprobs(policy, seq)                      # under no_grad, ONCE per rollout
     ref = completion_logprobs(reference, seq)                   # a frozen copy, under no_grad
     for _ in range(passes):                                     # several steps on one rollout
         logp = completion_logprobs(policy, seq)
         ratio = exp(logp - old)                                 # 1 in the first pass, then moves
         loss = -min(ratio * A, clip(ratio) * A) + beta * k3(ref, logp)
 
-In the first pass the ratio is exactly 1 and its gradient the policy gradient itself, not a ratio
-"stuck at 1" (`python -m gallery lessons`). Later passes move the policy and the clip bites.
+In the first pass the ratio is 1 (to float rounding: `old` is what the sampler drew with) and its
+gradient the policy gradient itself, not a ratio "stuck at 1" (`python -m gallery lessons`). Later
+passes move the policy and the clip bites.
 
 The task: a character transformer pretrained on CPython's reference docs (tbptt's text), then
 trained by GRPO to keep its completions to a character set (the vowels), which it scores poorly on.
@@ -73,7 +74,7 @@ from gallery.data.text import (
     text_windows,
     validate_char_model,
 )
-from gallery.lm import completion_logprobs, pretrained, sample
+from gallery.lm import completion_logprobs, pretrained, sample_with_logprobs
 
 # --- config schema -----------------------------------------------------------------------------
 
@@ -115,8 +116,9 @@ def validate(cfg: GrpoConfig) -> None:
 
 @torch.no_grad()  # PATTERN: sampling builds no graph
 def sample_group(policy, prompts, group, length):
-    """Each prompt repeated `group` times and continued by `length` sampled characters."""
-    return sample(policy, prompts.repeat_interleave(group, 0), length)
+    """Each prompt repeated `group` times and continued by `length` sampled characters, and the
+    log-prob the policy drew each character with: the old log-probs, (N, length)."""
+    return sample_with_logprobs(policy, prompts.repeat_interleave(group, 0), length)
 
 
 def reward(seq, prompt_len, targets):
@@ -139,10 +141,9 @@ def rollout(policy, reference, prompts, group, length, targets):
     """A group of completions per prompt, their rewards and group-relative advantages, and the
     policy's and the reference's log-probs of them: all data, computed once per rollout."""
     prompt_len = prompts.shape[1]
-    seq = sample_group(policy, prompts, group, length)
+    seq, old = sample_group(policy, prompts, group, length)  # PATTERN: the old log-probs, once
     rewards = reward(seq, prompt_len, targets)
-    with torch.no_grad():  # PATTERN: the passes all compare against these
-        old = completion_logprobs(policy, seq, prompt_len)  # PATTERN: the old log-probs, once
+    with torch.no_grad():  # PATTERN: the reference's log-probs are data too
         ref = completion_logprobs(reference, seq, prompt_len)
     return {"seq": seq, "rewards": rewards, "advantages": group_advantages(rewards, group),
             "old_logprobs": old, "ref_logprobs": ref}
@@ -220,10 +221,8 @@ def make_reference_with_grad(policy):
 
 def rollout_reference_with_grad(policy, reference, prompts, group, length, targets):
     prompt_len = prompts.shape[1]
-    seq = sample_group(policy, prompts, group, length)
+    seq, old = sample_group(policy, prompts, group, length)
     rewards = reward(seq, prompt_len, targets)
-    with torch.no_grad():
-        old = completion_logprobs(policy, seq, prompt_len)
     ref = completion_logprobs(reference, seq, prompt_len)  # MISTAKE: outside no_grad: a graph
     return {"seq": seq, "rewards": rewards, "advantages": group_advantages(rewards, group),
             "old_logprobs": old, "ref_logprobs": ref}
@@ -281,7 +280,7 @@ KNOWN_ERRORS = {
 def evaluate(policy, original, prompts, cfg, targets) -> dict:
     """The mean reward of sampled completions, and the exact KL(policy || pretrained model) over
     the whole vocabulary at the sampled positions, per character."""
-    seq = sample_group(policy, prompts, 1, cfg.completion_len)
+    seq, _ = sample_group(policy, prompts, 1, cfg.completion_len)
     logp = torch.log_softmax(policy(seq[:, :-1])[:, cfg.prompt_len - 1:], -1)
     logq = torch.log_softmax(original(seq[:, :-1])[:, cfg.prompt_len - 1:], -1)
     kl = (logp.exp() * (logp - logq)).sum(-1).mean()

@@ -16,8 +16,7 @@ def sample_uncached(model, seq, length):
     """lm.sample without its cache: the whole prefix through the model for every new character,
     the reference the cached sampler must match."""
     for _ in range(length):
-        probs = F.softmax(model(seq)[:, -1], dim=-1)
-        seq = torch.cat([seq, torch.multinomial(probs, 1)], 1)
+        seq = torch.cat([seq, lm.draw(model(seq)[:, -1])[0]], 1)
     return seq
 
 
@@ -35,6 +34,28 @@ def test_the_cached_sampler_draws_exactly_what_the_uncached_one_draws(seed):
         torch.manual_seed(seed)
         uncached = sample_uncached(policy, prompts, 32)
     assert torch.equal(cached, uncached)
+
+
+def test_the_sampler_gives_the_log_probs_the_full_forward_gives_its_characters():
+    """grpo's old log-probs are the ones each character was drawn with: they must be the ones the
+    policy's full forward (completion_logprobs) gives the same sequence."""
+    policy, prompts = model(seed=3), torch.randint(30, (16, 8))
+    with torch.no_grad():
+        seq, drawn = lm.sample_with_logprobs(policy, prompts, 32)
+        full = lm.completion_logprobs(policy, seq, 8)
+    assert drawn.shape == full.shape == (16, 32)
+    assert (drawn - full).abs().max() < 1e-5
+
+
+def test_a_draw_follows_the_softmax_and_never_picks_a_character_of_probability_zero():
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05, 0.0])
+    logits = probs.log().expand(100_000, -1)
+    torch.manual_seed(0)
+    chosen, logp = lm.draw(logits)
+    counts = torch.bincount(chosen.view(-1), minlength=6) / len(chosen)
+    assert counts[1] == counts[5] == 0
+    assert (counts - probs).abs().max() < 0.005  # 100,000 draws: about 3 standard errors
+    assert torch.allclose(logp.view(-1), probs.log()[chosen.view(-1)])
 
 
 def test_the_cached_forward_gives_the_full_forwards_log_probs():
