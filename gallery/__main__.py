@@ -12,7 +12,7 @@ USAGE = """usage: python -m gallery [list | show <example> | lessons [name ...] 
 
   (no command)     the examples, one line each
   list             every example with its mistake= choices and what each costs
-  show <example>   the pattern functions to copy, then each mistake as a diff against them
+  show <example>   the pattern functions to copy, then each mistake as a diff to them (the fix)
   lessons          the tutorial's claims about detaching, each run and asserted (exit 1: one failed)
   smoke            every pattern for a few steps with its probe: a CI smoke test
                    (device=cuda junit=x.xml)

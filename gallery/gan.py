@@ -404,10 +404,10 @@ def measured(gate: dict, bench: dict) -> Measured:
     row = next(r for r in bench["gan"] if r.get("data") == "digits")
     return Measured(
         (f"ring8: {ring['mean_modes']:g}/8 modes, {ring['mean_high_quality']:.0%} high quality",
-         f"shared zero_grad: {shared['mean_modes']:g}/8 modes, "
+         f"retain_graph_shared_zero_grad: {shared['mean_modes']:g}/8 modes, "
          f"{shared['mean_high_quality']:.0%} high quality"),
         Panel("modes of 8 covered (ring8)", ring["mean_modes"], shared["mean_modes"],
-              "shared zero_grad"),
+              "retain_graph_shared_zero_grad"),
         Cost("retain_graph", row["time_ratio_retain_graph_over_pattern"],
              row["retain_graph_d_step_saved_bytes"] / row["pattern_d_step_saved_bytes"],
              "scripts/bench.py gan (digits)"))
@@ -478,8 +478,9 @@ EXAMPLE = Example(
                       lambda ring, grid: covers(ring, 8, 0.96) and covers(grid, 25, 0.96)
                       and min(avg(ring, "high_quality_frac"), avg(grid, "high_quality_frac"))
                       >= 0.85),
-            Criterion("the rings of 12 and 16 modes are covered alike (>= 96% of their modes on "
-                      "average)", ("mixture12", "mixture16"),
+            Criterion("the rings of 12 and 16 modes (groups mixture12 and mixture16) are covered "
+                      "alike, >= 96% of their modes on average (no bar on quality here: "
+                      "gan_sizes sets one)", ("mixture12", "mixture16"),
                       lambda ring12, ring16: covers(ring12, 12, 0.96) and covers(ring16, 16, 0.96)),
             Criterion("retain_graph_shared_zero_grad covers fewer modes of ring8, or with fewer "
                       "sharp samples, than the pattern", ("ring8", "ring8 mistake"), lambda p, m: (

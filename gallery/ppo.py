@@ -383,7 +383,8 @@ def measured(gate: dict, bench: dict) -> Measured:
     return Measured(
         (f"CartPole solved by {span(solved)} env steps, value bias {bias:+.1f}",
          f"truncation_as_terminal: value bias {truncated:+.1f}"),
-        Panel("value bias, 100-step time limit", bias, truncated, "truncation_as_terminal"),
+        Panel("value bias, 100-step time limit", bias, truncated, "truncation_as_terminal",
+              better="nearer 0"),
         Cost("advantage_grad", avg(runs["none"], "env_steps_per_sec")
              / avg(runs["advantage_grad"], "env_steps_per_sec"),
              row["advantage_grad: saved_bytes_per_update"] / row["none: saved_bytes_per_update"],

@@ -138,7 +138,7 @@ def report(results: dict, known: dict, cfg: TourConfig, taught: dict) -> str:
             budget += f" (`{' '.join(s['overrides'])}`)" if s["overrides"] else " (defaults)"
             lines.append(f"| `{mistake}` | {budget} | {what} | {expected} | "
                          f"{headline(example, s, mistake)} |")
-        lines += ["", "The mistakes, as diffs against the pattern (`python -m gallery show "
+        lines += ["", "The mistakes, each as the diff that fixes it (`python -m gallery show "
                   f"{name}` prints the pattern functions too):", ""]
         for mistake in runs:
             for variant in example.mistakes[mistake].variants if mistake != "none" else ():

@@ -49,9 +49,11 @@ def readable(value: float, is_bytes: bool) -> str:
 
 
 def hero(path: Path) -> None:
-    """One panel per example, in a grid that reads at 900 px: the metric its `EXAMPLE.measured`
-    names, the pattern's measured value against its mistake's, from the JSON files."""
+    """One panel per example, in a grid that reads at 850 px: the metric its `EXAMPLE.measured`
+    names, the pattern's measured value (green) against its mistake's (red), and which way is
+    better (the pattern's side of the mistake)."""
     import math
+    import textwrap
 
     import tables
 
@@ -60,49 +62,57 @@ def hero(path: Path) -> None:
     panels = tables.hero_panels()
     columns = 2
     rows = math.ceil(len(panels) / columns)
-    fig = plots.pyplot().figure(figsize=(9, 1.45 * rows + 0.3))
+    fig = plots.pyplot().figure(figsize=(plots.PAGE_INCHES, 1.55 * rows + 0.4))
     for i, (name, panel) in enumerate(panels.items()):
         ax = fig.add_subplot(rows, columns, i + 1)
         values = [panel.pattern, panel.mistake]
-        ax.barh([0, 1], values, color=["tab:green", "tab:red"], height=0.6)
-        ax.set_yticks([0, 1], ["pattern", panel.mistake_label], fontsize=9)
+        ax.barh([0, 1], values, color=[plots.PATTERN_COLOUR, plots.MISTAKE_COLOURS[0]],
+                height=0.6)
         ax.invert_yaxis()
-        ax.set_title(f"{name}: {panel.metric}", fontsize=10, loc="left")
+        better = panel.better or ("higher" if panel.pattern > panel.mistake else "lower")
+        ax.set_title("\n".join(textwrap.wrap(f"{name}: {panel.metric} ({better} is better)",
+                                              52)), fontsize=9, loc="left")
         ax.axvline(0, color="black", lw=0.6)
         span = max(abs(v) for v in values) or 1.0
-        for y, value in enumerate(values):  # each value written at its bar's end: no axis needed
-            ax.text(value + (0.02 if value >= 0 else -0.02) * span, y,
-                    readable(value, "bytes" in panel.metric), va="center",
-                    ha="left" if value >= 0 else "right", fontsize=9)
+        for y, (value, who) in enumerate(zip(values, ("pattern", panel.mistake_label))):
+            # each value and whose it is, right of its bar (of the zero line for a negative one)
+            ax.text(max(value, 0) + 0.02 * span, y,
+                    f"{readable(value, 'bytes' in panel.metric)}  {who}", va="center",
+                    ha="left", fontsize=8.5)
         low, high = min(0, *values), max(0, *values)
-        ax.set_xlim(low - 0.4 * span * (low < 0), high + 0.3 * span * (high > 0))
+        ax.set_xlim(1.05 * low, high + 1.1 * span)
         ax.set_xticks([])
-        for side in ("top", "right", "bottom"):
+        ax.set_yticks([])
+        for side in ("top", "right", "bottom", "left"):  # the zero line is the one axis
             ax.spines[side].set_visible(False)
-    fig.suptitle("Each pattern next to its mistake, as measured (docs/gates.json, "
-                 "docs/bench.json)", fontsize=11)
+    fig.suptitle("Each pattern (green) next to its mistake (red), as measured", fontsize=11)
     plots.save(fig, path)
 
 
 def performance_figures(img: Path) -> None:
     """The performance page's two pictures, from docs/bench.json: the gallery against its peers
     (peers.png), and what each mistake costs (mistake_costs.png)."""
+    import math
+
     import tables
 
     from gallery.core import plots
 
     speeds, solves = tables.peer_speeds(), tables.times_to_solve()
-    fig = plots.pyplot().figure(figsize=(12, 3.6))
-    ax = fig.add_subplot(1, 2, 1)
+    fig = plots.pyplot().figure(figsize=(plots.PAGE_INCHES, 0.3 * len(speeds) + 4.6))
+    grid = fig.add_gridspec(2, 1, height_ratios=[0.3 * len(speeds) + 0.8, 3.2])
+    ax = fig.add_subplot(grid[0])
     labels = [f"{s['algorithm']} vs {s['peer']}" for s in speeds]
     ax.barh(range(len(speeds)), [s["speed"] for s in speeds],
-            color=["tab:green" if s["speed"] >= 1 else "tab:red" for s in speeds])
-    ax.set_yticks(range(len(speeds)), labels, fontsize=8)
-    ax.axvline(1.0, color="gray", ls="--", lw=1)
-    ax.set(xlabel="gallery speed / peer speed (x; > 1: the gallery is faster)",
+            color=["tab:blue" if s["speed"] >= 1 else "tab:gray" for s in speeds])
+    for y, s in enumerate(speeds):
+        ax.text(s["speed"], y, f" {s['speed']:.2f}x", va="center", fontsize=8)
+    ax.set_yticks(range(len(speeds)), labels, fontsize=9)
+    ax.axvline(1.0, color="black", ls="--", lw=1)
+    ax.set(xlabel="the gallery's speed over the peer's (> 1: the gallery is faster)",
            title="same settings, side by side")
     ax.invert_yaxis()
-    ax = fig.add_subplot(1, 2, 2)
+    ax = fig.add_subplot(grid[1])
     if solves:
         width = 0.38
         for i, (side, key) in enumerate((("the gallery", "gallery_seconds"),
@@ -115,20 +125,30 @@ def performance_figures(img: Path) -> None:
         ax.legend(fontsize=8)
     plots.save(fig, img / "peers.png")
     costs = tables.mistake_costs()
-    fig = plots.pyplot().figure(figsize=(9, 3.6))
+    fig = plots.pyplot().figure(figsize=(plots.PAGE_INCHES, 0.32 * len(costs) + 1.4))
     ax = fig.add_subplot(1, 1, 1)
     width = 0.38
-    for i, (key, label) in enumerate((("time", "time per step"),
-                                      ("bytes", "bytes held for backward"))):
+    finite = [c[k] for c in costs for k in ("time", "bytes") if c[k] not in (None, math.inf)]
+    top = max(finite) * 2
+    for i, (key, label, colour) in enumerate((("time", "time per step", "tab:red"),
+                                              ("bytes", "bytes held for backward",
+                                               "tab:orange"))):
         # from 1 (as costly as the pattern) to the ratio, so a mistake that costs less points left
-        ax.barh([j + (i - 0.5) * width for j in range(len(costs))],
-                [(c[key] or 1) - 1 for c in costs], width, left=1, label=label)
+        ys = [j + (i - 0.5) * width for j in range(len(costs))]
+        ax.barh(ys, [min(c[key] or 1, top) - 1 for c in costs], width, left=1, label=label,
+                color=colour)
+        for y, c in zip(ys, costs):
+            if c[key] is None:
+                ax.text(1.02, y, "not measured", va="center", fontsize=7, color="gray")
+            elif c[key] == math.inf:  # the pattern holds none: no ratio, the bar runs off
+                ax.text(top, y, "held where the pattern holds 0 B ", va="center", ha="right",
+                        fontsize=7, color="white")
     ax.set_yticks(range(len(costs)), [f"{c['example']}: {c['mistake']}" for c in costs],
                   fontsize=8)
     ax.set_xscale("log")
     ax.axvline(1.0, color="gray", ls="--", lw=1)
-    ax.set(xlabel="the mistake's cost over the pattern's (x, log scale; no bar: not measured)",
-           title="what each example's costliest mistake costs (sources: the performance page)")
+    ax.set(xlabel="the mistake's cost over the pattern's (x, log scale)",
+           title="what each example's costliest mistake costs")
     ax.invert_yaxis()
     ax.legend(fontsize=8)
     plots.save(fig, img / "mistake_costs.png")

@@ -60,7 +60,7 @@ def test_show_prints_the_pattern_then_each_mistake_as_a_diff():
         for key, mistake in example.mistakes.items():
             assert f"## mistake={key}: {mistake.description}" in proc.stdout
             for variant in mistake.variants:
-                assert f"+++ {variant} (mistake)" in proc.stdout
+                assert f"--- {variant} (mistake)" in proc.stdout
         assert "# MISTAKE:" in proc.stdout
 
 

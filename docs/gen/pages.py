@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import sys
+import textwrap
 from pathlib import Path
 
 import mkdocs_gen_files
@@ -16,6 +18,7 @@ from gallery import lessons
 from gallery.core.registry import examples
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import face  # noqa: E402  (docs/gen/face.py: the top of each example page)
 import tables  # noqa: E402  (docs/gen/tables.py: the headline numbers, from the JSON files)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,14 +128,24 @@ def bench_table(value) -> str:
     if not (isinstance(value, list) and all(isinstance(row, dict) for row in value)):
         return table(value)
     lines = ["| what | metric | measured |", "|---|---|---|"]
-    for i, row in enumerate(value, 1):
+    for row in value:
         name = next((k for k, v in row.items() if isinstance(v, str) and k != "skipped"), None)
-        label = f"row {i}" if name is None else row[name] if name == "setting" else \
+        label = unnamed_row(row) if name is None else row[name] if name == "setting" else \
             f"{name}: {row[name]}"
         group = rows({k: v for k, v in row.items() if k != name}, label)
         # the row's name once, on its first figure
         lines += [f"| {a if j == 0 else ''} | `{b}` | {c} |" for j, (a, b, c) in enumerate(group)]
     return "\n".join(lines)
+
+
+def unnamed_row(row: dict) -> str:
+    """What a bench row without a setting of its own holds, in words, from its keys."""
+    keys = list(row)
+    if all(": " in k for k in keys):
+        return "the same figures, by mistake"
+    if all("_over_" in k for k in keys):
+        return "ratios of the rows above"
+    return "more figures, in the setting of the rows above"
 
 
 def snippet(obj) -> str:
@@ -172,21 +185,34 @@ scripts/test.sh    # the fast tests
 """)
 
 gates = json.loads((DOCS / "gates.json").read_text())
+measured_by_example = tables.measurements()
 for name, example in examples().items():
     module = example.module
-    doc = (module.__doc__ or "").strip()
-    page = [f"# {name}: {example.pattern}", "", "```text", doc, "```", "", "## The pattern", ""]
+    lead, words, run = face.docstring_parts(module.__doc__ or "", example.mistakes)
+    figures = face.mistake_figures(example, gates.get(name, {}), measured_by_example.get(name))
+    page = [f"# {name}: {example.pattern}", "", *lead, "",
+            *face.mistakes_list(example, words, figures), *face.run_block(run), "## The pattern",
+            ""]
     for function in example.pattern_functions:
         page += [f"### `{function}`", "", snippet(getattr(module, function)), ""]
-    page += ["## The mistakes", ""]
+    page += ["## The mistakes", "", "Each as the diff that fixes it: the mistake's lines in red, "
+             "the pattern's in green.", ""]
+    shown_variants: set[str] = set()
     for key, mistake in example.mistakes.items():
+        numbers = "; ".join(figures.get(key) or [])
         page += [f"### `mistake={key}`", "", f"{mistake.description}.", "",
-                 f"**What it costs:** {mistake.consequence}.", ""]
-        for variant in mistake.variants:
-            page += ["```diff", *example.diff(variant), "```", ""]
+                 f"**What it costs:** {mistake.consequence}"
+                 + (f". **Measured:** {numbers}." if numbers else "."), ""]
+        for variant in mistake.variants:  # its own diffs; a variant shown above is named once
+            if variant not in shown_variants:
+                page += ["```diff", *example.diff(variant), "```", ""]
+        again = [f"`{v}`" for v in mistake.variants if v in shown_variants]
+        if again:
+            page += [f"With {', '.join(again)}, shown above.", ""]
+        shown_variants.update(mistake.variants)
     page += ["## Measured", ""]
     figures = sorted(p.name for p in (DOCS / "img").glob(f"{name}*.png"))
-    page += [f"![{figure}](../img/{figure}){{ width=100% }}" for figure in figures] + [""]
+    page += [f"![{figure}](../img/{figure})" for figure in figures] + [""]
     if name in gates:
         keys = example.gate.keys if example.gate else ()
         by_run = runs_table(gates[name], keys)
@@ -248,6 +274,13 @@ BENCH_TITLES = {  # each bench of scripts/bench.py, in words
 THRESHOLDS = {"CartPole-v1": "475 over 10 episodes", "Pendulum-v1": "-200 over 10 episodes"}
 
 
+def ratio_or_from_none(ratio: float | None) -> str:
+    """A cost ratio as the table says it: none measured, from none held, or times the pattern's."""
+    if ratio is None:
+        return ""
+    return "held where the pattern holds none" if ratio == float("inf") else f"{ratio:.2f}x"
+
+
 def performance_page() -> str:
     speeds, solves, costs = tables.peer_speeds(), tables.times_to_solve(), tables.mistake_costs()
     limits = tables.speed_limits()
@@ -260,20 +293,30 @@ def performance_page() -> str:
             "|---|---|---|---|"]
     page += [f"| {s['algorithm']} | {s['peer']} | {s['settings']} | {s['speed']:.2f}x |"
              for s in speeds]
+    page += ["", "The Stable-Baselines3 rows time whole processes, from start to exit (imports, "
+             "environments and the training loop), and give the median of three pairs run in "
+             "turn; the loop-only table further down times the training loop alone, so its ratios "
+             "differ from these."]
     if solves:
+        missed = [s["algorithm"] for s in solves if s["fraction"] > s["target"]]
         page += ["", "Time to solve, each side at its own settings (the gallery's defaults; RL "
-                 "Zoo's), from process start to exit, median of seeds; the goal is a third of "
-                 "SB3's time (a half for SAC):", "",
+                 "Zoo's), from process start to exit, median of seeds. The goal is the gallery in "
+                 "at most the share of SB3's time the last column names; "
+                 + (f"{' and '.join(missed)} {'misses' if len(missed) == 1 else 'miss'} it."
+                    if missed else "every algorithm meets it."), "",
                  "| algorithm | env (solved at) | the gallery: seconds | env steps | "
-                 "Stable-Baselines3: seconds | env steps | the gallery's share of SB3's time |",
-                 "|---|---|---|---|---|---|---|"]
+                 "Stable-Baselines3: seconds | env steps | the gallery's share of SB3's time "
+                 "(goal) |", "|---|---|---|---|---|---|---|"]
         page += [f"| {s['algorithm']} | {s['env_id']} ({THRESHOLDS.get(s['env_id'], '?')}) | "
                  f"{s['gallery_seconds']:.1f} | {fmt(s['gallery_env_steps'])} | "
-                 f"{s['sb3_seconds']:.1f} | {fmt(s['sb3_env_steps'])} | {s['fraction']:.2f} |"
+                 f"{s['sb3_seconds']:.1f} | {fmt(s['sb3_env_steps'])} | {s['fraction']:.2f} "
+                 f"(at most {s['target']:.2f}: "
+                 f"{'met' if s['fraction'] <= s['target'] else '**missed**'}) |"
                  for s in solves]
     if limits:
-        page += ["", "Where the limit is, at RL Zoo's settings: env steps per second over SB3's "
-                 "own `learn()`, for the gallery's `train()` and for a minimal loop of the same "
+        page += ["", "The training loop alone, at RL Zoo's settings: env steps per second inside "
+                 "the gallery's `train()` over those inside SB3's own `learn()` (start-up left "
+                 "out, unlike the whole-process ratios above), and for a minimal loop of the same "
                  "pattern functions with nothing around them (env step, forward, update). Where "
                  "the minimal loop is under 2x, the update's own arithmetic (the matmuls and "
                  "their backward, which SB3 runs too) sets the limit, not the gallery's loop.", "",
@@ -291,7 +334,7 @@ def performance_page() -> str:
              "|---|---|---|---|---|"]
     page += [f"| {c['example']} | `{c['mistake']}` | "
              f"{'' if c['time'] is None else format(c['time'], '.2f') + 'x'} | "
-             f"{'' if c['bytes'] is None else format(c['bytes'], '.2f') + 'x'} | {c['source']} |"
+             f"{ratio_or_from_none(c['bytes'])} | {c['source']} |"
              for c in costs]
     page += ["", "## Every figure", "",
              "Each bench's rows as `scripts/bench.py <bench>` wrote them, under its name.", ""]
@@ -328,11 +371,31 @@ def load_test_module(name: str):
 
 
 def failure(run) -> str:
+    """The message a mistake's check fails with, wrapped to the page's width."""
     try:
         run()
     except AssertionError as err:
-        return str(err)
+        return "\n".join(textwrap.fill(line, 96, break_on_hyphens=False)
+                         for line in str(err).splitlines())
     raise RuntimeError(f"{run.__name__} should fail its check")  # the build stops: the page lies
+
+
+def short_signature(function) -> str:
+    """The signature as the source writes it (`nn.Module`, `Collection[str]`), not with every type
+    spelled out by its module."""
+    return re.sub(r"(: |-> )'([^']*)'", r"\1\2", str(inspect.signature(function)))
+
+
+def listed(doc: str) -> list[str]:
+    """A docstring's lines, with a blank line before each list that follows a sentence, so that
+    Markdown renders it as a list; a bullet's continuation lines are indented under it."""
+    lines: list[str] = []
+    for line in doc.splitlines():
+        if line.startswith("- ") and lines and lines[-1].strip() and not lines[-1].startswith(
+                ("- ", "  ")):
+            lines.append("")
+        lines.append(line)
+    return lines
 
 
 CHECK_INTRO = """# Check your own training step
@@ -478,9 +541,8 @@ def check_page() -> str:
             *(f"| {row.situation} | {row.intent} | {row.checks} |" for row in tables.SITUATIONS),
             "", "## The checks", ""]
     for name in CHECKS:
-        signature = inspect.signature(getattr(check, name), eval_str=True)
-        page += [f"### {name}", "", f"`{name}{signature}`", "",
-                 inspect.getdoc(getattr(check, name)), ""]
+        page += [f"### {name}", "", f"`{name}{short_signature(getattr(check, name))}`", "",
+                 *listed(inspect.getdoc(getattr(check, name))), ""]
     titles = {"gan": "A GAN step: G gets no grad from the D step",
               "dqn": "A DQN update: the TD target is a constant, the target network stays put",
               "tbptt": "A TBPTT loop: memory stays flat chunk after chunk",

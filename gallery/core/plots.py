@@ -26,9 +26,62 @@ def pyplot():
     return plt
 
 
+# A figure is read on a page about 850 px wide: saved at 100 dpi, at most this many inches.
+PAGE_INCHES = 8.5
+# The pattern is green wherever it is drawn; its mistakes take warm colours, red first.
+PATTERN_COLOUR = "tab:green"
+MISTAKE_COLOURS = ("tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+                   "tab:gray")
+
+
+def readable(fig) -> None:
+    """Make a figure read at PAGE_INCHES wide: panels in one row wider than that wrap into rows of
+    two, ticks and legends stay at least 8 points, and each labelled curve takes the page's colours
+    (the pattern green, drawn on top of the rest; every other run a warm colour)."""
+    axes = [ax for ax in fig.axes if ax.get_subplotspec() is not None]
+    width, height = fig.get_size_inches()
+    grid = None
+    if width > PAGE_INCHES + 0.01 and len(axes) > 1 and all(
+            ax.get_subplotspec().get_geometry()[0] == 1 for ax in axes):
+        columns = 2
+        rows = -(-len(axes) // columns)
+        grid = fig.add_gridspec(rows, columns)
+        for i, ax in enumerate(axes):
+            ax.set_subplotspec(grid[i // columns, i % columns])
+        fig.set_size_inches(PAGE_INCHES, min(height, 3.4) * rows + 0.4)
+    elif width > PAGE_INCHES + 0.01:
+        fig.set_size_inches(PAGE_INCHES, height * PAGE_INCHES / width)
+    for ax in fig.axes:
+        ax.tick_params(labelsize=9)
+        lines = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+        if any(_is_pattern(line.get_label()) for line in lines):
+            warm = iter(MISTAKE_COLOURS)
+            for line in lines:
+                if _is_pattern(line.get_label()):
+                    line.set(color=PATTERN_COLOUR, zorder=5,
+                             linewidth=max(line.get_linewidth(), 2.2))
+                else:
+                    line.set_color(next(warm, "tab:gray"))
+        if ax.get_legend() is not None:
+            ax.legend(fontsize=8)
+    if grid is not None and len(axes) % 2:  # wrapped with a cell to spare: the legend goes there
+        with_legend = next((ax for ax in axes if ax.get_legend() is not None), None)
+        if with_legend is not None:
+            spare = fig.add_subplot(grid[-1, -1])
+            spare.axis("off")
+            spare.legend(*with_legend.get_legend_handles_labels(), loc="center", fontsize=9)
+            with_legend.get_legend().remove()
+
+
+def _is_pattern(name: str) -> bool:
+    return name == "pattern" or name.startswith(("pattern ", "pattern,", "pattern ("))
+
+
 def save(fig, path: Path | str) -> Path:
-    """Under torchrun only rank 0 writes: the other ranks' figures are dropped."""
+    """The figure made readable on a page (`readable`), saved at 100 dpi. Under torchrun only
+    rank 0 writes: the other ranks' figures are dropped."""
     if dist.rank() == 0:
+        readable(fig)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
     pyplot().close(fig)

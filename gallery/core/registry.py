@@ -188,11 +188,13 @@ class Gate:
 
 
 class Panel(NamedTuple):
-    """One panel of the hero figure: a metric, the pattern's value and its mistake's."""
+    """One panel of the hero figure: a metric, the pattern's value and its mistake's, and which way
+    is better where the two values do not say it ("" : the pattern's side of the mistake)."""
     metric: str
     pattern: float
     mistake: float
     mistake_label: str
+    better: str = ""
 
 
 class Cost(NamedTuple):
@@ -322,14 +324,15 @@ class Example:
         return max(matches, key=len)
 
     def diff(self, variant: str) -> list[str]:
-        """The unified diff from the pattern function to the mistake variant. Docstrings and
-        `# PATTERN:` labels are left out and the variant takes the pattern's name, so only the
-        real change shows."""
+        """The unified diff from the mistake variant to the pattern function: the fix, so that
+        the mistake's lines are the removed ones (red wherever diffs are coloured, as the mistake
+        is in every figure) and the pattern's the added ones. Docstrings and `# PATTERN:` labels
+        are left out and the variant takes the pattern's name, so only the real change shows."""
         original = self.replaced(variant)
-        before = _code_lines(self.source(original))
-        after = _code_lines(self.source(variant).replace(variant, original, 1))
-        return list(difflib.unified_diff(before, after, f"{original} (pattern)",
-                                         f"{variant} (mistake)", lineterm="", n=2))
+        pattern = _code_lines(self.source(original))
+        mistake = _code_lines(self.source(variant).replace(variant, original, 1))
+        return list(difflib.unified_diff(mistake, pattern, f"{variant} (mistake)",
+                                         f"{original} (pattern)", lineterm="", n=2))
 
     def show(self) -> str:
         """The pattern functions, then each mistake as a diff against the function it replaces."""

@@ -54,7 +54,7 @@ def gan_figure(root: Path, out: Path) -> None:
         saved = torch.load(job / "samples.pt", weights_only=True)
         overrides = dict(kv.split("=") for kv in job.name.split("_", 1)[1].split(","))
         ring = overrides["data"] == "mixture"
-        name = f"{len(saved['centres'])} on a ring" if ring else overrides["data"]
+        name = f"mixture{len(saved['centres'])}, a ring" if ring else overrides["data"]
         plots.draw_samples(fig.add_subplot(1, len(jobs), i), saved["samples"], saved["centres"],
                          f"{name}, seed 0\n" + saved["title"].split("\n")[-1])
     plots.save(fig, out / "gan_mixtures.png")
