@@ -378,8 +378,8 @@ def measured(gate: dict, bench: dict) -> Measured:
     pattern, alpha = (avg(runs[m], "eval_return_mean") for m in ("none", "alpha_no_detach"))
     return Measured(
         (f"Pendulum eval return {pattern:.0f} (mean of seeds)",
-         f"alpha_no_detach: {alpha:.0f}; target_grad: {row['target_grad_over_pattern']:.2f}x the "
-         "bytes per update"),
+         f"alpha_no_detach: eval return {alpha:.0f}; target_grad: "
+         f"{row['target_grad_over_pattern']:.2f}x the bytes per update"),
         Panel("eval return", pattern, alpha, "alpha_no_detach"),
         Cost("target_grad", runs["none"][0]["env_steps_per_sec"]
              / runs["target_grad"][0]["env_steps_per_sec"], row["target_grad_over_pattern"],

@@ -97,3 +97,54 @@ def test_the_performance_page_shows_every_figure_of_every_bench_row(site):
                    if isinstance(v, (int, float, list))]
         for metric in set(figures):
             assert section.count(f"<code>{metric}</code>") == figures.count(metric), (key, metric)
+
+
+def page_text(page: Path) -> str:
+    """A built page's text, whitespace folded: a block's tags part words, an inline tag's not."""
+    text = re.sub(r"</?(p|li|td|th|tr|h\d|div|ul|ol|table|thead|tbody|pre|br)\b[^>]*>", " ",
+                  page.read_text())
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", "", text)).split())
+
+
+def test_each_home_row_says_what_its_example_page_says(site):
+    """The home page's row of an example (what the pattern measured, what its mistakes cost) and
+    the example page's first screen are one text from one JSON: each phrase of the row is on the
+    page, on the line of the mistake it names."""
+    sys.path.insert(0, str(ROOT / "docs" / "gen"))
+    import face
+    import tables
+
+    home = page_text(site / "index.html")
+    for name, measured in tables.measurements().items():
+        page = page_text(site / "examples" / name / "index.html")
+        pattern, mistakes = (" ".join(text.split()) for text in measured.readme)
+        assert pattern in home and mistakes in home, name
+        assert f"The pattern: {pattern}" in page, name
+        for mistake, phrase in face.readme_phrases(measured):
+            if mistake in examples()[name].mistakes:
+                assert f"{mistake}: {' '.join(phrase.split())}" in page, (name, mistake)
+
+
+def test_the_two_speed_tables_against_sb3_agree_with_their_rows_and_say_how_they_differ(site):
+    """The peers table gives whole processes (the median of pairs in turn), the loop-only table the
+    training loops' env steps per second: each ratio on the page is its row's, and the page says
+    which is which."""
+    import json
+    from statistics import median
+
+    page = page_text(site / "performance" / "index.html")
+    assert "time whole processes" in page and "start-up left out" in page
+    for row in json.loads((ROOT / "docs" / "bench.json").read_text())["sb3"]:
+        algorithm = row["setting"].split(":")[0]
+        if "gallery_speed_over_sb3" in row:
+            assert row["gallery_speed_over_sb3"] == median(row["speed_ratio_per_pair"])
+            assert f"{algorithm} Stable-Baselines3 RL Zoo's {row['gallery_speed_over_sb3']:.2f}x" \
+                in page, algorithm
+            loop = row["gallery_train_env_steps_per_sec"] / row["sb3_learn_env_steps_per_sec"]
+            assert abs(loop - row["gallery_train_over_sb3_learn"]) < 1e-9
+            assert f"{algorithm} {loop:.2f}x" in page, algorithm
+        if "gallery_time_fraction_of_sb3" in row:
+            verdict = "met" if row["gallery_time_fraction_of_sb3"] <= row["target_fraction"] \
+                else "missed"
+            assert f"{row['gallery_time_fraction_of_sb3']:.2f} (at most " \
+                f"{row['target_fraction']:.2f}: {verdict})" in page, algorithm

@@ -9,6 +9,7 @@ import re
 from statistics import mean
 
 MEASURED = '<span class="measured">{}</span>'  # the browser test finds the first screen's figures
+PATTERN = '<span class="measured pattern">{}</span>'
 
 
 def docstring_parts(doc: str, mistakes) -> tuple[list[str], dict[str, str], list[str]]:
@@ -165,32 +166,50 @@ def mistake_figures(example, entry: dict, measured) -> dict[str, list[str]]:
     """mistake -> what it was measured to cost, each phrase with its number: the gate's rows that
     its criteria read (pattern -> mistake), else the README's words for it or the hero panel; and
     the costliest mistake's ratios of time and bytes."""
-    said: dict[str, list[str]] = {m: from_criteria(example, entry, m) for m in example.mistakes}
-    if measured is not None:
-        for phrase in measured.readme[1].split("; "):
-            name = re.match(r"(\w+)[: ]", phrase)
-            if name and name.group(1) in said and not said[name.group(1)]:  # no pairs found
-                said[name.group(1)].append(phrase[len(name.group(1)):].lstrip(": "))
+    said: dict[str, list[str]] = {m: [] for m in example.mistakes}
+    if measured is not None:  # the README's words first: the home page's row says the same
+        for mistake, phrase in readme_phrases(measured):
+            if mistake in said:
+                said[mistake].append(phrase)
         panel = measured.hero
         name = panel.mistake_label.split(" ")[0]
         if name in said and not said[name]:
             said[name].append(f"{panel.metric} {shown(panel.metric, panel.pattern)} → "
                               f"{shown(panel.metric, panel.mistake)}")
+    for mistake, phrases in said.items():  # else the rows its gate's criteria read
+        if not phrases:
+            phrases += from_criteria(example, entry, mistake)
+    if measured is not None:
         costly = said.get(measured.cost.mistake)
-        if costly is not None and "x the" not in " ".join(costly):  # not said in other words
+        if costly is not None and not re.search(r"\dx\b", " ".join(costly)):  # not said yet
             costly += cost_words(measured.cost)
     return said
 
 
-def mistakes_list(example, words: dict[str, str], figures: dict[str, list[str]]) -> list[str]:
-    """The first screen's list: each mistake, what it was measured to cost (pattern → mistake),
-    and its consequence in words."""
+def readme_phrases(measured) -> list[tuple[str, str]]:
+    """(mistake, what it measured) for each phrase of the README's mistake column that names a
+    mistake ("no_freeze: 2.7x the time, ...")."""
+    found = []
+    for phrase in measured.readme[1].split("; "):
+        name = re.match(r"(\w+)(: | \()", phrase)
+        if name:
+            found.append((name.group(1), phrase[len(name.group(1)):].lstrip(": ")))
+    return found
+
+
+def mistakes_list(example, words: dict[str, str], figures: dict[str, list[str]],
+                  measured=None) -> list[str]:
+    """The first screen's list: what the pattern measured, then each mistake, what it was measured
+    to cost, and its consequence in words."""
     lines = ["## What each mistake costs", ""]
+    if measured is not None:
+        lines += [f"The pattern: {PATTERN.format(measured.readme[0])}.", ""]
     for key, mistake in example.mistakes.items():
         numbers = figures.get(key) or []
         measured = (MEASURED.format("; ".join(numbers)) + ". " if numbers
                     else "Not measured by a gate. ")
-        lines.append(f"- **`{key}`**: {measured}{words.get(key) or mistake.consequence + '.'}")
+        said = words.get(key) or mistake.consequence + "."
+        lines.append(f"- **`{key}`**: {measured}{said[:1].upper() + said[1:]}")
     return [*lines, ""]
 
 

@@ -178,9 +178,20 @@ with mkdocs_gen_files.open("index.md", "w") as out:
 
 ## Start
 
+From a clone of the repository (Python 3.10 or newer; each script makes `.venv` and installs the
+project into it the first time):
+
 ```bash
 scripts/run.sh     # the quick tour: every pattern next to its mistakes, with a report
 scripts/test.sh    # the fast tests
+```
+
+Or into an environment of your own, then run any example from the command line:
+
+```bash
+pip install -e .                 # torch>=2.4; '.[dev]' adds the test tools
+python -m gallery list           # the examples and their mistakes
+python -m gallery.gan seed=0     # one example, Hydra-configured
 ```
 """)
 
@@ -189,10 +200,10 @@ measured_by_example = tables.measurements()
 for name, example in examples().items():
     module = example.module
     lead, words, run = face.docstring_parts(module.__doc__ or "", example.mistakes)
-    figures = face.mistake_figures(example, gates.get(name, {}), measured_by_example.get(name))
-    page = [f"# {name}: {example.pattern}", "", *lead, "",
-            *face.mistakes_list(example, words, figures), *face.run_block(run), "## The pattern",
-            ""]
+    measured = measured_by_example.get(name)
+    figures = face.mistake_figures(example, gates.get(name, {}), measured)
+    page = [f"# {name}", "", *lead, "", *face.mistakes_list(example, words, figures, measured),
+            *face.run_block(run), "## The pattern", ""]
     for function in example.pattern_functions:
         page += [f"### `{function}`", "", snippet(getattr(module, function)), ""]
     page += ["## The mistakes", "", "Each as the diff that fixes it: the mistake's lines in red, "
@@ -431,7 +442,9 @@ CHECKS = ("no_grad_reaches", "gets_grad", "unchanged", "updated", "constant", "h
 # The checks measured around one training step (scripts/measure/check.py), in the page's order.
 # same_grad_as runs a whole reference step by design, so the 5% goal leaves it out.
 STEP_CHECKS = ("no_grad_reaches", "gets_grad", "constant", "has_graph", "modes_restored",
-               "runs_in_train_mode", "finite", "optimizer_covers", "frozen", "same_grad_as")
+               "runs_in_train_mode", "finite", "optimizer_covers", "frozen", "same_grad_as",
+               "runs_in_eval_mode")
+PER_MILLION = ("unchanged", "updated", "disjoint")  # in ms per million watched values
 
 
 def check_costs(bench: dict) -> list[str]:
@@ -452,7 +465,11 @@ def check_costs(bench: dict) -> list[str]:
             for name in around_a_step]
     body += [f"| `{name}` | " + " | ".join(f"{row[name + '_ms_per_million']:.2f} ms per million "
                                            f"parameters and buffers" for row in steps) + " |"
-             for name in ("unchanged", "updated")]
+             for name in PER_MILLION if name + "_ms_per_million" in steps[0]]
+    missing = [name for name in CHECKS if name != "bounded_memory" and name not in STEP_CHECKS
+               + PER_MILLION]
+    if missing:
+        raise RuntimeError(f"the cost table leaves out {missing}")
     largest = max(steps, key=lambda row: row["step_ms"])
     over = [name for name in around_a_step
             if name != "same_grad_as" and largest[name + "_step_ratio"] > 1.05]
@@ -467,8 +484,9 @@ def check_costs(bench: dict) -> list[str]:
         "## What each check costs", "",
         f"Measured by `scripts/bench.py check` on {bench['machine']} (torch {bench['torch']}): "
         "each graph check around one whole training step (forward, backward, SGD step) against "
-        "the same step without it, in alternating blocks; `unchanged` and `updated` per million "
-        "watched values.", "", *head, *body, "",
+        "the same step without it, in alternating blocks (`runs_in_eval_mode` around an "
+        "evaluation: eval mode and a forward under no_grad); `unchanged`, `updated` and "
+        "`disjoint` per million watched values.", "", *head, *body, "",
         f"- The goal is at most 5% on the largest step "
         f"({largest['setting'].removeprefix('check: ')}): {graph_verdict}. On a step of half a "
         f"millisecond the fixed cost of a block (hooks registered and removed once) shows as a "

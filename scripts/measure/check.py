@@ -6,8 +6,10 @@
   around one training step of a small MLP and of a ResNet-18-sized CNN: the step's time with the
   check over its time without, in alternating blocks in one process. same_grad_as runs a whole
   reference backward: it costs a step by design.
-- unchanged and updated: milliseconds per million watched parameters (the snapshot and the
-  comparison), measured on the same two models.
+- runs_in_eval_mode: around an evaluation (eval mode, a forward under no_grad), against the same
+  evaluation without it.
+- unchanged, updated and disjoint: milliseconds per million watched parameters (the snapshot and
+  the comparison; the storages compared), measured on the same two models.
 - bounded_memory: its five calls against five plain calls of a small LSTM chunk.
 - The leak `running_loss += loss` in a loop that runs backward every iteration: the resident set
   grows by the bytes per iteration reported here (10,000 iterations, read from /proc), against
@@ -26,6 +28,7 @@ from torch import nn
 from gallery.check import (
     bounded_memory,
     constant,
+    disjoint,
     finite,
     frozen,
     gets_grad,
@@ -33,6 +36,7 @@ from gallery.check import (
     modes_restored,
     no_grad_reaches,
     optimizer_covers,
+    runs_in_eval_mode,
     runs_in_train_mode,
     same_grad_as,
     unchanged,
@@ -89,12 +93,25 @@ def graph_check_overheads(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         "frozen": step(lambda: frozen(target=target)),
         "same_grad_as": step(lambda: same_grad_as(reference, model=model)),
     }
+    def evaluation(wrap=None):  # runs_in_eval_mode guards an evaluation, not a training step
+        def run():
+            model.eval()
+            with wrap() if wrap else _nothing(), torch.no_grad():
+                model(x)
+            model.train()
+        return run
+
+    variants |= {"plain_evaluation": evaluation(),
+                 "runs_in_eval_mode": evaluation(lambda: runs_in_eval_mode(model=model))}
     seconds = alternate(variants, rounds, per_round, device)
-    checks = [name for name in variants if name != "plain"]
-    return ({"step_ms": round(1e3 * seconds["plain"], 3)}
-            | {f"{name}_step_ratio": round(seconds[name] / seconds["plain"], 3) for name in checks}
-            | {f"{name}_added_us": round(1e6 * (seconds[name] - seconds["plain"]), 1)
-               for name in checks})
+    base = {name: "plain_evaluation" if name == "runs_in_eval_mode" else "plain"
+            for name in variants if not name.startswith("plain")}
+    return ({"step_ms": round(1e3 * seconds["plain"], 3),
+             "evaluation_ms": round(1e3 * seconds["plain_evaluation"], 3)}
+            | {f"{name}_step_ratio": round(seconds[name] / seconds[of], 3)
+               for name, of in base.items()}
+            | {f"{name}_added_us": round(1e6 * (seconds[name] - seconds[of]), 1)
+               for name, of in base.items()})
 
 
 class _nothing:
@@ -126,11 +143,15 @@ def snapshot_checks_ms_per_million(model: nn.Module, alternate: Callable,
         with unchanged(ema=ema):
             pass
 
+    def apart():  # disjoint compares storages, the model's against its copy's
+        disjoint(online=model, target=ema)
+
     seconds = alternate({"write": write, "updated": write_under_updated,
-                         "unchanged": under_unchanged}, rounds, 3, device)
+                         "unchanged": under_unchanged, "disjoint": apart}, rounds, 3, device)
     return {"unchanged_ms_per_million": round(1e3 * seconds["unchanged"] / millions, 3),
             "updated_ms_per_million": round(1e3 * (seconds["updated"] - seconds["write"])
-                                            / millions, 3)}
+                                            / millions, 3),
+            "disjoint_ms_per_million": round(1e3 * seconds["disjoint"] / millions, 3)}
 
 
 def bounded_memory_overhead(alternate: Callable, device: torch.device) -> dict:
