@@ -109,6 +109,7 @@ def performance_figures(img: Path) -> None:
         ax.text(s["speed"], y, f" {s['speed']:.2f}x", va="center", fontsize=8)
     ax.set_yticks(range(len(speeds)), labels, fontsize=9)
     ax.axvline(1.0, color="black", ls="--", lw=1)
+    ax.set_xlim(0, 1.15 * max(s["speed"] for s in speeds))  # room for the last label
     ax.set(xlabel="the gallery's speed over the peer's (> 1: the gallery is faster)",
            title="same settings, side by side")
     ax.invert_yaxis()

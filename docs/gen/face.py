@@ -17,14 +17,16 @@ def docstring_parts(doc: str, mistakes) -> tuple[list[str], dict[str, str], list
     words from that list; the run lines."""
     lines = doc.strip().splitlines()
     words: dict[str, str] = {}
+    notes: dict[str, str] = {}
     kept: list[str] = []
     run: list[str] = []
     current = None
     for line in lines:
-        bullet = re.match(r"- (\w+): (.*)", line)
+        bullet = re.match(r"- (\w+)( \([^)]*\))?: (.*)", line)  # "- name (a note): words"
         if bullet and bullet.group(1) in mistakes:
             current = bullet.group(1)
-            words[current] = bullet.group(2)
+            words[current] = bullet.group(3)
+            notes[current] = bullet.group(2) or ""  # said after the words
             continue
         if current and line.startswith("  ") and line.strip():  # the bullet goes on
             words[current] += " " + line.strip()
@@ -36,7 +38,7 @@ def docstring_parts(doc: str, mistakes) -> tuple[list[str], dict[str, str], list
         if re.match(r"The mistakes \(`mistake=`\)", line):
             continue
         kept.append(line)
-    return fenced(kept), words, run
+    return fenced(kept), {k: text + notes[k] for k, text in words.items()}, run
 
 
 def fenced(lines: list[str]) -> list[str]:
