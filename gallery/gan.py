@@ -478,16 +478,16 @@ EXAMPLE = Example(
                       lambda ring, grid: covers(ring, 8, 0.96) and covers(grid, 25, 0.96)
                       and min(avg(ring, "high_quality_frac"), avg(grid, "high_quality_frac"))
                       >= 0.85),
-            Criterion("the rings of 12 and 16 modes (groups mixture12 and mixture16) are covered "
-                      "alike, >= 96% of their modes on average (no bar on quality here: "
-                      "gan_sizes sets one)", ("mixture12", "mixture16"),
+            Criterion("the rings of 12 and 16 modes (data=mixture) are covered alike, >= 96% "
+                      "of their modes on average (no bar on quality here: gan_sizes sets one)",
+                      ("ring12", "ring16"),
                       lambda ring12, ring16: covers(ring12, 12, 0.96) and covers(ring16, 16, 0.96)),
             Criterion("retain_graph_shared_zero_grad covers fewer modes of ring8, or with fewer "
                       "sharp samples, than the pattern", ("ring8", "ring8 mistake"), lambda p, m: (
                           avg(m, "modes_covered") < avg(p, "modes_covered")
                           or avg(m, "high_quality_frac") < avg(p, "high_quality_frac"))),
             Criterion("each mixture's runs on average at most 5% slower than the old ring8 "
-                      "default beside it", ("ring8", "grid25", "mixture12", "mixture16",
+                      "default beside it", ("ring8", "grid25", "ring12", "ring16",
                                             "ring8 old_default"), lambda *groups: all(
                           avg(rows, "wall_seconds") <= 1.05 * avg(groups[-1], "wall_seconds")
                           for rows in groups[:-1]), timed=True)),

@@ -54,7 +54,7 @@ def gan_figure(root: Path, out: Path) -> None:
         saved = torch.load(job / "samples.pt", weights_only=True)
         overrides = dict(kv.split("=") for kv in job.name.split("_", 1)[1].split(","))
         ring = overrides["data"] == "mixture"
-        name = f"mixture{len(saved['centres'])}, a ring" if ring else overrides["data"]
+        name = f"ring{len(saved['centres'])} (data=mixture)" if ring else overrides["data"]
         plots.draw_samples(fig.add_subplot(1, len(jobs), i), saved["samples"], saved["centres"],
                          f"{name}, seed 0\n" + saved["title"].split("\n")[-1])
     plots.save(fig, out / "gan_mixtures.png")
@@ -67,7 +67,8 @@ def mixtures(tmp: Path, figures: Path | None) -> dict:
     groups: dict[str, list[dict]] = {}
     for name in GAN_SWEEPS:
         for s in gan_sweep(name, tmp / "gan" / name):
-            label = s["data"] if s["data"] != "mixture" else f"mixture{len(s['samples_per_mode'])}"
+            # a mixture is a ring here (data=mixture's layout): named as gan_sizes names it
+            label = s["data"] if s["data"] != "mixture" else f"ring{len(s['samples_per_mode'])}"
             label += f" {name}" if name in ("mistake", "old_default") else ""
             groups.setdefault(label, []).append({k: s[k] for k in GAN_METRICS})
     out = {"runs": groups}
