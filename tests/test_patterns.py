@@ -43,16 +43,19 @@ LIBRARY = (lm,)  # what a reader copies along with a pattern that calls it: the 
 
 def borrowed(example) -> list[tuple[object, str]]:
     """The library functions this example's pattern calls by name (grpo and dpo sample and score
-    with gallery/lm.py's): a reader copies those along with it."""
-    found = []
-    for name in example.pattern_functions:
-        code = getattr(inspect.unwrap(getattr(example.module, name)), "__code__", None)
+    with gallery/lm.py's), and those they call in turn: a reader copies those along with it."""
+    found: list[tuple[object, str]] = []
+    todo = [(example.module, name) for name in example.pattern_functions]
+    while todo:
+        module, name = todo.pop()
+        code = getattr(inspect.unwrap(getattr(module, name)), "__code__", None)
         for used in code.co_names if code else ():
-            source = inspect.getmodule(getattr(example.module, used, None))
+            source = inspect.getmodule(getattr(module, used, None))
             if source in LIBRARY and used not in example.pattern_functions and inspect.isfunction(
-                    getattr(source, used)):
+                    getattr(source, used)) and (source, used) not in found:
                 found.append((source, used))
-    return found
+                todo.append((source, used))
+    return found[::-1]  # what is called last is defined first
 
 
 def pasted(example_name: str) -> dict:
