@@ -37,7 +37,8 @@ MISTAKE_COLOURS = ("tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink
 def readable(fig) -> None:
     """Make a figure read at PAGE_INCHES wide: panels in one row wider than that wrap into rows of
     two, ticks and legends stay at least 8 points, and each labelled curve takes the page's colours
-    (the pattern green, drawn on top of the rest; every other run a warm colour)."""
+    (the pattern a wide green line beneath the rest; every other run a warm colour, dashed, so a
+    run that follows the pattern exactly shows on it)."""
     axes = [ax for ax in fig.axes if ax.get_subplotspec() is not None]
     width, height = fig.get_size_inches()
     grid = None
@@ -57,11 +58,10 @@ def readable(fig) -> None:
         if any(_is_pattern(line.get_label()) for line in lines):
             warm = iter(MISTAKE_COLOURS)
             for line in lines:
-                if _is_pattern(line.get_label()):
-                    line.set(color=PATTERN_COLOUR, zorder=5,
-                             linewidth=max(line.get_linewidth(), 2.2))
+                if _is_pattern(line.get_label()):  # wide, beneath: a run on it stays in sight
+                    line.set(color=PATTERN_COLOUR, zorder=2, linewidth=3.2)
                 else:
-                    line.set_color(next(warm, "tab:gray"))
+                    line.set(color=next(warm, "tab:gray"), zorder=3, linestyle="--")
         if ax.get_legend() is not None:
             ax.legend(fontsize=8)
     if grid is not None and len(axes) % 2:  # wrapped with a cell to spare: the legend goes there
