@@ -18,7 +18,7 @@ case "${1:-}" in
              exec "$VENV/bin/python" -m pytest -m peer "$@" ;;
 esac
 tier=(-m "not slow and not gpu and not peer")
-workers=(-n "${GALLERY_TEST_WORKERS:-2}")
+workers=(-n "${GALLERY_TEST_WORKERS:-2}" --dist loadgroup)  # a group shares a worker: one site build
 for arg in "$@"; do
     case "$arg" in
         -m|-m*) tier=(); workers=() ;;  # a tier of your own runs in one process unless you pass -n

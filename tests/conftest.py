@@ -194,3 +194,22 @@ class StubEnvs:
         n = len(actions)
         return (np.random.randn(n, 4).astype(np.float32), np.ones(n, np.float32),
                 np.zeros(n, bool), np.zeros(n, bool), {})
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory) -> Path:
+    """The documentation site, built once with `mkdocs build --strict` (a warning fails it too):
+    tests/test_docs.py and tests/test_browser.py read it, in one process (xdist group "site")."""
+    import re
+
+    out = tmp_path_factory.mktemp("site")
+    mkdocs = Path(sys.executable).parent / "mkdocs"
+    assert mkdocs.is_file(), ("mkdocs comes with the docs extra: pip install -e '.[docs]' "
+                              "(scripts/test.sh does)")
+    proc = subprocess.run([str(mkdocs), "build", "--strict", "-d", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DISABLE_MKDOCS_2_WARNING": "true",
+                               "NO_MKDOCS_2_WARNING": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not re.search(r"^WARNING", proc.stderr, flags=re.M), proc.stderr[-3000:]
+    return out

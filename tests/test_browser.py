@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from gallery.core.registry import examples
-from tests.test_docs import site  # noqa: F401  (the fixture: mkdocs build --strict, once)
+
+pytestmark = pytest.mark.xdist_group("site")  # the site is built once per process (conftest.py)
 
 WIDTH, FIRST_SCREEN = 900, 1200
 
@@ -63,7 +64,7 @@ def pages(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("index.html") if "search" not in p.parts)
 
 
-def test_every_page_reads_at_900_px_and_each_example_opens_on_a_measured_figure(site, browser):  # noqa: F811
+def test_every_page_reads_at_900_px_and_each_example_opens_on_a_measured_figure(site, browser):
     page = browser.new_page(viewport={"width": WIDTH, "height": FIRST_SCREEN})
     problems, openings = [], {}
     for path in pages(site):
@@ -79,7 +80,7 @@ def test_every_page_reads_at_900_px_and_each_example_opens_on_a_measured_figure(
     assert not empty, f"these example pages hold no measured figure in their first screen: {empty}"
 
 
-def test_the_checks_can_fail(site, browser, tmp_path):  # noqa: F811
+def test_the_checks_can_fail(site, browser, tmp_path):
     """Each rule finds what it is for, on a page made to break it."""
     wide = tmp_path / "wide.html"
     drawn = Path(site / "img" / "hero.png").as_uri()

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import html
 import inspect
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,20 +19,9 @@ from tests.conftest import ROOT
 FIGURE = re.compile(r"\b\d[\d,]*(\.\d+)?\s?(s|ms|%|KB|MB|GB|x|steps/s|chars/s)(?![\w/])")
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("site")
-    mkdocs = Path(sys.executable).parent / "mkdocs"
-    assert mkdocs.is_file(), ("mkdocs comes with the docs extra: pip install -e '.[docs]' "
-                              "(scripts/test.sh does)")
-    proc = subprocess.run([str(mkdocs), "build", "--strict", "-d", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "DISABLE_MKDOCS_2_WARNING": "true",
-                               "NO_MKDOCS_2_WARNING": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    # strict fails on these too
-    assert not re.search(r"^WARNING", proc.stderr, flags=re.M), proc.stderr[-3000:]
-    return out
+# The site is built once per test process (tests/conftest.py's `site`), and this file and the
+# browser test share a process.
+pytestmark = pytest.mark.xdist_group("site")
 
 
 def code_blocks(page: Path) -> list[str]:
