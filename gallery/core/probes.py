@@ -359,7 +359,10 @@ def live_graph_nodes() -> int:
     After `loss.backward()` a graph holds no saved tensors, so the saved-bytes meter reads 0, yet
     a tensor that is still referenced (a `running_loss += loss`, a list of losses) keeps its whole
     chain of nodes alive, and each node owns C++ memory. Counting the nodes sees that leak. Live
-    tensors are found through the garbage collector, which tracks every tensor object."""
+    tensors are found through the garbage collector, which tracks every tensor object; it collects
+    first, so that garbage some earlier code left in reference cycles neither counts now nor, freed
+    by a later automatic collection, hides a growth between two counts."""
+    gc.collect()
     roots = [obj.grad_fn for obj in gc.get_objects()
              if issubclass(type(obj), torch.Tensor) and obj.grad_fn is not None]
     seen, stack = set(roots), list(roots)
