@@ -38,16 +38,6 @@ def readme_with_table() -> str:
     return before + tables.gallery_table() + after
 
 
-def readable(value: float, is_bytes: bool) -> str:
-    """A figure's value as a reader says it: bytes in kB, MB or GB; other values to 3 figures."""
-    if is_bytes:
-        for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-            if abs(value) >= size:
-                return f"{value / size:.3g} {unit}"
-        return f"{value:.0f} B"
-    return f"{value:,.3g}"
-
-
 def hero(path: Path) -> None:
     """One panel per example, in a grid that reads at 850 px: the metric its `EXAMPLE.measured`
     names, the pattern's measured value (green) against its mistake's (red), and which way is
@@ -55,6 +45,7 @@ def hero(path: Path) -> None:
     import math
     import textwrap
 
+    import face
     import tables
 
     from gallery.core import plots
@@ -77,7 +68,7 @@ def hero(path: Path) -> None:
         for y, (value, who) in enumerate(zip(values, ("pattern", panel.mistake_label))):
             # each value and whose it is, right of its bar (of the zero line for a negative one)
             ax.text(max(value, 0) + 0.02 * span, y,
-                    f"{readable(value, 'bytes' in panel.metric)}  {who}", va="center",
+                    f"{face.shown(panel.metric, value)}  {who}", va="center",
                     ha="left", fontsize=8.5)
         low, high = min(0, *values), max(0, *values)
         ax.set_xlim(1.05 * low, high + 1.1 * span)

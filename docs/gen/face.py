@@ -1,7 +1,8 @@
 """The top of each example page: its module docstring as prose (the sketch as a code block), then
 each mistake with what it was measured to cost. The words come from the example's own docstring and
 `EXAMPLE`; every number from docs/gates.json and docs/bench.json, through the example's
-`EXAMPLE.measured` or the rows its gate's criteria read."""
+`EXAMPLE.measured` or the rows its gate's criteria read. Its formats of a value and of a cost ratio
+are the ones the hero and the performance page use too, so a number reads the same everywhere."""
 
 from __future__ import annotations
 
@@ -63,10 +64,18 @@ def fenced(lines: list[str]) -> list[str]:
     return out
 
 
+def timed_alongside(key: str) -> bool:
+    """A gate's wall times: taken with other runs going alongside (Hydra sweeps two jobs at once,
+    the first run pretrains what the others read from the cache), so docs/gates.json keeps them for
+    the gates' time bounds and the site shows none of them."""
+    return "wall" in key
+
+
 def shown(key: str, value: float) -> str:
-    """A kept value as a reader says it: bytes in B, kB, MiB or GiB; shares of one in 3 figures."""
+    """A kept value as a reader says it, on every page and in the hero: bytes in B, KiB, MiB or
+    GiB; other values in 3 figures."""
     if "bytes" in key:
-        for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("kB", 2**10)):
+        for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
             if abs(value) >= size:
                 return f"{figures3(value / size)} {unit}"
         return f"{value:.0f} B"
@@ -125,7 +134,8 @@ def from_criteria(example, entry: dict, mistake: str, limit: int = 2) -> list[st
         for criterion in gate.criteria:
             if label not in criterion.reads or criterion.timed:
                 continue
-            for key in sorted(keys_read(criterion, runs)[label] - {"wall_seconds"}):
+            for key in sorted(k for k in keys_read(criterion, runs)[label]
+                              if not timed_alongside(k)):
                 theirs = averaged(key, [row.get(key) for row in runs[label]])
                 ours = averaged(key, [row.get(key) for row in runs[twin]]) if twin else None
                 said = key.replace("_", " ")
@@ -153,12 +163,18 @@ def averaged(key: str, values: list) -> str | None:
     return None
 
 
+def ratio(value: float) -> str:
+    """A cost ratio (the mistake's over the pattern's) as every page says it; infinite where the
+    pattern holds none of what the mistake holds."""
+    return "held where the pattern holds none" if value == float("inf") else f"{value:.2f}x"
+
+
 def cost_words(cost) -> list[str]:
     words = []
     if cost.time is not None:
-        words.append(f"{cost.time:.2f}x the pattern's time")
+        words.append(f"{ratio(cost.time)} the pattern's time")
     if cost.bytes is not None:
-        words.append(f"{cost.bytes:.3g}x the bytes held for backward"
+        words.append(f"{ratio(cost.bytes)} the bytes held for backward"
                      if cost.bytes != float("inf") else "bytes held for backward where the "
                      "pattern holds none")
     return words
@@ -208,10 +224,10 @@ def mistakes_list(example, words: dict[str, str], figures: dict[str, list[str]],
         lines += [f"The pattern: {PATTERN.format(measured.readme[0])}.", ""]
     for key, mistake in example.mistakes.items():
         numbers = figures.get(key) or []
-        measured = (MEASURED.format("; ".join(numbers)) + ". " if numbers
-                    else "Not measured by a gate. ")
+        cost = (MEASURED.format("; ".join(numbers)) + ". " if numbers
+                else "Not measured by a gate. ")
         said = words.get(key) or mistake.consequence + "."
-        lines.append(f"- **`{key}`**: {measured}{said[:1].upper() + said[1:]}")
+        lines.append(f"- **`{key}`**: {cost}{said[:1].upper() + said[1:]}")
     return [*lines, ""]
 
 

@@ -35,20 +35,13 @@ def fmt(value) -> str:
     return str(value)
 
 
-def timed_alongside(key: str) -> bool:
-    """A gate's wall times: taken with other runs going alongside (Hydra sweeps two jobs at once,
-    the first run pretrains what the others read from the cache), so docs/gates.json keeps them for
-    the gates' time bounds and no table on the site shows them."""
-    return "wall" in key
-
-
 def rows(node, label: str = "", gate: bool = False) -> list[tuple[str, str, str]]:
     """(what, metric, value) rows of a JSON entry: numbers and flags, lists of seeds joined in
     order; of a gate's entry, without its wall times."""
     out: list[tuple[str, str, str]] = []
     if isinstance(node, dict):
         for key, value in node.items():
-            if gate and timed_alongside(key):
+            if gate and face.timed_alongside(key):
                 continue
             children = value.values() if isinstance(value, dict) else value
             if isinstance(value, (dict, list)) and any(isinstance(v, (dict, list))
@@ -62,7 +55,7 @@ def rows(node, label: str = "", gate: bool = False) -> list[tuple[str, str, str]
                 out.append((label or "-", key, fmt(value)))
     elif isinstance(node, list) and node and all(isinstance(v, dict) for v in node):
         for metric in node[0]:
-            if gate and timed_alongside(metric):
+            if gate and face.timed_alongside(metric):
                 continue
             if not isinstance(node[0][metric], (dict, list)):
                 out.append((f"{label} (seeds in order)".strip(), metric,
@@ -102,7 +95,7 @@ def runs_table(entry: dict, keys: tuple[str, ...], width: int = 5) -> list[str]:
             isinstance(r, dict) for r in rows) for rows in runs.values()):
         return []
     keys = tuple(keys or runs[next(iter(runs))][0])
-    shown = [k for k in keys if not timed_alongside(k)
+    shown = [k for k in keys if not face.timed_alongside(k)
              and all(cell([r.get(k) for r in rows]) is not None for rows in runs.values())
              and any(k in r for rows in runs.values() for r in rows)]
     lines = []
@@ -299,13 +292,6 @@ BENCH_TITLES = {  # each bench of scripts/bench.py, in words
 THRESHOLDS = {"CartPole-v1": "475 over 10 episodes", "Pendulum-v1": "-200 over 10 episodes"}
 
 
-def ratio_or_from_none(ratio: float | None) -> str:
-    """A cost ratio as the table says it: none measured, from none held, or times the pattern's."""
-    if ratio is None:
-        return ""
-    return "held where the pattern holds none" if ratio == float("inf") else f"{ratio:.2f}x"
-
-
 def performance_page() -> str:
     speeds, solves, costs = tables.peer_speeds(), tables.times_to_solve(), tables.mistake_costs()
     limits = tables.speed_limits()
@@ -358,8 +344,8 @@ def performance_page() -> str:
              "| example | mistake | time per step | bytes held for backward | measured by |",
              "|---|---|---|---|---|"]
     page += [f"| {c['example']} | `{c['mistake']}` | "
-             f"{'' if c['time'] is None else format(c['time'], '.2f') + 'x'} | "
-             f"{ratio_or_from_none(c['bytes'])} | {c['source']} |"
+             f"{'' if c['time'] is None else face.ratio(c['time'])} | "
+             f"{'' if c['bytes'] is None else face.ratio(c['bytes'])} | {c['source']} |"
              for c in costs]
     page += ["", "## Every figure", "",
              "Each bench's rows as `scripts/bench.py <bench>` wrote them, under its name.", ""]
