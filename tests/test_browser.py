@@ -16,8 +16,8 @@ pytestmark = pytest.mark.xdist_group("site")  # the site is built once per proce
 
 WIDTH, FIRST_SCREEN = 900, 1200
 
-# What the page shows that is wider than its box, each as "<tag>.<class>: scrollWidth > width".
-# A code block or table with its own horizontal scroll bar still counts: at 900 px it hides text.
+# What the page shows wider than its box, one line each: the page itself, a code block or table
+# (one with its own horizontal scroll bar still counts: at 900 px it hides text), an image.
 OVERFLOW = """() => {
   const found = [];
   const root = document.documentElement;
@@ -27,7 +27,7 @@ OVERFLOW = """() => {
   for (const el of document.querySelectorAll('.md-content pre > code, .md-content table')) {
     const box = el.tagName === 'TABLE' ? el.closest('.md-typeset__scrollwrap') || el.parentElement
                                        : el;
-    const width = el.tagName === 'TABLE' ? box.clientWidth : el.clientWidth;
+    const width = box.clientWidth;
     if (el.scrollWidth > width + 1) {
       const text = (el.innerText || '').trim().split('\\n')[0].slice(0, 60);
       found.push(`${el.tagName.toLowerCase()} "${text}": ${el.scrollWidth} px in ${width} px`);
